@@ -1,0 +1,432 @@
+//! The switch core: networks of ports, MAC learning, and the forwarding
+//! decision for every frame. Sans-IO: frames and time in, decisions out.
+//!
+//! # Theory of operation
+//!
+//! A [`Switch`] holds networks (L2 broadcast domains, each with its own
+//! [`MacTable`] and [`Gateway`]) and ports (one per endpoint TAP, each in
+//! exactly one network). For a frame read from port `p`,
+//! [`Switch::handle_frame`]:
+//!
+//! 1. drops it if it is shorter than an Ethernet header or its source MAC
+//!    is multicast or zero;
+//! 2. learns the source MAC on `p` in `p`'s network;
+//! 3. decides: frames to the gateway MAC, and ARP/ND for a gateway address,
+//!    go `ToGateway`; other broadcast and multicast, and unicast to an
+//!    unknown (or aged-out) MAC, `Flood` to the other ports of the same
+//!    network; known unicast is `Forward`ed to its port, or dropped as a
+//!    hairpin when that port is `p` itself.
+//!
+//! Networks never see each other's frames: every lookup and flood is scoped
+//! to the ingress port's network.
+//!
+//! The core never allocates per frame: decisions are small `Copy` values,
+//! flooding borrows the network's port list, gateway replies are written
+//! into the caller's buffer.
+//!
+//! Timers: [`Switch::poll_timeout`] asks for a sweep every
+//! [`SWEEP_INTERVAL`], when [`Switch::handle_timeout`] purges aged MAC
+//! entries (lookups already ignore them, the sweep frees their memory).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::counters::DropReason;
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY};
+use crate::wire::ethernet::EthernetFrame;
+
+/// How often aged MAC entries are purged.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A port of the switch (one TAP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortId(pub u32);
+
+/// A network inside the switch (one broadcast domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkId(pub u32);
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Write it to this one port.
+    Forward(PortId),
+    /// Write it to every other port of the ingress port's network
+    /// ([`Switch::flood_ports`]).
+    Flood,
+    /// Give it to the gateway ([`Switch::gateway_reply`]).
+    ToGateway,
+    /// Drop it, and count why.
+    Drop(DropReason),
+}
+
+/// Why a network or port could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// The network id is already in use.
+    #[error("network {0:?} already exists in the switch")]
+    NetworkExists(NetworkId),
+    /// The network id is not known.
+    #[error("network {0:?} does not exist in the switch")]
+    UnknownNetwork(NetworkId),
+    /// The port id is already in use.
+    #[error("port {0:?} already exists in the switch")]
+    PortExists(PortId),
+}
+
+/// The switch core. See the module header.
+#[derive(Debug, Default)]
+pub struct Switch {
+    networks: HashMap<NetworkId, Network>,
+    ports: HashMap<PortId, NetworkId>,
+    next_sweep: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Network {
+    ports: Vec<PortId>,
+    macs: MacTable,
+    gateway: Gateway,
+}
+
+impl Switch {
+    /// An empty switch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a network with its gateway, default MAC table capacity and
+    /// ageing.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::NetworkExists`] if the id is taken.
+    pub fn add_network(
+        &mut self,
+        id: NetworkId,
+        gateway: GatewayConfig,
+    ) -> Result<(), TopologyError> {
+        self.add_network_with_table(id, gateway, MacTable::new(DEFAULT_CAPACITY, DEFAULT_AGEING))
+    }
+
+    /// Add a network with a MAC table of the caller's choosing.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::NetworkExists`] if the id is taken.
+    pub fn add_network_with_table(
+        &mut self,
+        id: NetworkId,
+        gateway: GatewayConfig,
+        macs: MacTable,
+    ) -> Result<(), TopologyError> {
+        if self.networks.contains_key(&id) {
+            return Err(TopologyError::NetworkExists(id));
+        }
+        self.networks.insert(
+            id,
+            Network {
+                ports: Vec::new(),
+                macs,
+                gateway: Gateway::new(gateway),
+            },
+        );
+        Ok(())
+    }
+
+    /// Remove a network and every port in it; returns the removed ports.
+    pub fn remove_network(&mut self, id: NetworkId) -> Vec<PortId> {
+        let Some(network) = self.networks.remove(&id) else {
+            return Vec::new();
+        };
+        for port in &network.ports {
+            self.ports.remove(port);
+        }
+        network.ports
+    }
+
+    /// Attach a port to a network.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::UnknownNetwork`] or [`TopologyError::PortExists`].
+    pub fn add_port(&mut self, port: PortId, network: NetworkId) -> Result<(), TopologyError> {
+        if self.ports.contains_key(&port) {
+            return Err(TopologyError::PortExists(port));
+        }
+        let net = self
+            .networks
+            .get_mut(&network)
+            .ok_or(TopologyError::UnknownNetwork(network))?;
+        net.ports.push(port);
+        self.ports.insert(port, network);
+        Ok(())
+    }
+
+    /// Detach a port; its learned MACs are forgotten.
+    pub fn remove_port(&mut self, port: PortId) {
+        let Some(network) = self.ports.remove(&port) else {
+            return;
+        };
+        if let Some(net) = self.networks.get_mut(&network) {
+            net.ports.retain(|p| *p != port);
+            net.macs.forget_port(port);
+        }
+    }
+
+    /// The network a port is in.
+    pub fn network_of(&self, port: PortId) -> Option<NetworkId> {
+        self.ports.get(&port).copied()
+    }
+
+    /// Decide what to do with `frame` (an Ethernet frame, without any
+    /// `virtio_net_hdr`) read from `ingress` at `now`.
+    pub fn handle_frame(&mut self, now: Instant, ingress: PortId, frame: &[u8]) -> Decision {
+        let Some(network_id) = self.ports.get(&ingress) else {
+            return Decision::Drop(DropReason::UnknownPort);
+        };
+        let Some(network) = self.networks.get_mut(network_id) else {
+            return Decision::Drop(DropReason::UnknownPort);
+        };
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return Decision::Drop(DropReason::Truncated);
+        };
+        let (src, dst) = (eth.source(), eth.destination());
+        if !src.is_valid_source() {
+            return Decision::Drop(DropReason::InvalidSource);
+        }
+        match network.macs.learn(src, ingress, now) {
+            Learned::Refreshed | Learned::New => {}
+            Learned::Moved { from } => {
+                tracing::info!(mac = %src, from = from.0, to = ingress.0, "MAC moved");
+            }
+            Learned::TableFull => {
+                tracing::debug!(mac = %src, port = ingress.0, "MAC table full, not learned");
+            }
+        }
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+        }
+        if dst == network.gateway.mac() {
+            return Decision::ToGateway;
+        }
+        if dst.is_multicast() {
+            if network.gateway.wants_multicast(frame) {
+                return Decision::ToGateway;
+            }
+            return Decision::Flood;
+        }
+        match network.macs.lookup(dst, now) {
+            Some(port) if port == ingress => Decision::Drop(DropReason::Hairpin),
+            Some(port) => Decision::Forward(port),
+            None => Decision::Flood,
+        }
+    }
+
+    /// The ports a frame from `ingress` floods to: every port of its
+    /// network, the ingress port included (the caller skips it).
+    pub fn flood_ports(&self, ingress: PortId) -> &[PortId] {
+        self.ports
+            .get(&ingress)
+            .and_then(|n| self.networks.get(n))
+            .map_or(&[], |n| &n.ports)
+    }
+
+    /// Let the ingress port's gateway answer a `ToGateway` frame; the reply
+    /// goes back out of `ingress`.
+    ///
+    /// # Errors
+    ///
+    /// The [`DropReason`] when the gateway has nothing to answer.
+    pub fn gateway_reply(
+        &self,
+        ingress: PortId,
+        frame: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let network = self
+            .ports
+            .get(&ingress)
+            .and_then(|n| self.networks.get(n))
+            .ok_or(DropReason::UnknownPort)?;
+        network.gateway.handle_frame(frame, out)
+    }
+
+    /// When [`Switch::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Purge aged MAC entries if the sweep is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.next_sweep {
+            Some(due) if now >= due => {}
+            _ => return,
+        }
+        let mut entries = 0;
+        for network in self.networks.values_mut() {
+            network.macs.expire(now);
+            entries += network.macs.len();
+        }
+        self.next_sweep = (entries > 0).then(|| now + SWEEP_INTERVAL);
+    }
+
+    /// Number of MAC entries of a network (for inspection).
+    pub fn mac_count(&self, network: NetworkId) -> usize {
+        self.networks.get(&network).map_or(0, |n| n.macs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ethernet::MacAddr;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    const GW: MacAddr = MacAddr([0x02, 0x42, 10, 0, 0, 1]);
+    const NET_A: NetworkId = NetworkId(1);
+    const NET_B: NetworkId = NetworkId(2);
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x02, 0x42, 10, 0, 1, n])
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = dst.0.to_vec();
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        f.extend_from_slice(&[0u8; 46]);
+        f
+    }
+
+    fn switch_with_two_networks() -> Switch {
+        let mut sw = Switch::new();
+        let gw = |last| GatewayConfig {
+            mac: GW,
+            ipv4: vec![Ipv4Addr::new(10, 0, 0, last)],
+            ipv6: vec![],
+        };
+        sw.add_network(NET_A, gw(1)).unwrap();
+        sw.add_network(NET_B, gw(1)).unwrap();
+        for p in 1..=3 {
+            sw.add_port(PortId(p), NET_A).unwrap();
+        }
+        sw.add_port(PortId(10), NET_B).unwrap();
+        sw
+    }
+
+    #[test]
+    fn learns_then_forwards_known_unicast() {
+        let now = Instant::now();
+        let mut sw = switch_with_two_networks();
+        // Unknown destination: flood.
+        assert_eq!(sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))), Decision::Flood);
+        // The answer teaches the switch where mac(2) is, and goes straight back.
+        assert_eq!(
+            sw.handle_frame(now, PortId(2), &frame(mac(1), mac(2))),
+            Decision::Forward(PortId(1))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))),
+            Decision::Forward(PortId(2))
+        );
+    }
+
+    #[test]
+    fn flooding_stays_inside_the_network() {
+        let now = Instant::now();
+        let mut sw = switch_with_two_networks();
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(MacAddr::BROADCAST, mac(1))),
+            Decision::Flood
+        );
+        assert_eq!(sw.flood_ports(PortId(1)), &[PortId(1), PortId(2), PortId(3)]);
+        assert_eq!(sw.flood_ports(PortId(10)), &[PortId(10)]);
+        // A MAC learned in network A is unknown in network B.
+        sw.handle_frame(now, PortId(10), &frame(mac(1), mac(9)));
+        assert_eq!(sw.handle_frame(now, PortId(10), &frame(mac(1), mac(9))), Decision::Flood);
+    }
+
+    #[test]
+    fn drops_bad_frames_with_a_reason() {
+        let now = Instant::now();
+        let mut sw = switch_with_two_networks();
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &[0u8; 13]),
+            Decision::Drop(DropReason::Truncated)
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(2), MacAddr::BROADCAST)),
+            Decision::Drop(DropReason::InvalidSource)
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(99), &frame(mac(2), mac(1))),
+            Decision::Drop(DropReason::UnknownPort)
+        );
+        sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1)));
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(1), mac(3))),
+            Decision::Drop(DropReason::Hairpin)
+        );
+    }
+
+    #[test]
+    fn gateway_mac_goes_to_gateway() {
+        let now = Instant::now();
+        let mut sw = switch_with_two_networks();
+        assert_eq!(sw.handle_frame(now, PortId(1), &frame(GW, mac(1))), Decision::ToGateway);
+    }
+
+    #[test]
+    fn removed_port_is_forgotten() {
+        let now = Instant::now();
+        let mut sw = switch_with_two_networks();
+        sw.handle_frame(now, PortId(2), &frame(mac(1), mac(2)));
+        sw.remove_port(PortId(2));
+        assert_eq!(sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))), Decision::Flood);
+        assert_eq!(sw.flood_ports(PortId(1)), &[PortId(1), PortId(3)]);
+        assert_eq!(sw.remove_network(NET_A), vec![PortId(1), PortId(3)]);
+        assert_eq!(sw.network_of(PortId(1)), None);
+    }
+
+    #[test]
+    fn sweep_purges_aged_entries() {
+        let t0 = Instant::now();
+        let mut sw = switch_with_two_networks();
+        sw.handle_frame(t0, PortId(1), &frame(mac(2), mac(1)));
+        assert_eq!(sw.mac_count(NET_A), 1);
+        let due = sw.poll_timeout().unwrap();
+        sw.handle_timeout(due);
+        assert_eq!(sw.mac_count(NET_A), 1);
+        sw.handle_timeout(t0 + DEFAULT_AGEING + SWEEP_INTERVAL);
+        assert_eq!(sw.mac_count(NET_A), 0);
+        assert_eq!(sw.poll_timeout(), None);
+    }
+
+    proptest! {
+        /// Whatever the frames, a decision never leaves the ingress
+        /// network, and known unicast is never flooded.
+        #[test]
+        fn decisions_stay_in_the_network(
+            frames in proptest::collection::vec((1u32..=3, 0u8..6, 0u8..6), 0..200)
+        ) {
+            let now = Instant::now();
+            let mut sw = switch_with_two_networks();
+            for (port, d, s) in frames {
+                let dst = if d == 0 { MacAddr::BROADCAST } else { mac(d) };
+                match sw.handle_frame(now, PortId(port), &frame(dst, mac(s + 1))) {
+                    Decision::Forward(p) => {
+                        prop_assert_ne!(p, PortId(port));
+                        prop_assert_eq!(sw.network_of(p), Some(NET_A));
+                    }
+                    Decision::Flood => prop_assert!(sw.flood_ports(PortId(port)).iter().all(|p| sw.network_of(*p) == Some(NET_A))),
+                    Decision::ToGateway | Decision::Drop(_) => {}
+                }
+            }
+        }
+    }
+}

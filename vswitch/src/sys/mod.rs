@@ -1,0 +1,5 @@
+//! Everything that touches the kernel: TAP devices and the data-path event
+//! loop. The sans-IO core never imports this module.
+
+pub mod datapath;
+pub mod tap;
