@@ -1,1 +1,116 @@
-fn main(){}
+//! `weft`: a userspace virtual switch and overlay router for containers.
+//!
+//! One binary: the daemon (`weft daemon`), the clients of its API
+//! (`weft network ...`, `weft run`), and two hidden helpers the daemon and
+//! `weft run` start (`__attach`, `__sandbox`).
+//!
+//! # Dependencies
+//!
+//! - `clap` (derive) for the command line, `anyhow` for errors with
+//!   context, `tracing-subscriber` for logs (only the binary installs one).
+//! - `hyper` + `hyper-util` for the API client over a Unix socket: the
+//!   daemon side is axum, and hyper's HTTP/1 client connection works on any
+//!   stream.
+//! - `rtnetlink` configures interfaces inside a sandbox from the attach
+//!   helper (its socket belongs to the namespace the helper entered).
+
+mod client;
+mod daemon;
+mod helper;
+mod network;
+mod paths;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::client::Client;
+
+/// weft: userspace container networking.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about)]
+struct Cli {
+    /// The daemon's API socket [default: /run/weft/weft.sock as root, else $XDG_RUNTIME_DIR/weft/weft.sock].
+    #[arg(long, global = true, env = "WEFT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (switch, controller and API).
+    Daemon(daemon::DaemonArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Run a command in a new sandbox attached to weft networks.
+    Run(run::RunArgs),
+    /// The attach helper the daemon starts (internal).
+    #[command(name = "__attach", hide = true)]
+    Attach {
+        /// The request, JSON.
+        request: String,
+    },
+    /// The sandbox child of `weft run` (internal).
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox {
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone().unwrap_or_else(paths::default_socket);
+    let code = match cli.command {
+        Command::Attach { request } => helper::main(&request),
+        Command::Sandbox { command } => run::sandbox_main(&command),
+        Command::Daemon(args) => {
+            init_logging();
+            report(daemon::run(&socket, args))
+        }
+        Command::Network(command) => {
+            let client = Client::new(&socket);
+            report(block_on(async { network::run(&client, command).await }))
+        }
+        Command::Run(args) => {
+            let client = Client::new(&socket);
+            match block_on(async { Ok(run::run(&client, args).await) }) {
+                Ok(code) => code,
+                Err(e) => report(Err(e)),
+            }
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+fn report(result: Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            1
+        }
+    }
+}

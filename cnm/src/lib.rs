@@ -1,1 +1,32 @@
+//! weft's controller, after Docker's Container Network Model: networks,
+//! endpoints and sandboxes; the drivers (`null`, `host`, `bridge`) that make
+//! them real; the state file; and the HTTP+JSON control API on a Unix
+//! socket.
+//!
+//! # Theory of operation
+//!
+//! The API ([`api`]) turns requests into calls on the [`Controller`], which
+//! owns the state (networks, endpoints, IPAM) and persists it atomically
+//! ([`store`]) after every change. Drivers ([`driver`]) do what is specific
+//! to a network's kind: the bridge driver owns the data path
+//! (`weft_vswitch::sys::datapath`) and attaches sandboxes through the
+//! attach helper ([`attach`]), a short-lived process that enters the
+//! sandbox, makes the TAP and passes its fd back.
+//!
+//! # Dependencies
+//!
+//! - `axum` serves the API on a `tokio::net::UnixListener`: it works with
+//!   `curl --unix-socket` and accepts Docker's `+json` content types.
+//! - `tokio` runs the control plane; the data path has its own thread.
+//! - `nix` for the socket pair and `SCM_RIGHTS` of the attach protocol.
+//! - `humantime` formats creation times (RFC 3339); `rand` makes ids.
 
+pub mod api;
+pub mod attach;
+pub mod controller;
+pub mod driver;
+pub mod host_routes;
+pub mod model;
+pub mod store;
+
+pub use controller::{Controller, ControllerConfig, ControllerError};

@@ -178,15 +178,15 @@ impl Gateway {
                         if !self.config.ipv6.contains(&target) || src.is_unspecified() {
                             return Err(DropReason::NoRoute);
                         }
-                        let reply = builder.ipv6(target.octets(), src.octets(), NDP_HOP_LIMIT).icmpv6(
-                            Icmpv6Type::NeighborAdvertisement(
+                        let reply = builder
+                            .ipv6(target.octets(), src.octets(), NDP_HOP_LIMIT)
+                            .icmpv6(Icmpv6Type::NeighborAdvertisement(
                                 etherparse::icmpv6::NeighborAdvertisementHeader {
                                     router: true,
                                     solicited: true,
                                     r#override: true,
                                 },
-                            ),
-                        );
+                            ));
                         // Target address, then the target link-layer
                         // address option (type 2, length 1 = 8 bytes).
                         let mut body = [0u8; 24];
@@ -341,7 +341,15 @@ mod tests {
         let target: Ipv6Addr = "fd00:231::1".parse().unwrap();
         let src: Ipv6Addr = "fd00:231::2".parse().unwrap();
         let ns = PacketBuilder::ethernet2(PEER_MAC.0, [0x33, 0x33, 0xff, 0, 0, 1])
-            .ipv6(src.octets(), [0xff02, 0, 0, 0, 0, 1, 0xff00, 1].map(u16::to_be_bytes).concat().try_into().unwrap(), 255)
+            .ipv6(
+                src.octets(),
+                [0xff02, 0, 0, 0, 0, 1, 0xff00, 1]
+                    .map(u16::to_be_bytes)
+                    .concat()
+                    .try_into()
+                    .unwrap(),
+                255,
+            )
             .icmpv6(Icmpv6Type::NeighborSolicitation);
         let mut frame = Vec::new();
         ns.write(&mut frame, &target.octets()).unwrap();
@@ -368,7 +376,13 @@ mod tests {
         frame.extend_from_slice(&PEER_MAC.0);
         frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         frame.extend_from_slice(&[0x45, 0, 0]);
-        assert_eq!(gw.handle_frame(&frame, &mut out), Err(DropReason::Malformed));
-        assert_eq!(gw.handle_frame(&frame[..10], &mut out), Err(DropReason::Truncated));
+        assert_eq!(
+            gw.handle_frame(&frame, &mut out),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            gw.handle_frame(&frame[..10], &mut out),
+            Err(DropReason::Truncated)
+        );
     }
 }

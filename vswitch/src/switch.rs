@@ -324,7 +324,10 @@ mod tests {
         let now = Instant::now();
         let mut sw = switch_with_two_networks();
         // Unknown destination: flood.
-        assert_eq!(sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))), Decision::Flood);
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))),
+            Decision::Flood
+        );
         // The answer teaches the switch where mac(2) is, and goes straight back.
         assert_eq!(
             sw.handle_frame(now, PortId(2), &frame(mac(1), mac(2))),
@@ -344,11 +347,17 @@ mod tests {
             sw.handle_frame(now, PortId(1), &frame(MacAddr::BROADCAST, mac(1))),
             Decision::Flood
         );
-        assert_eq!(sw.flood_ports(PortId(1)), &[PortId(1), PortId(2), PortId(3)]);
+        assert_eq!(
+            sw.flood_ports(PortId(1)),
+            &[PortId(1), PortId(2), PortId(3)]
+        );
         assert_eq!(sw.flood_ports(PortId(10)), &[PortId(10)]);
         // A MAC learned in network A is unknown in network B.
         sw.handle_frame(now, PortId(10), &frame(mac(1), mac(9)));
-        assert_eq!(sw.handle_frame(now, PortId(10), &frame(mac(1), mac(9))), Decision::Flood);
+        assert_eq!(
+            sw.handle_frame(now, PortId(10), &frame(mac(1), mac(9))),
+            Decision::Flood
+        );
     }
 
     #[test]
@@ -378,7 +387,10 @@ mod tests {
     fn gateway_mac_goes_to_gateway() {
         let now = Instant::now();
         let mut sw = switch_with_two_networks();
-        assert_eq!(sw.handle_frame(now, PortId(1), &frame(GW, mac(1))), Decision::ToGateway);
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(GW, mac(1))),
+            Decision::ToGateway
+        );
     }
 
     #[test]
@@ -387,7 +399,10 @@ mod tests {
         let mut sw = switch_with_two_networks();
         sw.handle_frame(now, PortId(2), &frame(mac(1), mac(2)));
         sw.remove_port(PortId(2));
-        assert_eq!(sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))), Decision::Flood);
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))),
+            Decision::Flood
+        );
         assert_eq!(sw.flood_ports(PortId(1)), &[PortId(1), PortId(3)]);
         assert_eq!(sw.remove_network(NET_A), vec![PortId(1), PortId(3)]);
         assert_eq!(sw.network_of(PortId(1)), None);

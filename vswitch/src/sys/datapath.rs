@@ -317,10 +317,10 @@ impl Loop {
             return;
         }
         let raw = tap.as_raw_fd();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&raw), Token(token), Interest::READABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw), Token(token), Interest::READABLE)
         {
             tracing::error!(error = %e, port = id.0, "data path: epoll register");
             self.switch.remove_port(id);
@@ -383,7 +383,11 @@ impl Loop {
                 match self.switch.gateway_reply(ingress, frame, body) {
                     Ok(reply_len) => {
                         header.copy_from_slice(&vnet::EMPTY);
-                        send_to(&self.ports, ingress, &self.reply[..VNET_HDR_LEN + reply_len]);
+                        send_to(
+                            &self.ports,
+                            ingress,
+                            &self.reply[..VNET_HDR_LEN + reply_len],
+                        );
                     }
                     Err(reason) => {
                         tracing::debug!(port = ingress.0, reason = reason.as_str(), "gateway drop");

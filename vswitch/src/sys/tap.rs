@@ -94,7 +94,8 @@ impl Tap {
             .open(TUN_CLONE_DEVICE)?;
         let mut req = ifreq_with_name(name)?;
         // The flags field is a c_short; IFF_* fit in it.
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads (and writes back the name into) a valid
         // `ifreq` that lives for the call; the fd is open.
         cvt(unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) })?;
@@ -224,7 +225,11 @@ impl AsRawFd for Tap {
 
 fn ifreq_with_name(name: &str) -> io::Result<libc::ifreq> {
     let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) || bytes.contains(&b'/') {
+    if bytes.is_empty()
+        || bytes.len() >= libc::IFNAMSIZ
+        || bytes.contains(&0)
+        || bytes.contains(&b'/')
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid interface name {name:?}: 1 to 15 bytes, no '/' or NUL"),
@@ -282,7 +287,12 @@ mod tests {
     fn offload_bits_need_csum() {
         assert_eq!(Offloads::default().bits(), 0);
         assert_eq!(
-            Offloads { csum: false, tso4: true, tso6: true }.bits(),
+            Offloads {
+                csum: false,
+                tso4: true,
+                tso6: true
+            }
+            .bits(),
             0,
             "TSO without checksum offload is not a valid request"
         );

@@ -226,7 +226,10 @@ mod tests {
 
     #[test]
     fn truncated_is_an_error() {
-        assert_eq!(EthernetFrame::new_checked(&ARP_FRAME[..13]).unwrap_err(), Truncated);
+        assert_eq!(
+            EthernetFrame::new_checked(&ARP_FRAME[..13]).unwrap_err(),
+            Truncated
+        );
     }
 
     #[test]

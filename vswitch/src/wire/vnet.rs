@@ -130,6 +130,9 @@ mod tests {
         assert_eq!(hdr.csum_offset(), 16);
         let empty = VnetHeader::new_checked(&EMPTY[..]).unwrap();
         assert!(!empty.is_gso() && !empty.needs_csum());
-        assert_eq!(VnetHeader::new_checked(&TSO_HEADER[..9]).unwrap_err(), Truncated);
+        assert_eq!(
+            VnetHeader::new_checked(&TSO_HEADER[..9]).unwrap_err(),
+            Truncated
+        );
     }
 }

@@ -1,0 +1,91 @@
+//! The API client every CLI subcommand uses: HTTP/1.1 over the daemon's
+//! Unix socket (hyper), JSON in and out.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+/// A client of one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client of the daemon listening on `socket`.
+    pub fn new(socket: &Path) -> Self {
+        Client {
+            socket: socket.to_owned(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+            format!(
+                "connecting to the weft daemon at {} (is `weft daemon` running? --socket or WEFT_SOCKET choose another)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the daemon")?;
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "weft");
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending the request")?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Send a request; decode a success as `T`, turn an error answer into
+    /// an error carrying the daemon's message.
+    ///
+    /// # Errors
+    ///
+    /// The daemon is unreachable, answered with an error, or with
+    /// something that is not `T`.
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{message}");
+        }
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes).context("decoding the daemon's answer")
+    }
+}

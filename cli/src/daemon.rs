@@ -1,0 +1,97 @@
+//! `weft daemon`: the controller, the data path and the API socket in one
+//! process, until SIGINT or SIGTERM.
+//!
+//! Stopping leaves every TAP in place (they are persistent): a daemon
+//! started again with the same state directory re-opens them and traffic
+//! resumes by itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
+use weft_cnm::{api, Controller};
+
+/// The daemon's options.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// State directory [default: /var/lib/weft as root, else $XDG_STATE_HOME/weft].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Do not create the default `bridge` network.
+    #[arg(long)]
+    pub no_default_network: bool,
+}
+
+/// Run the daemon until a signal stops it.
+pub fn run(socket: &Path, args: DaemonArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(socket, args))
+}
+
+async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(crate::paths::default_state_dir);
+    let helper_exe =
+        std::env::current_exe().context("finding the weft binary for the attach helper")?;
+    let controller = Controller::start(ControllerConfig {
+        state_dir: state_dir.clone(),
+        helper_exe,
+        netns_dir: PathBuf::from(NETNS_DIR),
+    })
+    .await
+    .with_context(|| format!("starting with state directory {}", state_dir.display()))?;
+    if !args.no_default_network {
+        controller
+            .ensure_default_network()
+            .await
+            .context("creating the default network `bridge`")?;
+    }
+    let listener = bind(socket).await?;
+    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
+    let result = api::serve(listener, Arc::new(controller), shutdown_signal())
+        .await
+        .context("serving the API");
+    let _ = std::fs::remove_file(socket);
+    tracing::info!("weft daemon stopped; TAPs stay for the next start");
+    result
+}
+
+async fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            bail!(
+                "another weft daemon is listening on {}: stop it, or give this one another --socket",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))
+}
+
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received, stopping");
+}

@@ -1,0 +1,198 @@
+//! The attach helper (`weft __attach REQUEST`): a short-lived,
+//! single-threaded process that enters a sandbox's network namespace,
+//! makes or re-opens its TAP, configures it over netlink and passes the fd
+//! back to the daemon. See `weft_cnm::attach` for the protocol and why the
+//! daemon does not do this itself.
+//!
+//! Steps for a TAP, in the sandbox's namespace:
+//! 1. pick the name: the one asked for (re-open), or the first `ethN` that
+//!    does not exist yet;
+//! 2. `TUNSETIFF` creates the TAP (or attaches to the persistent one of that
+//!    name), `TUNSETPERSIST` keeps it across daemon restarts, offloads on;
+//! 3. over netlink: MAC, MTU, up; each address (IPv6 without DAD, so it is
+//!    usable at once); a default route per family via the gateway; `lo` up.
+//!    "Already exists" answers are fine: a re-open finds everything in
+//!    place;
+//! 4. send `Attached { ifname }` with the fd; exit.
+//!
+//! A new TAP that fails half-way is removed again, so a failed connect
+//! leaves nothing behind.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use anyhow::{bail, Context, Result};
+use futures_util::TryStreamExt;
+use nix::sched::CloneFlags;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use weft_cnm::attach::{
+    send_reply, AttachAction, AttachReply, AttachRequest, TapConfig, HELPER_FD,
+};
+use weft_vswitch::sys::tap::{Offloads, Tap};
+
+/// Interface names tried for a new endpoint: eth0 .. eth{MAX_INTERFACES-1}.
+const MAX_INTERFACES: u32 = 1000;
+
+/// Run the helper; the process exit code.
+pub fn main(request_json: &str) -> i32 {
+    // SAFETY: HELPER_FD was installed by the daemon for this process (dup2
+    // before exec) and nothing else in this process uses that number.
+    let channel = unsafe { BorrowedFd::borrow_raw(HELPER_FD) };
+    let outcome = serde_json::from_str::<AttachRequest>(request_json)
+        .context("parsing the attach request")
+        .and_then(|request| attach(&request));
+    let sent = match &outcome {
+        Ok((ifname, tap)) => send_reply(
+            channel,
+            &AttachReply::Attached {
+                ifname: ifname.clone(),
+            },
+            tap.as_ref().map(|t| t.as_fd()),
+        ),
+        Err(e) => send_reply(
+            channel,
+            &AttachReply::Failed {
+                error: format!("{e:#}"),
+            },
+            None,
+        ),
+    };
+    if let Err(e) = sent {
+        eprintln!("weft attach helper: sending the answer: {e}");
+        return 1;
+    }
+    i32::from(outcome.is_err())
+}
+
+fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
+    let netns = File::open(&request.sandbox)
+        .with_context(|| format!("opening network namespace {}", request.sandbox.display()))?;
+    nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", request.sandbox.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the helper's runtime")?;
+    match &request.action {
+        AttachAction::Loopback => {
+            runtime.block_on(async {
+                let handle = netlink()?;
+                loopback_up(&handle).await
+            })?;
+            Ok(("lo".to_owned(), None))
+        }
+        AttachAction::Tap(config) => {
+            let (ifname, created) = match &config.ifname {
+                Some(name) => (name.clone(), !interface_exists(name)),
+                None => (first_free_name()?, true),
+            };
+            let tap = Tap::create(&ifname).with_context(|| format!("creating TAP {ifname}"))?;
+            let configured = (|| {
+                tap.set_persistent(true)
+                    .context("making the TAP persistent")?;
+                tap.set_offloads(Offloads::ALL)
+                    .context("enabling TAP offloads")?;
+                runtime.block_on(configure(&ifname, config))
+            })();
+            if let Err(e) = configured {
+                if created {
+                    let _ = tap.set_persistent(false);
+                }
+                return Err(e);
+            }
+            Ok((ifname, Some(tap)))
+        }
+    }
+}
+
+fn netlink() -> Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn interface_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+fn first_free_name() -> Result<String> {
+    (0..MAX_INTERFACES)
+        .map(|i| format!("eth{i}"))
+        .find(|name| !interface_exists(name))
+        .context("no free interface name eth0..eth999 in the sandbox")
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<u32> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await? {
+        Some(link) => Ok(link.header.index),
+        None => bail!("interface {name} vanished while being configured"),
+    }
+}
+
+async fn loopback_up(handle: &Handle) -> Result<()> {
+    let index = link_index(handle, "lo").await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .context("bringing lo up")
+}
+
+fn ignore_exists(result: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        other => other,
+    }
+}
+
+async fn configure(ifname: &str, config: &TapConfig) -> Result<()> {
+    let handle = netlink()?;
+    let index = link_index(&handle, ifname).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(config.mac.0.to_vec())
+                .mtu(config.mtu)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| {
+            format!(
+                "setting MAC {}, MTU {} and up on {ifname}",
+                config.mac, config.mtu
+            )
+        })?;
+    for addr in &config.addresses {
+        let mut request = handle.address().add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            let message = request.message_mut();
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        ignore_exists(request.execute().await)
+            .with_context(|| format!("adding {addr} to {ifname}"))?;
+    }
+    for gateway in &config.gateways {
+        let route = match gateway {
+            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .gateway(*v4)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .gateway(*v6)
+                .output_interface(index)
+                .build(),
+        };
+        ignore_exists(handle.route().add(route).execute().await)
+            .with_context(|| format!("adding a default route via {gateway} on {ifname}"))?;
+    }
+    loopback_up(&handle).await
+}

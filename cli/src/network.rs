@@ -1,0 +1,323 @@
+//! `weft network ...`: clients of the API that print like `docker network`.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use hyper::Method;
+use ipnet::IpNet;
+use serde_json::Value;
+use weft_cnm::controller::{
+    ConnectRequest, CreateNetworkRequest, DisconnectRequest, SubnetRequest,
+};
+use weft_cnm::model::Network;
+
+use crate::client::Client;
+
+/// `weft network` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network; prints its id.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Show networks and their endpoints as JSON.
+    Inspect {
+        /// Network names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while endpoints are attached).
+    #[command(alias = "remove")]
+    Rm {
+        /// Network names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Attach a network namespace to a network.
+    Connect(ConnectArgs),
+    /// Detach a network namespace from a network; its interface goes away.
+    Disconnect {
+        /// The network.
+        network: String,
+        /// Namespace path, or a name under /var/run/netns.
+        netns: String,
+    },
+}
+
+/// `weft network create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Driver: bridge, host or null.
+    #[arg(long, short = 'd', default_value = "bridge")]
+    pub driver: String,
+    /// Subnet in CIDR form (repeatable: one IPv4 and/or IPv6 subnet each).
+    #[arg(long)]
+    pub subnet: Vec<IpNet>,
+    /// Gateway of the subnet that contains it (repeatable).
+    #[arg(long)]
+    pub gateway: Vec<IpAddr>,
+    /// Allocate addresses from this part of the subnet that contains it.
+    #[arg(long)]
+    pub ip_range: Vec<IpNet>,
+    /// No outbound access.
+    #[arg(long)]
+    pub internal: bool,
+    /// MTU of the sandbox interfaces.
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Driver option KEY=VALUE (repeatable).
+    #[arg(long, short = 'o', value_name = "KEY=VALUE")]
+    pub opt: Vec<String>,
+    /// The network's name.
+    pub name: String,
+}
+
+/// `weft network connect`.
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// DNS name of the endpoint [default: the namespace's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Static address (one IPv4 and/or one IPv6).
+    #[arg(long)]
+    pub ip: Vec<IpAddr>,
+    /// Extra DNS name (repeatable).
+    #[arg(long)]
+    pub alias: Vec<String>,
+    /// The network.
+    pub network: String,
+    /// Namespace path, or a name under /var/run/netns.
+    pub netns: String,
+}
+
+/// Run a `weft network` subcommand.
+pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
+    match command {
+        NetworkCommand::Create(args) => {
+            let request = create_request(args)?;
+            let network: Network = client
+                .call(Method::POST, "/v1/networks", Some(&request))
+                .await?;
+            println!("{}", network.id);
+        }
+        NetworkCommand::Ls { format } => {
+            let networks: Vec<Network> = client
+                .call(Method::GET, "/v1/networks", None::<&()>)
+                .await?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&networks)?);
+            } else {
+                print_table(&networks);
+            }
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut all = Vec::new();
+            for name in &names {
+                let details: Value = client
+                    .call(Method::GET, &network_path(name, ""), None::<&()>)
+                    .await?;
+                all.push(details);
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        NetworkCommand::Rm { names } => {
+            for name in &names {
+                let () = client
+                    .call(Method::DELETE, &network_path(name, ""), None::<&()>)
+                    .await?;
+                println!("{name}");
+            }
+        }
+        NetworkCommand::Connect(args) => {
+            let request = ConnectRequest {
+                sandbox: netns_arg(&args.netns)?,
+                name: args.name,
+                ips: args.ip,
+                aliases: args.alias,
+            };
+            let _: Value = client
+                .call(
+                    Method::POST,
+                    &network_path(&args.network, "/connect"),
+                    Some(&request),
+                )
+                .await?;
+        }
+        NetworkCommand::Disconnect { network, netns } => {
+            let request = DisconnectRequest {
+                sandbox: netns_arg(&netns)?,
+            };
+            let () = client
+                .call(
+                    Method::POST,
+                    &network_path(&network, "/disconnect"),
+                    Some(&request),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The API path of a network; names are validated by the daemon, but a
+/// `/` or `?` must not change the path.
+pub fn network_path(name: &str, suffix: &str) -> String {
+    let escaped: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!("/v1/networks/{escaped}{suffix}")
+}
+
+/// A namespace argument: a bare name stays a name (the daemon looks under
+/// /var/run/netns); a path is made absolute, since the daemon's working
+/// directory is not ours.
+pub fn netns_arg(netns: &str) -> Result<String> {
+    if !netns.contains('/') {
+        return Ok(netns.to_owned());
+    }
+    let path = Path::new(netns);
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .context("reading the working directory")?
+            .join(path)
+    };
+    absolute
+        .to_str()
+        .map(str::to_owned)
+        .context("the namespace path is not UTF-8")
+}
+
+fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
+    let mut subnets: Vec<SubnetRequest> = args
+        .subnet
+        .iter()
+        .map(|s| SubnetRequest {
+            subnet: *s,
+            gateway: None,
+            ip_range: None,
+        })
+        .collect();
+    for gateway in args.gateway {
+        let Some(s) = subnets.iter_mut().find(|s| s.subnet.contains(&gateway)) else {
+            bail!("--gateway {gateway} is in no --subnet: give the subnet it belongs to");
+        };
+        if s.gateway.replace(gateway).is_some() {
+            bail!("two --gateway for subnet {}: give one", s.subnet);
+        }
+    }
+    for range in args.ip_range {
+        let Some(s) = subnets.iter_mut().find(|s| s.subnet.contains(&range)) else {
+            bail!("--ip-range {range} is in no --subnet: give the subnet it belongs to");
+        };
+        if s.ip_range.replace(range).is_some() {
+            bail!("two --ip-range for subnet {}: give one", s.subnet);
+        }
+    }
+    let mut options = std::collections::BTreeMap::new();
+    for opt in args.opt {
+        let Some((k, v)) = opt.split_once('=') else {
+            bail!("--opt {opt:?} is not KEY=VALUE");
+        };
+        options.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(CreateNetworkRequest {
+        name: args.name,
+        driver: Some(args.driver),
+        subnets,
+        internal: args.internal,
+        mtu: args.mtu,
+        options,
+    })
+}
+
+fn print_table(networks: &[Network]) {
+    let rows: Vec<[String; 5]> = networks
+        .iter()
+        .map(|n| {
+            [
+                n.short_id().to_owned(),
+                n.name.clone(),
+                n.driver.to_string(),
+                "local".to_owned(),
+                n.subnets
+                    .iter()
+                    .map(|s| s.subnet.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    let header = ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_escape_names() {
+        assert_eq!(network_path("n1", "/connect"), "/v1/networks/n1/connect");
+        assert_eq!(network_path("a/b?c", ""), "/v1/networks/a%2Fb%3Fc");
+    }
+
+    #[test]
+    fn gateways_and_ranges_pair_with_their_subnet() {
+        let args = CreateArgs {
+            driver: "bridge".into(),
+            subnet: vec!["10.1.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
+            gateway: vec!["fd00::fe".parse().unwrap()],
+            ip_range: vec!["10.1.0.128/25".parse().unwrap()],
+            internal: false,
+            mtu: None,
+            opt: vec!["a=b".into()],
+            name: "n".into(),
+        };
+        let request = create_request(args).unwrap();
+        assert_eq!(
+            request.subnets[0].ip_range,
+            Some("10.1.0.128/25".parse().unwrap())
+        );
+        assert_eq!(
+            request.subnets[1].gateway,
+            Some("fd00::fe".parse().unwrap())
+        );
+        assert_eq!(request.options.get("a").map(String::as_str), Some("b"));
+        let bad = CreateArgs {
+            driver: "bridge".into(),
+            subnet: vec!["10.1.0.0/24".parse().unwrap()],
+            gateway: vec!["10.2.0.1".parse().unwrap()],
+            ip_range: vec![],
+            internal: false,
+            mtu: None,
+            opt: vec![],
+            name: "n".into(),
+        };
+        assert!(create_request(bad).is_err());
+    }
+}

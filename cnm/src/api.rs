@@ -1,0 +1,170 @@
+//! The control API: HTTP/1.1 + JSON on a Unix socket.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/networks` | | `[Network]` |
+//! | `POST /v1/networks` | `CreateNetworkRequest` | `201 Network` |
+//! | `GET /v1/networks/{name}` | | `NetworkDetails` |
+//! | `DELETE /v1/networks/{name}` | | `204` |
+//! | `POST /v1/networks/{name}/connect` | `ConnectRequest` | `201 Endpoint` |
+//! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
+//! | `GET /v1/version` | | `{"version": ...}` |
+//!
+//! Every error is `{"message": "..."}` with a 4xx status for a request
+//! that must change (the message says how) and 5xx for a failure of the
+//! daemon itself. Unknown fields in a body are refused, so a typo is an
+//! error, not a silently ignored option.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::controller::{
+    error_chain, ConnectRequest, Controller, ControllerError, CreateNetworkRequest,
+    DisconnectRequest,
+};
+
+/// An error answer.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+/// An error the API turns into a response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %error_chain(&e), "request failed");
+        }
+        ApiError {
+            status,
+            message: error_chain(&e),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid request body: {}", e.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type Shared = State<Arc<Controller>>;
+
+/// The API's routes over `controller`.
+pub fn router(controller: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/version", get(version))
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route(
+            "/v1/networks/{name}",
+            get(inspect_network).delete(delete_network),
+        )
+        .route("/v1/networks/{name}/connect", post(connect))
+        .route("/v1/networks/{name}/disconnect", post(disconnect))
+        .fallback(not_found)
+        .with_state(controller)
+}
+
+async fn version() -> impl IntoResponse {
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such API path: see the table in cnm/src/api.rs (GET /v1/networks, ...)".into(),
+    }
+}
+
+async fn list_networks(State(c): Shared) -> impl IntoResponse {
+    Json(c.networks().await)
+}
+
+async fn create_network(
+    State(c): Shared,
+    body: Result<Json<CreateNetworkRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    let network = c.create_network(request).await?;
+    Ok((StatusCode::CREATED, Json(network)))
+}
+
+async fn inspect_network(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(c.inspect(&name).await?))
+}
+
+async fn delete_network(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    c.delete_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connect(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    let endpoint = c.connect(&name, request).await?;
+    Ok((StatusCode::CREATED, Json(endpoint)))
+}
+
+async fn disconnect(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Json<DisconnectRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    c.disconnect(&name, request).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Serve the API on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// The accept loop's I/O error.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    controller: Arc<Controller>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(controller))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
