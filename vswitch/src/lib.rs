@@ -36,6 +36,7 @@
 
 pub mod counters;
 pub mod gateway;
+pub mod gso;
 pub mod mac_table;
 pub mod switch;
 pub mod sys;

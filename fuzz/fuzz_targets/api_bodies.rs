@@ -1,0 +1,12 @@
+//! API request bodies: whatever JSON arrives, decoding never panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weft_cnm::controller::{ConnectRequest, CreateNetworkRequest, DisconnectRequest};
+
+fuzz_target!(|body: &[u8]| {
+    let _ = serde_json::from_slice::<CreateNetworkRequest>(body);
+    let _ = serde_json::from_slice::<ConnectRequest>(body);
+    let _ = serde_json::from_slice::<DisconnectRequest>(body);
+    let _ = serde_json::from_slice::<weft_cnm::attach::AttachRequest>(body);
+});
