@@ -35,6 +35,7 @@
 //!   layout for the TAP ioctls, so no ioctl number is typed by hand.
 
 pub mod counters;
+pub mod dns_tcp;
 pub mod gateway;
 pub mod gso;
 pub mod mac_table;
