@@ -12,6 +12,11 @@
 //! `weft run` disconnects every network (the TAPs, and with them the
 //! namespace, go away) and exits with the command's code (128+N for a
 //! signal N, 125 when weft itself failed, like `docker run`).
+//!
+//! The child also gets a mount namespace of its own (mounts private), in
+//! which a resolv.conf naming the first network's gateway (the embedded
+//! DNS) is bind-mounted over `/etc/resolv.conf`; the host's file is not
+//! touched.
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -22,8 +27,10 @@ use std::process::{Command, ExitStatus};
 
 use anyhow::{bail, Context, Result};
 use hyper::Method;
+use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
 use serde_json::Value;
+use std::os::unix::ffi::OsStringExt;
 use weft_cnm::controller::{ConnectRequest, DisconnectRequest};
 
 use crate::client::Client;
@@ -37,6 +44,9 @@ const SANDBOX_FD: i32 = 3;
 
 /// Exit code when weft, not the command, failed (as `docker run`).
 pub const EXIT_WEFT_FAILED: i32 = 125;
+
+/// Where the command looks for its resolver.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 const READY: u8 = b'r';
 const GO: u8 = b'g';
@@ -125,8 +135,23 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             }
         }
     }
+    let resolv_conf = if failure.is_none() {
+        match write_resolv_conf(client, &networks[0]).await {
+            Ok(path) => path,
+            Err(e) => {
+                failure = Some(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
     let status = if failure.is_none() {
-        ours.write_all(&[GO]).context("starting the command")?;
+        let mut go = vec![GO];
+        if let Some(path) = &resolv_conf {
+            go.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        }
+        ours.write_all(&go).context("starting the command")?;
         drop(ours);
         wait_child(child).await?
     } else {
@@ -149,6 +174,9 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             eprintln!("weft: disconnecting from {network}: {e:#}");
         }
     }
+    if let Some(path) = resolv_conf {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(e) = failure {
         return Err(e);
     }
@@ -156,6 +184,33 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(EXIT_WEFT_FAILED))
+}
+
+/// Write the sandbox's resolv.conf (the network's gateways: the embedded
+/// DNS) to a temporary file the child bind-mounts over /etc/resolv.conf.
+/// None when the network has no gateway (null and host drivers).
+async fn write_resolv_conf(client: &Client, network: &str) -> Result<Option<std::path::PathBuf>> {
+    let details: Value = client
+        .call(Method::GET, &network_path(network, ""), None::<&()>)
+        .await
+        .with_context(|| format!("inspecting network {network}"))?;
+    let mut gateways: Vec<IpAddr> = details["subnets"]
+        .as_array()
+        .map(|subnets| {
+            subnets
+                .iter()
+                .filter_map(|s| s["gateway"].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if gateways.is_empty() {
+        return Ok(None);
+    }
+    gateways.sort_by_key(|g: &IpAddr| g.is_ipv6());
+    let text = weft_cnm::resolv_conf::render(&gateways);
+    let path = std::env::temp_dir().join(format!("weft-run-{}.resolv.conf", std::process::id()));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(path))
 }
 
 async fn wait_child(mut child: std::process::Child) -> Result<ExitStatus> {
@@ -173,18 +228,45 @@ pub fn sandbox_main(command: &[String]) -> i32 {
     // nothing else here owns that number.
     let channel = unsafe { OwnedFd::from_raw_fd(SANDBOX_FD) };
     let mut channel = UnixStream::from(channel);
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
-        eprintln!("weft: making the sandbox's network namespace: {e}");
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS) {
+        eprintln!("weft: making the sandbox's network and mount namespaces: {e}");
         return EXIT_WEFT_FAILED;
     }
-    let mut byte = [0u8; 1];
+    // Our mounts stay ours: nothing propagates back to the host.
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        eprintln!("weft: making the sandbox's mounts private: {e}");
+        return EXIT_WEFT_FAILED;
+    }
+    let mut message = Vec::new();
     if channel.write_all(&[READY]).is_err()
-        || channel.read_exact(&mut byte).is_err()
-        || byte[0] != GO
+        || channel.read_to_end(&mut message).is_err()
+        || message.first() != Some(&GO)
     {
         return EXIT_WEFT_FAILED;
     }
     drop(channel);
+    if message.len() > 1 {
+        let source = std::path::PathBuf::from(std::ffi::OsString::from_vec(message[1..].to_vec()));
+        if let Err(e) = mount(
+            Some(&source),
+            RESOLV_CONF,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            eprintln!(
+                "weft: bind-mounting {} over {RESOLV_CONF}: {e}",
+                source.display()
+            );
+            return EXIT_WEFT_FAILED;
+        }
+    }
     let Some((program, args)) = command.split_first() else {
         eprintln!("weft: no command to run");
         return EXIT_WEFT_FAILED;

@@ -36,6 +36,7 @@ use crate::host_routes;
 use crate::model::{
     DriverKind, Endpoint, Network, Scope, SubnetInfo, UnknownDriver, DEFAULT_MTU, MAX_MTU, MIN_MTU,
 };
+use crate::resolv_conf;
 use crate::store::{State, StateStore, StoreError};
 
 /// The default network's name (Docker's `docker0` network is `bridge`).
@@ -336,6 +337,9 @@ impl Controller {
                 }
                 Err(e) if !endpoint.sandbox.exists() => {
                     tracing::warn!(network = network.name, sandbox = %endpoint.sandbox.display(), error = %error_chain(&e), "sandbox is gone: endpoint dropped, addresses released");
+                    if let Some(path) = &endpoint.resolv_conf {
+                        resolv_conf::remove(path);
+                    }
                     for addr in endpoint.addresses.drain(..) {
                         let _ = inner.state.ipam.release(&network.name, addr.addr());
                     }
@@ -554,6 +558,7 @@ impl Controller {
             ifname: String::new(),
             mac: None,
             addresses,
+            resolv_conf: None,
         };
         let driver = inner.driver(network.driver);
         let created = driver
@@ -566,7 +571,7 @@ impl Controller {
             Ok(()) => join_blocking(Arc::clone(&driver), network.clone(), endpoint.clone()).await,
             Err(e) => Err(e),
         };
-        let endpoint = match joined {
+        let mut endpoint = match joined {
             Ok(joined) => joined,
             Err(e) => {
                 let _ = driver.delete_endpoint(&network, &endpoint);
@@ -574,8 +579,12 @@ impl Controller {
                 return Err(e);
             }
         };
+        endpoint.resolv_conf = self.install_resolv_conf(&network, &endpoint);
         inner.state.endpoints.push(endpoint.clone());
         if let Err(e) = inner.save() {
+            if let Some(path) = &endpoint.resolv_conf {
+                resolv_conf::remove(path);
+            }
             inner.state.endpoints.retain(|x| x.id != endpoint.id);
             let _ = driver.leave(&network, &endpoint);
             inner.release_addresses(&endpoint);
@@ -631,10 +640,32 @@ impl Controller {
         }
         let _ = driver.delete_endpoint(&network, &endpoint);
         inner.release_addresses(&endpoint);
+        if let Some(path) = &endpoint.resolv_conf {
+            resolv_conf::remove(path);
+        }
         inner.state.endpoints.retain(|e| e.id != endpoint.id);
         inner.save()?;
         tracing::info!(network = network.name, sandbox = %sandbox.display(), "endpoint left");
         Ok(())
+    }
+
+    /// Point a named namespace's resolver at the network's gateways (see
+    /// [`resolv_conf`]); the path if weft wrote the file.
+    fn install_resolv_conf(&self, network: &Network, endpoint: &Endpoint) -> Option<PathBuf> {
+        if network.subnets.is_empty() {
+            return None;
+        }
+        let path = resolv_conf::netns_resolv_conf(&self.netns_dir, &endpoint.sandbox)?;
+        let mut gateways: Vec<IpAddr> = network.subnets.iter().map(|s| s.gateway).collect();
+        gateways.sort_by_key(|g| g.is_ipv6());
+        match resolv_conf::install(&path, &gateways) {
+            Ok(true) => Some(path),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not write the sandbox's resolv.conf");
+                None
+            }
+        }
     }
 
     fn sandbox_path(&self, sandbox: &str) -> PathBuf {

@@ -27,6 +27,7 @@ pub mod controller;
 pub mod driver;
 pub mod host_routes;
 pub mod model;
+pub mod resolv_conf;
 pub mod store;
 
 pub use controller::{Controller, ControllerConfig, ControllerError};

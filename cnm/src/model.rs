@@ -101,6 +101,10 @@ pub struct Endpoint {
     pub mac: Option<MacAddr>,
     /// Its addresses with the subnet's prefix length.
     pub addresses: Vec<IpNet>,
+    /// The per-namespace resolv.conf weft wrote for it, removed when it
+    /// leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A driver name that is not one of weft's.
