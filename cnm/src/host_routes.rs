@@ -2,7 +2,7 @@
 //! network the host already reaches (Docker does the same check).
 //!
 //! Read from `/proc/net/route` of the daemon's network namespace: one line
-//! per route, destination and mask as little-endian hex. The default route
+//! per route, destination and mask as hex host-order integers. The default route
 //! (0.0.0.0/0) is skipped: everything overlaps it.
 
 use std::net::Ipv4Addr;
@@ -26,11 +26,13 @@ pub fn parse_proc_net_route(text: &str) -> Vec<IpNet> {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let dest = u32::from_str_radix(cols.get(1)?, 16).ok()?;
             let mask = u32::from_str_radix(cols.get(7)?, 16).ok()?;
-            let prefix = u8::try_from(u32::from_le(mask).leading_ones()).ok()?;
+            // The kernel prints the network-order words as host integers:
+            // their in-memory bytes are the address.
+            let prefix = u8::try_from(u32::from_be_bytes(mask.to_ne_bytes()).leading_ones()).ok()?;
             if prefix == 0 {
                 return None;
             }
-            let addr = Ipv4Addr::from(u32::from_le(dest).to_be_bytes());
+            let addr = Ipv4Addr::from(dest.to_ne_bytes());
             Ipv4Net::new(addr, prefix).ok().map(IpNet::V4)
         })
         .collect()
