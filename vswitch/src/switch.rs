@@ -28,7 +28,7 @@
 //! [`SWEEP_INTERVAL`], when [`Switch::handle_timeout`] purges aged MAC
 //! entries (lookups already ignore them, the sweep frees their memory).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -80,8 +80,8 @@ pub enum TopologyError {
 /// The switch core. See the module header.
 #[derive(Debug, Default)]
 pub struct Switch {
-    networks: HashMap<NetworkId, Network>,
-    ports: HashMap<PortId, NetworkId>,
+    networks: FxHashMap<NetworkId, Network>,
+    ports: FxHashMap<PortId, NetworkId>,
     next_sweep: Option<Instant>,
 }
 

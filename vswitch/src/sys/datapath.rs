@@ -30,7 +30,7 @@
 //! Limits: frames up to [`FRAME_BUFFER_LEN`] bytes (a 64 KiB GSO segment
 //! plus headers); ports up to `mio::Token` space (u32 port ids).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
 
 use crate::counters::{DropReason, PortCounters};
 use crate::gateway::{GatewayConfig, REPLY_HEADROOM};
@@ -116,7 +117,7 @@ struct Loop {
     poll: Poll,
     commands: mpsc::Receiver<Command>,
     switch: Switch,
-    ports: HashMap<PortId, PortIo>,
+    ports: FxHashMap<PortId, PortIo>,
     ready: VecDeque<PortId>,
     frame: Vec<u8>,
     reply: Vec<u8>,
@@ -143,7 +144,7 @@ impl Datapath {
             poll,
             commands: rx,
             switch: Switch::new(),
-            ports: HashMap::new(),
+            ports: FxHashMap::default(),
             ready: VecDeque::new(),
             frame: vec![0; FRAME_BUFFER_LEN],
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
@@ -362,7 +363,7 @@ impl Loop {
         let Some(ingress_io) = self.ports.get(&ingress) else {
             return;
         };
-        let counters = Arc::clone(&ingress_io.counters);
+        let counters = &ingress_io.counters;
         let Some(frame) = self.frame.get(VNET_HDR_LEN..len) else {
             counters.count_drop(DropReason::Truncated);
             return;
@@ -403,7 +404,7 @@ impl Loop {
     }
 }
 
-fn send_to(ports: &HashMap<PortId, PortIo>, egress: PortId, frame_with_header: &[u8]) {
+fn send_to(ports: &FxHashMap<PortId, PortIo>, egress: PortId, frame_with_header: &[u8]) {
     let Some(io) = ports.get(&egress) else {
         return;
     };
