@@ -14,6 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
 use weft_cnm::{api, Controller};
 
+/// Where the host's resolvers are listed.
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// The daemon's options.
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -23,6 +26,10 @@ pub struct DaemonArgs {
     /// Do not create the default `bridge` network.
     #[arg(long)]
     pub no_default_network: bool,
+    /// Upstream resolver for names that are not local, IP or IP:PORT
+    /// (repeatable) [default: the nameservers of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR")]
+    pub dns_upstream: Vec<String>,
 }
 
 /// Run the daemon until a signal stops it.
@@ -41,10 +48,24 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         .unwrap_or_else(crate::paths::default_state_dir);
     let helper_exe =
         std::env::current_exe().context("finding the weft binary for the attach helper")?;
+    let dns_upstreams = if args.dns_upstream.is_empty() {
+        let text = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
+        let upstreams = weft_cnm::resolv_conf::parse_nameservers(&text);
+        if upstreams.is_empty() {
+            tracing::warn!("no nameserver in {HOST_RESOLV_CONF}: names that are not local get SERVFAIL (give --dns-upstream)");
+        }
+        upstreams
+    } else {
+        args.dns_upstream
+            .iter()
+            .map(|a| weft_cnm::resolv_conf::parse_upstream(a))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let controller = Controller::start(ControllerConfig {
         state_dir: state_dir.clone(),
         helper_exe,
         netns_dir: PathBuf::from(NETNS_DIR),
+        dns_upstreams,
     })
     .await
     .with_context(|| format!("starting with state directory {}", state_dir.display()))?;

@@ -57,6 +57,8 @@ pub struct ControllerConfig {
     pub helper_exe: PathBuf,
     /// Where bare namespace names are looked up.
     pub netns_dir: PathBuf,
+    /// Upstream resolvers of the embedded DNS.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// `network create`.
@@ -291,6 +293,7 @@ impl Controller {
     /// dropped, not fatal.
     pub async fn start(config: ControllerConfig) -> Result<Controller, ControllerError> {
         let store = StateStore::open(&config.state_dir)?;
+        let config_upstreams = config.dns_upstreams.clone();
         let state = store.load()?;
         let datapath = Arc::new(Datapath::spawn().map_err(ControllerError::Datapath)?);
         let controller = Controller {
@@ -303,6 +306,16 @@ impl Controller {
             }),
             netns_dir: config.netns_dir,
         };
+        {
+            let inner = controller.inner.lock().await;
+            inner
+                .bridge
+                .set_dns_upstreams(&config_upstreams)
+                .map_err(|source| ControllerError::Driver {
+                    driver: DriverKind::Bridge,
+                    source,
+                })?;
+        }
         controller.restore().await?;
         Ok(controller)
     }
@@ -351,6 +364,9 @@ impl Controller {
                     inner.state.endpoints.push(endpoint);
                 }
             }
+        }
+        for network in inner.state.networks.clone() {
+            inner.publish_names(&network);
         }
         inner.save()
     }
@@ -590,6 +606,7 @@ impl Controller {
             inner.release_addresses(&endpoint);
             return Err(e);
         }
+        inner.publish_names(&network);
         tracing::info!(network = network.name, sandbox = %endpoint.sandbox.display(), ifname = endpoint.ifname, addresses = ?endpoint.addresses, "endpoint joined");
         Ok(endpoint)
     }
@@ -644,6 +661,7 @@ impl Controller {
             resolv_conf::remove(path);
         }
         inner.state.endpoints.retain(|e| e.id != endpoint.id);
+        inner.publish_names(&network);
         inner.save()?;
         tracing::info!(network = network.name, sandbox = %sandbox.display(), "endpoint left");
         Ok(())
@@ -700,6 +718,23 @@ impl Inner {
             DriverKind::Null => self.null.clone(),
             DriverKind::Host => self.host.clone(),
             DriverKind::Bridge => self.bridge.clone(),
+        }
+    }
+
+    /// Tell the network's driver the names of all its endpoints (the
+    /// embedded DNS serves them at once).
+    fn publish_names(&self, network: &Network) {
+        let endpoints: Vec<&Endpoint> = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == network.name)
+            .collect();
+        if let Err(e) = self
+            .driver(network.driver)
+            .endpoints_changed(network, &endpoints)
+        {
+            tracing::error!(network = network.name, error = %error_chain(&e), "DNS names not updated");
         }
     }
 

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use weft_vswitch::counters::PortCountersSnapshot;
+use weft_vswitch::dns::{Zone, ZoneEntry};
 use weft_vswitch::sys::datapath::{Datapath, DatapathError};
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
@@ -107,6 +108,29 @@ pub trait NetworkDriver: Send + Sync {
     /// Counters of an endpoint's port, if it has one.
     fn counters(&self, _endpoint: &Endpoint) -> Option<PortCountersSnapshot> {
         None
+    }
+
+    /// The endpoints of a network changed: these are all of them now
+    /// (their names for the embedded DNS).
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError`] when the data path is gone.
+    fn endpoints_changed(
+        &self,
+        _network: &Network,
+        _endpoints: &[&Endpoint],
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Set the upstream resolvers of the embedded DNS.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError`] when the data path is gone.
+    fn set_dns_upstreams(&self, _upstreams: &[std::net::SocketAddr]) -> Result<(), DriverError> {
+        Ok(())
     }
 }
 
@@ -350,6 +374,34 @@ impl NetworkDriver for BridgeDriver {
                 tracing::warn!(ifname = tap.name(), error = %e, "could not clear TAP persistence");
             }
         }
+        Ok(())
+    }
+
+    fn endpoints_changed(
+        &self,
+        network: &Network,
+        endpoints: &[&Endpoint],
+    ) -> Result<(), DriverError> {
+        let Some(id) = self.tables().networks.get(&network.name).copied() else {
+            return Ok(());
+        };
+        let zone = Zone {
+            network_name: network.name.clone(),
+            entries: endpoints
+                .iter()
+                .map(|e| ZoneEntry {
+                    name: e.name.clone(),
+                    aliases: e.aliases.clone(),
+                    addresses: e.addresses.iter().map(|a| a.addr()).collect(),
+                })
+                .collect(),
+        };
+        self.datapath.set_zone(id, zone)?;
+        Ok(())
+    }
+
+    fn set_dns_upstreams(&self, upstreams: &[std::net::SocketAddr]) -> Result<(), DriverError> {
+        self.datapath.set_upstreams(upstreams.to_vec())?;
         Ok(())
     }
 

@@ -28,7 +28,8 @@ pub fn parse_proc_net_route(text: &str) -> Vec<IpNet> {
             let mask = u32::from_str_radix(cols.get(7)?, 16).ok()?;
             // The kernel prints the network-order words as host integers:
             // their in-memory bytes are the address.
-            let prefix = u8::try_from(u32::from_be_bytes(mask.to_ne_bytes()).leading_ones()).ok()?;
+            let prefix =
+                u8::try_from(u32::from_be_bytes(mask.to_ne_bytes()).leading_ones()).ok()?;
             if prefix == 0 {
                 return None;
             }

@@ -74,6 +74,41 @@ fn is_ours(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.starts_with(MARKER))
 }
 
+/// The DNS port.
+const DNS_PORT: u16 = 53;
+
+/// The `nameserver` lines of a resolv.conf, as upstream addresses.
+pub fn parse_nameservers(text: &str) -> Vec<std::net::SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next()? != "nameserver" {
+                return None;
+            }
+            // An IPv6 link-local nameserver may carry a %zone: not supported.
+            let addr: IpAddr = words.next()?.parse().ok()?;
+            Some(std::net::SocketAddr::new(addr, DNS_PORT))
+        })
+        .collect()
+}
+
+/// An upstream given as `IP` or `IP:PORT` (`[IPv6]:PORT`).
+///
+/// # Errors
+///
+/// A message saying what form is expected.
+pub fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, UpstreamError> {
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok(std::net::SocketAddr::new(addr, DNS_PORT));
+    }
+    text.parse().map_err(|_| UpstreamError(text.to_owned()))
+}
+
+/// An upstream resolver address that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid DNS upstream {0:?}: give an IP address, IP:PORT or [IPv6]:PORT")]
+pub struct UpstreamError(String);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +131,27 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "nameserver 192.0.2.53\n"
         );
+    }
+
+    #[test]
+    fn parses_nameservers_and_upstreams() {
+        let text = "# comment\nnameserver 192.0.2.53\nsearch example\nnameserver 2001:db8::53\nnameserver fe80::1%eth0\n";
+        assert_eq!(
+            parse_nameservers(text),
+            vec![
+                "192.0.2.53:53".parse().unwrap(),
+                "[2001:db8::53]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            parse_upstream("10.0.0.1").unwrap(),
+            "10.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("10.0.0.1:5353").unwrap(),
+            "10.0.0.1:5353".parse().unwrap()
+        );
+        assert!(parse_upstream("dns.example").is_err());
     }
 
     #[test]

@@ -35,10 +35,12 @@
 //!   layout for the TAP ioctls, so no ioctl number is typed by hand.
 
 pub mod counters;
+pub mod dns;
 pub mod dns_tcp;
 pub mod gateway;
 pub mod gso;
 pub mod mac_table;
+pub mod services;
 pub mod switch;
 pub mod sys;
 pub mod wire;

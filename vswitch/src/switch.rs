@@ -34,8 +34,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::DropReason;
+use crate::dns::DnsConfig;
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY};
+use crate::services::{Egress, GatewayServices};
 use crate::wire::ethernet::EthernetFrame;
 
 /// How often aged MAC entries are purged.
@@ -78,11 +80,11 @@ pub enum TopologyError {
 }
 
 /// The switch core. See the module header.
-#[derive(Debug, Default)]
 pub struct Switch {
     networks: FxHashMap<NetworkId, Network>,
     ports: FxHashMap<PortId, NetworkId>,
     next_sweep: Option<Instant>,
+    services: GatewayServices,
 }
 
 #[derive(Debug)]
@@ -92,10 +94,41 @@ struct Network {
     gateway: Gateway,
 }
 
+impl Default for Switch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switch")
+            .field("networks", &self.networks.len())
+            .field("ports", &self.ports.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Switch {
-    /// An empty switch.
+    /// An empty switch whose DNS has no upstream resolvers.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_dns(DnsConfig::default(), 0)
+    }
+
+    /// An empty switch with this DNS configuration; `seed` seeds every
+    /// random choice of the gateway services.
+    pub fn with_dns(dns: DnsConfig, seed: u64) -> Self {
+        Switch {
+            networks: FxHashMap::default(),
+            ports: FxHashMap::default(),
+            next_sweep: None,
+            services: GatewayServices::new(dns, seed),
+        }
+    }
+
+    /// The gateway services (DNS zones, upstreams, counters).
+    pub fn services(&mut self) -> &mut GatewayServices {
+        &mut self.services
     }
 
     /// Add a network with its gateway, default MAC table capacity and
@@ -126,6 +159,7 @@ impl Switch {
         if self.networks.contains_key(&id) {
             return Err(TopologyError::NetworkExists(id));
         }
+        self.services.add_network(id, gateway.mac);
         self.networks.insert(
             id,
             Network {
@@ -142,6 +176,7 @@ impl Switch {
         let Some(network) = self.networks.remove(&id) else {
             return Vec::new();
         };
+        self.services.remove_network(id);
         for port in &network.ports {
             self.ports.remove(port);
         }
@@ -255,13 +290,71 @@ impl Switch {
         network.gateway.handle_frame(frame, out)
     }
 
-    /// When [`Switch::handle_timeout`] wants to run next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+    /// Let the gateway's services (DNS over UDP and TCP) take a
+    /// `ToGateway` frame the fast path of [`Switch::gateway_reply`] had no
+    /// answer for. Their output comes from [`Switch::poll_gateway_frame`].
+    ///
+    /// # Errors
+    ///
+    /// The [`DropReason`] when no service takes the frame.
+    pub fn gateway_services(
+        &mut self,
+        now: Instant,
+        ingress: PortId,
+        frame: &[u8],
+    ) -> Result<(), DropReason> {
+        let network_id = *self.ports.get(&ingress).ok_or(DropReason::UnknownPort)?;
+        let network = self
+            .networks
+            .get(&network_id)
+            .ok_or(DropReason::UnknownPort)?;
+        self.services
+            .handle_frame(now, network_id, network.gateway.config(), ingress, frame)
     }
 
-    /// Purge aged MAC entries if the sweep is due.
+    /// A datagram from an upstream DNS resolver.
+    pub fn handle_upstream(&mut self, now: Instant, from: std::net::SocketAddr, datagram: &[u8]) {
+        self.services.handle_upstream(now, from, datagram);
+    }
+
+    /// The next datagram for an upstream DNS resolver.
+    pub fn poll_upstream(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        self.services.poll_upstream()
+    }
+
+    /// The next frame the gateway sends, with the port it goes to, or the
+    /// network to flood (broadcast, or a destination not learned yet).
+    pub fn poll_gateway_frame(&mut self, now: Instant) -> Option<(Egress, Vec<u8>)> {
+        let (egress, frame) = self.services.poll_frame()?;
+        let egress = match egress {
+            Egress::Flood(network) => EthernetFrame::new_checked(&frame[..])
+                .ok()
+                .map(|eth| eth.destination())
+                .filter(|dst| !dst.is_multicast())
+                .and_then(|dst| self.networks.get(&network)?.macs.lookup(dst, now))
+                .map_or(Egress::Flood(network), Egress::Port),
+            port => port,
+        };
+        Some((egress, frame))
+    }
+
+    /// The ports of a network.
+    pub fn network_ports(&self, network: NetworkId) -> &[PortId] {
+        self.networks.get(&network).map_or(&[], |n| &n.ports)
+    }
+
+    /// When [`Switch::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        match (self.next_sweep, self.services.poll_timeout(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Run the gateway services' timers, and purge aged MAC entries if the
+    /// sweep is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.services.handle_timeout(now);
         match self.next_sweep {
             Some(due) if now >= due => {}
             _ => return,
@@ -414,12 +507,12 @@ mod tests {
         let mut sw = switch_with_two_networks();
         sw.handle_frame(t0, PortId(1), &frame(mac(2), mac(1)));
         assert_eq!(sw.mac_count(NET_A), 1);
-        let due = sw.poll_timeout().unwrap();
+        let due = sw.poll_timeout(t0).unwrap();
         sw.handle_timeout(due);
         assert_eq!(sw.mac_count(NET_A), 1);
         sw.handle_timeout(t0 + DEFAULT_AGEING + SWEEP_INTERVAL);
         assert_eq!(sw.mac_count(NET_A), 0);
-        assert_eq!(sw.poll_timeout(), None);
+        assert_eq!(sw.poll_timeout(t0), None);
     }
 
     proptest! {

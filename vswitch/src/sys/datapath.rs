@@ -38,15 +38,20 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
+use std::net::SocketAddr;
 
 use crate::counters::{DropReason, PortCounters};
+use crate::dns::{DnsConfig, Zone};
 use crate::gateway::{GatewayConfig, REPLY_HEADROOM};
+use crate::gso;
+use crate::services::Egress;
 use crate::switch::{Decision, NetworkId, PortId, Switch};
 use crate::sys::tap::Tap;
-use crate::wire::vnet::{self, VNET_HDR_LEN};
+use crate::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 
 /// Frames read from one port per wake-up before the next port gets its
 /// turn: 64 frames of up to 64 KiB keep a turn under ~50 µs of copying,
@@ -61,6 +66,12 @@ pub const FRAME_BUFFER_LEN: usize = 65536 + 256;
 const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
+const UPSTREAM_V4_TOKEN: Token = Token(usize::MAX - 1);
+const UPSTREAM_V6_TOKEN: Token = Token(usize::MAX - 2);
+
+/// Largest DNS datagram accepted from an upstream (EDNS0 sizes beyond this
+/// are not advertised).
+const UPSTREAM_DATAGRAM_MAX: usize = 4096;
 
 /// A request from the control plane to the data-path thread.
 #[derive(Debug)]
@@ -82,6 +93,11 @@ enum Command {
         id: PortId,
         done: mpsc::Sender<Option<Tap>>,
     },
+    SetZone {
+        network: NetworkId,
+        zone: Zone,
+    },
+    SetUpstreams(Vec<SocketAddr>),
     Shutdown,
 }
 
@@ -115,6 +131,8 @@ struct PortIo {
 
 struct Loop {
     poll: Poll,
+    upstream_v4: Option<UdpSocket>,
+    upstream_v6: Option<UdpSocket>,
     commands: mpsc::Receiver<Command>,
     switch: Switch,
     ports: FxHashMap<PortId, PortIo>,
@@ -139,11 +157,19 @@ impl Datapath {
     pub fn spawn() -> io::Result<Datapath> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let upstream_v4 = upstream_socket(&poll, "0.0.0.0:0", UPSTREAM_V4_TOKEN);
+        let upstream_v6 = upstream_socket(&poll, "[::]:0", UPSTREAM_V6_TOKEN);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
         let (tx, rx) = mpsc::channel();
         let mut event_loop = Loop {
             poll,
+            upstream_v4,
+            upstream_v6,
             commands: rx,
-            switch: Switch::new(),
+            switch: Switch::with_dns(DnsConfig::default(), seed),
             ports: FxHashMap::default(),
             ready: VecDeque::new(),
             frame: vec![0; FRAME_BUFFER_LEN],
@@ -206,6 +232,24 @@ impl Datapath {
         Ok((id, counters))
     }
 
+    /// Set the names a network's sandboxes resolve.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_zone(&self, network: NetworkId, zone: Zone) -> Result<(), DatapathError> {
+        self.send(Command::SetZone { network, zone })
+    }
+
+    /// Set the upstream resolvers for names that are not local.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) -> Result<(), DatapathError> {
+        self.send(Command::SetUpstreams(upstreams))
+    }
+
     /// Detach a port and hand its TAP back (None if the port was unknown or
     /// its device had vanished). Blocks until the data path answers.
     ///
@@ -236,9 +280,10 @@ impl Loop {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = if self.ready.is_empty() {
+                let now = Instant::now();
                 self.switch
-                    .poll_timeout()
-                    .map(|due| due.saturating_duration_since(Instant::now()))
+                    .poll_timeout(now)
+                    .map(|due| due.saturating_duration_since(now))
             } else {
                 Some(Duration::ZERO)
             };
@@ -254,6 +299,8 @@ impl Loop {
                     if !self.apply_commands() {
                         return;
                     }
+                } else if event.token() == UPSTREAM_V4_TOKEN || event.token() == UPSTREAM_V6_TOKEN {
+                    self.read_upstream(event.token() == UPSTREAM_V4_TOKEN);
                 } else if let Ok(port) = u32::try_from(event.token().0) {
                     let port = PortId(port);
                     if !self.ready.contains(&port) {
@@ -275,7 +322,69 @@ impl Loop {
                     }
                 }
             }
-            self.switch.handle_timeout(now);
+            let now = Instant::now();
+            if self.switch.poll_timeout(now).is_some_and(|due| due <= now) {
+                self.switch.handle_timeout(now);
+            }
+            self.flush_gateway(now);
+        }
+    }
+
+    /// Send what the gateway services produced: frames into networks,
+    /// datagrams to upstream resolvers.
+    fn flush_gateway(&mut self, now: Instant) {
+        while let Some((egress, frame)) = self.switch.poll_gateway_frame(now) {
+            let mut with_header = Vec::with_capacity(VNET_HDR_LEN + frame.len());
+            with_header.extend_from_slice(&vnet::EMPTY);
+            with_header.extend_from_slice(&frame);
+            match egress {
+                Egress::Port(port) => send_to(&self.ports, port, &with_header),
+                Egress::Flood(network) => {
+                    for &port in self.switch.network_ports(network) {
+                        send_to(&self.ports, port, &with_header);
+                    }
+                }
+            }
+        }
+        while let Some((upstream, datagram)) = self.switch.poll_upstream() {
+            let socket = if upstream.is_ipv4() {
+                &self.upstream_v4
+            } else {
+                &self.upstream_v6
+            };
+            let Some(socket) = socket else {
+                continue;
+            };
+            if let Err(e) = socket.send_to(&datagram, upstream) {
+                tracing::debug!(%upstream, error = %e, "DNS upstream send failed");
+            }
+        }
+    }
+
+    fn read_upstream(&mut self, v4: bool) {
+        let mut buf = [0u8; UPSTREAM_DATAGRAM_MAX];
+        for _ in 0..IO_LOOP_BOUND {
+            let socket = if v4 {
+                &self.upstream_v4
+            } else {
+                &self.upstream_v6
+            };
+            let Some(socket) = socket else {
+                return;
+            };
+            match socket.recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    let now = Instant::now();
+                    self.switch.handle_upstream(now, from, &buf[..len]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors (port unreachable) surface here: the
+                    // server's timers move on to the next upstream.
+                    tracing::debug!(error = %e, "DNS upstream receive");
+                }
+            }
         }
     }
 
@@ -302,6 +411,12 @@ impl Loop {
                 Command::RemovePort { id, done } => {
                     let tap = self.detach(id);
                     let _ = done.send(tap);
+                }
+                Command::SetZone { network, zone } => {
+                    self.switch.services().set_zone(network, zone)
+                }
+                Command::SetUpstreams(upstreams) => {
+                    self.switch.services().dns().set_upstreams(upstreams);
                 }
                 Command::Shutdown => return false,
             }
@@ -390,6 +505,27 @@ impl Loop {
                             &self.reply[..VNET_HDR_LEN + reply_len],
                         );
                     }
+                    Err(DropReason::NoRoute) => {
+                        let mut header = [0u8; VNET_HDR_LEN];
+                        header.copy_from_slice(&self.frame[..VNET_HDR_LEN]);
+                        let frame = &self.frame[VNET_HDR_LEN..len];
+                        let result = to_services(
+                            &mut self.switch,
+                            &mut self.reply,
+                            now,
+                            ingress,
+                            &header,
+                            frame,
+                        );
+                        if let Err(reason) = result {
+                            tracing::debug!(
+                                port = ingress.0,
+                                reason = reason.as_str(),
+                                "gateway drop"
+                            );
+                            counters.count_drop(reason);
+                        }
+                    }
                     Err(reason) => {
                         tracing::debug!(port = ingress.0, reason = reason.as_str(), "gateway drop");
                         counters.count_drop(reason);
@@ -402,6 +538,46 @@ impl Loop {
             }
         }
     }
+}
+
+/// Hand a frame to the gateway services as ordinary frames: a GSO segment
+/// is cut into MTU-sized frames and a partial checksum completed first
+/// (smoltcp, like any receiver without offloads, checks every checksum).
+fn to_services(
+    switch: &mut Switch,
+    scratch: &mut [u8],
+    now: Instant,
+    ingress: PortId,
+    header: &[u8; VNET_HDR_LEN],
+    frame: &[u8],
+) -> Result<(), DropReason> {
+    let vnet = VnetHeader::new_checked(&header[..]).map_err(|_| DropReason::Truncated)?;
+    if !vnet.is_gso() && !vnet.needs_csum() {
+        return switch.gateway_services(now, ingress, frame);
+    }
+    let mut result = Ok(());
+    gso::segment(&vnet, frame, scratch, |segment| {
+        if let Err(reason) = switch.gateway_services(now, ingress, segment) {
+            result = Err(reason);
+        }
+    })
+    .map_err(|_| DropReason::Malformed)?;
+    result
+}
+
+fn upstream_socket(poll: &Poll, bind: &str, token: Token) -> Option<UdpSocket> {
+    let addr: SocketAddr = bind.parse().ok()?;
+    let mut socket = match UdpSocket::bind(addr) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "no DNS upstream socket for this family");
+            return None;
+        }
+    };
+    poll.registry()
+        .register(&mut socket, token, Interest::READABLE)
+        .ok()?;
+    Some(socket)
 }
 
 fn send_to(ports: &FxHashMap<PortId, PortIo>, egress: PortId, frame_with_header: &[u8]) {

@@ -1,0 +1,328 @@
+//! The gateway's L4 services: the embedded DNS over UDP and TCP. Sans-IO,
+//! owned by the [`crate::Switch`].
+//!
+//! # Theory of operation
+//!
+//! The switch's fast path ([`crate::Gateway`]) answers ARP, ICMP echo and
+//! neighbour solicitations in place. A frame for the gateway it does not
+//! answer comes here ([`GatewayServices::handle_frame`]):
+//!
+//! - UDP to a gateway address, port 53: a query for the [`DnsServer`], with
+//!   the asker (network, port, MAC, address) kept beside it;
+//! - TCP to a gateway address, and ARP or ND answers to the gateway: the
+//!   network's [`DnsTcp`] stack (made on first use), whose complete queries
+//!   go to the same server;
+//! - anything else: [`DropReason::NoRoute`].
+//!
+//! Outputs are pulled: [`GatewayServices::poll_frame`] gives frames to put
+//! into a network (a DNS answer in UDP, TCP segments, the stack's ARP
+//! requests) with where they go ([`Egress`]), and
+//! [`GatewayServices::poll_upstream`] gives datagrams for the upstream
+//! resolvers, which the driver sends from a host socket; their answers come
+//! back through [`GatewayServices::handle_upstream`].
+//!
+//! Capacities: the output queue holds [`MAX_QUEUED_FRAMES`] frames (more
+//! are dropped and counted: the asker retries); the DNS server and the TCP
+//! stacks bound themselves (see their modules). Randomness (query
+//! shuffling, upstream ids, TCP sequence numbers) comes from a SplitMix64
+//! stream seeded by the caller.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use rustc_hash::FxHashMap;
+
+use crate::counters::DropReason;
+use crate::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone};
+use crate::dns_tcp::DnsTcp;
+use crate::gateway::GatewayConfig;
+use crate::switch::{NetworkId, PortId};
+use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
+
+/// Frames waiting to leave the gateway.
+pub const MAX_QUEUED_FRAMES: usize = 1024;
+
+/// TTL of the IP packets the gateway sends.
+const TTL: u8 = 64;
+
+/// Where a frame from the gateway goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// One port.
+    Port(PortId),
+    /// Every port of the network (broadcast, or a MAC not learned yet).
+    Flood(NetworkId),
+}
+
+/// See the module header.
+pub struct GatewayServices {
+    dns: DnsServer,
+    stacks: FxHashMap<NetworkId, DnsTcp>,
+    macs: FxHashMap<NetworkId, MacAddr>,
+    out: VecDeque<(Egress, Vec<u8>)>,
+    rng: u64,
+    dropped: u64,
+}
+
+impl GatewayServices {
+    /// Services with this DNS configuration and random seed.
+    pub fn new(config: DnsConfig, seed: u64) -> Self {
+        GatewayServices {
+            dns: DnsServer::new(config),
+            stacks: FxHashMap::default(),
+            macs: FxHashMap::default(),
+            out: VecDeque::new(),
+            rng: seed,
+            dropped: 0,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // SplitMix64 (Steele, Lea, Flood 2014): one add and three mixes.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The DNS server (zones, upstreams, counters).
+    pub fn dns(&mut self) -> &mut DnsServer {
+        &mut self.dns
+    }
+
+    /// Set the names a network's sandboxes can resolve.
+    pub fn set_zone(&mut self, network: NetworkId, zone: Zone) {
+        self.dns.set_zone(network, zone);
+    }
+
+    /// A network and its gateway MAC.
+    pub fn add_network(&mut self, network: NetworkId, gateway_mac: MacAddr) {
+        self.macs.insert(network, gateway_mac);
+    }
+
+    /// Forget a network.
+    pub fn remove_network(&mut self, network: NetworkId) {
+        self.macs.remove(&network);
+        self.dns.remove_zone(network);
+        self.stacks.remove(&network);
+    }
+
+    /// A frame for the gateway of `network` that its fast path did not
+    /// answer, read from `ingress`.
+    ///
+    /// # Errors
+    ///
+    /// [`DropReason::NoRoute`] when no service takes it.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        gateway: &GatewayConfig,
+        ingress: PortId,
+        frame: &[u8],
+    ) -> Result<(), DropReason> {
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+        if eth.ethertype() == ETHERTYPE_ARP {
+            self.feed_stack(now, network, gateway, frame);
+            return Ok(());
+        }
+        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
+        let (src, dst) = match &packet.net {
+            Some(NetSlice::Ipv4(ip)) => (
+                IpAddr::V4(ip.header().source_addr()),
+                IpAddr::V4(ip.header().destination_addr()),
+            ),
+            Some(NetSlice::Ipv6(ip)) => (
+                IpAddr::V6(ip.header().source_addr()),
+                IpAddr::V6(ip.header().destination_addr()),
+            ),
+            _ => return Err(DropReason::NoRoute),
+        };
+        let ours = match dst {
+            IpAddr::V4(v4) => gateway.ipv4.contains(&v4),
+            IpAddr::V6(v6) => gateway.ipv6.contains(&v6),
+        };
+        match &packet.transport {
+            Some(TransportSlice::Udp(udp)) if ours && udp.destination_port() == 53 => {
+                let asker = Asker {
+                    network,
+                    port: ingress,
+                    mac: eth.source(),
+                    addr: SocketAddr::new(src, udp.source_port()),
+                    server: dst,
+                    transport: DnsTransport::Udp,
+                    connection: 0,
+                };
+                let seed = self.next_random();
+                self.dns.handle_query(now, asker, udp.payload(), seed);
+                self.drain(now);
+                Ok(())
+            }
+            Some(TransportSlice::Tcp(_)) if ours => {
+                self.feed_stack(now, network, gateway, frame);
+                Ok(())
+            }
+            Some(TransportSlice::Icmpv6(_)) => {
+                // Neighbour advertisements answering the stack's solicitations.
+                self.feed_stack(now, network, gateway, frame);
+                Ok(())
+            }
+            _ => Err(DropReason::NoRoute),
+        }
+    }
+
+    fn feed_stack(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        gateway: &GatewayConfig,
+        frame: &[u8],
+    ) {
+        if !self.stacks.contains_key(&network) {
+            // The stack answers anyone who reaches the gateway at L2, so its
+            // addresses carry prefix 0: every sender counts as on-link.
+            let addresses: Vec<(IpAddr, u8)> = gateway
+                .ipv4
+                .iter()
+                .map(|a| (IpAddr::V4(*a), 0))
+                .chain(gateway.ipv6.iter().map(|a| (IpAddr::V6(*a), 0)))
+                .collect();
+            let seed = self.next_random();
+            let stack = DnsTcp::new(
+                now,
+                gateway.mac,
+                &addresses,
+                u64::from(network.0) << 32,
+                seed,
+            );
+            self.stacks.insert(network, stack);
+        }
+        if let Some(stack) = self.stacks.get_mut(&network) {
+            stack.handle_frame(now, frame);
+        }
+        self.drain(now);
+    }
+
+    /// A datagram from an upstream resolver.
+    pub fn handle_upstream(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.dns.handle_upstream(now, from, datagram);
+        self.drain(now);
+    }
+
+    /// Run timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.dns.handle_timeout(now);
+        for stack in self.stacks.values_mut() {
+            stack.poll(now);
+        }
+        self.drain(now);
+    }
+
+    /// When [`GatewayServices::handle_timeout`] wants to run.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let mut due = self.dns.poll_timeout();
+        for stack in self.stacks.values_mut() {
+            if let Some(at) = stack.poll_timeout(now) {
+                due = Some(due.map_or(at, |d| d.min(at)));
+            }
+        }
+        due
+    }
+
+    /// The next datagram for an upstream resolver.
+    pub fn poll_upstream(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.dns.poll_upstream()
+    }
+
+    /// The next frame to put into a network.
+    pub fn poll_frame(&mut self) -> Option<(Egress, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// Frames dropped because the output queue was full.
+    pub fn dropped_frames(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Move answers and stack output into the output queue.
+    fn drain(&mut self, now: Instant) {
+        // Queries that arrived over TCP.
+        let mut queries = Vec::new();
+        for (network, stack) in &mut self.stacks {
+            while let Some(q) = stack.poll_query() {
+                queries.push((*network, q));
+            }
+        }
+        for (network, q) in queries {
+            let asker = Asker {
+                network,
+                port: PortId(0),
+                mac: MacAddr::default(),
+                addr: q.peer,
+                server: q.server,
+                transport: DnsTransport::Tcp,
+                connection: q.connection,
+            };
+            let seed = self.next_random();
+            self.dns.handle_query(now, asker, &q.message, seed);
+        }
+        while let Some((asker, answer)) = self.dns.poll_answer() {
+            match asker.transport {
+                DnsTransport::Udp => {
+                    if let Some(frame) = self.udp_answer(&asker, &answer) {
+                        self.push(Egress::Port(asker.port), frame);
+                    }
+                }
+                DnsTransport::Tcp => {
+                    if let Some(stack) = self.stacks.get_mut(&asker.network) {
+                        stack.send_answer(now, asker.connection, &answer);
+                    }
+                }
+            }
+        }
+        let mut frames = Vec::new();
+        for (network, stack) in &mut self.stacks {
+            while let Some(frame) = stack.poll_frame() {
+                frames.push((*network, frame));
+            }
+        }
+        for (network, frame) in frames {
+            self.push(Egress::Flood(network), frame);
+        }
+    }
+
+    fn push(&mut self, egress: Egress, frame: Vec<u8>) {
+        if self.out.len() >= MAX_QUEUED_FRAMES {
+            self.dropped += 1;
+            return;
+        }
+        self.out.push_back((egress, frame));
+    }
+
+    fn udp_answer(&self, asker: &Asker, answer: &[u8]) -> Option<Vec<u8>> {
+        let gateway_mac = self.gateway_mac_for(asker);
+        let builder = PacketBuilder::ethernet2(gateway_mac.0, asker.mac.0);
+        let mut frame = Vec::new();
+        match (asker.server, asker.addr.ip()) {
+            (IpAddr::V4(server), IpAddr::V4(client)) => builder
+                .ipv4(server.octets(), client.octets(), TTL)
+                .udp(53, asker.addr.port())
+                .write(&mut frame, answer)
+                .ok()?,
+            (IpAddr::V6(server), IpAddr::V6(client)) => builder
+                .ipv6(server.octets(), client.octets(), TTL)
+                .udp(53, asker.addr.port())
+                .write(&mut frame, answer)
+                .ok()?,
+            _ => return None,
+        }
+        Some(frame)
+    }
+
+    fn gateway_mac_for(&self, asker: &Asker) -> MacAddr {
+        self.macs.get(&asker.network).copied().unwrap_or_default()
+    }
+}
