@@ -69,6 +69,11 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 const UPSTREAM_V4_TOKEN: Token = Token(usize::MAX - 1);
 const UPSTREAM_V6_TOKEN: Token = Token(usize::MAX - 2);
 
+/// Largest DNS answer over UDP: the DNS flag day 2020 size, which fits any
+/// sandbox MTU without IP fragmentation (the gateway does not fragment);
+/// larger answers go out truncated and the client retries over TCP.
+const DNS_MAX_UDP_PAYLOAD: u16 = 1232;
+
 /// Largest DNS datagram accepted from an upstream (EDNS0 sizes beyond this
 /// are not advertised).
 const UPSTREAM_DATAGRAM_MAX: usize = 4096;
@@ -169,7 +174,13 @@ impl Datapath {
             upstream_v4,
             upstream_v6,
             commands: rx,
-            switch: Switch::with_dns(DnsConfig::default(), seed),
+            switch: Switch::with_dns(
+                DnsConfig {
+                    max_udp_payload: DNS_MAX_UDP_PAYLOAD,
+                    ..DnsConfig::default()
+                },
+                seed,
+            ),
             ports: FxHashMap::default(),
             ready: VecDeque::new(),
             frame: vec![0; FRAME_BUFFER_LEN],
