@@ -93,8 +93,8 @@ pub struct Endpoint {
     /// Extra DNS names.
     #[serde(default)]
     pub aliases: Vec<String>,
-    /// Interface name inside the sandbox (`eth0`, ...); empty when the
-    /// driver makes none.
+    /// Interface name inside the sandbox (`eth0`, ...); `lo` for the `null`
+    /// driver, empty for `host`.
     pub ifname: String,
     /// The interface's MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
