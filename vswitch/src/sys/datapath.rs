@@ -51,6 +51,7 @@ use crate::gso;
 use crate::services::Egress;
 use crate::switch::{Decision, NetworkId, PortId, Switch};
 use crate::sys::tap::Tap;
+use crate::sys::write_batch::WriteBatch;
 use crate::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 
 /// Frames read from one port per wake-up before the next port gets its
@@ -58,9 +59,7 @@ use crate::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 /// short enough for fairness, long enough that the wake-up cost is spread.
 pub const IO_LOOP_BOUND: usize = 64;
 
-/// Largest frame read from a TAP: a 64 KiB GSO segment, its Ethernet header
-/// and its `virtio_net_hdr`, rounded up.
-pub const FRAME_BUFFER_LEN: usize = 65536 + 256;
+pub use crate::sys::write_batch::FRAME_BUFFER_LEN;
 
 /// How long the control plane waits for the data path to hand back a port.
 const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,7 +141,8 @@ struct Loop {
     switch: Switch,
     ports: FxHashMap<PortId, PortIo>,
     ready: VecDeque<PortId>,
-    frame: Vec<u8>,
+    batch: WriteBatch,
+    flood_scratch: Vec<PortId>,
     reply: Vec<u8>,
 }
 
@@ -183,7 +183,8 @@ impl Datapath {
             ),
             ports: FxHashMap::default(),
             ready: VecDeque::new(),
-            frame: vec![0; FRAME_BUFFER_LEN],
+            batch: WriteBatch::new(),
+            flood_scratch: Vec::new(),
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
         };
         let thread = std::thread::Builder::new()
@@ -470,42 +471,87 @@ impl Loop {
     }
 
     fn read_turn(&mut self, port: PortId, now: Instant) -> Turn {
+        let mut turn = Turn::MoreQueued;
         for _ in 0..IO_LOOP_BOUND {
+            if self.batch.is_full() {
+                self.flush_writes();
+            }
             let Some(io) = self.ports.get(&port) else {
-                return Turn::Drained;
+                turn = Turn::Drained;
+                break;
             };
-            let len = match io.tap.recv(&mut self.frame) {
+            let len = match io.tap.recv(self.batch.buffer()) {
                 Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Drained,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    turn = Turn::Drained;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Turn::DeviceLost(e),
+                Err(e) => {
+                    turn = Turn::DeviceLost(e);
+                    break;
+                }
             };
             self.switch_frame(port, len, now);
+            self.batch.keep();
         }
-        Turn::MoreQueued
+        self.flush_writes();
+        turn
+    }
+
+    /// Perform the queued writes and count their outcomes.
+    fn flush_writes(&mut self) {
+        for result in self.batch.flush() {
+            let Some(io) = self.ports.get(&result.port) else {
+                continue;
+            };
+            if result.ok {
+                io.counters.count_tx(result.len - VNET_HDR_LEN);
+            } else {
+                io.counters.count_drop(DropReason::EgressFailed);
+            }
+        }
+    }
+
+    fn queue_write(&mut self, egress: PortId, len: usize) {
+        if let Some(io) = self.ports.get(&egress) {
+            self.batch.push(egress, io.tap.as_raw_fd(), len);
+        }
     }
 
     fn switch_frame(&mut self, ingress: PortId, len: usize, now: Instant) {
         let Some(ingress_io) = self.ports.get(&ingress) else {
             return;
         };
-        let counters = &ingress_io.counters;
-        let Some(frame) = self.frame.get(VNET_HDR_LEN..len) else {
+        let counters = Arc::clone(&ingress_io.counters);
+        if len < VNET_HDR_LEN {
             counters.count_drop(DropReason::Truncated);
             return;
+        }
+        counters.count_rx(len - VNET_HDR_LEN);
+        let decision = {
+            let frame = &self.batch.current(len)[VNET_HDR_LEN..];
+            self.switch.handle_frame(now, ingress, frame)
         };
-        counters.count_rx(frame.len());
-        let with_header = &self.frame[..len];
-        match self.switch.handle_frame(now, ingress, frame) {
-            Decision::Forward(egress) => send_to(&self.ports, egress, with_header),
+        match decision {
+            Decision::Forward(egress) => self.queue_write(egress, len),
             Decision::Flood => {
-                for &egress in self.switch.flood_ports(ingress) {
-                    if egress != ingress {
-                        send_to(&self.ports, egress, with_header);
-                    }
+                let mut ports = std::mem::take(&mut self.flood_scratch);
+                ports.clear();
+                ports.extend(
+                    self.switch
+                        .flood_ports(ingress)
+                        .iter()
+                        .filter(|p| **p != ingress),
+                );
+                for &egress in &ports {
+                    self.queue_write(egress, len);
                 }
+                self.flood_scratch = ports;
             }
             Decision::ToGateway => {
+                let frame_with_header = self.batch.current(len);
+                let frame = &frame_with_header[VNET_HDR_LEN..];
                 let (header, body) = self.reply.split_at_mut(VNET_HDR_LEN);
                 match self.switch.gateway_reply(ingress, frame, body) {
                     Ok(reply_len) => {
@@ -518,8 +564,7 @@ impl Loop {
                     }
                     Err(DropReason::NoRoute) => {
                         let mut header = [0u8; VNET_HDR_LEN];
-                        header.copy_from_slice(&self.frame[..VNET_HDR_LEN]);
-                        let frame = &self.frame[VNET_HDR_LEN..len];
+                        header.copy_from_slice(&frame_with_header[..VNET_HDR_LEN]);
                         let result = to_services(
                             &mut self.switch,
                             &mut self.reply,

@@ -3,3 +3,4 @@
 
 pub mod datapath;
 pub mod tap;
+pub mod write_batch;
