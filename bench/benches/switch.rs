@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the switch core: ns per frame for the
 //! forwarding decision, MAC table lookups at 1k and 1M entries, and the
-//! gateway's ARP answer.
+//! gateway's ARP answer, a DNS answer for a local name.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -134,5 +134,49 @@ fn segmentation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, switch_decision, mac_table, segmentation);
+fn dns_answer(c: &mut Criterion) {
+    use std::net::{IpAddr, SocketAddr};
+    use weft_vswitch::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone, ZoneEntry};
+    let mut server = DnsServer::new(DnsConfig::default());
+    let entries = (0..100u8)
+        .map(|i| ZoneEntry {
+            name: format!("sandbox{i}"),
+            aliases: vec!["web".into()],
+            addresses: vec![IpAddr::from([10, 0, 0, i + 2])],
+        })
+        .collect();
+    server.set_zone(
+        NetworkId(1),
+        Zone {
+            network_name: "n1".into(),
+            entries,
+        },
+    );
+    // A query for sandbox42 A IN, recursion desired, as dig sends it
+    // (without EDNS).
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.push(9);
+    query.extend_from_slice(b"sandbox42");
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let asker = Asker {
+        network: NetworkId(1),
+        port: PortId(1),
+        mac: mac(1),
+        addr: SocketAddr::from(([10, 0, 0, 1], 40000)),
+        server: IpAddr::from([10, 0, 0, 1]),
+        transport: DnsTransport::Udp,
+        connection: 0,
+    };
+    let now = Instant::now();
+    let mut seed = 0u64;
+    c.bench_function("dns_local_answer", |b| {
+        b.iter(|| {
+            seed += 1;
+            server.handle_query(now, asker.clone(), black_box(&query), seed);
+            black_box(server.poll_answer())
+        })
+    });
+}
+
+criterion_group!(benches, switch_decision, mac_table, segmentation, dns_answer);
 criterion_main!(benches);

@@ -92,7 +92,9 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             let configured = (|| {
                 tap.set_persistent(true)
                     .context("making the TAP persistent")?;
+                // USO needs Linux 6.2: older kernels refuse the flag.
                 tap.set_offloads(Offloads::ALL)
+                    .or_else(|_| tap.set_offloads(Offloads::ALL_BUT_USO))
                     .context("enabling TAP offloads")?;
                 runtime.block_on(configure(&ifname, config))
             })();

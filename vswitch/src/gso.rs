@@ -22,16 +22,23 @@
 //! the sum from `csum_start` to the end, stored at `csum_start +
 //! csum_offset`, exactly what the kernel's `skb_checksum_help` does.
 //!
+//! UDP segmentation offload (`GSO_UDP_L4`, USO) is cut the same way into
+//! datagrams of `gso_size` payload bytes, each with its own UDP length and
+//! checksum.
+//!
 //! Each segment is built in a caller-provided scratch buffer and handed to a
 //! callback, so nothing is allocated per frame. Not handled (an error, the
-//! frame is dropped and counted): UDP fragmentation offload (`GSO_UDP`),
+//! frame is dropped and counted): UDP fragmentation offload (`GSO_UDP`,
+//! which Linux no longer produces),
 //! IPv6 extension headers before TCP, IPv4 options are copied as they are.
 
 use crate::wire::checksum;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN};
-use crate::wire::vnet::{VnetHeader, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
+use crate::wire::vnet::{VnetHeader, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const UDP_HEADER_LEN: usize = 8;
 const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_PSH: u8 = 0x08;
 const TCP_FLAG_CWR: u8 = 0x80;
@@ -103,6 +110,9 @@ pub fn segment<B: AsRef<[u8]>>(
         }
         emit(out);
         return Ok(1);
+    }
+    if gso_type == GSO_UDP_L4 {
+        return segment_udp(vnet, frame, scratch, emit);
     }
     if gso_type != GSO_TCPV4 && gso_type != GSO_TCPV6 {
         return Err(GsoError::Unsupported);
@@ -184,6 +194,99 @@ pub fn segment<B: AsRef<[u8]>>(
         emit(out);
     }
     Ok(pieces)
+}
+
+/// Cut a UDP segmentation offload (USO, `GSO_UDP_L4`) frame: every
+/// `gso_size` bytes of payload become one datagram with its own UDP length
+/// and checksum, behind copies of the IP header (IPv4 identification +1 per
+/// datagram).
+fn segment_udp<B: AsRef<[u8]>>(
+    vnet: &VnetHeader<B>,
+    frame: &[u8],
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, GsoError> {
+    let mss = usize::from(vnet.gso_size());
+    if mss == 0 {
+        return Err(GsoError::ZeroSegmentSize);
+    }
+    let ethertype = read_u16(frame.get(..HEADER_LEN).ok_or(GsoError::Malformed)?, 12);
+    let ip = HEADER_LEN;
+    let (v4, ip_header_len, protocol) = match ethertype {
+        ETHERTYPE_IPV4 => {
+            let vihl = *frame.get(ip).ok_or(GsoError::Malformed)?;
+            let len = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || len < 20 {
+                return Err(GsoError::Malformed);
+            }
+            (true, len, *frame.get(ip + 9).ok_or(GsoError::Malformed)?)
+        }
+        ETHERTYPE_IPV6 => (false, 40, *frame.get(ip + 6).ok_or(GsoError::Malformed)?),
+        _ => return Err(GsoError::Malformed),
+    };
+    if protocol != IPPROTO_UDP {
+        return Err(GsoError::Unsupported);
+    }
+    let udp = ip + ip_header_len;
+    let headers_len = udp + UDP_HEADER_LEN;
+    let payload = frame.get(headers_len..).ok_or(GsoError::Malformed)?;
+    if payload.is_empty() {
+        return Err(GsoError::Malformed);
+    }
+    if scratch.len() < headers_len + mss.min(payload.len()) {
+        return Err(GsoError::ScratchTooSmall);
+    }
+    let ip_id = if v4 { read_u16(frame, ip + 4) } else { 0 };
+    let mut count = 0;
+    for (i, piece) in payload.chunks(mss).enumerate() {
+        let len = headers_len + piece.len();
+        let out = &mut scratch[..len];
+        out[..headers_len].copy_from_slice(&frame[..headers_len]);
+        out[headers_len..].copy_from_slice(piece);
+        let udp_len =
+            u16::try_from(UDP_HEADER_LEN + piece.len()).map_err(|_| GsoError::Malformed)?;
+        if v4 {
+            let total = u16::try_from(ip_header_len + usize::from(udp_len))
+                .map_err(|_| GsoError::Malformed)?;
+            write_u16(out, ip + 2, total);
+            write_u16(
+                out,
+                ip + 4,
+                ip_id.wrapping_add(u16::try_from(i).unwrap_or(0)),
+            );
+            write_u16(out, ip + 10, 0);
+            let ip_sum = checksum::finish(checksum::sum(0, &out[ip..ip + ip_header_len]));
+            write_u16(out, ip + 10, ip_sum);
+        } else {
+            write_u16(out, ip + 4, udp_len);
+        }
+        write_u16(out, udp + 4, udp_len);
+        write_u16(out, udp + 6, 0);
+        let pseudo = if v4 {
+            checksum::pseudo_header_v4(
+                read_array(out, ip + 12),
+                read_array(out, ip + 16),
+                IPPROTO_UDP,
+                udp_len,
+            )
+        } else {
+            checksum::pseudo_header_v6(
+                read_array(out, ip + 8),
+                read_array(out, ip + 24),
+                IPPROTO_UDP,
+                u32::from(udp_len),
+            )
+        };
+        // A computed zero is sent as all ones (RFC 768).
+        let sum = match checksum::finish(checksum::sum(pseudo, &out[udp..])) {
+            0 => 0xffff,
+            sum => sum,
+        };
+        write_u16(out, udp + 6, sum);
+        emit(out);
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Where the headers of a TCP frame are.
@@ -365,6 +468,46 @@ mod tests {
     }
 
     #[test]
+    fn segments_uso_datagrams() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(4000, 5000)
+            .write(&mut frame, &payload)
+            .unwrap();
+        let hdr = vnet(FLAG_NEEDS_CSUM, GSO_UDP_L4, 1200, 34, 6);
+        let hdr = VnetHeader::new_checked(&hdr[..]).unwrap();
+        let mut scratch = vec![0xa5u8; 2000];
+        let mut got = Vec::new();
+        assert_eq!(
+            segment(&hdr, &frame, &mut scratch, |f| got.push(f.to_vec())).unwrap(),
+            3
+        );
+        let mut reassembled = Vec::new();
+        for seg in &got {
+            let p = SlicedPacket::from_ethernet(seg).unwrap();
+            let Some(NetSlice::Ipv4(ip)) = p.net else {
+                panic!("not IPv4")
+            };
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            let Some(TransportSlice::Udp(udp)) = p.transport else {
+                panic!("not UDP")
+            };
+            assert_eq!(usize::from(udp.length()), 8 + udp.payload().len());
+            assert_eq!(
+                udp.to_header()
+                    .calc_checksum_ipv4(&h, udp.payload())
+                    .unwrap(),
+                udp.checksum()
+            );
+            reassembled.extend_from_slice(udp.payload());
+        }
+        assert_eq!(reassembled, payload);
+    }
+
+    #[test]
     fn completes_a_partial_checksum() {
         let payload = b"partial checksum please";
         let full = super_segment(true, payload, false);
@@ -406,6 +549,17 @@ mod tests {
             Err(GsoError::ZeroSegmentSize)
         );
         let udp = vnet(1, crate::wire::vnet::GSO_UDP, 1400, 34, 6);
+        // GSO_UDP (UFO) is not cut; USO of a TCP frame is not UDP.
+        let uso_of_tcp = vnet(1, GSO_UDP_L4, 1400, 34, 6);
+        assert_eq!(
+            segment(
+                &VnetHeader::new_checked(&uso_of_tcp[..]).unwrap(),
+                &frame,
+                &mut scratch,
+                |_| {}
+            ),
+            Err(GsoError::Unsupported)
+        );
         assert_eq!(
             segment(
                 &VnetHeader::new_checked(&udp[..]).unwrap(),

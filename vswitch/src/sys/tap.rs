@@ -42,6 +42,8 @@ pub struct Offloads {
     pub tso4: bool,
     /// TCP segmentation offload for IPv6 (`TUN_F_TSO6`).
     pub tso6: bool,
+    /// UDP segmentation offload (`TUN_F_USO4 | TUN_F_USO6`, Linux 6.2+).
+    pub uso: bool,
 }
 
 /// One TAP queue. See the module header.
@@ -58,6 +60,13 @@ impl Offloads {
         csum: true,
         tso4: true,
         tso6: true,
+        uso: true,
+    };
+
+    /// [`Offloads::ALL`] without USO, for kernels older than 6.2.
+    pub const ALL_BUT_USO: Offloads = Offloads {
+        uso: false,
+        ..Offloads::ALL
     };
 
     fn bits(self) -> libc::c_uint {
@@ -69,6 +78,9 @@ impl Offloads {
             }
             if self.tso6 {
                 bits |= libc::TUN_F_TSO6;
+            }
+            if self.uso {
+                bits |= libc::TUN_F_USO4 | libc::TUN_F_USO6;
             }
         }
         bits
@@ -290,15 +302,24 @@ mod tests {
             Offloads {
                 csum: false,
                 tso4: true,
-                tso6: true
+                tso6: true,
+                uso: true,
             }
             .bits(),
             0,
             "TSO without checksum offload is not a valid request"
         );
         assert_eq!(
-            Offloads::ALL.bits(),
+            Offloads::ALL_BUT_USO.bits(),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+        assert_eq!(
+            Offloads::ALL.bits(),
+            libc::TUN_F_CSUM
+                | libc::TUN_F_TSO4
+                | libc::TUN_F_TSO6
+                | libc::TUN_F_USO4
+                | libc::TUN_F_USO6
         );
     }
 }
