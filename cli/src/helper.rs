@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 
 use anyhow::{bail, Context, Result};
 use futures_util::TryStreamExt;
@@ -69,6 +69,12 @@ pub fn main(request_json: &str) -> i32 {
 fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
     let netns = File::open(&request.sandbox)
         .with_context(|| format!("opening network namespace {}", request.sandbox.display()))?;
+    enter_owning_user_namespace(&netns).with_context(|| {
+        format!(
+            "entering the user namespace that owns {}",
+            request.sandbox.display()
+        )
+    })?;
     nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("entering network namespace {}", request.sandbox.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -88,7 +94,7 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
                 Some(name) => (name.clone(), !interface_exists(name)),
                 None => (first_free_name()?, true),
             };
-            let tap = Tap::create(&ifname).with_context(|| format!("creating TAP {ifname}"))?;
+            let tap = Tap::create(&ifname).map_err(|e| tap_error(&ifname, e))?;
             let configured = (|| {
                 tap.set_persistent(true)
                     .context("making the TAP persistent")?;
@@ -107,6 +113,50 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             Ok((ifname, Some(tap)))
         }
     }
+}
+
+/// A sandbox of a rootless container lives in a network namespace owned by
+/// the container's user namespace: creating a TAP there needs
+/// `CAP_NET_ADMIN` in that user namespace, which we get by entering it
+/// (allowed when our user owns it and we are in its parent, as a rootless
+/// runtime's user is). Nothing to do when it is our own user namespace.
+fn enter_owning_user_namespace(netns: &File) -> Result<()> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd (or -1)
+    // for the user namespace that owns the namespace behind `netns`.
+    let raw = unsafe { libc::ioctl(netns.as_raw_fd(), libc::NS_GET_USERNS) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("NS_GET_USERNS");
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let ours = std::fs::metadata("/proc/self/ns/user").context("reading /proc/self/ns/user")?;
+    let theirs = File::from(owner);
+    let theirs_meta = theirs
+        .metadata()
+        .context("reading the owning user namespace")?;
+    use std::os::unix::fs::MetadataExt;
+    if (ours.dev(), ours.ino()) == (theirs_meta.dev(), theirs_meta.ino()) {
+        return Ok(());
+    }
+    nix::sched::setns(theirs.as_fd(), CloneFlags::CLONE_NEWUSER).context(
+        "setns: the sandbox belongs to a user namespace this user does not own (run the daemon as the container's user)",
+    )?;
+    Ok(())
+}
+
+/// Say what to do when the host forbids TAPs.
+fn tap_error(ifname: &str, e: std::io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied if e.raw_os_error() == Some(libc::EACCES) => {
+            ": /dev/net/tun is not accessible to this user (some hosts ship it 0600; as root: chmod 0666 /dev/net/tun)"
+        }
+        std::io::ErrorKind::NotFound => ": /dev/net/tun is missing (as root: modprobe tun)",
+        _ if e.raw_os_error() == Some(libc::EPERM) => {
+            ": no CAP_NET_ADMIN over the sandbox (its user namespace is not ours)"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("creating TAP {ifname}: {e}{hint}")
 }
 
 fn netlink() -> Result<Handle> {

@@ -58,6 +58,12 @@ enum Command {
     /// The sandbox child of `weft run` (internal).
     #[command(name = "__sandbox", hide = true)]
     Sandbox {
+        /// Enter this user namespace first (the daemon's).
+        #[arg(long, value_name = "PATH", conflicts_with = "userns_new")]
+        userns_enter: Option<std::path::PathBuf>,
+        /// Make a new user namespace first, mapping this user to root.
+        #[arg(long)]
+        userns_new: bool,
         /// The command.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -69,7 +75,18 @@ fn main() -> ExitCode {
     let socket = cli.socket.clone().unwrap_or_else(paths::default_socket);
     let code = match cli.command {
         Command::Attach { request } => helper::main(&request),
-        Command::Sandbox { command } => run::sandbox_main(&command),
+        Command::Sandbox {
+            userns_enter,
+            userns_new,
+            command,
+        } => {
+            let userns = match (userns_enter, userns_new) {
+                (Some(path), _) => run::UserNamespace::Enter(path),
+                (None, true) => run::UserNamespace::New,
+                (None, false) => run::UserNamespace::Keep,
+            };
+            run::sandbox_main(&userns, &command)
+        }
         Command::Daemon(args) => {
             init_logging();
             report(daemon::run(&socket, args))

@@ -1,12 +1,28 @@
 //! Default locations of the daemon's socket and state (DESIGN.md): root
 //! uses `/run/weft/weft.sock` and `/var/lib/weft`; other users
 //! `$XDG_RUNTIME_DIR/weft/weft.sock` and `$XDG_STATE_HOME/weft` (or
-//! `~/.local/state/weft`).
+//! `~/.local/state/weft`). Root inside a user namespace counts as another
+//! user.
 
 use std::path::PathBuf;
 
+/// Root of the host: uid 0 in the initial user namespace. Root inside a
+/// user namespace (`unshare -Ur`) is an ordinary user to the filesystem,
+/// so it gets the per-user paths.
+pub fn is_host_root() -> bool {
+    nix::unistd::geteuid().is_root() && in_initial_user_namespace()
+}
+
+/// The initial user namespace maps every id to itself.
+pub fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        fields == ["0", "0", "4294967295"]
+    })
+}
+
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    is_host_root()
 }
 
 fn env_dir(name: &str) -> Option<PathBuf> {

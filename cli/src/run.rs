@@ -13,6 +13,11 @@
 //! namespace, go away) and exits with the command's code (128+N for a
 //! signal N, 125 when weft itself failed, like `docker run`).
 //!
+//! Rootless: the child first joins a user namespace ([`UserNamespace`]):
+//! the daemon's when the daemon runs in one of its own, else a new one in
+//! which this user is root (the daemon's attach helper enters it as its
+//! owner).
+//!
 //! The child also gets a mount namespace of its own (mounts private), in
 //! which a resolv.conf naming the first network's gateway (the embedded
 //! DNS) is bind-mounted over `/etc/resolv.conf`; the host's file is not
@@ -88,11 +93,19 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
     let (mut ours, theirs) = UnixStream::pair().context("making the sandbox channel")?;
     let theirs_raw = theirs.as_raw_fd();
     let exe = std::env::current_exe().context("finding the weft binary")?;
+    let userns = user_namespace_plan(client).await;
     let mut command = Command::new(exe);
-    command
-        .arg(SANDBOX_SUBCOMMAND)
-        .arg("--")
-        .args(&args.command);
+    command.arg(SANDBOX_SUBCOMMAND);
+    match &userns {
+        UserNamespace::Enter(path) => {
+            command.arg("--userns-enter").arg(path);
+        }
+        UserNamespace::New => {
+            command.arg("--userns-new");
+        }
+        UserNamespace::Keep => {}
+    }
+    command.arg("--").args(&args.command);
     // SAFETY: only dup2, async-signal-safe, runs between fork and exec; it
     // installs the child's end as SANDBOX_FD without close-on-exec.
     unsafe {
@@ -186,6 +199,74 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
         .unwrap_or(EXIT_WEFT_FAILED))
 }
 
+/// Which user namespace the sandbox lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserNamespace {
+    /// Ours (host root: no user namespace needed).
+    Keep,
+    /// The daemon's, when it runs in one of its own (`unshare -Ur`): the
+    /// sandbox is then owned by the namespace where the daemon has
+    /// `CAP_NET_ADMIN`.
+    Enter(std::path::PathBuf),
+    /// A new one mapping this user to root (rootless, daemon beside us):
+    /// the daemon's attach helper enters it, as its owner.
+    New,
+}
+
+/// Choose the sandbox's user namespace (see [`UserNamespace`]).
+async fn user_namespace_plan(client: &Client) -> UserNamespace {
+    let daemon_pid = client
+        .call::<(), Value>(Method::GET, "/v1/version", None)
+        .await
+        .ok()
+        .and_then(|v| v["pid"].as_u64());
+    if let Some(pid) = daemon_pid {
+        let theirs = std::path::PathBuf::from(format!("/proc/{pid}/ns/user"));
+        if let (Ok(a), Ok(b)) = (
+            std::fs::metadata(&theirs),
+            std::fs::metadata("/proc/self/ns/user"),
+        ) {
+            use std::os::unix::fs::MetadataExt;
+            if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                return UserNamespace::Enter(theirs);
+            }
+        }
+    }
+    if crate::paths::is_host_root() {
+        UserNamespace::Keep
+    } else {
+        UserNamespace::New
+    }
+}
+
+/// Enter or make the sandbox's user namespace (single-threaded: setns into
+/// a user namespace is refused to threaded processes).
+fn join_user_namespace(userns: &UserNamespace) -> Result<()> {
+    match userns {
+        UserNamespace::Keep => Ok(()),
+        UserNamespace::Enter(path) => {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(std::os::fd::AsFd::as_fd(&file), CloneFlags::CLONE_NEWUSER)
+                .with_context(|| format!("entering the daemon's user namespace {}", path.display()))
+        }
+        UserNamespace::New => {
+            let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+            nix::sched::unshare(CloneFlags::CLONE_NEWUSER).context(
+                "making a user namespace: user namespaces are disabled on this host \
+                 (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)",
+            )?;
+            std::fs::write("/proc/self/setgroups", "deny")
+                .context("writing /proc/self/setgroups")?;
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))
+                .context("writing /proc/self/uid_map")?;
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))
+                .context("writing /proc/self/gid_map")?;
+            Ok(())
+        }
+    }
+}
+
 /// Write the sandbox's resolv.conf (the network's gateways: the embedded
 /// DNS) to a temporary file the child bind-mounts over /etc/resolv.conf.
 /// None when the network has no gateway (null and host drivers).
@@ -223,11 +304,15 @@ async fn wait_child(mut child: std::process::Child) -> Result<ExitStatus> {
 /// The sandbox child (`weft __sandbox -- CMD...`): unshare the network
 /// namespace, tell `weft run`, wait for "go", exec the command. Returns
 /// only on failure, with the exit code.
-pub fn sandbox_main(command: &[String]) -> i32 {
+pub fn sandbox_main(userns: &UserNamespace, command: &[String]) -> i32 {
     // SAFETY: SANDBOX_FD was installed by `weft run` for this process and
     // nothing else here owns that number.
     let channel = unsafe { OwnedFd::from_raw_fd(SANDBOX_FD) };
     let mut channel = UnixStream::from(channel);
+    if let Err(e) = join_user_namespace(userns) {
+        eprintln!("weft: {e:#}");
+        return EXIT_WEFT_FAILED;
+    }
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS) {
         eprintln!("weft: making the sandbox's network and mount namespaces: {e}");
         return EXIT_WEFT_FAILED;

@@ -8,7 +8,7 @@
 //! | `DELETE /v1/networks/{name}` | | `204` |
 //! | `POST /v1/networks/{name}/connect` | `ConnectRequest` | `201 Endpoint` |
 //! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
-//! | `GET /v1/version` | | `{"version": ...}` |
+//! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
 //!
 //! Every error is `{"message": "..."}` with a 4xx status for a request
 //! that must change (the message says how) and 5xx for a failure of the
@@ -96,7 +96,12 @@ pub fn router(controller: Arc<Controller>) -> Router {
 }
 
 async fn version() -> impl IntoResponse {
-    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        // `weft run` enters the daemon's user namespace through
+        // /proc/PID/ns/user when the daemon runs in one of its own.
+        "pid": std::process::id(),
+    }))
 }
 
 async fn not_found() -> ApiError {
