@@ -32,6 +32,7 @@ fn switch_decision(c: &mut Criterion) {
             mac: MacAddr([0x02, 0x42, 10, 0, 0, 1]),
             ipv4: vec![Ipv4Addr::new(10, 0, 0, 1)],
             ipv6: vec![],
+            outbound: true,
         },
     )
     .expect("fresh switch");
@@ -178,5 +179,11 @@ fn dns_answer(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, switch_decision, mac_table, segmentation, dns_answer);
+criterion_group!(
+    benches,
+    switch_decision,
+    mac_table,
+    segmentation,
+    dns_answer
+);
 criterion_main!(benches);

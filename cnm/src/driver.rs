@@ -289,6 +289,7 @@ impl NetworkDriver for BridgeDriver {
             mac: gateway_mac(network),
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            outbound: !network.internal,
         };
         for subnet in &network.subnets {
             match subnet.gateway {

@@ -12,6 +12,7 @@ fuzz_target!(|frame: &[u8]| {
         mac: MacAddr([0x02, 0x42, 10, 0, 0, 1]),
         ipv4: vec!["10.0.0.1".parse().unwrap()],
         ipv6: vec!["fd00::1".parse().unwrap()],
+        outbound: true,
     });
     let _ = gw.wants_multicast(frame);
     let mut out = vec![0u8; frame.len() + REPLY_HEADROOM];

@@ -25,6 +25,8 @@ pub enum DropReason {
     EgressFailed,
     /// The ingress port is not attached to any network.
     UnknownPort,
+    /// The NAT flow table is full: the new flow was refused.
+    NatFull,
 }
 
 /// Counters of one port. See the module header for the threading rule.
@@ -54,7 +56,7 @@ pub struct PortCountersSnapshot {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -64,6 +66,7 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::EgressFailed,
         DropReason::UnknownPort,
+        DropReason::NatFull,
     ];
 
     /// Index into a counter array.
@@ -81,6 +84,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::EgressFailed => "egress_failed",
             DropReason::UnknownPort => "unknown_port",
+            DropReason::NatFull => "nat_full",
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct GatewayConfig {
     pub ipv4: Vec<Ipv4Addr>,
     /// The gateway's IPv6 addresses (one per IPv6 subnet).
     pub ipv6: Vec<Ipv6Addr>,
+    /// Whether traffic may leave through the gateway (outbound NAT); false
+    /// for `--internal` networks.
+    pub outbound: bool,
 }
 
 /// The gateway services of one network. See the module header.
@@ -251,6 +254,7 @@ mod tests {
             mac: GW_MAC,
             ipv4: vec![Ipv4Addr::new(10, 231, 0, 1)],
             ipv6: vec!["fd00:231::1".parse().unwrap()],
+            outbound: true,
         })
     }
 

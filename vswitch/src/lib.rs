@@ -40,6 +40,7 @@ pub mod dns_tcp;
 pub mod gateway;
 pub mod gso;
 pub mod mac_table;
+pub mod nat;
 pub mod services;
 pub mod switch;
 pub mod sys;

@@ -12,6 +12,8 @@
 //! - TCP to a gateway address, and ARP or ND answers to the gateway: the
 //!   network's [`DnsTcp`] stack (made on first use), whose complete queries
 //!   go to the same server;
+//! - UDP and ICMP echo to addresses beyond the gateway, on a network that
+//!   may reach out: the outbound [`Nat`];
 //! - anything else: [`DropReason::NoRoute`].
 //!
 //! Outputs are pulled: [`GatewayServices::poll_frame`] gives frames to put
@@ -38,6 +40,7 @@ use crate::counters::DropReason;
 use crate::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone};
 use crate::dns_tcp::DnsTcp;
 use crate::gateway::GatewayConfig;
+use crate::nat::{FlowId, Nat, NatConfig};
 use crate::switch::{NetworkId, PortId};
 use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
 
@@ -59,6 +62,7 @@ pub enum Egress {
 /// See the module header.
 pub struct GatewayServices {
     dns: DnsServer,
+    nat: Nat,
     stacks: FxHashMap<NetworkId, DnsTcp>,
     macs: FxHashMap<NetworkId, MacAddr>,
     out: VecDeque<(Egress, Vec<u8>)>,
@@ -71,6 +75,7 @@ impl GatewayServices {
     pub fn new(config: DnsConfig, seed: u64) -> Self {
         GatewayServices {
             dns: DnsServer::new(config),
+            nat: Nat::new(NatConfig::default()),
             stacks: FxHashMap::default(),
             macs: FxHashMap::default(),
             out: VecDeque::new(),
@@ -93,6 +98,23 @@ impl GatewayServices {
         &mut self.dns
     }
 
+    /// The outbound NAT.
+    pub fn nat(&mut self) -> &mut Nat {
+        &mut self.nat
+    }
+
+    /// What a NAT flow's socket received.
+    pub fn handle_nat_reply(&mut self, now: Instant, flow: FlowId, data: &[u8]) {
+        self.nat.handle_reply(now, flow, data);
+        self.drain(now);
+    }
+
+    /// A NAT flow's remote refused.
+    pub fn handle_nat_refused(&mut self, now: Instant, flow: FlowId) {
+        self.nat.handle_refused(flow);
+        self.drain(now);
+    }
+
     /// Set the names a network's sandboxes can resolve.
     pub fn set_zone(&mut self, network: NetworkId, zone: Zone) {
         self.dns.set_zone(network, zone);
@@ -106,6 +128,7 @@ impl GatewayServices {
     /// Forget a network.
     pub fn remove_network(&mut self, network: NetworkId) {
         self.macs.remove(&network);
+        self.nat.remove_network(network);
         self.dns.remove_zone(network);
         self.stacks.remove(&network);
     }
@@ -165,9 +188,15 @@ impl GatewayServices {
                 self.feed_stack(now, network, gateway, frame);
                 Ok(())
             }
-            Some(TransportSlice::Icmpv6(_)) => {
+            Some(TransportSlice::Icmpv6(_)) if ours || dst.is_multicast() => {
                 // Neighbour advertisements answering the stack's solicitations.
                 self.feed_stack(now, network, gateway, frame);
+                Ok(())
+            }
+            _ if !ours && gateway.outbound => {
+                self.nat
+                    .handle_frame(now, network, ingress, gateway.mac, frame)?;
+                self.drain(now);
                 Ok(())
             }
             _ => Err(DropReason::NoRoute),
@@ -215,6 +244,7 @@ impl GatewayServices {
     /// Run timers that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.dns.handle_timeout(now);
+        self.nat.handle_timeout(now);
         for stack in self.stacks.values_mut() {
             stack.poll(now);
         }
@@ -223,7 +253,10 @@ impl GatewayServices {
 
     /// When [`GatewayServices::handle_timeout`] wants to run.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
-        let mut due = self.dns.poll_timeout();
+        let mut due = match (self.dns.poll_timeout(), self.nat.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for stack in self.stacks.values_mut() {
             if let Some(at) = stack.poll_timeout(now) {
                 due = Some(due.map_or(at, |d| d.min(at)));
@@ -249,6 +282,9 @@ impl GatewayServices {
 
     /// Move answers and stack output into the output queue.
     fn drain(&mut self, now: Instant) {
+        while let Some((port, frame)) = self.nat.poll_frame() {
+            self.push(Egress::Port(port), frame);
+        }
         // Queries that arrived over TCP.
         let mut queries = Vec::new();
         for (network, stack) in &mut self.stacks {

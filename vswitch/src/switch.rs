@@ -312,6 +312,26 @@ impl Switch {
             .handle_frame(now, network_id, network.gateway.config(), ingress, frame)
     }
 
+    /// The next socket action of the outbound NAT.
+    pub fn poll_nat_action(&mut self) -> Option<crate::nat::NatAction> {
+        self.services.nat().poll_action()
+    }
+
+    /// What a NAT flow's host socket received.
+    pub fn handle_nat_reply(&mut self, now: Instant, flow: crate::nat::FlowId, data: &[u8]) {
+        self.services.handle_nat_reply(now, flow, data);
+    }
+
+    /// A NAT flow's remote refused (UDP): answer the sandbox with ICMP.
+    pub fn handle_nat_refused(&mut self, now: Instant, flow: crate::nat::FlowId) {
+        self.services.handle_nat_refused(now, flow);
+    }
+
+    /// Close a NAT flow whose socket failed.
+    pub fn close_nat_flow(&mut self, flow: crate::nat::FlowId) {
+        self.services.nat().close(flow);
+    }
+
     /// A datagram from an upstream DNS resolver.
     pub fn handle_upstream(&mut self, now: Instant, from: std::net::SocketAddr, datagram: &[u8]) {
         self.services.handle_upstream(now, from, datagram);
@@ -402,6 +422,7 @@ mod tests {
             mac: GW,
             ipv4: vec![Ipv4Addr::new(10, 0, 0, last)],
             ipv6: vec![],
+            outbound: true,
         };
         sw.add_network(NET_A, gw(1)).unwrap();
         sw.add_network(NET_B, gw(1)).unwrap();

@@ -48,6 +48,7 @@ use crate::counters::{DropReason, PortCounters};
 use crate::dns::{DnsConfig, Zone};
 use crate::gateway::{GatewayConfig, REPLY_HEADROOM};
 use crate::gso;
+use crate::nat::{FlowId, NatAction, NatProto};
 use crate::services::Egress;
 use crate::switch::{Decision, NetworkId, PortId, Switch};
 use crate::sys::tap::Tap;
@@ -67,6 +68,10 @@ const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const UPSTREAM_V4_TOKEN: Token = Token(usize::MAX - 1);
 const UPSTREAM_V6_TOKEN: Token = Token(usize::MAX - 2);
+/// NAT flow sockets use tokens from here up (ports use the u32 range).
+const NAT_TOKEN_BASE: usize = 1 << 40;
+/// Largest datagram a NAT flow socket reads.
+const NAT_DATAGRAM_MAX: usize = 65536;
 
 /// Largest DNS answer over UDP: the DNS flag day 2020 size, which fits any
 /// sandbox MTU without IP fragmentation (the gateway does not fragment);
@@ -143,6 +148,8 @@ struct Loop {
     ready: VecDeque<PortId>,
     batch: WriteBatch,
     flood_scratch: Vec<PortId>,
+    nat_sockets: FxHashMap<FlowId, NatSocket>,
+    ping_refused_logged: bool,
     reply: Vec<u8>,
 }
 
@@ -185,6 +192,8 @@ impl Datapath {
             ready: VecDeque::new(),
             batch: WriteBatch::new(),
             flood_scratch: Vec::new(),
+            nat_sockets: FxHashMap::default(),
+            ping_refused_logged: false,
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
         };
         let thread = std::thread::Builder::new()
@@ -313,6 +322,9 @@ impl Loop {
                     }
                 } else if event.token() == UPSTREAM_V4_TOKEN || event.token() == UPSTREAM_V6_TOKEN {
                     self.read_upstream(event.token() == UPSTREAM_V4_TOKEN);
+                } else if event.token().0 >= NAT_TOKEN_BASE {
+                    let flow = FlowId((event.token().0 - NAT_TOKEN_BASE) as u64);
+                    self.read_nat(flow);
                 } else if let Ok(port) = u32::try_from(event.token().0) {
                     let port = PortId(port);
                     if !self.ready.contains(&port) {
@@ -345,17 +357,24 @@ impl Loop {
     /// Send what the gateway services produced: frames into networks,
     /// datagrams to upstream resolvers.
     fn flush_gateway(&mut self, now: Instant) {
-        while let Some((egress, frame)) = self.switch.poll_gateway_frame(now) {
-            let mut with_header = Vec::with_capacity(VNET_HDR_LEN + frame.len());
-            with_header.extend_from_slice(&vnet::EMPTY);
-            with_header.extend_from_slice(&frame);
-            match egress {
-                Egress::Port(port) => send_to(&self.ports, port, &with_header),
-                Egress::Flood(network) => {
-                    for &port in self.switch.network_ports(network) {
-                        send_to(&self.ports, port, &with_header);
+        // NAT actions can queue frames (a refused send answers with ICMP),
+        // and frames never queue actions: two rounds drain both.
+        for _ in 0..2 {
+            while let Some((egress, frame)) = self.switch.poll_gateway_frame(now) {
+                let mut with_header = Vec::with_capacity(VNET_HDR_LEN + frame.len());
+                with_header.extend_from_slice(&vnet::EMPTY);
+                with_header.extend_from_slice(&frame);
+                match egress {
+                    Egress::Port(port) => send_to(&self.ports, port, &with_header),
+                    Egress::Flood(network) => {
+                        for &port in self.switch.network_ports(network) {
+                            send_to(&self.ports, port, &with_header);
+                        }
                     }
                 }
+            }
+            while let Some(action) = self.switch.poll_nat_action() {
+                self.nat_action(action);
             }
         }
         while let Some((upstream, datagram)) = self.switch.poll_upstream() {
@@ -369,6 +388,83 @@ impl Loop {
             };
             if let Err(e) = socket.send_to(&datagram, upstream) {
                 tracing::debug!(%upstream, error = %e, "DNS upstream send failed");
+            }
+        }
+    }
+
+    /// Carry out one socket action of the NAT.
+    fn nat_action(&mut self, action: NatAction) {
+        match action {
+            NatAction::Open {
+                flow,
+                proto,
+                remote,
+            } => match NatSocket::open(proto, remote) {
+                Ok(mut socket) => {
+                    let token = Token(NAT_TOKEN_BASE + flow.0 as usize);
+                    let raw = socket.raw_fd();
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut SourceFd(&raw), token, Interest::READABLE)
+                        .is_ok()
+                    {
+                        socket.token = Some(token);
+                        self.nat_sockets.insert(flow, socket);
+                    } else {
+                        self.switch.close_nat_flow(flow);
+                    }
+                }
+                Err(e) => {
+                    if proto == NatProto::IcmpEcho && !self.ping_refused_logged {
+                        self.ping_refused_logged = true;
+                        tracing::warn!(error = %e, "ICMP echo cannot leave: ping sockets are not allowed for this daemon's group (net.ipv4.ping_group_range)");
+                    } else {
+                        tracing::debug!(%remote, error = %e, "NAT socket");
+                    }
+                    self.switch.close_nat_flow(flow);
+                }
+            },
+            NatAction::Send { flow, data } => {
+                let Some(socket) = self.nat_sockets.get(&flow) else {
+                    return;
+                };
+                if let Err(e) = socket.send(&data) {
+                    if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+                        self.switch.handle_nat_refused(Instant::now(), flow);
+                    } else {
+                        tracing::debug!(flow = flow.0, error = %e, "NAT send");
+                    }
+                }
+            }
+            NatAction::Close { flow } => {
+                if let Some(socket) = self.nat_sockets.remove(&flow) {
+                    let raw = socket.raw_fd();
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+                }
+            }
+        }
+    }
+
+    fn read_nat(&mut self, flow: FlowId) {
+        let mut buf = vec![0u8; NAT_DATAGRAM_MAX];
+        for _ in 0..IO_LOOP_BOUND {
+            let Some(socket) = self.nat_sockets.get(&flow) else {
+                return;
+            };
+            match socket.recv(&mut buf) {
+                Ok(len) => self
+                    .switch
+                    .handle_nat_reply(Instant::now(), flow, &buf[..len]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    self.switch.handle_nat_refused(Instant::now(), flow);
+                }
+                Err(e) => {
+                    tracing::debug!(flow = flow.0, error = %e, "NAT receive");
+                    return;
+                }
             }
         }
     }
@@ -619,6 +715,61 @@ fn to_services(
     })
     .map_err(|_| DropReason::Malformed)?;
     result
+}
+
+/// A NAT flow's host socket: a connected UDP socket, or a connected
+/// unprivileged ICMP echo ("ping") socket.
+struct NatSocket {
+    fd: std::os::fd::OwnedFd,
+    token: Option<Token>,
+}
+
+impl NatSocket {
+    fn open(proto: NatProto, remote: SocketAddr) -> io::Result<NatSocket> {
+        use nix::sys::socket::{
+            connect, socket, AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage,
+        };
+        let family = if remote.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let protocol = match (proto, remote.is_ipv4()) {
+            (NatProto::Udp, _) => SockProtocol::Udp,
+            (NatProto::IcmpEcho, true) => SockProtocol::Icmp,
+            (NatProto::IcmpEcho, false) => SockProtocol::IcmpV6,
+        };
+        let fd = socket(
+            family,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            protocol,
+        )?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(remote))?;
+        Ok(NatSocket { fd, token: None })
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn send(&self, data: &[u8]) -> io::Result<usize> {
+        nix::sys::socket::send(
+            self.fd.as_raw_fd(),
+            data,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        nix::sys::socket::recv(
+            self.fd.as_raw_fd(),
+            buf,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)
+    }
 }
 
 fn upstream_socket(poll: &Poll, bind: &str, token: Token) -> Option<UdpSocket> {

@@ -1,0 +1,623 @@
+//! Outbound NAT for UDP and ICMP echo: sandbox traffic to addresses beyond
+//! the gateway, relayed through ordinary host sockets. Sans-IO: frames in,
+//! socket actions out; the driver owns the sockets.
+//!
+//! # Theory of operation
+//!
+//! A UDP datagram or an ICMP echo request that a sandbox sends through its
+//! gateway to an address that is not the gateway's reaches
+//! [`Nat::handle_frame`]. Its flow — network, protocol, the sandbox's
+//! address and port (or echo identifier), the remote address and port — is
+//! looked up in the flow table; a new flow gets a [`FlowId`] and an
+//! [`NatAction::Open`] asking the driver for a host socket connected to the
+//! remote (a UDP socket, or an unprivileged ICMP "ping" socket). The payload
+//! leaves as [`NatAction::Send`]. What the socket receives comes back
+//! through [`Nat::handle_reply`] and is put into the sandbox as a frame from
+//! the remote address, through the gateway MAC; the remote sees the host's
+//! address (the host's own stack chose the source).
+//!
+//! A UDP socket that gets "connection refused" ([`Nat::handle_refused`])
+//! answers the sandbox with ICMP port unreachable, as a router would.
+//!
+//! No root, no raw socket, no iptables: the daemon opens only what any
+//! user may open. Ping sockets need the daemon's group in
+//! `net.ipv4.ping_group_range`; where it is not, the driver logs it once and
+//! ICMP echo is dropped and counted.
+//!
+//! Capacities and timers: at most `max_flows` flows (default
+//! [`DEFAULT_MAX_FLOWS`]); when full, a new flow is refused (dropped and
+//! counted) rather than evicting a live one, so a sandbox cannot push out
+//! the flows of others. A flow idle for `udp_idle` (60 s, like Linux's
+//! conntrack for unreplied UDP... rounded up for replied streams) or
+//! `icmp_idle` (10 s) is closed ([`NatAction::Close`]). Not implemented
+//! here: TCP (a separate stack), IPv6 ICMP echo, IP fragments (dropped).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+};
+use rustc_hash::FxHashMap;
+
+use crate::counters::DropReason;
+use crate::switch::{NetworkId, PortId};
+use crate::wire::ethernet::{EthernetFrame, MacAddr};
+
+/// Flows at once, all networks together.
+pub const DEFAULT_MAX_FLOWS: usize = 4096;
+/// TTL of the frames the gateway puts into sandboxes.
+const TTL: u8 = 64;
+
+/// A flow's id: the driver's key for its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// Which protocol a flow carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatProto {
+    /// UDP: a connected UDP socket.
+    Udp,
+    /// ICMP echo: a connected ping socket.
+    IcmpEcho,
+}
+
+/// What the driver is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatAction {
+    /// Open a host socket for a new flow, connected to `remote` (port 0
+    /// for ICMP).
+    Open {
+        /// The flow.
+        flow: FlowId,
+        /// UDP or ICMP echo.
+        proto: NatProto,
+        /// Where to.
+        remote: SocketAddr,
+    },
+    /// Send on a flow's socket: a UDP payload, or an ICMP echo request
+    /// (type 8 header with identifier 0, the kernel sets it, and payload).
+    Send {
+        /// The flow.
+        flow: FlowId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Close a flow's socket.
+    Close {
+        /// The flow.
+        flow: FlowId,
+    },
+}
+
+/// Limits and timers.
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    /// Flows at once.
+    pub max_flows: usize,
+    /// Idle time after which a UDP flow closes.
+    pub udp_idle: Duration,
+    /// Idle time after which an ICMP echo flow closes.
+    pub icmp_idle: Duration,
+}
+
+/// Counters of the NAT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatCounters {
+    /// Flows opened.
+    pub flows_opened: u64,
+    /// New flows refused because the table was full.
+    pub flows_refused: u64,
+    /// Frames sent out.
+    pub packets_out: u64,
+    /// Frames put back into sandboxes.
+    pub packets_in: u64,
+    /// Frames not translated (fragments, other protocols).
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FlowKey {
+    network: NetworkId,
+    proto: NatProto,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    key: FlowKey,
+    port: PortId,
+    sandbox_mac: MacAddr,
+    gateway_mac: MacAddr,
+    last_active: Instant,
+}
+
+/// The NAT. See the module header.
+#[derive(Debug)]
+pub struct Nat {
+    config: NatConfig,
+    by_key: FxHashMap<FlowKey, FlowId>,
+    flows: FxHashMap<FlowId, Flow>,
+    next_id: u64,
+    actions: VecDeque<NatAction>,
+    frames: VecDeque<(PortId, Vec<u8>)>,
+    counters: NatCounters,
+    next_sweep: Option<Instant>,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            max_flows: DEFAULT_MAX_FLOWS,
+            udp_idle: Duration::from_secs(60),
+            icmp_idle: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Nat {
+    /// An empty table.
+    pub fn new(config: NatConfig) -> Self {
+        Nat {
+            config,
+            by_key: FxHashMap::default(),
+            flows: FxHashMap::default(),
+            next_id: 0,
+            actions: VecDeque::new(),
+            frames: VecDeque::new(),
+            counters: NatCounters::default(),
+            next_sweep: None,
+        }
+    }
+
+    /// An outbound frame from `ingress` (network `network`, gateway
+    /// `gateway_mac`) to a remote address.
+    ///
+    /// # Errors
+    ///
+    /// [`DropReason::NoRoute`] for what this NAT does not translate,
+    /// [`DropReason::Malformed`] for headers that do not parse,
+    /// [`DropReason::NatFull`] when the flow table is full.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        ingress: PortId,
+        gateway_mac: MacAddr,
+        frame: &[u8],
+    ) -> Result<(), DropReason> {
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
+        let (src, dst) = match &packet.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                if ip.header().is_fragmenting_payload() {
+                    self.counters.dropped += 1;
+                    return Err(DropReason::NoRoute);
+                }
+                (
+                    IpAddr::V4(ip.header().source_addr()),
+                    IpAddr::V4(ip.header().destination_addr()),
+                )
+            }
+            Some(NetSlice::Ipv6(ip)) => (
+                IpAddr::V6(ip.header().source_addr()),
+                IpAddr::V6(ip.header().destination_addr()),
+            ),
+            _ => return Err(DropReason::NoRoute),
+        };
+        let (proto, local, remote, data) = match &packet.transport {
+            Some(TransportSlice::Udp(udp)) => (
+                NatProto::Udp,
+                SocketAddr::new(src, udp.source_port()),
+                SocketAddr::new(dst, udp.destination_port()),
+                udp.payload().to_vec(),
+            ),
+            Some(TransportSlice::Icmpv4(icmp)) => {
+                let Icmpv4Type::EchoRequest(echo) = icmp.icmp_type() else {
+                    return Err(DropReason::NoRoute);
+                };
+                // A ping socket takes the ICMP header with identifier 0 and
+                // no checksum: the kernel fills both.
+                let mut data = vec![8, 0, 0, 0, 0, 0];
+                data.extend_from_slice(&echo.seq.to_be_bytes());
+                data.extend_from_slice(icmp.payload());
+                (
+                    NatProto::IcmpEcho,
+                    SocketAddr::new(src, echo.id),
+                    SocketAddr::new(dst, 0),
+                    data,
+                )
+            }
+            _ => {
+                self.counters.dropped += 1;
+                return Err(DropReason::NoRoute);
+            }
+        };
+        let key = FlowKey {
+            network,
+            proto,
+            local,
+            remote,
+        };
+        let flow = match self.by_key.get(&key) {
+            Some(flow) => *flow,
+            None => {
+                if self.flows.len() >= self.config.max_flows {
+                    self.counters.flows_refused += 1;
+                    return Err(DropReason::NatFull);
+                }
+                self.next_id += 1;
+                let flow = FlowId(self.next_id);
+                self.by_key.insert(key.clone(), flow);
+                self.flows.insert(
+                    flow,
+                    Flow {
+                        key,
+                        port: ingress,
+                        sandbox_mac: eth.source(),
+                        gateway_mac,
+                        last_active: now,
+                    },
+                );
+                self.actions.push_back(NatAction::Open {
+                    flow,
+                    proto,
+                    remote,
+                });
+                self.counters.flows_opened += 1;
+                if self.next_sweep.is_none() {
+                    self.next_sweep = Some(now + self.config.icmp_idle);
+                }
+                flow
+            }
+        };
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.last_active = now;
+            f.port = ingress;
+        }
+        self.actions.push_back(NatAction::Send { flow, data });
+        self.counters.packets_out += 1;
+        Ok(())
+    }
+
+    /// What a flow's socket received: a UDP payload, or an ICMP echo reply
+    /// (header and payload, as a ping socket returns it).
+    pub fn handle_reply(&mut self, now: Instant, flow: FlowId, data: &[u8]) {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        f.last_active = now;
+        let f = f.clone();
+        let builder = PacketBuilder::ethernet2(f.gateway_mac.0, f.sandbox_mac.0);
+        let mut frame = Vec::with_capacity(64 + data.len());
+        let written = match (f.key.proto, f.key.remote.ip(), f.key.local.ip()) {
+            (NatProto::Udp, IpAddr::V4(remote), IpAddr::V4(local)) => builder
+                .ipv4(remote.octets(), local.octets(), TTL)
+                .udp(f.key.remote.port(), f.key.local.port())
+                .write(&mut frame, data)
+                .is_ok(),
+            (NatProto::Udp, IpAddr::V6(remote), IpAddr::V6(local)) => builder
+                .ipv6(remote.octets(), local.octets(), TTL)
+                .udp(f.key.remote.port(), f.key.local.port())
+                .write(&mut frame, data)
+                .is_ok(),
+            (NatProto::IcmpEcho, IpAddr::V4(remote), IpAddr::V4(local)) => {
+                // Type 0 (echo reply), code, checksum, identifier, sequence.
+                if data.len() < 8 || data[0] != 0 {
+                    return;
+                }
+                let seq = u16::from_be_bytes([data[6], data[7]]);
+                builder
+                    .ipv4(remote.octets(), local.octets(), TTL)
+                    .icmpv4(Icmpv4Type::EchoReply(IcmpEchoHeader {
+                        id: f.key.local.port(),
+                        seq,
+                    }))
+                    .write(&mut frame, &data[8..])
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if written {
+            self.counters.packets_in += 1;
+            self.frames.push_back((f.port, frame));
+        }
+    }
+
+    /// A UDP flow's remote refused (ICMP port unreachable reached the host
+    /// socket): tell the sandbox the same way.
+    pub fn handle_refused(&mut self, flow: FlowId) {
+        let Some(f) = self.flows.get(&flow) else {
+            return;
+        };
+        let (NatProto::Udp, IpAddr::V4(remote), IpAddr::V4(local)) =
+            (f.key.proto, f.key.remote.ip(), f.key.local.ip())
+        else {
+            return;
+        };
+        // The quoted datagram: its IPv4 header and the first 8 bytes (the
+        // UDP header), as RFC 792 asks.
+        let mut quoted = Vec::with_capacity(28);
+        let _ = etherparse::Ipv4Header::new(
+            8,
+            64,
+            etherparse::IpNumber::UDP,
+            local.octets(),
+            remote.octets(),
+        )
+        .map(|h| h.write(&mut quoted));
+        quoted.extend_from_slice(&f.key.local.port().to_be_bytes());
+        quoted.extend_from_slice(&f.key.remote.port().to_be_bytes());
+        quoted.extend_from_slice(&8u16.to_be_bytes());
+        quoted.extend_from_slice(&[0, 0]);
+        let mut frame = Vec::new();
+        let ok = PacketBuilder::ethernet2(f.gateway_mac.0, f.sandbox_mac.0)
+            .ipv4(remote.octets(), local.octets(), TTL)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut frame, &quoted)
+            .is_ok();
+        if ok {
+            self.frames.push_back((f.port, frame));
+        }
+    }
+
+    /// Close idle flows.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|due| now < due) {
+            return;
+        }
+        let (udp_idle, icmp_idle) = (self.config.udp_idle, self.config.icmp_idle);
+        let idle: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| {
+                let limit = match f.key.proto {
+                    NatProto::Udp => udp_idle,
+                    NatProto::IcmpEcho => icmp_idle,
+                };
+                now.saturating_duration_since(f.last_active) >= limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for flow in idle {
+            self.close(flow);
+        }
+        self.next_sweep =
+            (!self.flows.is_empty()).then(|| now + self.config.icmp_idle.min(self.config.udp_idle));
+    }
+
+    /// Forget a flow (and ask the driver to close its socket).
+    pub fn close(&mut self, flow: FlowId) {
+        if let Some(f) = self.flows.remove(&flow) {
+            self.by_key.remove(&f.key);
+            self.actions.push_back(NatAction::Close { flow });
+        }
+    }
+
+    /// Forget every flow of a network.
+    pub fn remove_network(&mut self, network: NetworkId) {
+        let flows: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.key.network == network)
+            .map(|(id, _)| *id)
+            .collect();
+        for flow in flows {
+            self.close(flow);
+        }
+    }
+
+    /// When [`Nat::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// The next socket action for the driver.
+    pub fn poll_action(&mut self) -> Option<NatAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next frame to put into a sandbox, with its port.
+    pub fn poll_frame(&mut self) -> Option<(PortId, Vec<u8>)> {
+        self.frames.pop_front()
+    }
+
+    /// Flows open now.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> NatCounters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW: MacAddr = MacAddr([0x02, 0x42, 10, 0, 0, 1]);
+    const SB: MacAddr = MacAddr([0x02, 0x42, 10, 0, 0, 2]);
+
+    fn udp_frame(sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SB.0, GW.0)
+            .ipv4([10, 0, 0, 2], dst, 64)
+            .udp(sport, dport)
+            .write(&mut f, payload)
+            .unwrap();
+        f
+    }
+
+    #[test]
+    fn a_udp_flow_opens_once_and_replies_come_back() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig::default());
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(3),
+            GW,
+            &udp_frame(5000, [192, 0, 2, 9], 53, b"q1"),
+        )
+        .unwrap();
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(3),
+            GW,
+            &udp_frame(5000, [192, 0, 2, 9], 53, b"q2"),
+        )
+        .unwrap();
+        let Some(NatAction::Open {
+            flow,
+            proto: NatProto::Udp,
+            remote,
+        }) = nat.poll_action()
+        else {
+            panic!("no open")
+        };
+        assert_eq!(remote, "192.0.2.9:53".parse().unwrap());
+        assert_eq!(
+            nat.poll_action(),
+            Some(NatAction::Send {
+                flow,
+                data: b"q1".to_vec()
+            })
+        );
+        assert_eq!(
+            nat.poll_action(),
+            Some(NatAction::Send {
+                flow,
+                data: b"q2".to_vec()
+            })
+        );
+        assert_eq!(nat.poll_action(), None);
+        nat.handle_reply(t0, flow, b"answer");
+        let (port, frame) = nat.poll_frame().unwrap();
+        assert_eq!(port, PortId(3));
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Udp(udp)) = p.transport else {
+            panic!()
+        };
+        assert_eq!((udp.source_port(), udp.destination_port()), (53, 5000));
+        assert_eq!(udp.payload(), b"answer");
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert_eq!((eth.source(), eth.destination()), (GW, SB));
+    }
+
+    #[test]
+    fn flows_are_one_to_one_and_bounded() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig {
+            max_flows: 2,
+            ..NatConfig::default()
+        });
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            &udp_frame(1, [192, 0, 2, 9], 53, b""),
+        )
+        .unwrap();
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            &udp_frame(2, [192, 0, 2, 9], 53, b""),
+        )
+        .unwrap();
+        assert_eq!(
+            nat.handle_frame(
+                t0,
+                NetworkId(1),
+                PortId(1),
+                GW,
+                &udp_frame(3, [192, 0, 2, 9], 53, b"")
+            ),
+            Err(DropReason::NatFull)
+        );
+        assert_eq!(nat.flow_count(), 2);
+        // Idle flows close, and make room.
+        nat.handle_timeout(t0 + Duration::from_secs(61));
+        assert_eq!(nat.flow_count(), 0);
+        let closes = std::iter::from_fn(|| nat.poll_action())
+            .filter(|a| matches!(a, NatAction::Close { .. }))
+            .count();
+        assert_eq!(closes, 2);
+    }
+
+    #[test]
+    fn echo_requests_and_replies_keep_the_sandbox_identifier() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig::default());
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SB.0, GW.0)
+            .ipv4([10, 0, 0, 2], [192, 0, 2, 9], 64)
+            .icmpv4_echo_request(0x1234, 7)
+            .write(&mut f, b"ping!")
+            .unwrap();
+        nat.handle_frame(t0, NetworkId(1), PortId(1), GW, &f)
+            .unwrap();
+        let Some(NatAction::Open {
+            flow,
+            proto: NatProto::IcmpEcho,
+            ..
+        }) = nat.poll_action()
+        else {
+            panic!()
+        };
+        let Some(NatAction::Send { data, .. }) = nat.poll_action() else {
+            panic!()
+        };
+        assert_eq!(&data[..8], &[8, 0, 0, 0, 0, 0, 0, 7]);
+        // The ping socket's reply carries the kernel's identifier (0x9999).
+        let mut reply = vec![0, 0, 0, 0, 0x99, 0x99, 0, 7];
+        reply.extend_from_slice(b"ping!");
+        nat.handle_reply(t0, flow, &reply);
+        let (_, frame) = nat.poll_frame().unwrap();
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+            panic!()
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::EchoReply(IcmpEchoHeader { id: 0x1234, seq: 7 })
+        );
+        assert_eq!(icmp.payload(), b"ping!");
+    }
+
+    #[test]
+    fn refused_udp_becomes_port_unreachable() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig::default());
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            &udp_frame(4000, [192, 0, 2, 9], 9, b"x"),
+        )
+        .unwrap();
+        let Some(NatAction::Open { flow, .. }) = nat.poll_action() else {
+            panic!()
+        };
+        nat.handle_refused(flow);
+        let (_, frame) = nat.poll_frame().unwrap();
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+            panic!()
+        };
+        assert!(matches!(
+            icmp.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(_)
+        ));
+    }
+}
