@@ -51,7 +51,9 @@ impl RootlessWorld {
                 return None;
             }
         }
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let id = std::process::id();
         let user = format!("wtr{}", id % 100_000);
         let dir = std::env::temp_dir().join(format!("weft-rootless-{id}"));

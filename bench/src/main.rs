@@ -1,0 +1,133 @@
+//! `weft-bench`: weft's end-to-end benchmark harness (root only).
+//!
+//! - `weft-bench e2e [--runs 3] [--seconds 5] [--out bench/RESULTS.md]`:
+//!   TCP throughput, 64-byte UDP packet rate, ping round trip and switch
+//!   CPU per GB for weft, the kernel bridge + veth and vde_switch, in
+//!   network namespaces, alternating runs, medians (see `e2e`).
+//! - `weft-bench scale [--sandboxes 200] [--pairs 20]`: attach latency,
+//!   daemon memory per endpoint and reachability with many sandboxes on
+//!   one network (see `scale`); the section is appended to `--out`.
+//!
+//! Needs the release weft binary (`cargo build --release -p weft`, or
+//! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
+//! vde2; it installs nothing. Everything happens in `wb-*` namespaces the
+//! harness creates and removes (see `lab`).
+
+mod e2e;
+mod lab;
+mod measure;
+mod process;
+mod report;
+mod scale;
+mod topology;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+/// The report file by default: bench/RESULTS.md in the source tree.
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md");
+
+/// weft's end-to-end benchmarks (run as root).
+#[derive(Debug, Parser)]
+#[command(name = "weft-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// weft vs kernel bridge vs vde_switch: TCP, UDP 64 B, ping, CPU per GB.
+    E2e {
+        /// Runs per topology (the report shows the median and min–max).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+        seconds: u32,
+        /// Markdown report (overwritten).
+        #[arg(long, default_value = DEFAULT_OUT)]
+        out: PathBuf,
+    },
+    /// Many sandboxes on one weft network: attach latency, RSS, reachability.
+    Scale {
+        /// How many sandbox namespaces to attach.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=5000))]
+        sandboxes: u32,
+        /// How many random pairs must ping each other.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        pairs: u32,
+        /// Markdown file the section is appended to.
+        #[arg(long, default_value = DEFAULT_OUT)]
+        out: PathBuf,
+    },
+}
+
+/// CPUs this process may run on, as `nproc` counts them.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("weft-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line as the user typed it: `cargo run` leaves
+/// CARGO_PKG_NAME in the environment of the program it runs.
+fn invocation() -> String {
+    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let launched_by_cargo =
+        std::env::var_os("CARGO_PKG_NAME").is_some_and(|name| name == "weft-bench");
+    match argv.split_first() {
+        Some((program, args)) if launched_by_cargo => {
+            let release = if program.contains("/release/") {
+                " --release"
+            } else {
+                ""
+            };
+            format!(
+                "cargo run{release} -p weft-bench -- {}",
+                process::render_command(args)
+            )
+        }
+        _ => process::render_command(&argv),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("weft-bench must run as root: it creates network namespaces");
+    }
+    process::install_signal_handlers()?;
+    let command = invocation();
+    match cli.command {
+        Command::E2e { runs, seconds, out } => e2e::run(&e2e::E2eOptions {
+            runs,
+            seconds,
+            out,
+            command,
+        }),
+        Command::Scale {
+            sandboxes,
+            pairs,
+            out,
+        } => scale::run(&scale::ScaleOptions {
+            sandboxes,
+            pairs,
+            out,
+            command,
+        }),
+    }
+}
