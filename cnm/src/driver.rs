@@ -53,7 +53,8 @@ pub enum DriverError {
     UnknownNetwork(String),
 }
 
-/// The CNM driver API. See the module header.
+/// The CNM driver API. See the module header. Every step defaults to
+/// "nothing to do", the `host` driver's whole behaviour.
 pub trait NetworkDriver: Send + Sync {
     /// The kind this driver serves.
     fn kind(&self) -> DriverKind;
@@ -63,14 +64,18 @@ pub trait NetworkDriver: Send + Sync {
     /// # Errors
     ///
     /// [`DriverError`] when the driver cannot make it.
-    fn create_network(&self, network: &Network) -> Result<(), DriverError>;
+    fn create_network(&self, _network: &Network) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// A network was deleted (it has no endpoints).
     ///
     /// # Errors
     ///
     /// [`DriverError`] when the driver cannot undo it.
-    fn delete_network(&self, network: &Network) -> Result<(), DriverError>;
+    fn delete_network(&self, _network: &Network) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// Fill in the driver's part of a new endpoint (its MAC).
     ///
@@ -79,16 +84,20 @@ pub trait NetworkDriver: Send + Sync {
     /// [`DriverError`] when the endpoint cannot be made.
     fn create_endpoint(
         &self,
-        network: &Network,
-        endpoint: &mut Endpoint,
-    ) -> Result<(), DriverError>;
+        _network: &Network,
+        _endpoint: &mut Endpoint,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// Forget an endpoint (after `leave`).
     ///
     /// # Errors
     ///
     /// [`DriverError`] when the driver cannot undo it.
-    fn delete_endpoint(&self, network: &Network, endpoint: &Endpoint) -> Result<(), DriverError>;
+    fn delete_endpoint(&self, _network: &Network, _endpoint: &Endpoint) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// Put the endpoint into its sandbox; sets `endpoint.ifname`. With a
     /// non-empty `ifname`, re-open that interface (daemon restart).
@@ -96,14 +105,18 @@ pub trait NetworkDriver: Send + Sync {
     /// # Errors
     ///
     /// [`DriverError`], with the helper's message when it failed.
-    fn join(&self, network: &Network, endpoint: &mut Endpoint) -> Result<(), DriverError>;
+    fn join(&self, _network: &Network, _endpoint: &mut Endpoint) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// Take the endpoint out of its sandbox.
     ///
     /// # Errors
     ///
     /// [`DriverError`] when the data path is gone.
-    fn leave(&self, network: &Network, endpoint: &Endpoint) -> Result<(), DriverError>;
+    fn leave(&self, _network: &Network, _endpoint: &Endpoint) -> Result<(), DriverError> {
+        Ok(())
+    }
 
     /// Counters of an endpoint's port, if it has one.
     fn counters(&self, _endpoint: &Endpoint) -> Option<PortCountersSnapshot> {
@@ -170,18 +183,6 @@ impl NetworkDriver for NullDriver {
     fn kind(&self) -> DriverKind {
         DriverKind::Null
     }
-    fn create_network(&self, _: &Network) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn delete_network(&self, _: &Network) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn create_endpoint(&self, _: &Network, _: &mut Endpoint) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn delete_endpoint(&self, _: &Network, _: &Endpoint) -> Result<(), DriverError> {
-        Ok(())
-    }
     fn join(&self, _: &Network, endpoint: &mut Endpoint) -> Result<(), DriverError> {
         let request = AttachRequest {
             sandbox: endpoint.sandbox.clone(),
@@ -191,32 +192,11 @@ impl NetworkDriver for NullDriver {
         endpoint.ifname = ifname;
         Ok(())
     }
-    fn leave(&self, _: &Network, _: &Endpoint) -> Result<(), DriverError> {
-        Ok(())
-    }
 }
 
 impl NetworkDriver for HostDriver {
     fn kind(&self) -> DriverKind {
         DriverKind::Host
-    }
-    fn create_network(&self, _: &Network) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn delete_network(&self, _: &Network) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn create_endpoint(&self, _: &Network, _: &mut Endpoint) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn delete_endpoint(&self, _: &Network, _: &Endpoint) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn join(&self, _: &Network, _: &mut Endpoint) -> Result<(), DriverError> {
-        Ok(())
-    }
-    fn leave(&self, _: &Network, _: &Endpoint) -> Result<(), DriverError> {
-        Ok(())
     }
 }
 

@@ -44,6 +44,7 @@ use rustc_hash::FxHashMap;
 use crate::counters::DropReason;
 use crate::switch::{NetworkId, PortId};
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
+use crate::wire::ip_addresses;
 
 /// Flows at once, all networks together.
 pub const DEFAULT_MAX_FLOWS: usize = 4096;
@@ -190,23 +191,11 @@ impl Nat {
     ) -> Result<(), DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
-        let (src, dst) = match &packet.net {
-            Some(NetSlice::Ipv4(ip)) => {
-                if ip.header().is_fragmenting_payload() {
-                    self.counters.dropped += 1;
-                    return Err(DropReason::NoRoute);
-                }
-                (
-                    IpAddr::V4(ip.header().source_addr()),
-                    IpAddr::V4(ip.header().destination_addr()),
-                )
-            }
-            Some(NetSlice::Ipv6(ip)) => (
-                IpAddr::V6(ip.header().source_addr()),
-                IpAddr::V6(ip.header().destination_addr()),
-            ),
-            _ => return Err(DropReason::NoRoute),
-        };
+        if matches!(&packet.net, Some(NetSlice::Ipv4(ip)) if ip.header().is_fragmenting_payload()) {
+            self.counters.dropped += 1;
+            return Err(DropReason::NoRoute);
+        }
+        let (src, dst) = ip_addresses(packet.net.as_ref()).ok_or(DropReason::NoRoute)?;
         let (proto, local, remote, data) = match &packet.transport {
             Some(TransportSlice::Udp(udp)) => (
                 NatProto::Udp,

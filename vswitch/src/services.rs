@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use rustc_hash::FxHashMap;
 
 use crate::counters::DropReason;
@@ -43,6 +43,7 @@ use crate::gateway::GatewayConfig;
 use crate::nat::{FlowId, Nat, NatConfig};
 use crate::switch::{NetworkId, PortId};
 use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
+use crate::wire::ip_addresses;
 
 /// Frames waiting to leave the gateway.
 pub const MAX_QUEUED_FRAMES: usize = 1024;
@@ -153,17 +154,7 @@ impl GatewayServices {
             return Ok(());
         }
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
-        let (src, dst) = match &packet.net {
-            Some(NetSlice::Ipv4(ip)) => (
-                IpAddr::V4(ip.header().source_addr()),
-                IpAddr::V4(ip.header().destination_addr()),
-            ),
-            Some(NetSlice::Ipv6(ip)) => (
-                IpAddr::V6(ip.header().source_addr()),
-                IpAddr::V6(ip.header().destination_addr()),
-            ),
-            _ => return Err(DropReason::NoRoute),
-        };
+        let (src, dst) = ip_addresses(packet.net.as_ref()).ok_or(DropReason::NoRoute)?;
         let ours = match dst {
             IpAddr::V4(v4) => gateway.ipv4.contains(&v4),
             IpAddr::V6(v6) => gateway.ipv6.contains(&v6),

@@ -3,3 +3,22 @@
 pub mod checksum;
 pub mod ethernet;
 pub mod vnet;
+
+use std::net::IpAddr;
+
+use etherparse::NetSlice;
+
+/// The source and destination addresses of a parsed IPv4 or IPv6 packet.
+pub fn ip_addresses(net: Option<&NetSlice<'_>>) -> Option<(IpAddr, IpAddr)> {
+    match net? {
+        NetSlice::Ipv4(ip) => Some((
+            IpAddr::V4(ip.header().source_addr()),
+            IpAddr::V4(ip.header().destination_addr()),
+        )),
+        NetSlice::Ipv6(ip) => Some((
+            IpAddr::V6(ip.header().source_addr()),
+            IpAddr::V6(ip.header().destination_addr()),
+        )),
+        NetSlice::Arp(_) => None,
+    }
+}
