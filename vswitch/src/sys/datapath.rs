@@ -619,12 +619,11 @@ impl Loop {
         let Some(ingress_io) = self.ports.get(&ingress) else {
             return;
         };
-        let counters = Arc::clone(&ingress_io.counters);
         if len < VNET_HDR_LEN {
-            counters.count_drop(DropReason::Truncated);
+            ingress_io.counters.count_drop(DropReason::Truncated);
             return;
         }
-        counters.count_rx(len - VNET_HDR_LEN);
+        ingress_io.counters.count_rx(len - VNET_HDR_LEN);
         let decision = {
             let frame = &self.batch.current(len)[VNET_HDR_LEN..];
             self.switch.handle_frame(now, ingress, frame)
@@ -675,18 +674,18 @@ impl Loop {
                                 reason = reason.as_str(),
                                 "gateway drop"
                             );
-                            counters.count_drop(reason);
+                            count_drop(&self.ports, ingress, reason);
                         }
                     }
                     Err(reason) => {
                         tracing::debug!(port = ingress.0, reason = reason.as_str(), "gateway drop");
-                        counters.count_drop(reason);
+                        count_drop(&self.ports, ingress, reason);
                     }
                 }
             }
             Decision::Drop(reason) => {
                 tracing::debug!(port = ingress.0, reason = reason.as_str(), "drop");
-                counters.count_drop(reason);
+                count_drop(&self.ports, ingress, reason);
             }
         }
     }
@@ -785,6 +784,14 @@ fn upstream_socket(poll: &Poll, bind: &str, token: Token) -> Option<UdpSocket> {
         .register(&mut socket, token, Interest::READABLE)
         .ok()?;
     Some(socket)
+}
+
+/// Count a dropped frame on its ingress port (drops are off the hot path:
+/// one more lookup is fine).
+fn count_drop(ports: &FxHashMap<PortId, PortIo>, port: PortId, reason: DropReason) {
+    if let Some(io) = ports.get(&port) {
+        io.counters.count_drop(reason);
+    }
 }
 
 fn send_to(ports: &FxHashMap<PortId, PortIo>, egress: PortId, frame_with_header: &[u8]) {
