@@ -131,6 +131,10 @@ impl WeftDaemon {
                 "--state-dir",
                 &state_dir,
                 "--no-default-network",
+                // Never the host's resolvers: a closed loopback port of the
+                // daemon's own namespace.
+                "--dns-upstream",
+                "127.0.0.1:9",
             ],
         )?;
         let daemon = WeftDaemon {

@@ -451,7 +451,10 @@ impl World {
         .arg(&self.socket)
         .arg("daemon")
         .arg("--state-dir")
-        .arg(&self.state_dir);
+        .arg(&self.state_dir)
+        // Never the host's resolvers: a closed port on the loopback of the
+        // daemon's own namespace.
+        .args(["--dns-upstream", "127.0.0.1:9"]);
         if !self.default_network {
             cmd.arg("--no-default-network");
         }
