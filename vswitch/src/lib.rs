@@ -14,8 +14,10 @@
 //! - `Flood`: broadcast, multicast, unknown unicast: written to every other
 //!   port of the ingress port's network, never to another network;
 //! - `ToGateway`: frames for the gateway MAC, ARP and neighbour solicitations
-//!   for the gateway's addresses: handed to [`Gateway`], which may produce a
-//!   reply that goes back out of the ingress port;
+//!   for the gateway's addresses: handed to [`Gateway`], which answers ARP,
+//!   ICMP and ND in place, and then to the gateway services
+//!   ([`services`]): the embedded DNS over UDP and TCP, and the outbound
+//!   NAT ([`nat`]);
 //! - `Drop(reason)`: counted per port by [`DropReason`], never a panic.
 //!
 //! The core (everything outside `sys`) opens no fd, reads no clock and
@@ -31,8 +33,16 @@
 //! - `mio` is the edge-triggered event loop of the data-path thread: a thin,
 //!   maintained epoll wrapper with a cross-thread waker; the data path needs
 //!   no async runtime.
-//! - `nix` provides the ioctl request-code macros and `libc` the `ifreq`
-//!   layout for the TAP ioctls, so no ioctl number is typed by hand.
+//! - `libc` provides the TUN/TAP ioctl request numbers and the `ifreq`
+//!   layout, so no ioctl number is typed by hand; `nix` the sockets.
+//! - `io-uring` batches the writes of a read burst into one submission
+//!   ([`sys::write_batch`]): TAPs have no batched write of their own.
+//! - `hickory-proto` is the DNS codec of the embedded DNS ([`dns`]), used
+//!   without its server or resolver: queries arrive as frames.
+//! - `smoltcp` is the TCP stack of the gateway's DNS-over-TCP
+//!   ([`dns_tcp`]): sans-IO, so it fits the core.
+//! - `rustc-hash` (FxHash) for tables keyed by our own ids, `ahash` with a
+//!   random key for tables keyed by what sandboxes send (MAC addresses).
 
 pub mod counters;
 pub mod dns;
