@@ -10,7 +10,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -212,7 +212,6 @@ fn two_rootless_sandboxes_ping_each_other_by_name() {
         return;
     };
     w.start_daemon();
-    let daemon_pid = w.daemon.as_ref().map(Child::id).expect("daemon started");
     // The daemon (under setpriv/unshare) belongs to the user, not root.
     let uid = uid_of(&w.user);
     assert_ne!(uid, 0);
@@ -233,7 +232,6 @@ fn two_rootless_sandboxes_ping_each_other_by_name() {
             "daemon {pid} not owned by the user"
         );
     }
-    let _ = daemon_pid;
 
     // A long-lived sandbox named srv, and a second that finds it by name.
     let mut server = w.as_user();
@@ -304,5 +302,4 @@ fn a_closed_tun_device_is_a_clear_error() {
         text.contains("chmod 0666"),
         "and says how to fix it:\n{text}"
     );
-    let _ = Path::new(TUN);
 }
