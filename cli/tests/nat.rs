@@ -189,6 +189,11 @@ impl NatWorld {
             let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(&cmd));
             assert!(out.status.success(), "{cmd:?}: {}", show(&out));
         }
+        // INET's kernel answers a closed port with port unreachable, by
+        // default at most ~6 at once and one a second after that (per
+        // destination): without a limit, every refusal is answered.
+        let out = w.exec(&inet, &["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"]);
+        assert!(out.status.success(), "sysctl in INET: {}", show(&out));
         if ping_allowed {
             // Per network namespace: this is HOST's, not the machine's.
             let out = w.exec(
