@@ -27,8 +27,8 @@
 //! Capacities and timers: at most `max_flows` flows (default
 //! [`DEFAULT_MAX_FLOWS`]); when full, a new flow is refused (dropped and
 //! counted) rather than evicting a live one, so a sandbox cannot push out
-//! the flows of others. A flow idle for `udp_idle` (60 s, like Linux's
-//! conntrack for unreplied UDP... rounded up for replied streams) or
+//! the flows of others. A flow idle for `udp_idle` (60 s: between Linux
+//! conntrack's 30 s for one-way UDP and 120 s for UDP streams) or
 //! `icmp_idle` (10 s) is closed ([`NatAction::Close`]). Not implemented
 //! here: TCP (a separate stack), IPv6 ICMP echo, IP fragments (dropped).
 
