@@ -22,14 +22,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{has_tool, require, show, stderr, stdout, World, CMD_TIMEOUT, WEFT};
+use common::{
+    exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run, show,
+    spawn_background, stderr, stdout, unique_name_with, weft_in, World, CMD_TIMEOUT, WEFT,
+};
 use serde_json::Value;
 
 /// HOST's end of the veth to INET: the source address INET must see.
@@ -58,65 +58,9 @@ const LIFETIME: &str = "600";
 /// What `ip netns exec` binds over /etc for a named namespace.
 const NETNS_ETC: &str = "/etc/netns";
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// A unique namespace name `wtn-<pid>-<counter>-<role>`.
 fn unique_name(role: &str) -> String {
-    let role: String = role
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect();
-    format!(
-        "wtn-{}-{}-{role}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// Spawn `cmd` in its own process group with SIGTERM on our death
-/// (`timeout` passes it on), stdout to `out` (or null), stderr to `err`.
-fn spawn_background(cmd: &mut Command, out: Option<&Path>, err: &Path) -> Child {
-    let create =
-        |p: &Path| File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
-    let stdout = match out {
-        Some(path) => Stdio::from(create(path)),
-        None => Stdio::null(),
-    };
-    cmd.stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(create(err))
-        .process_group(0);
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only
-    // the child's own attributes.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
-}
-
-/// SIGKILL a child's process group and reap it.
-fn kill_group(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    unique_name_with("wtn", role)
 }
 
 fn read_text(path: &Path) -> String {
@@ -218,9 +162,7 @@ impl NatWorld {
 
     /// Run a command inside a namespace, under `timeout`.
     fn exec(&self, ns: &str, cmd: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", "-k", "5", CMD_TIMEOUT])
-            .args(cmd))
+        exec_in(ns, cmd)
     }
 
     /// Start a long-running command in a namespace (bounded by LIFETIME),
@@ -319,42 +261,17 @@ impl NatWorld {
 
     /// Run the weft CLI against this world's daemon (from inside HOST).
     fn weft(&self, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.host,
-                "timeout",
-                "-k",
-                "5",
-                CMD_TIMEOUT,
-                WEFT,
-            ])
-            .args(args)
-            .env("WEFT_SOCKET", &self.socket)
-            .env_remove("WEFT_LOG"))
+        weft_in(&self.host, &self.socket, args)
     }
 
     /// The weft CLI, panicking with the daemon's log unless it succeeds.
     fn weft_ok(&self, args: &[&str]) -> String {
-        let out = self.weft(args);
-        assert!(
-            out.status.success(),
-            "weft {args:?} failed: {}\n--- daemon log ---\n{}",
-            show(&out),
-            self.daemon_log()
-        );
-        stdout(&out)
+        expect_weft_ok(self.weft(args), args, || self.daemon_log())
     }
 
     /// `network inspect NAME`: the one network's JSON object.
     fn inspect(&self, network: &str) -> Value {
-        let text = self.weft_ok(&["network", "inspect", network]);
-        let all: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("inspect is not JSON ({e}): {text}"));
-        all.get(0)
-            .cloned()
-            .unwrap_or_else(|| panic!("inspect printed no network: {text}"))
+        one_network(&self.weft_ok(&["network", "inspect", network]))
     }
 
     /// Create a network (`--internal` when asked); returns its gateway.

@@ -50,12 +50,18 @@ fn next_id() -> usize {
 
 /// A unique namespace name `wte-<pid>-<counter>-<role>` (short).
 fn unique_name(role: &str) -> String {
+    unique_name_with("wte", role)
+}
+
+/// A unique namespace name `<prefix>-<pid>-<counter>-<role>` (short): each
+/// test file has its own prefix, so leftovers say where they came from.
+pub fn unique_name_with(prefix: &str, role: &str) -> String {
     let role: String = role
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .take(12)
         .collect();
-    format!("wte-{}-{}-{role}", std::process::id(), next_id())
+    format!("{prefix}-{}-{}-{role}", std::process::id(), next_id())
 }
 
 /// Whether a tool runs at all (`tool ARG` exits, whatever its status).
@@ -103,10 +109,96 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// Run a command to completion (the caller put a `timeout` in front).
-fn output(cmd: &mut Command) -> Output {
+pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run a command inside a namespace, under `timeout`.
+pub fn exec_in(ns: &str, cmd: &[&str]) -> Output {
+    run(Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "-k", "5", CMD_TIMEOUT])
+        .args(cmd))
+}
+
+/// Run the weft CLI against the daemon on `socket`, from inside `host`
+/// (so that even a `weft run` that failed to unshare could only reach it).
+pub fn weft_in(host: &str, socket: &Path, args: &[&str]) -> Output {
+    run(Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            host,
+            "timeout",
+            "-k",
+            "5",
+            CMD_TIMEOUT,
+            WEFT,
+        ])
+        .args(args)
+        .env("WEFT_SOCKET", socket)
+        .env_remove("WEFT_LOG"))
+}
+
+/// The stdout of a weft command that must have succeeded; otherwise panic
+/// with its output and the daemon's log.
+pub fn expect_weft_ok(out: Output, args: &[&str], daemon_log: impl FnOnce() -> String) -> String {
+    assert!(
+        out.status.success(),
+        "weft {args:?} failed: {}\n--- daemon log ---\n{}",
+        show(&out),
+        daemon_log()
+    );
+    stdout(&out)
+}
+
+/// The one network of `weft network inspect NAME`'s output.
+pub fn one_network(text: &str) -> Value {
+    let all: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("inspect is not JSON ({e}): {text}"));
+    let list = all.as_array().expect("inspect prints a JSON array");
+    assert_eq!(list.len(), 1, "inspect of one network: {text}");
+    list[0].clone()
+}
+
+/// Spawn `cmd` in its own process group with SIGTERM on our death
+/// (`timeout` passes it on), stdout to `out` (or null), stderr to `err`.
+pub fn spawn_background(cmd: &mut Command, out: Option<&Path>, err: &Path) -> Child {
+    let create =
+        |p: &Path| File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+    let stdout = match out {
+        Some(path) => Stdio::from(create(path)),
+        None => Stdio::null(),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(create(err))
+        .process_group(0);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only
+    // the child's own attributes.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
+}
+
+/// SIGKILL a child's process group and reap it.
+pub fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// An HTTP answer from the daemon's API.
@@ -214,7 +306,7 @@ impl World {
     /// the one to bring it up) and return its name; deleted by Drop.
     pub fn sandbox(&mut self, role: &str) -> String {
         let name = unique_name(role);
-        let out = output(Command::new("timeout").args([CMD_TIMEOUT, "ip", "netns", "add", &name]));
+        let out = run(Command::new("timeout").args([CMD_TIMEOUT, "ip", "netns", "add", &name]));
         assert!(out.status.success(), "ip netns add {name}: {}", show(&out));
         self.namespaces.push(name.clone());
         name
@@ -232,11 +324,7 @@ impl World {
 
     /// Run a command inside a namespace, under `timeout`.
     pub fn exec(&self, ns: &str, cmd: &[&str]) -> Output {
-        output(
-            Command::new("ip")
-                .args(["netns", "exec", ns, "timeout", "-k", "5", CMD_TIMEOUT])
-                .args(cmd),
-        )
+        exec_in(ns, cmd)
     }
 
     /// Like [`World::exec`], panicking (with the daemon's log) on failure;
@@ -267,35 +355,13 @@ impl World {
 
     /// Run the weft CLI against this world's daemon (from inside HOST).
     pub fn weft(&self, args: &[&str]) -> Output {
-        output(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.host,
-                    "timeout",
-                    "-k",
-                    "5",
-                    CMD_TIMEOUT,
-                    WEFT,
-                ])
-                .args(args)
-                .env("WEFT_SOCKET", &self.socket)
-                .env_remove("WEFT_LOG"),
-        )
+        weft_in(&self.host, &self.socket, args)
     }
 
     /// Run the weft CLI; panics with its stderr and the daemon's log unless
     /// it succeeds; returns stdout.
     pub fn weft_ok(&self, args: &[&str]) -> String {
-        let out = self.weft(args);
-        assert!(
-            out.status.success(),
-            "weft {args:?} failed: {}\n--- daemon log ---\n{}",
-            show(&out),
-            self.daemon_log()
-        );
-        stdout(&out)
+        expect_weft_ok(self.weft(args), args, || self.daemon_log())
     }
 
     /// Run the weft CLI, expecting failure; returns stderr.
@@ -311,12 +377,7 @@ impl World {
 
     /// `network inspect NAME`: the one network's JSON object.
     pub fn inspect(&self, network: &str) -> Value {
-        let text = self.weft_ok(&["network", "inspect", network]);
-        let all: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("inspect is not JSON ({e}): {text}"));
-        let list = all.as_array().expect("inspect prints a JSON array");
-        assert_eq!(list.len(), 1, "inspect of one network: {text}");
-        list[0].clone()
+        one_network(&self.weft_ok(&["network", "inspect", network]))
     }
 
     /// The endpoints of a network (inspect).
