@@ -19,13 +19,14 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run, show,
-    spawn_background, stdout, unique_name_with, weft_in, World, CMD_TIMEOUT, WEFT,
+    daemon_logs, delete_namespace, exec_in, expect_weft_ok, has_tool, kill_group, one_network,
+    require, run, show, spawn_background, stdout, unique_name_with, wait_for_daemon, weft_in,
+    World, CMD_TIMEOUT, WEFT,
 };
 use serde_json::Value;
 
@@ -49,9 +50,6 @@ const UPSTREAM_NXDOMAIN: &str = "nothing.invalid.test";
 /// Ceiling on the life of the daemon and of dnsmasq.
 const LIFETIME: &str = "600";
 
-/// What `ip netns exec` binds over /etc for a named namespace.
-const NETNS_ETC: &str = "/etc/netns";
-
 /// A unique namespace name `wtd-<pid>-<counter>-<role>`.
 fn unique_name(role: &str) -> String {
     unique_name_with("wtd", role)
@@ -59,7 +57,7 @@ fn unique_name(role: &str) -> String {
 
 /// The per-namespace resolv.conf weft writes for a named namespace.
 fn netns_resolv_conf(ns: &str) -> PathBuf {
-    Path::new(NETNS_ETC).join(ns).join("resolv.conf")
+    World::etc_netns(ns).join("resolv.conf")
 }
 
 /// One resource record of dig's answer section.
@@ -356,33 +354,14 @@ impl DnsWorld {
         cmd.env("WEFT_LOG", "info").env("NO_COLOR", "1");
         let log = self.dir.join(format!("daemon-{}.log", self.starts));
         self.daemon = Some(spawn_background(&mut cmd, None, &log));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for _ in 0..200 {
-            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(Child::try_wait) {
-                self.daemon = None;
-                panic!(
-                    "the daemon exited at start ({status}):\n{}",
-                    self.daemon_log()
-                );
-            }
-            if self.socket.exists() && self.weft(&["network", "ls"]).status.success() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the daemon did not answer:\n{}", self.daemon_log());
+        let (dir, starts) = (self.dir.clone(), self.starts);
+        wait_for_daemon(&mut self.daemon, &self.host, &self.socket, || {
+            daemon_logs(&dir, starts)
+        });
     }
 
     fn daemon_log(&self) -> String {
-        let mut all = String::new();
-        for n in 1..=self.starts {
-            let path = self.dir.join(format!("daemon-{n}.log"));
-            all.push_str(&std::fs::read_to_string(path).unwrap_or_default());
-        }
-        all
+        daemon_logs(&self.dir, self.starts)
     }
 
     fn dnsmasq_log(&self) -> String {
@@ -487,21 +466,7 @@ impl Drop for DnsWorld {
         self.kill_dnsmasq();
         // Sandboxes first, UP and HOST (made first) last.
         for name in self.namespaces.iter().rev() {
-            let deleted = Command::new("timeout")
-                .args([CMD_TIMEOUT, "ip", "netns", "del", name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if !matches!(deleted, Ok(s) if s.success()) {
-                eprintln!("warning: could not delete namespace {name}: {deleted:?}");
-            }
-            // weft's /etc/netns/NAME/resolv.conf (the daemon was killed, so
-            // nobody else removes it), or a test's own.
-            let etc = Path::new(NETNS_ETC).join(name);
-            if etc.exists() {
-                let _ = std::fs::remove_dir_all(&etc);
-            }
+            delete_namespace(name);
         }
         if std::env::var_os("WEFT_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -23,12 +23,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run, show,
-    spawn_background, stderr, stdout, unique_name_with, weft_in, World, CMD_TIMEOUT, WEFT,
+    delete_namespace, exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run,
+    show, spawn_background, stderr, stdout, unique_name_with, wait_for_daemon, weft_in, World,
+    CMD_TIMEOUT, WEFT,
 };
 use serde_json::Value;
 
@@ -54,9 +55,6 @@ const WHO_PORT: u16 = 7779;
 
 /// Ceiling on the life of the daemon and of the servers.
 const LIFETIME: &str = "600";
-
-/// What `ip netns exec` binds over /etc for a named namespace.
-const NETNS_ETC: &str = "/etc/netns";
 
 /// A unique namespace name `wtn-<pid>-<counter>-<role>`.
 fn unique_name(role: &str) -> String {
@@ -235,24 +233,9 @@ impl NatWorld {
         .env("NO_COLOR", "1");
         let log = self.dir.join("daemon.log");
         self.daemon = Some(spawn_background(&mut cmd, None, &log));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for _ in 0..200 {
-            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(Child::try_wait) {
-                self.daemon = None;
-                panic!(
-                    "the daemon exited at start ({status}):\n{}",
-                    self.daemon_log()
-                );
-            }
-            if self.socket.exists() && self.weft(&["network", "ls"]).status.success() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the daemon did not answer:\n{}", self.daemon_log());
+        wait_for_daemon(&mut self.daemon, &self.host, &self.socket, || {
+            read_text(&log)
+        });
     }
 
     fn daemon_log(&self) -> String {
@@ -432,21 +415,7 @@ impl Drop for NatWorld {
         }
         // Sandboxes first, INET and HOST (made first) last.
         for name in self.namespaces.iter().rev() {
-            let deleted = Command::new("timeout")
-                .args([CMD_TIMEOUT, "ip", "netns", "del", name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if !matches!(deleted, Ok(s) if s.success()) {
-                eprintln!("warning: could not delete namespace {name}: {deleted:?}");
-            }
-            // weft's /etc/netns/NAME/resolv.conf (the daemon was killed, so
-            // nobody else removes it).
-            let etc = Path::new(NETNS_ETC).join(name);
-            if etc.exists() {
-                let _ = std::fs::remove_dir_all(&etc);
-            }
+            delete_namespace(name);
         }
         if std::env::var_os("WEFT_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -201,6 +201,64 @@ pub fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The logs of every start of a daemon, `daemon-N.log` in `dir`.
+pub fn daemon_logs(dir: &Path, starts: usize) -> String {
+    let mut all = String::new();
+    for n in 1..=starts {
+        let text = std::fs::read_to_string(dir.join(format!("daemon-{n}.log"))).unwrap_or_default();
+        all.push_str(&format!("[daemon start {n}]\n{text}"));
+    }
+    all
+}
+
+/// Wait (bounded by [`DAEMON_READY`]) until the daemon just started as
+/// `daemon` answers `weft network ls` on `socket`; panic with its log if it
+/// exits or stays silent.
+pub fn wait_for_daemon(
+    daemon: &mut Option<Child>,
+    host: &str,
+    socket: &Path,
+    daemon_log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + DAEMON_READY;
+    for _ in 0..200 {
+        if let Some(Ok(Some(status))) = daemon.as_mut().map(Child::try_wait) {
+            *daemon = None;
+            panic!("the daemon exited at start ({status}):\n{}", daemon_log());
+        }
+        if socket.exists() && weft_in(host, socket, &["network", "ls"]).status.success() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the daemon did not answer within {DAEMON_READY:?}:\n{}",
+        daemon_log()
+    );
+}
+
+/// Delete a namespace the test made, and its `/etc/netns/NAME` (weft
+/// writes a resolv.conf there for named sandboxes; with the daemon killed,
+/// nobody else removes it). Never panics: it runs in `Drop`.
+pub fn delete_namespace(name: &str) {
+    let deleted = Command::new("timeout")
+        .args([CMD_TIMEOUT, "ip", "netns", "del", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(deleted, Ok(s) if s.success()) {
+        eprintln!("warning: could not delete namespace {name}: {deleted:?}");
+    }
+    let etc = World::etc_netns(name);
+    if etc.exists() {
+        let _ = std::fs::remove_dir_all(&etc);
+    }
+}
+
 /// An HTTP answer from the daemon's API.
 #[derive(Debug)]
 pub struct HttpAnswer {
@@ -542,29 +600,10 @@ impl World {
             .spawn()
             .unwrap_or_else(|e| panic!("starting the daemon: {e}"));
         self.daemon = Some(child);
-        let deadline = Instant::now() + DAEMON_READY;
-        for _ in 0..200 {
-            if let Some(child) = self.daemon.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.daemon = None;
-                    panic!(
-                        "the daemon exited at start ({status}):\n{}",
-                        self.daemon_log()
-                    );
-                }
-            }
-            if self.socket.exists() && self.weft(&["network", "ls"]).status.success() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "the daemon did not answer within {DAEMON_READY:?}:\n{}",
-            self.daemon_log()
-        );
+        let (dir, starts) = (self.dir.clone(), self.starts);
+        wait_for_daemon(&mut self.daemon, &self.host, &self.socket, || {
+            daemon_logs(&dir, starts)
+        });
     }
 
     /// SIGKILL the daemon (and its process group) and reap it.
@@ -583,13 +622,7 @@ impl World {
 
     /// Everything the daemon(s) of this world wrote on stderr.
     pub fn daemon_log(&self) -> String {
-        let mut all = String::new();
-        for n in 1..=self.starts {
-            let path = self.dir.join(format!("daemon-{n}.log"));
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            all.push_str(&format!("[daemon start {n}]\n{text}"));
-        }
-        all
+        daemon_logs(&self.dir, self.starts)
     }
 
     /// Raw HTTP/1.1 request to the API socket (no curl needed); bounded by
@@ -631,7 +664,7 @@ impl World {
     }
 
     /// Path of the per-namespace configuration `ip netns exec` binds.
-    fn etc_netns(name: &str) -> PathBuf {
+    pub fn etc_netns(name: &str) -> PathBuf {
         Path::new("/etc/netns").join(name)
     }
 }
@@ -641,21 +674,7 @@ impl Drop for World {
         self.kill_daemon();
         // Sandboxes first, HOST (made first) last.
         for name in self.namespaces.iter().rev() {
-            let deleted = Command::new("timeout")
-                .args([CMD_TIMEOUT, "ip", "netns", "del", name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if !matches!(deleted, Ok(s) if s.success()) {
-                eprintln!("warning: could not delete namespace {name}: {deleted:?}");
-            }
-            // weft writes /etc/netns/NAME/resolv.conf for named sandboxes;
-            // with the daemon killed, nobody else removes it.
-            let etc = World::etc_netns(name);
-            if etc.exists() {
-                let _ = std::fs::remove_dir_all(&etc);
-            }
+            delete_namespace(name);
         }
         if std::env::var_os("WEFT_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
