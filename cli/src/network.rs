@@ -10,7 +10,7 @@ use serde_json::Value;
 use weft_cnm::controller::{
     ConnectRequest, CreateNetworkRequest, DisconnectRequest, SubnetRequest,
 };
-use weft_cnm::model::Network;
+use weft_cnm::model::{Endpoint, Network, PortMapping};
 
 use crate::client::Client;
 
@@ -90,6 +90,11 @@ pub struct ConnectArgs {
     /// Extra DNS name (repeatable).
     #[arg(long)]
     pub alias: Vec<String>,
+    /// Publish a port: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp] (repeatable; host
+    /// port 0 lets the kernel pick one). Prints each as Docker's `docker
+    /// port` does: `80/tcp -> 0.0.0.0:8080`.
+    #[arg(long = "publish", short = 'p', value_name = "SPEC")]
+    pub publish: Vec<PortMapping>,
     /// The network.
     pub network: String,
     /// Namespace path, or a name under /var/run/netns.
@@ -140,14 +145,18 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 name: args.name,
                 ips: args.ip,
                 aliases: args.alias,
+                ports: args.publish,
             };
-            let _: Value = client
+            let endpoint: Endpoint = client
                 .call(
                     Method::POST,
                     &network_path(&args.network, "/connect"),
                     Some(&request),
                 )
                 .await?;
+            for line in port_lines(&endpoint) {
+                println!("{line}");
+            }
         }
         NetworkCommand::Disconnect { network, netns } => {
             let request = DisconnectRequest {
@@ -242,6 +251,21 @@ fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
     })
 }
 
+/// Published ports of an endpoint the way `docker port` shows them:
+/// `80/tcp -> 0.0.0.0:8080`.
+pub fn port_lines(endpoint: &Endpoint) -> Vec<String> {
+    endpoint
+        .ports
+        .iter()
+        .map(|m| {
+            let host = endpoint
+                .publish_addrs(m)
+                .map_or_else(|| m.to_string(), |(host, _)| host.to_string());
+            format!("{}/{} -> {host}", m.container_port, m.proto.as_str())
+        })
+        .collect()
+}
+
 fn print_table(networks: &[Network]) {
     let rows: Vec<[String; 5]> = networks
         .iter()
@@ -279,6 +303,43 @@ fn print_table(networks: &[Network]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_ports_print_like_docker_port() {
+        let endpoint: Endpoint = serde_json::from_value(serde_json::json!({
+            "id": "e", "network": "n", "sandbox": "/var/run/netns/s", "name": "s",
+            "ifname": "eth0", "addresses": ["10.1.0.2/24", "fd00::2/64"],
+            "ports": ["8080:80", "[::1]:5353:53/udp", "127.0.0.1:81:80"],
+        }))
+        .unwrap();
+        assert_eq!(
+            port_lines(&endpoint),
+            [
+                "80/tcp -> 0.0.0.0:8080",
+                "53/udp -> [::1]:5353",
+                "80/tcp -> 127.0.0.1:81"
+            ]
+        );
+    }
+
+    #[test]
+    fn connect_parses_repeated_publish() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            connect: ConnectArgs,
+        }
+        let cli = Cli::try_parse_from(["x", "-p", "8080:80", "--publish", "53:53/udp", "n", "s"])
+            .unwrap();
+        assert_eq!(cli.connect.publish.len(), 2);
+        assert_eq!(cli.connect.publish[1].to_string(), "53:53/udp");
+        let bad = Cli::try_parse_from(["x", "-p", "80x:80", "n", "s"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(bad.contains("host port must be a number"), "{bad}");
+    }
 
     #[test]
     fn paths_escape_names() {

@@ -37,6 +37,7 @@ use nix::sched::CloneFlags;
 use serde_json::Value;
 use std::os::unix::ffi::OsStringExt;
 use weft_cnm::controller::{ConnectRequest, DisconnectRequest};
+use weft_cnm::model::PortMapping;
 
 use crate::client::Client;
 use crate::network::network_path;
@@ -68,6 +69,10 @@ pub struct RunArgs {
     /// Static address on the first network.
     #[arg(long)]
     pub ip: Vec<IpAddr>,
+    /// Publish a port on the first network: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]
+    /// (repeatable; host port 0 lets the kernel pick one).
+    #[arg(long = "publish", short = 'p', value_name = "SPEC")]
+    pub publish: Vec<PortMapping>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -132,6 +137,11 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             name: args.name.clone(),
             ips: if i == 0 { args.ip.clone() } else { Vec::new() },
             aliases: Vec::new(),
+            ports: if i == 0 {
+                args.publish.clone()
+            } else {
+                Vec::new()
+            },
         };
         match client
             .call::<_, Value>(

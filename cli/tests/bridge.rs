@@ -527,7 +527,7 @@ fn api_rejects_bad_requests_with_a_message() {
     let good = w.http(
         "POST",
         "/v1/networks",
-        Some(r#"{"name":"z","driver":"bridge","subnets":[{"subnet":"10.231.10.0/24","gateway":"10.231.10.254","ip_range":"10.231.10.128/25"}],"internal":true,"mtu":1400,"options":{"k":"v"}}"#),
+        Some(r#"{"name":"z","driver":"bridge","subnets":[{"subnet":"10.231.10.0/24","gateway":"10.231.10.254","ip_range":"10.231.10.128/25"}],"internal":true,"mtu":1400,"options":{"host_loopback":"false"}}"#),
     );
     assert_eq!(good.status, 201, "{good:?}");
     let net = good.json();

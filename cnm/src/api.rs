@@ -10,6 +10,15 @@
 //! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
 //! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
 //!
+//! A `ConnectRequest` may carry `ports`, the published ports: each the
+//! `-p` text (`"127.0.0.1:8080:80/tcp"`) or an object (`{"host_ip":
+//! "127.0.0.1", "host_port": 8080, "container_port": 80, "proto": "tcp"}`,
+//! `host_ip` and `proto` optional); the `Endpoint` answered and shown by
+//! `inspect` has them as objects, with the host port really bound (port 0
+//! asks the kernel for one). A host port in use is a 409, a privileged one
+//! (below `net.ipv4.ip_unprivileged_port_start` for a daemon without the
+//! capability) or `ports` on a `null`/`host` network is a 400.
+//!
 //! Every error is `{"message": "..."}` with a 4xx status for a request
 //! that must change (the message says how) and 5xx for a failure of the
 //! daemon itself. Unknown fields in a body are refused, so a typo is an

@@ -11,12 +11,21 @@
 //! (the helper), and one at a time keeps interface names and addresses
 //! free of races.
 //!
+//! Published ports (`ConnectRequest::ports`) are part of the endpoint:
+//! the bridge driver binds them in `join` before anything else is made and
+//! closes them in `leave` (see [`crate::driver`]); a port that cannot be
+//! bound fails the connect with nothing left behind, a 409 when it is in
+//! use. Network options (`--opt K=V`) are checked against what the driver
+//! knows ([`validate_options`]): an unknown key or a bad value is a 400.
+//!
 //! At start ([`Controller::restore`]) the saved networks are re-created in
 //! the switch and every endpoint's TAP is re-opened by name in its sandbox
 //! (the TAPs are persistent, so sandboxes kept them while the daemon was
 //! down). An endpoint whose sandbox has vanished is dropped and its
 //! addresses released; everything else keeps its addresses, so a new
-//! endpoint never gets one already in use.
+//! endpoint never gets one already in use. Restored endpoints publish their
+//! stored ports again (with the host port bound before, also for one the
+//! kernel chose); one that cannot be bound is logged and dropped.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,11 +39,13 @@ use tokio::sync::Mutex;
 use weft_ipam::{AddSubnetError, AllocError};
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::datapath::Datapath;
+use weft_vswitch::sys::publish::PublishError;
 
 use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
 use crate::host_routes;
 use crate::model::{
-    DriverKind, Endpoint, Network, Scope, SubnetInfo, UnknownDriver, DEFAULT_MTU, MAX_MTU, MIN_MTU,
+    DriverKind, Endpoint, Network, PortMapping, PortMappingError, Scope, SubnetInfo, UnknownDriver,
+    DEFAULT_MTU, MAX_MTU, MIN_MTU,
 };
 use crate::resolv_conf;
 use crate::store::{State, StateStore, StoreError};
@@ -113,6 +124,12 @@ pub struct ConnectRequest {
     /// Extra DNS names.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Published ports (`-p`), each the `-p` text
+    /// (`"[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]"`) or an object
+    /// `{"host_ip": .., "host_port": .., "container_port": .., "proto": "tcp"|"udp"}`
+    /// (see [`PortMapping`]); bridge networks only.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 /// `network disconnect`.
@@ -235,6 +252,26 @@ pub enum ControllerError {
         #[source]
         source: DriverError,
     },
+    /// A driver option that is not known or has a bad value.
+    #[error("--opt {key}: {reason}")]
+    InvalidOption {
+        /// The option's key.
+        key: String,
+        /// What is wrong and what to write.
+        reason: String,
+    },
+    /// `-p` on a network whose driver has no interfaces.
+    #[error("the {driver} driver has no interfaces to publish ports to: drop -p, or use a bridge network")]
+    PortsNotAllowed {
+        /// The driver.
+        driver: DriverKind,
+    },
+    /// A `-p` that cannot be met.
+    #[error(transparent)]
+    InvalidPort(#[from] PortMappingError),
+    /// A host port that cannot be bound.
+    #[error(transparent)]
+    Publish(PublishError),
     /// The state file could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -268,6 +305,12 @@ impl ControllerError {
             | ControllerError::AlreadyConnected { .. } => 409,
             ControllerError::Subnet(AddSubnetError::Overlaps { .. }) => 409,
             ControllerError::Address(AllocError::InUse { .. }) => 409,
+            ControllerError::Publish(PublishError::InUse { .. }) => 409,
+            ControllerError::Publish(PublishError::Privileged { .. })
+            | ControllerError::Publish(PublishError::NoSuchAddress(_))
+            | ControllerError::InvalidOption { .. }
+            | ControllerError::PortsNotAllowed { .. }
+            | ControllerError::InvalidPort(_) => 400,
             ControllerError::InvalidName { .. }
             | ControllerError::UnknownDriver(_)
             | ControllerError::SubnetsNotAllowed { .. }
@@ -276,6 +319,7 @@ impl ControllerError {
             | ControllerError::Address(_)
             | ControllerError::DuplicateFamily => 400,
             ControllerError::Driver { .. }
+            | ControllerError::Publish(PublishError::Bind { .. })
             | ControllerError::Store(_)
             | ControllerError::Datapath(_) => 500,
         }
@@ -416,6 +460,7 @@ impl Controller {
         if !driver.has_interfaces() && !request.subnets.is_empty() {
             return Err(ControllerError::SubnetsNotAllowed { driver });
         }
+        validate_options(driver, &request.options)?;
         let mut inner = self.inner.lock().await;
         if inner.network(&request.name).is_some() {
             return Err(ControllerError::NetworkExists { name: request.name });
@@ -547,12 +592,20 @@ impl Controller {
         for alias in &request.aliases {
             validate_name("alias", alias)?;
         }
+        for mapping in &request.ports {
+            mapping.validate()?;
+        }
         let mut inner = self.inner.lock().await;
         let network = inner.network(network_name).cloned().ok_or_else(|| {
             ControllerError::NetworkNotFound {
                 name: network_name.into(),
             }
         })?;
+        if !request.ports.is_empty() && !network.driver.has_interfaces() {
+            return Err(ControllerError::PortsNotAllowed {
+                driver: network.driver,
+            });
+        }
         if inner
             .state
             .endpoints
@@ -575,7 +628,23 @@ impl Controller {
             mac: None,
             addresses,
             resolv_conf: None,
+            ports: request.ports,
         };
+        if let Some(mapping) = endpoint
+            .ports
+            .iter()
+            .find(|m| endpoint.publish_addrs(m).is_none())
+        {
+            let error = PortMappingError {
+                spec: mapping.to_string(),
+                reason: format!(
+                    "network {:?} gives this endpoint no address of the host address's family to relay to: publish on a host address of the other family",
+                    network.name
+                ),
+            };
+            inner.release_addresses(&endpoint);
+            return Err(error.into());
+        }
         let driver = inner.driver(network.driver);
         let created = driver
             .create_endpoint(&network, &mut endpoint)
@@ -841,9 +910,12 @@ async fn join_blocking(
     })
     .await;
     match joined {
-        Ok(result) => result.map_err(|source| ControllerError::Driver {
-            driver: kind,
-            source,
+        Ok(result) => result.map_err(|source| match source {
+            DriverError::Publish(e) => ControllerError::Publish(e),
+            source => ControllerError::Driver {
+                driver: kind,
+                source,
+            },
         }),
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
@@ -861,6 +933,55 @@ fn default_endpoint_name(sandbox: &Path) -> String {
         .and_then(|n| n.to_str())
         .unwrap_or("sandbox")
         .to_owned()
+}
+
+/// The options (`--opt K=V`) each driver knows, with their values.
+const BRIDGE_OPTIONS: &[(&str, &[&str])] = &[
+    // Connections to the gateway's address on ports that are not gateway
+    // services go to the host's loopback.
+    ("host_loopback", &["true", "false"]),
+];
+
+/// Refuse options the driver does not know and values it does not take;
+/// the error says what is allowed.
+fn validate_options(
+    driver: DriverKind,
+    options: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    let known: &[(&str, &[&str])] = match driver {
+        DriverKind::Bridge => BRIDGE_OPTIONS,
+        DriverKind::Null | DriverKind::Host => &[],
+    };
+    for (key, value) in options {
+        let Some((_, values)) = known.iter().find(|(k, _)| k == key) else {
+            let reason = if known.is_empty() {
+                format!("the {driver} driver takes no options: drop --opt")
+            } else {
+                let list: Vec<String> = known
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.join("|")))
+                    .collect();
+                format!(
+                    "unknown option of the {driver} driver: known options are {}",
+                    list.join(", ")
+                )
+            };
+            return Err(ControllerError::InvalidOption {
+                key: key.clone(),
+                reason,
+            });
+        };
+        if !values.contains(&value.as_str()) {
+            return Err(ControllerError::InvalidOption {
+                key: key.clone(),
+                reason: format!(
+                    "{value:?} is not a value of {key}: use {}",
+                    values.join(" or ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn validate_name(what: &'static str, name: &str) -> Result<(), ControllerError> {
@@ -927,6 +1048,37 @@ mod tests {
     }
 
     #[test]
+    fn options_are_checked_against_the_driver() {
+        let opts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(validate_options(DriverKind::Bridge, &opts(&[])).is_ok());
+        assert!(validate_options(DriverKind::Bridge, &opts(&[("host_loopback", "true")])).is_ok());
+        assert!(validate_options(DriverKind::Bridge, &opts(&[("host_loopback", "false")])).is_ok());
+        let bad_value =
+            validate_options(DriverKind::Bridge, &opts(&[("host_loopback", "yes")])).unwrap_err();
+        assert_eq!(bad_value.status(), 400);
+        assert_eq!(
+            bad_value.to_string(),
+            "--opt host_loopback: \"yes\" is not a value of host_loopback: use true or false"
+        );
+        let unknown = validate_options(DriverKind::Bridge, &opts(&[("k", "v")])).unwrap_err();
+        assert_eq!(unknown.status(), 400);
+        assert!(
+            unknown
+                .to_string()
+                .contains("known options are host_loopback=true|false"),
+            "{unknown}"
+        );
+        let null =
+            validate_options(DriverKind::Null, &opts(&[("host_loopback", "true")])).unwrap_err();
+        assert!(null.to_string().contains("takes no options"), "{null}");
+    }
+
+    #[test]
     fn statuses_follow_the_kind_of_error() {
         assert_eq!(
             ControllerError::NetworkNotFound { name: "x".into() }.status(),
@@ -945,5 +1097,27 @@ mod tests {
             409
         );
         assert_eq!(ControllerError::DuplicateFamily.status(), 400);
+        let addr = "0.0.0.0:8080".parse().unwrap();
+        let proto = weft_vswitch::sys::publish::L4Proto::Tcp;
+        assert_eq!(
+            ControllerError::Publish(PublishError::InUse { addr, proto }).status(),
+            409
+        );
+        assert_eq!(
+            ControllerError::Publish(PublishError::Privileged {
+                addr,
+                proto,
+                start: 1024
+            })
+            .status(),
+            400
+        );
+        assert_eq!(
+            ControllerError::PortsNotAllowed {
+                driver: DriverKind::Host
+            }
+            .status(),
+            400
+        );
     }
 }

@@ -12,15 +12,32 @@
 //!
 //! `join` and `leave` block (they run the attach helper): the controller
 //! calls them off the async runtime.
+//!
+//! # Published ports
+//!
+//! Publishing belongs to `join` and `leave` of the bridge driver (the only
+//! one with interfaces; the controller refuses `ports` for the others).
+//! `join` binds every host socket of `endpoint.ports` first, before the
+//! attach helper runs, so a port in use or a privileged one fails the
+//! connect at once and leaves nothing behind; the kernel's choice for host
+//! port 0 is written back into the endpoint. Once the TAP is a switch port,
+//! each socket goes to the data path with its target (network, port, MAC,
+//! the endpoint's address of the host address's family and the container
+//! port), and the driver keeps the publish ids per endpoint; `leave`
+//! unpublishes them before it removes the port, so the host ports are free
+//! again when `leave` returns. On a re-join after a daemon restart (the
+//! endpoint has an `ifname`), a port that cannot be bound any more is
+//! logged and dropped from the endpoint, and the rest goes on.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::dns::{Zone, ZoneEntry};
 use weft_vswitch::sys::datapath::{Datapath, DatapathError};
+use weft_vswitch::sys::publish::{HostListener, PublishError, PublishId, PublishTarget};
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
 
@@ -51,6 +68,15 @@ pub enum DriverError {
     /// The network is not known to the driver.
     #[error("network {0:?} is not known to the driver")]
     UnknownNetwork(String),
+    /// A host port of a published port cannot be bound.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A published port's family has no address in the endpoint.
+    #[error("-p {mapping}: the endpoint has no address of that family to relay to")]
+    NoAddressFor {
+        /// The mapping (`-p` syntax).
+        mapping: String,
+    },
 }
 
 /// The CNM driver API. See the module header. Every step defaults to
@@ -100,7 +126,9 @@ pub trait NetworkDriver: Send + Sync {
     }
 
     /// Put the endpoint into its sandbox; sets `endpoint.ifname`. With a
-    /// non-empty `ifname`, re-open that interface (daemon restart).
+    /// non-empty `ifname`, re-open that interface (daemon restart). Also
+    /// publishes `endpoint.ports` (see the module header), writing back
+    /// the host ports really bound.
     ///
     /// # Errors
     ///
@@ -109,7 +137,8 @@ pub trait NetworkDriver: Send + Sync {
         Ok(())
     }
 
-    /// Take the endpoint out of its sandbox.
+    /// Take the endpoint out of its sandbox (and close its published
+    /// ports).
     ///
     /// # Errors
     ///
@@ -169,6 +198,8 @@ pub struct BridgeDriver {
 struct BridgeTables {
     networks: HashMap<String, NetworkId>,
     ports: HashMap<String, (PortId, Arc<PortCounters>)>,
+    /// Published ports of each endpoint (by endpoint id).
+    published: HashMap<String, Vec<PublishId>>,
     next_network: u32,
 }
 
@@ -270,6 +301,10 @@ impl NetworkDriver for BridgeDriver {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
             outbound: !network.internal,
+            host_loopback: network
+                .options
+                .get("host_loopback")
+                .is_some_and(|v| v == "true"),
         };
         for subnet in &network.subnets {
             match subnet.gateway {
@@ -312,20 +347,24 @@ impl NetworkDriver for BridgeDriver {
             .networks
             .get(&network.name)
             .ok_or_else(|| DriverError::UnknownNetwork(network.name.clone()))?;
+        let restoring = !endpoint.ifname.is_empty();
+        // Before the helper: a port that cannot be bound leaves nothing.
+        let listeners = bind_published_ports(endpoint, restoring)?;
+        let mac = endpoint.mac.unwrap_or_else(|| {
+            endpoint_mac(
+                &endpoint
+                    .addresses
+                    .iter()
+                    .map(|a| a.addr())
+                    .collect::<Vec<_>>(),
+            )
+        });
         let gateways = network.subnets.iter().map(|s| s.gateway).collect();
         let request = AttachRequest {
             sandbox: endpoint.sandbox.clone(),
             action: AttachAction::Tap(TapConfig {
-                ifname: (!endpoint.ifname.is_empty()).then(|| endpoint.ifname.clone()),
-                mac: endpoint.mac.unwrap_or_else(|| {
-                    endpoint_mac(
-                        &endpoint
-                            .addresses
-                            .iter()
-                            .map(|a| a.addr())
-                            .collect::<Vec<_>>(),
-                    )
-                }),
+                ifname: restoring.then(|| endpoint.ifname.clone()),
+                mac,
                 mtu: network.mtu,
                 addresses: endpoint.addresses.clone(),
                 gateways,
@@ -338,13 +377,54 @@ impl NetworkDriver for BridgeDriver {
             source,
         })?;
         let port = self.datapath.add_port(network_id, tap)?;
+        let mut published = Vec::with_capacity(listeners.len());
+        for (listener, addr) in listeners {
+            let target = PublishTarget {
+                network: network_id,
+                port: port.0,
+                mac,
+                addr,
+            };
+            match self.datapath.publish(listener, target) {
+                Ok(id) => published.push(id),
+                Err(e) => {
+                    // Undo: nothing of this join stays (the data path is
+                    // most likely gone, so this is best effort).
+                    for id in published {
+                        let _ = self.datapath.unpublish(id);
+                    }
+                    if let Ok(Some(tap)) = self.datapath.remove_port(port.0) {
+                        if !restoring {
+                            let _ = tap.set_persistent(false);
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         endpoint.ifname = ifname;
-        self.tables().ports.insert(endpoint.id.clone(), port);
+        let mut tables = self.tables();
+        tables.ports.insert(endpoint.id.clone(), port);
+        if !published.is_empty() {
+            tables.published.insert(endpoint.id.clone(), published);
+        }
         Ok(())
     }
 
     fn leave(&self, _: &Network, endpoint: &Endpoint) -> Result<(), DriverError> {
-        let port = self.tables().ports.remove(&endpoint.id);
+        let (port, published) = {
+            let mut tables = self.tables();
+            (
+                tables.ports.remove(&endpoint.id),
+                tables.published.remove(&endpoint.id),
+            )
+        };
+        // Commands run in order on the data-path thread, and `remove_port`
+        // waits for its answer: when `leave` returns, the host sockets are
+        // closed.
+        for id in published.unwrap_or_default() {
+            self.datapath.unpublish(id)?;
+        }
         let Some((port, _)) = port else {
             return Ok(());
         };
@@ -392,4 +472,51 @@ impl NetworkDriver for BridgeDriver {
             .get(&endpoint.id)
             .map(|(_, counters)| counters.snapshot())
     }
+}
+
+/// Bind the host sockets of `endpoint.ports` (see the module header) and
+/// write the bound host ports back; each with the sandbox address it leads
+/// to. When `restoring`, a port that cannot be bound is logged and dropped
+/// from the endpoint; otherwise it is the error (and the sockets bound so
+/// far close).
+fn bind_published_ports(
+    endpoint: &mut Endpoint,
+    restoring: bool,
+) -> Result<Vec<(HostListener, SocketAddr)>, DriverError> {
+    let mut listeners = Vec::with_capacity(endpoint.ports.len());
+    let mut kept = Vec::with_capacity(endpoint.ports.len());
+    for mapping in &endpoint.ports {
+        let bound = endpoint
+            .publish_addrs(mapping)
+            .ok_or_else(|| DriverError::NoAddressFor {
+                mapping: mapping.to_string(),
+            })
+            .and_then(|(host, target)| {
+                let listener = HostListener::bind(mapping.proto.into(), host)?;
+                let port = listener
+                    .local_addr()
+                    .map_err(|source| PublishError::Bind {
+                        addr: host,
+                        proto: mapping.proto.into(),
+                        source,
+                    })?
+                    .port();
+                Ok((listener, target, port))
+            });
+        match bound {
+            Ok((listener, target, port)) => {
+                listeners.push((listener, target));
+                kept.push(crate::model::PortMapping {
+                    host_port: port,
+                    ..*mapping
+                });
+            }
+            Err(e) if restoring => {
+                tracing::warn!(sandbox = %endpoint.sandbox.display(), mapping = %mapping, error = %crate::controller::error_chain(&e), "published port dropped: disconnect and connect again to publish it");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    endpoint.ports = kept;
+    Ok(listeners)
 }

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use weft_vswitch::sys::publish::L4Proto;
 use weft_vswitch::MacAddr;
 
 /// Default MTU of a local network's sandbox interfaces (Ethernet's).
@@ -105,6 +106,10 @@ pub struct Endpoint {
     /// leaves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolv_conf: Option<PathBuf>,
+    /// Its published ports, with the host port really bound (see
+    /// [`PortMapping`]).
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 /// A driver name that is not one of weft's.
@@ -161,5 +166,437 @@ impl Endpoint {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,
         })
+    }
+
+    /// The endpoint's first IPv6 address, if any.
+    pub fn ipv6(&self) -> Option<std::net::Ipv6Addr> {
+        self.addresses.iter().find_map(|a| match a.addr() {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// Where a published port of this endpoint listens on the host and
+    /// where it leads in the sandbox: the family is the host address's,
+    /// or IPv4 without one (IPv6 for an endpoint that has only IPv6).
+    /// None when the endpoint has no address of that family.
+    pub fn publish_addrs(&self, mapping: &PortMapping) -> Option<(SocketAddr, SocketAddr)> {
+        let v6 = match mapping.host_ip {
+            Some(ip) => ip.is_ipv6(),
+            None => self.ipv4().is_none(),
+        };
+        let target: IpAddr = if v6 {
+            self.ipv6()?.into()
+        } else {
+            self.ipv4()?.into()
+        };
+        let host = mapping.host_ip.unwrap_or(if v6 {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        });
+        Some((
+            SocketAddr::new(host, mapping.host_port),
+            SocketAddr::new(target, mapping.container_port),
+        ))
+    }
+}
+
+/// The transport of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProto {
+    /// TCP connections (the default, as in Docker).
+    #[default]
+    Tcp,
+    /// UDP datagrams.
+    Udp,
+}
+
+impl PortProto {
+    /// `tcp` or `udp`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Udp => "udp",
+        }
+    }
+}
+
+impl From<PortProto> for L4Proto {
+    fn from(proto: PortProto) -> L4Proto {
+        match proto {
+            PortProto::Tcp => L4Proto::Tcp,
+            PortProto::Udp => L4Proto::Udp,
+        }
+    }
+}
+
+/// A published port (`-p [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]`, Docker's
+/// syntax): the daemon listens on `host_ip:host_port` and relays into the
+/// sandbox's `container_port`.
+///
+/// Host port 0 lets the kernel choose; the endpoint stores the port that
+/// was really bound, so `inspect` shows it and a restart binds it again.
+/// No host address means every IPv4 address of the host (`0.0.0.0`), or
+/// every IPv6 address for an endpoint that has only IPv6.
+///
+/// In JSON it is either the `-p` text (`"127.0.0.1:8080:80/tcp"`) or an
+/// object with the fields below; it is written as the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct PortMapping {
+    /// The host address to listen on (None: all of one family).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+    /// The host port (0: the kernel picks one).
+    pub host_port: u16,
+    /// The port inside the sandbox (1-65535).
+    pub container_port: u16,
+    /// TCP or UDP.
+    pub proto: PortProto,
+}
+
+/// Why a `-p` text or a port mapping is not valid; the message quotes it
+/// and says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("-p {spec}: {reason}")]
+pub struct PortMappingError {
+    /// The text as given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+const PORT_SYNTAX: &str =
+    "write [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:8053:53/udp";
+
+impl PortMapping {
+    /// Check the ranges (for a mapping that came as JSON fields).
+    ///
+    /// # Errors
+    ///
+    /// [`PortMappingError`] when the container port is 0.
+    pub fn validate(&self) -> Result<(), PortMappingError> {
+        if self.container_port == 0 {
+            return Err(PortMappingError {
+                spec: self.to_string(),
+                reason: "container port must be a number 1-65535".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V4(v4)) => write!(f, "{v4}:")?,
+            Some(IpAddr::V6(v6)) => write!(f, "[{v6}]:")?,
+            None => {}
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.proto.as_str()
+        )
+    }
+}
+
+impl FromStr for PortMapping {
+    type Err = PortMappingError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: String| PortMappingError {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let (ports, proto) = match spec.rsplit_once('/') {
+            Some((ports, "tcp")) => (ports, PortProto::Tcp),
+            Some((ports, "udp")) => (ports, PortProto::Udp),
+            Some((_, other)) => {
+                return Err(fail(format!(
+                    "unknown protocol {other:?}: use /tcp or /udp"
+                )))
+            }
+            None => (spec, PortProto::Tcp),
+        };
+        // The host address, if any, is everything before the last two
+        // `:`-separated fields; IPv6 addresses come in brackets.
+        let (host_ip, rest) = if let Some(bracketed) = ports.strip_prefix('[') {
+            let Some((ip, rest)) = bracketed.split_once(']') else {
+                return Err(fail(format!(
+                    "no ']' after the IPv6 address: {PORT_SYNTAX}"
+                )));
+            };
+            let Some(rest) = rest.strip_prefix(':') else {
+                return Err(fail(format!("':' expected after ']': {PORT_SYNTAX}")));
+            };
+            let ip: std::net::Ipv6Addr = ip
+                .parse()
+                .map_err(|_| fail(format!("{ip:?} is not an IPv6 address")))?;
+            (Some(IpAddr::V6(ip)), rest)
+        } else {
+            match ports.matches(':').count() {
+                0 | 1 => (None, ports),
+                2 => {
+                    let (ip, rest) = ports.split_once(':').unwrap_or_default();
+                    let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                        fail(format!(
+                            "host address {ip:?} is not an IPv4 address (put IPv6 addresses in brackets: [::1]:8080:80)"
+                        ))
+                    })?;
+                    (Some(IpAddr::V4(ip)), rest)
+                }
+                _ => {
+                    return Err(fail(format!(
+                    "too many ':' (put IPv6 addresses in brackets: [::1]:8080:80); {PORT_SYNTAX}"
+                )))
+                }
+            }
+        };
+        let Some((host, container)) = rest.split_once(':') else {
+            return Err(fail(format!(
+                "both the host port and the container port are needed (use host port 0 to let the kernel pick one); {PORT_SYNTAX}"
+            )));
+        };
+        if container.contains(':') {
+            return Err(fail(format!("too many ':'; {PORT_SYNTAX}")));
+        }
+        let host_port: u16 = parse_port(host).ok_or_else(|| {
+            fail("host port must be a number 0-65535 (0: the kernel picks one)".into())
+        })?;
+        let container_port: u16 = parse_port(container)
+            .filter(|p| *p != 0)
+            .ok_or_else(|| fail("container port must be a number 1-65535".into()))?;
+        Ok(PortMapping {
+            host_ip,
+            host_port,
+            container_port,
+            proto,
+        })
+    }
+}
+
+/// A decimal port number (no sign, no blanks).
+fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+impl<'de> Deserialize<'de> for PortMapping {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The object form, with the same names as the output.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            host_ip: Option<IpAddr>,
+            host_port: u16,
+            container_port: u16,
+            #[serde(default)]
+            proto: PortProto,
+        }
+
+        struct MappingVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for MappingVisitor {
+            type Value = PortMapping;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port mapping: \"[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]\" or {\"host_port\":..,\"container_port\":..}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PortMapping, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PortMapping, A::Error> {
+                let fields =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let mapping = PortMapping {
+                    host_ip: fields.host_ip,
+                    host_port: fields.host_port,
+                    container_port: fields.container_port,
+                    proto: fields.proto,
+                };
+                mapping.validate().map_err(serde::de::Error::custom)?;
+                Ok(mapping)
+            }
+        }
+
+        deserializer.deserialize_any(MappingVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> PortMapping {
+        text.parse()
+            .unwrap_or_else(|e| panic!("{text:?} should parse: {e}"))
+    }
+
+    fn error(text: &str) -> String {
+        match text.parse::<PortMapping>() {
+            Ok(m) => panic!("{text:?} should not parse, got {m:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn docker_port_syntax_parses() {
+        let m = parse("8080:80");
+        assert_eq!(
+            m,
+            PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                proto: PortProto::Tcp
+            }
+        );
+        assert_eq!(parse("8080:80/udp").proto, PortProto::Udp);
+        assert_eq!(parse("8080:80/tcp").proto, PortProto::Tcp);
+        let m = parse("127.0.0.1:8080:80/tcp");
+        assert_eq!(m.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!((m.host_port, m.container_port), (8080, 80));
+        let m = parse("[::1]:8080:80");
+        assert_eq!(m.host_ip, Some("::1".parse().unwrap()));
+        assert_eq!((m.host_port, m.container_port), (8080, 80));
+        assert_eq!(parse("0:53/udp").host_port, 0);
+        assert_eq!(parse("65535:65535").host_port, 65535);
+    }
+
+    #[test]
+    fn display_is_the_same_syntax() {
+        for text in [
+            "8080:80/tcp",
+            "8080:80/udp",
+            "127.0.0.1:8080:80/tcp",
+            "[::1]:8080:80/udp",
+            "[fd00::1]:0:53/udp",
+        ] {
+            assert_eq!(parse(text).to_string(), text);
+            assert_eq!(parse(&parse(text).to_string()), parse(text));
+        }
+        assert_eq!(parse("8080:80").to_string(), "8080:80/tcp");
+    }
+
+    #[test]
+    fn bad_port_texts_say_what_is_wrong() {
+        let e = error("80x:80");
+        assert!(
+            e.starts_with("-p 80x:80: host port must be a number"),
+            "{e}"
+        );
+        let e = error("8080:0");
+        assert!(e.contains("container port must be a number 1-65535"), "{e}");
+        let e = error("8080:70000");
+        assert!(e.contains("container port"), "{e}");
+        let e = error("65536:80");
+        assert!(e.contains("host port"), "{e}");
+        let e = error("80");
+        assert!(
+            e.contains("both the host port and the container port"),
+            "{e}"
+        );
+        let e = error("8080:80/sctp");
+        assert!(e.contains("unknown protocol \"sctp\""), "{e}");
+        let e = error("::1:8080:80");
+        assert!(e.contains("brackets"), "{e}");
+        let e = error("1.2.3:8080:80");
+        assert!(e.contains("not an IPv4 address"), "{e}");
+        let e = error("[::1:8080:80");
+        assert!(e.contains("']'"), "{e}");
+        let e = error("[1.2.3.4]:8080:80");
+        assert!(e.contains("not an IPv6 address"), "{e}");
+        assert!(error("+80:80").contains("host port"));
+        assert!(error(":80").contains("host port"));
+        assert!(error("").contains("both"));
+    }
+
+    #[test]
+    fn published_ports_listen_and_lead_in_one_family() {
+        let mut endpoint = Endpoint {
+            id: "e".into(),
+            network: "n".into(),
+            sandbox: "/var/run/netns/s".into(),
+            name: "s".into(),
+            aliases: Vec::new(),
+            ifname: String::new(),
+            mac: None,
+            addresses: vec![
+                "10.1.0.2/24".parse().unwrap(),
+                "fd00::2/64".parse().unwrap(),
+            ],
+            resolv_conf: None,
+            ports: Vec::new(),
+        };
+        let addrs = |e: &Endpoint, spec: &str| {
+            e.publish_addrs(&parse(spec))
+                .map(|(h, t)| (h.to_string(), t.to_string()))
+        };
+        assert_eq!(
+            addrs(&endpoint, "8080:80"),
+            Some(("0.0.0.0:8080".into(), "10.1.0.2:80".into()))
+        );
+        assert_eq!(
+            addrs(&endpoint, "127.0.0.1:8080:80"),
+            Some(("127.0.0.1:8080".into(), "10.1.0.2:80".into()))
+        );
+        assert_eq!(
+            addrs(&endpoint, "[::1]:8080:80/udp"),
+            Some(("[::1]:8080".into(), "[fd00::2]:80".into()))
+        );
+        endpoint.addresses.truncate(1);
+        assert_eq!(addrs(&endpoint, "[::1]:8080:80"), None);
+        endpoint.addresses = vec!["fd00::2/64".parse().unwrap()];
+        assert_eq!(
+            addrs(&endpoint, "8080:80"),
+            Some(("[::]:8080".into(), "[fd00::2]:80".into()))
+        );
+        assert_eq!(addrs(&endpoint, "127.0.0.1:8080:80"), None);
+    }
+
+    #[test]
+    fn json_takes_text_or_fields_and_writes_fields() {
+        let from_text: Vec<PortMapping> =
+            serde_json::from_str(r#"["127.0.0.1:8080:80/udp"]"#).unwrap();
+        let from_fields: Vec<PortMapping> = serde_json::from_str(
+            r#"[{"host_ip":"127.0.0.1","host_port":8080,"container_port":80,"proto":"udp"}]"#,
+        )
+        .unwrap();
+        assert_eq!(from_text, from_fields);
+        let written = serde_json::to_value(from_text[0]).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({"host_ip":"127.0.0.1","host_port":8080,"container_port":80,"proto":"udp"})
+        );
+        let round: PortMapping = serde_json::from_value(written).unwrap();
+        assert_eq!(round, from_text[0]);
+        let defaulted: PortMapping =
+            serde_json::from_str(r#"{"host_port":1,"container_port":2}"#).unwrap();
+        assert_eq!((defaulted.host_ip, defaulted.proto), (None, PortProto::Tcp));
+        let bad = serde_json::from_str::<PortMapping>(r#""80x:80""#).unwrap_err();
+        assert!(
+            bad.to_string().contains("host port must be a number"),
+            "{bad}"
+        );
+        assert!(
+            serde_json::from_str::<PortMapping>(r#"{"host_port":1,"container_port":0}"#).is_err()
+        );
+        assert!(serde_json::from_str::<PortMapping>(
+            r#"{"host_port":1,"container_port":2,"bogus":3}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<PortMapping>("80").is_err());
     }
 }
