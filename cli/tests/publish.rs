@@ -679,3 +679,77 @@ fn host_loopback_reaches_the_daemons_loopback_only_when_asked() {
     );
     assert!(took < Duration::from_secs(7), "bounded: {took:?}");
 }
+
+/// (9) A daemon without the right to bind low ports (a rootless one; here
+/// root without CAP_NET_BIND_SERVICE, in HOST whose
+/// `net.ipv4.ip_unprivileged_port_start` is 2000) refuses a host port
+/// below that with a message naming the sysctl, and leaves nothing; a
+/// port above it works.
+#[test]
+fn privileged_host_port_is_a_clear_error() {
+    let Some(mut p) = PublishWorld::new() else {
+        return;
+    };
+    if !require(
+        has_tool("setpriv", "--version"),
+        "needs `setpriv` (util-linux)",
+    ) {
+        return;
+    }
+    let host = p.w.host.clone();
+    // Per network namespace: HOST's, not the machine's.
+    p.w.exec_ok(
+        &host,
+        &["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=2000"],
+    );
+    // The same socket and state directory, a daemon without the capability.
+    p.w.kill_daemon();
+    let log = p.w.dir.join("daemon-nocap.log");
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &host])
+        .args(["setpriv", "--bounding-set", "-net_bind_service"])
+        .args(["--inh-caps", "-net_bind_service"])
+        .args(["timeout", "-s", "KILL", SERVER_LIFETIME, common::WEFT])
+        .arg("--socket")
+        .arg(&p.w.socket)
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(&p.w.state_dir)
+        .args(["--no-default-network", "--dns-upstream", "127.0.0.1:9"])
+        .env("WEFT_LOG", "info")
+        .env("NO_COLOR", "1");
+    let mut daemon = Some(spawn_background(&mut command, None, &log));
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::wait_for_daemon(&mut daemon, &host, &p.w.socket, read_log);
+    }));
+    // Killed by Drop from here on, even if it did not answer.
+    p.servers.extend(daemon.take());
+    if let Err(panic) = ready {
+        std::panic::resume_unwind(panic);
+    }
+
+    p.network("pp", "10.237.10.0/24", &[]);
+    let s = p.w.sandbox("s");
+    let err =
+        p.w.weft_err(&["network", "connect", "-p", "1500:80", "pp", &s]);
+    assert!(
+        err.contains(
+            "host port 0.0.0.0:1500/tcp is privileged: this daemon may bind ports from 2000 up \
+             (net.ipv4.ip_unprivileged_port_start); choose a higher host port"
+        ),
+        "{err}\n--- daemon log ---\n{}",
+        read_log()
+    );
+    assert!(p.w.endpoints("pp").is_empty());
+    assert!(!p.w.links(&s).iter().any(|l| l == "eth0"));
+    let out = p.w.weft(&["network", "connect", "-p", "2500:80", "pp", &s]);
+    assert!(
+        out.status.success(),
+        "a port above the limit: {}\n--- daemon log ---\n{}",
+        show(&out),
+        read_log()
+    );
+    assert!(has_port(&p.host_sockets(false), 2500));
+}
