@@ -216,14 +216,26 @@ impl PublishWorld {
         )
     }
 
+    /// `network inspect` of every network (endpoints with their counters).
+    fn networks_json(&self) -> String {
+        let names = self.w.network_names();
+        if names.is_empty() {
+            return String::new();
+        }
+        let mut args = vec!["network", "inspect"];
+        args.extend(names.iter().map(String::as_str));
+        stdout(&self.w.weft(&args))
+    }
+
     /// What helps to understand a failure.
     fn diagnostics(&self, ns: &str) -> String {
         let addr = stdout(&self.w.exec(ns, &["ip", "addr"]));
         let route = stdout(&self.w.exec(ns, &["ip", "route"]));
         format!(
-            "--- ip addr ({ns}) ---\n{addr}--- ip route ---\n{route}--- HOST tcp ---\n{}--- HOST udp ---\n{}--- daemon log ---\n{}",
+            "--- ip addr ({ns}) ---\n{addr}--- ip route ---\n{route}--- HOST tcp ---\n{}--- HOST udp ---\n{}--- networks ---\n{}--- daemon log ---\n{}",
             self.host_sockets(false),
             self.host_sockets(true),
+            self.networks_json(),
             self.w.daemon_log()
         )
     }
@@ -752,4 +764,41 @@ fn privileged_host_port_is_a_clear_error() {
         read_log()
     );
     assert!(has_port(&p.host_sockets(false), 2500));
+}
+
+/// (10) A restart when one stored host port is taken meanwhile: the
+/// endpoint comes back with its other ports, the taken one is logged and
+/// dropped from it (inspect shows what is really published).
+#[test]
+fn restart_with_a_taken_port_keeps_the_endpoint_and_the_rest() {
+    let Some(mut p) = PublishWorld::new() else {
+        return;
+    };
+    p.network("pk", "10.237.11.0/24", &[]);
+    let s = p.w.sandbox("s");
+    p.w.weft_ok(&[
+        "network", "connect", "-p", "8087:80", "-p", "8088:80", "pk", &s,
+    ]);
+    p.w.kill_daemon();
+    let host = p.w.host.clone();
+    p.server(
+        &host,
+        false,
+        ":8087 ",
+        &["socat", "TCP4-LISTEN:8087,reuseaddr,fork", "SYSTEM:true"],
+    );
+    p.w.start_daemon();
+    let endpoint = p.w.endpoint("pk", &s);
+    assert_eq!(
+        ports_of(&endpoint),
+        [serde_json::json!({"host_port": 8088, "container_port": 80, "proto": "tcp"})],
+        "{endpoint:#}"
+    );
+    assert!(p.w.links(&s).iter().any(|l| l == "eth0"));
+    assert!(has_port(&p.host_sockets(false), 8088));
+    let log = p.w.daemon_log();
+    assert!(
+        log.contains("published port dropped") && log.contains("8087"),
+        "the dropped port is logged: {log}"
+    );
 }

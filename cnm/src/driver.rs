@@ -42,7 +42,7 @@ use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
 
 use crate::attach::{run_helper, AttachAction, AttachError, AttachRequest, TapConfig};
-use crate::model::{DriverKind, Endpoint, Network};
+use crate::model::{DriverKind, Endpoint, Network, PortMapping};
 
 /// Why a driver operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -506,7 +506,7 @@ fn bind_published_ports(
         match bound {
             Ok((listener, target, port)) => {
                 listeners.push((listener, target));
-                kept.push(crate::model::PortMapping {
+                kept.push(PortMapping {
                     host_port: port,
                     ..*mapping
                 });
