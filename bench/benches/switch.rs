@@ -33,6 +33,7 @@ fn switch_decision(c: &mut Criterion) {
             ipv4: vec![Ipv4Addr::new(10, 0, 0, 1)],
             ipv6: vec![],
             outbound: true,
+            host_loopback: false,
         },
     )
     .expect("fresh switch");

@@ -13,6 +13,7 @@ fuzz_target!(|frame: &[u8]| {
         ipv4: vec!["10.0.0.1".parse().unwrap()],
         ipv6: vec!["fd00::1".parse().unwrap()],
         outbound: true,
+        host_loopback: false,
     });
     let _ = gw.wants_multicast(frame);
     let mut out = vec![0u8; frame.len() + REPLY_HEADROOM];

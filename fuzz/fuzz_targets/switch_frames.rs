@@ -30,6 +30,7 @@ fuzz_target!(|input: Input| {
                 ipv4: vec![Ipv4Addr::new(10, 0, net as u8, last)],
                 ipv6: vec!["fd00::1".parse().unwrap()],
                 outbound: true,
+                host_loopback: false,
             },
         )
         .unwrap();

@@ -33,10 +33,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
+use crate::smol_device::FrameQueues;
 use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 
 /// Connections per network.
@@ -87,53 +87,6 @@ pub struct TcpQuery {
     pub message: Vec<u8>,
 }
 
-#[derive(Default)]
-struct FrameQueues {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0; len];
-        let result = f(&mut frame);
-        if self.0.len() < MAX_QUEUED_FRAMES {
-            self.0.push_back(frame);
-        }
-        result
-    }
-}
-
-impl Device for FrameQueues {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-
-    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
-        let frame = self.rx.pop_front()?;
-        Some((Rx(frame), Tx(&mut self.tx)))
-    }
-
-    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
-        caps
-    }
-}
-
 impl DnsTcp {
     /// A stack at `mac` with the gateway `addresses` (with prefixes).
     /// `id_base` makes connection ids unique across networks (put the
@@ -145,7 +98,7 @@ impl DnsTcp {
         id_base: u64,
         seed: u64,
     ) -> Self {
-        let mut device = FrameQueues::default();
+        let mut device = FrameQueues::new(1514, MAX_QUEUED_FRAMES);
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
         config.random_seed = seed;
         let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
@@ -207,12 +160,12 @@ impl DnsTcp {
             return;
         }
         if let Some(arp) = self.synthetic_arp(frame) {
-            self.device.rx.push_back(arp);
+            self.device.push_rx(arp);
             self.poll(now);
             // The stack's answer to our own ARP request is not for anyone.
             self.device.tx.clear();
         }
-        self.device.rx.push_back(frame.to_vec());
+        self.device.push_rx(frame.to_vec());
         self.poll(now);
     }
 
@@ -371,7 +324,7 @@ mod tests {
         let gw_mac = MacAddr([0x02, 0x42, 10, 9, 0, 1]);
         let mut server = DnsTcp::new(t0, gw_mac, &[("10.9.0.1".parse().unwrap(), 24)], 1 << 32, 7);
 
-        let mut client_dev = FrameQueues::default();
+        let mut client_dev = FrameQueues::new(1514, MAX_QUEUED_FRAMES);
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress([
             0x02, 0x42, 10, 9, 0, 2,
         ])));

@@ -60,6 +60,10 @@ pub struct GatewayConfig {
     /// Whether traffic may leave through the gateway (outbound NAT); false
     /// for `--internal` networks.
     pub outbound: bool,
+    /// Whether connections to the gateway's own addresses on ports that
+    /// are not gateway services go to the host's loopback (`--opt
+    /// host_loopback=true`, like slirp4netns's 10.0.2.2).
+    pub host_loopback: bool,
 }
 
 /// The gateway services of one network. See the module header.
@@ -255,6 +259,7 @@ mod tests {
             ipv4: vec![Ipv4Addr::new(10, 231, 0, 1)],
             ipv6: vec!["fd00:231::1".parse().unwrap()],
             outbound: true,
+            host_loopback: false,
         })
     }
 

@@ -52,8 +52,10 @@ pub mod gso;
 pub mod mac_table;
 pub mod nat;
 pub mod services;
+mod smol_device;
 pub mod switch;
 pub mod sys;
+pub mod tcp_nat;
 pub mod wire;
 
 pub use counters::{DropReason, PortCounters};

@@ -90,6 +90,16 @@ pub enum NatAction {
         /// The flow.
         flow: FlowId,
     },
+    /// Answer a client of a published UDP port: send `data` from the
+    /// published socket `listener` to `client`.
+    Reply {
+        /// The published socket (the driver's id).
+        listener: u32,
+        /// The client, as the host socket saw it.
+        client: SocketAddr,
+        /// The payload.
+        data: Vec<u8>,
+    },
 }
 
 /// Limits and timers.
@@ -129,6 +139,8 @@ struct FlowKey {
 #[derive(Debug, Clone)]
 struct Flow {
     key: FlowKey,
+    /// For a flow from a published port: its socket and the real client.
+    inbound: Option<(u32, SocketAddr)>,
     port: PortId,
     sandbox_mac: MacAddr,
     gateway_mac: MacAddr,
@@ -174,7 +186,10 @@ impl Nat {
     }
 
     /// An outbound frame from `ingress` (network `network`, gateway
-    /// `gateway_mac`) to a remote address.
+    /// `gateway_mac`) to a remote address. A datagram of a known flow
+    /// leaves on it; one that starts a flow opens a host socket to `open`
+    /// (the destination, or the host's loopback for the gateway's
+    /// address), or is refused when `open` is None.
     ///
     /// # Errors
     ///
@@ -188,6 +203,7 @@ impl Nat {
         ingress: PortId,
         gateway_mac: MacAddr,
         frame: &[u8],
+        open: Option<IpAddr>,
     ) -> Result<(), DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
@@ -233,6 +249,11 @@ impl Nat {
         let flow = match self.by_key.get(&key) {
             Some(flow) => *flow,
             None => {
+                let Some(open) = open else {
+                    self.counters.dropped += 1;
+                    return Err(DropReason::NoRoute);
+                };
+                let remote = SocketAddr::new(open, remote.port());
                 if self.flows.len() >= self.config.max_flows {
                     self.counters.flows_refused += 1;
                     return Err(DropReason::NatFull);
@@ -244,6 +265,7 @@ impl Nat {
                     flow,
                     Flow {
                         key,
+                        inbound: None,
                         port: ingress,
                         sandbox_mac: eth.source(),
                         gateway_mac,
@@ -262,12 +284,80 @@ impl Nat {
                 flow
             }
         };
+        let mut inbound = None;
         if let Some(f) = self.flows.get_mut(&flow) {
             f.last_active = now;
             f.port = ingress;
+            inbound = f.inbound;
         }
-        self.actions.push_back(NatAction::Send { flow, data });
+        match inbound {
+            Some((listener, client)) => self.actions.push_back(NatAction::Reply {
+                listener,
+                client,
+                data,
+            }),
+            None => self.actions.push_back(NatAction::Send { flow, data }),
+        }
         self.counters.packets_out += 1;
+        Ok(())
+    }
+
+    /// A datagram from `client` on the published UDP socket `listener`,
+    /// for the sandbox at `sandbox` (MAC `sandbox_mac`, switch port
+    /// `port`). It enters the sandbox from `shown` (the client, or the
+    /// gateway for a loopback client), and the sandbox's answers to `shown`
+    /// leave from the published socket.
+    ///
+    /// # Errors
+    ///
+    /// [`DropReason::NatFull`] when the flow table is full.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_inbound(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        (port, sandbox_mac, gateway_mac): (PortId, MacAddr, MacAddr),
+        listener: u32,
+        sandbox: SocketAddr,
+        client: SocketAddr,
+        shown: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), DropReason> {
+        let key = FlowKey {
+            network,
+            proto: NatProto::Udp,
+            local: sandbox,
+            remote: shown,
+        };
+        let flow = match self.by_key.get(&key) {
+            Some(flow) => *flow,
+            None => {
+                if self.flows.len() >= self.config.max_flows {
+                    self.counters.flows_refused += 1;
+                    return Err(DropReason::NatFull);
+                }
+                self.next_id += 1;
+                let flow = FlowId(self.next_id);
+                self.by_key.insert(key.clone(), flow);
+                self.flows.insert(
+                    flow,
+                    Flow {
+                        key,
+                        inbound: Some((listener, client)),
+                        port,
+                        sandbox_mac,
+                        gateway_mac,
+                        last_active: now,
+                    },
+                );
+                self.counters.flows_opened += 1;
+                if self.next_sweep.is_none() {
+                    self.next_sweep = Some(now + self.config.icmp_idle);
+                }
+                flow
+            }
+        };
+        self.handle_reply(now, flow, data);
         Ok(())
     }
 
@@ -383,7 +473,9 @@ impl Nat {
     pub fn close(&mut self, flow: FlowId) {
         if let Some(f) = self.flows.remove(&flow) {
             self.by_key.remove(&f.key);
-            self.actions.push_back(NatAction::Close { flow });
+            if f.inbound.is_none() {
+                self.actions.push_back(NatAction::Close { flow });
+            }
         }
     }
 
@@ -453,6 +545,7 @@ mod tests {
             PortId(3),
             GW,
             &udp_frame(5000, [192, 0, 2, 9], 53, b"q1"),
+            Some(IpAddr::from([192, 0, 2, 9])),
         )
         .unwrap();
         nat.handle_frame(
@@ -461,6 +554,7 @@ mod tests {
             PortId(3),
             GW,
             &udp_frame(5000, [192, 0, 2, 9], 53, b"q2"),
+            Some(IpAddr::from([192, 0, 2, 9])),
         )
         .unwrap();
         let Some(NatAction::Open {
@@ -513,6 +607,7 @@ mod tests {
             PortId(1),
             GW,
             &udp_frame(1, [192, 0, 2, 9], 53, b""),
+            Some(IpAddr::from([192, 0, 2, 9])),
         )
         .unwrap();
         nat.handle_frame(
@@ -521,6 +616,7 @@ mod tests {
             PortId(1),
             GW,
             &udp_frame(2, [192, 0, 2, 9], 53, b""),
+            Some(IpAddr::from([192, 0, 2, 9])),
         )
         .unwrap();
         assert_eq!(
@@ -529,7 +625,8 @@ mod tests {
                 NetworkId(1),
                 PortId(1),
                 GW,
-                &udp_frame(3, [192, 0, 2, 9], 53, b"")
+                &udp_frame(3, [192, 0, 2, 9], 53, b""),
+                Some(IpAddr::from([192, 0, 2, 9])),
             ),
             Err(DropReason::NatFull)
         );
@@ -553,8 +650,15 @@ mod tests {
             .icmpv4_echo_request(0x1234, 7)
             .write(&mut f, b"ping!")
             .unwrap();
-        nat.handle_frame(t0, NetworkId(1), PortId(1), GW, &f)
-            .unwrap();
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            &f,
+            Some(IpAddr::from([192, 0, 2, 9])),
+        )
+        .unwrap();
         let Some(NatAction::Open {
             flow,
             proto: NatProto::IcmpEcho,
@@ -584,6 +688,72 @@ mod tests {
     }
 
     #[test]
+    fn a_published_udp_port_carries_datagrams_both_ways() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig::default());
+        let sandbox: SocketAddr = "10.0.0.2:5353".parse().unwrap();
+        let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        nat.handle_inbound(
+            t0,
+            NetworkId(1),
+            (PortId(4), SB, GW),
+            9,
+            sandbox,
+            client,
+            client,
+            b"hello",
+        )
+        .unwrap();
+        let (port, frame) = nat.poll_frame().unwrap();
+        assert_eq!(port, PortId(4));
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        assert_eq!(
+            ip_addresses(p.net.as_ref()),
+            Some((client.ip(), sandbox.ip()))
+        );
+        let Some(TransportSlice::Udp(udp)) = p.transport else {
+            panic!()
+        };
+        assert_eq!((udp.source_port(), udp.destination_port()), (40000, 5353));
+        // No host socket of its own: the published one answers.
+        assert_eq!(nat.poll_action(), None);
+        // The sandbox answers the client: out through the published socket,
+        // even with no way out (`open` None) for new flows.
+        let mut answer = Vec::new();
+        PacketBuilder::ethernet2(SB.0, GW.0)
+            .ipv4([10, 0, 0, 2], [198, 51, 100, 7], 64)
+            .udp(5353, 40000)
+            .write(&mut answer, b"world")
+            .unwrap();
+        nat.handle_frame(t0, NetworkId(1), PortId(4), GW, &answer, None)
+            .unwrap();
+        assert_eq!(
+            nat.poll_action(),
+            Some(NatAction::Reply {
+                listener: 9,
+                client,
+                data: b"world".to_vec()
+            })
+        );
+        // A datagram to anyone else with no way out is refused.
+        assert_eq!(
+            nat.handle_frame(
+                t0,
+                NetworkId(1),
+                PortId(4),
+                GW,
+                &udp_frame(5353, [198, 51, 100, 8], 40000, b"x"),
+                None
+            ),
+            Err(DropReason::NoRoute)
+        );
+        // Idle inbound flows end without a socket to close.
+        nat.handle_timeout(t0 + Duration::from_secs(61));
+        assert_eq!(nat.flow_count(), 0);
+        assert_eq!(nat.poll_action(), None);
+    }
+
+    #[test]
     fn refused_udp_becomes_port_unreachable() {
         let t0 = Instant::now();
         let mut nat = Nat::new(NatConfig::default());
@@ -593,6 +763,7 @@ mod tests {
             PortId(1),
             GW,
             &udp_frame(4000, [192, 0, 2, 9], 9, b"x"),
+            Some(IpAddr::from([192, 0, 2, 9])),
         )
         .unwrap();
         let Some(NatAction::Open { flow, .. }) = nat.poll_action() else {

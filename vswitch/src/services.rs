@@ -42,14 +42,29 @@ use crate::dns_tcp::DnsTcp;
 use crate::gateway::GatewayConfig;
 use crate::nat::{FlowId, Nat, NatConfig};
 use crate::switch::{NetworkId, PortId};
+use crate::tcp_nat::{TcpNat, TcpNatConfig};
 use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
 use crate::wire::ip_addresses;
 
 /// Frames waiting to leave the gateway.
-pub const MAX_QUEUED_FRAMES: usize = 1024;
+pub const MAX_QUEUED_FRAMES: usize = 4096;
 
 /// TTL of the IP packets the gateway sends.
 const TTL: u8 = 64;
+
+/// Where a new flow from a sandbox to `dst` may go on the host: `dst`
+/// itself when the network has a way out, the host's loopback for the
+/// gateway's own address when the network asks for it, else nowhere.
+fn way_out(gateway: &GatewayConfig, ours: bool, dst: IpAddr) -> Option<IpAddr> {
+    if ours {
+        gateway.host_loopback.then_some(match dst {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        })
+    } else {
+        gateway.outbound.then_some(dst)
+    }
+}
 
 /// Where a frame from the gateway goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +79,7 @@ pub enum Egress {
 pub struct GatewayServices {
     dns: DnsServer,
     nat: Nat,
+    tcp: TcpNat,
     stacks: FxHashMap<NetworkId, DnsTcp>,
     macs: FxHashMap<NetworkId, MacAddr>,
     out: VecDeque<(Egress, Vec<u8>)>,
@@ -77,6 +93,11 @@ impl GatewayServices {
         GatewayServices {
             dns: DnsServer::new(config),
             nat: Nat::new(NatConfig::default()),
+            tcp: TcpNat::new(
+                TcpNatConfig::default(),
+                Instant::now(),
+                seed.rotate_left(29),
+            ),
             stacks: FxHashMap::default(),
             macs: FxHashMap::default(),
             out: VecDeque::new(),
@@ -102,6 +123,11 @@ impl GatewayServices {
     /// The outbound NAT.
     pub fn nat(&mut self) -> &mut Nat {
         &mut self.nat
+    }
+
+    /// The TCP relay (outbound TCP and published TCP ports).
+    pub fn tcp(&mut self) -> &mut TcpNat {
+        &mut self.tcp
     }
 
     /// What a NAT flow's socket received.
@@ -130,6 +156,7 @@ impl GatewayServices {
     pub fn remove_network(&mut self, network: NetworkId) {
         self.macs.remove(&network);
         self.nat.remove_network(network);
+        self.tcp.remove_network(network);
         self.dns.remove_zone(network);
         self.stacks.remove(&network);
     }
@@ -150,6 +177,7 @@ impl GatewayServices {
     ) -> Result<(), DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         if eth.ethertype() == ETHERTYPE_ARP {
+            self.tcp.handle_neighbour_frame(now, network, frame);
             self.feed_stack(now, network, gateway, frame);
             return Ok(());
         }
@@ -175,18 +203,26 @@ impl GatewayServices {
                 self.drain(now);
                 Ok(())
             }
-            Some(TransportSlice::Tcp(_)) if ours => {
+            Some(TransportSlice::Tcp(tcp)) if ours && tcp.destination_port() == 53 => {
                 self.feed_stack(now, network, gateway, frame);
                 Ok(())
+            }
+            Some(TransportSlice::Tcp(tcp)) => {
+                let open = way_out(gateway, ours, dst)
+                    .map(|ip| SocketAddr::new(ip, tcp.destination_port()));
+                self.tcp.handle_frame(now, network, gateway, frame, open)
             }
             Some(TransportSlice::Icmpv6(_)) if ours || dst.is_multicast() => {
-                // Neighbour advertisements answering the stack's solicitations.
+                // Neighbour advertisements answering the stacks'
+                // solicitations.
+                self.tcp.handle_neighbour_frame(now, network, frame);
                 self.feed_stack(now, network, gateway, frame);
                 Ok(())
             }
-            _ if !ours && gateway.outbound => {
+            Some(TransportSlice::Udp(_) | TransportSlice::Icmpv4(_)) => {
+                let open = way_out(gateway, ours, dst);
                 self.nat
-                    .handle_frame(now, network, ingress, gateway.mac, frame)?;
+                    .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
                 self.drain(now);
                 Ok(())
             }
@@ -236,6 +272,7 @@ impl GatewayServices {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.dns.handle_timeout(now);
         self.nat.handle_timeout(now);
+        self.tcp.handle_timeout(now);
         for stack in self.stacks.values_mut() {
             stack.poll(now);
         }
@@ -244,10 +281,14 @@ impl GatewayServices {
 
     /// When [`GatewayServices::handle_timeout`] wants to run.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
-        let mut due = match (self.dns.poll_timeout(), self.nat.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let mut due = [
+            self.dns.poll_timeout(),
+            self.nat.poll_timeout(),
+            self.tcp.poll_timeout(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         for stack in self.stacks.values_mut() {
             if let Some(at) = stack.poll_timeout(now) {
                 due = Some(due.map_or(at, |d| d.min(at)));
@@ -263,7 +304,15 @@ impl GatewayServices {
 
     /// The next frame to put into a network.
     pub fn poll_frame(&mut self) -> Option<(Egress, Vec<u8>)> {
-        self.out.pop_front()
+        if let Some(out) = self.out.pop_front() {
+            return Some(out);
+        }
+        // Datagrams of published UDP ports enter without a drain.
+        if let Some((port, frame)) = self.nat.poll_frame() {
+            return Some((Egress::Port(port), frame));
+        }
+        let (network, frame) = self.tcp.poll_frame()?;
+        Some((Egress::Flood(network), frame))
     }
 
     /// Frames dropped because the output queue was full.

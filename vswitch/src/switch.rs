@@ -38,7 +38,7 @@ use crate::dns::DnsConfig;
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY};
 use crate::services::{Egress, GatewayServices};
-use crate::wire::ethernet::EthernetFrame;
+use crate::wire::ethernet::{EthernetFrame, MacAddr};
 
 /// How often aged MAC entries are purged.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -312,6 +312,65 @@ impl Switch {
             .handle_frame(now, network_id, network.gateway.config(), ingress, frame)
     }
 
+    /// The TCP relay: outbound TCP and published TCP ports.
+    pub fn tcp(&mut self) -> &mut crate::tcp_nat::TcpNat {
+        self.services.tcp()
+    }
+
+    /// A connection accepted on a published TCP port of the sandbox at
+    /// `target` (MAC `mac`) on `network`, from `client`. None when the
+    /// network is gone or the relay is full.
+    pub fn accept_published_tcp(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        target: std::net::SocketAddr,
+        mac: MacAddr,
+        client: std::net::SocketAddr,
+    ) -> Option<crate::nat::FlowId> {
+        let gateway = self.networks.get(&network)?.gateway.config().clone();
+        self.services
+            .tcp()
+            .accept_inbound(now, network, &gateway, client, target, mac)
+    }
+
+    /// A datagram from `client` on the published UDP socket `listener`,
+    /// for the sandbox at `target` (MAC `mac`, switch port `port`).
+    ///
+    /// # Errors
+    ///
+    /// [`DropReason::UnknownPort`] when the network is gone,
+    /// [`DropReason::NatFull`] when the flow table is full.
+    #[allow(clippy::too_many_arguments)]
+    pub fn published_udp(
+        &mut self,
+        now: Instant,
+        listener: u32,
+        (network, port, mac): (NetworkId, PortId, MacAddr),
+        target: std::net::SocketAddr,
+        client: std::net::SocketAddr,
+        data: &[u8],
+    ) -> Result<(), DropReason> {
+        let gateway = self
+            .networks
+            .get(&network)
+            .ok_or(DropReason::UnknownPort)?
+            .gateway
+            .config()
+            .clone();
+        let shown = crate::tcp_nat::shown_client(client, &gateway).ok_or(DropReason::NoRoute)?;
+        self.services.nat().handle_inbound(
+            now,
+            network,
+            (port, mac, gateway.mac),
+            listener,
+            target,
+            client,
+            shown,
+            data,
+        )
+    }
+
     /// The next socket action of the outbound NAT.
     pub fn poll_nat_action(&mut self) -> Option<crate::nat::NatAction> {
         self.services.nat().poll_action()
@@ -423,6 +482,7 @@ mod tests {
             ipv4: vec![Ipv4Addr::new(10, 0, 0, last)],
             ipv6: vec![],
             outbound: true,
+            host_loopback: false,
         };
         sw.add_network(NET_A, gw(1)).unwrap();
         sw.add_network(NET_B, gw(1)).unwrap();

@@ -51,8 +51,10 @@ use crate::gso;
 use crate::nat::{FlowId, NatAction, NatProto};
 use crate::services::Egress;
 use crate::switch::{Decision, NetworkId, PortId, Switch};
+use crate::sys::publish::{HostListener, PublishId, PublishTarget};
 use crate::sys::tap::Tap;
 use crate::sys::write_batch::WriteBatch;
+use crate::tcp_nat::{ConnectFailure, HostRead, HostWrite, TcpAction, FLOW_ID_BASE};
 use crate::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 
 /// Frames read from one port per wake-up before the next port gets its
@@ -68,8 +70,13 @@ const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const UPSTREAM_V4_TOKEN: Token = Token(usize::MAX - 1);
 const UPSTREAM_V6_TOKEN: Token = Token(usize::MAX - 2);
-/// NAT flow sockets use tokens from here up (ports use the u32 range).
+/// NAT flow sockets use tokens from here up (ports use the u32 range); TCP
+/// flows among them from `NAT_TOKEN_BASE + tcp_nat::FLOW_ID_BASE`.
 const NAT_TOKEN_BASE: usize = 1 << 40;
+/// Published ports' sockets use tokens from here up, below the NAT's.
+const PUBLISH_TOKEN_BASE: usize = 1 << 39;
+/// Connections accepted per published TCP port per wake-up.
+const ACCEPT_BOUND: usize = 64;
 /// Largest datagram a NAT flow socket reads.
 const NAT_DATAGRAM_MAX: usize = 65536;
 
@@ -107,6 +114,14 @@ enum Command {
         zone: Zone,
     },
     SetUpstreams(Vec<SocketAddr>),
+    Publish {
+        id: PublishId,
+        listener: HostListener,
+        target: PublishTarget,
+    },
+    Unpublish {
+        id: PublishId,
+    },
     Shutdown,
 }
 
@@ -117,6 +132,7 @@ pub struct Datapath {
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     next_port: AtomicU32,
+    next_publish: AtomicU32,
 }
 
 /// Why the data path did not take a command.
@@ -151,6 +167,23 @@ struct Loop {
     nat_sockets: FxHashMap<FlowId, NatSocket>,
     ping_refused_logged: bool,
     reply: Vec<u8>,
+    published: FxHashMap<PublishId, Published>,
+    tcp_flows: FxHashMap<FlowId, TcpFlowIo>,
+}
+
+/// A published port's host socket and where it leads.
+struct Published {
+    listener: HostListener,
+    target: PublishTarget,
+}
+
+/// The host socket of a relayed TCP flow, with its readiness as last seen
+/// (edge-triggered: a flag stays set until a read or write says `EAGAIN`).
+struct TcpFlowIo {
+    stream: mio::net::TcpStream,
+    connected: bool,
+    readable: bool,
+    writable: bool,
 }
 
 /// What a turn of reading one port ended with.
@@ -195,6 +228,8 @@ impl Datapath {
             nat_sockets: FxHashMap::default(),
             ping_refused_logged: false,
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
+            published: FxHashMap::default(),
+            tcp_flows: FxHashMap::default(),
         };
         let thread = std::thread::Builder::new()
             .name("weft-datapath".into())
@@ -204,6 +239,7 @@ impl Datapath {
             waker,
             thread: Some(thread),
             next_port: AtomicU32::new(1),
+            next_publish: AtomicU32::new(1),
         })
     }
 
@@ -271,6 +307,38 @@ impl Datapath {
         self.send(Command::SetUpstreams(upstreams))
     }
 
+    /// Carry a bound host socket's connections or datagrams to a sandbox
+    /// (see [`crate::sys::publish`]). The socket closes on
+    /// [`Datapath::unpublish`], when the target's port or network goes, or
+    /// with the data path.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn publish(
+        &self,
+        listener: HostListener,
+        target: PublishTarget,
+    ) -> Result<PublishId, DatapathError> {
+        let id = PublishId(self.next_publish.fetch_add(1, Ordering::Relaxed));
+        self.send(Command::Publish {
+            id,
+            listener,
+            target,
+        })?;
+        Ok(id)
+    }
+
+    /// Close a published port; connections already relayed stay until
+    /// they end.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn unpublish(&self, id: PublishId) -> Result<(), DatapathError> {
+        self.send(Command::Unpublish { id })
+    }
+
     /// Detach a port and hand its TAP back (None if the port was unknown or
     /// its device had vanished). Blocks until the data path answers.
     ///
@@ -324,7 +392,14 @@ impl Loop {
                     self.read_upstream(event.token() == UPSTREAM_V4_TOKEN);
                 } else if event.token().0 >= NAT_TOKEN_BASE {
                     let flow = FlowId((event.token().0 - NAT_TOKEN_BASE) as u64);
-                    self.read_nat(flow);
+                    if flow.0 >= FLOW_ID_BASE {
+                        self.tcp_flow_ready(flow, event.is_readable(), event.is_writable());
+                    } else {
+                        self.read_nat(flow);
+                    }
+                } else if event.token().0 >= PUBLISH_TOKEN_BASE {
+                    let id = (event.token().0 - PUBLISH_TOKEN_BASE) as u32;
+                    self.published_ready(PublishId(id));
                 } else if let Ok(port) = u32::try_from(event.token().0) {
                     let port = PortId(port);
                     if !self.ready.contains(&port) {
@@ -375,6 +450,14 @@ impl Loop {
             }
             while let Some(action) = self.switch.poll_nat_action() {
                 self.nat_action(action);
+            }
+            // Bounded: an action can queue more (a write opens the window,
+            // the stack answers), which the next round or wake-up takes.
+            for _ in 0..4096 {
+                let Some(action) = self.switch.tcp().poll_action() else {
+                    break;
+                };
+                self.tcp_action(action);
             }
         }
         while let Some((upstream, datagram)) = self.switch.poll_upstream() {
@@ -442,6 +525,276 @@ impl Loop {
                     let raw = socket.raw_fd();
                     let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
                 }
+            }
+            NatAction::Reply {
+                listener,
+                client,
+                data,
+            } => {
+                if let Some(Published {
+                    listener: HostListener::Udp(socket),
+                    ..
+                }) = self.published.get(&PublishId(listener))
+                {
+                    if let Err(e) = socket.send_to(&data, client) {
+                        tracing::debug!(%client, error = %e, "published UDP reply");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carry out one socket action of the TCP relay.
+    fn tcp_action(&mut self, action: TcpAction) {
+        let now = Instant::now();
+        match action {
+            TcpAction::Connect { flow, remote } => {
+                let stream = match mio::net::TcpStream::connect(remote) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "TCP NAT connect");
+                        self.switch
+                            .tcp()
+                            .handle_connect_failed(now, flow, connect_failure(&e));
+                        return;
+                    }
+                };
+                self.add_tcp_flow(flow, stream, false);
+            }
+            TcpAction::Send { flow } => self.tcp_send(flow, now),
+            TcpAction::Receive { flow } => self.tcp_receive(flow, now),
+            TcpAction::ShutdownWrite { flow } => {
+                if let Some(io) = self.tcp_flows.get(&flow) {
+                    let _ = io.stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
+            TcpAction::Close { flow } => self.remove_tcp_flow(flow, false),
+            TcpAction::Reset { flow } => self.remove_tcp_flow(flow, true),
+        }
+    }
+
+    fn add_tcp_flow(&mut self, flow: FlowId, mut stream: mio::net::TcpStream, connected: bool) {
+        let _ = stream.set_nodelay(true);
+        let token = Token(NAT_TOKEN_BASE + flow.0 as usize);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::debug!(error = %e, "TCP NAT register");
+            self.switch.tcp().host_failed(Instant::now(), flow);
+            return;
+        }
+        self.tcp_flows.insert(
+            flow,
+            TcpFlowIo {
+                stream,
+                connected,
+                readable: false,
+                writable: false,
+            },
+        );
+    }
+
+    fn remove_tcp_flow(&mut self, flow: FlowId, reset: bool) {
+        let Some(mut io) = self.tcp_flows.remove(&flow) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut io.stream);
+        if reset {
+            // Linger 0: close sends a reset, as the sandbox's side did.
+            let _ = nix::sys::socket::setsockopt(
+                &io.stream,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+        }
+    }
+
+    /// Readiness of a TCP flow's host socket.
+    fn tcp_flow_ready(&mut self, flow: FlowId, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let Some(io) = self.tcp_flows.get_mut(&flow) else {
+            return;
+        };
+        if !io.connected {
+            if !writable && !readable {
+                return;
+            }
+            match io.stream.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    tracing::debug!(flow = flow.0, error = %e, "TCP NAT connect failed");
+                    self.remove_tcp_flow(flow, false);
+                    self.switch
+                        .tcp()
+                        .handle_connect_failed(now, flow, connect_failure(&e));
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match io.stream.peer_addr() {
+                Ok(_) => {
+                    io.connected = true;
+                    self.switch.tcp().handle_connected(now, flow);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    self.remove_tcp_flow(flow, false);
+                    self.switch
+                        .tcp()
+                        .handle_connect_failed(now, flow, connect_failure(&e));
+                    return;
+                }
+            }
+        }
+        if let Some(io) = self.tcp_flows.get_mut(&flow) {
+            io.readable |= readable;
+            io.writable |= writable;
+        }
+        if writable {
+            self.tcp_send(flow, now);
+        }
+        if readable {
+            self.tcp_receive(flow, now);
+        }
+    }
+
+    /// Write what the sandbox sent to the host socket, if it is writable.
+    fn tcp_send(&mut self, flow: FlowId, now: Instant) {
+        let Some(io) = self.tcp_flows.get_mut(&flow) else {
+            return;
+        };
+        if !io.connected || !io.writable {
+            return;
+        }
+        let stream = &io.stream;
+        let outcome = self
+            .switch
+            .tcp()
+            .send_to_host(now, flow, |data| io::Write::write(&mut &*stream, data));
+        if outcome == HostWrite::Blocked {
+            io.writable = false;
+        }
+    }
+
+    /// Read the host socket into the stack, if it has data.
+    fn tcp_receive(&mut self, flow: FlowId, now: Instant) {
+        let Some(io) = self.tcp_flows.get_mut(&flow) else {
+            return;
+        };
+        if !io.connected || !io.readable {
+            return;
+        }
+        let stream = &io.stream;
+        let outcome = self
+            .switch
+            .tcp()
+            .receive_from_host(now, flow, |buf| io::Read::read(&mut &*stream, buf));
+        if matches!(outcome, HostRead::Drained | HostRead::Eof) {
+            io.readable = false;
+        }
+    }
+
+    fn publish(&mut self, id: PublishId, listener: HostListener, target: PublishTarget) {
+        let token = Token(PUBLISH_TOKEN_BASE + id.0 as usize);
+        let raw = listener.raw_fd();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw), token, Interest::READABLE)
+        {
+            tracing::error!(error = %e, "data path: register published port");
+            return;
+        }
+        self.published.insert(id, Published { listener, target });
+        // Connections or datagrams may be waiting already.
+        self.published_ready(id);
+    }
+
+    fn unpublish(&mut self, id: PublishId) {
+        if let Some(published) = self.published.remove(&id) {
+            let raw = published.listener.raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        }
+    }
+
+    /// A published port's socket is readable: accept connections, or take
+    /// datagrams, bounded per wake-up.
+    fn published_ready(&mut self, id: PublishId) {
+        let Some(published) = self.published.get(&id) else {
+            return;
+        };
+        let target = published.target;
+        match &published.listener {
+            HostListener::Tcp(listener) => {
+                let mut accepted = Vec::new();
+                for _ in 0..ACCEPT_BOUND {
+                    match listener.accept() {
+                        Ok((stream, client)) => accepted.push((stream, client)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "published port accept");
+                            break;
+                        }
+                    }
+                }
+                for (stream, client) in accepted {
+                    let now = Instant::now();
+                    let flow = self.switch.accept_published_tcp(
+                        now,
+                        target.network,
+                        target.addr,
+                        target.mac,
+                        client,
+                    );
+                    let Some(flow) = flow else {
+                        tracing::debug!(%client, "published port: connection refused (relay full)");
+                        continue;
+                    };
+                    if stream.set_nonblocking(true).is_err() {
+                        self.switch.tcp().host_failed(now, flow);
+                        continue;
+                    }
+                    self.add_tcp_flow(flow, mio::net::TcpStream::from_std(stream), true);
+                }
+            }
+            HostListener::Udp(socket) => {
+                let mut buf = vec![0u8; NAT_DATAGRAM_MAX];
+                for _ in 0..IO_LOOP_BOUND {
+                    let Some(Published {
+                        listener: HostListener::Udp(socket),
+                        ..
+                    }) = self.published.get(&id)
+                    else {
+                        return;
+                    };
+                    match socket.recv_from(&mut buf) {
+                        Ok((len, client)) => {
+                            let result = self.switch.published_udp(
+                                Instant::now(),
+                                id.0,
+                                (target.network, target.port, target.mac),
+                                target.addr,
+                                client,
+                                &buf[..len],
+                            );
+                            if let Err(reason) = result {
+                                count_drop(&self.ports, target.port, reason);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "published UDP receive");
+                            break;
+                        }
+                    }
+                }
+                let _ = socket;
             }
         }
     }
@@ -526,6 +879,12 @@ impl Loop {
                 Command::SetUpstreams(upstreams) => {
                     self.switch.services().dns().set_upstreams(upstreams);
                 }
+                Command::Publish {
+                    id,
+                    listener,
+                    target,
+                } => self.publish(id, listener, target),
+                Command::Unpublish { id } => self.unpublish(id),
                 Command::Shutdown => return false,
             }
         }
@@ -558,6 +917,15 @@ impl Loop {
     }
 
     fn detach(&mut self, id: PortId) -> Option<Tap> {
+        let publishes: Vec<PublishId> = self
+            .published
+            .iter()
+            .filter(|(_, p)| p.target.port == id)
+            .map(|(publish, _)| *publish)
+            .collect();
+        for publish in publishes {
+            self.unpublish(publish);
+        }
         self.switch.remove_port(id);
         self.ready.retain(|p| *p != id);
         let io = self.ports.remove(&id)?;
@@ -691,9 +1059,11 @@ impl Loop {
     }
 }
 
-/// Hand a frame to the gateway services as ordinary frames: a GSO segment
-/// is cut into MTU-sized frames and a partial checksum completed first
-/// (smoltcp, like any receiver without offloads, checks every checksum).
+/// Hand a frame to the gateway services. TCP segments go whole, GSO or
+/// not: the TCP relay's stack takes 64 KiB segments and, like every
+/// consumer behind the gateway, reads payloads without checking the
+/// checksums a local TAP leaves partial. Only UDP GSO segments (USO) are
+/// cut into datagrams first.
 fn to_services(
     switch: &mut Switch,
     scratch: &mut [u8],
@@ -703,7 +1073,7 @@ fn to_services(
     frame: &[u8],
 ) -> Result<(), DropReason> {
     let vnet = VnetHeader::new_checked(&header[..]).map_err(|_| DropReason::Truncated)?;
-    if !vnet.is_gso() && !vnet.needs_csum() {
+    if !vnet.is_gso() || matches!(vnet.gso_type(), vnet::GSO_TCPV4 | vnet::GSO_TCPV6) {
         return switch.gateway_services(now, ingress, frame);
     }
     let mut result = Ok(());
@@ -768,6 +1138,16 @@ impl NatSocket {
             nix::sys::socket::MsgFlags::empty(),
         )
         .map_err(io::Error::from)
+    }
+}
+
+/// What a failed connect means for the sandbox: refused (a reset) or
+/// unreachable (ICMP).
+fn connect_failure(e: &io::Error) -> ConnectFailure {
+    if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+        ConnectFailure::Refused
+    } else {
+        ConnectFailure::Unreachable
     }
 }
 

@@ -2,5 +2,6 @@
 //! loop. The sans-IO core never imports this module.
 
 pub mod datapath;
+pub mod publish;
 pub mod tap;
 pub mod write_batch;

@@ -1,0 +1,1286 @@
+//! TCP through the gateway: sandbox connections to the outside, relayed
+//! through host sockets, and connections from published host ports into
+//! sandboxes. Sans-IO: frames in, socket actions out; the driver owns the
+//! sockets and lends them to the core as read and write closures.
+//!
+//! # Theory of operation
+//!
+//! Each network has one userspace TCP stack (smoltcp) at the gateway's MAC,
+//! in "any IP" mode: it terminates TCP for every destination address, so a
+//! sandbox's connection to 192.0.2.7:443 ends here and continues from a
+//! host socket connected to 192.0.2.7:443. The sandbox talks to a real TCP
+//! peer with real windows; the remote talks to the host's kernel.
+//!
+//! Outbound, step by step:
+//! 1. A SYN for an unknown 4-tuple arrives ([`TcpNat::handle_frame`]). It
+//!    is held, not given to the stack, and the driver is asked to connect
+//!    a non-blocking host socket ([`TcpAction::Connect`]). Retransmitted
+//!    SYNs meanwhile are dropped.
+//! 2. When the host connect succeeds ([`TcpNat::handle_connected`]), a
+//!    socket listening on exactly that destination is added to the stack
+//!    and the held SYN is fed to it: the sandbox gets its SYN-ACK only once
+//!    the remote has accepted. A refused connect answers the held SYN with
+//!    a RST, an unreachable remote with ICMP unreachable
+//!    ([`TcpNat::handle_connect_failed`]): an immediate error in the
+//!    sandbox, never a hang.
+//! 3. Data: what the sandbox sends waits in the stack's receive buffer
+//!    until the driver writes it to the host socket
+//!    ([`TcpNat::send_to_host`], after a [`TcpAction::Send`]); what the
+//!    host socket has is read straight into the stack's send buffer
+//!    ([`TcpNat::receive_from_host`]). Neither side buffers more than the
+//!    stack's fixed buffers: a full receive buffer closes the sandbox's
+//!    window, a full send buffer stops reading the host socket (the
+//!    kernel's window then closes toward the remote); when room returns
+//!    the driver is told ([`TcpAction::Receive`]).
+//! 4. Closing: the sandbox's FIN becomes `shutdown(SHUT_WR)` on the host
+//!    socket once its data is written ([`TcpAction::ShutdownWrite`]); the
+//!    host's end of stream becomes the stack's FIN after the data queued
+//!    before it. When both directions are closed the flow ends
+//!    ([`TcpAction::Close`]); a reset on either side resets the other
+//!    ([`TcpAction::Reset`], [`TcpNat::host_failed`]).
+//!
+//! Inbound ([`TcpNat::accept_inbound`]): the driver accepted a connection
+//! on a published port; the stack connects to the sandbox *from the
+//! client's own address and port*, so the sandbox's server sees who is
+//! calling. The sandbox answers through its default route, the gateway,
+//! and the 4-tuple leads those frames back here. Loopback clients are shown
+//! as the gateway (a sandbox cannot route to 127.0.0.1).
+//!
+//! Offloads: frames come in as the sandbox's kernel sent them, GSO super
+//! frames of up to 64 KiB with partial checksums included: the stack takes
+//! them whole (its MTU is 64 KiB and it does not verify checksums from
+//! local TAPs), so bulk uploads cost one stack pass per 64 KiB, not per
+//! 1500 bytes. Toward the sandbox the stack sends segments of the
+//! sandbox's MSS, so a network with a large MTU gets large segments.
+//!
+//! Neighbours: before each IPv4 frame, a synthetic ARP request from the
+//! frame's sender teaches the stack the sandbox's MAC (as in
+//! [`crate::dns_tcp`]); an inbound connection teaches it the target's MAC
+//! the same way before its SYN.
+//!
+//! Capacities: at most `max_flows` flows (all networks); when full, a new
+//! SYN is answered with RST and counted. Each flow has `buffer` bytes of
+//! receive and of send buffer (memory is touched only as data flows). The
+//! queues of frames are bounded; extra frames are dropped and TCP
+//! retransmits.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use etherparse::{
+    Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice,
+};
+use rustc_hash::FxHashMap;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
+
+use crate::counters::DropReason;
+use crate::gateway::GatewayConfig;
+use crate::nat::FlowId;
+use crate::smol_device::FrameQueues;
+use crate::switch::NetworkId;
+use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+
+/// Flows at once, all networks together.
+pub const DEFAULT_MAX_FLOWS: usize = 4096;
+/// Receive and send buffer of each flow: enough window for a few
+/// gigabits per second at sub-millisecond round trips.
+pub const DEFAULT_BUFFER: usize = 1 << 20;
+/// Largest frame the stack takes or makes: a 64 KiB IP packet.
+const MAX_FRAME: usize = 65_535 + 14;
+/// Frames queued in either direction per network.
+const MAX_QUEUED_FRAMES: usize = 4096;
+/// TCP flow ids start here, apart from the UDP/ICMP NAT's ids.
+pub const FLOW_ID_BASE: u64 = 1 << 36;
+/// TTL of the error packets the gateway makes.
+const TTL: u8 = 64;
+/// An inbound connection whose SYN the sandbox leaves unanswered for this
+/// long is given up (the client's connection is reset).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Limits of the TCP NAT.
+#[derive(Debug, Clone)]
+pub struct TcpNatConfig {
+    /// Flows at once.
+    pub max_flows: usize,
+    /// Bytes of receive and of send buffer per flow.
+    pub buffer: usize,
+}
+
+impl Default for TcpNatConfig {
+    fn default() -> Self {
+        TcpNatConfig {
+            max_flows: DEFAULT_MAX_FLOWS,
+            buffer: DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// What the driver is to do with a flow's host socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpAction {
+    /// Open a non-blocking TCP socket connected to `remote`; report with
+    /// [`TcpNat::handle_connected`] or [`TcpNat::handle_connect_failed`].
+    Connect {
+        /// The flow.
+        flow: FlowId,
+        /// Where to.
+        remote: SocketAddr,
+    },
+    /// The sandbox sent data: call [`TcpNat::send_to_host`] when the socket
+    /// is writable.
+    Send {
+        /// The flow.
+        flow: FlowId,
+    },
+    /// The stack has room again: call [`TcpNat::receive_from_host`] if the
+    /// socket has data.
+    Receive {
+        /// The flow.
+        flow: FlowId,
+    },
+    /// The sandbox closed its direction: `shutdown(SHUT_WR)`.
+    ShutdownWrite {
+        /// The flow.
+        flow: FlowId,
+    },
+    /// The flow ended cleanly: close the socket.
+    Close {
+        /// The flow.
+        flow: FlowId,
+    },
+    /// The sandbox reset the flow (or it timed out): close the socket with
+    /// a reset (`SO_LINGER` 0).
+    Reset {
+        /// The flow.
+        flow: FlowId,
+    },
+}
+
+/// Why a host connect failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The remote answered with a reset (`ECONNREFUSED`).
+    Refused,
+    /// No route, host or network unreachable, or the connect timed out.
+    Unreachable,
+}
+
+/// How reading the host socket into the stack ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRead {
+    /// The socket has nothing more now (`EAGAIN`).
+    Drained,
+    /// The stack's buffer is full; a [`TcpAction::Receive`] follows when
+    /// there is room.
+    StackFull,
+    /// The remote closed its direction.
+    Eof,
+    /// The flow is gone or the socket failed (the flow was reset).
+    Gone,
+}
+
+/// How writing to the host socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostWrite {
+    /// Everything the sandbox sent so far is written.
+    Done,
+    /// The socket is full (`EAGAIN`): call again when it is writable.
+    Blocked,
+    /// The flow is gone or the socket failed (the flow was reset).
+    Gone,
+}
+
+/// Counters of the TCP NAT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpNatCounters {
+    /// Outbound flows asked of the host.
+    pub connects: u64,
+    /// Host connects refused or unreachable.
+    pub connect_failures: u64,
+    /// Inbound flows from published ports.
+    pub inbound: u64,
+    /// New flows refused because the table was full.
+    pub flows_refused: u64,
+    /// Bytes from sandboxes to host sockets.
+    pub bytes_out: u64,
+    /// Bytes from host sockets to sandboxes.
+    pub bytes_in: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Tuple {
+    network: NetworkId,
+    /// The sandbox's address and port.
+    sandbox: SocketAddr,
+    /// The peer's address and port as the sandbox sees it.
+    peer: SocketAddr,
+}
+
+enum Phase {
+    /// Outbound: the host socket is connecting; the sandbox's SYN waits.
+    Connecting { syn: Vec<u8> },
+    /// The stack's socket carries the flow.
+    Open { handle: SocketHandle },
+}
+
+struct Flow {
+    tuple: Tuple,
+    phase: Phase,
+    /// A [`TcpAction::Send`] is out and not yet answered.
+    send_announced: bool,
+    /// The host socket stopped being read because the stack was full.
+    wants_host_data: bool,
+    /// The host's direction ended (FIN queued to the sandbox).
+    host_eof: bool,
+    /// The sandbox's direction ended and was passed on.
+    shutdown_sent: bool,
+    /// The stack's socket has been past the handshake (so a return to
+    /// `Listen` means a reset, not a new flow).
+    synchronized: bool,
+}
+
+struct Stack {
+    iface: Interface,
+    device: FrameQueues,
+    sockets: SocketSet<'static>,
+    mac: MacAddr,
+    gateway_v4: Option<Ipv4Addr>,
+    flows: Vec<FlowId>,
+}
+
+/// See the module header.
+pub struct TcpNat {
+    config: TcpNatConfig,
+    epoch: Instant,
+    stacks: FxHashMap<NetworkId, Stack>,
+    flows: FxHashMap<FlowId, Flow>,
+    by_tuple: FxHashMap<Tuple, FlowId>,
+    actions: VecDeque<TcpAction>,
+    frames: VecDeque<(NetworkId, Vec<u8>)>,
+    next_flow: u64,
+    seed: u64,
+    counters: TcpNatCounters,
+}
+
+impl TcpNat {
+    /// A TCP NAT with these limits; `seed` seeds initial sequence numbers.
+    pub fn new(config: TcpNatConfig, now: Instant, seed: u64) -> Self {
+        TcpNat {
+            config,
+            epoch: now,
+            stacks: FxHashMap::default(),
+            flows: FxHashMap::default(),
+            by_tuple: FxHashMap::default(),
+            actions: VecDeque::new(),
+            frames: VecDeque::new(),
+            next_flow: FLOW_ID_BASE,
+            seed,
+            counters: TcpNatCounters::default(),
+        }
+    }
+
+    fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        let micros = now.saturating_duration_since(self.epoch).as_micros();
+        smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+    }
+
+    fn stack(&mut self, network: NetworkId, gateway: &GatewayConfig) -> &mut Stack {
+        let seed = self.seed ^ u64::from(network.0).rotate_left(17);
+        self.stacks
+            .entry(network)
+            .or_insert_with(|| Stack::new(gateway, seed))
+    }
+
+    /// A TCP frame a sandbox of `network` sent through the gateway. `open`
+    /// says whether a SYN may open a new flow to its destination, and
+    /// `host` where that flow's host socket connects (the destination
+    /// itself, or the host's loopback for the gateway's address).
+    ///
+    /// # Errors
+    ///
+    /// [`DropReason::Malformed`] for a frame that is not TCP over IP.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        gateway: &GatewayConfig,
+        frame: &[u8],
+        open: Option<SocketAddr>,
+    ) -> Result<(), DropReason> {
+        let tuple = tcp_tuple(network, frame).ok_or(DropReason::Malformed)?;
+        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
+        let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+            return Err(DropReason::Malformed);
+        };
+        let is_syn = tcp.syn() && !tcp.ack() && !tcp.rst();
+        match self.by_tuple.get(&tuple).copied() {
+            Some(flow_id) => {
+                let Some(flow) = self.flows.get_mut(&flow_id) else {
+                    return Ok(());
+                };
+                match &mut flow.phase {
+                    // A retransmitted SYN: the first one is still held.
+                    Phase::Connecting { syn } => {
+                        if is_syn {
+                            *syn = frame.to_vec();
+                        }
+                        Ok(())
+                    }
+                    Phase::Open { .. } => {
+                        self.feed(now, network, gateway, frame);
+                        Ok(())
+                    }
+                }
+            }
+            None if is_syn => match open {
+                Some(remote) if self.flows.len() < self.config.max_flows => {
+                    self.stack(network, gateway);
+                    let flow = self.new_flow(
+                        tuple,
+                        Phase::Connecting {
+                            syn: frame.to_vec(),
+                        },
+                    );
+                    self.counters.connects += 1;
+                    self.actions.push_back(TcpAction::Connect { flow, remote });
+                    Ok(())
+                }
+                Some(_) => {
+                    self.counters.flows_refused += 1;
+                    self.answer_refused(network, gateway, frame);
+                    Err(DropReason::NatFull)
+                }
+                None => {
+                    self.answer_refused(network, gateway, frame);
+                    Ok(())
+                }
+            },
+            // Not ours (a flow that ended, a daemon restart): the stack
+            // answers with a reset.
+            None => {
+                if !tcp.rst() {
+                    self.answer_refused(network, gateway, frame);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn new_flow(&mut self, tuple: Tuple, phase: Phase) -> FlowId {
+        let flow = FlowId(self.next_flow);
+        self.next_flow += 1;
+        self.by_tuple.insert(tuple, flow);
+        if let Phase::Open { .. } = phase {
+            if let Some(stack) = self.stacks.get_mut(&tuple.network) {
+                stack.flows.push(flow);
+            }
+        }
+        self.flows.insert(
+            flow,
+            Flow {
+                tuple,
+                phase,
+                send_announced: false,
+                wants_host_data: false,
+                host_eof: false,
+                shutdown_sent: false,
+                synchronized: false,
+            },
+        );
+        flow
+    }
+
+    /// The host socket of an outbound flow connected: the sandbox's SYN
+    /// goes to the stack now.
+    pub fn handle_connected(&mut self, now: Instant, flow_id: FlowId) {
+        let Some(flow) = self.flows.get_mut(&flow_id) else {
+            return;
+        };
+        let Phase::Connecting { syn } = &mut flow.phase else {
+            return;
+        };
+        let syn = std::mem::take(syn);
+        let tuple = flow.tuple;
+        let buffer = self.config.buffer;
+        let Some(stack) = self.stacks.get_mut(&tuple.network) else {
+            self.forget(flow_id);
+            self.actions.push_back(TcpAction::Reset { flow: flow_id });
+            return;
+        };
+        let mut socket = new_socket(buffer);
+        let endpoint = IpListenEndpoint {
+            addr: Some(tuple.peer.ip().into()),
+            port: tuple.peer.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            self.forget(flow_id);
+            self.actions.push_back(TcpAction::Reset { flow: flow_id });
+            return;
+        }
+        let handle = stack.sockets.add(socket);
+        stack.flows.push(flow_id);
+        if let Some(flow) = self.flows.get_mut(&flow_id) {
+            flow.phase = Phase::Open { handle };
+        }
+        let network = tuple.network;
+        self.feed_raw(now, network, &syn);
+    }
+
+    /// The host connect of an outbound flow failed: the sandbox's SYN is
+    /// answered with a reset or ICMP unreachable, and the flow forgotten.
+    pub fn handle_connect_failed(&mut self, now: Instant, flow_id: FlowId, why: ConnectFailure) {
+        let _ = now;
+        let Some(flow) = self.flows.get(&flow_id) else {
+            return;
+        };
+        let Phase::Connecting { syn } = &flow.phase else {
+            return;
+        };
+        let network = flow.tuple.network;
+        let answer = match why {
+            ConnectFailure::Refused => reset_for(syn),
+            ConnectFailure::Unreachable => unreachable_for(syn),
+        };
+        self.counters.connect_failures += 1;
+        if let Some(frame) = answer {
+            self.push_frame(network, frame);
+        }
+        self.forget(flow_id);
+        self.actions.push_back(TcpAction::Close { flow: flow_id });
+    }
+
+    /// A connection accepted on a published port: open one from `client`
+    /// to the sandbox at `target` (MAC `target_mac`). Returns the flow, or
+    /// None when the table is full or the tuple is taken (the driver
+    /// closes the connection).
+    pub fn accept_inbound(
+        &mut self,
+        now: Instant,
+        network: NetworkId,
+        gateway: &GatewayConfig,
+        client: SocketAddr,
+        target: SocketAddr,
+        target_mac: MacAddr,
+    ) -> Option<FlowId> {
+        if self.flows.len() >= self.config.max_flows {
+            self.counters.flows_refused += 1;
+            return None;
+        }
+        let shown = shown_client(client, gateway)?;
+        let tuple = Tuple {
+            network,
+            sandbox: target,
+            peer: shown,
+        };
+        if self.by_tuple.contains_key(&tuple) {
+            return None;
+        }
+        let buffer = self.config.buffer;
+        let epoch = self.epoch;
+        let stack = self.stack(network, gateway);
+        let mut socket = new_socket(buffer);
+        socket.set_timeout(Some(smoltcp::time::Duration::from_secs(
+            CONNECT_TIMEOUT.as_secs(),
+        )));
+        let remote = smoltcp::wire::IpEndpoint::new(target.ip().into(), target.port());
+        let local = smoltcp::wire::IpEndpoint::new(shown.ip().into(), shown.port());
+        if socket
+            .connect(stack.iface.context(), remote, local)
+            .is_err()
+        {
+            return None;
+        }
+        if let (IpAddr::V4(target_v4), IpAddr::V4(_)) = (target.ip(), shown.ip()) {
+            let arp = arp_request(target_mac, target_v4, stack.mac, stack.gateway_v4);
+            stack.learn(now, epoch, &arp);
+        }
+        let handle = stack.sockets.add(socket);
+        let flow = self.new_flow(tuple, Phase::Open { handle });
+        self.counters.inbound += 1;
+        self.poll_stack(now, network);
+        Some(flow)
+    }
+
+    /// Write what the sandbox sent on `flow` to its host socket through
+    /// `write` (which returns what `write(2)` would).
+    pub fn send_to_host(
+        &mut self,
+        now: Instant,
+        flow_id: FlowId,
+        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> HostWrite {
+        let Some((network, handle)) = self.open_flow(flow_id) else {
+            return HostWrite::Gone;
+        };
+        if let Some(flow) = self.flows.get_mut(&flow_id) {
+            flow.send_announced = false;
+        }
+        let Some(stack) = self.stacks.get_mut(&network) else {
+            return HostWrite::Gone;
+        };
+        let socket = stack.sockets.get_mut::<tcp::Socket>(handle);
+        let mut outcome = HostWrite::Done;
+        let mut written = 0u64;
+        // Bounded: each round empties the contiguous part of the ring.
+        for _ in 0..4 {
+            if socket.recv_queue() == 0 {
+                break;
+            }
+            let result = socket.recv(|data| match write(data) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match result {
+                Ok(Ok(n)) => written += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outcome = HostWrite::Blocked;
+                    break;
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) | Err(_) => {
+                    outcome = HostWrite::Gone;
+                    break;
+                }
+            }
+        }
+        self.counters.bytes_out += written;
+        if outcome == HostWrite::Gone {
+            self.host_failed(now, flow_id);
+            return HostWrite::Gone;
+        }
+        // The window opened: tell the sandbox.
+        self.poll_stack(now, network);
+        outcome
+    }
+
+    /// Read the host socket of `flow` into the stack through `read` (which
+    /// returns what `read(2)` would).
+    pub fn receive_from_host(
+        &mut self,
+        now: Instant,
+        flow_id: FlowId,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> HostRead {
+        let Some((network, handle)) = self.open_flow(flow_id) else {
+            return HostRead::Gone;
+        };
+        let Some(stack) = self.stacks.get_mut(&network) else {
+            return HostRead::Gone;
+        };
+        let socket = stack.sockets.get_mut::<tcp::Socket>(handle);
+        let mut outcome = HostRead::StackFull;
+        let mut total = 0u64;
+        for _ in 0..8 {
+            if !socket.may_send() || socket.send_queue() >= socket.send_capacity() {
+                break;
+            }
+            let result = socket.send(|buf| match read(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match result {
+                Ok(Ok(0)) => {
+                    outcome = HostRead::Eof;
+                    break;
+                }
+                Ok(Ok(n)) => total += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outcome = HostRead::Drained;
+                    break;
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) | Err(_) => {
+                    outcome = HostRead::Gone;
+                    break;
+                }
+            }
+        }
+        self.counters.bytes_in += total;
+        match outcome {
+            HostRead::Gone => {
+                self.host_failed(now, flow_id);
+                return HostRead::Gone;
+            }
+            HostRead::Eof => {
+                socket.close();
+                if let Some(flow) = self.flows.get_mut(&flow_id) {
+                    flow.host_eof = true;
+                }
+            }
+            HostRead::StackFull => {
+                if let Some(flow) = self.flows.get_mut(&flow_id) {
+                    flow.wants_host_data = true;
+                }
+            }
+            HostRead::Drained => {}
+        }
+        self.poll_stack(now, network);
+        outcome
+    }
+
+    /// The host socket of `flow` failed (reset by the remote, or an I/O
+    /// error): the sandbox's connection is reset and the flow forgotten.
+    pub fn host_failed(&mut self, now: Instant, flow_id: FlowId) {
+        let Some((network, handle)) = self.open_flow(flow_id) else {
+            self.forget(flow_id);
+            return;
+        };
+        if let Some(stack) = self.stacks.get_mut(&network) {
+            stack.sockets.get_mut::<tcp::Socket>(handle).abort();
+        }
+        // The reset leaves with this poll; then the socket is gone.
+        self.poll_stack(now, network);
+        self.forget(flow_id);
+        self.actions.push_back(TcpAction::Close { flow: flow_id });
+    }
+
+    fn open_flow(&self, flow: FlowId) -> Option<(NetworkId, SocketHandle)> {
+        let flow = self.flows.get(&flow)?;
+        match flow.phase {
+            Phase::Open { handle } => Some((flow.tuple.network, handle)),
+            Phase::Connecting { .. } => None,
+        }
+    }
+
+    fn forget(&mut self, flow_id: FlowId) {
+        let Some(flow) = self.flows.remove(&flow_id) else {
+            return;
+        };
+        self.by_tuple.remove(&flow.tuple);
+        if let Some(stack) = self.stacks.get_mut(&flow.tuple.network) {
+            stack.flows.retain(|f| *f != flow_id);
+            if let Phase::Open { handle } = flow.phase {
+                stack.sockets.remove(handle);
+            }
+        }
+    }
+
+    /// A frame for a flow of the stack, with the synthetic ARP first.
+    fn feed(&mut self, now: Instant, network: NetworkId, gateway: &GatewayConfig, frame: &[u8]) {
+        self.stack(network, gateway);
+        self.feed_raw(now, network, frame);
+    }
+
+    fn feed_raw(&mut self, now: Instant, network: NetworkId, frame: &[u8]) {
+        let epoch = self.epoch;
+        let Some(stack) = self.stacks.get_mut(&network) else {
+            return;
+        };
+        if let Some(arp) = stack.synthetic_arp(frame) {
+            stack.learn(now, epoch, &arp);
+        }
+        stack.device.push_rx(frame.to_vec());
+        self.poll_stack(now, network);
+    }
+
+    /// ARP and neighbour discovery frames for the gateway: the stack may
+    /// be waiting for one of them.
+    pub fn handle_neighbour_frame(&mut self, now: Instant, network: NetworkId, frame: &[u8]) {
+        let Some(stack) = self.stacks.get_mut(&network) else {
+            return;
+        };
+        stack.device.push_rx(frame.to_vec());
+        self.poll_stack(now, network);
+    }
+
+    /// Answer a SYN (or a stray segment) that no flow takes with a reset.
+    fn answer_refused(&mut self, network: NetworkId, _gateway: &GatewayConfig, frame: &[u8]) {
+        if let Some(reset) = reset_for(frame) {
+            self.push_frame(network, reset);
+        }
+    }
+
+    fn push_frame(&mut self, network: NetworkId, frame: Vec<u8>) {
+        if self.frames.len() < MAX_QUEUED_FRAMES {
+            self.frames.push_back((network, frame));
+        }
+    }
+
+    /// Run a network's stack and turn what changed into actions.
+    fn poll_stack(&mut self, now: Instant, network: NetworkId) {
+        let smol_now = self.smol_now(now);
+        let Some(stack) = self.stacks.get_mut(&network) else {
+            return;
+        };
+        stack
+            .iface
+            .poll(smol_now, &mut stack.device, &mut stack.sockets);
+        while let Some(frame) = stack.device.tx.pop_front() {
+            if self.frames.len() < MAX_QUEUED_FRAMES {
+                self.frames.push_back((network, frame));
+            }
+        }
+        let mut ended = Vec::new();
+        for &flow_id in &stack.flows {
+            let Some(flow) = self.flows.get_mut(&flow_id) else {
+                continue;
+            };
+            let Phase::Open { handle } = flow.phase else {
+                continue;
+            };
+            let socket = stack.sockets.get_mut::<tcp::Socket>(handle);
+            let state = socket.state();
+            if !flow.synchronized
+                && matches!(
+                    state,
+                    tcp::State::Established
+                        | tcp::State::FinWait1
+                        | tcp::State::FinWait2
+                        | tcp::State::CloseWait
+                        | tcp::State::Closing
+                        | tcp::State::LastAck
+                        | tcp::State::TimeWait
+                )
+            {
+                flow.synchronized = true;
+                // The connect timeout of an inbound flow ends with the
+                // handshake: established flows may idle for as long as
+                // their ends like.
+                socket.set_timeout(None);
+            }
+            if socket.recv_queue() > 0 && !flow.send_announced {
+                flow.send_announced = true;
+                self.actions.push_back(TcpAction::Send { flow: flow_id });
+            }
+            if flow.wants_host_data
+                && socket.may_send()
+                && socket.send_queue() < socket.send_capacity()
+            {
+                flow.wants_host_data = false;
+                self.actions.push_back(TcpAction::Receive { flow: flow_id });
+            }
+            let sandbox_done = matches!(
+                state,
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+            );
+            if sandbox_done && socket.recv_queue() == 0 && !flow.shutdown_sent {
+                flow.shutdown_sent = true;
+                self.actions
+                    .push_back(TcpAction::ShutdownWrite { flow: flow_id });
+            }
+            let reset = match state {
+                tcp::State::Closed => !(flow.host_eof && flow.shutdown_sent),
+                tcp::State::Listen => flow.synchronized,
+                _ => false,
+            };
+            let clean = state == tcp::State::TimeWait || (state == tcp::State::Closed && !reset);
+            if reset {
+                ended.push((flow_id, TcpAction::Reset { flow: flow_id }));
+            } else if clean && socket.recv_queue() == 0 {
+                ended.push((flow_id, TcpAction::Close { flow: flow_id }));
+            }
+        }
+        for (flow_id, action) in ended {
+            self.forget(flow_id);
+            self.actions.push_back(action);
+        }
+    }
+
+    /// The next socket action.
+    pub fn poll_action(&mut self) -> Option<TcpAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next frame to put into a network (addressed by MAC).
+    pub fn poll_frame(&mut self) -> Option<(NetworkId, Vec<u8>)> {
+        self.frames.pop_front()
+    }
+
+    /// When the stacks want [`TcpNat::handle_timeout`] (retransmissions,
+    /// delayed ACKs, timeouts).
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let smol_now = self.smol_now(now);
+        let mut due: Option<Instant> = None;
+        for stack in self.stacks.values_mut() {
+            if stack.flows.is_empty() {
+                continue;
+            }
+            if let Some(at) = stack.iface.poll_at(smol_now, &stack.sockets) {
+                let micros = u64::try_from(at.total_micros()).unwrap_or(0);
+                let at = self.epoch + Duration::from_micros(micros);
+                due = Some(due.map_or(at, |d| d.min(at)));
+            }
+        }
+        due
+    }
+
+    /// Run the stacks' timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let networks: Vec<NetworkId> = self
+            .stacks
+            .iter()
+            .filter(|(_, s)| !s.flows.is_empty())
+            .map(|(n, _)| *n)
+            .collect();
+        for network in networks {
+            self.poll_stack(now, network);
+        }
+    }
+
+    /// Forget a network: its flows end with a reset of their host sockets.
+    pub fn remove_network(&mut self, network: NetworkId) {
+        let flows: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.tuple.network == network)
+            .map(|(id, _)| *id)
+            .collect();
+        for flow in flows {
+            self.forget(flow);
+            self.actions.push_back(TcpAction::Reset { flow });
+        }
+        self.stacks.remove(&network);
+    }
+
+    /// Flows open or connecting.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> TcpNatCounters {
+        self.counters
+    }
+}
+
+impl Stack {
+    fn new(gateway: &GatewayConfig, seed: u64) -> Stack {
+        let mut device = FrameQueues::new(MAX_FRAME, MAX_QUEUED_FRAMES);
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gateway.mac.0)));
+        config.random_seed = seed;
+        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
+        iface.set_any_ip(true);
+        let gateway_v4 = gateway.ipv4.first().copied();
+        let gateway_v6: Option<Ipv6Addr> = gateway.ipv6.first().copied();
+        iface.update_ip_addrs(|addrs| {
+            // Prefix 0: every address counts as on-link, so the stack
+            // answers each sandbox directly by its MAC.
+            if let Some(v4) = gateway_v4 {
+                let _ = addrs.push(IpCidr::new(IpAddr::V4(v4).into(), 0));
+            }
+            if let Some(v6) = gateway_v6 {
+                let _ = addrs.push(IpCidr::new(IpAddr::V6(v6).into(), 0));
+            }
+        });
+        Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            mac: gateway.mac,
+            gateway_v4,
+            flows: Vec::new(),
+        }
+    }
+
+    /// Feed a frame whose only purpose is to teach the stack a neighbour,
+    /// and discard what the stack answers to it.
+    fn learn(&mut self, now: Instant, epoch: Instant, arp: &[u8]) {
+        let micros = now.saturating_duration_since(epoch).as_micros();
+        let smol_now =
+            smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX));
+        let queued = self.device.tx.len();
+        self.device.push_rx(arp.to_vec());
+        self.iface
+            .poll(smol_now, &mut self.device, &mut self.sockets);
+        // Frames already queued are kept; the ARP reply (last) is dropped,
+        // and anything else the poll sent stays.
+        let mut extra: Vec<Vec<u8>> = self.device.tx.drain(queued..).collect();
+        extra.retain(|f| {
+            EthernetFrame::new_checked(&f[..]).is_ok_and(|e| e.ethertype() != ETHERTYPE_ARP)
+        });
+        self.device.tx.extend(extra);
+    }
+
+    /// An ARP request from the sender of an IPv4 frame.
+    fn synthetic_arp(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        if eth.ethertype() != ETHERTYPE_IPV4 {
+            return None;
+        }
+        let ip = eth.payload();
+        let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+        Some(arp_request(
+            eth.source(),
+            src.into(),
+            self.mac,
+            self.gateway_v4,
+        ))
+    }
+}
+
+/// An ARP request from `sender` (MAC, address) asking for the gateway.
+fn arp_request(
+    sender_mac: MacAddr,
+    sender: Ipv4Addr,
+    gateway_mac: MacAddr,
+    gateway: Option<Ipv4Addr>,
+) -> Vec<u8> {
+    let target = gateway.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let mut arp = Vec::with_capacity(42);
+    arp.extend_from_slice(&gateway_mac.0);
+    arp.extend_from_slice(&sender_mac.0);
+    arp.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&sender_mac.0);
+    arp.extend_from_slice(&sender.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
+    arp
+}
+
+fn new_socket(buffer: usize) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
+    );
+    // A relay forwards what it has at once: no Nagle, and ACKs without
+    // delay so the sandbox's window keeps moving.
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket
+}
+
+/// How a client of a published port is shown to a sandbox: itself, or the
+/// gateway when it is on the host's loopback. None when the network has no
+/// gateway address of the needed family.
+pub fn shown_client(client: SocketAddr, gateway: &GatewayConfig) -> Option<SocketAddr> {
+    let ip = match client.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(*gateway.ipv4.first()?),
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(*gateway.ipv6.first()?),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if v4.is_loopback() => IpAddr::V4(*gateway.ipv4.first()?),
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        ip => ip,
+    };
+    Some(SocketAddr::new(ip, client.port()))
+}
+
+/// The 4-tuple of a TCP frame from a sandbox.
+fn tcp_tuple(network: NetworkId, frame: &[u8]) -> Option<Tuple> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let (src, dst) = crate::wire::ip_addresses(packet.net.as_ref())?;
+    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+        return None;
+    };
+    Some(Tuple {
+        network,
+        sandbox: SocketAddr::new(src, tcp.source_port()),
+        peer: SocketAddr::new(dst, tcp.destination_port()),
+    })
+}
+
+/// The reset a closed port answers `frame` (a TCP segment) with.
+fn reset_for(frame: &[u8]) -> Option<Vec<u8>> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+        return None;
+    };
+    if tcp.rst() {
+        return None;
+    }
+    let payload_len = u32::try_from(tcp.payload().len()).ok()?;
+    let mut header = TcpHeader::new(tcp.destination_port(), tcp.source_port(), 0, 0);
+    header.rst = true;
+    if tcp.ack() {
+        header.sequence_number = tcp.acknowledgment_number();
+    } else {
+        header.ack = true;
+        header.acknowledgment_number = tcp
+            .sequence_number()
+            .wrapping_add(payload_len)
+            .wrapping_add(u32::from(tcp.syn()))
+            .wrapping_add(u32::from(tcp.fin()));
+    }
+    let builder = PacketBuilder::ethernet2(eth.destination().0, eth.source().0);
+    let mut out = Vec::with_capacity(64);
+    match &packet.net {
+        Some(NetSlice::Ipv4(ip)) => builder
+            .ipv4(ip.header().destination(), ip.header().source(), TTL)
+            .tcp_header(header)
+            .write(&mut out, &[])
+            .ok()?,
+        Some(NetSlice::Ipv6(ip)) => builder
+            .ipv6(ip.header().destination(), ip.header().source(), TTL)
+            .tcp_header(header)
+            .write(&mut out, &[])
+            .ok()?,
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// ICMP destination unreachable (host) for `frame`, from the address the
+/// frame was sent to, as a router next to the lost host would answer.
+fn unreachable_for(frame: &[u8]) -> Option<Vec<u8>> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip_packet = eth.payload();
+    let builder = PacketBuilder::ethernet2(eth.destination().0, eth.source().0);
+    let mut out = Vec::with_capacity(128);
+    match &packet.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            // The IP header and the first 8 bytes of what it carried.
+            let quoted = &ip_packet[..ip_packet.len().min(usize::from(ip.header().ihl()) * 4 + 8)];
+            builder
+                .ipv4(ip.header().destination(), ip.header().source(), TTL)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::Host,
+                ))
+                .write(&mut out, quoted)
+                .ok()?;
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let quoted = &ip_packet[..ip_packet.len().min(1232)];
+            builder
+                .ipv6(ip.header().destination(), ip.header().source(), TTL)
+                .icmpv6(Icmpv6Type::DestinationUnreachable(
+                    etherparse::icmpv6::DestUnreachableCode::Address,
+                ))
+                .write(&mut out, quoted)
+                .ok()?;
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW_MAC: MacAddr = MacAddr([0x02, 0x42, 10, 9, 0, 1]);
+    const SB_MAC: MacAddr = MacAddr([0x02, 0x42, 10, 9, 0, 2]);
+    const NET: NetworkId = NetworkId(1);
+
+    fn gateway() -> GatewayConfig {
+        GatewayConfig {
+            mac: GW_MAC,
+            ipv4: vec![Ipv4Addr::new(10, 9, 0, 1)],
+            ipv6: Vec::new(),
+            outbound: true,
+            host_loopback: false,
+        }
+    }
+
+    /// A sandbox: a smoltcp client at 10.9.0.2 whose default route is the
+    /// gateway, with frames crossing in memory.
+    struct Sandbox {
+        iface: Interface,
+        device: FrameQueues,
+        sockets: SocketSet<'static>,
+        handle: SocketHandle,
+    }
+
+    impl Sandbox {
+        fn new(remote: SocketAddr, buffer: usize) -> Sandbox {
+            let mut device = FrameQueues::new(1514, 4096);
+            let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(SB_MAC.0)));
+            config.random_seed = 5;
+            let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
+            iface.update_ip_addrs(|a| {
+                a.push(IpCidr::new(smoltcp::wire::IpAddress::v4(10, 9, 0, 2), 24))
+                    .unwrap();
+            });
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(smoltcp::wire::Ipv4Address::new(10, 9, 0, 1))
+                .unwrap();
+            let mut sockets = SocketSet::new(Vec::new());
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; buffer]),
+                tcp::SocketBuffer::new(vec![0; buffer]),
+            );
+            socket
+                .connect(
+                    iface.context(),
+                    (smoltcp::wire::IpAddress::from(remote.ip()), remote.port()),
+                    40000,
+                )
+                .unwrap();
+            let handle = sockets.add(socket);
+            Sandbox {
+                iface,
+                device,
+                sockets,
+                handle,
+            }
+        }
+
+        fn socket(&mut self) -> &mut tcp::Socket<'static> {
+            self.sockets.get_mut::<tcp::Socket>(self.handle)
+        }
+
+        /// Run the client and the NAT until neither has anything to say.
+        fn exchange(&mut self, nat: &mut TcpNat, now: Instant, open: Option<SocketAddr>) {
+            let gw = gateway();
+            for _ in 0..100 {
+                self.iface.poll(
+                    smoltcp::time::Instant::ZERO,
+                    &mut self.device,
+                    &mut self.sockets,
+                );
+                let mut moved = false;
+                while let Some(frame) = self.device.tx.pop_front() {
+                    moved = true;
+                    let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+                    if eth.ethertype() == ETHERTYPE_ARP {
+                        // The gateway's fast path answers ARP: do it here.
+                        let mut reply = frame.clone();
+                        reply[0..6].copy_from_slice(&SB_MAC.0);
+                        reply[6..12].copy_from_slice(&GW_MAC.0);
+                        reply[21] = 2;
+                        reply[22..28].copy_from_slice(&GW_MAC.0);
+                        reply[28..32].copy_from_slice(&frame[38..42]);
+                        reply[32..38].copy_from_slice(&SB_MAC.0);
+                        reply[38..42].copy_from_slice(&frame[28..32]);
+                        self.device.rx.push_back(reply);
+                    } else {
+                        nat.handle_frame(now, NET, &gw, &frame, open).unwrap();
+                    }
+                }
+                while let Some((network, frame)) = nat.poll_frame() {
+                    assert_eq!(network, NET);
+                    moved = true;
+                    self.device.rx.push_back(frame);
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn remote() -> SocketAddr {
+        "192.0.2.7:443".parse().unwrap()
+    }
+
+    /// The SYN waits for the host connect; the sandbox's data reaches the
+    /// host writer and the host's bytes reach the sandbox.
+    #[test]
+    fn a_flow_opens_only_after_the_host_connects_and_relays_both_ways() {
+        let t0 = Instant::now();
+        let mut nat = TcpNat::new(TcpNatConfig::default(), t0, 1);
+        let mut sb = Sandbox::new(remote(), 65536);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        let Some(TcpAction::Connect { flow, remote: to }) = nat.poll_action() else {
+            panic!("no connect")
+        };
+        assert_eq!(to, remote());
+        assert_eq!(sb.socket().state(), tcp::State::SynSent);
+        nat.handle_connected(t0, flow);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        assert_eq!(sb.socket().state(), tcp::State::Established);
+
+        sb.socket().send_slice(b"hello host").unwrap();
+        sb.exchange(&mut nat, t0, Some(remote()));
+        assert_eq!(nat.poll_action(), Some(TcpAction::Send { flow }));
+        let mut written = Vec::new();
+        let outcome = nat.send_to_host(t0, flow, |d| {
+            written.extend_from_slice(d);
+            Ok(d.len())
+        });
+        assert_eq!(outcome, HostWrite::Done);
+        assert_eq!(written, b"hello host");
+
+        let mut reply: &[u8] = b"hello sandbox";
+        let outcome = nat.receive_from_host(t0, flow, |buf| {
+            if reply.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = reply.len().min(buf.len());
+            buf[..n].copy_from_slice(&reply[..n]);
+            reply = &reply[n..];
+            Ok(n)
+        });
+        assert_eq!(outcome, HostRead::Drained);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        let mut got = [0u8; 64];
+        let n = sb.socket().recv_slice(&mut got).unwrap();
+        assert_eq!(&got[..n], b"hello sandbox");
+    }
+
+    /// A refused connect answers the SYN with a reset: the sandbox's
+    /// connect fails at once.
+    #[test]
+    fn a_refused_connect_resets_the_sandbox() {
+        let t0 = Instant::now();
+        let mut nat = TcpNat::new(TcpNatConfig::default(), t0, 1);
+        let mut sb = Sandbox::new(remote(), 4096);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
+            panic!("no connect")
+        };
+        nat.handle_connect_failed(t0, flow, ConnectFailure::Refused);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        assert_eq!(sb.socket().state(), tcp::State::Closed);
+        assert_eq!(nat.flow_count(), 0);
+    }
+
+    /// With no way out, a SYN is reset and nothing is asked of the host.
+    #[test]
+    fn no_way_out_resets_at_once() {
+        let t0 = Instant::now();
+        let mut nat = TcpNat::new(TcpNatConfig::default(), t0, 1);
+        let mut sb = Sandbox::new(remote(), 4096);
+        sb.exchange(&mut nat, t0, None);
+        assert_eq!(nat.poll_action(), None);
+        assert_eq!(sb.socket().state(), tcp::State::Closed);
+    }
+
+    /// A host that does not take data closes the sandbox's window: the
+    /// relay holds at most its buffer, the rest waits in the sandbox.
+    #[test]
+    fn a_slow_host_closes_the_sandboxs_window() {
+        let t0 = Instant::now();
+        let config = TcpNatConfig {
+            buffer: 16 * 1024,
+            ..TcpNatConfig::default()
+        };
+        let mut nat = TcpNat::new(config, t0, 1);
+        let mut sb = Sandbox::new(remote(), 256 * 1024);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
+            panic!("no connect")
+        };
+        nat.handle_connected(t0, flow);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        let data = vec![7u8; 200 * 1024];
+        let queued = sb.socket().send_slice(&data).unwrap();
+        assert_eq!(queued, data.len());
+        sb.exchange(&mut nat, t0, Some(remote()));
+        // The host socket is full: nothing is taken.
+        let outcome = nat.send_to_host(t0, flow, |_| Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(outcome, HostWrite::Blocked);
+        sb.exchange(&mut nat, t0, Some(remote()));
+        let in_sandbox = sb.socket().send_queue();
+        assert!(
+            in_sandbox >= data.len() - 16 * 1024,
+            "the relay took more than its buffer: {} bytes left in the sandbox",
+            in_sandbox
+        );
+        // The host drains: everything arrives, in order.
+        let mut written = Vec::new();
+        for _ in 0..100 {
+            nat.send_to_host(t0, flow, |d| {
+                written.extend_from_slice(d);
+                Ok(d.len())
+            });
+            sb.exchange(&mut nat, t0, Some(remote()));
+            if written.len() == data.len() {
+                break;
+            }
+        }
+        assert_eq!(written.len(), data.len());
+        assert!(written.iter().all(|b| *b == 7));
+    }
+}
