@@ -70,12 +70,18 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     config: GatewayConfig,
+    /// Remote endpoints of an overlay network (IPv4 address → MAC): ARP
+    /// requests for them are answered here, not flooded across hosts.
+    proxy_arp: rustc_hash::FxHashMap<Ipv4Addr, MacAddr>,
 }
 
 impl Gateway {
     /// A gateway at the given MAC and addresses.
     pub fn new(config: GatewayConfig) -> Self {
-        Gateway { config }
+        Gateway {
+            config,
+            proxy_arp: rustc_hash::FxHashMap::default(),
+        }
     }
 
     /// The gateway's MAC.
@@ -88,6 +94,20 @@ impl Gateway {
         &self.config
     }
 
+    /// Replace the table of remote addresses answered by proxy ARP.
+    pub fn set_proxy_arp(&mut self, table: rustc_hash::FxHashMap<Ipv4Addr, MacAddr>) {
+        self.proxy_arp = table;
+    }
+
+    /// Who answers an ARP request for `target`: the gateway itself, or a
+    /// remote endpoint by proxy.
+    fn arp_owner(&self, target: Ipv4Addr) -> Option<MacAddr> {
+        if self.config.ipv4.contains(&target) {
+            return Some(self.config.mac);
+        }
+        self.proxy_arp.get(&target).copied()
+    }
+
     /// Whether a broadcast or multicast frame asks for one of the gateway's
     /// addresses (an ARP request or a neighbour solicitation), so the
     /// gateway answers it instead of the switch flooding it.
@@ -98,7 +118,7 @@ impl Gateway {
         match eth.ethertype() {
             ETHERTYPE_ARP => parse_arp(eth.payload()).is_some_and(|arp| {
                 arp.operation == ArpOperation::REQUEST
-                    && self.config.ipv4.contains(&arp.target_ipv4_addr())
+                    && self.arp_owner(arp.target_ipv4_addr()).is_some()
             }),
             ETHERTYPE_IPV6 if !self.config.ipv6.is_empty() => {
                 neighbor_solicitation_target(frame).is_some_and(|t| self.config.ipv6.contains(&t))
@@ -127,14 +147,15 @@ impl Gateway {
 
     fn answer_arp(&self, eth: EthernetFrame<&[u8]>, out: &mut [u8]) -> Result<usize, DropReason> {
         let arp = parse_arp(eth.payload()).ok_or(DropReason::Malformed)?;
-        if arp.operation != ArpOperation::REQUEST
-            || !self.config.ipv4.contains(&arp.target_ipv4_addr())
-        {
+        if arp.operation != ArpOperation::REQUEST {
             return Err(DropReason::NoRoute);
         }
+        let owner = self
+            .arp_owner(arp.target_ipv4_addr())
+            .ok_or(DropReason::NoRoute)?;
         let reply = ArpEthIpv4Packet {
             operation: ArpOperation::REPLY,
-            sender_mac: self.config.mac.0,
+            sender_mac: owner.0,
             sender_ipv4: arp.target_ipv4,
             target_mac: arp.sender_mac,
             target_ipv4: arp.sender_ipv4,
@@ -144,7 +165,7 @@ impl Gateway {
         let out = out.get_mut(..len).ok_or(DropReason::Malformed)?;
         let mut header = EthernetFrame::new_unchecked(&mut out[..HEADER_LEN]);
         header.set_destination(MacAddr(arp.sender_mac));
-        header.set_source(self.config.mac);
+        header.set_source(owner);
         header.set_ethertype(ETHERTYPE_ARP);
         out[HEADER_LEN..].copy_from_slice(&reply);
         Ok(len)

@@ -56,6 +56,7 @@ mod smol_device;
 pub mod switch;
 pub mod sys;
 pub mod tcp_nat;
+pub mod tunnel;
 pub mod wire;
 
 pub use counters::{DropReason, PortCounters};

@@ -83,14 +83,25 @@ pub enum TopologyError {
 pub struct Switch {
     networks: FxHashMap<NetworkId, Network>,
     ports: FxHashMap<PortId, NetworkId>,
+    /// Ports that are tunnels to other hosts (overlay networks).
+    tunnel_ports: rustc_hash::FxHashSet<PortId>,
     next_sweep: Option<Instant>,
     services: GatewayServices,
 }
 
 #[derive(Debug)]
 struct Network {
+    /// Every port, tunnels included.
     ports: Vec<PortId>,
+    /// The ports of local sandboxes: where frames from a tunnel flood
+    /// (split horizon: hosts form a full mesh, so a frame from one never
+    /// goes on to another).
+    local_ports: Vec<PortId>,
     macs: MacTable,
+    /// Remote endpoints of an overlay network from the cluster directory:
+    /// MAC → the tunnel port of the host that owns it. Consulted when the
+    /// MAC table has no entry, so remote MACs need no flood-and-learn.
+    remote_macs: FxHashMap<MacAddr, PortId>,
     gateway: Gateway,
 }
 
@@ -121,6 +132,7 @@ impl Switch {
         Switch {
             networks: FxHashMap::default(),
             ports: FxHashMap::default(),
+            tunnel_ports: rustc_hash::FxHashSet::default(),
             next_sweep: None,
             services: GatewayServices::new(dns, seed),
         }
@@ -164,7 +176,9 @@ impl Switch {
             id,
             Network {
                 ports: Vec::new(),
+                local_ports: Vec::new(),
                 macs,
+                remote_macs: FxHashMap::default(),
                 gateway: Gateway::new(gateway),
             },
         );
@@ -179,6 +193,7 @@ impl Switch {
         self.services.remove_network(id);
         for port in &network.ports {
             self.ports.remove(port);
+            self.tunnel_ports.remove(port);
         }
         network.ports
     }
@@ -197,8 +212,52 @@ impl Switch {
             .get_mut(&network)
             .ok_or(TopologyError::UnknownNetwork(network))?;
         net.ports.push(port);
+        net.local_ports.push(port);
         self.ports.insert(port, network);
         Ok(())
+    }
+
+    /// Attach a tunnel port (one remote host of an overlay network).
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::UnknownNetwork`] or [`TopologyError::PortExists`].
+    pub fn add_tunnel_port(
+        &mut self,
+        port: PortId,
+        network: NetworkId,
+    ) -> Result<(), TopologyError> {
+        if self.ports.contains_key(&port) {
+            return Err(TopologyError::PortExists(port));
+        }
+        let net = self
+            .networks
+            .get_mut(&network)
+            .ok_or(TopologyError::UnknownNetwork(network))?;
+        net.ports.push(port);
+        self.ports.insert(port, network);
+        self.tunnel_ports.insert(port);
+        Ok(())
+    }
+
+    /// Whether a port is a tunnel.
+    pub fn is_tunnel(&self, port: PortId) -> bool {
+        self.tunnel_ports.contains(&port)
+    }
+
+    /// Set an overlay network's remote endpoints: which tunnel port leads
+    /// to each remote MAC, and the IPv4 addresses the gateway answers ARP
+    /// for on their behalf.
+    pub fn set_remote_endpoints(
+        &mut self,
+        network: NetworkId,
+        macs: FxHashMap<MacAddr, PortId>,
+        proxy_arp: FxHashMap<std::net::Ipv4Addr, MacAddr>,
+    ) {
+        if let Some(net) = self.networks.get_mut(&network) {
+            net.remote_macs = macs;
+            net.gateway.set_proxy_arp(proxy_arp);
+        }
     }
 
     /// Detach a port; its learned MACs are forgotten.
@@ -206,9 +265,12 @@ impl Switch {
         let Some(network) = self.ports.remove(&port) else {
             return;
         };
+        self.tunnel_ports.remove(&port);
         if let Some(net) = self.networks.get_mut(&network) {
             net.ports.retain(|p| *p != port);
+            net.local_ports.retain(|p| *p != port);
             net.macs.forget_port(port);
+            net.remote_macs.retain(|_, p| *p != port);
         }
     }
 
@@ -245,17 +307,30 @@ impl Switch {
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_INTERVAL);
         }
+        let from_tunnel = self.tunnel_ports.contains(&ingress);
         if dst == network.gateway.mac() {
+            // Every host's gateway has the same MAC: frames for it are
+            // answered where they start, never carried across.
+            if from_tunnel {
+                return Decision::Drop(DropReason::NoRoute);
+            }
             return Decision::ToGateway;
         }
         if dst.is_multicast() {
-            if network.gateway.wants_multicast(frame) {
+            if !from_tunnel && network.gateway.wants_multicast(frame) {
                 return Decision::ToGateway;
             }
             return Decision::Flood;
         }
-        match network.macs.lookup(dst, now) {
+        let egress = network
+            .macs
+            .lookup(dst, now)
+            .or_else(|| network.remote_macs.get(&dst).copied());
+        match egress {
             Some(port) if port == ingress => Decision::Drop(DropReason::Hairpin),
+            Some(port) if from_tunnel && self.tunnel_ports.contains(&port) => {
+                Decision::Drop(DropReason::Hairpin)
+            }
             Some(port) => Decision::Forward(port),
             None => Decision::Flood,
         }
@@ -264,10 +339,17 @@ impl Switch {
     /// The ports a frame from `ingress` floods to: every port of its
     /// network, the ingress port included (the caller skips it).
     pub fn flood_ports(&self, ingress: PortId) -> &[PortId] {
+        let from_tunnel = self.tunnel_ports.contains(&ingress);
         self.ports
             .get(&ingress)
             .and_then(|n| self.networks.get(n))
-            .map_or(&[], |n| &n.ports)
+            .map_or(&[], |n| {
+                if from_tunnel {
+                    &n.local_ports
+                } else {
+                    &n.ports
+                }
+            })
     }
 
     /// Let the ingress port's gateway answer a `ToGateway` frame; the reply
@@ -417,9 +499,10 @@ impl Switch {
         Some((egress, frame))
     }
 
-    /// The ports of a network.
+    /// The local (sandbox) ports of a network: where the gateway's own
+    /// broadcasts go.
     pub fn network_ports(&self, network: NetworkId) -> &[PortId] {
-        self.networks.get(&network).map_or(&[], |n| &n.ports)
+        self.networks.get(&network).map_or(&[], |n| &n.local_ports)
     }
 
     /// When [`Switch::handle_timeout`] wants to run next.

@@ -32,8 +32,9 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ use crate::sys::publish::{HostListener, PublishId, PublishTarget};
 use crate::sys::tap::Tap;
 use crate::sys::write_batch::WriteBatch;
 use crate::tcp_nat::{ConnectFailure, HostRead, HostWrite, TcpAction, FLOW_ID_BASE};
+use crate::tunnel::TunnelCodec;
+use crate::wire::ethernet::MacAddr;
 use crate::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 
 /// Frames read from one port per wake-up before the next port gets its
@@ -70,6 +73,12 @@ const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const UPSTREAM_V4_TOKEN: Token = Token(usize::MAX - 1);
 const UPSTREAM_V6_TOKEN: Token = Token(usize::MAX - 2);
+const TUNNEL_TOKEN: Token = Token(usize::MAX - 3);
+/// Tunnel ports get ids from here up; TAP ports count up from 1.
+const TUNNEL_PORT_BASE: u32 = 0x8000_0000;
+/// Sockets the tunnel sends from, each bound to its own port: the outer
+/// UDP source port is chosen among them by a hash of the inner flow.
+const TUNNEL_SENDERS: usize = 8;
 /// NAT flow sockets use tokens from here up (ports use the u32 range); TCP
 /// flows among them from `NAT_TOKEN_BASE + tcp_nat::FLOW_ID_BASE`.
 const NAT_TOKEN_BASE: usize = 1 << 40;
@@ -122,7 +131,55 @@ enum Command {
     Unpublish {
         id: PublishId,
     },
+    EnableTunnel {
+        socket: std::net::UdpSocket,
+        codec: Box<dyn TunnelCodec>,
+    },
+    SetOverlay {
+        network: NetworkId,
+        table: OverlayTable,
+    },
+    SetTunnelPeers(Vec<IpAddr>),
     Shutdown,
+}
+
+/// An overlay network's view of the other hosts, from the cluster
+/// directory (and static peers).
+#[derive(Debug, Clone, Default)]
+pub struct OverlayTable {
+    /// The network's VNI.
+    pub vni: u32,
+    /// Endpoints on other hosts: MAC, IPv4 addresses, and the host's tunnel
+    /// address (underlay IP and VXLAN port).
+    pub endpoints: Vec<RemoteEndpoint>,
+    /// Every host that has the network (and static peers): broadcast,
+    /// multicast and unknown unicast go to each.
+    pub flood: Vec<SocketAddr>,
+}
+
+/// One endpoint on another host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its IPv4 addresses (answered by proxy ARP).
+    pub ipv4: Vec<std::net::Ipv4Addr>,
+    /// The tunnel address of its host.
+    pub vtep: SocketAddr,
+}
+
+/// Counters of the tunnel (all overlay networks).
+#[derive(Debug, Default)]
+pub struct TunnelCounters {
+    /// Datagrams received and switched.
+    pub rx: AtomicU64,
+    /// Datagrams sent.
+    pub tx: AtomicU64,
+    /// Datagrams from an address that is neither a member nor a static
+    /// peer.
+    pub dropped_not_member: AtomicU64,
+    /// Datagrams that are not valid encapsulation, or of an unknown VNI.
+    pub dropped_invalid: AtomicU64,
 }
 
 /// The handle of the data-path thread. Dropping it stops the thread.
@@ -133,6 +190,7 @@ pub struct Datapath {
     thread: Option<JoinHandle<()>>,
     next_port: AtomicU32,
     next_publish: AtomicU32,
+    tunnel_counters: Arc<TunnelCounters>,
 }
 
 /// Why the data path did not take a command.
@@ -169,6 +227,34 @@ struct Loop {
     reply: Vec<u8>,
     published: FxHashMap<PublishId, Published>,
     tcp_flows: FxHashMap<FlowId, TcpFlowIo>,
+    tunnel: Option<TunnelIo>,
+    /// Tunnel ports: one per (overlay network, remote host).
+    vteps: FxHashMap<PortId, Vtep>,
+    vtep_ids: FxHashMap<(NetworkId, IpAddr), PortId>,
+    /// VNI → overlay network.
+    overlays: FxHashMap<u32, NetworkId>,
+    tunnel_peers: rustc_hash::FxHashSet<IpAddr>,
+    next_vtep: u32,
+    tunnel_counters: Arc<TunnelCounters>,
+}
+
+/// The tunnel's sockets and codec.
+struct TunnelIo {
+    socket: UdpSocket,
+    /// The tunnel's port: where peers that are not in the table are
+    /// answered.
+    port: u16,
+    senders: Vec<std::net::UdpSocket>,
+    codec: Box<dyn TunnelCodec>,
+    /// Header and frame of the datagram being sent.
+    datagram: Vec<u8>,
+}
+
+/// A tunnel port: a remote host of one overlay network.
+struct Vtep {
+    vni: u32,
+    addr: SocketAddr,
+    counters: Arc<PortCounters>,
 }
 
 /// A published port's host socket and where it leads.
@@ -209,6 +295,7 @@ impl Datapath {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
         let (tx, rx) = mpsc::channel();
+        let tunnel_counters = Arc::new(TunnelCounters::default());
         let mut event_loop = Loop {
             poll,
             upstream_v4,
@@ -230,6 +317,13 @@ impl Datapath {
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
             published: FxHashMap::default(),
             tcp_flows: FxHashMap::default(),
+            tunnel: None,
+            vteps: FxHashMap::default(),
+            vtep_ids: FxHashMap::default(),
+            overlays: FxHashMap::default(),
+            tunnel_peers: rustc_hash::FxHashSet::default(),
+            next_vtep: TUNNEL_PORT_BASE,
+            tunnel_counters: Arc::clone(&tunnel_counters),
         };
         let thread = std::thread::Builder::new()
             .name("weft-datapath".into())
@@ -240,6 +334,7 @@ impl Datapath {
             thread: Some(thread),
             next_port: AtomicU32::new(1),
             next_publish: AtomicU32::new(1),
+            tunnel_counters,
         })
     }
 
@@ -339,6 +434,49 @@ impl Datapath {
         self.send(Command::Unpublish { id })
     }
 
+    /// Carry overlay networks over `socket` (bound to the tunnel's listen
+    /// address) with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn enable_tunnel(
+        &self,
+        socket: std::net::UdpSocket,
+        codec: Box<dyn TunnelCodec>,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::EnableTunnel { socket, codec })
+    }
+
+    /// Make `network` an overlay network, or update its view of the other
+    /// hosts (the whole table each time).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_overlay(
+        &self,
+        network: NetworkId,
+        table: OverlayTable,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::SetOverlay { network, table })
+    }
+
+    /// The underlay addresses tunnel datagrams are accepted from (cluster
+    /// members and static peers); others are dropped and counted.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_tunnel_peers(&self, peers: Vec<IpAddr>) -> Result<(), DatapathError> {
+        self.send(Command::SetTunnelPeers(peers))
+    }
+
+    /// The tunnel's counters.
+    pub fn tunnel_counters(&self) -> &TunnelCounters {
+        &self.tunnel_counters
+    }
+
     /// Detach a port and hand its TAP back (None if the port was unknown or
     /// its device had vanished). Blocks until the data path answers.
     ///
@@ -388,6 +526,8 @@ impl Loop {
                     if !self.apply_commands() {
                         return;
                     }
+                } else if event.token() == TUNNEL_TOKEN {
+                    self.read_tunnel();
                 } else if event.token() == UPSTREAM_V4_TOKEN || event.token() == UPSTREAM_V6_TOKEN {
                     self.read_upstream(event.token() == UPSTREAM_V4_TOKEN);
                 } else if event.token().0 >= NAT_TOKEN_BASE {
@@ -885,10 +1025,186 @@ impl Loop {
                     target,
                 } => self.publish(id, listener, target),
                 Command::Unpublish { id } => self.unpublish(id),
+                Command::EnableTunnel { socket, codec } => self.enable_tunnel(socket, codec),
+                Command::SetOverlay { network, table } => self.set_overlay(network, table),
+                Command::SetTunnelPeers(peers) => {
+                    self.tunnel_peers = peers.into_iter().collect();
+                }
                 Command::Shutdown => return false,
             }
         }
         true
+    }
+
+    fn enable_tunnel(&mut self, socket: std::net::UdpSocket, codec: Box<dyn TunnelCodec>) {
+        let Ok(local) = socket.local_addr() else {
+            tracing::error!("tunnel socket without an address");
+            return;
+        };
+        let bind_ip = local.ip();
+        if let Err(e) = socket.set_nonblocking(true) {
+            tracing::error!(error = %e, "tunnel socket");
+            return;
+        }
+        let mut socket = UdpSocket::from_std(socket);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, TUNNEL_TOKEN, Interest::READABLE)
+        {
+            tracing::error!(error = %e, "data path: register the tunnel socket");
+            return;
+        }
+        let senders = (0..TUNNEL_SENDERS)
+            .filter_map(|_| std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).ok())
+            .filter(|s| s.set_nonblocking(true).is_ok())
+            .collect();
+        self.tunnel = Some(TunnelIo {
+            socket,
+            port: local.port(),
+            senders,
+            codec,
+            datagram: Vec::with_capacity(FRAME_BUFFER_LEN + 64),
+        });
+    }
+
+    /// The tunnel port of `network` toward `addr`, made on first use.
+    fn vtep_port(&mut self, network: NetworkId, vni: u32, addr: SocketAddr) -> Option<PortId> {
+        if let Some(port) = self.vtep_ids.get(&(network, addr.ip())) {
+            return Some(*port);
+        }
+        let port = PortId(self.next_vtep);
+        self.next_vtep = self.next_vtep.checked_add(1)?;
+        if let Err(e) = self.switch.add_tunnel_port(port, network) {
+            tracing::error!(error = %e, "data path: add tunnel port");
+            return None;
+        }
+        self.vtep_ids.insert((network, addr.ip()), port);
+        self.vteps.insert(
+            port,
+            Vtep {
+                vni,
+                addr,
+                counters: Arc::new(PortCounters::default()),
+            },
+        );
+        Some(port)
+    }
+
+    fn set_overlay(&mut self, network: NetworkId, table: OverlayTable) {
+        self.overlays.retain(|_, n| *n != network);
+        self.overlays.insert(table.vni, network);
+        let wanted: rustc_hash::FxHashSet<IpAddr> = table
+            .flood
+            .iter()
+            .map(SocketAddr::ip)
+            .chain(table.endpoints.iter().map(|e| e.vtep.ip()))
+            .collect();
+        // Hosts that left the network lose their tunnel port.
+        let gone: Vec<(IpAddr, PortId)> = self
+            .vtep_ids
+            .iter()
+            .filter(|((n, ip), _)| *n == network && !wanted.contains(ip))
+            .map(|((_, ip), port)| (*ip, *port))
+            .collect();
+        for (ip, port) in gone {
+            self.vtep_ids.remove(&(network, ip));
+            self.vteps.remove(&port);
+            self.switch.remove_port(port);
+        }
+        for addr in table
+            .flood
+            .iter()
+            .chain(table.endpoints.iter().map(|e| &e.vtep))
+        {
+            if let Some(port) = self.vtep_port(network, table.vni, *addr) {
+                if let Some(vtep) = self.vteps.get_mut(&port) {
+                    vtep.addr = *addr;
+                    vtep.vni = table.vni;
+                }
+            }
+        }
+        let mut macs = FxHashMap::default();
+        let mut proxy_arp = FxHashMap::default();
+        for endpoint in &table.endpoints {
+            let Some(port) = self.vtep_ids.get(&(network, endpoint.vtep.ip())) else {
+                continue;
+            };
+            macs.insert(endpoint.mac, *port);
+            for ip in &endpoint.ipv4 {
+                proxy_arp.insert(*ip, endpoint.mac);
+            }
+        }
+        self.switch.set_remote_endpoints(network, macs, proxy_arp);
+    }
+
+    /// Datagrams from the tunnel socket: open, check, switch.
+    fn read_tunnel(&mut self) {
+        let now = Instant::now();
+        for _ in 0..IO_LOOP_BOUND {
+            if self.batch.is_full() {
+                self.flush_writes();
+            }
+            let Some(tunnel) = self.tunnel.as_ref() else {
+                return;
+            };
+            let header_len = tunnel.codec.header_len();
+            // The datagram lands so that its inner frame starts where a
+            // TAP frame would, after the virtio header.
+            let Some(offset) = VNET_HDR_LEN.checked_sub(header_len) else {
+                return;
+            };
+            let buffer = self.batch.buffer();
+            let (len, from) = match tunnel.socket.recv_from(&mut buffer[offset..]) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tunnel receive");
+                    break;
+                }
+            };
+            if !self.tunnel_peers.contains(&from.ip()) {
+                self.tunnel_counters
+                    .dropped_not_member
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(%from, "tunnel datagram from a non-member, dropped");
+                continue;
+            }
+            let decoded = tunnel
+                .codec
+                .decap(&buffer[offset..offset + len])
+                .map(|(vni, inner)| (vni, inner.len()));
+            let Some((vni, inner_len)) = decoded else {
+                self.tunnel_counters
+                    .dropped_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let Some(network) = self.overlays.get(&vni).copied() else {
+                self.tunnel_counters
+                    .dropped_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if inner_len + header_len != len {
+                self.tunnel_counters
+                    .dropped_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Peers are known by address; they send from any port and are
+            // sent to at the tunnel's port.
+            let peer = SocketAddr::new(from.ip(), tunnel.port);
+            let Some(port) = self.vtep_port(network, vni, peer) else {
+                continue;
+            };
+            self.batch.buffer()[..VNET_HDR_LEN].copy_from_slice(&vnet::EMPTY);
+            self.tunnel_counters.rx.fetch_add(1, Ordering::Relaxed);
+            self.switch_frame(port, VNET_HDR_LEN + inner_len, now);
+            self.batch.keep();
+        }
+        self.flush_writes();
     }
 
     fn attach(&mut self, id: PortId, network: NetworkId, tap: Tap, counters: Arc<PortCounters>) {
@@ -980,18 +1296,24 @@ impl Loop {
     fn queue_write(&mut self, egress: PortId, len: usize) {
         if let Some(io) = self.ports.get(&egress) {
             self.batch.push(egress, io.tap.as_raw_fd(), len);
+        } else if let (Some(vtep), Some(tunnel)) = (self.vteps.get(&egress), self.tunnel.as_mut()) {
+            let frame = self.batch.current(len);
+            let sent = tunnel_send(tunnel, vtep, frame, &mut self.reply);
+            self.tunnel_counters.tx.fetch_add(sent, Ordering::Relaxed);
         }
     }
 
     fn switch_frame(&mut self, ingress: PortId, len: usize, now: Instant) {
-        let Some(ingress_io) = self.ports.get(&ingress) else {
-            return;
+        let counters = match (self.ports.get(&ingress), self.vteps.get(&ingress)) {
+            (Some(io), _) => &io.counters,
+            (None, Some(vtep)) => &vtep.counters,
+            (None, None) => return,
         };
         if len < VNET_HDR_LEN {
-            ingress_io.counters.count_drop(DropReason::Truncated);
+            counters.count_drop(DropReason::Truncated);
             return;
         }
-        ingress_io.counters.count_rx(len - VNET_HDR_LEN);
+        counters.count_rx(len - VNET_HDR_LEN);
         let decision = {
             let frame = &self.batch.current(len)[VNET_HDR_LEN..];
             self.switch.handle_frame(now, ingress, frame)
@@ -1139,6 +1461,62 @@ impl NatSocket {
         )
         .map_err(io::Error::from)
     }
+}
+
+/// Send a frame (with its virtio header) to a tunnel port: segmented and
+/// checksummed first where it is a GSO segment or has a partial checksum
+/// (the far side is a wire, not a TAP). Returns the datagrams sent.
+fn tunnel_send(
+    tunnel: &mut TunnelIo,
+    vtep: &Vtep,
+    frame_with_header: &[u8],
+    scratch: &mut [u8],
+) -> u64 {
+    let Some((header, frame)) = frame_with_header.split_at_checked(VNET_HDR_LEN) else {
+        return 0;
+    };
+    let Ok(vnet) = VnetHeader::new_checked(header) else {
+        return 0;
+    };
+    let mut sent = 0;
+    let mut send_one = |tunnel: &mut TunnelIo, inner: &[u8]| {
+        let header_len = tunnel.codec.header_len();
+        tunnel.datagram.clear();
+        tunnel.datagram.resize(header_len, 0);
+        tunnel
+            .codec
+            .write_header(vtep.vni, &mut tunnel.datagram[..header_len]);
+        tunnel.datagram.extend_from_slice(inner);
+        let socket = if tunnel.senders.is_empty() {
+            None
+        } else {
+            let index = usize::from(tunnel.codec.flow_hash(inner)) % tunnel.senders.len();
+            tunnel.senders.get(index)
+        };
+        let result = match socket {
+            Some(socket) => socket.send_to(&tunnel.datagram, vtep.addr),
+            None => tunnel.socket.send_to(&tunnel.datagram, vtep.addr),
+        };
+        match result {
+            Ok(_) => {
+                vtep.counters.count_tx(inner.len());
+                sent += 1;
+            }
+            Err(e) => {
+                tracing::trace!(addr = %vtep.addr, error = %e, "tunnel send");
+                vtep.counters.count_drop(DropReason::EgressFailed);
+            }
+        }
+    };
+    if !vnet.is_gso() && !vnet.needs_csum() {
+        send_one(tunnel, frame);
+    } else {
+        let result = gso::segment(&vnet, frame, scratch, |segment| send_one(tunnel, segment));
+        if result.is_err() {
+            vtep.counters.count_drop(DropReason::Malformed);
+        }
+    }
+    sent
 }
 
 /// What a failed connect means for the sandbox: refused (a reset) or
