@@ -1,8 +1,60 @@
-//! weft's overlay: VXLAN between weft hosts, peers found by gossip.
+//! weft's overlay: VXLAN between weft hosts, peers found by gossip, and the
+//! cluster directory that tells every host where every endpoint lives.
 //!
-//! Modules (all sans-IO: bytes and time in, decisions and bytes out; no
-//! socket, thread or clock read anywhere in this crate):
+//! Everything here is a sans-IO core: bytes and time go in, decisions and
+//! bytes come out; no socket, thread, clock read or global randomness. The
+//! daemon's drivers own the UDP sockets and the timers.
+//!
+//! Modules, in the order a newcomer should read them:
 //! - [`vxlan`]: the RFC 7348 codec and the outer source-port hash;
-//! - [`transport`]: the trait a UDP or QUIC underlay driver implements.
+//! - [`transport`]: the trait a UDP or QUIC underlay driver implements;
+//! - [`envelope`]: gossip framing and AEAD sealing with the cluster key;
+//! - [`directory`]: the replicated records (hosts, networks, endpoints, leases);
+//! - [`allocation`]: address blocks leased across hosts without duplicates;
+//! - [`message`]: the directory's datagrams;
+//! - [`node`]: membership (SWIM), replication and allocation glued into one
+//!   [`Node`] with `handle_*` / `poll_*`.
+//!
+//! # Dependencies and why
+//!
+//! - `foca` (SWIM membership): sans-IO, bytes in and bytes out with timers
+//!   handed to us, so wrapping every datagram in our own AEAD envelope is
+//!   trivial and the whole cluster can be simulated in memory. `chitchat`
+//!   was rejected: its per-node key-value state would fit the directory, but
+//!   it owns its UDP envelope, which cannot be encrypted or authenticated
+//!   without a fork. foca's `postcard-codec` feature encodes SWIM messages.
+//!   foca 2 needs Rust 1.88, hence this crate's `rust-version`.
+//! - `chacha20poly1305` (XChaCha20-Poly1305): RustCrypto's audited AEAD with
+//!   a 24-byte nonce, safe to pick at random per datagram, no counter state
+//!   to keep across restarts; pure Rust, no C toolchain.
+//! - `hkdf` + `sha2`: HKDF-SHA256 (RFC 5869) turns the cluster-key file into
+//!   the AEAD key; same RustCrypto family and versions as the AEAD.
+//! - `postcard`: compact serde format (varints, no field names), maintained,
+//!   returns errors on malformed input, already what foca's codec uses, so
+//!   one serializer for everything on the wire. `bincode` 2 was the other
+//!   candidate; it would be a second format for no gain.
+//! - `rand` 0.10 (`StdRng`, seeded by the caller): the version foca's RNG
+//!   bound requires; seeded so simulations replay exactly.
+//! - `ipnet`: subnets in network records, with serde (as in the workspace).
+//! - `serde`, `thiserror`, `tracing`: as everywhere in weft.
+//!
+//! Frame types (`MacAddr`) are this crate's own for now rather than
+//! `weft-vswitch`'s, so the overlay core builds without the data path's
+//! system dependencies; unify when the tunnel port lands in the switch.
+
+pub mod allocation;
+pub mod directory;
+pub mod envelope;
+pub mod message;
+pub mod node;
 pub mod transport;
 pub mod vxlan;
+
+pub use allocation::{AllocateError, Allocation, AllocationTicket};
+pub use directory::{Directory, EndpointRecord, MacAddr, NetworkId, NetworkRecord, OwnerId};
+pub use envelope::ClusterKey;
+pub use node::{
+    Counters, Event, MemberInfo, MemberState, Node, NodeConfig, NodeIdentity, PublishError,
+};
+pub use transport::{SendError, Transport};
+pub use vxlan::{decap, encap_header, source_port, DecapError, Vni, DEFAULT_PORT, OVERHEAD_V4};

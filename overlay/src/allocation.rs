@@ -1,0 +1,836 @@
+//! Address allocation in cluster networks: no address handed out twice,
+//! across hosts, even when every host allocates at the same instant.
+//!
+//! # Theory of operation
+//!
+//! A network's subnet is cut into blocks of [`BLOCK_LEN`] addresses
+//! ([`BlockPlan`]). A host hands out addresses only from blocks it leases,
+//! and allocates inside its own blocks without asking anyone. To lease a
+//! block it runs a claim, a one-round, all-members agreement:
+//!
+//! 1. The claimer picks a random block that is free as far as it knows (no
+//!    lease of a live member in the directory, no promise it made to
+//!    another claimer) and sends `Claim(network, block, claim id)` to every
+//!    member it sees alive.
+//! 2. A member *grants* unless it holds that block, the directory shows a
+//!    live member holding it, it has promised it to another claimer, or it
+//!    is claiming the same block itself and has priority. Priority is the
+//!    order of [`OwnerId`] (node name, then boot id): the member with the
+//!    lower one wins; a member that loses abandons its own claim and grants.
+//!    A grant is a promise: that member will neither claim the block nor
+//!    grant it to anyone else while the promise lasts ([`PROMISE_TTL`], or
+//!    until the claimer dies once it committed).
+//! 3. When every member asked has granted (members declared dead in the
+//!    meantime are no longer waited for), the claimer commits: it writes a
+//!    lease record (replicated by the directory) and tells the members,
+//!    whose promises then last as long as the claimer lives. A refusal
+//!    makes the claimer abandon (and tell the members, releasing their
+//!    promises) and try another block; after [`MAX_ATTEMPTS`] or
+//!    [`CLAIM_TIMEOUT`] per attempt the waiting requests fail.
+//!
+//! Why no two hosts can commit the same block while they can hear each
+//! other: if C and D both commit block B, C asked D or D asked C, or both
+//! asked some third member M. M grants B to one claimer at a time; D, asked
+//! by C, grants only if it is not claiming B with priority and then will not
+//! claim B itself; C, asked by D, likewise. In each case one of the two
+//! commits fails. The simulation checks it with 50 hosts allocating at the
+//! same instant in a subnet with few blocks.
+//!
+//! A lease lasts as long as its holder is a live member: when the
+//! membership declares a holder dead, the directory drops its leases and the
+//! blocks become free again.
+//!
+//! # Limits
+//!
+//! During a partition each side sees the other dead, so both may lease the
+//! same block (the directory is available, not consistent, under
+//! partition). When the partition heals and both leases are visible the
+//! host with the higher [`OwnerId`] gets an [`crate::Event::LeaseConflict`]
+//! so the controller can renumber or report. Blocks are not returned while
+//! their holder lives. Fixed addresses asked for by the user (`--ip`) are
+//! not coordinated here. Capacity: a claim per network in flight at a time;
+//! promises are bounded by the number of members times networks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+
+use crate::directory::{Directory, LeaseRecord, NetworkId, OwnerId, Record, RecordKey};
+
+/// Addresses per block (a /28 of IPv4).
+pub const BLOCK_LEN: u128 = 16;
+/// How long a claim attempt waits for all grants before trying again.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Interval between resends of a claim to members that have not answered.
+pub const CLAIM_RESEND: Duration = Duration::from_millis(250);
+/// Attempts (blocks tried) before the waiting requests fail.
+pub const MAX_ATTEMPTS: u32 = 8;
+/// How long a grant binds before the claimer commits; longer than a claim
+/// attempt can take, so a claim never outlives its promises.
+pub const PROMISE_TTL: Duration = Duration::from_secs(10);
+/// Most blocks counted in a plan: the first 2^40 blocks of a huge IPv6
+/// subnet are more than enough.
+const MAX_BLOCKS: u128 = 1 << 40;
+
+/// How a subnet is cut into blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPlan {
+    subnet: IpNet,
+    gateway: Option<IpAddr>,
+    block_len: u128,
+    blocks: u64,
+}
+
+/// A request for an address that waits for a block lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllocationTicket(pub u64);
+
+/// Answer of [`crate::Node::allocate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// An address from one of this host's blocks.
+    Ready(IpAddr),
+    /// A block is being leased; an [`crate::Event::AddressAllocated`] or
+    /// [`crate::Event::AllocationFailed`] with this ticket follows (within
+    /// `MAX_ATTEMPTS * CLAIM_TIMEOUT` at worst).
+    Pending(AllocationTicket),
+}
+
+/// Why an allocation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AllocateError {
+    /// The directory has no such live network.
+    #[error("no cluster network {0:?}")]
+    UnknownNetwork(NetworkId),
+    /// No free block is left in the subnet.
+    #[error("no free address block left in network {0:?}")]
+    Exhausted(NetworkId),
+    /// Every attempt to lease a block was refused or timed out.
+    #[error("could not lease an address block in network {network:?} after {attempts} attempts")]
+    Contended {
+        /// The network.
+        network: NetworkId,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The network was deleted while the request waited.
+    #[error("cluster network {0:?} was deleted")]
+    NetworkDeleted(NetworkId),
+}
+
+/// Allocation messages between hosts (inside directory datagrams).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocationMessage {
+    /// Asks for a grant of `block`.
+    Claim {
+        /// The network.
+        network: NetworkId,
+        /// The block.
+        block: u64,
+        /// Who claims it.
+        claimer: OwnerId,
+        /// Tells attempts apart.
+        claim_id: u64,
+    },
+    /// The answer to a claim.
+    Reply {
+        /// The network.
+        network: NetworkId,
+        /// Echo of the claim id.
+        claim_id: u64,
+        /// Who answers.
+        member: OwnerId,
+        /// Granted or refused.
+        granted: bool,
+    },
+    /// The claimer gave up this attempt: release the promise.
+    Abandon {
+        /// The network.
+        network: NetworkId,
+        /// The block.
+        block: u64,
+        /// The claimer.
+        claimer: OwnerId,
+        /// Which attempt.
+        claim_id: u64,
+    },
+    /// The claimer holds the block now.
+    Commit {
+        /// The network.
+        network: NetworkId,
+        /// The block.
+        block: u64,
+        /// The claimer, now holder.
+        claimer: OwnerId,
+        /// Which attempt.
+        claim_id: u64,
+    },
+}
+
+/// What the allocator reports to the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AllocationOutcome {
+    Allocated {
+        ticket: AllocationTicket,
+        network: NetworkId,
+        ip: IpAddr,
+    },
+    Failed {
+        ticket: AllocationTicket,
+        error: AllocateError,
+    },
+    LeaseConflict {
+        network: NetworkId,
+        block: u64,
+        winner: OwnerId,
+    },
+    /// A lease record was written: push it to peers.
+    LeaseWritten,
+}
+
+#[derive(Debug)]
+struct Claim {
+    block: u64,
+    claim_id: u64,
+    /// Members asked, and whether each granted.
+    asked: BTreeMap<OwnerId, bool>,
+    deadline: Instant,
+    next_resend: Instant,
+    attempts: u32,
+    /// Blocks refused in earlier attempts of this series.
+    avoid: BTreeSet<u64>,
+}
+
+#[derive(Debug)]
+struct Promise {
+    claimer: OwnerId,
+    claim_id: u64,
+    /// `None`: committed, lasts while the claimer lives.
+    expires: Option<Instant>,
+}
+
+/// One host's allocation state.
+#[derive(Debug, Default)]
+pub(crate) struct Allocator {
+    claims: BTreeMap<NetworkId, Claim>,
+    promises: BTreeMap<(NetworkId, u64), Promise>,
+    own_blocks: BTreeMap<NetworkId, BTreeSet<u64>>,
+    used: BTreeMap<NetworkId, BTreeSet<IpAddr>>,
+    waiting: BTreeMap<NetworkId, VecDeque<AllocationTicket>>,
+    reported_conflicts: BTreeSet<(NetworkId, u64)>,
+    next_ticket: u64,
+    pub(crate) outbox: Vec<(OwnerId, AllocationMessage)>,
+    pub(crate) outcomes: Vec<AllocationOutcome>,
+}
+
+impl BlockPlan {
+    /// The plan for `subnet`, never handing out `gateway`.
+    pub fn new(subnet: IpNet, gateway: Option<IpAddr>) -> Self {
+        let host_bits = u32::from(subnet.max_prefix_len() - subnet.prefix_len()).min(64);
+        let size = 1u128 << host_bits;
+        let block_len = BLOCK_LEN.min(size);
+        let blocks = (size / block_len).min(MAX_BLOCKS);
+        Self {
+            subnet: subnet.trunc(),
+            gateway,
+            block_len,
+            blocks: u64::try_from(blocks).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// How many blocks the subnet has.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The assignable addresses of `block`: not the subnet's own address,
+    /// not the IPv4 broadcast address, not the gateway.
+    pub fn addresses(&self, block: u64) -> impl Iterator<Item = IpAddr> + '_ {
+        let host_bits = u32::from(self.subnet.max_prefix_len() - self.subnet.prefix_len());
+        let start = u128::from(block) * self.block_len;
+        (start..start + self.block_len).filter_map(move |offset| {
+            let last = host_bits <= 64 && offset == (1u128 << host_bits) - 1;
+            let ip = match self.subnet {
+                IpNet::V4(net) => {
+                    if offset == 0 || (last && net.prefix_len() < 31) {
+                        return None;
+                    }
+                    let base = u32::from(net.network());
+                    IpAddr::V4(Ipv4Addr::from(
+                        base.checked_add(u32::try_from(offset).ok()?)?,
+                    ))
+                }
+                IpNet::V6(net) => {
+                    if offset == 0 {
+                        return None;
+                    }
+                    IpAddr::V6(Ipv6Addr::from(
+                        u128::from(net.network()).checked_add(offset)?,
+                    ))
+                }
+            };
+            (Some(ip) != self.gateway).then_some(ip)
+        })
+    }
+}
+
+impl Allocator {
+    /// Hands out an address of `network`, or starts leasing a block.
+    pub(crate) fn allocate(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Result<Allocation, AllocateError> {
+        let plan = plan_of(directory, network)?;
+        if let Some(ip) = self.take_free_address(&plan, network) {
+            return Ok(Allocation::Ready(ip));
+        }
+        self.next_ticket += 1;
+        let ticket = AllocationTicket(self.next_ticket);
+        self.waiting
+            .entry(network.clone())
+            .or_default()
+            .push_back(ticket);
+        if !self.claims.contains_key(network) {
+            self.start_claim(directory, network, &plan, 1, BTreeSet::new(), now, rng);
+        }
+        Ok(Allocation::Pending(ticket))
+    }
+
+    /// Gives an address back for reuse by this host.
+    pub(crate) fn release(&mut self, network: &NetworkId, ip: IpAddr) {
+        if let Some(used) = self.used.get_mut(network) {
+            used.remove(&ip);
+        }
+    }
+
+    /// Blocks this host holds in `network`.
+    pub(crate) fn own_blocks(&self, network: &NetworkId) -> impl Iterator<Item = u64> + '_ {
+        self.own_blocks.get(network).into_iter().flatten().copied()
+    }
+
+    /// The earliest claim deadline or resend time.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let claims = self
+            .claims
+            .values()
+            .map(|claim| claim.next_resend.min(claim.deadline));
+        let promises = self.promises.values().filter_map(|promise| promise.expires);
+        claims.chain(promises).min()
+    }
+
+    /// Resends, timeouts, expired promises, grants no longer needed from dead members.
+    pub(crate) fn handle_timeout(
+        &mut self,
+        directory: &mut Directory,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        self.promises
+            .retain(|_, promise| promise.expires.is_none_or(|at| at > now));
+        let networks: Vec<NetworkId> = self.claims.keys().cloned().collect();
+        for network in networks {
+            let Some(claim) = self.claims.get_mut(&network) else {
+                continue;
+            };
+            if claim.next_resend <= now {
+                claim.next_resend = now + CLAIM_RESEND;
+                for (member, granted) in &claim.asked {
+                    if !*granted && directory.is_live(member) {
+                        self.outbox.push((
+                            member.clone(),
+                            AllocationMessage::Claim {
+                                network: network.clone(),
+                                block: claim.block,
+                                claimer: directory.me().clone(),
+                                claim_id: claim.claim_id,
+                            },
+                        ));
+                    }
+                }
+            }
+            self.try_commit(directory, &network, now, rng);
+            if let Some(claim) = self.claims.get(&network) {
+                if claim.deadline <= now {
+                    self.retry(directory, &network, now, rng);
+                }
+            }
+        }
+    }
+
+    /// A member died: its promises go, and its grants are no longer awaited.
+    pub(crate) fn owner_down(
+        &mut self,
+        directory: &mut Directory,
+        owner: &OwnerId,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        self.promises.retain(|_, promise| promise.claimer != *owner);
+        let networks: Vec<NetworkId> = self.claims.keys().cloned().collect();
+        for network in networks {
+            self.try_commit(directory, &network, now, rng);
+        }
+    }
+
+    /// Reports own blocks that a live member with priority also holds
+    /// (possible only after a partition healed).
+    pub(crate) fn detect_conflicts(&mut self, directory: &Directory) {
+        for (network, blocks) in &self.own_blocks {
+            for (holder, block) in directory.leases(network) {
+                if *holder != *directory.me()
+                    && blocks.contains(&block)
+                    && *holder < *directory.me()
+                    && self.reported_conflicts.insert((network.clone(), block))
+                {
+                    self.outcomes.push(AllocationOutcome::LeaseConflict {
+                        network: network.clone(),
+                        block,
+                        winner: holder.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles an allocation message from a peer.
+    pub(crate) fn handle_message(
+        &mut self,
+        directory: &mut Directory,
+        message: AllocationMessage,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        match message {
+            AllocationMessage::Claim {
+                network,
+                block,
+                claimer,
+                claim_id,
+            } => {
+                if claimer.name == directory.me().name {
+                    return;
+                }
+                let granted =
+                    self.judge_claim(directory, &network, block, &claimer, claim_id, now, rng);
+                self.outbox.push((
+                    claimer,
+                    AllocationMessage::Reply {
+                        network,
+                        claim_id,
+                        member: directory.me().clone(),
+                        granted,
+                    },
+                ));
+            }
+            AllocationMessage::Reply {
+                network,
+                claim_id,
+                member,
+                granted,
+            } => {
+                let Some(claim) = self.claims.get_mut(&network) else {
+                    return;
+                };
+                if claim.claim_id != claim_id {
+                    return;
+                }
+                let Some(answer) = claim.asked.get_mut(&member) else {
+                    return;
+                };
+                if granted {
+                    *answer = true;
+                    self.try_commit(directory, &network, now, rng);
+                } else {
+                    self.retry(directory, &network, now, rng);
+                }
+            }
+            AllocationMessage::Abandon {
+                network,
+                block,
+                claimer,
+                claim_id,
+            } => {
+                let key = (network, block);
+                if self.promises.get(&key).is_some_and(|promise| {
+                    promise.claimer == claimer && promise.claim_id == claim_id
+                }) {
+                    self.promises.remove(&key);
+                }
+            }
+            AllocationMessage::Commit {
+                network,
+                block,
+                claimer,
+                claim_id,
+            } => {
+                if !directory.is_live(&claimer) {
+                    return;
+                }
+                let promise = Promise {
+                    claimer,
+                    claim_id,
+                    expires: None,
+                };
+                self.promises.insert((network, block), promise);
+            }
+        }
+    }
+
+    /// Whether to grant `block` to `claimer`; records the promise.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_claim(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        block: u64,
+        claimer: &OwnerId,
+        claim_id: u64,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> bool {
+        if self
+            .own_blocks
+            .get(network)
+            .is_some_and(|blocks| blocks.contains(&block))
+        {
+            return false;
+        }
+        if directory
+            .leases(network)
+            .iter()
+            .any(|(holder, leased)| *leased == block && *holder != claimer)
+        {
+            return false;
+        }
+        let key = (network.clone(), block);
+        if let Some(promise) = self.promises.get(&key) {
+            let binding =
+                promise.expires.is_none_or(|at| at > now) && directory.is_live(&promise.claimer);
+            if binding && promise.claimer != *claimer {
+                return false;
+            }
+        }
+        if let Some(mine) = self.claims.get(network) {
+            if mine.block == block {
+                if directory.me() < claimer {
+                    return false;
+                }
+                // The claimer has priority: this host gives the block up.
+                let mut avoid = BTreeSet::new();
+                avoid.insert(block);
+                self.abandon(directory, network);
+                self.restart_after_loss(directory, network, avoid, now, rng);
+            }
+        }
+        self.promises.insert(
+            key,
+            Promise {
+                claimer: claimer.clone(),
+                claim_id,
+                expires: Some(now + PROMISE_TTL),
+            },
+        );
+        true
+    }
+
+    fn take_free_address(&mut self, plan: &BlockPlan, network: &NetworkId) -> Option<IpAddr> {
+        let used = self.used.entry(network.clone()).or_default();
+        for block in self.own_blocks.get(network).into_iter().flatten() {
+            if let Some(ip) = plan.addresses(*block).find(|ip| !used.contains(ip)) {
+                used.insert(ip);
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_claim(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        plan: &BlockPlan,
+        attempts: u32,
+        avoid: BTreeSet<u64>,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        let Some(block) = self.pick_free_block(directory, network, plan, &avoid, now, rng) else {
+            self.fail_waiting(network, AllocateError::Exhausted(network.clone()));
+            return;
+        };
+        let claim_id = rng.random();
+        let asked: BTreeMap<OwnerId, bool> =
+            directory.live_peers().map(|peer| (peer, false)).collect();
+        for member in asked.keys() {
+            self.outbox.push((
+                member.clone(),
+                AllocationMessage::Claim {
+                    network: network.clone(),
+                    block,
+                    claimer: directory.me().clone(),
+                    claim_id,
+                },
+            ));
+        }
+        let claim = Claim {
+            block,
+            claim_id,
+            asked,
+            deadline: now + CLAIM_TIMEOUT,
+            next_resend: now + CLAIM_RESEND,
+            attempts,
+            avoid,
+        };
+        self.claims.insert(network.clone(), claim);
+        self.try_commit(directory, network, now, rng);
+    }
+
+    /// A random block nobody holds, claims with priority or was promised.
+    fn pick_free_block(
+        &self,
+        directory: &Directory,
+        network: &NetworkId,
+        plan: &BlockPlan,
+        avoid: &BTreeSet<u64>,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Option<u64> {
+        let mut taken: BTreeSet<u64> = avoid.clone();
+        taken.extend(
+            directory
+                .leases(network)
+                .into_iter()
+                .map(|(_, block)| block),
+        );
+        taken.extend(self.own_blocks(network));
+        taken.extend(
+            self.promises
+                .iter()
+                .filter(|((promised_network, _), promise)| {
+                    promised_network == network
+                        && promise.expires.is_none_or(|at| at > now)
+                        && directory.is_live(&promise.claimer)
+                })
+                .map(|((_, block), _)| *block),
+        );
+        if plan.blocks() <= 4096 {
+            let free: Vec<u64> = (0..plan.blocks())
+                .filter(|block| !taken.contains(block) && plan.addresses(*block).next().is_some())
+                .collect();
+            if free.is_empty() {
+                return None;
+            }
+            return free.get(rng.random_range(0..free.len())).copied();
+        }
+        // A large subnet: random probes find a free block almost surely.
+        (0..64)
+            .map(|_| rng.random_range(0..plan.blocks()))
+            .find(|block| !taken.contains(block))
+    }
+
+    fn try_commit(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        let Some(claim) = self.claims.get(network) else {
+            return;
+        };
+        let complete = claim
+            .asked
+            .iter()
+            .all(|(member, granted)| *granted || !directory.is_live(member));
+        if !complete {
+            return;
+        }
+        let Some(claim) = self.claims.remove(network) else {
+            return;
+        };
+        self.own_blocks
+            .entry(network.clone())
+            .or_default()
+            .insert(claim.block);
+        directory.write_own(
+            RecordKey::Lease(network.clone(), claim.block),
+            Some(Record::Lease(LeaseRecord {
+                network: network.clone(),
+                block: claim.block,
+            })),
+        );
+        self.outcomes.push(AllocationOutcome::LeaseWritten);
+        for member in claim.asked.keys() {
+            self.outbox.push((
+                member.clone(),
+                AllocationMessage::Commit {
+                    network: network.clone(),
+                    block: claim.block,
+                    claimer: directory.me().clone(),
+                    claim_id: claim.claim_id,
+                },
+            ));
+        }
+        self.serve_waiting(directory, network, now, rng);
+    }
+
+    fn serve_waiting(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        let plan = match plan_of(directory, network) {
+            Ok(plan) => plan,
+            Err(_) => {
+                self.fail_waiting(network, AllocateError::NetworkDeleted(network.clone()));
+                return;
+            }
+        };
+        while let Some(&ticket) = self.waiting.get(network).and_then(VecDeque::front) {
+            let Some(ip) = self.take_free_address(&plan, network) else {
+                self.start_claim(directory, network, &plan, 1, BTreeSet::new(), now, rng);
+                return;
+            };
+            if let Some(queue) = self.waiting.get_mut(network) {
+                queue.pop_front();
+            }
+            self.outcomes.push(AllocationOutcome::Allocated {
+                ticket,
+                network: network.clone(),
+                ip,
+            });
+        }
+    }
+
+    /// Gives up the current attempt and tells the members asked.
+    fn abandon(&mut self, directory: &Directory, network: &NetworkId) -> Option<Claim> {
+        let claim = self.claims.remove(network)?;
+        for member in claim.asked.keys() {
+            self.outbox.push((
+                member.clone(),
+                AllocationMessage::Abandon {
+                    network: network.clone(),
+                    block: claim.block,
+                    claimer: directory.me().clone(),
+                    claim_id: claim.claim_id,
+                },
+            ));
+        }
+        Some(claim)
+    }
+
+    fn retry(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        let Some(claim) = self.abandon(directory, network) else {
+            return;
+        };
+        let mut avoid = claim.avoid;
+        avoid.insert(claim.block);
+        if claim.attempts >= MAX_ATTEMPTS {
+            let error = AllocateError::Contended {
+                network: network.clone(),
+                attempts: claim.attempts,
+            };
+            self.fail_waiting(network, error);
+            return;
+        }
+        match plan_of(directory, network) {
+            Ok(plan) => self.start_claim(
+                directory,
+                network,
+                &plan,
+                claim.attempts + 1,
+                avoid,
+                now,
+                rng,
+            ),
+            Err(_) => self.fail_waiting(network, AllocateError::NetworkDeleted(network.clone())),
+        }
+    }
+
+    fn restart_after_loss(
+        &mut self,
+        directory: &mut Directory,
+        network: &NetworkId,
+        avoid: BTreeSet<u64>,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
+        // Restarting from inside judge_claim: the new claim must not pick the
+        // block being granted, which `avoid` and the promise ensure.
+        match plan_of(directory, network) {
+            Ok(plan) => self.start_claim(directory, network, &plan, 1, avoid, now, rng),
+            Err(_) => self.fail_waiting(network, AllocateError::NetworkDeleted(network.clone())),
+        }
+    }
+
+    fn fail_waiting(&mut self, network: &NetworkId, error: AllocateError) {
+        for ticket in self.waiting.remove(network).unwrap_or_default() {
+            self.outcomes.push(AllocationOutcome::Failed {
+                ticket,
+                error: error.clone(),
+            });
+        }
+    }
+}
+
+fn plan_of(directory: &Directory, network: &NetworkId) -> Result<BlockPlan, AllocateError> {
+    let record = directory
+        .network(network)
+        .ok_or_else(|| AllocateError::UnknownNetwork(network.clone()))?;
+    Ok(BlockPlan::new(record.subnet, record.gateway))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_of_an_ipv4_slash_24() {
+        let plan = BlockPlan::new(
+            "10.0.0.0/24".parse().unwrap(),
+            Some("10.0.0.1".parse().unwrap()),
+        );
+        assert_eq!(plan.blocks(), 16);
+        let first: Vec<IpAddr> = plan.addresses(0).collect();
+        assert_eq!(first.len(), 14, "no .0, no gateway .1");
+        assert_eq!(first[0], "10.0.0.2".parse::<IpAddr>().unwrap());
+        let last: Vec<IpAddr> = plan.addresses(15).collect();
+        assert_eq!(last.len(), 15, "no broadcast .255");
+        assert_eq!(
+            *last.last().unwrap(),
+            "10.0.0.254".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            plan.addresses(16).count(),
+            16,
+            "beyond the plan, callers never ask"
+        );
+    }
+
+    #[test]
+    fn plan_of_small_and_ipv6_subnets() {
+        let tiny = BlockPlan::new("10.0.0.0/30".parse().unwrap(), None);
+        assert_eq!(tiny.blocks(), 1);
+        assert_eq!(tiny.addresses(0).count(), 2);
+        let v6 = BlockPlan::new("fd00::/64".parse().unwrap(), None);
+        assert_eq!(v6.blocks(), MAX_BLOCKS as u64);
+        assert_eq!(v6.addresses(0).count(), 15);
+        assert_eq!(v6.addresses(1).next(), Some("fd00::10".parse().unwrap()));
+    }
+}

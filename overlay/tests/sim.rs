@@ -1,0 +1,624 @@
+//! A simulated cluster: many [`Node`]s over an in-memory network with a
+//! virtual clock, seeded randomness, delay, loss and partitions.
+//!
+//! The clock advances in `TICK` steps; a datagram sent during a tick is
+//! delivered after a random delay (never sooner than the next tick). Every
+//! run with the same seed is identical.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use weft_overlay::{
+    Allocation, ClusterKey, EndpointRecord, Event, MacAddr, MemberState, NetworkId, NetworkRecord,
+    Node, NodeConfig, NodeIdentity, Vni,
+};
+
+const TICK: Duration = Duration::from_millis(5);
+
+struct Datagram {
+    due: Instant,
+    seq: u64,
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+struct Sim {
+    start: Instant,
+    now: Instant,
+    nodes: Vec<Node>,
+    by_addr: HashMap<SocketAddr, usize>,
+    in_flight: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    datagrams: HashMap<u64, Datagram>,
+    seq: u64,
+    rng: StdRng,
+    min_delay: Duration,
+    max_delay: Duration,
+    loss: f64,
+    dead: Vec<bool>,
+    /// Partition group of each node; datagrams between groups are lost.
+    group: Vec<u8>,
+    events: Vec<Vec<Event>>,
+    delivered: u64,
+}
+
+fn gossip_addr(index: usize) -> SocketAddr {
+    let index = u16::try_from(index).unwrap();
+    SocketAddr::from(([10, 99, (index >> 8) as u8, (index & 0xff) as u8], 7946))
+}
+
+fn underlay_addr(index: usize) -> SocketAddr {
+    SocketAddr::new(gossip_addr(index).ip(), 4789)
+}
+
+fn name(index: usize) -> String {
+    format!("host-{index:03}")
+}
+
+impl Sim {
+    fn new(count: usize, seed: u64, key: Option<&[u8]>) -> Self {
+        let start = Instant::now();
+        let nodes: Vec<Node> = (0..count)
+            .map(|index| {
+                let identity = NodeIdentity {
+                    name: name(index),
+                    gossip: gossip_addr(index),
+                    boot: 1,
+                    renewal: 0,
+                };
+                let config = NodeConfig::new(underlay_addr(index));
+                Node::new(
+                    identity,
+                    config,
+                    key.map(ClusterKey::from_secret),
+                    seed.wrapping_add(index as u64),
+                )
+            })
+            .collect();
+        let by_addr = (0..count)
+            .map(|index| (gossip_addr(index), index))
+            .collect();
+        Self {
+            start,
+            now: start,
+            nodes,
+            by_addr,
+            in_flight: BinaryHeap::new(),
+            datagrams: HashMap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(seed),
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(8),
+            loss: 0.0,
+            dead: vec![false; count],
+            group: vec![0; count],
+            events: (0..count).map(|_| Vec::new()).collect(),
+            delivered: 0,
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Every node joins node 0, one every 10 ms.
+    fn join_all(&mut self) {
+        for index in 1..self.nodes.len() {
+            let now = self.now;
+            self.nodes[index].join(gossip_addr(0), now);
+            self.collect(index);
+            self.run_for(Duration::from_millis(10));
+        }
+    }
+
+    fn collect(&mut self, index: usize) {
+        while let Some((to, bytes)) = self.nodes[index].poll_transmit() {
+            let Some(&target) = self.by_addr.get(&to) else {
+                continue;
+            };
+            let lost = self.loss > 0.0 && self.rng.random_bool(self.loss);
+            if lost || self.dead[index] {
+                continue;
+            }
+            let delay = self.rng.random_range(self.min_delay..=self.max_delay);
+            self.seq += 1;
+            let due = self.now + delay;
+            self.in_flight.push(Reverse((due, self.seq, target)));
+            self.datagrams.insert(
+                self.seq,
+                Datagram {
+                    due,
+                    seq: self.seq,
+                    from: index,
+                    to: target,
+                    bytes,
+                },
+            );
+        }
+        while let Some(event) = self.nodes[index].poll_event() {
+            self.events[index].push(event);
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += TICK;
+        while let Some(Reverse((due, seq, _))) = self.in_flight.peek().copied() {
+            if due > self.now {
+                break;
+            }
+            self.in_flight.pop();
+            let Some(datagram) = self.datagrams.remove(&seq) else {
+                continue;
+            };
+            debug_assert_eq!((datagram.due, datagram.seq), (due, seq));
+            let (from, to) = (datagram.from, datagram.to);
+            if self.dead[to] || self.dead[from] || self.group[from] != self.group[to] {
+                continue;
+            }
+            self.delivered += 1;
+            let now = self.now;
+            self.nodes[to].handle_datagram(gossip_addr(from), &datagram.bytes, now);
+            self.collect(to);
+        }
+        for index in 0..self.nodes.len() {
+            if self.dead[index] {
+                continue;
+            }
+            if self.nodes[index]
+                .poll_timeout()
+                .is_some_and(|at| at <= self.now)
+            {
+                let now = self.now;
+                self.nodes[index].handle_timeout(now);
+                self.collect(index);
+            }
+        }
+    }
+
+    fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        while self.now < until {
+            self.step();
+        }
+    }
+
+    /// Steps until `done` holds (checked every 100 ms); the time it took.
+    fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let from = self.now;
+        while self.now - from < limit {
+            self.run_for(Duration::from_millis(100));
+            if done(self) {
+                return Some(self.now - from);
+            }
+        }
+        None
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|index| !self.dead[*index])
+    }
+
+    /// Every live node sees every other live node of its group alive.
+    fn membership_converged(&self) -> bool {
+        self.live().all(|index| {
+            let alive: BTreeSet<String> = self.nodes[index]
+                .members()
+                .into_iter()
+                .filter(|member| member.state == MemberState::Alive)
+                .map(|member| member.name)
+                .collect();
+            self.live()
+                .filter(|other| *other != index && self.group[*other] == self.group[index])
+                .all(|other| alive.contains(&name(other)))
+        })
+    }
+
+    /// What a node's directory says, in a comparable form.
+    fn directory_view(
+        &self,
+        index: usize,
+    ) -> (
+        u64,
+        BTreeSet<(String, SocketAddr)>,
+        BTreeSet<(String, MacAddr, Vec<IpAddr>)>,
+    ) {
+        let directory = self.nodes[index].directory();
+        let hosts = directory
+            .hosts()
+            .into_iter()
+            .map(|(owner, addr)| (owner.name.clone(), addr))
+            .collect();
+        let endpoints = directory
+            .endpoints()
+            .map(|location| {
+                (
+                    location.owner.name.clone(),
+                    location.endpoint.mac,
+                    location.endpoint.ips.clone(),
+                )
+            })
+            .collect();
+        (directory.networks_hash(), hosts, endpoints)
+    }
+
+    /// Every live node of each group has the same directory, holding
+    /// exactly the live nodes of its group.
+    fn directories_converged(&self, endpoints_per_node: usize) -> bool {
+        let mut views: BTreeMap<u8, _> = BTreeMap::new();
+        for index in self.live() {
+            let view = self.directory_view(index);
+            let members = self
+                .live()
+                .filter(|other| self.group[*other] == self.group[index])
+                .count();
+            if view.1.len() != members || view.2.len() != members * endpoints_per_node {
+                return false;
+            }
+            match views.get(&self.group[index]) {
+                None => {
+                    views.insert(self.group[index], view);
+                }
+                Some(first) if *first == view => {}
+                Some(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+fn overlay_network() -> (NetworkId, NetworkRecord) {
+    let id = NetworkId("9f".repeat(32));
+    let record = NetworkRecord {
+        name: "ov0".into(),
+        subnet: "10.20.0.0/21".parse().unwrap(),
+        gateway: Some("10.20.0.1".parse().unwrap()),
+        vni: Vni::new(4242).unwrap(),
+        options: BTreeMap::new(),
+    };
+    (id, record)
+}
+
+fn endpoint_of(index: usize, network: &NetworkId) -> EndpointRecord {
+    let index_u16 = u16::try_from(index).unwrap();
+    let [high, low] = index_u16.to_be_bytes();
+    EndpointRecord {
+        network: network.clone(),
+        mac: MacAddr([2, 0x42, 0, 0, high, low]),
+        ips: vec![IpAddr::from([10, 20, 7, low])],
+        name: Some(format!("web-{index}")),
+        aliases: vec!["web".into()],
+    }
+}
+
+/// A 120-host cluster: joins and converges, detects a dead host within 5 s,
+/// splits in two for 30 s and heals.
+#[test]
+fn cluster_of_120_converges_detects_death_and_heals() {
+    const HOSTS: usize = 120;
+    let mut sim = Sim::new(HOSTS, 0x5eed_0001, None);
+    sim.loss = 0.005;
+    let (network, record) = overlay_network();
+    let now = sim.now;
+    sim.nodes[0].publish_network(network.clone(), record);
+    sim.nodes[0].handle_timeout(now);
+    sim.collect(0);
+    sim.join_all();
+    let joined_at = sim.elapsed();
+
+    // Membership, host records and the network first; endpoints after.
+    let membership = sim
+        .run_until(Duration::from_secs(60), |sim| sim.membership_converged())
+        .expect("membership converges");
+    println!("120 hosts: every host saw all 119 others alive {membership:?} after the last join");
+    assert!(membership <= Duration::from_secs(10), "took {membership:?}");
+    let converged = sim.run_until(Duration::from_secs(60), |sim| {
+        sim.membership_converged() && sim.directories_converged(0)
+    });
+    let membership_time = converged.expect("membership and host records converge");
+    println!("120 hosts: membership and host records converged {membership_time:?} after the last join (joins took {joined_at:?})");
+    for index in 0..HOSTS {
+        assert!(
+            sim.nodes[index].directory().network(&network).is_some(),
+            "network reached host {index}"
+        );
+        sim.nodes[index]
+            .publish_endpoint(endpoint_of(index, &network))
+            .unwrap();
+        sim.collect(index);
+    }
+    let directory_time = sim
+        .run_until(Duration::from_secs(30), |sim| {
+            sim.directories_converged(1) && directories_have_endpoints(sim, HOSTS)
+        })
+        .expect("endpoints converge");
+    println!("120 hosts: 120 endpoints published at once reached every host in {directory_time:?}");
+    assert!(
+        directory_time <= Duration::from_secs(10),
+        "directory convergence took {directory_time:?}"
+    );
+
+    // Queries the data path uses, from a host far from the owner.
+    let owner = 17;
+    let at = &sim.nodes[93];
+    let location = at
+        .directory()
+        .endpoint_by_mac(&network, endpoint_of(owner, &network).mac)
+        .unwrap();
+    assert_eq!(location.underlay, Some(underlay_addr(owner)));
+    assert_eq!(
+        at.directory()
+            .endpoint_by_ip(&network, endpoint_of(owner, &network).ips[0]),
+        Some(endpoint_of(owner, &network).mac)
+    );
+    assert_eq!(at.directory().hosts_with_network(&network).len(), HOSTS - 1);
+    assert_eq!(
+        at.directory()
+            .network_by_vni(Vni::new(4242).unwrap())
+            .map(|(id, _)| id.clone()),
+        Some(network.clone())
+    );
+
+    // Kill one host: everyone must drop it within 5 s.
+    let victim = 42;
+    sim.dead[victim] = true;
+    let victim_name = name(victim);
+    let detection = sim
+        .run_until(Duration::from_secs(20), |sim| {
+            sim.live().all(|index| {
+                let node = &sim.nodes[index];
+                let gone_from_members = node
+                    .members()
+                    .iter()
+                    .all(|member| member.name != victim_name || member.state == MemberState::Dead);
+                let gone_from_directory = node
+                    .directory()
+                    .hosts()
+                    .iter()
+                    .all(|(owner, _)| owner.name != victim_name)
+                    && node
+                        .directory()
+                        .endpoints()
+                        .all(|location| location.owner.name != victim_name);
+                gone_from_members && gone_from_directory
+            })
+        })
+        .expect("the dead host is declared dead everywhere");
+    println!(
+        "120 hosts: dead host declared dead and its records removed everywhere in {detection:?}"
+    );
+    assert!(detection <= Duration::from_secs(5), "took {detection:?}");
+    assert!(sim.events[7]
+        .iter()
+        .any(|event| matches!(event, Event::MemberDown { name, .. } if *name == victim_name)));
+    assert!(sim.directories_converged(1));
+
+    // Partition into two halves for 30 s.
+    for index in 0..HOSTS {
+        sim.group[index] = u8::from(index >= HOSTS / 2);
+    }
+    let split = sim
+        .run_until(Duration::from_secs(30), |sim| {
+            sim.membership_converged()
+                && sim.directories_converged(1)
+                && halves_see_each_other_dead(sim)
+        })
+        .expect("each half drops the other");
+    println!("120 hosts: partition: each half dropped the other in {split:?}");
+    let remaining = Duration::from_secs(30).saturating_sub(split);
+    sim.run_for(remaining);
+    assert!(halves_see_each_other_dead(&sim));
+
+    // Heal.
+    sim.group.iter_mut().for_each(|group| *group = 0);
+    let healed = sim
+        .run_until(Duration::from_secs(60), |sim| {
+            sim.membership_converged() && sim.directories_converged(1)
+        })
+        .expect("the cluster reconverges after the partition heals");
+    println!("120 hosts: after healing, membership and directory reconverged in {healed:?}");
+    assert!(healed <= Duration::from_secs(30), "took {healed:?}");
+    println!(
+        "120 hosts: {} datagrams delivered in {:?} of virtual time",
+        sim.delivered,
+        sim.elapsed()
+    );
+}
+
+fn directories_have_endpoints(sim: &Sim, hosts: usize) -> bool {
+    sim.live()
+        .all(|index| sim.nodes[index].directory().endpoints().count() == hosts)
+}
+
+fn halves_see_each_other_dead(sim: &Sim) -> bool {
+    sim.live().all(|index| {
+        let node = &sim.nodes[index];
+        let others: BTreeSet<String> = sim
+            .live()
+            .filter(|other| sim.group[*other] != sim.group[index])
+            .map(name)
+            .collect();
+        node.members()
+            .iter()
+            .all(|member| !others.contains(&member.name) || member.state == MemberState::Dead)
+            && node
+                .directory()
+                .hosts()
+                .iter()
+                .all(|(owner, _)| !others.contains(&owner.name))
+    })
+}
+
+/// 50 hosts each allocate 20 addresses at the same instant in a /21 (128
+/// blocks of 16): every request succeeds and no address is handed out twice.
+#[test]
+fn concurrent_allocation_never_duplicates() {
+    const HOSTS: usize = 50;
+    const PER_HOST: usize = 20;
+    let mut sim = Sim::new(HOSTS, 0x5eed_0002, None);
+    let (network, record) = overlay_network();
+    let now = sim.now;
+    sim.nodes[0].publish_network(network.clone(), record);
+    sim.nodes[0].handle_timeout(now);
+    sim.collect(0);
+    sim.join_all();
+    sim.run_until(Duration::from_secs(60), |sim| {
+        sim.membership_converged() && sim.directories_converged(0)
+    })
+    .expect("converged before allocating");
+
+    let mut addresses: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut pending: BTreeMap<(usize, u64), ()> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    let now = sim.now;
+    for index in 0..HOSTS {
+        for _ in 0..PER_HOST {
+            match sim.nodes[index].allocate(&network, now).unwrap() {
+                Allocation::Ready(ip) => {
+                    if let Some(first) = addresses.insert(ip, index) {
+                        duplicates.push((ip, first, index));
+                    }
+                }
+                Allocation::Pending(ticket) => {
+                    pending.insert((index, ticket.0), ());
+                }
+            }
+        }
+        sim.collect(index);
+    }
+    assert_eq!(pending.len(), HOSTS * PER_HOST, "nobody holds a block yet");
+    let started = sim.now;
+    let mut failures = Vec::new();
+    let limit = sim.now + Duration::from_secs(60);
+    while !pending.is_empty() && sim.now < limit {
+        sim.run_for(Duration::from_millis(50));
+        for index in 0..HOSTS {
+            for event in std::mem::take(&mut sim.events[index]) {
+                match event {
+                    Event::AddressAllocated { ticket, ip, .. } => {
+                        pending.remove(&(index, ticket.0));
+                        if let Some(first) = addresses.insert(ip, index) {
+                            duplicates.push((ip, first, index));
+                        }
+                    }
+                    Event::AllocationFailed { ticket, error } => {
+                        pending.remove(&(index, ticket.0));
+                        failures.push((index, error));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    println!(
+        "50 hosts x 20 addresses allocated at one instant: done in {:?}, {} failures",
+        sim.now - started,
+        failures.len()
+    );
+    assert!(duplicates.is_empty(), "duplicate addresses: {duplicates:?}");
+    assert!(failures.is_empty(), "failed allocations: {failures:?}");
+    assert!(
+        pending.is_empty(),
+        "{} allocations still pending",
+        pending.len()
+    );
+    assert_eq!(addresses.len(), HOSTS * PER_HOST);
+    let gateway: IpAddr = "10.20.0.1".parse().unwrap();
+    assert!(!addresses.contains_key(&gateway));
+
+    // Every host's block set is disjoint from every other's, and every
+    // directory agrees on the leases once replicated.
+    let mut holders: BTreeMap<u64, usize> = BTreeMap::new();
+    for index in 0..HOSTS {
+        for block in sim.nodes[index].leased_blocks(&network) {
+            assert!(
+                holders.insert(block, index).is_none(),
+                "block {block} leased twice"
+            );
+        }
+    }
+    sim.run_for(Duration::from_secs(5));
+    for index in 0..HOSTS {
+        let leases = sim.nodes[index].directory().leases(&network);
+        assert_eq!(leases.len(), holders.len(), "host {index} sees every lease");
+    }
+}
+
+/// With a cluster key, keyed hosts form a cluster; a host with another key
+/// or none cannot join, and its datagrams are counted as rejected.
+#[test]
+fn cluster_key_keeps_strangers_out() {
+    const HOSTS: usize = 6;
+    let mut sim = Sim::new(HOSTS, 0x5eed_0003, Some(b"s3cret\n"));
+    // Host 4 has the wrong key, host 5 none.
+    sim.nodes[4] = Node::new(
+        NodeIdentity {
+            name: name(4),
+            gossip: gossip_addr(4),
+            boot: 1,
+            renewal: 0,
+        },
+        NodeConfig::new(underlay_addr(4)),
+        Some(ClusterKey::from_secret(b"guess")),
+        4,
+    );
+    sim.nodes[5] = Node::new(
+        NodeIdentity {
+            name: name(5),
+            gossip: gossip_addr(5),
+            boot: 1,
+            renewal: 0,
+        },
+        NodeConfig::new(underlay_addr(5)),
+        None,
+        5,
+    );
+    let (network, record) = overlay_network();
+    let now = sim.now;
+    sim.nodes[0].publish_network(network.clone(), record.clone());
+    sim.nodes[0].handle_timeout(now);
+    sim.collect(0);
+    sim.join_all();
+    // The strangers also try to inject a network.
+    let mut injected = record;
+    injected.name = "evil".into();
+    sim.nodes[5].publish_network(NetworkId("ee".repeat(32)), injected);
+    sim.collect(5);
+    sim.run_for(Duration::from_secs(10));
+    for index in 0..4 {
+        let names: BTreeSet<String> = sim.nodes[index]
+            .members()
+            .into_iter()
+            .filter(|member| member.state == MemberState::Alive)
+            .map(|member| member.name)
+            .collect();
+        let expected: BTreeSet<String> = (0..4).filter(|other| *other != index).map(name).collect();
+        assert_eq!(names, expected, "host {index}");
+        assert_eq!(sim.nodes[index].directory().networks().count(), 1);
+        assert!(sim.nodes[index]
+            .directory()
+            .network_by_name("evil")
+            .is_none());
+    }
+    assert!(
+        sim.nodes[0].counters().gossip_rejected > 0,
+        "stranger datagrams are counted"
+    );
+    assert!(sim.nodes[4]
+        .members()
+        .iter()
+        .all(|member| member.state != MemberState::Alive));
+    assert!(sim.nodes[5]
+        .members()
+        .iter()
+        .all(|member| member.state != MemberState::Alive));
+    assert!(sim.nodes[0].is_member_address(underlay_addr(3).ip()));
+    assert!(!sim.nodes[0].is_member_address(underlay_addr(5).ip()));
+}
