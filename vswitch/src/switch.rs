@@ -558,6 +558,105 @@ mod tests {
         f
     }
 
+    /// NET_A with local ports 1 and 2 and tunnel ports 100 and 101 (two
+    /// remote hosts); mac(9) lives behind port 101 per the directory.
+    fn overlay_switch() -> Switch {
+        let mut sw = Switch::new();
+        sw.add_network(
+            NET_A,
+            GatewayConfig {
+                mac: GW,
+                ipv4: vec![Ipv4Addr::new(10, 0, 0, 1)],
+                ipv6: vec![],
+                outbound: true,
+                host_loopback: false,
+            },
+        )
+        .unwrap();
+        sw.add_port(PortId(1), NET_A).unwrap();
+        sw.add_port(PortId(2), NET_A).unwrap();
+        sw.add_tunnel_port(PortId(100), NET_A).unwrap();
+        sw.add_tunnel_port(PortId(101), NET_A).unwrap();
+        let macs = [(mac(9), PortId(101))].into_iter().collect();
+        let arp = [(Ipv4Addr::new(10, 0, 0, 9), mac(9))].into_iter().collect();
+        sw.set_remote_endpoints(NET_A, macs, arp);
+        sw
+    }
+
+    #[test]
+    fn remote_macs_come_from_the_directory_without_flooding() {
+        let mut sw = overlay_switch();
+        let now = Instant::now();
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(9), mac(1))),
+            Decision::Forward(PortId(101))
+        );
+        // Unknown unicast floods to local ports and every host.
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(7), mac(1))),
+            Decision::Flood
+        );
+        assert_eq!(
+            sw.flood_ports(PortId(1)),
+            &[PortId(1), PortId(2), PortId(100), PortId(101)]
+        );
+    }
+
+    #[test]
+    fn frames_from_a_tunnel_never_go_back_into_tunnels() {
+        let mut sw = overlay_switch();
+        let now = Instant::now();
+        // Split horizon: floods from a tunnel reach local ports only.
+        assert_eq!(
+            sw.handle_frame(now, PortId(100), &frame(MacAddr::BROADCAST, mac(8))),
+            Decision::Flood
+        );
+        assert_eq!(sw.flood_ports(PortId(100)), &[PortId(1), PortId(2)]);
+        // A frame from one host for another host's MAC is not relayed.
+        assert_eq!(
+            sw.handle_frame(now, PortId(100), &frame(mac(9), mac(8))),
+            Decision::Drop(DropReason::Hairpin)
+        );
+        // The sender is learned behind its tunnel: answers go straight back.
+        assert_eq!(
+            sw.handle_frame(now, PortId(2), &frame(mac(8), mac(2))),
+            Decision::Forward(PortId(100))
+        );
+        // The gateway MAC is every host's own: never carried across.
+        assert_eq!(
+            sw.handle_frame(now, PortId(100), &frame(GW, mac(8))),
+            Decision::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn arp_for_a_remote_address_is_answered_locally() {
+        let mut sw = overlay_switch();
+        let now = Instant::now();
+        let mut arp = MacAddr::BROADCAST.0.to_vec();
+        arp.extend_from_slice(&mac(1).0);
+        arp.extend_from_slice(&0x0806u16.to_be_bytes());
+        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&mac(1).0);
+        arp.extend_from_slice(&[10, 0, 0, 2]);
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&[10, 0, 0, 9]);
+        assert_eq!(sw.handle_frame(now, PortId(1), &arp), Decision::ToGateway);
+        let mut out = [0u8; 128];
+        let len = sw.gateway_reply(PortId(1), &arp, &mut out).unwrap();
+        let reply = &out[..len];
+        // From mac(9), saying 10.0.0.9 is at mac(9).
+        assert_eq!(&reply[6..12], &mac(9).0);
+        assert_eq!(&reply[22..28], &mac(9).0);
+        assert_eq!(&reply[28..32], &[10, 0, 0, 9]);
+        // Removing the host's tunnel forgets its MACs.
+        sw.remove_port(PortId(101));
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(9), mac(1))),
+            Decision::Flood
+        );
+    }
+
     fn switch_with_two_networks() -> Switch {
         let mut sw = Switch::new();
         let gw = |last| GatewayConfig {
