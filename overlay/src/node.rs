@@ -976,10 +976,12 @@ impl Node {
         for (owner, their_version) in &digest.owners {
             listed.insert(owner.clone(), *their_version);
         }
+        let mut stale: BTreeSet<(String, u64)> = BTreeSet::new();
         for (owner, their_version) in listed.iter() {
             if !self.directory.is_live(owner) {
-                // Unknown, dead, or another boot: only the current boot is
-                // exchanged; an older boot of theirs is replaced below.
+                // Unknown, dead, or another boot: records are exchanged for
+                // the current boot only. If we know it dead, tell them below.
+                stale.insert((owner.name.clone(), owner.boot));
                 continue;
             }
             let ours = self.directory.version_of(owner);
@@ -1006,12 +1008,19 @@ impl Node {
                 self.send_records(from, &owner, 0);
             }
         }
+        // Membership push-pull: members they lack (alive here), and members
+        // they still list that were declared dead here. SWIM lets a Down
+        // update override any incarnation of the same identity; a renewed
+        // identity wins the address conflict and is not affected.
         let members: Vec<foca::Member<NodeIdentity>> = self
             .foca
-            .iter_members()
-            .filter(|member| member.state() == foca::State::Alive)
-            .filter(|member| unknown_to_them.contains(&member.id().name))
+            .iter_membership_state()
             .filter(|member| member.id().gossip != from)
+            .filter(|member| match member.state() {
+                foca::State::Alive => unknown_to_them.contains(&member.id().name),
+                foca::State::Down => stale.contains(&(member.id().name.clone(), member.id().boot)),
+                foca::State::Suspect => false,
+            })
             .cloned()
             .collect();
         if !members.is_empty() {

@@ -27,6 +27,13 @@ struct Datagram {
     bytes: Vec<u8>,
 }
 
+/// Networks hash, hosts and endpoints as one node's directory has them.
+type DirectoryView = (
+    u64,
+    BTreeSet<(String, SocketAddr)>,
+    BTreeSet<(String, MacAddr, Vec<IpAddr>)>,
+);
+
 struct Sim {
     start: Instant,
     now: Instant,
@@ -222,14 +229,7 @@ impl Sim {
     }
 
     /// What a node's directory says, in a comparable form.
-    fn directory_view(
-        &self,
-        index: usize,
-    ) -> (
-        u64,
-        BTreeSet<(String, SocketAddr)>,
-        BTreeSet<(String, MacAddr, Vec<IpAddr>)>,
-    ) {
+    fn directory_view(&self, index: usize) -> DirectoryView {
         let directory = self.nodes[index].directory();
         let hosts = directory
             .hosts()
@@ -274,6 +274,14 @@ impl Sim {
     }
 }
 
+/// The seed: `WEFT_SIM_SEED` if set (to replay or explore), else the default.
+fn seed(default: u64) -> u64 {
+    std::env::var("WEFT_SIM_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
 fn overlay_network() -> (NetworkId, NetworkRecord) {
     let id = NetworkId("9f".repeat(32));
     let record = NetworkRecord {
@@ -303,7 +311,7 @@ fn endpoint_of(index: usize, network: &NetworkId) -> EndpointRecord {
 #[test]
 fn cluster_of_120_converges_detects_death_and_heals() {
     const HOSTS: usize = 120;
-    let mut sim = Sim::new(HOSTS, 0x5eed_0001, None);
+    let mut sim = Sim::new(HOSTS, seed(0x5eed_0001), None);
     sim.loss = 0.005;
     let (network, record) = overlay_network();
     let now = sim.now;
@@ -462,7 +470,7 @@ fn halves_see_each_other_dead(sim: &Sim) -> bool {
 fn concurrent_allocation_never_duplicates() {
     const HOSTS: usize = 50;
     const PER_HOST: usize = 20;
-    let mut sim = Sim::new(HOSTS, 0x5eed_0002, None);
+    let mut sim = Sim::new(HOSTS, seed(0x5eed_0002), None);
     let (network, record) = overlay_network();
     let now = sim.now;
     sim.nodes[0].publish_network(network.clone(), record);
