@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use weft_overlay::{
-    Allocation, ClusterKey, EndpointRecord, Event, MacAddr, MemberState, NetworkId, NetworkRecord,
-    Node, NodeConfig, NodeIdentity, Vni,
+    AllocateError, Allocation, ClusterKey, EndpointRecord, Event, MacAddr, MemberState, NetworkId,
+    NetworkRecord, Node, NodeConfig, NodeIdentity, Vni,
 };
 
 const TICK: Duration = Duration::from_millis(5);
@@ -464,14 +464,22 @@ fn halves_see_each_other_dead(sim: &Sim) -> bool {
     })
 }
 
-/// 50 hosts each allocate 20 addresses at the same instant in a /21 (128
-/// blocks of 16): every request succeeds and no address is handed out twice.
-#[test]
-fn concurrent_allocation_never_duplicates() {
-    const HOSTS: usize = 50;
-    const PER_HOST: usize = 20;
-    let mut sim = Sim::new(HOSTS, seed(0x5eed_0002), None);
-    let (network, record) = overlay_network();
+/// What one "everyone allocates at the same instant" run produced.
+struct AllocationRun {
+    addresses: BTreeMap<IpAddr, usize>,
+    duplicates: Vec<(IpAddr, usize, usize)>,
+    failures: Vec<(usize, AllocateError)>,
+    still_pending: usize,
+    blocks_leased_twice: Vec<u64>,
+    took: Duration,
+}
+
+/// `hosts` hosts join, converge, then each asks for `per_host` addresses of
+/// `subnet` at one instant; runs until every request is answered.
+fn allocate_at_once(hosts: usize, per_host: usize, subnet: &str, seed: u64) -> AllocationRun {
+    let mut sim = Sim::new(hosts, seed, None);
+    let (network, mut record) = overlay_network();
+    record.subnet = subnet.parse().unwrap();
     let now = sim.now;
     sim.nodes[0].publish_network(network.clone(), record);
     sim.nodes[0].handle_timeout(now);
@@ -482,81 +490,132 @@ fn concurrent_allocation_never_duplicates() {
     })
     .expect("converged before allocating");
 
-    let mut addresses: BTreeMap<IpAddr, usize> = BTreeMap::new();
-    let mut pending: BTreeMap<(usize, u64), ()> = BTreeMap::new();
-    let mut duplicates = Vec::new();
+    let mut run = AllocationRun {
+        addresses: BTreeMap::new(),
+        duplicates: Vec::new(),
+        failures: Vec::new(),
+        still_pending: 0,
+        blocks_leased_twice: Vec::new(),
+        took: Duration::ZERO,
+    };
+    let mut pending: BTreeSet<(usize, u64)> = BTreeSet::new();
     let now = sim.now;
-    for index in 0..HOSTS {
-        for _ in 0..PER_HOST {
+    for index in 0..hosts {
+        for _ in 0..per_host {
             match sim.nodes[index].allocate(&network, now).unwrap() {
                 Allocation::Ready(ip) => {
-                    if let Some(first) = addresses.insert(ip, index) {
-                        duplicates.push((ip, first, index));
+                    if let Some(first) = run.addresses.insert(ip, index) {
+                        run.duplicates.push((ip, first, index));
                     }
                 }
                 Allocation::Pending(ticket) => {
-                    pending.insert((index, ticket.0), ());
+                    pending.insert((index, ticket.0));
                 }
             }
         }
         sim.collect(index);
     }
-    assert_eq!(pending.len(), HOSTS * PER_HOST, "nobody holds a block yet");
+    assert_eq!(pending.len(), hosts * per_host, "nobody holds a block yet");
     let started = sim.now;
-    let mut failures = Vec::new();
     let limit = sim.now + Duration::from_secs(60);
     while !pending.is_empty() && sim.now < limit {
         sim.run_for(Duration::from_millis(50));
-        for index in 0..HOSTS {
+        for index in 0..hosts {
             for event in std::mem::take(&mut sim.events[index]) {
                 match event {
                     Event::AddressAllocated { ticket, ip, .. } => {
                         pending.remove(&(index, ticket.0));
-                        if let Some(first) = addresses.insert(ip, index) {
-                            duplicates.push((ip, first, index));
+                        if let Some(first) = run.addresses.insert(ip, index) {
+                            run.duplicates.push((ip, first, index));
                         }
                     }
                     Event::AllocationFailed { ticket, error } => {
                         pending.remove(&(index, ticket.0));
-                        failures.push((index, error));
+                        run.failures.push((index, error));
                     }
                     _ => {}
                 }
             }
         }
     }
-    println!(
-        "50 hosts x 20 addresses allocated at one instant: done in {:?}, {} failures",
-        sim.now - started,
-        failures.len()
-    );
-    assert!(duplicates.is_empty(), "duplicate addresses: {duplicates:?}");
-    assert!(failures.is_empty(), "failed allocations: {failures:?}");
-    assert!(
-        pending.is_empty(),
-        "{} allocations still pending",
-        pending.len()
-    );
-    assert_eq!(addresses.len(), HOSTS * PER_HOST);
-    let gateway: IpAddr = "10.20.0.1".parse().unwrap();
-    assert!(!addresses.contains_key(&gateway));
-
-    // Every host's block set is disjoint from every other's, and every
-    // directory agrees on the leases once replicated.
+    run.took = sim.now - started;
+    run.still_pending = pending.len();
     let mut holders: BTreeMap<u64, usize> = BTreeMap::new();
-    for index in 0..HOSTS {
+    for index in 0..hosts {
         for block in sim.nodes[index].leased_blocks(&network) {
-            assert!(
-                holders.insert(block, index).is_none(),
-                "block {block} leased twice"
-            );
+            if holders.insert(block, index).is_some() {
+                run.blocks_leased_twice.push(block);
+            }
         }
     }
+    // Once replicated, every directory shows every lease.
     sim.run_for(Duration::from_secs(5));
-    for index in 0..HOSTS {
+    for index in 0..hosts {
         let leases = sim.nodes[index].directory().leases(&network);
         assert_eq!(leases.len(), holders.len(), "host {index} sees every lease");
     }
+    run
+}
+
+/// 50 hosts each allocate 20 addresses at the same instant in a /21 (128
+/// blocks of 16): every request succeeds and no address is handed out twice.
+#[test]
+fn concurrent_allocation_never_duplicates() {
+    let run = allocate_at_once(50, 20, "10.20.0.0/21", seed(0x5eed_0002));
+    println!(
+        "50 hosts x 20 addresses allocated at one instant: done in {:?}, {} failures",
+        run.took,
+        run.failures.len()
+    );
+    assert!(
+        run.duplicates.is_empty(),
+        "duplicates: {:?}",
+        run.duplicates
+    );
+    assert!(
+        run.blocks_leased_twice.is_empty(),
+        "{:?}",
+        run.blocks_leased_twice
+    );
+    assert!(
+        run.failures.is_empty(),
+        "failed allocations: {:?}",
+        run.failures
+    );
+    assert_eq!(run.still_pending, 0);
+    assert_eq!(run.addresses.len(), 50 * 20);
+    let gateway: IpAddr = "10.20.0.1".parse().unwrap();
+    assert!(!run.addresses.contains_key(&gateway));
+}
+
+/// Scarcity: 30 hosts each want one block of a /23 (32 blocks) at the same
+/// instant, so nearly every random first pick collides. Still no address
+/// twice; requests that lose every attempt fail cleanly.
+#[test]
+fn contended_allocation_never_duplicates() {
+    let run = allocate_at_once(30, 10, "10.30.0.0/23", seed(0x5eed_0004));
+    println!(
+        "30 hosts x 10 addresses in 32 blocks at one instant: done in {:?}, {} of 300 failed",
+        run.took,
+        run.failures.len()
+    );
+    assert!(
+        run.duplicates.is_empty(),
+        "duplicates: {:?}",
+        run.duplicates
+    );
+    assert!(
+        run.blocks_leased_twice.is_empty(),
+        "{:?}",
+        run.blocks_leased_twice
+    );
+    assert_eq!(run.still_pending, 0);
+    assert_eq!(run.addresses.len() + run.failures.len(), 300);
+    assert!(
+        run.addresses.len() >= 200,
+        "only {} allocated",
+        run.addresses.len()
+    );
 }
 
 /// With a cluster key, keyed hosts form a cluster; a host with another key

@@ -1,0 +1,29 @@
+//! VXLAN decapsulation of arbitrary UDP payloads. Invariants: decap never
+//! panics; what it accepts has the I flag, a 24-bit VNI and an inner frame
+//! of at least an Ethernet header, which is exactly the bytes after the
+//! 8-byte header; re-encapsulating gives back the same VNI and frame; the
+//! outer source port of any frame is in Linux's ephemeral range.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weft_overlay::vxlan::{
+    decap, encap_header, source_port, Vni, ETHERNET_HEADER_LEN, HEADER_LEN, SOURCE_PORT_MAX,
+    SOURCE_PORT_MIN,
+};
+
+fuzz_target!(|datagram: &[u8]| {
+    let port = source_port(datagram);
+    assert!((SOURCE_PORT_MIN..=SOURCE_PORT_MAX).contains(&port));
+    assert_eq!(port, source_port(datagram));
+
+    if let Ok((vni, inner)) = decap(datagram) {
+        assert!(vni.get() <= Vni::MAX);
+        assert_eq!(datagram[0] & 0x08, 0x08);
+        assert!(inner.len() >= ETHERNET_HEADER_LEN);
+        assert_eq!(inner, &datagram[HEADER_LEN..]);
+
+        let mut again = encap_header(vni).to_vec();
+        again.extend_from_slice(inner);
+        assert_eq!(decap(&again), Ok((vni, inner)));
+    }
+});
