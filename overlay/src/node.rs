@@ -32,6 +32,20 @@
 //! member dropping it is about 0.8 + 0.8 + 1.5 + ~1 s of dissemination, under
 //! the 5 s target; the simulation measures it.
 //!
+//! Three additions to foca, each measured in the simulation:
+//! - every member that *hears* of a suspicion times it out itself
+//!   (`suspect_to_down_after`) and declares the member down, as SWIM's
+//!   suspicion subprotocol and memberlist do; foca alone only times out
+//!   suspicions the local probe raised, so a lost Down update left members
+//!   suspect for a whole probe round (over 30 s at 120 hosts);
+//! - the directory's anti-entropy digest doubles as a membership push-pull:
+//!   a digest that lacks a member we see alive gets that member back, and
+//!   one that still lists a member we know dead gets the Down update (a
+//!   joiner learns the whole cluster in about a second, not one random feed
+//!   every `announce_period`);
+//! - `join` is retried every second while no member is known, so a
+//!   lost announce (or seeds that are down) does not leave a host alone.
+//!
 //! A member that learns it was declared down (after a partition) renews its
 //! identity (renewal + 1) and rejoins; members periodically announce to
 //! members they consider down, which is how two halves of a healed
