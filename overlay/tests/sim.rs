@@ -331,7 +331,7 @@ fn cluster_of_120_converges_detects_death_and_heals() {
         sim.membership_converged() && sim.directories_converged(0)
     });
     let membership_time = converged.expect("membership and host records converge");
-    println!("120 hosts: membership and host records converged {membership_time:?} after the last join (joins took {joined_at:?})");
+    println!("120 hosts: host records and the network reached every host {membership_time:?} after membership converged (joins took {joined_at:?})");
     for index in 0..HOSTS {
         assert!(
             sim.nodes[index].directory().network(&network).is_some(),
