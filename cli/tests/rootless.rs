@@ -303,3 +303,83 @@ fn a_closed_tun_device_is_a_clear_error() {
         "and says how to fix it:\n{text}"
     );
 }
+
+/// A port published by a rootless `weft run` reaches the server inside it:
+/// the daemon's own network namespace (made by `unshare -Urn`) is where
+/// the port listens, so the client connects from there.
+#[test]
+fn a_rootless_published_port_reaches_the_server_inside() {
+    let Some(mut w) = RootlessWorld::new() else {
+        return;
+    };
+    w.start_daemon();
+    let pids = run(Command::new("pgrep").args(["-u", &w.user, "-f", "weft.*daemon"]));
+    let daemon_pid: u32 = stdout(&pids)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no daemon process; log:\n{}", w.daemon_log()));
+    // `unshare -n` leaves the new namespace's loopback down; the client
+    // below connects over it.
+    run_ok(Command::new("nsenter").args([
+        "-t",
+        &daemon_pid.to_string(),
+        "-n",
+        "ip",
+        "link",
+        "set",
+        "lo",
+        "up",
+    ]));
+    let mut server = w.as_user();
+    server
+        .arg(w.dir.join("weft"))
+        .args([
+            "run",
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "--",
+            "timeout",
+            "20",
+            "socat",
+            "TCP-LISTEN:80,fork,reuseaddr",
+            "SYSTEM:echo hello-from-web",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = server.spawn().expect("start web");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut reply = String::new();
+    while Instant::now() < deadline {
+        let out = run(Command::new("timeout").args([
+            "5",
+            "nsenter",
+            "-t",
+            &daemon_pid.to_string(),
+            "-n",
+            "socat",
+            "-T",
+            "3",
+            "-",
+            "TCP4:127.0.0.1:8080",
+        ]));
+        reply = stdout(&out);
+        if reply.contains("hello-from-web") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listening =
+        run(Command::new("nsenter").args(["-t", &daemon_pid.to_string(), "-n", "ss", "-ltnp"]));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        reply.contains("hello-from-web"),
+        "the published port did not reach the server: {reply:?}\nlistening in the daemon's namespace:\n{}\n{}",
+        show(&listening),
+        w.daemon_log()
+    );
+}
