@@ -95,6 +95,11 @@ const MAX_FRAME: usize = 65_535 + 14;
 const MAX_QUEUED_FRAMES: usize = 4096;
 /// TCP flow ids start here, apart from the UDP/ICMP NAT's ids.
 pub const FLOW_ID_BASE: u64 = 1 << 36;
+/// How often a sandbox's MAC is taught to the stack again.
+const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(20);
+/// Senders remembered as taught (a network's sandboxes); past this the
+/// memory starts over.
+const MAX_TAUGHT: usize = 4096;
 /// TTL of the error packets the gateway makes.
 const TTL: u8 = 64;
 /// An inbound connection whose SYN the sandbox leaves unanswered for this
@@ -250,6 +255,8 @@ struct Stack {
     mac: MacAddr,
     gateway_v4: Option<Ipv4Addr>,
     flows: Vec<FlowId>,
+    /// Senders whose MAC the stack was taught, and when.
+    taught: FxHashMap<Ipv4Addr, (MacAddr, Instant)>,
 }
 
 /// See the module header.
@@ -670,7 +677,7 @@ impl TcpNat {
         let Some(stack) = self.stacks.get_mut(&network) else {
             return;
         };
-        if let Some(arp) = stack.synthetic_arp(frame) {
+        if let Some(arp) = stack.synthetic_arp(now, frame) {
             stack.learn(now, epoch, &arp);
         }
         stack.device.push_rx(frame.to_vec());
@@ -876,6 +883,7 @@ impl Stack {
             mac: gateway.mac,
             gateway_v4,
             flows: Vec::new(),
+            taught: FxHashMap::default(),
         }
     }
 
@@ -898,20 +906,29 @@ impl Stack {
         self.device.tx.extend(extra);
     }
 
-    /// An ARP request from the sender of an IPv4 frame.
-    fn synthetic_arp(&self, frame: &[u8]) -> Option<Vec<u8>> {
+    /// An ARP request from the sender of an IPv4 frame, unless the stack
+    /// was taught this sender's MAC recently (smoltcp keeps a neighbour
+    /// for a minute; teaching it every [`NEIGHBOUR_REFRESH`] keeps it
+    /// fresh without a second stack pass per frame).
+    fn synthetic_arp(&mut self, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
         if eth.ethertype() != ETHERTYPE_IPV4 {
             return None;
         }
         let ip = eth.payload();
         let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-        Some(arp_request(
-            eth.source(),
-            src.into(),
-            self.mac,
-            self.gateway_v4,
-        ))
+        let src = Ipv4Addr::from(src);
+        let sender = eth.source();
+        if let Some((mac, at)) = self.taught.get(&src) {
+            if *mac == sender && now.saturating_duration_since(*at) < NEIGHBOUR_REFRESH {
+                return None;
+            }
+        }
+        if self.taught.len() >= MAX_TAUGHT {
+            self.taught.clear();
+        }
+        self.taught.insert(src, (sender, now));
+        Some(arp_request(sender, src, self.mac, self.gateway_v4))
     }
 }
 
