@@ -37,6 +37,9 @@
 //!   bound requires; seeded so simulations replay exactly.
 //! - `ipnet`: subnets in network records, with serde (as in the workspace).
 //! - `serde`, `thiserror`, `tracing`: as everywhere in weft.
+//! - `weft-vswitch`, for one trait only: [`Vxlan`] implements the switch's
+//!   `TunnelCodec`, so the data path's tunnel port speaks VXLAN without the
+//!   switch depending on this crate (DESIGN.md: `overlay -> vswitch`).
 //!
 //! Frame types (`MacAddr`) are this crate's own for now rather than
 //! `weft-vswitch`'s, so the overlay core builds without the data path's
@@ -57,4 +60,6 @@ pub use node::{
     Counters, Event, MemberInfo, MemberState, Node, NodeConfig, NodeIdentity, PublishError,
 };
 pub use transport::{SendError, Transport};
-pub use vxlan::{decap, encap_header, source_port, DecapError, Vni, DEFAULT_PORT, OVERHEAD_V4};
+pub use vxlan::{
+    decap, encap_header, source_port, DecapError, Vni, Vxlan, DEFAULT_PORT, OVERHEAD_V4,
+};
