@@ -4,15 +4,24 @@
 //! Stopping leaves every TAP in place (they are persistent): a daemon
 //! started again with the same state directory re-opens them and traffic
 //! resumes by itself.
+//!
+//! With `--listen IP:PORT` the daemon is a member of a gossip cluster
+//! (`--join` any member), overlay networks work, and VXLAN is received on
+//! `IP:--vxlan-port`; see `weft_cnm::cluster`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
+use weft_cnm::cluster::ClusterConfig;
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
 use weft_cnm::{api, Controller};
+
+/// The kernel's hostname (of the daemon's UTS namespace).
+const HOSTNAME: &str = "/proc/sys/kernel/hostname";
 
 /// Where the host's resolvers are listed.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -30,7 +39,27 @@ pub struct DaemonArgs {
     /// (repeatable) [default: the nameservers of /etc/resolv.conf].
     #[arg(long, value_name = "ADDR")]
     pub dns_upstream: Vec<String>,
+    /// Gossip address of this host (UDP); enables overlay networks. Its IP
+    /// is also where other hosts send VXLAN.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// A cluster member to join through (repeatable; any member will do).
+    #[arg(long, value_name = "IP:PORT", requires = "listen")]
+    pub join: Vec<SocketAddr>,
+    /// This host's name in the cluster, unique [default: the hostname].
+    #[arg(long, value_name = "NAME", requires = "listen")]
+    pub node_name: Option<String>,
+    /// File whose contents (trimmed) are the cluster's shared secret:
+    /// gossip is encrypted and authenticated with it.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub cluster_key: Option<PathBuf>,
+    /// UDP port of VXLAN, the same on every host.
+    #[arg(long, value_name = "PORT", default_value_t = VXLAN_PORT)]
+    pub vxlan_port: u16,
 }
+
+/// VXLAN's IANA port (RFC 7348 section 5), Linux's `vxlan` default too.
+const VXLAN_PORT: u16 = 4789;
 
 /// Run the daemon until a signal stops it.
 pub fn run(socket: &Path, args: DaemonArgs) -> Result<()> {
@@ -61,14 +90,24 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .map(|a| weft_cnm::resolv_conf::parse_upstream(a))
             .collect::<Result<Vec<_>, _>>()?
     };
+    let cluster = cluster_config(
+        &args.listen,
+        &args.join,
+        args.node_name,
+        args.cluster_key.as_deref(),
+        args.vxlan_port,
+    )?;
     let controller = Controller::start(ControllerConfig {
         state_dir: state_dir.clone(),
         helper_exe,
         netns_dir: PathBuf::from(NETNS_DIR),
         dns_upstreams,
+        cluster,
     })
     .await
     .with_context(|| format!("starting with state directory {}", state_dir.display()))?;
+    let controller = Arc::new(controller);
+    tokio::spawn(Arc::clone(&controller).follow_cluster());
     if !args.no_default_network {
         controller
             .ensure_default_network()
@@ -77,12 +116,60 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
     }
     let listener = bind(socket).await?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
-    let result = api::serve(listener, Arc::new(controller), shutdown_signal())
+    let result = api::serve(listener, controller, shutdown_signal())
         .await
         .context("serving the API");
     let _ = std::fs::remove_file(socket);
     tracing::info!("weft daemon stopped; TAPs stay for the next start");
     result
+}
+
+/// The cluster part of the options; None without `--listen`.
+fn cluster_config(
+    listen: &Option<SocketAddr>,
+    join: &[SocketAddr],
+    node_name: Option<String>,
+    cluster_key: Option<&Path>,
+    vxlan_port: u16,
+) -> Result<Option<ClusterConfig>> {
+    let Some(listen) = *listen else {
+        return Ok(None);
+    };
+    if listen.ip().is_unspecified() {
+        bail!("--listen {listen}: give this host's own address, the one other hosts reach it at (it is also its VXLAN address)");
+    }
+    let node_name = match node_name {
+        Some(name) => name,
+        None => std::fs::read_to_string(HOSTNAME)
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .with_context(|| {
+                format!("reading the hostname from {HOSTNAME} for the node name (give --node-name)")
+            })?,
+    };
+    let secret = match cluster_key {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("reading the cluster key {}", path.display()))?;
+            let secret = text.trim_ascii().to_vec();
+            if secret.is_empty() {
+                bail!(
+                    "the cluster key file {} is empty: put a secret in it",
+                    path.display()
+                );
+            }
+            Some(secret)
+        }
+        None => None,
+    };
+    Ok(Some(ClusterConfig {
+        listen,
+        join: join.to_vec(),
+        node_name,
+        secret,
+        vxlan_port,
+    }))
 }
 
 async fn bind(socket: &Path) -> Result<UnixListener> {

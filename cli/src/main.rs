@@ -19,6 +19,7 @@ mod daemon;
 mod helper;
 mod network;
 mod paths;
+mod peers;
 mod run;
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ enum Command {
     Network(network::NetworkCommand),
     /// Run a command in a new sandbox attached to weft networks.
     Run(run::RunArgs),
+    /// Show the cluster's members (alive, suspect, dead) and tunnel counters.
+    Peers(peers::PeersArgs),
     /// The attach helper the daemon starts (internal).
     #[command(name = "__attach", hide = true)]
     Attach {
@@ -94,6 +97,10 @@ fn main() -> ExitCode {
         Command::Network(command) => {
             let client = Client::new(&socket);
             report(block_on(async { network::run(&client, command).await }))
+        }
+        Command::Peers(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { peers::run(&client, args).await }))
         }
         Command::Run(args) => {
             let client = Client::new(&socket);

@@ -53,7 +53,7 @@ pub enum NetworkCommand {
 /// `weft network create`.
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
-    /// Driver: bridge, host or null.
+    /// Driver: bridge, overlay, host or null.
     #[arg(long, short = 'd', default_value = "bridge")]
     pub driver: String,
     /// Subnet in CIDR form (repeatable: one IPv4 and/or IPv6 subnet each).
@@ -274,7 +274,7 @@ fn print_table(networks: &[Network]) {
                 n.short_id().to_owned(),
                 n.name.clone(),
                 n.driver.to_string(),
-                "local".to_owned(),
+                n.scope.as_str().to_owned(),
                 n.subnets
                     .iter()
                     .map(|s| s.subnet.to_string())

@@ -8,6 +8,7 @@
 //! | `DELETE /v1/networks/{name}` | | `204` |
 //! | `POST /v1/networks/{name}/connect` | `ConnectRequest` | `201 Endpoint` |
 //! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
+//! | `GET /v1/peers` | | `PeersReport` (400 without `--listen`) |
 //! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
 //!
 //! A `ConnectRequest` may carry `ports`, the published ports: each the
@@ -93,6 +94,7 @@ type Shared = State<Arc<Controller>>;
 pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
         .route("/v1/version", get(version))
+        .route("/v1/peers", get(peers))
         .route("/v1/networks", get(list_networks).post(create_network))
         .route(
             "/v1/networks/{name}",
@@ -111,6 +113,10 @@ async fn version() -> impl IntoResponse {
         // /proc/PID/ns/user when the daemon runs in one of its own.
         "pid": std::process::id(),
     }))
+}
+
+async fn peers(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(c.peers()?))
 }
 
 async fn not_found() -> ApiError {

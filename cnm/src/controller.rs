@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -41,12 +41,19 @@ use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::datapath::Datapath;
 use weft_vswitch::sys::publish::PublishError;
 
+use weft_overlay::{EndpointRecord, NetworkId as ClusterNetworkId, NetworkRecord, Vni};
+use weft_vswitch::sys::datapath::TunnelCounters;
+
+use crate::cluster::{
+    Cluster, ClusterAllocError, ClusterConfig, ClusterError, GossipCounters, PeerInfo,
+};
 use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
 use crate::host_routes;
 use crate::model::{
     DriverKind, Endpoint, Network, PortMapping, PortMappingError, Scope, SubnetInfo, UnknownDriver,
-    DEFAULT_MTU, MAX_MTU, MIN_MTU,
+    DEFAULT_MTU, DEFAULT_OVERLAY_MTU, MAX_MTU, MIN_MTU,
 };
+use crate::overlay_driver::{self, OverlayDriver, PEERS_OPTION, VNI_OPTION};
 use crate::resolv_conf;
 use crate::store::{State, StateStore, StoreError};
 
@@ -70,6 +77,8 @@ pub struct ControllerConfig {
     pub netns_dir: PathBuf,
     /// Upstream resolvers of the embedded DNS.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The gossip cluster to join (`--listen`); None: no overlay networks.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `network create`.
@@ -278,12 +287,104 @@ pub enum ControllerError {
     /// The data path could not be started.
     #[error("starting the data path")]
     Datapath(#[source] std::io::Error),
+    /// An overlay network on a daemon without `--listen`.
+    #[error("start the daemon with --listen to use overlay networks")]
+    OverlayNeedsCluster,
+    /// More than one subnet, or an `--ip-range`, for an overlay network.
+    #[error("an overlay network takes one --subnet and no --ip-range (addresses are leased across hosts from the whole subnet)")]
+    OverlaySubnets,
+    /// The VNI is taken by another cluster network.
+    #[error("VNI {vni} is already used by cluster network {network:?}: choose another --opt vni=N or leave it out")]
+    VniInUse {
+        /// The VNI.
+        vni: u32,
+        /// The network that has it.
+        network: String,
+    },
+    /// No cluster address could be had.
+    #[error("no address for the endpoint")]
+    ClusterAddress(#[source] ClusterAllocError),
+    /// The gossip socket could not be bound.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The VXLAN socket could not be bound.
+    #[error("binding the VXLAN socket {addr} (--vxlan-port)")]
+    TunnelBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// `weft peers`: this host, the other members and the tunnel's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeersReport {
+    /// This host's `--node-name`.
+    pub name: String,
+    /// This host's gossip address.
+    pub address: std::net::SocketAddr,
+    /// The other members.
+    pub members: Vec<PeerInfo>,
+    /// The VXLAN tunnel's counters.
+    pub tunnel: TunnelCountersSnapshot,
+    /// Gossip datagrams dropped.
+    pub gossip: GossipCounters,
+}
+
+/// The tunnel counters at one moment.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TunnelCountersSnapshot {
+    /// Datagrams received and switched.
+    pub rx: u64,
+    /// Datagrams sent.
+    pub tx: u64,
+    /// Datagrams from an address that is neither a member nor a static
+    /// peer, dropped.
+    pub dropped_not_member: u64,
+    /// Datagrams that were not VXLAN, or of an unknown VNI, dropped.
+    pub dropped_invalid: u64,
+}
+
+impl From<&TunnelCounters> for TunnelCountersSnapshot {
+    fn from(c: &TunnelCounters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        TunnelCountersSnapshot {
+            rx: c.rx.load(Relaxed),
+            tx: c.tx.load(Relaxed),
+            dropped_not_member: c.dropped_not_member.load(Relaxed),
+            dropped_invalid: c.dropped_invalid.load(Relaxed),
+        }
+    }
+}
+
+/// How long the cluster sync waits after a change before it runs, so a
+/// burst of changes is one sync.
+const SYNC_COALESCE: Duration = Duration::from_millis(20);
+
+/// How long a connect waits for a cluster address block.
+const CLUSTER_ALLOCATION_WAIT: Duration = Duration::from_secs(10);
+
+/// Attempts at a cluster address that is not already used on this host
+/// (by a static `--ip`).
+const CLUSTER_ALLOCATION_ATTEMPTS: usize = 4;
+
+/// Lowest VNI chosen at random (Docker's overlay starts at 4096 too,
+/// leaving the low ones to hand-made Linux `vxlan` devices).
+const RANDOM_VNI_MIN: u32 = 4096;
+
+/// Keys of the network record's options that carry the network's MTU and
+/// `--internal` to the other hosts (not user options).
+const RECORD_MTU: &str = "weft.mtu";
+const RECORD_INTERNAL: &str = "weft.internal";
 
 /// See the module header.
 pub struct Controller {
     inner: Mutex<Inner>,
     netns_dir: PathBuf,
+    cluster: Option<Arc<Cluster>>,
+    datapath: Arc<Datapath>,
 }
 
 struct Inner {
@@ -292,6 +393,7 @@ struct Inner {
     null: Arc<NullDriver>,
     host: Arc<HostDriver>,
     bridge: Arc<BridgeDriver>,
+    overlay: Arc<OverlayDriver>,
 }
 
 impl ControllerError {
@@ -317,11 +419,20 @@ impl ControllerError {
             | ControllerError::MtuOutOfRange { .. }
             | ControllerError::Subnet(_)
             | ControllerError::Address(_)
-            | ControllerError::DuplicateFamily => 400,
+            | ControllerError::DuplicateFamily
+            | ControllerError::OverlayNeedsCluster
+            | ControllerError::OverlaySubnets => 400,
+            ControllerError::VniInUse { .. } => 409,
+            ControllerError::ClusterAddress(ClusterAllocError::Allocate(
+                weft_overlay::AllocateError::Exhausted(_),
+            )) => 409,
+            ControllerError::ClusterAddress(_) => 503,
             ControllerError::Driver { .. }
             | ControllerError::Publish(PublishError::Bind { .. })
             | ControllerError::Store(_)
-            | ControllerError::Datapath(_) => 500,
+            | ControllerError::Datapath(_)
+            | ControllerError::Cluster(_)
+            | ControllerError::TunnelBind { .. } => 500,
         }
     }
 }
@@ -340,15 +451,44 @@ impl Controller {
         let config_upstreams = config.dns_upstreams.clone();
         let state = store.load()?;
         let datapath = Arc::new(Datapath::spawn().map_err(ControllerError::Datapath)?);
+        let cluster = match config.cluster {
+            Some(cluster_config) => {
+                let tunnel_addr = std::net::SocketAddr::new(
+                    cluster_config.listen.ip(),
+                    cluster_config.vxlan_port,
+                );
+                let socket = std::net::UdpSocket::bind(tunnel_addr).map_err(|source| {
+                    ControllerError::TunnelBind {
+                        addr: tunnel_addr,
+                        source,
+                    }
+                })?;
+                datapath
+                    .enable_tunnel(socket, Box::new(weft_overlay::Vxlan))
+                    .map_err(|e| ControllerError::Driver {
+                        driver: DriverKind::Overlay,
+                        source: e.into(),
+                    })?;
+                Some(Cluster::start(cluster_config).await?)
+            }
+            None => None,
+        };
+        let bridge = Arc::new(BridgeDriver::new(
+            config.helper_exe.clone(),
+            Arc::clone(&datapath),
+        ));
         let controller = Controller {
             inner: Mutex::new(Inner {
                 state,
                 store,
-                null: Arc::new(NullDriver::new(config.helper_exe.clone())),
+                null: Arc::new(NullDriver::new(config.helper_exe)),
                 host: Arc::new(HostDriver),
-                bridge: Arc::new(BridgeDriver::new(config.helper_exe, datapath)),
+                overlay: Arc::new(OverlayDriver::new(Arc::clone(&bridge), cluster.clone())),
+                bridge,
             }),
             netns_dir: config.netns_dir,
+            cluster,
+            datapath,
         };
         {
             let inner = controller.inner.lock().await;
@@ -367,6 +507,20 @@ impl Controller {
     async fn restore(&self) -> Result<(), ControllerError> {
         let mut inner = self.inner.lock().await;
         for network in inner.state.networks.clone() {
+            if network.driver == DriverKind::Overlay {
+                let Some(cluster) = &self.cluster else {
+                    tracing::error!(
+                        network = network.name,
+                        "overlay network not restored: start the daemon with --listen"
+                    );
+                    continue;
+                };
+                // Published again (an older stamp loses to a deletion
+                // made elsewhere while this host was down).
+                if let Some(record) = network_record(&network) {
+                    cluster.publish_network(ClusterNetworkId(network.id.clone()), record);
+                }
+            }
             let driver = inner.driver(network.driver);
             driver
                 .create_network(&network)
@@ -390,6 +544,7 @@ impl Controller {
             match joined {
                 Ok(joined) => {
                     tracing::info!(network = network.name, sandbox = %endpoint.sandbox.display(), ifname = joined.ifname, "endpoint restored");
+                    self.publish_endpoint(&network, &joined);
                     inner.state.endpoints.push(joined);
                 }
                 Err(e) if !endpoint.sandbox.exists() => {
@@ -447,7 +602,11 @@ impl Controller {
             Some(name) => name.parse::<DriverKind>()?,
             None => DriverKind::Bridge,
         };
-        let mtu = request.mtu.unwrap_or(DEFAULT_MTU);
+        let mtu = request.mtu.unwrap_or(if driver == DriverKind::Overlay {
+            DEFAULT_OVERLAY_MTU
+        } else {
+            DEFAULT_MTU
+        });
         let has_v6 = request.subnets.iter().any(|s| s.subnet.addr().is_ipv6());
         let min = if has_v6 { 1280 } else { MIN_MTU };
         if !(min..=MAX_MTU).contains(&mtu) {
@@ -461,6 +620,9 @@ impl Controller {
             return Err(ControllerError::SubnetsNotAllowed { driver });
         }
         validate_options(driver, &request.options)?;
+        if driver == DriverKind::Overlay {
+            return self.create_overlay_network(request, mtu).await;
+        }
         let mut inner = self.inner.lock().await;
         if inner.network(&request.name).is_some() {
             return Err(ControllerError::NetworkExists { name: request.name });
@@ -487,6 +649,7 @@ impl Controller {
             mtu,
             options: request.options,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            vni: None,
         };
         if let Err(source) = inner.driver(driver).create_network(&network) {
             inner.state.ipam.remove_network(&name);
@@ -503,6 +666,85 @@ impl Controller {
         Ok(network)
     }
 
+    /// `network create --driver overlay`: a cluster network, published in
+    /// the directory so that every host makes it too.
+    async fn create_overlay_network(
+        &self,
+        request: CreateNetworkRequest,
+        mtu: u32,
+    ) -> Result<Network, ControllerError> {
+        let cluster = self
+            .cluster
+            .clone()
+            .ok_or(ControllerError::OverlayNeedsCluster)?;
+        if request.subnets.len() > 1 || request.subnets.iter().any(|s| s.ip_range.is_some()) {
+            return Err(ControllerError::OverlaySubnets);
+        }
+        let mut inner = self.inner.lock().await;
+        let name = request.name.clone();
+        if inner.network(&name).is_some() || cluster.network_by_name(&name).is_some() {
+            return Err(ControllerError::NetworkExists { name });
+        }
+        let vni = match request.options.get(VNI_OPTION) {
+            Some(text) => {
+                // validate_options checked it is a VNI.
+                let vni = text.parse::<u32>().unwrap_or_default();
+                if let Some((_, other)) = Vni::new(vni).ok().and_then(|v| cluster.network_by_vni(v))
+                {
+                    return Err(ControllerError::VniInUse {
+                        vni,
+                        network: other.name,
+                    });
+                }
+                vni
+            }
+            None => random_vni(&cluster),
+        };
+        let subnets = match inner.add_subnets(&name, &request.subnets) {
+            Ok(subnets) => subnets,
+            Err(e) => {
+                inner.state.ipam.remove_network(&name);
+                return Err(e);
+            }
+        };
+        let network = Network {
+            name: name.clone(),
+            id: random_id(),
+            driver: DriverKind::Overlay,
+            scope: Scope::Cluster,
+            subnets,
+            internal: request.internal,
+            mtu,
+            options: request.options,
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            vni: Some(vni),
+        };
+        let id = ClusterNetworkId(network.id.clone());
+        if let Some(record) = network_record(&network) {
+            cluster.publish_network(id.clone(), record);
+        }
+        let undo = |inner: &mut Inner| {
+            cluster.delete_network(id.clone());
+            inner.state.networks.retain(|n| n.name != name);
+            inner.state.ipam.remove_network(&name);
+        };
+        if let Err(source) = inner.overlay.create_network(&network) {
+            undo(&mut inner);
+            return Err(ControllerError::Driver {
+                driver: DriverKind::Overlay,
+                source,
+            });
+        }
+        inner.state.networks.push(network.clone());
+        if let Err(e) = inner.save() {
+            let _ = inner.overlay.delete_network(&network);
+            undo(&mut inner);
+            return Err(e);
+        }
+        tracing::info!(network = name, vni, subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "overlay network created");
+        Ok(network)
+    }
+
     /// `network rm`.
     ///
     /// # Errors
@@ -515,12 +757,19 @@ impl Controller {
             .network(name)
             .cloned()
             .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
-        let count = inner
+        let local = inner
             .state
             .endpoints
             .iter()
             .filter(|e| e.network == name)
             .count();
+        // An overlay network's endpoints on every host count.
+        let cluster_id = ClusterNetworkId(network.id.clone());
+        let cluster = self
+            .cluster
+            .as_ref()
+            .filter(|_| network.driver == DriverKind::Overlay);
+        let count = cluster.map_or(local, |c| c.endpoint_count(&cluster_id).max(local));
         if count > 0 {
             return Err(ControllerError::NetworkInUse {
                 name: name.into(),
@@ -534,6 +783,9 @@ impl Controller {
                 driver: network.driver,
                 source,
             })?;
+        if let Some(cluster) = cluster {
+            cluster.delete_network(cluster_id);
+        }
         inner.state.networks.retain(|n| n.name != name);
         inner.state.ipam.remove_network(name);
         inner.save()?;
@@ -617,7 +869,16 @@ impl Controller {
                 sandbox,
             });
         }
-        let addresses = inner.assign_addresses(&network, &request.ips)?;
+        let (ips, cluster_ips) = self
+            .cluster_addresses(&mut inner, &network, request.ips)
+            .await?;
+        let addresses = match inner.assign_addresses(&network, &ips) {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                self.release_cluster_addresses(&network, &cluster_ips);
+                return Err(e);
+            }
+        };
         let mut endpoint = Endpoint {
             id: random_id(),
             network: network.name.clone(),
@@ -643,6 +904,7 @@ impl Controller {
                 ),
             };
             inner.release_addresses(&endpoint);
+            self.release_cluster_addresses(&network, &cluster_ips);
             return Err(error.into());
         }
         let driver = inner.driver(network.driver);
@@ -661,6 +923,7 @@ impl Controller {
             Err(e) => {
                 let _ = driver.delete_endpoint(&network, &endpoint);
                 inner.release_addresses(&endpoint);
+                self.release_cluster_addresses(&network, &cluster_ips);
                 return Err(e);
             }
         };
@@ -673,8 +936,10 @@ impl Controller {
             inner.state.endpoints.retain(|x| x.id != endpoint.id);
             let _ = driver.leave(&network, &endpoint);
             inner.release_addresses(&endpoint);
+            self.release_cluster_addresses(&network, &cluster_ips);
             return Err(e);
         }
+        self.publish_endpoint(&network, &endpoint);
         inner.publish_names(&network);
         tracing::info!(network = network.name, sandbox = %endpoint.sandbox.display(), ifname = endpoint.ifname, addresses = ?endpoint.addresses, "endpoint joined");
         Ok(endpoint)
@@ -726,6 +991,17 @@ impl Controller {
         }
         let _ = driver.delete_endpoint(&network, &endpoint);
         inner.release_addresses(&endpoint);
+        if network.driver == DriverKind::Overlay {
+            if let Some(cluster) = &self.cluster {
+                let id = ClusterNetworkId(network.id.clone());
+                if let Some(mac) = endpoint.mac {
+                    cluster.withdraw_endpoint(&id, mac.0);
+                }
+                for address in &endpoint.addresses {
+                    cluster.release(&id, address.addr());
+                }
+            }
+        }
         if let Some(path) = &endpoint.resolv_conf {
             resolv_conf::remove(path);
         }
@@ -734,6 +1010,227 @@ impl Controller {
         inner.save()?;
         tracing::info!(network = network.name, sandbox = %sandbox.display(), "endpoint left");
         Ok(())
+    }
+
+    /// The addresses of a new endpoint: the static ones (`--ip`), and for
+    /// an overlay network one from the cluster allocator for each family
+    /// of its subnet that has none (returned apart too, to release them if
+    /// the connect fails). Other drivers: the static ones as given.
+    async fn cluster_addresses(
+        &self,
+        inner: &mut Inner,
+        network: &Network,
+        static_ips: Vec<IpAddr>,
+    ) -> Result<(Vec<IpAddr>, Vec<IpAddr>), ControllerError> {
+        if network.driver != DriverKind::Overlay {
+            return Ok((static_ips, Vec::new()));
+        }
+        let cluster = self
+            .cluster
+            .clone()
+            .ok_or(ControllerError::OverlayNeedsCluster)?;
+        let id = ClusterNetworkId(network.id.clone());
+        let mut ips = static_ips;
+        let mut leased = Vec::new();
+        for subnet in &network.subnets {
+            let v4 = subnet.subnet.addr().is_ipv4();
+            if ips.iter().any(|ip| ip.is_ipv4() == v4) {
+                continue;
+            }
+            let mut found = None;
+            for _ in 0..CLUSTER_ALLOCATION_ATTEMPTS {
+                let ip = match cluster.allocate(&id, CLUSTER_ALLOCATION_WAIT).await {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        self.release_cluster_addresses(network, &leased);
+                        return Err(ControllerError::ClusterAddress(e));
+                    }
+                };
+                // Taken on this host by a static --ip: keep it marked used
+                // in the cluster pool and take the next one.
+                if inner.state.ipam.reserve(&network.name, ip).is_ok() {
+                    let _ = inner.state.ipam.release(&network.name, ip);
+                    found = Some(ip);
+                    break;
+                }
+            }
+            let Some(ip) = found else {
+                self.release_cluster_addresses(network, &leased);
+                return Err(ControllerError::Address(weft_ipam::AllocError::Exhausted {
+                    subnet: subnet.subnet,
+                }));
+            };
+            leased.push(ip);
+            ips.push(ip);
+        }
+        Ok((ips, leased))
+    }
+
+    fn release_cluster_addresses(&self, network: &Network, ips: &[IpAddr]) {
+        if let Some(cluster) = &self.cluster {
+            let id = ClusterNetworkId(network.id.clone());
+            for ip in ips {
+                cluster.release(&id, *ip);
+            }
+        }
+    }
+
+    /// Announce an overlay network's local endpoint to every host.
+    fn publish_endpoint(&self, network: &Network, endpoint: &Endpoint) {
+        if network.driver != DriverKind::Overlay {
+            return;
+        }
+        let (Some(cluster), Some(mac)) = (&self.cluster, endpoint.mac) else {
+            return;
+        };
+        let record = EndpointRecord {
+            network: ClusterNetworkId(network.id.clone()),
+            mac: weft_overlay::MacAddr(mac.0),
+            ips: endpoint.addresses.iter().map(|a| a.addr()).collect(),
+            name: Some(endpoint.name.clone()),
+            aliases: endpoint.aliases.clone(),
+        };
+        if let Err(e) = cluster.publish_endpoint(record) {
+            tracing::error!(network = network.name, endpoint = endpoint.name, error = %e, "endpoint not announced to the cluster: other hosts will not reach it by name or without flooding");
+        }
+    }
+
+    /// `weft peers`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::OverlayNeedsCluster`] without `--listen`.
+    pub fn peers(&self) -> Result<PeersReport, ControllerError> {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .ok_or(ControllerError::OverlayNeedsCluster)?;
+        Ok(PeersReport {
+            name: cluster.name().to_owned(),
+            address: cluster.listen(),
+            members: cluster.members(),
+            tunnel: self.datapath.tunnel_counters().into(),
+            gossip: cluster.counters(),
+        })
+    }
+
+    /// Follow the cluster directory until the daemon stops: after every
+    /// change, [`Controller::sync_cluster`]. Returns at once without a
+    /// cluster.
+    pub async fn follow_cluster(self: Arc<Self>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let mut changes = cluster.subscribe();
+        loop {
+            self.sync_cluster().await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+            // Let a burst of changes (a joiner's whole directory) settle
+            // into one sync.
+            tokio::time::sleep(SYNC_COALESCE).await;
+        }
+    }
+
+    /// Bring this host in line with the cluster directory: make the cluster
+    /// networks created elsewhere, remove those deleted elsewhere (unless
+    /// they still have endpoints here), give every overlay network its
+    /// tunnel table and DNS names, and the tunnel its accepted sources.
+    pub async fn sync_cluster(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut inner = self.inner.lock().await;
+        let records = cluster.networks();
+        let mut changed = false;
+        for (id, record) in &records {
+            if inner.state.networks.iter().any(|n| n.id == id.0) {
+                continue;
+            }
+            if let Some(local) = inner.network(&record.name) {
+                tracing::warn!(network = record.name, local_driver = %local.driver, "cluster network not made here: a local network has its name");
+                continue;
+            }
+            let network = network_from_record(id, record);
+            let subnet = [SubnetRequest {
+                subnet: record.subnet,
+                gateway: record.gateway,
+                ip_range: None,
+            }];
+            let subnets = match inner.add_subnets(&network.name, &subnet) {
+                Ok(subnets) => subnets,
+                Err(e) => {
+                    inner.state.ipam.remove_network(&network.name);
+                    tracing::warn!(network = network.name, error = %error_chain(&e), "cluster network not made here");
+                    continue;
+                }
+            };
+            let network = Network { subnets, ..network };
+            if let Err(e) = inner.overlay.create_network(&network) {
+                inner.state.ipam.remove_network(&network.name);
+                tracing::error!(network = network.name, error = %error_chain(&e), "cluster network not made here");
+                continue;
+            }
+            tracing::info!(
+                network = network.name,
+                vni = network.vni,
+                "cluster network appeared"
+            );
+            inner.state.networks.push(network);
+            changed = true;
+        }
+        let gone: Vec<Network> = inner
+            .state
+            .networks
+            .iter()
+            .filter(|n| {
+                n.driver == DriverKind::Overlay && !records.iter().any(|(id, _)| id.0 == n.id)
+            })
+            .cloned()
+            .collect();
+        for network in gone {
+            if inner
+                .state
+                .endpoints
+                .iter()
+                .any(|e| e.network == network.name)
+            {
+                tracing::warn!(network = network.name, "cluster network deleted elsewhere but it has endpoints here: kept until they disconnect");
+                continue;
+            }
+            if let Err(e) = inner.overlay.delete_network(&network) {
+                tracing::error!(network = network.name, error = %error_chain(&e), "removing a cluster network");
+            }
+            inner.state.networks.retain(|n| n.name != network.name);
+            inner.state.ipam.remove_network(&network.name);
+            tracing::info!(
+                network = network.name,
+                "cluster network removed (deleted on another host)"
+            );
+            changed = true;
+        }
+        if changed {
+            if let Err(e) = inner.save() {
+                tracing::error!(error = %error_chain(&e), "saving the state after a cluster change");
+            }
+        }
+        let mut sources: Vec<IpAddr> = cluster.member_ips();
+        for network in inner.state.networks.clone() {
+            if network.driver != DriverKind::Overlay {
+                continue;
+            }
+            sources.extend(overlay_driver::static_peers(&network));
+            if let Err(e) = inner.overlay.refresh(&network) {
+                tracing::error!(network = network.name, error = %error_chain(&e), "tunnel table not updated");
+            }
+            inner.publish_names(&network);
+        }
+        sources.sort();
+        sources.dedup();
+        if let Err(e) = self.datapath.set_tunnel_peers(sources) {
+            tracing::error!(error = %e, "tunnel sources not updated");
+        }
     }
 
     /// Point a named namespace's resolver at the network's gateways (see
@@ -787,6 +1284,7 @@ impl Inner {
             DriverKind::Null => self.null.clone(),
             DriverKind::Host => self.host.clone(),
             DriverKind::Bridge => self.bridge.clone(),
+            DriverKind::Overlay => self.overlay.clone(),
         }
     }
 
@@ -950,6 +1448,7 @@ fn validate_options(
 ) -> Result<(), ControllerError> {
     let known: &[(&str, &[&str])] = match driver {
         DriverKind::Bridge => BRIDGE_OPTIONS,
+        DriverKind::Overlay => return validate_overlay_options(options),
         DriverKind::Null | DriverKind::Host => &[],
     };
     for (key, value) in options {
@@ -982,6 +1481,88 @@ fn validate_options(
         }
     }
     Ok(())
+}
+
+/// `--opt vni=N` (1 to 2^24-1) and `--opt peers=IP[,IP...]`, nothing else.
+fn validate_overlay_options(options: &BTreeMap<String, String>) -> Result<(), ControllerError> {
+    for (key, value) in options {
+        let reason = match key.as_str() {
+            VNI_OPTION => match value.parse::<u32>() {
+                Ok(vni) if vni >= 1 && Vni::new(vni).is_ok() => continue,
+                _ => format!(
+                    "{value:?} is not a VNI: use a number from 1 to {}",
+                    Vni::MAX
+                ),
+            },
+            PEERS_OPTION => match overlay_driver::parse_peers(value) {
+                Ok(peers) if !peers.is_empty() => continue,
+                Ok(_) => "give at least one address: peers=IP[,IP...]".to_owned(),
+                Err(bad) => format!("{bad:?} is not an IP address: use peers=IP[,IP...]"),
+            },
+            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...]"
+                .to_owned(),
+        };
+        return Err(ControllerError::InvalidOption {
+            key: key.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// A VNI no live cluster network uses, at random from [`RANDOM_VNI_MIN`].
+fn random_vni(cluster: &Cluster) -> u32 {
+    let mut vni = RANDOM_VNI_MIN;
+    // 2^24 - 4096 values for at most a few thousand networks: a free one
+    // comes in a few draws; the bound only guards against a full space.
+    for _ in 0..1000 {
+        vni = rand::random_range(RANDOM_VNI_MIN..=Vni::MAX);
+        if Vni::new(vni).is_ok_and(|v| cluster.network_by_vni(v).is_none()) {
+            break;
+        }
+    }
+    vni
+}
+
+/// The directory's record of an overlay network (its MTU and `--internal`
+/// ride in the options under reserved keys).
+fn network_record(network: &Network) -> Option<NetworkRecord> {
+    let subnet = network.subnets.first()?;
+    let vni = Vni::new(network.vni?).ok()?;
+    let mut options = network.options.clone();
+    options.insert(RECORD_MTU.into(), network.mtu.to_string());
+    options.insert(RECORD_INTERNAL.into(), network.internal.to_string());
+    Some(NetworkRecord {
+        name: network.name.clone(),
+        subnet: subnet.subnet,
+        gateway: Some(subnet.gateway),
+        vni,
+        options,
+    })
+}
+
+/// A cluster network made here from the directory's record (subnets are
+/// filled in once the local IPAM took the subnet).
+fn network_from_record(id: &ClusterNetworkId, record: &NetworkRecord) -> Network {
+    let mut options = record.options.clone();
+    let mtu = options
+        .remove(RECORD_MTU)
+        .and_then(|m| m.parse().ok())
+        .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+        .unwrap_or(DEFAULT_OVERLAY_MTU);
+    let internal = options.remove(RECORD_INTERNAL).is_some_and(|v| v == "true");
+    Network {
+        name: record.name.clone(),
+        id: id.0.clone(),
+        driver: DriverKind::Overlay,
+        scope: Scope::Cluster,
+        subnets: Vec::new(),
+        internal,
+        mtu,
+        options,
+        created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        vni: Some(record.vni.get()),
+    }
 }
 
 fn validate_name(what: &'static str, name: &str) -> Result<(), ControllerError> {

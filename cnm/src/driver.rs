@@ -9,6 +9,7 @@
 //! | `null` | nothing | the helper brings up `lo` in the sandbox |
 //! | `host` | nothing | nothing: the sandbox is the host's namespace |
 //! | `bridge` | a network (broadcast domain) in the switch | the helper makes a TAP in the sandbox, its fd becomes a switch port |
+//! | `overlay` | a bridge network whose other hosts are tunnel ports (see [`crate::overlay_driver`]) | as `bridge` |
 //!
 //! `join` and `leave` block (they run the attach helper): the controller
 //! calls them off the async runtime.
@@ -71,6 +72,9 @@ pub enum DriverError {
     /// A host port of a published port cannot be bound.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// An overlay network on a daemon that is not in a cluster.
+    #[error("start the daemon with --listen to use overlay networks")]
+    NoCluster,
     /// A published port's family has no address in the endpoint.
     #[error("-p {mapping}: the endpoint has no address of that family to relay to")]
     NoAddressFor {
@@ -239,6 +243,38 @@ impl BridgeDriver {
             datapath,
             tables: Mutex::default(),
         }
+    }
+
+    /// The data path this driver feeds.
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.datapath
+    }
+
+    /// The switch's id of a network this driver made.
+    pub fn switch_network(&self, name: &str) -> Option<NetworkId> {
+        self.tables().networks.get(name).copied()
+    }
+
+    /// Serve these names in the network's embedded DNS (all of them: the
+    /// zone is replaced).
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Datapath`] when the data path is gone.
+    pub fn set_zone_entries(
+        &self,
+        network: &Network,
+        entries: Vec<ZoneEntry>,
+    ) -> Result<(), DriverError> {
+        let Some(id) = self.switch_network(&network.name) else {
+            return Ok(());
+        };
+        let zone = Zone {
+            network_name: network.name.clone(),
+            entries,
+        };
+        self.datapath.set_zone(id, zone)?;
+        Ok(())
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, BridgeTables> {
@@ -443,22 +479,7 @@ impl NetworkDriver for BridgeDriver {
         network: &Network,
         endpoints: &[&Endpoint],
     ) -> Result<(), DriverError> {
-        let Some(id) = self.tables().networks.get(&network.name).copied() else {
-            return Ok(());
-        };
-        let zone = Zone {
-            network_name: network.name.clone(),
-            entries: endpoints
-                .iter()
-                .map(|e| ZoneEntry {
-                    name: e.name.clone(),
-                    aliases: e.aliases.clone(),
-                    addresses: e.addresses.iter().map(|a| a.addr()).collect(),
-                })
-                .collect(),
-        };
-        self.datapath.set_zone(id, zone)?;
-        Ok(())
+        self.set_zone_entries(network, endpoints.iter().map(|e| zone_entry(e)).collect())
     }
 
     fn set_dns_upstreams(&self, upstreams: &[std::net::SocketAddr]) -> Result<(), DriverError> {
@@ -471,6 +492,15 @@ impl NetworkDriver for BridgeDriver {
             .ports
             .get(&endpoint.id)
             .map(|(_, counters)| counters.snapshot())
+    }
+}
+
+/// An endpoint's names and addresses for the embedded DNS.
+pub fn zone_entry(endpoint: &Endpoint) -> ZoneEntry {
+    ZoneEntry {
+        name: endpoint.name.clone(),
+        aliases: endpoint.aliases.clone(),
+        addresses: endpoint.addresses.iter().map(|a| a.addr()).collect(),
     }
 }
 

@@ -13,20 +13,32 @@
 //! attach helper ([`attach`]), a short-lived process that enters the
 //! sandbox, makes the TAP and passes its fd back.
 //!
+//! Overlay (cluster-scope) networks add a gossip runtime ([`cluster`]) that
+//! keeps this host in the cluster directory; the controller follows the
+//! directory ([`Controller::follow_cluster`]) to make networks created on
+//! other hosts, and the overlay driver ([`overlay_driver`]) gives the
+//! switch its view of the other hosts.
+//!
 //! # Dependencies
 //!
 //! - `axum` serves the API on a `tokio::net::UnixListener`: it works with
 //!   `curl --unix-socket` and accepts Docker's `+json` content types.
 //! - `tokio` runs the control plane; the data path has its own thread.
 //! - `nix` for the socket pair and `SCM_RIGHTS` of the attach protocol.
-//! - `humantime` formats creation times (RFC 3339); `rand` makes ids.
+//! - `humantime` formats creation times (RFC 3339); `rand` makes ids,
+//!   random VNIs and the gossip node's seed (from the OS's randomness).
+//! - `weft-overlay`, the sans-IO gossip node and VXLAN codec: [`cluster`]
+//!   is its I/O driver, [`overlay_driver`] turns its directory into the
+//!   switch's tunnel tables.
 
 pub mod api;
 pub mod attach;
+pub mod cluster;
 pub mod controller;
 pub mod driver;
 pub mod host_routes;
 pub mod model;
+pub mod overlay_driver;
 pub mod resolv_conf;
 pub mod store;
 

@@ -16,6 +16,10 @@ use weft_vswitch::MacAddr;
 /// Default MTU of a local network's sandbox interfaces (Ethernet's).
 pub const DEFAULT_MTU: u32 = 1500;
 
+/// Default MTU of an overlay network's sandbox interfaces: Ethernet's less
+/// what VXLAN over IPv4 adds (50 bytes), as Linux's `vxlan` does.
+pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
+
 /// Lowest MTU accepted (IPv4's minimum is 68; IPv6 needs 1280, enforced when
 /// a network has an IPv6 subnet).
 pub const MIN_MTU: u32 = 68;
@@ -34,6 +38,9 @@ pub enum DriverKind {
     Host,
     /// A local L2 network switched in userspace by weft.
     Bridge,
+    /// A cluster-wide L2 network: switched by weft on every host, carried
+    /// between hosts in VXLAN.
+    Overlay,
 }
 
 /// Local (this host) or cluster (every host of the gossip cluster).
@@ -42,6 +49,8 @@ pub enum DriverKind {
 pub enum Scope {
     /// This host only.
     Local,
+    /// Every host of the gossip cluster.
+    Cluster,
 }
 
 /// One subnet of a network, as shown by `inspect`.
@@ -78,6 +87,9 @@ pub struct Network {
     pub options: BTreeMap<String, String>,
     /// When it was created (RFC 3339, UTC).
     pub created: String,
+    /// The VXLAN network identifier of an overlay network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
 }
 
 /// An endpoint: one network's interface inside one sandbox.
@@ -114,7 +126,7 @@ pub struct Endpoint {
 
 /// A driver name that is not one of weft's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown driver {0:?}: use bridge, host or null")]
+#[error("unknown driver {0:?}: use bridge, overlay, host or null")]
 pub struct UnknownDriver(pub String);
 
 impl DriverKind {
@@ -124,12 +136,21 @@ impl DriverKind {
             DriverKind::Null => "null",
             DriverKind::Host => "host",
             DriverKind::Bridge => "bridge",
+            DriverKind::Overlay => "overlay",
         }
     }
 
     /// Whether the driver gives endpoints addresses and interfaces.
     pub const fn has_interfaces(self) -> bool {
-        matches!(self, DriverKind::Bridge)
+        matches!(self, DriverKind::Bridge | DriverKind::Overlay)
+    }
+
+    /// The scope of the driver's networks.
+    pub const fn scope(self) -> Scope {
+        match self {
+            DriverKind::Overlay => Scope::Cluster,
+            DriverKind::Null | DriverKind::Host | DriverKind::Bridge => Scope::Local,
+        }
     }
 }
 
@@ -147,7 +168,18 @@ impl FromStr for DriverKind {
             "null" | "none" => Ok(DriverKind::Null),
             "host" => Ok(DriverKind::Host),
             "bridge" => Ok(DriverKind::Bridge),
+            "overlay" => Ok(DriverKind::Overlay),
             other => Err(UnknownDriver(other.to_owned())),
+        }
+    }
+}
+
+impl Scope {
+    /// `local` or `cluster`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Cluster => "cluster",
         }
     }
 }

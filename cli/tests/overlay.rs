@@ -1,0 +1,719 @@
+//! End-to-end tests of overlay networks: several weft hosts joined by
+//! gossip, one cluster network across them carried in VXLAN, names across
+//! hosts, interop with Linux's own `vxlan`, failure detection and the
+//! cluster key. Needs root, `ip`, `ping`, `bridge` and `tcpdump`; skipped
+//! otherwise (fails under `CI=true`).
+//!
+//! Topology ([`Cluster`]): a namespace UNDERLAY holding a Linux bridge
+//! `br0`; hosts H1, H2, ... (namespaces) each with a veth into `br0`,
+//! addressed 192.0.2.N/24; a weft daemon in each host namespace
+//! (`--listen 192.0.2.N:7946`, the others `--join 192.0.2.1:7946`,
+//! `--dns-upstream` a closed port on the host's own loopback, its own
+//! state directory), and sandboxes attached to each host's daemon. A
+//! "plain Linux" host (no weft) is a namespace with a veth into `br0` too.
+//! Nothing is configured outside namespaces the test made; every daemon
+//! runs inside one.
+//!
+//! Subnets: 10.232.N.0/24, a distinct N per test. Times measured
+//! (convergence, dead detection) are printed with `--nocapture`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{
+    daemon_logs, delete_namespace, exec_in, expect_weft_ok, has_tool, kill_group, one_network,
+    require, run, show, spawn_background, stdout, unique_name_with, wait_for_daemon, weft_in,
+    CMD_TIMEOUT, WEFT,
+};
+use serde_json::Value;
+
+/// Gossip port of every host.
+const GOSSIP_PORT: u16 = 7946;
+
+/// Ceiling on the life of a daemon or a capture.
+const LIFETIME: &str = "600";
+
+/// Bound on waiting for the cluster to converge on something.
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// The failure-detection target of the issue.
+const DEAD_WITHIN: Duration = Duration::from_secs(5);
+
+/// A unique namespace name `wto-<pid>-<counter>-<role>`.
+fn unique_name(role: &str) -> String {
+    unique_name_with("wto", role)
+}
+
+/// The underlay address of host `n` (1-based).
+fn host_ip(n: usize) -> String {
+    format!("192.0.2.{n}")
+}
+
+/// One weft host of the cluster.
+struct Host {
+    /// `hN`, its `--node-name`.
+    name: String,
+    /// Its namespace.
+    ns: String,
+    socket: PathBuf,
+    state_dir: PathBuf,
+    log: PathBuf,
+    daemon: Option<Child>,
+    starts: usize,
+    dir: PathBuf,
+}
+
+/// The cluster world. Drop kills every daemon and capture and deletes
+/// every namespace.
+struct Cluster {
+    dir: PathBuf,
+    underlay: String,
+    hosts: Vec<Host>,
+    namespaces: Vec<String>,
+    captures: Vec<Child>,
+}
+
+impl Host {
+    fn log_text(&self) -> String {
+        format!("[{}]\n{}", self.name, daemon_logs(&self.dir, self.starts))
+    }
+
+    fn weft(&self, args: &[&str]) -> Output {
+        weft_in(&self.ns, &self.socket, args)
+    }
+
+    fn weft_ok(&self, args: &[&str]) -> String {
+        expect_weft_ok(self.weft(args), args, || self.log_text())
+    }
+
+    /// `weft peers --json`.
+    fn peers(&self) -> Value {
+        let text = self.weft_ok(&["peers", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("peers is not JSON ({e}): {text}"))
+    }
+
+    /// The state of member `name` as this host sees it (None: unknown).
+    fn member_state(&self, name: &str) -> Option<String> {
+        self.peers()["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["state"].as_str().map(str::to_owned))
+    }
+
+    /// `network ls --format json`, the network named `name`.
+    fn listed_network(&self, name: &str) -> Option<Value> {
+        let text = self.weft_ok(&["network", "ls", "--format", "json"]);
+        let all: Value = serde_json::from_str(&text).ok()?;
+        all.as_array()?.iter().find(|n| n["name"] == name).cloned()
+    }
+
+    fn inspect(&self, network: &str) -> Value {
+        one_network(&self.weft_ok(&["network", "inspect", network]))
+    }
+
+    /// Connect `sandbox` to `network` as `name`; its IPv4 address.
+    fn connect(&self, network: &str, sandbox: &str, name: &str) -> String {
+        self.weft_ok(&["network", "connect", "--name", name, network, sandbox]);
+        let details = self.inspect(network);
+        let endpoint = details["endpoints"]
+            .as_array()
+            .and_then(|eps| eps.iter().find(|e| e["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("endpoint {name} not in inspect: {details:#}"));
+        endpoint["addresses"][0]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("endpoint {name} has no address: {endpoint:#}"))
+            .to_owned()
+    }
+}
+
+impl Cluster {
+    /// The underlay and `hosts` weft hosts, H1 first; H2.. join H1.
+    /// `key(n)`: the cluster-key contents of host n, if any. None (skip)
+    /// when a requirement is missing.
+    fn new(hosts: usize, key: impl Fn(usize) -> Option<&'static str>) -> Option<Cluster> {
+        if !require(
+            nix::unistd::geteuid().is_root(),
+            "needs root (network namespaces, TAPs)",
+        ) || !require(has_tool("ip", "-V"), "needs `ip` (iproute2)")
+            || !require(has_tool("bridge", "-V"), "needs `bridge` (iproute2)")
+            || !require(has_tool("ping", "-V"), "needs `ping` (iputils)")
+            || !require(has_tool("tcpdump", "--version"), "needs `tcpdump`")
+        {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(unique_name("dir"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let mut c = Cluster {
+            dir,
+            underlay: String::new(),
+            hosts: Vec::new(),
+            namespaces: Vec::new(),
+            captures: Vec::new(),
+        };
+        // From here on, Drop cleans up whatever was made.
+        c.underlay = c.namespace("underlay");
+        let u = c.underlay.clone();
+        c.sh(&["ip", "-n", &u, "link", "set", "lo", "up"]);
+        c.sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"]);
+        c.sh(&["ip", "-n", &u, "link", "set", "br0", "up"]);
+        for n in 1..=hosts {
+            let ns = c.plain_host(n);
+            let name = format!("h{n}");
+            let host_dir = c.dir.join(&name);
+            std::fs::create_dir_all(&host_dir).expect("host directory");
+            let key_file = key(n).map(|secret| {
+                let path = host_dir.join("cluster.key");
+                std::fs::write(&path, format!("  {secret}\n")).expect("key file");
+                path
+            });
+            c.hosts.push(Host {
+                name,
+                ns,
+                socket: host_dir.join("weft.sock"),
+                state_dir: host_dir.join("state"),
+                log: host_dir.join("daemon-1.log"),
+                daemon: None,
+                starts: 0,
+                dir: host_dir,
+            });
+            c.start_daemon(n - 1, key_file.as_deref());
+        }
+        Some(c)
+    }
+
+    /// Run a command (under `timeout`) that must succeed.
+    fn sh(&self, cmd: &[&str]) -> String {
+        let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(cmd));
+        assert!(out.status.success(), "{cmd:?}: {}", show(&out));
+        stdout(&out)
+    }
+
+    /// Make a fresh namespace; deleted by Drop.
+    fn namespace(&mut self, role: &str) -> String {
+        let name = unique_name(role);
+        let out = run(Command::new("timeout").args([CMD_TIMEOUT, "ip", "netns", "add", &name]));
+        assert!(out.status.success(), "ip netns add {name}: {}", show(&out));
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    /// A namespace with `v0` = 192.0.2.N/24 in the underlay bridge.
+    fn plain_host(&mut self, n: usize) -> String {
+        let ns = self.namespace(&format!("h{n}"));
+        let u = self.underlay.clone();
+        let port = format!("p{n}");
+        let cidr = format!("{}/24", host_ip(n));
+        self.sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        self.sh(&[
+            "ip", "-n", &ns, "link", "add", "v0", "type", "veth", "peer", "name", &port, "netns",
+            &u,
+        ]);
+        self.sh(&["ip", "-n", &u, "link", "set", &port, "master", "br0", "up"]);
+        self.sh(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "v0"]);
+        self.sh(&["ip", "-n", &ns, "link", "set", "v0", "up"]);
+        ns
+    }
+
+    /// Start (again) the daemon of host index `i`.
+    fn start_daemon(&mut self, i: usize, key_file: Option<&std::path::Path>) {
+        let listen = format!("{}:{GOSSIP_PORT}", host_ip(i + 1));
+        let seed = format!("{}:{GOSSIP_PORT}", host_ip(1));
+        let host = &mut self.hosts[i];
+        host.starts += 1;
+        host.log = host.dir.join(format!("daemon-{}.log", host.starts));
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns", "exec", &host.ns, "timeout", "-s", "KILL", LIFETIME, WEFT,
+        ])
+        .arg("--socket")
+        .arg(&host.socket)
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(&host.state_dir)
+        // A closed port on the host namespace's own loopback.
+        .args(["--dns-upstream", "127.0.0.1:9", "--no-default-network"])
+        .args(["--listen", &listen, "--node-name", &host.name]);
+        if i > 0 {
+            cmd.args(["--join", &seed]);
+        }
+        if let Some(path) = key_file {
+            cmd.arg("--cluster-key").arg(path);
+        }
+        cmd.env("WEFT_LOG", "info,weft_overlay=info")
+            .env("NO_COLOR", "1");
+        let log = host.log.clone();
+        host.daemon = Some(spawn_background(&mut cmd, None, &log));
+        let (dir, starts, ns, socket) = (
+            host.dir.clone(),
+            host.starts,
+            host.ns.clone(),
+            host.socket.clone(),
+        );
+        wait_for_daemon(&mut host.daemon, &ns, &socket, || daemon_logs(&dir, starts));
+    }
+
+    /// SIGKILL host index `i`'s daemon.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.hosts[i].daemon.take() {
+            kill_group(&mut child);
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.hosts
+            .iter()
+            .map(Host::log_text)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A sandbox namespace (lo down: weft brings it up).
+    fn sandbox(&mut self, role: &str) -> String {
+        self.namespace(role)
+    }
+
+    /// Wait until every host sees every other alive; the time it took.
+    fn wait_converged(&self) -> Duration {
+        let start = Instant::now();
+        for _ in 0..300 {
+            let all = self.hosts.iter().all(|h| {
+                self.hosts
+                    .iter()
+                    .filter(|o| o.name != h.name)
+                    .all(|o| h.member_state(&o.name).as_deref() == Some("alive"))
+            });
+            if all {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < CONVERGE,
+                "members did not all see each other alive within {CONVERGE:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("convergence loop ran out:\n{}", self.logs());
+    }
+
+    /// Poll `check` every 100 ms until true, at most `within`; the time it
+    /// took, or a panic saying `what` with every log.
+    fn wait_for(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        for _ in 0..1000 {
+            if check() {
+                return start.elapsed();
+            }
+            if start.elapsed() >= within {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: not within {within:?}\n{}", self.logs());
+    }
+
+    /// Ping until it answers (bounded); panics with the logs otherwise.
+    fn ping_ok(&self, ns: &str, target: &str) {
+        let mut last = None;
+        let start = Instant::now();
+        for _ in 0..30 {
+            let out = exec_in(ns, &["ping", "-c", "1", "-W", "1", target]);
+            if out.status.success() {
+                return;
+            }
+            last = Some(out);
+            if start.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let neigh = exec_in(ns, &["ip", "neigh"]);
+        panic!(
+            "in {ns}: ping {target} failed: {}\n--- ip neigh ---\n{}\n{}",
+            last.map(|o| show(&o)).unwrap_or_default(),
+            stdout(&neigh),
+            self.logs()
+        );
+    }
+
+    /// Start `tcpdump -v` on the underlay bridge for `filter`, `count`
+    /// packets at most; read with [`Cluster::capture_output`].
+    fn capture(&mut self, filter: &str, count: &str) -> (usize, PathBuf) {
+        let path = self
+            .dir
+            .join(format!("capture-{}.txt", self.captures.len()));
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.underlay,
+            "timeout",
+            "20",
+            "tcpdump",
+            "-l",
+            "-n",
+            "-v",
+            "-i",
+            "br0",
+            "-c",
+            count,
+            filter,
+        ]);
+        let child = spawn_background(&mut cmd, Some(&path), &path.with_extension("err"));
+        self.captures.push(child);
+        // tcpdump says "listening on" once it captures.
+        let err = path.with_extension("err");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if std::fs::read_to_string(&err).is_ok_and(|t| t.contains("listening on")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (self.captures.len() - 1, path)
+    }
+
+    /// Wait (bounded) for capture `index` to end; its text.
+    fn capture_output(&mut self, index: usize, path: &PathBuf) -> String {
+        let started = Instant::now();
+        let child = &mut self.captures[index];
+        while started.elapsed() < Duration::from_secs(20) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_group(child);
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            if let Some(mut child) = host.daemon.take() {
+                kill_group(&mut child);
+            }
+        }
+        for child in &mut self.captures {
+            kill_group(child);
+        }
+        for name in self.namespaces.iter().rev() {
+            delete_namespace(name);
+        }
+        if std::env::var_os("WEFT_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// (a) + (b): a network created on H1 appears on H2 and H3 (scope
+/// cluster, driver overlay, MTU 1450); sandboxes on the three hosts get
+/// distinct addresses, ping each other by address and by name; the
+/// underlay carries UDP 4789 with the network's VNI; `rm` is refused while
+/// another host has endpoints, and once they are gone the network leaves
+/// every host.
+#[test]
+fn a_network_made_on_one_host_carries_traffic_and_names_across_three() {
+    let Some(mut c) = Cluster::new(3, |_| None) else {
+        return;
+    };
+    let converged = c.wait_converged();
+    eprintln!("membership converged (3 hosts) in {converged:?}");
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.1.0/24",
+        "--opt",
+        "vni=4242",
+        "ov",
+    ]);
+    let created = Instant::now();
+    for i in 1..3 {
+        let took = c.wait_for("the network appears on another host", CONVERGE, || {
+            c.hosts[i].listed_network("ov").is_some()
+        });
+        let listed = c.hosts[i].listed_network("ov").unwrap_or_default();
+        assert_eq!(listed["scope"], "cluster", "{listed:#}");
+        assert_eq!(listed["driver"], "overlay", "{listed:#}");
+        assert_eq!(listed["vni"], 4242, "{listed:#}");
+        eprintln!("network visible on h{} {took:?} after its creation", i + 1);
+    }
+    eprintln!(
+        "network on every host {:?} after its creation",
+        created.elapsed()
+    );
+    let table = c.hosts[1].weft_ok(&["network", "ls"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" ov ") && l.contains("overlay") && l.contains("cluster")),
+        "{table}"
+    );
+
+    let names = ["alpha", "beta", "gamma"];
+    let sandboxes: Vec<String> = names.iter().map(|n| c.sandbox(n)).collect();
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        addrs.push(c.hosts[i].connect("ov", &sandboxes[i], names[i]));
+    }
+    let mut distinct = addrs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "an address was handed out twice: {addrs:?}"
+    );
+    for addr in &addrs {
+        assert!(addr.starts_with("10.232.1."), "{addrs:?}");
+    }
+    let link = stdout(&exec_in(
+        &sandboxes[1],
+        &["ip", "-o", "link", "show", "eth0"],
+    ));
+    assert!(link.contains("mtu 1450"), "overlay MTU: {link}");
+
+    let (capture, path) = c.capture("udp port 4789", "4");
+    for (from, to) in [(0, 1), (1, 2), (2, 0)] {
+        c.ping_ok(&sandboxes[from], &addrs[to]);
+    }
+    let text = c.capture_output(capture, &path);
+    assert!(
+        text.contains("VXLAN") && text.contains("vni 4242"),
+        "tcpdump on the underlay should show VXLAN with VNI 4242:\n{text}"
+    );
+
+    // By name, across hosts (the embedded DNS of each host has the others'
+    // endpoints); the name appears once the directory carried it.
+    for (from, to) in [(0, 1), (1, 2), (2, 0)] {
+        let took = c.wait_for("a remote name resolves", CONVERGE, || {
+            exec_in(&sandboxes[from], &["getent", "hosts", names[to]])
+                .status
+                .success()
+        });
+        let answer = stdout(&exec_in(&sandboxes[from], &["getent", "hosts", names[to]]));
+        assert!(answer.contains(&addrs[to]), "{} -> {answer}", names[to]);
+        eprintln!("{} resolved {} after {took:?}", names[from], names[to]);
+        c.ping_ok(&sandboxes[from], names[to]);
+    }
+
+    // rm is refused while any host has endpoints, then works everywhere.
+    let refused = c.hosts[1].weft(&["network", "rm", "ov"]);
+    assert!(!refused.status.success(), "{}", show(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("endpoint"),
+        "{}",
+        show(&refused)
+    );
+    for i in 0..3 {
+        c.hosts[i].weft_ok(&["network", "disconnect", "ov", &sandboxes[i]]);
+    }
+    c.wait_for("the endpoints leave the directory", CONVERGE, || {
+        c.hosts[1].weft(&["network", "rm", "ov"]).status.success()
+    });
+    for i in [0, 2] {
+        c.wait_for("the network leaves the other hosts", CONVERGE, || {
+            c.hosts[i].listed_network("ov").is_none()
+        });
+    }
+}
+
+/// (c) A plain Linux host with a kernel `vxlan` device and a static flood
+/// entry toward H1 is a static peer of the network (`--opt vni=`,
+/// `--opt peers=`): each pings the other's address. VXLAN from an address
+/// that is neither a member nor a static peer is dropped and counted.
+#[test]
+fn linux_vxlan_interoperates_as_a_static_peer() {
+    let Some(mut c) = Cluster::new(1, |_| None) else {
+        return;
+    };
+    let linux = c.plain_host(4);
+    let local = host_ip(4);
+    let weft_host = host_ip(1);
+    c.sh(&[
+        "ip", "-n", &linux, "link", "add", "vx0", "type", "vxlan", "id", "4343", "dstport", "4789",
+        "local", &local, "dev", "v0",
+    ]);
+    c.sh(&[
+        "ip",
+        "-n",
+        &linux,
+        "addr",
+        "add",
+        "10.232.3.200/24",
+        "dev",
+        "vx0",
+    ]);
+    c.sh(&["ip", "-n", &linux, "link", "set", "vx0", "up"]);
+    c.sh(&[
+        "bridge",
+        "-n",
+        &linux,
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vx0",
+        "dst",
+        &weft_host,
+    ]);
+    let peers = format!("peers={local}");
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.3.0/24",
+        "--opt",
+        "vni=4343",
+        "--opt",
+        &peers,
+        "ov",
+    ]);
+    let sandbox = c.sandbox("s1");
+    let addr = c.hosts[0].connect("ov", &sandbox, "s1");
+    c.ping_ok(&linux, &addr);
+    c.ping_ok(&sandbox, "10.232.3.200");
+
+    // An address of the underlay that is not a peer sends VXLAN to H1.
+    let before = c.hosts[0].peers()["tunnel"]["dropped_not_member"]
+        .as_u64()
+        .unwrap_or(0);
+    let stranger = c.plain_host(9);
+    let send = format!(
+        "printf '\\010\\0\\0\\0\\0\\020\\331\\0xxxxxxxxxxxxxx' > /dev/udp/{weft_host}/4789"
+    );
+    for _ in 0..3 {
+        let out = exec_in(&stranger, &["bash", "-c", &send]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    c.wait_for(
+        "non-member VXLAN is counted",
+        Duration::from_secs(5),
+        || {
+            c.hosts[0].peers()["tunnel"]["dropped_not_member"]
+                .as_u64()
+                .unwrap_or(0)
+                >= before + 3
+        },
+    );
+    let table = c.hosts[0].weft_ok(&["peers"]);
+    assert!(table.contains("not a member"), "{table}");
+}
+
+/// (d) A host killed with SIGKILL is dead in the others' `weft peers`
+/// within 5 s, and its endpoint's name leaves their DNS.
+#[test]
+fn a_killed_host_is_declared_dead_within_five_seconds() {
+    let Some(mut c) = Cluster::new(3, |_| None) else {
+        return;
+    };
+    let converged = c.wait_converged();
+    eprintln!("membership converged (3 hosts) in {converged:?}");
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.4.0/24",
+        "ov",
+    ]);
+    c.wait_for("the network reaches h3", CONVERGE, || {
+        c.hosts[2].listed_network("ov").is_some()
+    });
+    let s1 = c.sandbox("s1");
+    let s3 = c.sandbox("s3");
+    c.hosts[0].connect("ov", &s1, "one");
+    c.hosts[2].connect("ov", &s3, "three");
+    c.wait_for("h3's endpoint resolves on h1", CONVERGE, || {
+        exec_in(&s1, &["getent", "hosts", "three"]).status.success()
+    });
+
+    c.kill(2);
+    let killed = Instant::now();
+    let mut dead_after = Vec::new();
+    for i in 0..2 {
+        c.wait_for("h3 is declared dead", Duration::from_secs(10), || {
+            c.hosts[i].member_state("h3").as_deref() == Some("dead")
+        });
+        dead_after.push(killed.elapsed());
+    }
+    eprintln!("h3 dead on h1 and h2 after {dead_after:?}");
+    for took in &dead_after {
+        assert!(
+            *took <= DEAD_WITHIN + Duration::from_millis(500),
+            "dead after {took:?}, target {DEAD_WITHIN:?}\n{}",
+            c.logs()
+        );
+    }
+    let gone = c.wait_for(
+        "h3's endpoint leaves h1's DNS",
+        Duration::from_secs(5),
+        || !exec_in(&s1, &["getent", "hosts", "three"]).status.success(),
+    );
+    eprintln!(
+        "h3's name gone from h1's DNS {:?} after the kill",
+        killed.elapsed()
+    );
+    let _ = gone;
+}
+
+/// (e) With `--cluster-key`, a daemon with another key never becomes a
+/// member, and its gossip is counted as rejected.
+#[test]
+fn a_daemon_with_another_cluster_key_cannot_join() {
+    let Some(c) = Cluster::new(3, |n| {
+        Some(if n == 3 { "not-the-secret" } else { "s3cret" })
+    }) else {
+        return;
+    };
+    c.wait_for("h1 and h2 see each other", CONVERGE, || {
+        c.hosts[0].member_state("h2").as_deref() == Some("alive")
+            && c.hosts[1].member_state("h1").as_deref() == Some("alive")
+    });
+    // Give h3 the time it would need to join (it retries every second).
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..2 {
+        assert_eq!(
+            c.hosts[i].member_state("h3"),
+            None,
+            "h3 has another key and must not be a member:\n{}",
+            c.logs()
+        );
+    }
+    assert!(
+        c.hosts[2].peers()["members"]
+            .as_array()
+            .is_none_or(|m| m.is_empty()),
+        "h3 must see nobody:\n{}",
+        c.logs()
+    );
+    let rejected = c.hosts[0].peers()["gossip"]["rejected"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(rejected > 0, "h1 should count h3's datagrams as rejected");
+}
+
+/// Overlay networks need `--listen`: a daemon without it says so.
+#[test]
+fn overlay_networks_need_listen() {
+    let Some(w) = common::World::new() else {
+        return;
+    };
+    let err = w.weft_err(&["network", "create", "--driver", "overlay", "ov"]);
+    assert!(err.contains("start the daemon with --listen"), "{err}");
+    let err = w.weft_err(&["peers"]);
+    assert!(err.contains("--listen"), "{err}");
+}
