@@ -515,8 +515,8 @@ fn a_network_made_on_one_host_carries_traffic_and_names_across_three() {
         "{}",
         show(&refused)
     );
-    for i in 0..3 {
-        c.hosts[i].weft_ok(&["network", "disconnect", "ov", &sandboxes[i]]);
+    for (host, sandbox) in c.hosts.iter().zip(&sandboxes) {
+        host.weft_ok(&["network", "disconnect", "ov", sandbox]);
     }
     c.wait_for("the endpoints leave the directory", CONVERGE, || {
         c.hosts[1].weft(&["network", "rm", "ov"]).status.success()
@@ -658,16 +658,29 @@ fn a_killed_host_is_declared_dead_within_five_seconds() {
             c.logs()
         );
     }
-    let gone = c.wait_for(
-        "h3's endpoint leaves h1's DNS",
-        Duration::from_secs(5),
-        || !exec_in(&s1, &["getent", "hosts", "three"]).status.success(),
+    // A name that is not local is forwarded to the (closed) upstream, so a
+    // failing lookup takes the resolver's timeout: the time a check
+    // *started* bounds when the name left.
+    let mut gone_by = None;
+    for _ in 0..100 {
+        let started = killed.elapsed();
+        if !exec_in(&s1, &["getent", "hosts", "three"]).status.success() {
+            gone_by = Some(started);
+            break;
+        }
+        assert!(
+            started < Duration::from_secs(15),
+            "h3's endpoint still resolves on h1 {started:?} after the kill\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone_by = gone_by.expect("bounded loop ended");
+    eprintln!("h3's name gone from h1's DNS at most {gone_by:?} after the kill");
+    assert!(
+        gone_by <= DEAD_WITHIN + Duration::from_millis(500),
+        "h3's records should leave within {DEAD_WITHIN:?}, took up to {gone_by:?}"
     );
-    eprintln!(
-        "h3's name gone from h1's DNS {:?} after the kill",
-        killed.elapsed()
-    );
-    let _ = gone;
 }
 
 /// (e) With `--cluster-key`, a daemon with another key never becomes a

@@ -1660,6 +1660,83 @@ mod tests {
     }
 
     #[test]
+    fn overlay_options_are_a_vni_and_peers() {
+        let opts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let check = |pairs: &[(&str, &str)]| validate_options(DriverKind::Overlay, &opts(pairs));
+        assert!(check(&[]).is_ok());
+        assert!(check(&[("vni", "4242"), ("peers", "192.0.2.4,2001:db8::4")]).is_ok());
+        assert!(check(&[("vni", "16777215")]).is_ok());
+        for bad in ["0", "16777216", "x", "-1"] {
+            let e = check(&[("vni", bad)]).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains("from 1 to 16777215"), "{e}");
+        }
+        let e = check(&[("peers", "192.0.2.4,nohost")]).unwrap_err();
+        assert!(
+            e.to_string().contains("\"nohost\" is not an IP address"),
+            "{e}"
+        );
+        let e = check(&[("peers", ",")]).unwrap_err();
+        assert!(e.to_string().contains("at least one"), "{e}");
+        let e = check(&[("host_loopback", "true")]).unwrap_err();
+        assert!(e.to_string().contains("known options are vni=N"), "{e}");
+    }
+
+    #[test]
+    fn overlay_networks_travel_as_records_and_come_back_the_same() {
+        let network = Network {
+            name: "ov".into(),
+            id: "ab".repeat(32),
+            driver: DriverKind::Overlay,
+            scope: Scope::Cluster,
+            subnets: vec![SubnetInfo {
+                subnet: "10.232.0.0/24".parse().unwrap(),
+                gateway: "10.232.0.1".parse().unwrap(),
+                ip_range: None,
+            }],
+            internal: true,
+            mtu: 1400,
+            options: [("vni".to_owned(), "7".to_owned())].into(),
+            created: String::new(),
+            vni: Some(7),
+        };
+        let record = network_record(&network).expect("an overlay network has a record");
+        assert_eq!(record.vni.get(), 7);
+        assert_eq!(record.gateway, Some("10.232.0.1".parse().unwrap()));
+        let id = ClusterNetworkId(network.id.clone());
+        let back = network_from_record(&id, &record);
+        assert_eq!(
+            Network {
+                subnets: network.subnets.clone(),
+                created: String::new(),
+                ..back
+            },
+            network
+        );
+        // A record without the reserved keys gets the overlay defaults.
+        let mut bare = record.clone();
+        bare.options.clear();
+        let back = network_from_record(&id, &bare);
+        assert_eq!((back.mtu, back.internal), (DEFAULT_OVERLAY_MTU, false));
+        // Without a VNI or a subnet there is no record.
+        assert!(network_record(&Network {
+            vni: None,
+            ..network.clone()
+        })
+        .is_none());
+        assert!(network_record(&Network {
+            subnets: Vec::new(),
+            ..network
+        })
+        .is_none());
+    }
+
+    #[test]
     fn statuses_follow_the_kind_of_error() {
         assert_eq!(
             ControllerError::NetworkNotFound { name: "x".into() }.status(),
@@ -1678,6 +1755,21 @@ mod tests {
             409
         );
         assert_eq!(ControllerError::DuplicateFamily.status(), 400);
+        assert_eq!(ControllerError::OverlayNeedsCluster.status(), 400);
+        assert_eq!(ControllerError::OverlaySubnets.status(), 400);
+        assert_eq!(
+            ControllerError::VniInUse {
+                vni: 1,
+                network: "x".into()
+            }
+            .status(),
+            409
+        );
+        assert_eq!(
+            ControllerError::ClusterAddress(ClusterAllocError::Timeout(Duration::from_secs(1)))
+                .status(),
+            503
+        );
         let addr = "0.0.0.0:8080".parse().unwrap();
         let proto = weft_vswitch::sys::publish::L4Proto::Tcp;
         assert_eq!(
