@@ -683,6 +683,49 @@ fn a_killed_host_is_declared_dead_within_five_seconds() {
     );
 }
 
+/// A daemon killed and started again with its state directory rejoins:
+/// its overlay network and endpoint come back, and traffic and names
+/// across hosts resume.
+#[test]
+fn a_restarted_host_rejoins_with_its_endpoints() {
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    c.wait_converged();
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.6.0/24",
+        "ov",
+    ]);
+    c.wait_for("the network reaches h2", CONVERGE, || {
+        c.hosts[1].listed_network("ov").is_some()
+    });
+    let s1 = c.sandbox("s1");
+    let s2 = c.sandbox("s2");
+    let a1 = c.hosts[0].connect("ov", &s1, "one");
+    c.hosts[1].connect("ov", &s2, "two");
+    c.ping_ok(&s1, "two");
+
+    c.kill(1);
+    c.start_daemon(1, None);
+    let restarted = Instant::now();
+    c.wait_converged();
+    let took = c.wait_for("h2's endpoint resolves on h1 again", CONVERGE, || {
+        exec_in(&s1, &["getent", "hosts", "two"]).status.success()
+    });
+    eprintln!("after h2's restart, its endpoint is back on h1 in {took:?}");
+    c.ping_ok(&s1, "two");
+    c.ping_ok(&s2, &a1);
+    eprintln!(
+        "traffic across hosts resumed {:?} after h2's restart",
+        restarted.elapsed()
+    );
+}
+
 /// (e) With `--cluster-key`, a daemon with another key never becomes a
 /// member, and its gossip is counted as rejected.
 #[test]

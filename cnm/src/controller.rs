@@ -26,6 +26,29 @@
 //! endpoint never gets one already in use. Restored endpoints publish their
 //! stored ports again (with the host port bound before, also for one the
 //! kernel chose); one that cannot be bound is logged and dropped.
+//!
+//! # Overlay networks
+//!
+//! An overlay network is published in the cluster directory
+//! ([`crate::cluster`]) before it is made here, and removed from it on
+//! `rm` (refused while any host has endpoints on it). Networks created or
+//! deleted on other hosts reach this one through
+//! [`Controller::sync_cluster`], which [`Controller::follow_cluster`] runs
+//! after every directory change: it makes or removes the local network
+//! (one whose name a local network already has is skipped with a warning;
+//! one deleted elsewhere while it still has endpoints here stays until they
+//! leave), and refreshes every overlay network's tunnel table, DNS zone and
+//! the tunnel's accepted sources. Endpoint addresses come from the cluster
+//! allocator (unless `--ip`), are reserved in the local IPAM too, and the
+//! endpoint is published once joined, withdrawn on disconnect. The
+//! record's options carry the network's MTU and `--internal` under
+//! reserved `weft.` keys.
+//!
+//! At start, stored overlay networks and endpoints are published again (a
+//! deletion made elsewhere meanwhile wins: its stamp is newer). Limit: the
+//! address blocks this host leased before the restart are not leased
+//! again for its restored endpoints, so until those endpoints reconnect
+//! another host could be handed one of their addresses.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
