@@ -397,25 +397,20 @@ impl Cluster {
         network: &NetworkId,
         bound: Duration,
     ) -> Result<IpAddr, ClusterAllocError> {
-        let answer = {
+        let (ticket, answer) = {
             let mut state = self.lock();
-            match state.node.allocate(network, Instant::now()) {
-                Ok(Allocation::Ready(ip)) => Ok(ip),
-                Ok(Allocation::Pending(ticket)) => {
+            let allocated = state.node.allocate(network, Instant::now());
+            self.wake.notify_one();
+            match allocated? {
+                Allocation::Ready(ip) => return Ok(ip),
+                Allocation::Pending(ticket) => {
                     let (tx, rx) = oneshot::channel();
                     state.waiting.insert(ticket, tx);
-                    Err(Ok((ticket, rx)))
+                    (ticket, rx)
                 }
-                Err(e) => Err(Err(e)),
             }
         };
-        self.wake.notify_one();
-        let (ticket, rx) = match answer {
-            Ok(ip) => return Ok(ip),
-            Err(Err(e)) => return Err(e.into()),
-            Err(Ok(waiting)) => waiting,
-        };
-        match tokio::time::timeout(bound, rx).await {
+        match tokio::time::timeout(bound, answer).await {
             Ok(Ok(result)) => result.map_err(ClusterAllocError::from),
             Ok(Err(_)) => Err(ClusterAllocError::Stopped),
             Err(_) => {
