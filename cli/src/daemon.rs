@@ -148,6 +148,9 @@ fn cluster_config(
                 format!("reading the hostname from {HOSTNAME} for the node name (give --node-name)")
             })?,
     };
+    if node_name.is_empty() || node_name.len() > 253 || node_name.chars().any(char::is_whitespace) {
+        bail!("--node-name {node_name:?}: give 1 to 253 characters without blanks, unique in the cluster");
+    }
     let secret = match cluster_key {
         Some(path) => {
             let text = std::fs::read(path)
