@@ -1002,6 +1002,18 @@ impl Loop {
                     for port in self.switch.remove_network(id) {
                         self.detach(port);
                     }
+                    // An overlay network's VNI and tunnel ports go with it.
+                    self.overlays.retain(|_, network| *network != id);
+                    let tunnels: Vec<((NetworkId, IpAddr), PortId)> = self
+                        .vtep_ids
+                        .iter()
+                        .filter(|((network, _), _)| *network == id)
+                        .map(|(key, port)| (*key, *port))
+                        .collect();
+                    for (key, port) in tunnels {
+                        self.vtep_ids.remove(&key);
+                        self.vteps.remove(&port);
+                    }
                 }
                 Command::AddPort {
                     id,
