@@ -16,8 +16,8 @@
 //! - `ToGateway`: frames for the gateway MAC, ARP and neighbour solicitations
 //!   for the gateway's addresses: handed to [`Gateway`], which answers ARP,
 //!   ICMP and ND in place, and then to the gateway services
-//!   ([`services`]): the embedded DNS over UDP and TCP, and the outbound
-//!   NAT ([`nat`]);
+//!   ([`services`]): the embedded DNS over UDP and TCP, the NAT for UDP and
+//!   ICMP echo ([`nat`]) and the TCP relay ([`tcp_nat`]);
 //! - `Drop(reason)`: counted per port by [`DropReason`], never a panic.
 //!
 //! The core (everything outside `sys`) opens no fd, reads no clock and
@@ -40,7 +40,10 @@
 //! - `hickory-proto` is the DNS codec of the embedded DNS ([`dns`]), used
 //!   without its server or resolver: queries arrive as frames.
 //! - `smoltcp` is the TCP stack of the gateway's DNS-over-TCP
-//!   ([`dns_tcp`]): sans-IO, so it fits the core.
+//!   ([`dns_tcp`]) and of the TCP relay ([`tcp_nat`]): sans-IO, so it fits
+//!   the core; chosen over passt-style sequence mirroring because a real
+//!   stack gives windows, retransmission and half-close for free, and it
+//!   takes 64 KiB segments whole (measured in bench/RESULTS.md).
 //! - `rustc-hash` (FxHash) for tables keyed by our own ids, `ahash` with a
 //!   random key for tables keyed by what sandboxes send (MAC addresses).
 

@@ -1,5 +1,6 @@
-//! The gateway's L4 services: the embedded DNS over UDP and TCP. Sans-IO,
-//! owned by the [`crate::Switch`].
+//! The gateway's L4 services: the embedded DNS over UDP and TCP, and the
+//! NAT (outbound flows and published ports). Sans-IO, owned by the
+//! [`crate::Switch`].
 //!
 //! # Theory of operation
 //!
@@ -9,23 +10,28 @@
 //!
 //! - UDP to a gateway address, port 53: a query for the [`DnsServer`], with
 //!   the asker (network, port, MAC, address) kept beside it;
-//! - TCP to a gateway address, and ARP or ND answers to the gateway: the
-//!   network's [`DnsTcp`] stack (made on first use), whose complete queries
-//!   go to the same server;
-//! - UDP and ICMP echo to addresses beyond the gateway, on a network that
-//!   may reach out: the outbound [`Nat`];
+//! - TCP to a gateway address, port 53: the network's [`DnsTcp`] stack
+//!   (made on first use), whose complete queries go to the same server;
+//! - any other TCP: the [`TcpNat`] relay, which knows the flows of
+//!   published ports and may open new flows to where `way_out` says
+//!   (the destination, or the host's loopback for the gateway's own
+//!   address with `host_loopback`), else answers with a reset;
+//! - any other UDP and ICMP echo: the [`Nat`], under the same rule;
+//! - ARP replies and neighbour advertisements: both TCP stacks, which may
+//!   be waiting for them;
 //! - anything else: [`DropReason::NoRoute`].
 //!
 //! Outputs are pulled: [`GatewayServices::poll_frame`] gives frames to put
-//! into a network (a DNS answer in UDP, TCP segments, the stack's ARP
-//! requests) with where they go ([`Egress`]), and
+//! into a network (a DNS answer in UDP, TCP segments, the stacks' ARP
+//! requests, NAT replies) with where they go ([`Egress`]), and
 //! [`GatewayServices::poll_upstream`] gives datagrams for the upstream
 //! resolvers, which the driver sends from a host socket; their answers come
-//! back through [`GatewayServices::handle_upstream`].
+//! back through [`GatewayServices::handle_upstream`]. Socket actions of the
+//! NAT and the TCP relay are pulled from them by the driver.
 //!
 //! Capacities: the output queue holds [`MAX_QUEUED_FRAMES`] frames (more
-//! are dropped and counted: the asker retries); the DNS server and the TCP
-//! stacks bound themselves (see their modules). Randomness (query
+//! are dropped and counted: the asker retries); the DNS server, the NAT and
+//! the TCP stacks bound themselves (see their modules). Randomness (query
 //! shuffling, upstream ids, TCP sequence numbers) comes from a SplitMix64
 //! stream seeded by the caller.
 
