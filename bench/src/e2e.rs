@@ -48,7 +48,7 @@ pub fn run(options: &E2eOptions) -> Result<()> {
     let cpus = crate::cpu_count();
     let pin = Pinning::split(cpus);
     let mut lab = Lab::open()?;
-    let versions = tool_versions(&mut lab, &weft);
+    let versions = tool_versions(&mut lab, &weft, &["iperf3", "vde_switch"]);
 
     let mut testbeds: Vec<Testbed> = Vec::new();
     for kind in Kind::ALL {
@@ -163,32 +163,32 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// The first line of each tool's `--version`, for the report.
-pub fn tool_versions(lab: &mut Lab, weft: &std::path::Path) -> Vec<String> {
+/// The first line of `--version` of weft and of each of `tools`, for the
+/// report.
+pub fn tool_versions(lab: &mut Lab, weft: &std::path::Path, tools: &[&str]) -> Vec<String> {
     let weft = weft.to_string_lossy().into_owned();
-    [
-        vec![weft.as_str(), "--version"],
-        vec!["iperf3", "--version"],
-        vec!["vde_switch", "--version"],
-    ]
-    .iter()
-    .map(|argv| {
-        let first_line = lab
-            .run(argv, Duration::from_secs(5))
-            .ok()
-            .and_then(|output| {
-                format!("{}{}", output.stdout, output.stderr)
-                    .lines()
-                    .map(str::trim)
-                    .find(|line| !line.is_empty())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "version unknown".to_owned());
-        let name = std::path::Path::new(argv[0])
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        format!("{name}: {first_line}")
-    })
-    .collect()
+    std::iter::once(weft.as_str())
+        .chain(tools.iter().copied())
+        .map(|tool| vec![tool, "--version"])
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|argv| {
+            let first_line = lab
+                .run(argv, Duration::from_secs(5))
+                .ok()
+                .and_then(|output| {
+                    format!("{}{}", output.stdout, output.stderr)
+                        .lines()
+                        .map(str::trim)
+                        .find(|line| !line.is_empty())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "version unknown".to_owned());
+            let name = std::path::Path::new(argv[0])
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{name}: {first_line}")
+        })
+        .collect()
 }

@@ -7,15 +7,19 @@
 //! - `weft-bench scale [--sandboxes 200] [--pairs 20]`: attach latency,
 //!   daemon memory per endpoint and reachability with many sandboxes on
 //!   one network (see `scale`); the section is appended to `--out`.
+//! - `weft-bench nat [--runs 3] [--seconds 5] [--no-far]`: weft's NAT and
+//!   published ports against pasta and slirp4netns at MTU 1500 and 65520
+//!   (see `nat`); its section of `--out` is replaced (or appended).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
-//! vde2; it installs nothing. Everything happens in `wb-*` namespaces the
+//! vde2 (and for `nat`: passt, slirp4netns); it installs nothing. Everything happens in `wb-*` namespaces the
 //! harness creates and removes (see `lab`).
 
 mod e2e;
 mod lab;
 mod measure;
+mod nat;
 mod process;
 mod report;
 mod scale;
@@ -61,6 +65,21 @@ enum Command {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         pairs: u32,
         /// Markdown file the section is appended to.
+        #[arg(long, default_value = DEFAULT_OUT)]
+        out: PathBuf,
+    },
+    /// weft's NAT and published ports vs pasta and slirp4netns, MTU 1500 and 65520.
+    Nat {
+        /// Runs per datapath, path and MTU (the report shows the median and min–max).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+        seconds: u32,
+        /// Skip the "out to a real address" runs (sandbox → a namespace beyond the host).
+        #[arg(long)]
+        no_far: bool,
+        /// Markdown file whose NAT section is replaced (appended if absent).
         #[arg(long, default_value = DEFAULT_OUT)]
         out: PathBuf,
     },
@@ -126,6 +145,18 @@ fn run(cli: Cli) -> Result<()> {
         } => scale::run(&scale::ScaleOptions {
             sandboxes,
             pairs,
+            out,
+            command,
+        }),
+        Command::Nat {
+            runs,
+            seconds,
+            no_far,
+            out,
+        } => nat::run(&nat::NatOptions {
+            runs,
+            seconds,
+            no_far,
             out,
             command,
         }),

@@ -30,7 +30,7 @@ use crate::process;
 use crate::topology::Testbed;
 
 /// The iperf3 port, inside the sandbox namespaces only.
-const IPERF_PORT: &str = "5201";
+const IPERF_PORT: u16 = 5201;
 /// Echo requests per ping measurement, and their interval.
 pub const PING_COUNT: u32 = 200;
 const PING_INTERVAL: &str = "0.01";
@@ -96,6 +96,11 @@ pub struct TcpSample {
     pub bytes_received: f64,
     /// CPU seconds the switch process used during the run.
     pub switch_cpu_seconds: Option<f64>,
+    /// 1-s intervals of the run, and how many of them stalled (below 10%
+    /// of the run's best interval).
+    pub intervals: u32,
+    /// See `intervals`.
+    pub stalled_intervals: u32,
 }
 
 impl TcpSample {
@@ -128,40 +133,102 @@ pub struct PingSample {
     pub received: u32,
 }
 
+/// One iperf3 TCP measurement between any two namespaces: where the
+/// one-shot server runs and binds, where the client runs and what it
+/// connects to, and which userspace processes carry the traffic (their CPU
+/// time is summed).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpFlow<'a> {
+    /// Namespace of `iperf3 -c`.
+    pub client_ns: &'a str,
+    /// Namespace of `iperf3 -s -1`.
+    pub server_ns: &'a str,
+    /// `-B` of the server; `None` = every address of its namespace.
+    pub server_bind: Option<&'a str>,
+    /// The address the client connects to.
+    pub destination: &'a str,
+    /// The port the server listens on and the client connects to.
+    pub port: u16,
+    /// Processes whose utime+stime during the client run is accounted.
+    pub cpu_pids: &'a [u32],
+}
+
 /// TCP throughput from A to B, with the switch's CPU time.
 pub fn tcp(lab: &mut Lab, testbed: &Testbed, seconds: u32, pin: Pinning) -> Result<TcpSample> {
+    let server_ip = testbed.server_ip.to_string();
+    let pids: Vec<u32> = testbed.switch_pid.into_iter().collect();
+    tcp_flow(
+        lab,
+        &TcpFlow {
+            client_ns: &testbed.client_ns,
+            server_ns: &testbed.server_ns,
+            server_bind: Some(&server_ip),
+            destination: &server_ip,
+            port: IPERF_PORT,
+            cpu_pids: &pids,
+        },
+        seconds,
+        pin,
+    )
+}
+
+/// One TCP stream along `flow`, receiver-side throughput, with the CPU
+/// time of `flow.cpu_pids` (summed) during the client's run.
+pub fn tcp_flow(
+    lab: &mut Lab,
+    flow: &TcpFlow<'_>,
+    seconds: u32,
+    pin: Pinning,
+) -> Result<TcpSample> {
     let ticks_per_second = clock_ticks_per_second()?;
     let seconds_text = seconds.to_string();
-    let server_ip = testbed.server_ip.to_string();
-    let output = with_iperf_server(lab, testbed, pin, |lab| {
-        let cpu_before = testbed.switch_pid.map(process_cpu_ticks).transpose()?;
-        let argv = pinned(
-            pin.client_cpu,
-            &[
-                "iperf3",
-                "-c",
-                &server_ip,
-                "-p",
-                IPERF_PORT,
-                "-t",
-                &seconds_text,
-                "-J",
-            ],
-        );
-        let output = lab.run_in(
-            &testbed.client_ns,
-            &as_strs(&argv),
-            Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
-        )?;
-        let cpu_after = testbed.switch_pid.map(process_cpu_ticks).transpose()?;
-        let cpu_seconds = match (cpu_before, cpu_after) {
-            (Some(before), Some(after)) => {
-                Some(after.saturating_sub(before) as f64 / ticks_per_second)
-            }
-            _ => None,
-        };
-        Ok((output, cpu_seconds))
-    })?;
+    let port_text = flow.port.to_string();
+    let cpu_ticks = |pids: &[u32]| -> Result<Option<u64>> {
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = 0;
+        for pid in pids {
+            sum += process_cpu_ticks(*pid)?;
+        }
+        Ok(Some(sum))
+    };
+    let output = with_iperf_server(
+        lab,
+        flow.server_ns,
+        flow.server_bind,
+        flow.port,
+        pin,
+        |lab| {
+            let cpu_before = cpu_ticks(flow.cpu_pids)?;
+            let argv = pinned(
+                pin.client_cpu,
+                &[
+                    "iperf3",
+                    "-c",
+                    flow.destination,
+                    "-p",
+                    &port_text,
+                    "-t",
+                    &seconds_text,
+                    "-J",
+                ],
+            );
+            let output = lab.run_in(
+                flow.client_ns,
+                &as_strs(&argv),
+                Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
+            )?;
+            let cpu_after = cpu_ticks(flow.cpu_pids)?;
+            let cpu_seconds = match (cpu_before, cpu_after) {
+                (Some(before), Some(after)) => {
+                    Some(after.saturating_sub(before) as f64 / ticks_per_second)
+                }
+                _ => None,
+            };
+            Ok((output, cpu_seconds))
+        },
+    )?;
     let (output, switch_cpu_seconds) = output;
     let result = parse_iperf_tcp(&output.stdout).with_context(|| {
         format!(
@@ -174,6 +241,8 @@ pub fn tcp(lab: &mut Lab, testbed: &Testbed, seconds: u32, pin: Pinning) -> Resu
         gbps: result.bits_per_second / 1e9,
         bytes_received: result.bytes,
         switch_cpu_seconds,
+        intervals: result.intervals,
+        stalled_intervals: result.stalled_intervals,
     })
 }
 
@@ -181,31 +250,39 @@ pub fn tcp(lab: &mut Lab, testbed: &Testbed, seconds: u32, pin: Pinning) -> Resu
 pub fn udp64(lab: &mut Lab, testbed: &Testbed, seconds: u32, pin: Pinning) -> Result<UdpSample> {
     let seconds_text = seconds.to_string();
     let server_ip = testbed.server_ip.to_string();
-    let output = with_iperf_server(lab, testbed, pin, |lab| {
-        let argv = pinned(
-            pin.client_cpu,
-            &[
-                "iperf3",
-                "-c",
-                &server_ip,
-                "-p",
-                IPERF_PORT,
-                "-u",
-                "-l",
-                "64",
-                "-b",
-                "0",
-                "-t",
-                &seconds_text,
-                "-J",
-            ],
-        );
-        lab.run_in(
-            &testbed.client_ns,
-            &as_strs(&argv),
-            Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
-        )
-    })?;
+    let port_text = IPERF_PORT.to_string();
+    let output = with_iperf_server(
+        lab,
+        &testbed.server_ns,
+        Some(&server_ip),
+        IPERF_PORT,
+        pin,
+        |lab| {
+            let argv = pinned(
+                pin.client_cpu,
+                &[
+                    "iperf3",
+                    "-c",
+                    &server_ip,
+                    "-p",
+                    &port_text,
+                    "-u",
+                    "-l",
+                    "64",
+                    "-b",
+                    "0",
+                    "-t",
+                    &seconds_text,
+                    "-J",
+                ],
+            );
+            lab.run_in(
+                &testbed.client_ns,
+                &as_strs(&argv),
+                Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
+            )
+        },
+    )?;
     let result = parse_iperf_udp(&output.stdout).with_context(|| {
         format!(
             "UDP run `{}`: {}",
@@ -248,41 +325,40 @@ pub fn ping(lab: &mut Lab, testbed: &Testbed, pin: Pinning) -> Result<PingSample
     })
 }
 
-/// Start a one-shot iperf3 server in B, wait until it listens, run
-/// `client`, then give the server 5 s to exit by itself (stop it if not).
+/// Start a one-shot iperf3 server in `server_ns` (bound to `bind`, or to
+/// every address), wait until it listens on `port`, run `client`, then
+/// give the server 5 s to exit by itself (stop it if not).
 fn with_iperf_server<T>(
     lab: &mut Lab,
-    testbed: &Testbed,
+    server_ns: &str,
+    bind: Option<&str>,
+    port: u16,
     pin: Pinning,
     client: impl FnOnce(&mut Lab) -> Result<T>,
 ) -> Result<T> {
-    let server_ip = testbed.server_ip.to_string();
-    let argv = pinned(
-        pin.server_cpu,
-        &["iperf3", "-s", "-1", "-p", IPERF_PORT, "-B", &server_ip],
-    );
-    let pid = lab.spawn_in(&testbed.server_ns, "iperf3-server", &as_strs(&argv))?;
-    let result = wait_listening(lab, pid).and_then(|()| client(lab));
+    let port_text = port.to_string();
+    let mut server = vec!["iperf3", "-s", "-1", "-p", &port_text];
+    if let Some(bind) = bind {
+        server.extend(["-B", bind]);
+    }
+    let argv = pinned(pin.server_cpu, &server);
+    let pid = lab.spawn_in(server_ns, "iperf3-server", &as_strs(&argv))?;
+    let result = wait_listening(lab, pid, port).and_then(|()| client(lab));
     let stopped = lab.wait_or_stop(pid, Duration::from_secs(5));
     let value = result?;
     stopped?;
     Ok(value)
 }
 
-/// Bounded wait until process `pid` listens on the iperf3 port, read from
+/// Bounded wait until process `pid` listens on `port`, read from
 /// /proc/PID/net/tcp{,6}: the socket table of that process's namespace.
-fn wait_listening(lab: &Lab, pid: u32) -> Result<()> {
-    let port = IPERF_PORT.parse::<u16>().context("iperf3 port")?;
+fn wait_listening(lab: &Lab, pid: u32, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if !lab.is_running(pid) {
             bail!("the iperf3 server exited at start: {}", lab.log_tail(pid));
         }
-        let listening = ["tcp", "tcp6"].iter().any(|table| {
-            std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
-                .is_ok_and(|text| table_has_listener(&text, port))
-        });
-        if listening {
+        if process_listens(pid, port) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -290,6 +366,15 @@ fn wait_listening(lab: &Lab, pid: u32) -> Result<()> {
         }
         process::pause(Duration::from_millis(20))?;
     }
+}
+
+/// Whether some socket in LISTEN on `port` is in the namespace of process
+/// `pid` (its /proc/PID/net/tcp{,6}).
+pub fn process_listens(pid: u32, port: u16) -> bool {
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .is_ok_and(|text| table_has_listener(&text, port))
+    })
 }
 
 /// Whether a /proc/net/tcp table has a socket in LISTEN (0A) on `port`.
@@ -371,6 +456,11 @@ pub struct IperfTcp {
     pub bits_per_second: f64,
     /// `end.sum_received.bytes`.
     pub bytes: f64,
+    /// Reporting intervals (1 s each by default) in `intervals`.
+    pub intervals: u32,
+    /// Of those, how many carried less than 10% of the best interval:
+    /// the run stalled (pasta's TAP path does this now and then).
+    pub stalled_intervals: u32,
 }
 
 /// The packet counts of an iperf3 UDP run.
@@ -411,9 +501,23 @@ fn number(json: &Value, path: &[&str]) -> Result<f64> {
 /// Receiver Gbit/s and bytes of `iperf3 -J` TCP output.
 pub fn parse_iperf_tcp(text: &str) -> Result<IperfTcp> {
     let json = iperf_json(text)?;
+    let rates: Vec<f64> = json
+        .get("intervals")
+        .and_then(Value::as_array)
+        .map(|intervals| {
+            intervals
+                .iter()
+                .filter_map(|i| i.get("sum")?.get("bits_per_second")?.as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    let best = rates.iter().copied().fold(0.0, f64::max);
+    let stalled = rates.iter().filter(|rate| **rate < best * 0.1).count();
     Ok(IperfTcp {
         bits_per_second: number(&json, &["end", "sum_received", "bits_per_second"])?,
         bytes: number(&json, &["end", "sum_received", "bytes"])?,
+        intervals: u32::try_from(rates.len()).unwrap_or(u32::MAX),
+        stalled_intervals: u32::try_from(stalled).unwrap_or(u32::MAX),
     })
 }
 
@@ -502,6 +606,13 @@ mod tests {
         let r = parse_iperf_tcp(TCP_JSON).unwrap();
         assert_eq!(r.bits_per_second, 7.84e9);
         assert_eq!(r.bytes, 4.9e9);
+        assert_eq!((r.intervals, r.stalled_intervals), (0, 0));
+        let stalling = r#"{"intervals":[{"sum":{"bits_per_second":1.2e10}},
+            {"sum":{"bits_per_second":0.0}},{"sum":{"bits_per_second":1.1e9}},
+            {"sum":{"bits_per_second":1.3e10}}],
+            "end":{"sum_received":{"bytes":1,"bits_per_second":1.0}}}"#;
+        let r = parse_iperf_tcp(stalling).unwrap();
+        assert_eq!((r.intervals, r.stalled_intervals), (4, 2));
     }
 
     #[test]
@@ -574,6 +685,8 @@ mod tests {
             gbps: 8.0,
             bytes_received: 5e9,
             switch_cpu_seconds: Some(4.0),
+            intervals: 5,
+            stalled_intervals: 0,
         };
         assert_eq!(sample.cpu_seconds_per_gb(), Some(0.8));
         let kernel = TcpSample {

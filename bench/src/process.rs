@@ -325,6 +325,9 @@ pub const TOOL_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("taskset", "util-linux"),
     ("vde_switch", "vde2"),
+    ("ss", "iproute2"),
+    ("pasta", "passt"),
+    ("slirp4netns", "slirp4netns"),
 ];
 
 /// Fail, naming the Debian packages, if one of `tools` is not on PATH.

@@ -119,6 +119,42 @@ pub fn utc_from_unix(seconds: u64) -> String {
     )
 }
 
+/// `document` with the section that starts at the line `heading` (up to
+/// the next `## ` heading or the end) replaced by `section`, or with
+/// `section` appended (after a blank line) if there is none. Other
+/// sections are kept as they are.
+pub fn replace_section(document: &str, heading: &str, section: &str) -> String {
+    let section = section.trim_end();
+    let mut start = None;
+    let mut offset = 0;
+    for line in document.split_inclusive('\n') {
+        if line.trim_end() == heading {
+            start = Some(offset);
+            break;
+        }
+        offset += line.len();
+    }
+    let Some(start) = start else {
+        let body = document.trim_end();
+        return if body.is_empty() {
+            format!("{section}\n")
+        } else {
+            format!("{body}\n\n{section}\n")
+        };
+    };
+    let after_heading = start + heading.len();
+    let end = document[after_heading..]
+        .match_indices("\n## ")
+        .next()
+        .map_or(document.len(), |(index, _)| after_heading + index + 1);
+    let rest = &document[end..];
+    if rest.is_empty() {
+        format!("{}{section}\n", &document[..start])
+    } else {
+        format!("{}{section}\n\n{rest}", &document[..start])
+    }
+}
+
 /// The figures of one topology over all runs.
 #[derive(Debug, Default)]
 pub struct TopologyResults {
@@ -323,6 +359,27 @@ mod tests {
     }
 
     #[test]
+    fn sections_are_replaced_or_appended() {
+        let doc = "# R\n\n## A\n\nold a\n\n## B\n\nb\n";
+        assert_eq!(
+            replace_section(doc, "## A", "## A\n\nnew a\n"),
+            "# R\n\n## A\n\nnew a\n\n## B\n\nb\n"
+        );
+        assert_eq!(
+            replace_section(doc, "## B", "## B\n\nnew b"),
+            "# R\n\n## A\n\nold a\n\n## B\n\nnew b\n"
+        );
+        assert_eq!(
+            replace_section(doc, "## C", "## C\n\nc\n"),
+            "# R\n\n## A\n\nold a\n\n## B\n\nb\n\n## C\n\nc\n"
+        );
+        assert_eq!(replace_section("", "## C", "## C\n"), "## C\n");
+        // A subsection (###) belongs to its section.
+        let doc = "## A\n\n### a1\n\nx\n## B\n";
+        assert_eq!(replace_section(doc, "## A", "## A\ny"), "## A\ny\n\n## B\n");
+    }
+
+    #[test]
     fn dates_in_utc() {
         assert_eq!(utc_from_unix(0), "1970-01-01 00:00:00");
         assert_eq!(utc_from_unix(951_782_400), "2000-02-29 00:00:00");
@@ -336,12 +393,16 @@ mod tests {
             gbps: 9.0,
             bytes_received: 5.6e9,
             switch_cpu_seconds: Some(5.0),
+            intervals: 2,
+            stalled_intervals: 0,
         });
         let mut bridge = TopologyResults::default();
         bridge.tcp.push(TcpSample {
             gbps: 18.0,
             bytes_received: 11e9,
             switch_cpu_seconds: None,
+            intervals: 2,
+            stalled_intervals: 0,
         });
         let header = E2eHeader {
             date_utc: "2026-01-01 00:00:00".into(),

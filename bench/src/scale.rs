@@ -52,7 +52,7 @@ pub fn run(options: &ScaleOptions) -> Result<()> {
     let started = Instant::now();
     let date_utc = report::utc_now();
     let mut lab = Lab::open()?;
-    let versions = tool_versions(&mut lab, &weft);
+    let versions = tool_versions(&mut lab, &weft, &["iperf3", "vde_switch"]);
     let host = "wb-scale-host";
     lab.add_netns(host)?;
     let dir = lab.work_dir().join("weft-scale");
