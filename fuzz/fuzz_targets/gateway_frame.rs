@@ -21,6 +21,11 @@ fuzz_target!(|frame: &[u8]| {
         assert!(len <= out.len());
     }
     if let Ok(hdr) = VnetHeader::new_checked(frame) {
-        let _ = (hdr.gso_size(), hdr.csum_start(), hdr.hdr_len(), hdr.is_gso());
+        let _ = (
+            hdr.gso_size(),
+            hdr.csum_start(),
+            hdr.hdr_len(),
+            hdr.is_gso(),
+        );
     }
 });

@@ -19,7 +19,11 @@ enum Op {
     /// Raw bytes as they came off the socket.
     Raw { from: u8, bytes: Vec<u8> },
     /// A plain envelope carrying `kind` (1: SWIM, 2: directory) and `payload`.
-    Plain { from: u8, kind: bool, payload: Vec<u8> },
+    Plain {
+        from: u8,
+        kind: bool,
+        payload: Vec<u8>,
+    },
     /// Time passes.
     Wait { millis: u16 },
 }
@@ -31,7 +35,12 @@ fn node(name: &str, key: Option<ClusterKey>) -> Node {
         boot: 1,
         renewal: 0,
     };
-    Node::new(identity, NodeConfig::new("192.0.2.1:4789".parse().unwrap()), key, 7)
+    Node::new(
+        identity,
+        NodeConfig::new("192.0.2.1:4789".parse().unwrap()),
+        key,
+        7,
+    )
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -46,7 +55,11 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops {
         let (from, datagram) = match op {
             Op::Raw { from, bytes } => (from, bytes),
-            Op::Plain { from, kind, payload } => {
+            Op::Plain {
+                from,
+                kind,
+                payload,
+            } => {
                 let mut datagram = vec![1, if kind { 1 } else { 2 }];
                 datagram.extend_from_slice(&payload);
                 (from, datagram)
@@ -67,7 +80,10 @@ fuzz_target!(|ops: Vec<Op>| {
         drain(&mut open);
         drain(&mut keyed);
         let counters = keyed.counters();
-        assert_eq!(counters.gossip_rejected, fed, "a keyed node accepted unsealed bytes");
+        assert_eq!(
+            counters.gossip_rejected, fed,
+            "a keyed node accepted unsealed bytes"
+        );
         assert!(keyed.members().is_empty());
     }
 });

@@ -18,5 +18,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(segment.len() <= limit);
     });
     let mut copy = frame.to_vec();
-    let _ = gso::complete_checksum(&mut copy, usize::from(header.csum_start()), usize::from(header.csum_offset()));
+    let _ = gso::complete_checksum(
+        &mut copy,
+        usize::from(header.csum_start()),
+        usize::from(header.csum_offset()),
+    );
 });
