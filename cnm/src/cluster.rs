@@ -174,8 +174,11 @@ impl Cluster {
     ///
     /// [`ClusterError::Bind`] when `--listen` cannot be bound.
     pub async fn start(config: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
-        let socket = UdpSocket::bind(config.listen)
-            .await
+        let socket = bind_udp_patiently(config.listen)
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                UdpSocket::from_std(socket)
+            })
             .map_err(|source| ClusterError::Bind {
                 addr: config.listen,
                 source,
@@ -517,6 +520,31 @@ async fn drive(cluster: Arc<Cluster>, socket: UdpSocket) {
         let now = Instant::now();
         if now >= deadline {
             cluster.lock().node.handle_timeout(now);
+        }
+    }
+}
+
+/// How long a bind waits for a port still held by a daemon that is exiting.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Bind a UDP socket; while the address is in use, retry for
+/// [`BIND_PATIENCE`]: a daemon restarted at once (after SIGKILL, say) may
+/// find its previous process's sockets not yet closed.
+///
+/// # Errors
+///
+/// The bind's error, after the patience for "in use".
+pub fn bind_udp_patiently(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
         }
     }
 }

@@ -480,7 +480,7 @@ impl Controller {
                     cluster_config.listen.ip(),
                     cluster_config.vxlan_port,
                 );
-                let socket = std::net::UdpSocket::bind(tunnel_addr).map_err(|source| {
+                let socket = crate::cluster::bind_udp_patiently(tunnel_addr).map_err(|source| {
                     ControllerError::TunnelBind {
                         addr: tunnel_addr,
                         source,
