@@ -49,6 +49,61 @@ impl FrameQueues {
     }
 }
 
+/// A device that lends the stack one frame it does not own (no copy) and
+/// queues what the stack sends into a [`FrameQueues`]'s output.
+pub(crate) struct OneFrame<'f, 'q> {
+    frame: Option<&'f [u8]>,
+    queues: &'q mut FrameQueues,
+}
+
+impl<'f, 'q> OneFrame<'f, 'q> {
+    /// The stack will receive `frame` once, and send into `queues`.
+    pub fn new(frame: &'f [u8], queues: &'q mut FrameQueues) -> Self {
+        OneFrame {
+            frame: Some(frame),
+            queues,
+        }
+    }
+}
+
+pub(crate) struct BorrowedRx<'f>(&'f [u8]);
+
+impl RxToken for BorrowedRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<'f> Device for OneFrame<'f, '_> {
+    type RxToken<'a>
+        = BorrowedRx<'f>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = Tx<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(BorrowedRx<'f>, Tx<'_>)> {
+        let frame = self.frame.take()?;
+        Some((
+            BorrowedRx(frame),
+            Tx {
+                queue: &mut self.queues.tx,
+                max_queued: self.queues.max_queued,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, now: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        self.queues.transmit(now)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.queues.capabilities()
+    }
+}
+
 pub(crate) struct Rx(Vec<u8>);
 pub(crate) struct Tx<'a> {
     queue: &'a mut VecDeque<Vec<u8>>,

@@ -80,7 +80,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 use crate::counters::DropReason;
 use crate::gateway::GatewayConfig;
 use crate::nat::FlowId;
-use crate::smol_device::FrameQueues;
+use crate::smol_device::{FrameQueues, OneFrame};
 use crate::switch::NetworkId;
 use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 
@@ -318,8 +318,8 @@ impl TcpNat {
         frame: &[u8],
         open: Option<SocketAddr>,
     ) -> Result<(), DropReason> {
-        let tuple = tcp_tuple(network, frame).ok_or(DropReason::Malformed)?;
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
+        let tuple = tcp_tuple(network, &packet).ok_or(DropReason::Malformed)?;
         let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
             return Err(DropReason::Malformed);
         };
@@ -680,8 +680,7 @@ impl TcpNat {
         if let Some(arp) = stack.synthetic_arp(now, frame) {
             stack.learn(now, epoch, &arp);
         }
-        stack.device.push_rx(frame.to_vec());
-        self.poll_stack(now, network);
+        self.poll_stack_with(now, network, Some(frame));
     }
 
     /// ARP and neighbour discovery frames for the gateway: the stack may
@@ -709,13 +708,27 @@ impl TcpNat {
 
     /// Run a network's stack and turn what changed into actions.
     fn poll_stack(&mut self, now: Instant, network: NetworkId) {
+        self.poll_stack_with(now, network, None);
+    }
+
+    /// Run a network's stack, first giving it `frame` (lent, not copied),
+    /// and turn what changed into actions.
+    fn poll_stack_with(&mut self, now: Instant, network: NetworkId, frame: Option<&[u8]>) {
         let smol_now = self.smol_now(now);
         let Some(stack) = self.stacks.get_mut(&network) else {
             return;
         };
-        stack
-            .iface
-            .poll(smol_now, &mut stack.device, &mut stack.sockets);
+        match frame {
+            Some(frame) => {
+                let mut device = OneFrame::new(frame, &mut stack.device);
+                stack.iface.poll(smol_now, &mut device, &mut stack.sockets);
+            }
+            None => {
+                stack
+                    .iface
+                    .poll(smol_now, &mut stack.device, &mut stack.sockets);
+            }
+        }
         while let Some(frame) = stack.device.tx.pop_front() {
             if self.frames.len() < MAX_QUEUED_FRAMES {
                 self.frames.push_back((network, frame));
@@ -982,8 +995,7 @@ pub fn shown_client(client: SocketAddr, gateway: &GatewayConfig) -> Option<Socke
 }
 
 /// The 4-tuple of a TCP frame from a sandbox.
-fn tcp_tuple(network: NetworkId, frame: &[u8]) -> Option<Tuple> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+fn tcp_tuple(network: NetworkId, packet: &SlicedPacket<'_>) -> Option<Tuple> {
     let (src, dst) = crate::wire::ip_addresses(packet.net.as_ref())?;
     let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
         return None;

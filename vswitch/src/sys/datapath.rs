@@ -576,14 +576,11 @@ impl Loop {
         // and frames never queue actions: two rounds drain both.
         for _ in 0..2 {
             while let Some((egress, frame)) = self.switch.poll_gateway_frame(now) {
-                let mut with_header = Vec::with_capacity(VNET_HDR_LEN + frame.len());
-                with_header.extend_from_slice(&vnet::EMPTY);
-                with_header.extend_from_slice(&frame);
                 match egress {
-                    Egress::Port(port) => send_to(&self.ports, port, &with_header),
+                    Egress::Port(port) => send_parts_to(&self.ports, port, &frame),
                     Egress::Flood(network) => {
                         for &port in self.switch.network_ports(network) {
-                            send_to(&self.ports, port, &with_header);
+                            send_parts_to(&self.ports, port, &frame);
                         }
                     }
                 }
@@ -1561,6 +1558,21 @@ fn upstream_socket(poll: &Poll, bind: &str, token: Token) -> Option<UdpSocket> {
 fn count_drop(ports: &FxHashMap<PortId, PortIo>, port: PortId, reason: DropReason) {
     if let Some(io) = ports.get(&port) {
         io.counters.count_drop(reason);
+    }
+}
+
+/// Write a frame of the gateway (no offloads: an empty virtio header) to a
+/// port, header and frame in one `writev`.
+fn send_parts_to(ports: &FxHashMap<PortId, PortIo>, egress: PortId, frame: &[u8]) {
+    let Some(io) = ports.get(&egress) else {
+        return;
+    };
+    match io.tap.send_parts(&vnet::EMPTY, frame) {
+        Ok(_) => io.counters.count_tx(frame.len()),
+        Err(e) => {
+            tracing::trace!(port = egress.0, error = %e, "TAP write failed");
+            io.counters.count_drop(DropReason::EgressFailed);
+        }
     }
 }
 

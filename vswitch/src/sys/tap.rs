@@ -217,6 +217,16 @@ impl Tap {
         (&self.file).write(frame)
     }
 
+    /// Write one frame given as its virtio header and its bytes, without
+    /// joining them first (`writev`).
+    ///
+    /// # Errors
+    ///
+    /// What `writev(2)` says.
+    pub fn send_parts(&self, header: &[u8], frame: &[u8]) -> io::Result<usize> {
+        (&self.file).write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(frame)])
+    }
+
     /// Give up the fd (to pass it on).
     pub fn into_fd(self) -> OwnedFd {
         OwnedFd::from(self.file)
