@@ -10,6 +10,9 @@
 //! - `weft-bench nat [--runs 3] [--seconds 5] [--no-far]`: weft's NAT and
 //!   published ports against pasta and slirp4netns at MTU 1500 and 65520
 //!   (see `nat`); its section of `--out` is replaced (or appended).
+//! - `weft-bench overlay [--runs 3] [--seconds 5]`: sandbox to sandbox
+//!   across two hosts, weft's overlay against the kernel's vxlan + bridge
+//!   (see `overlay`); its section of `--out` is replaced (or appended).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
@@ -20,6 +23,7 @@ mod e2e;
 mod lab;
 mod measure;
 mod nat;
+mod overlay;
 mod process;
 mod report;
 mod scale;
@@ -80,6 +84,18 @@ enum Command {
         #[arg(long)]
         no_far: bool,
         /// Markdown file whose NAT section is replaced (appended if absent).
+        #[arg(long, default_value = DEFAULT_OUT)]
+        out: PathBuf,
+    },
+    /// Sandbox to sandbox across two hosts: weft's overlay vs kernel vxlan + bridge.
+    Overlay {
+        /// Runs per datapath (the report shows the median and min–max).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+        seconds: u32,
+        /// Markdown file whose overlay section is replaced (appended if absent).
         #[arg(long, default_value = DEFAULT_OUT)]
         out: PathBuf,
     },
@@ -157,6 +173,12 @@ fn run(cli: Cli) -> Result<()> {
             runs,
             seconds,
             no_far,
+            out,
+            command,
+        }),
+        Command::Overlay { runs, seconds, out } => overlay::run(&overlay::OverlayOptions {
+            runs,
+            seconds,
             out,
             command,
         }),

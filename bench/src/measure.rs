@@ -30,7 +30,7 @@ use crate::process;
 use crate::topology::Testbed;
 
 /// The iperf3 port, inside the sandbox namespaces only.
-const IPERF_PORT: u16 = 5201;
+pub const IPERF_PORT: u16 = 5201;
 /// Echo requests per ping measurement, and their interval.
 pub const PING_COUNT: u32 = 200;
 const PING_INTERVAL: &str = "0.01";
@@ -101,6 +101,8 @@ pub struct TcpSample {
     pub intervals: u32,
     /// See `intervals`.
     pub stalled_intervals: u32,
+    /// The sender's TCP retransmissions (`end.sum_sent.retransmits`).
+    pub retransmits: Option<u64>,
 }
 
 impl TcpSample {
@@ -243,46 +245,60 @@ pub fn tcp_flow(
         switch_cpu_seconds,
         intervals: result.intervals,
         stalled_intervals: result.stalled_intervals,
+        retransmits: result.retransmits,
     })
 }
 
 /// 64-byte UDP flood from A to B.
 pub fn udp64(lab: &mut Lab, testbed: &Testbed, seconds: u32, pin: Pinning) -> Result<UdpSample> {
-    let seconds_text = seconds.to_string();
     let server_ip = testbed.server_ip.to_string();
-    let port_text = IPERF_PORT.to_string();
-    let output = with_iperf_server(
+    udp64_between(
         lab,
+        &testbed.client_ns,
         &testbed.server_ns,
-        Some(&server_ip),
-        IPERF_PORT,
+        &server_ip,
+        seconds,
         pin,
-        |lab| {
-            let argv = pinned(
-                pin.client_cpu,
-                &[
-                    "iperf3",
-                    "-c",
-                    &server_ip,
-                    "-p",
-                    &port_text,
-                    "-u",
-                    "-l",
-                    "64",
-                    "-b",
-                    "0",
-                    "-t",
-                    &seconds_text,
-                    "-J",
-                ],
-            );
-            lab.run_in(
-                &testbed.client_ns,
-                &as_strs(&argv),
-                Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
-            )
-        },
-    )?;
+    )
+}
+
+/// 64-byte UDP flood from `client_ns` to the server at `server_ip` in
+/// `server_ns` (bound to that address).
+pub fn udp64_between(
+    lab: &mut Lab,
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    seconds: u32,
+    pin: Pinning,
+) -> Result<UdpSample> {
+    let seconds_text = seconds.to_string();
+    let port_text = IPERF_PORT.to_string();
+    let output = with_iperf_server(lab, server_ns, Some(server_ip), IPERF_PORT, pin, |lab| {
+        let argv = pinned(
+            pin.client_cpu,
+            &[
+                "iperf3",
+                "-c",
+                server_ip,
+                "-p",
+                &port_text,
+                "-u",
+                "-l",
+                "64",
+                "-b",
+                "0",
+                "-t",
+                &seconds_text,
+                "-J",
+            ],
+        );
+        lab.run_in(
+            client_ns,
+            &as_strs(&argv),
+            Duration::from_secs(u64::from(seconds)) + IPERF_SLACK,
+        )
+    })?;
     let result = parse_iperf_udp(&output.stdout).with_context(|| {
         format!(
             "UDP run `{}`: {}",
@@ -298,7 +314,11 @@ pub fn udp64(lab: &mut Lab, testbed: &Testbed, seconds: u32, pin: Pinning) -> Re
 
 /// ICMP echo from A to B.
 pub fn ping(lab: &mut Lab, testbed: &Testbed, pin: Pinning) -> Result<PingSample> {
-    let server_ip = testbed.server_ip.to_string();
+    ping_from(lab, &testbed.client_ns, &testbed.server_ip.to_string(), pin)
+}
+
+/// ICMP echo from `client_ns` to `target`.
+pub fn ping_from(lab: &mut Lab, client_ns: &str, target: &str, pin: Pinning) -> Result<PingSample> {
     let count = PING_COUNT.to_string();
     let argv = pinned(
         pin.client_cpu,
@@ -311,10 +331,10 @@ pub fn ping(lab: &mut Lab, testbed: &Testbed, pin: Pinning) -> Result<PingSample
             PING_INTERVAL,
             "-W",
             "1",
-            &server_ip,
+            target,
         ],
     );
-    let output = lab.run_in(&testbed.client_ns, &as_strs(&argv), Duration::from_secs(60))?;
+    let output = lab.run_in(client_ns, &as_strs(&argv), Duration::from_secs(60))?;
     parse_ping(&output.stdout).with_context(|| {
         format!(
             "ping `{}` ({}): {}",
@@ -407,6 +427,58 @@ pub fn process_cpu_ticks(pid: u32) -> Result<u64> {
     parse_stat_cpu_ticks(&text).with_context(|| format!("parsing {path}"))
 }
 
+/// utime + stime (clock ticks) and name (`comm`) of every thread of
+/// process `pid`, by thread id (/proc/PID/task/TID/stat); threads that
+/// exit while being read are skipped.
+pub fn thread_cpu_ticks(pid: u32) -> Result<std::collections::BTreeMap<u32, (String, u64)>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        threads.insert(tid, (name, parse_stat_cpu_ticks(&stat)?));
+    }
+    Ok(threads)
+}
+
+/// The `Udp:` counters of the network namespace of process `pid`
+/// (/proc/PID/net/snmp), by name (InDatagrams, RcvbufErrors, ...).
+pub fn udp_counters(pid: u32) -> Result<std::collections::BTreeMap<String, u64>> {
+    let path = format!("/proc/{pid}/net/snmp");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_snmp_udp(&text).with_context(|| format!("parsing {path}"))
+}
+
+/// The `Udp:` header and value lines of /proc/net/snmp as a map.
+pub fn parse_snmp_udp(text: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut lines = text.lines().filter(|line| line.starts_with("Udp:"));
+    let names = lines.next().context("no Udp: header line")?;
+    let values = lines.next().context("no Udp: value line")?;
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .map(|(name, value)| {
+            let value = value
+                .parse::<u64>()
+                .with_context(|| format!("Udp {name} = {value:?}"))?;
+            Ok((name.to_owned(), value))
+        })
+        .collect()
+}
+
 /// utime + stime from the text of /proc/PID/stat. The command name
 /// (field 2) may hold spaces and parentheses, so fields are counted from
 /// the last `)`: utime and stime are fields 14 and 15.
@@ -461,6 +533,8 @@ pub struct IperfTcp {
     /// Of those, how many carried less than 10% of the best interval:
     /// the run stalled (pasta's TAP path does this now and then).
     pub stalled_intervals: u32,
+    /// `end.sum_sent.retransmits`, when iperf3 reports it.
+    pub retransmits: Option<u64>,
 }
 
 /// The packet counts of an iperf3 UDP run.
@@ -518,6 +592,11 @@ pub fn parse_iperf_tcp(text: &str) -> Result<IperfTcp> {
         bytes: number(&json, &["end", "sum_received", "bytes"])?,
         intervals: u32::try_from(rates.len()).unwrap_or(u32::MAX),
         stalled_intervals: u32::try_from(stalled).unwrap_or(u32::MAX),
+        retransmits: json
+            .get("end")
+            .and_then(|end| end.get("sum_sent"))
+            .and_then(|sent| sent.get("retransmits"))
+            .and_then(Value::as_u64),
     })
 }
 
@@ -592,6 +671,18 @@ pub fn parse_ping(text: &str) -> Result<PingSample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snmp_udp_counters() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+            Udp: 625905 0 67343 125354 67343\n\
+            UdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n";
+        let udp = parse_snmp_udp(text).unwrap();
+        assert_eq!(udp["RcvbufErrors"], 67343);
+        assert_eq!(udp["OutDatagrams"], 125354);
+        assert_eq!(udp.len(), 5);
+    }
 
     const TCP_JSON: &str = r#"{"start":{"connected":[]},"intervals":[],
         "end":{"sum_sent":{"bytes":5000000000,"bits_per_second":8.0e9,"retransmits":3},
@@ -687,6 +778,7 @@ mod tests {
             switch_cpu_seconds: Some(4.0),
             intervals: 5,
             stalled_intervals: 0,
+            retransmits: None,
         };
         assert_eq!(sample.cpu_seconds_per_gb(), Some(0.8));
         let kernel = TcpSample {

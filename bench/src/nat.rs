@@ -1043,6 +1043,7 @@ mod tests {
             switch_cpu_seconds: Some(2.5),
             intervals: 5,
             stalled_intervals: u32::from(gbps < 1.0),
+            retransmits: None,
         }
     }
 

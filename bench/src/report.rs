@@ -395,6 +395,7 @@ mod tests {
             switch_cpu_seconds: Some(5.0),
             intervals: 2,
             stalled_intervals: 0,
+            retransmits: None,
         });
         let mut bridge = TopologyResults::default();
         bridge.tcp.push(TcpSample {
@@ -403,6 +404,7 @@ mod tests {
             switch_cpu_seconds: None,
             intervals: 2,
             stalled_intervals: 0,
+            retransmits: None,
         });
         let header = E2eHeader {
             date_utc: "2026-01-01 00:00:00".into(),

@@ -116,27 +116,37 @@ impl WeftDaemon {
     /// Start `weft daemon` in `host_ns` with its socket and state under
     /// `dir`; wait until its API answers.
     pub fn start(lab: &mut Lab, binary: &Path, host_ns: &str, dir: &Path) -> Result<WeftDaemon> {
+        WeftDaemon::start_with(lab, binary, host_ns, dir, &[])
+    }
+
+    /// Like [`WeftDaemon::start`], with `extra` daemon options appended
+    /// (`--listen`, `--join`, `--node-name` for an overlay host).
+    pub fn start_with(
+        lab: &mut Lab,
+        binary: &Path,
+        host_ns: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<WeftDaemon> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let binary = path_str(binary)?;
         let socket = path_str(&dir.join("api.sock"))?;
         let state_dir = path_str(&dir.join("state"))?;
-        let pid = lab.spawn_in(
-            host_ns,
-            "weft-daemon",
-            &[
-                &binary,
-                "--socket",
-                &socket,
-                "daemon",
-                "--state-dir",
-                &state_dir,
-                "--no-default-network",
-                // Never the host's resolvers: a closed loopback port of the
-                // daemon's own namespace.
-                "--dns-upstream",
-                "127.0.0.1:9",
-            ],
-        )?;
+        let mut argv: Vec<&str> = vec![
+            &binary,
+            "--socket",
+            &socket,
+            "daemon",
+            "--state-dir",
+            &state_dir,
+            "--no-default-network",
+            // Never the host's resolvers: a closed loopback port of the
+            // daemon's own namespace.
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ];
+        argv.extend_from_slice(extra);
+        let pid = lab.spawn_in(host_ns, "weft-daemon", &argv)?;
         let daemon = WeftDaemon {
             pid,
             binary,
