@@ -525,10 +525,17 @@ fn inspect_shows_mappings_and_a_restart_publishes_them_again() {
     assert!(has_port(&p.host_sockets(true), chosen));
 
     p.w.kill_daemon();
-    assert!(
-        !has_port(&p.host_sockets(false), 8085) && !has_port(&p.host_sockets(true), chosen),
-        "the killed daemon's sockets are gone"
-    );
+    // SIGKILL is delivered at once, but the process's sockets close as it
+    // exits: a moment later.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut gone = false;
+    while !gone && Instant::now() < deadline {
+        gone = !has_port(&p.host_sockets(false), 8085) && !has_port(&p.host_sockets(true), chosen);
+        if !gone {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(gone, "the killed daemon's sockets are gone");
     p.w.start_daemon();
     let again = ports_of(&p.w.endpoint("pm", &s));
     assert_eq!(again, ports, "the restored endpoint keeps its ports");

@@ -143,7 +143,7 @@ fuzz_target!(|steps: Vec<Step>| {
             }
         }
         while nat.poll_action().is_some() {}
-        while let Some((network, frame)) = tcp.poll_frame() {
+        while let Some((network, frame, _)) = tcp.poll_frame() {
             assert_eq!(network, NET);
             let eth = EthernetFrame::new_checked(&frame[..]).expect("an Ethernet frame");
             assert_eq!(eth.source(), GW);

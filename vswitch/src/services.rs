@@ -308,17 +308,18 @@ impl GatewayServices {
         self.dns.poll_upstream()
     }
 
-    /// The next frame to put into a network.
-    pub fn poll_frame(&mut self) -> Option<(Egress, Vec<u8>)> {
-        if let Some(out) = self.out.pop_front() {
-            return Some(out);
+    /// The next frame to put into a network, with its GSO segment size (0:
+    /// an ordinary frame; see [`TcpNat::poll_frame`]).
+    pub fn poll_frame(&mut self) -> Option<(Egress, Vec<u8>, u16)> {
+        if let Some((egress, frame)) = self.out.pop_front() {
+            return Some((egress, frame, 0));
         }
         // Datagrams of published UDP ports enter without a drain.
         if let Some((port, frame)) = self.nat.poll_frame() {
-            return Some((Egress::Port(port), frame));
+            return Some((Egress::Port(port), frame, 0));
         }
-        let (network, frame) = self.tcp.poll_frame()?;
-        Some((Egress::Flood(network), frame))
+        let (network, frame, gso_size) = self.tcp.poll_frame()?;
+        Some((Egress::Flood(network), frame, gso_size))
     }
 
     /// Frames dropped because the output queue was full.

@@ -485,8 +485,8 @@ impl Switch {
 
     /// The next frame the gateway sends, with the port it goes to, or the
     /// network to flood (broadcast, or a destination not learned yet).
-    pub fn poll_gateway_frame(&mut self, now: Instant) -> Option<(Egress, Vec<u8>)> {
-        let (egress, frame) = self.services.poll_frame()?;
+    pub fn poll_gateway_frame(&mut self, now: Instant) -> Option<(Egress, Vec<u8>, u16)> {
+        let (egress, frame, gso_size) = self.services.poll_frame()?;
         let egress = match egress {
             Egress::Flood(network) => EthernetFrame::new_checked(&frame[..])
                 .ok()
@@ -496,7 +496,7 @@ impl Switch {
                 .map_or(Egress::Flood(network), Egress::Port),
             port => port,
         };
-        Some((egress, frame))
+        Some((egress, frame, gso_size))
     }
 
     /// The local (sandbox) ports of a network: where the gateway's own

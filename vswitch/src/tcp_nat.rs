@@ -246,6 +246,10 @@ struct Flow {
     /// The stack's socket has been past the handshake (so a return to
     /// `Listen` means a reset, not a new flow).
     synchronized: bool,
+    /// The MSS the sandbox announced (0: none seen). The stack is told a
+    /// 64 KiB one instead, and its larger segments go to the sandbox as
+    /// GSO frames of this size.
+    sandbox_mss: u16,
 }
 
 struct Stack {
@@ -267,7 +271,9 @@ pub struct TcpNat {
     flows: FxHashMap<FlowId, Flow>,
     by_tuple: FxHashMap<Tuple, FlowId>,
     actions: VecDeque<TcpAction>,
-    frames: VecDeque<(NetworkId, Vec<u8>)>,
+    /// Frames for networks, with the GSO segment size of a TCP segment
+    /// larger than the sandbox's MSS (0: an ordinary frame).
+    frames: VecDeque<(NetworkId, Vec<u8>, u16)>,
     next_flow: u64,
     seed: u64,
     counters: TcpNatCounters,
@@ -338,6 +344,14 @@ impl TcpNat {
                         Ok(())
                     }
                     Phase::Open { .. } => {
+                        if tcp.syn() {
+                            // The sandbox's SYN-ACK of an inbound flow.
+                            if let Some((raised, mss)) = raise_mss(frame) {
+                                flow.sandbox_mss = mss;
+                                self.feed(now, network, gateway, &raised);
+                                return Ok(());
+                            }
+                        }
                         self.feed(now, network, gateway, frame);
                         Ok(())
                     }
@@ -396,6 +410,7 @@ impl TcpNat {
                 host_eof: false,
                 shutdown_sent: false,
                 synchronized: false,
+                sandbox_mss: 0,
             },
         );
         flow
@@ -434,7 +449,15 @@ impl TcpNat {
             flow.phase = Phase::Open { handle };
         }
         let network = tuple.network;
-        self.feed_raw(now, network, &syn);
+        match raise_mss(&syn) {
+            Some((raised, mss)) => {
+                if let Some(flow) = self.flows.get_mut(&flow_id) {
+                    flow.sandbox_mss = mss;
+                }
+                self.feed_raw(now, network, &raised);
+            }
+            None => self.feed_raw(now, network, &syn),
+        }
     }
 
     /// The host connect of an outbound flow failed: the sandbox's SYN is
@@ -702,7 +725,7 @@ impl TcpNat {
 
     fn push_frame(&mut self, network: NetworkId, frame: Vec<u8>) {
         if self.frames.len() < MAX_QUEUED_FRAMES {
-            self.frames.push_back((network, frame));
+            self.frames.push_back((network, frame, 0));
         }
     }
 
@@ -731,7 +754,8 @@ impl TcpNat {
         }
         while let Some(frame) = stack.device.tx.pop_front() {
             if self.frames.len() < MAX_QUEUED_FRAMES {
-                self.frames.push_back((network, frame));
+                let gso_size = gso_size_for(&self.by_tuple, &self.flows, network, &frame);
+                self.frames.push_back((network, frame, gso_size));
             }
         }
         let mut ended = Vec::new();
@@ -808,8 +832,12 @@ impl TcpNat {
         self.actions.pop_front()
     }
 
-    /// The next frame to put into a network (addressed by MAC).
-    pub fn poll_frame(&mut self) -> Option<(NetworkId, Vec<u8>)> {
+    /// The next frame to put into a network (addressed by MAC), with its
+    /// GSO segment size (0: an ordinary frame): a TCP segment larger than
+    /// the sandbox's MSS, which the driver writes to the TAP with a GSO
+    /// header ([`crate::wire::vnet::tcp_gso_header`]) so that the
+    /// sandbox's kernel takes it whole.
+    pub fn poll_frame(&mut self) -> Option<(NetworkId, Vec<u8>, u16)> {
         self.frames.pop_front()
     }
 
@@ -992,6 +1020,90 @@ pub fn shown_client(client: SocketAddr, gateway: &GatewayConfig) -> Option<Socke
         ip => ip,
     };
     Some(SocketAddr::new(ip, client.port()))
+}
+
+/// The largest MSS the stack may use toward a sandbox: its MTU less the IP
+/// and TCP headers.
+fn stack_mss(ipv6: bool) -> u16 {
+    let ip_header = if ipv6 { 40 } else { 20 };
+    u16::try_from(MAX_FRAME - 14 - ip_header - 20).unwrap_or(1460)
+}
+
+/// A copy of a SYN (or SYN-ACK) from a sandbox whose MSS option says the
+/// stack's largest, and the MSS it said; None without an MSS option.
+/// (The stack does not check checksums of frames from TAPs, so the copy's
+/// is left as it was.)
+fn raise_mss(frame: &[u8]) -> Option<(Vec<u8>, u16)> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+        return None;
+    };
+    let ipv6 = matches!(packet.net, Some(NetSlice::Ipv6(_)));
+    let options = tcp.options();
+    // Where the options start in the frame: right after the fixed header.
+    let tcp_start = frame.len() - tcp.slice().len();
+    let options_start = tcp_start + 20;
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            0 => break,
+            1 => at += 1,
+            kind => {
+                let len = usize::from(*options.get(at + 1)?);
+                if len < 2 {
+                    return None;
+                }
+                if kind == 2 && len == 4 {
+                    let mss = u16::from_be_bytes([*options.get(at + 2)?, *options.get(at + 3)?]);
+                    let mut raised = frame.to_vec();
+                    let field = options_start + at + 2;
+                    raised
+                        .get_mut(field..field + 2)?
+                        .copy_from_slice(&stack_mss(ipv6).to_be_bytes());
+                    return Some((raised, mss));
+                }
+                at += len;
+            }
+        }
+    }
+    None
+}
+
+/// The GSO segment size a frame from the stack needs: the flow's sandbox
+/// MSS when the frame's TCP payload is larger, else 0.
+fn gso_size_for(
+    by_tuple: &FxHashMap<Tuple, FlowId>,
+    flows: &FxHashMap<FlowId, Flow>,
+    network: NetworkId,
+    frame: &[u8],
+) -> u16 {
+    // Frames that fit any Ethernet MTU are not worth a look.
+    if frame.len() <= 14 + 40 + 20 + 536 {
+        return 0;
+    }
+    let Ok(packet) = SlicedPacket::from_ethernet(frame) else {
+        return 0;
+    };
+    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+        return 0;
+    };
+    let Some((src, dst)) = crate::wire::ip_addresses(packet.net.as_ref()) else {
+        return 0;
+    };
+    let tuple = Tuple {
+        network,
+        sandbox: SocketAddr::new(dst, tcp.destination_port()),
+        peer: SocketAddr::new(src, tcp.source_port()),
+    };
+    let mss = by_tuple
+        .get(&tuple)
+        .and_then(|f| flows.get(f))
+        .map_or(0, |f| f.sandbox_mss);
+    if mss != 0 && tcp.payload().len() > usize::from(mss) {
+        mss
+    } else {
+        0
+    }
 }
 
 /// The 4-tuple of a TCP frame from a sandbox.
@@ -1177,7 +1289,7 @@ mod tests {
                         nat.handle_frame(now, NET, &gw, &frame, open).unwrap();
                     }
                 }
-                while let Some((network, frame)) = nat.poll_frame() {
+                while let Some((network, frame, _)) = nat.poll_frame() {
                     assert_eq!(network, NET);
                     moved = true;
                     self.device.rx.push_back(frame);

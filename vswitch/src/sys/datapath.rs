@@ -575,12 +575,17 @@ impl Loop {
         // NAT actions can queue frames (a refused send answers with ICMP),
         // and frames never queue actions: two rounds drain both.
         for _ in 0..2 {
-            while let Some((egress, frame)) = self.switch.poll_gateway_frame(now) {
+            while let Some((egress, mut frame, gso_size)) = self.switch.poll_gateway_frame(now) {
+                let header = if gso_size == 0 {
+                    vnet::EMPTY
+                } else {
+                    vnet::tcp_gso_header(&mut frame, gso_size).unwrap_or(vnet::EMPTY)
+                };
                 match egress {
-                    Egress::Port(port) => send_parts_to(&self.ports, port, &frame),
+                    Egress::Port(port) => send_parts_to(&self.ports, port, &header, &frame),
                     Egress::Flood(network) => {
                         for &port in self.switch.network_ports(network) {
-                            send_parts_to(&self.ports, port, &frame);
+                            send_parts_to(&self.ports, port, &header, &frame);
                         }
                     }
                 }
@@ -1561,13 +1566,18 @@ fn count_drop(ports: &FxHashMap<PortId, PortIo>, port: PortId, reason: DropReaso
     }
 }
 
-/// Write a frame of the gateway (no offloads: an empty virtio header) to a
-/// port, header and frame in one `writev`.
-fn send_parts_to(ports: &FxHashMap<PortId, PortIo>, egress: PortId, frame: &[u8]) {
+/// Write a frame of the gateway to a port with its virtio header (empty,
+/// or GSO for a large TCP segment), header and frame in one `writev`.
+fn send_parts_to(
+    ports: &FxHashMap<PortId, PortIo>,
+    egress: PortId,
+    header: &[u8; VNET_HDR_LEN],
+    frame: &[u8],
+) {
     let Some(io) = ports.get(&egress) else {
         return;
     };
-    match io.tap.send_parts(&vnet::EMPTY, frame) {
+    match io.tap.send_parts(header, frame) {
         Ok(_) => io.counters.count_tx(frame.len()),
         Err(e) => {
             tracing::trace!(port = egress.0, error = %e, "TAP write failed");
