@@ -246,8 +246,10 @@ struct TunnelIo {
     port: u16,
     senders: Vec<std::net::UdpSocket>,
     codec: Box<dyn TunnelCodec>,
-    /// Header and frame of the datagram being sent.
+    /// The datagrams being sent (headers and frames).
     datagram: Vec<u8>,
+    /// Whether UDP GSO sends work here (cleared at the first refusal).
+    gso: bool,
 }
 
 /// A tunnel port: a remote host of one overlay network.
@@ -1069,9 +1071,11 @@ impl Loop {
             tracing::error!(error = %e, "data path: register the tunnel socket");
             return;
         }
+        set_buffer(&socket, true);
         let senders = (0..TUNNEL_SENDERS)
             .filter_map(|_| std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).ok())
             .filter(|s| s.set_nonblocking(true).is_ok())
+            .inspect(|s| set_buffer(s, false))
             .collect();
         self.tunnel = Some(TunnelIo {
             socket,
@@ -1079,6 +1083,7 @@ impl Loop {
             senders,
             codec,
             datagram: Vec::with_capacity(FRAME_BUFFER_LEN + 64),
+            gso: true,
         });
     }
 
@@ -1479,7 +1484,9 @@ impl NatSocket {
 
 /// Send a frame (with its virtio header) to a tunnel port: segmented and
 /// checksummed first where it is a GSO segment or has a partial checksum
-/// (the far side is a wire, not a TAP). Returns the datagrams sent.
+/// (the far side is a wire, not a TAP). The datagrams of one frame go to
+/// the kernel together, as one UDP GSO send (`UDP_SEGMENT`) of equal-sized
+/// datagrams where the kernel allows it. Returns the datagrams sent.
 fn tunnel_send(
     tunnel: &mut TunnelIo,
     vtep: &Vtep,
@@ -1492,45 +1499,159 @@ fn tunnel_send(
     let Ok(vnet) = VnetHeader::new_checked(header) else {
         return 0;
     };
-    let mut sent = 0;
-    let mut send_one = |tunnel: &mut TunnelIo, inner: &[u8]| {
+    // One flow, one source port: chosen by the whole frame's flow.
+    let sender = if tunnel.senders.is_empty() {
+        None
+    } else {
+        Some(usize::from(tunnel.codec.flow_hash(frame)) % tunnel.senders.len())
+    };
+    let mut batch = TunnelBatch::default();
+    tunnel.datagram.clear();
+    if !vnet.is_gso() && !vnet.needs_csum() {
+        batch.append(tunnel, vtep, sender, frame);
+    } else {
+        let result = gso::segment(&vnet, frame, scratch, |segment| {
+            batch.append(tunnel, vtep, sender, segment);
+        });
+        if result.is_err() {
+            vtep.counters.count_drop(DropReason::Malformed);
+        }
+    }
+    batch.flush(tunnel, vtep, sender);
+    batch.sent
+}
+
+/// Largest UDP GSO send: the kernel's limit on a UDP payload, and on the
+/// number of segments.
+const UDP_GSO_MAX_BYTES: usize = 65_000;
+const UDP_GSO_MAX_SEGMENTS: usize = 64;
+
+/// Datagrams of one frame gathered in `TunnelIo::datagram` for one UDP GSO
+/// send: all of `size` bytes but the last, which may be shorter.
+#[derive(Default)]
+struct TunnelBatch {
+    size: usize,
+    count: usize,
+    /// The last datagram was short: nothing may follow it in this send.
+    closed: bool,
+    sent: u64,
+}
+
+impl TunnelBatch {
+    fn append(&mut self, tunnel: &mut TunnelIo, vtep: &Vtep, sender: Option<usize>, inner: &[u8]) {
         let header_len = tunnel.codec.header_len();
-        tunnel.datagram.clear();
-        tunnel.datagram.resize(header_len, 0);
+        let len = header_len + inner.len();
+        let fits = self.count == 0
+            || (!self.closed
+                && len <= self.size
+                && self.count < UDP_GSO_MAX_SEGMENTS
+                && tunnel.datagram.len() + len <= UDP_GSO_MAX_BYTES
+                && tunnel.gso);
+        if !fits {
+            self.flush(tunnel, vtep, sender);
+        }
+        if self.count == 0 {
+            self.size = len;
+        } else if len < self.size {
+            self.closed = true;
+        }
+        let at = tunnel.datagram.len();
+        tunnel.datagram.resize(at + header_len, 0);
         tunnel
             .codec
-            .write_header(vtep.vni, &mut tunnel.datagram[..header_len]);
+            .write_header(vtep.vni, &mut tunnel.datagram[at..at + header_len]);
         tunnel.datagram.extend_from_slice(inner);
-        let socket = if tunnel.senders.is_empty() {
-            None
+        self.count += 1;
+        vtep.counters.count_tx(inner.len());
+    }
+
+    fn flush(&mut self, tunnel: &mut TunnelIo, vtep: &Vtep, sender: Option<usize>) {
+        if self.count == 0 {
+            return;
+        }
+        let socket = sender.and_then(|i| tunnel.senders.get(i));
+        let fd = socket.map_or_else(|| tunnel.socket.as_raw_fd(), AsRawFd::as_raw_fd);
+        let address = nix::sys::socket::SockaddrStorage::from(vtep.addr);
+        let data = [io::IoSlice::new(&tunnel.datagram)];
+        let gso_size = u16::try_from(self.size).unwrap_or(u16::MAX);
+        let result = if self.count > 1 {
+            let control = [nix::sys::socket::ControlMessage::UdpGsoSegments(&gso_size)];
+            nix::sys::socket::sendmsg(
+                fd,
+                &data,
+                &control,
+                nix::sys::socket::MsgFlags::empty(),
+                Some(&address),
+            )
         } else {
-            let index = usize::from(tunnel.codec.flow_hash(inner)) % tunnel.senders.len();
-            tunnel.senders.get(index)
-        };
-        let result = match socket {
-            Some(socket) => socket.send_to(&tunnel.datagram, vtep.addr),
-            None => tunnel.socket.send_to(&tunnel.datagram, vtep.addr),
+            nix::sys::socket::sendmsg(
+                fd,
+                &data,
+                &[],
+                nix::sys::socket::MsgFlags::empty(),
+                Some(&address),
+            )
         };
         match result {
-            Ok(_) => {
-                vtep.counters.count_tx(inner.len());
-                sent += 1;
+            Ok(_) => self.sent += self.count as u64,
+            Err(nix::errno::Errno::EIO | nix::errno::Errno::EINVAL) if self.count > 1 => {
+                // No UDP GSO here (old kernel, device without it): one
+                // datagram per send from now on.
+                tracing::info!(error = %result.unwrap_err(), "tunnel: no UDP GSO, sending datagrams one by one");
+                tunnel.gso = false;
+                let datagrams: Vec<Vec<u8>> = tunnel
+                    .datagram
+                    .chunks(self.size)
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                for datagram in datagrams {
+                    if nix::sys::socket::sendmsg(
+                        fd,
+                        &[io::IoSlice::new(&datagram)],
+                        &[],
+                        nix::sys::socket::MsgFlags::empty(),
+                        Some(&address),
+                    )
+                    .is_ok()
+                    {
+                        self.sent += 1;
+                    }
+                }
             }
             Err(e) => {
                 tracing::trace!(addr = %vtep.addr, error = %e, "tunnel send");
                 vtep.counters.count_drop(DropReason::EgressFailed);
             }
         }
-    };
-    if !vnet.is_gso() && !vnet.needs_csum() {
-        send_one(tunnel, frame);
-    } else {
-        let result = gso::segment(&vnet, frame, scratch, |segment| send_one(tunnel, segment));
-        if result.is_err() {
-            vtep.counters.count_drop(DropReason::Malformed);
-        }
+        tunnel.datagram.clear();
+        self.count = 0;
+        self.closed = false;
     }
-    sent
+}
+
+/// Bytes of kernel buffer for the tunnel's sockets: a burst of 64 KiB
+/// frames from several sandboxes is hundreds of datagrams, more than the
+/// default ~208 KiB holds while the data-path thread waits for a CPU.
+const TUNNEL_SOCKET_BUFFER: usize = 8 << 20;
+
+/// Give a tunnel socket a large receive (or send) buffer: the forced size
+/// where the daemon may (`CAP_NET_ADMIN`), else as much as
+/// `net.core.rmem_max`/`wmem_max` allow.
+fn set_buffer(socket: &impl AsRawFd, receive: bool) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // SAFETY: the fd is open for the duration of this call (borrowed from
+    // the socket the caller holds).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    let done = if receive {
+        setsockopt(&fd, sockopt::RcvBufForce, &TUNNEL_SOCKET_BUFFER)
+            .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &TUNNEL_SOCKET_BUFFER))
+    } else {
+        setsockopt(&fd, sockopt::SndBufForce, &TUNNEL_SOCKET_BUFFER)
+            .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &TUNNEL_SOCKET_BUFFER))
+    };
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "tunnel socket buffer");
+    }
 }
 
 /// What a failed connect means for the sandbox: refused (a reset) or
