@@ -226,6 +226,8 @@ struct Loop {
     ping_refused_logged: bool,
     reply: Vec<u8>,
     published: FxHashMap<PublishId, Published>,
+    /// Sockets to read again next turn (their reader hit its bound).
+    again: Vec<Token>,
     tcp_flows: FxHashMap<FlowId, TcpFlowIo>,
     tunnel: Option<TunnelIo>,
     /// Tunnel ports: one per (overlay network, remote host).
@@ -250,6 +252,8 @@ struct TunnelIo {
     datagram: Vec<u8>,
     /// Whether UDP GSO sends work here (cleared at the first refusal).
     gso: bool,
+    /// Where received (possibly coalesced) datagrams land.
+    rx: Vec<u8>,
 }
 
 /// A tunnel port: a remote host of one overlay network.
@@ -318,6 +322,7 @@ impl Datapath {
             ping_refused_logged: false,
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
             published: FxHashMap::default(),
+            again: Vec::new(),
             tcp_flows: FxHashMap::default(),
             tunnel: None,
             vteps: FxHashMap::default(),
@@ -508,7 +513,7 @@ impl Loop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.again.is_empty() {
                 let now = Instant::now();
                 self.switch
                     .poll_timeout(now)
@@ -523,30 +528,17 @@ impl Loop {
                 tracing::error!(error = %e, "data path: epoll failed, stopping");
                 return;
             }
+            let again = std::mem::take(&mut self.again);
             for event in &events {
-                if event.token() == WAKER_TOKEN {
-                    if !self.apply_commands() {
-                        return;
-                    }
-                } else if event.token() == TUNNEL_TOKEN {
-                    self.read_tunnel();
-                } else if event.token() == UPSTREAM_V4_TOKEN || event.token() == UPSTREAM_V6_TOKEN {
-                    self.read_upstream(event.token() == UPSTREAM_V4_TOKEN);
-                } else if event.token().0 >= NAT_TOKEN_BASE {
-                    let flow = FlowId((event.token().0 - NAT_TOKEN_BASE) as u64);
-                    if flow.0 >= FLOW_ID_BASE {
-                        self.tcp_flow_ready(flow, event.is_readable(), event.is_writable());
-                    } else {
-                        self.read_nat(flow);
-                    }
-                } else if event.token().0 >= PUBLISH_TOKEN_BASE {
-                    let id = (event.token().0 - PUBLISH_TOKEN_BASE) as u32;
-                    self.published_ready(PublishId(id));
-                } else if let Ok(port) = u32::try_from(event.token().0) {
-                    let port = PortId(port);
-                    if !self.ready.contains(&port) {
-                        self.ready.push_back(port);
-                    }
+                if !self.dispatch(event.token(), event.is_readable(), event.is_writable()) {
+                    return;
+                }
+            }
+            // Sockets whose reader stopped at its bound: edge-triggered
+            // epoll will not tell again, so they get another turn here.
+            for token in again {
+                if !self.dispatch(token, true, false) {
+                    return;
                 }
             }
             let now = Instant::now();
@@ -569,6 +561,38 @@ impl Loop {
             }
             self.flush_gateway(now);
         }
+    }
+
+    /// Handle one readiness event; false on shutdown.
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) -> bool {
+        if token == WAKER_TOKEN {
+            return self.apply_commands();
+        }
+        if token == TUNNEL_TOKEN {
+            if !self.read_tunnel() {
+                self.again.push(token);
+            }
+        } else if token == UPSTREAM_V4_TOKEN || token == UPSTREAM_V6_TOKEN {
+            self.read_upstream(token == UPSTREAM_V4_TOKEN);
+        } else if token.0 >= NAT_TOKEN_BASE {
+            let flow = FlowId((token.0 - NAT_TOKEN_BASE) as u64);
+            if flow.0 >= FLOW_ID_BASE {
+                self.tcp_flow_ready(flow, readable, writable);
+            } else if !self.read_nat(flow) {
+                self.again.push(token);
+            }
+        } else if token.0 >= PUBLISH_TOKEN_BASE {
+            let id = (token.0 - PUBLISH_TOKEN_BASE) as u32;
+            if !self.published_ready(PublishId(id)) {
+                self.again.push(token);
+            }
+        } else if let Ok(port) = u32::try_from(token.0) {
+            let port = PortId(port);
+            if !self.ready.contains(&port) {
+                self.ready.push_back(port);
+            }
+        }
+        true
     }
 
     /// Send what the gateway services produced: frames into networks,
@@ -855,7 +879,9 @@ impl Loop {
         }
         self.published.insert(id, Published { listener, target });
         // Connections or datagrams may be waiting already.
-        self.published_ready(id);
+        if !self.published_ready(id) {
+            self.again.push(token);
+        }
     }
 
     fn unpublish(&mut self, id: PublishId) {
@@ -866,22 +892,28 @@ impl Loop {
     }
 
     /// A published port's socket is readable: accept connections, or take
-    /// datagrams, bounded per wake-up.
-    fn published_ready(&mut self, id: PublishId) {
+    /// datagrams, bounded per wake-up. True when drained, false when the
+    /// bound stopped it.
+    fn published_ready(&mut self, id: PublishId) -> bool {
         let Some(published) = self.published.get(&id) else {
-            return;
+            return true;
         };
         let target = published.target;
+        let mut drained = false;
         match &published.listener {
             HostListener::Tcp(listener) => {
                 let mut accepted = Vec::new();
                 for _ in 0..ACCEPT_BOUND {
                     match listener.accept() {
                         Ok((stream, client)) => accepted.push((stream, client)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            drained = true;
+                            break;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             tracing::debug!(error = %e, "published port accept");
+                            drained = true;
                             break;
                         }
                     }
@@ -914,7 +946,7 @@ impl Loop {
                         ..
                     }) = self.published.get(&id)
                     else {
-                        return;
+                        return true;
                     };
                     match socket.recv_from(&mut buf) {
                         Ok((len, client)) => {
@@ -930,10 +962,14 @@ impl Loop {
                                 count_drop(&self.ports, target.port, reason);
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            drained = true;
+                            break;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             tracing::debug!(error = %e, "published UDP receive");
+                            drained = true;
                             break;
                         }
                     }
@@ -941,29 +977,33 @@ impl Loop {
                 let _ = socket;
             }
         }
+        drained
     }
 
-    fn read_nat(&mut self, flow: FlowId) {
+    /// Read a NAT flow's socket, bounded; true when it is drained (or
+    /// gone), false when the bound stopped the reading.
+    fn read_nat(&mut self, flow: FlowId) -> bool {
         let mut buf = vec![0u8; NAT_DATAGRAM_MAX];
         for _ in 0..IO_LOOP_BOUND {
             let Some(socket) = self.nat_sockets.get(&flow) else {
-                return;
+                return true;
             };
             match socket.recv(&mut buf) {
                 Ok(len) => self
                     .switch
                     .handle_nat_reply(Instant::now(), flow, &buf[..len]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     self.switch.handle_nat_refused(Instant::now(), flow);
                 }
                 Err(e) => {
                     tracing::debug!(flow = flow.0, error = %e, "NAT receive");
-                    return;
+                    return true;
                 }
             }
         }
+        false
     }
 
     fn read_upstream(&mut self, v4: bool) {
@@ -1072,6 +1112,12 @@ impl Loop {
             return;
         }
         set_buffer(&socket, true);
+        // Runs of datagrams from one sender arrive as one (UDP GRO).
+        if let Err(e) =
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::UdpGroSegment, &true)
+        {
+            tracing::debug!(error = %e, "tunnel: no UDP GRO");
+        }
         let senders = (0..TUNNEL_SENDERS)
             .filter_map(|_| std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).ok())
             .filter(|s| s.set_nonblocking(true).is_ok())
@@ -1084,6 +1130,7 @@ impl Loop {
             codec,
             datagram: Vec::with_capacity(FRAME_BUFFER_LEN + 64),
             gso: true,
+            rx: vec![0; TUNNEL_RX_BUFFER],
         });
     }
 
@@ -1157,73 +1204,100 @@ impl Loop {
         self.switch.set_remote_endpoints(network, macs, proxy_arp);
     }
 
-    /// Datagrams from the tunnel socket: open, check, switch.
-    fn read_tunnel(&mut self) {
+    /// Datagrams from the tunnel socket: open, check, switch. The socket
+    /// has UDP GRO on, so one receive can return a run of same-sized
+    /// datagrams from one sender, which are taken one by one. True when the
+    /// socket is drained, false when the bound stopped the reading.
+    fn read_tunnel(&mut self) -> bool {
         let now = Instant::now();
         for _ in 0..IO_LOOP_BOUND {
-            if self.batch.is_full() {
-                self.flush_writes();
-            }
-            let Some(tunnel) = self.tunnel.as_ref() else {
-                return;
+            let Some(tunnel) = self.tunnel.as_mut() else {
+                return true;
             };
-            let header_len = tunnel.codec.header_len();
-            // The datagram lands so that its inner frame starts where a
-            // TAP frame would, after the virtio header.
-            let Some(offset) = VNET_HDR_LEN.checked_sub(header_len) else {
-                return;
-            };
-            let buffer = self.batch.buffer();
-            let (len, from) = match tunnel.socket.recv_from(&mut buffer[offset..]) {
+            let mut rx = std::mem::take(&mut tunnel.rx);
+            let received = receive_coalesced(&tunnel.socket, &mut rx);
+            let (len, from, segment) = match received {
                 Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.restore_rx(rx);
+                    self.flush_writes();
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.restore_rx(rx);
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "tunnel receive");
-                    break;
+                    self.restore_rx(rx);
+                    self.flush_writes();
+                    return true;
                 }
             };
-            if !self.tunnel_peers.contains(&from.ip()) {
-                self.tunnel_counters
-                    .dropped_not_member
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(%from, "tunnel datagram from a non-member, dropped");
-                continue;
+            let segment = if segment == 0 { len } else { segment };
+            for datagram in rx[..len].chunks(segment.max(1)) {
+                self.take_datagram(now, from, datagram);
             }
-            let decoded = tunnel
-                .codec
-                .decap(&buffer[offset..offset + len])
-                .map(|(vni, inner)| (vni, inner.len()));
-            let Some((vni, inner_len)) = decoded else {
-                self.tunnel_counters
-                    .dropped_invalid
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let Some(network) = self.overlays.get(&vni).copied() else {
-                self.tunnel_counters
-                    .dropped_invalid
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if inner_len + header_len != len {
-                self.tunnel_counters
-                    .dropped_invalid
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            // Peers are known by address; they send from any port and are
-            // sent to at the tunnel's port.
-            let peer = SocketAddr::new(from.ip(), tunnel.port);
-            let Some(port) = self.vtep_port(network, vni, peer) else {
-                continue;
-            };
-            self.batch.buffer()[..VNET_HDR_LEN].copy_from_slice(&vnet::EMPTY);
-            self.tunnel_counters.rx.fetch_add(1, Ordering::Relaxed);
-            self.switch_frame(port, VNET_HDR_LEN + inner_len, now);
-            self.batch.keep();
+            self.restore_rx(rx);
         }
         self.flush_writes();
+        false
+    }
+
+    fn restore_rx(&mut self, rx: Vec<u8>) {
+        if let Some(tunnel) = self.tunnel.as_mut() {
+            tunnel.rx = rx;
+        }
+    }
+
+    /// One datagram from the tunnel: check its sender, open it, switch its
+    /// frame (copied behind an empty virtio header, as a TAP's would be).
+    fn take_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if !self.tunnel_peers.contains(&from.ip()) {
+            self.tunnel_counters
+                .dropped_not_member
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%from, "tunnel datagram from a non-member, dropped");
+            return;
+        }
+        let Some(tunnel) = self.tunnel.as_ref() else {
+            return;
+        };
+        let tunnel_port = tunnel.port;
+        let Some((vni, inner)) = tunnel.codec.decap(datagram) else {
+            self.tunnel_counters
+                .dropped_invalid
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(network) = self.overlays.get(&vni).copied() else {
+            self.tunnel_counters
+                .dropped_invalid
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if inner.len() + VNET_HDR_LEN > FRAME_BUFFER_LEN {
+            self.tunnel_counters
+                .dropped_invalid
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.batch.is_full() {
+            self.flush_writes();
+        }
+        let buffer = self.batch.buffer();
+        buffer[..VNET_HDR_LEN].copy_from_slice(&vnet::EMPTY);
+        buffer[VNET_HDR_LEN..VNET_HDR_LEN + inner.len()].copy_from_slice(inner);
+        let len = VNET_HDR_LEN + inner.len();
+        // Peers are known by address; they send from any port and are
+        // sent to at the tunnel's port.
+        let peer = SocketAddr::new(from.ip(), tunnel_port);
+        let Some(port) = self.vtep_port(network, vni, peer) else {
+            return;
+        };
+        self.tunnel_counters.rx.fetch_add(1, Ordering::Relaxed);
+        self.switch_frame(port, len, now);
+        self.batch.keep();
     }
 
     fn attach(&mut self, id: PortId, network: NetworkId, tap: Tap, counters: Arc<PortCounters>) {
@@ -1627,6 +1701,44 @@ impl TunnelBatch {
         self.count = 0;
         self.closed = false;
     }
+}
+
+/// Largest coalesced receive: a UDP GRO run is at most 64 KiB.
+const TUNNEL_RX_BUFFER: usize = 65_536;
+
+/// Receive from the tunnel socket: bytes, sender, and the size of each
+/// datagram when the kernel coalesced several (UDP GRO), else 0.
+fn receive_coalesced(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(i32);
+    let message = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let mut segment = 0;
+    if let Ok(cmsgs) = message.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
+                segment = usize::try_from(size).unwrap_or(0);
+            }
+        }
+    }
+    let from = message
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| io::Error::other("tunnel datagram without a sender address"))?;
+    Ok((message.bytes, from, segment))
 }
 
 /// Bytes of kernel buffer for the tunnel's sockets: a burst of 64 KiB
