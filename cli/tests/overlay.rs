@@ -507,6 +507,51 @@ fn a_network_made_on_one_host_carries_traffic_and_names_across_three() {
         c.ping_ok(&sandboxes[from], names[to]);
     }
 
+    // 16 MiB of TCP from alpha to beta arrive intact: the sandbox's TSO
+    // segments are cut for the tunnel, leave as UDP GSO sends, and are
+    // merged again (GRO) before beta's TAP.
+    let input = c.dir.join("bulk-in");
+    let output = c.dir.join("bulk-out");
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&input, &data).expect("bulk input");
+    let out_path = output.display().to_string();
+    let started = exec_in(
+        &sandboxes[1],
+        &[
+            "sh",
+            "-c",
+            r#"timeout 60 socat -u TCP-LISTEN:7000,reuseaddr "OPEN:$1,creat,trunc" </dev/null >/dev/null 2>&1 &"#,
+            "sh",
+            &out_path,
+        ],
+    );
+    assert!(started.status.success(), "{}", show(&started));
+    c.wait_for("beta's bulk server listens", CONVERGE, || {
+        stdout(&exec_in(&sandboxes[1], &["ss", "-Hltn"])).contains(":7000")
+    });
+    let sent = exec_in(
+        &sandboxes[0],
+        &[
+            "socat",
+            "-u",
+            &format!("OPEN:{}", input.display()),
+            &format!("TCP4:{}:7000", addrs[1]),
+        ],
+    );
+    assert!(sent.status.success(), "bulk send: {}", show(&sent));
+    c.wait_for("the bulk transfer lands", Duration::from_secs(20), || {
+        std::fs::metadata(&output).is_ok_and(|m| m.len() == data.len() as u64)
+    });
+    let received = std::fs::read(&output).unwrap_or_default();
+    assert!(
+        received == data,
+        "the bytes across the overlay differ ({} of {} received)",
+        received.len(),
+        data.len()
+    );
+
     // rm is refused while any host has endpoints, then works everywhere.
     let refused = c.hosts[1].weft(&["network", "rm", "ov"]);
     assert!(!refused.status.success(), "{}", show(&refused));

@@ -51,6 +51,7 @@ pub mod counters;
 pub mod dns;
 pub mod dns_tcp;
 pub mod gateway;
+pub mod gro;
 pub mod gso;
 pub mod mac_table;
 pub mod nat;

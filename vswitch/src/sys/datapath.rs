@@ -48,6 +48,7 @@ use std::net::SocketAddr;
 use crate::counters::{DropReason, PortCounters};
 use crate::dns::{DnsConfig, Zone};
 use crate::gateway::{GatewayConfig, REPLY_HEADROOM};
+use crate::gro;
 use crate::gso;
 use crate::nat::{FlowId, NatAction, NatProto};
 use crate::services::Egress;
@@ -1235,8 +1236,41 @@ impl Loop {
                 }
             };
             let segment = if segment == 0 { len } else { segment };
+            // Consecutive segments of one TCP flow become one GSO frame
+            // (see `gro`): `run` is the frame being merged in the batch's
+            // current buffer, and the port it came by.
+            let mut run: Option<(gro::Run, PortId)> = None;
             for datagram in rx[..len].chunks(segment.max(1)) {
-                self.take_datagram(now, from, datagram);
+                let Some((port, inner)) = self.open_datagram(from, datagram) else {
+                    continue;
+                };
+                if let Some((merging, run_port)) = run.as_mut() {
+                    if *run_port == port
+                        && merging.append(&mut self.batch.buffer()[VNET_HDR_LEN..], inner)
+                    {
+                        continue;
+                    }
+                }
+                if let Some((merged, run_port)) = run.take() {
+                    self.switch_run(merged, run_port, now);
+                }
+                if self.batch.is_full() {
+                    self.flush_writes();
+                }
+                let buffer = self.batch.buffer();
+                buffer[..VNET_HDR_LEN].copy_from_slice(&vnet::EMPTY);
+                buffer[VNET_HDR_LEN..VNET_HDR_LEN + inner.len()].copy_from_slice(inner);
+                match gro::Run::start(inner) {
+                    Some(started) => run = Some((started, port)),
+                    None => {
+                        self.tunnel_counters.rx.fetch_add(1, Ordering::Relaxed);
+                        self.switch_frame(port, VNET_HDR_LEN + inner.len(), now);
+                        self.batch.keep();
+                    }
+                }
+            }
+            if let Some((merged, run_port)) = run.take() {
+                self.switch_run(merged, run_port, now);
             }
             self.restore_rx(rx);
         }
@@ -1250,54 +1284,58 @@ impl Loop {
         }
     }
 
-    /// One datagram from the tunnel: check its sender, open it, switch its
-    /// frame (copied behind an empty virtio header, as a TAP's would be).
-    fn take_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    /// Switch a run of merged segments from the batch's current buffer:
+    /// as one GSO frame when it merged several.
+    fn switch_run(&mut self, run: gro::Run, port: PortId, now: Instant) {
+        let buffer = self.batch.buffer();
+        let (header, frame) = buffer.split_at_mut(VNET_HDR_LEN);
+        run.finish(frame);
+        let gso_header = if run.count > 1 {
+            u16::try_from(run.segment_size)
+                .ok()
+                .and_then(|size| vnet::tcp_gso_header(&mut frame[..run.len], size))
+        } else {
+            None
+        };
+        header.copy_from_slice(&gso_header.unwrap_or(vnet::EMPTY));
+        self.tunnel_counters
+            .rx
+            .fetch_add(run.count as u64, Ordering::Relaxed);
+        self.switch_frame(port, VNET_HDR_LEN + run.len, now);
+        self.batch.keep();
+    }
+
+    /// One datagram from the tunnel: check its sender, open it; its inner
+    /// frame and the tunnel port it came by, or None (dropped, counted).
+    fn open_datagram<'d>(
+        &mut self,
+        from: SocketAddr,
+        datagram: &'d [u8],
+    ) -> Option<(PortId, &'d [u8])> {
         if !self.tunnel_peers.contains(&from.ip()) {
             self.tunnel_counters
                 .dropped_not_member
                 .fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%from, "tunnel datagram from a non-member, dropped");
-            return;
+            return None;
         }
-        let Some(tunnel) = self.tunnel.as_ref() else {
-            return;
-        };
+        let tunnel = self.tunnel.as_ref()?;
         let tunnel_port = tunnel.port;
-        let Some((vni, inner)) = tunnel.codec.decap(datagram) else {
+        let decoded = tunnel.codec.decap(datagram).and_then(|(vni, inner)| {
+            let network = self.overlays.get(&vni).copied()?;
+            (inner.len() + VNET_HDR_LEN <= FRAME_BUFFER_LEN).then_some((vni, network, inner))
+        });
+        let Some((vni, network, inner)) = decoded else {
             self.tunnel_counters
                 .dropped_invalid
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
-        let Some(network) = self.overlays.get(&vni).copied() else {
-            self.tunnel_counters
-                .dropped_invalid
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if inner.len() + VNET_HDR_LEN > FRAME_BUFFER_LEN {
-            self.tunnel_counters
-                .dropped_invalid
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if self.batch.is_full() {
-            self.flush_writes();
-        }
-        let buffer = self.batch.buffer();
-        buffer[..VNET_HDR_LEN].copy_from_slice(&vnet::EMPTY);
-        buffer[VNET_HDR_LEN..VNET_HDR_LEN + inner.len()].copy_from_slice(inner);
-        let len = VNET_HDR_LEN + inner.len();
         // Peers are known by address; they send from any port and are
         // sent to at the tunnel's port.
         let peer = SocketAddr::new(from.ip(), tunnel_port);
-        let Some(port) = self.vtep_port(network, vni, peer) else {
-            return;
-        };
-        self.tunnel_counters.rx.fetch_add(1, Ordering::Relaxed);
-        self.switch_frame(port, len, now);
-        self.batch.keep();
+        let port = self.vtep_port(network, vni, peer)?;
+        Some((port, inner))
     }
 
     fn attach(&mut self, id: PortId, network: NetworkId, tap: Tap, counters: Arc<PortCounters>) {

@@ -1,0 +1,249 @@
+//! Receive coalescing (GRO) of TCP/IPv4 segments that arrive as separate
+//! frames (from a tunnel), so that a TAP gets one GSO frame instead of
+//! dozens of MTU-sized ones.
+//!
+//! # Theory of operation
+//!
+//! A sender's 64 KiB TCP segment crosses the underlay as ~45 datagrams
+//! and arrives as a run of frames of the same flow, each carrying the next
+//! bytes of the stream. Writing each to a TAP costs one trip through the
+//! kernel's receive path per 1400 bytes. Instead, consecutive frames that
+//! only continue one another are merged into one frame (the first one's
+//! headers, all the payloads) written with a GSO header of the original
+//! segment size ([`crate::wire::vnet::tcp_gso_header`]): the sandbox's
+//! kernel takes it whole, as it takes a GRO'd packet from a NIC.
+//!
+//! Frames merge only when nothing but the payload and sequence number
+//! differ, as Linux's GRO asks: same Ethernet and IPv4 addresses, IPv4
+//! without options or fragmentation, same TTL and TOS, same ports, same
+//! TCP header length and options, the same acknowledgment number, flags
+//! ACK only (a PSH ends the run), the sequence number right after the
+//! merged bytes, and every merged payload of the first one's size but the
+//! last. Anything else is written as it came.
+
+use crate::wire::checksum;
+
+const ETH: usize = 14;
+const IPV4: usize = 20;
+/// TCP flags byte: ACK alone, or ACK and PSH.
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+
+/// Largest merged frame: a GSO frame's IP packet fits in 64 KiB.
+pub const MAX_MERGED: usize = ETH + 65_535;
+
+/// The parts of a TCP/IPv4 frame GRO looks at; None for anything else.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    tcp_header: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+}
+
+fn segment(frame: &[u8]) -> Option<Segment> {
+    if frame.len() < ETH + IPV4 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[ETH..];
+    // Version 4, no options; protocol TCP; not a fragment (DF allowed).
+    if ip[0] != 0x45 || ip[9] != 6 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if total != frame.len() - ETH {
+        return None;
+    }
+    let tcp = &ip[IPV4..];
+    let tcp_header = usize::from(tcp[12] >> 4) * 4;
+    if tcp_header < 20 || IPV4 + tcp_header > total {
+        return None;
+    }
+    Some(Segment {
+        tcp_header,
+        payload: total - IPV4 - tcp_header,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        flags: tcp[13],
+    })
+}
+
+/// A run of merged segments, kept in the caller's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Payload bytes of the first segment: the GSO segment size.
+    pub segment_size: usize,
+    /// Segments merged so far.
+    pub count: usize,
+    /// The merged frame's length.
+    pub len: usize,
+    next_seq: u32,
+    tcp_header: usize,
+    /// A short or PSH segment ended the run.
+    closed: bool,
+}
+
+impl Run {
+    /// Start a run with `frame`, when it is a segment GRO can merge into
+    /// (a pure ACK with payload); None otherwise.
+    pub fn start(frame: &[u8]) -> Option<Run> {
+        let s = segment(frame)?;
+        if s.payload == 0 || (s.flags & !PSH) != ACK {
+            return None;
+        }
+        Some(Run {
+            segment_size: s.payload,
+            count: 1,
+            len: frame.len(),
+            next_seq: s.seq.wrapping_add(s.payload as u32),
+            tcp_header: s.tcp_header,
+            closed: s.flags & PSH != 0,
+        })
+    }
+
+    /// Append `next` to the run in `merged` (which holds the run's frame
+    /// and has room up to [`MAX_MERGED`]) if it continues it; false, and
+    /// nothing changed, if it does not.
+    pub fn append(&mut self, merged: &mut [u8], next: &[u8]) -> bool {
+        if self.closed {
+            return false;
+        }
+        let Some(s) = segment(next) else {
+            return false;
+        };
+        let headers = ETH + IPV4 + self.tcp_header;
+        if merged.len() < headers {
+            return false;
+        }
+        let same_headers = s.tcp_header == self.tcp_header
+            // Ethernet addresses and type.
+            && merged[..ETH] == next[..ETH]
+            // TOS; TTL and protocol; addresses.
+            && merged[ETH + 1] == next[ETH + 1]
+            && merged[ETH + 8..ETH + 10] == next[ETH + 8..ETH + 10]
+            && merged[ETH + 12..ETH + IPV4] == next[ETH + 12..ETH + IPV4]
+            // Ports; acknowledgment number; header length; options.
+            && merged[ETH + IPV4..ETH + IPV4 + 4] == next[ETH + IPV4..ETH + IPV4 + 4]
+            && merged[ETH + IPV4 + 8..ETH + IPV4 + 13] == next[ETH + IPV4 + 8..ETH + IPV4 + 13]
+            && merged[ETH + IPV4 + 20..headers] == next[ETH + IPV4 + 20..headers];
+        let fits = s.payload > 0
+            && s.payload <= self.segment_size
+            && s.seq == self.next_seq
+            && (s.flags & !PSH) == ACK
+            && self.len + s.payload <= MAX_MERGED
+            && self.len + s.payload <= merged.len();
+        if !same_headers || !fits {
+            return false;
+        }
+        merged[self.len..self.len + s.payload].copy_from_slice(&next[headers..]);
+        self.len += s.payload;
+        self.count += 1;
+        self.next_seq = s.seq.wrapping_add(s.payload as u32);
+        // The newest window and flags (a PSH ends the run).
+        merged[ETH + IPV4 + 13..ETH + IPV4 + 16]
+            .copy_from_slice(&next[ETH + IPV4 + 13..ETH + IPV4 + 16]);
+        if s.payload < self.segment_size || s.flags & PSH != 0 {
+            self.closed = true;
+        }
+        true
+    }
+
+    /// Make the merged frame's IPv4 header right again (total length and
+    /// header checksum); the TCP checksum is left to the GSO header.
+    pub fn finish(&self, merged: &mut [u8]) {
+        if self.count < 2 {
+            return;
+        }
+        let total = u16::try_from(self.len - ETH).unwrap_or(u16::MAX);
+        merged[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
+        merged[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+        let sum = checksum::finish(checksum::sum(0, &merged[ETH..ETH + IPV4]));
+        merged[ETH + 10..ETH + 12].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    fn seg(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(5201, 40000, seq, 1000)
+            .ack(99);
+        let b = if psh { b.psh() } else { b };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    #[test]
+    fn consecutive_segments_merge_and_cut_back_the_same() {
+        let data: Vec<u8> = (0..3500u32).map(|i| (i % 251) as u8).collect();
+        let frames = [
+            seg(1000, &data[..1400], false),
+            seg(2400, &data[1400..2800], false),
+            seg(3800, &data[2800..], true),
+        ];
+        let mut merged = vec![0u8; MAX_MERGED];
+        merged[..frames[0].len()].copy_from_slice(&frames[0]);
+        let mut run = Run::start(&frames[0]).unwrap();
+        assert!(run.append(&mut merged, &frames[1]));
+        assert!(run.append(&mut merged, &frames[2]));
+        // A short PSH segment ended it.
+        assert!(!run.append(&mut merged, &seg(4500, b"x", false)));
+        run.finish(&mut merged);
+        let mut frame = merged[..run.len].to_vec();
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+            panic!()
+        };
+        assert_eq!(tcp.payload(), &data[..]);
+        assert_eq!(tcp.sequence_number(), 1000);
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!()
+        };
+        // The header checksum is right again.
+        let header = ip.header().to_header();
+        assert_eq!(header.header_checksum, header.calc_header_checksum());
+        drop(p);
+        // Cut back by the GSO header: the original segments' payloads.
+        let vnet_header =
+            crate::wire::vnet::tcp_gso_header(&mut frame, run.segment_size as u16).unwrap();
+        let vnet = crate::wire::vnet::VnetHeader::new_checked(&vnet_header[..]).unwrap();
+        let mut scratch = vec![0u8; MAX_MERGED];
+        let mut payloads = Vec::new();
+        crate::gso::segment(&vnet, &frame, &mut scratch, |s| {
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+                panic!()
+            };
+            payloads.push(tcp.payload().to_vec());
+        })
+        .unwrap();
+        assert_eq!(payloads.len(), 3);
+        assert_eq!(payloads.concat(), data);
+    }
+
+    #[test]
+    fn gaps_other_flows_and_control_segments_do_not_merge() {
+        let a = seg(1000, &[1; 100], false);
+        let mut merged = vec![0u8; MAX_MERGED];
+        merged[..a.len()].copy_from_slice(&a);
+        let mut run = Run::start(&a).unwrap();
+        // A gap in the sequence.
+        assert!(!run.append(&mut merged, &seg(1200, &[2; 100], false)));
+        // Another flow (other port).
+        let mut other = seg(1100, &[2; 100], false);
+        other[14 + 20] ^= 1;
+        assert!(!run.append(&mut merged, &other));
+        // A bigger segment than the first.
+        assert!(!run.append(&mut merged, &seg(1100, &[2; 200], false)));
+        assert_eq!(run.count, 1);
+        // Pure ACKs and SYNs do not start runs.
+        assert!(Run::start(&seg(1000, &[], false)).is_none());
+        let mut syn = seg(1000, &[1; 10], false);
+        syn[14 + 20 + 13] |= 0x02;
+        assert!(Run::start(&syn).is_none());
+    }
+}
