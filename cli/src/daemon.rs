@@ -56,7 +56,15 @@ pub struct DaemonArgs {
     /// UDP port of VXLAN, the same on every host.
     #[arg(long, value_name = "PORT", default_value_t = VXLAN_PORT)]
     pub vxlan_port: u16,
+    /// Flows the NAT holds at once, per table (UDP and ICMP echo; TCP);
+    /// when full, new flows are refused and counted.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_NAT_MAX_FLOWS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub nat_max_flows: u32,
 }
+
+/// The NAT's default flow bound (as weft_vswitch::nat::DEFAULT_MAX_FLOWS).
+const DEFAULT_NAT_MAX_FLOWS: u32 = 4096;
 
 /// VXLAN's IANA port (RFC 7348 section 5), Linux's `vxlan` default too.
 const VXLAN_PORT: u16 = 4789;
@@ -103,6 +111,7 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         netns_dir: PathBuf::from(NETNS_DIR),
         dns_upstreams,
         cluster,
+        nat_max_flows: usize::try_from(args.nat_max_flows).unwrap_or(usize::MAX),
     })
     .await
     .with_context(|| format!("starting with state directory {}", state_dir.display()))?;

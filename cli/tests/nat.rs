@@ -95,6 +95,11 @@ impl NatWorld {
     /// lets the daemon open ping sockets (else it stays at the namespace's
     /// default "1 0"). None (skip) when a requirement is missing.
     fn new(ping_allowed: bool) -> Option<NatWorld> {
+        Self::with_daemon_args(ping_allowed, &[])
+    }
+
+    /// A world whose daemon gets `extra` arguments.
+    fn with_daemon_args(ping_allowed: bool, extra: &[&str]) -> Option<NatWorld> {
         if !require(
             nix::unistd::geteuid().is_root(),
             "needs root (network namespaces, TAPs)",
@@ -155,7 +160,7 @@ impl NatWorld {
             assert!(out.status.success(), "sysctl in HOST: {}", show(&out));
         }
         w.start_servers();
-        w.start_daemon();
+        w.start_daemon(extra);
         Some(w)
     }
 
@@ -242,7 +247,7 @@ impl NatWorld {
 
     /// Start the daemon in HOST (explicit `--dns-upstream` in INET, never
     /// the machine's resolvers); waits until it answers.
-    fn start_daemon(&mut self) {
+    fn start_daemon(&mut self, extra: &[&str]) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let mut cmd = Command::new("ip");
         cmd.args([
@@ -254,6 +259,7 @@ impl NatWorld {
         .arg("--state-dir")
         .arg(&self.state_dir)
         .args(["--no-default-network", "--dns-upstream", DNS_UPSTREAM])
+        .args(extra)
         .env("WEFT_LOG", "info")
         .env("NO_COLOR", "1");
         let log = self.dir.join("daemon.log");
@@ -792,6 +798,46 @@ fn refused_tcp_port_is_an_immediate_error() {
     // And the open port still works.
     let (out, _) = w.tcp(&a, TCP_WHO_PORT, None, "5");
     assert!(stdout(&out).starts_with(HOST_ADDR), "{}", show(&out));
+}
+
+/// (11) `--nat-max-flows` bounds the flow tables: with 2, a third UDP
+/// flow at once gets no answer while the first two do, and TCP is bounded
+/// the same way (a third connection is reset at once).
+#[test]
+fn the_flow_table_bound_is_configurable() {
+    let Some(mut w) = NatWorld::with_daemon_args(true, &["--nat-max-flows", "2"]) else {
+        return;
+    };
+    let a = w.sandbox_in("fb", "10.236.12.0/24");
+    // Two UDP flows (two source ports) fill the table; each is answered.
+    for i in 0..2 {
+        let (out, _) = w.udp(&a, ECHO_PORT, &format!("flow {i}"), "1");
+        assert_eq!(stdout(&out), format!("flow {i}\n"), "{}", show(&out));
+    }
+    let (out, _) = w.udp(&a, ECHO_PORT, "one too many", "1");
+    assert!(
+        !stdout(&out).contains("one too many"),
+        "a third UDP flow was let through: {}",
+        show(&out)
+    );
+    // TCP: two connections held open, a third is refused at once.
+    let out = w.exec(
+        &a,
+        &[
+            "sh",
+            "-c",
+            r#"for i in 1 2; do socat -T 5 TCP4:$1:$2 SYSTEM:'sleep 4' & done; sleep 1; socat -T 3 - TCP4:$1:$2 </dev/null; echo "third: $?""#,
+            "sh",
+            INET_ADDR,
+            &TCP_ECHO_PORT.to_string(),
+        ],
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("third: 1") && text.to_lowercase().contains("refused"),
+        "a third TCP connection was not refused: {}",
+        show(&out)
+    );
 }
 
 /// (5) A sandbox of an `--internal` network cannot get out: ping and UDP to

@@ -102,6 +102,8 @@ pub struct ControllerConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// The gossip cluster to join (`--listen`); None: no overlay networks.
     pub cluster: Option<ClusterConfig>,
+    /// Flows the NAT holds at once, per table (UDP/ICMP, and TCP).
+    pub nat_max_flows: usize,
 }
 
 /// `network create`.
@@ -473,7 +475,10 @@ impl Controller {
         let store = StateStore::open(&config.state_dir)?;
         let config_upstreams = config.dns_upstreams.clone();
         let state = store.load()?;
-        let datapath = Arc::new(Datapath::spawn().map_err(ControllerError::Datapath)?);
+        let datapath = Arc::new(
+            Datapath::spawn_with_max_flows(config.nat_max_flows)
+                .map_err(ControllerError::Datapath)?,
+        );
         let cluster = match config.cluster {
             Some(cluster_config) => {
                 let tunnel_addr = std::net::SocketAddr::new(

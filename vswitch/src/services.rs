@@ -96,11 +96,23 @@ pub struct GatewayServices {
 impl GatewayServices {
     /// Services with this DNS configuration and random seed.
     pub fn new(config: DnsConfig, seed: u64) -> Self {
+        Self::with_max_flows(config, crate::nat::DEFAULT_MAX_FLOWS, seed)
+    }
+
+    /// Services whose NAT tables (UDP/ICMP, and TCP) hold at most
+    /// `max_flows` flows each.
+    pub fn with_max_flows(config: DnsConfig, max_flows: usize, seed: u64) -> Self {
         GatewayServices {
             dns: DnsServer::new(config),
-            nat: Nat::new(NatConfig::default()),
+            nat: Nat::new(NatConfig {
+                max_flows,
+                ..NatConfig::default()
+            }),
             tcp: TcpNat::new(
-                TcpNatConfig::default(),
+                TcpNatConfig {
+                    max_flows,
+                    ..TcpNatConfig::default()
+                },
                 Instant::now(),
                 seed.rotate_left(29),
             ),

@@ -129,12 +129,18 @@ impl Switch {
     /// An empty switch with this DNS configuration; `seed` seeds every
     /// random choice of the gateway services.
     pub fn with_dns(dns: DnsConfig, seed: u64) -> Self {
+        Self::with_dns_and_nat(dns, crate::nat::DEFAULT_MAX_FLOWS, seed)
+    }
+
+    /// An empty switch with this DNS configuration and NAT tables of at
+    /// most `max_flows` flows each (UDP/ICMP, and TCP).
+    pub fn with_dns_and_nat(dns: DnsConfig, max_flows: usize, seed: u64) -> Self {
         Switch {
             networks: FxHashMap::default(),
             ports: FxHashMap::default(),
             tunnel_ports: rustc_hash::FxHashSet::default(),
             next_sweep: None,
-            services: GatewayServices::new(dns, seed),
+            services: GatewayServices::with_max_flows(dns, max_flows, seed),
         }
     }
 

@@ -293,6 +293,16 @@ impl Datapath {
     ///
     /// Creating the epoll instance or its waker, or spawning the thread.
     pub fn spawn() -> io::Result<Datapath> {
+        Self::spawn_with_max_flows(crate::nat::DEFAULT_MAX_FLOWS)
+    }
+
+    /// Start the data-path thread with NAT tables of at most `max_flows`
+    /// flows each (UDP/ICMP, and TCP).
+    ///
+    /// # Errors
+    ///
+    /// Creating the epoll instance or its waker, or spawning the thread.
+    pub fn spawn_with_max_flows(max_flows: usize) -> io::Result<Datapath> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
         let upstream_v4 = upstream_socket(&poll, "0.0.0.0:0", UPSTREAM_V4_TOKEN);
@@ -308,11 +318,12 @@ impl Datapath {
             upstream_v4,
             upstream_v6,
             commands: rx,
-            switch: Switch::with_dns(
+            switch: Switch::with_dns_and_nat(
                 DnsConfig {
                     max_udp_payload: DNS_MAX_UDP_PAYLOAD,
                     ..DnsConfig::default()
                 },
+                max_flows,
                 seed,
             ),
             ports: FxHashMap::default(),
