@@ -780,4 +780,50 @@ mod tests {
             Icmpv4Type::DestinationUnreachable(_)
         ));
     }
+
+    proptest::proptest! {
+        /// Any sequence of datagrams: one flow (one host socket) per
+        /// distinct (source port, destination) and the same flow for the
+        /// same pair; never more flows than the bound.
+        #[test]
+        fn flows_map_one_to_one(
+            datagrams in proptest::collection::vec((0u16..8, 0u8..4, 1u16..4), 1..64),
+            max_flows in 1usize..16,
+        ) {
+            let t0 = Instant::now();
+            let mut nat = Nat::new(NatConfig { max_flows, ..NatConfig::default() });
+            let mut flow_of: std::collections::HashMap<(u16, u8, u16), FlowId> =
+                std::collections::HashMap::new();
+            let mut socket_of: std::collections::HashMap<FlowId, SocketAddr> =
+                std::collections::HashMap::new();
+            for (sport, host, dport) in datagrams {
+                let frame = udp_frame(1000 + sport, [192, 0, 2, host], dport, b"x");
+                let dst = IpAddr::from([192, 0, 2, host]);
+                let result = nat.handle_frame(t0, NetworkId(1), PortId(1), GW, &frame, Some(dst));
+                let known = flow_of.contains_key(&(sport, host, dport));
+                if !known && flow_of.len() >= max_flows {
+                    proptest::prop_assert_eq!(result, Err(DropReason::NatFull));
+                    continue;
+                }
+                proptest::prop_assert!(result.is_ok());
+                while let Some(action) = nat.poll_action() {
+                    match action {
+                        NatAction::Open { flow, remote, .. } => {
+                            // A new socket only for a new pair, to its own remote.
+                            proptest::prop_assert!(!known);
+                            proptest::prop_assert!(socket_of.insert(flow, remote).is_none());
+                            proptest::prop_assert_eq!(remote, SocketAddr::new(dst, dport));
+                            flow_of.insert((sport, host, dport), flow);
+                        }
+                        NatAction::Send { flow, .. } => {
+                            proptest::prop_assert_eq!(Some(&flow), flow_of.get(&(sport, host, dport)));
+                        }
+                        other => proptest::prop_assert!(false, "unexpected {:?}", other),
+                    }
+                }
+            }
+            proptest::prop_assert!(nat.flow_count() <= max_flows);
+            proptest::prop_assert_eq!(nat.flow_count(), flow_of.len());
+        }
+    }
 }
