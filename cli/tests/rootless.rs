@@ -2,6 +2,8 @@
 //! creates. The daemon runs inside `unshare -Urn` (its own user and network
 //! namespaces), so nothing it does can reach the host's network; two
 //! `weft run` sandboxes of that user ping each other by name through it.
+//! Two more daemons of the user, each in a host namespace root made on an
+//! underlay bridge of the test, carry an overlay network between hosts.
 //!
 //! Needs root to create the user and to open `/dev/net/tun` to it: some
 //! hosts ship the device 0600, so the test sets 0666 for its run and puts
@@ -382,4 +384,210 @@ fn a_rootless_published_port_reaches_the_server_inside() {
         show(&listening),
         w.daemon_log()
     );
+}
+
+/// Namespaces made by root for a rootless overlay: deleted on drop, after
+/// the user's processes are gone.
+struct Underlay {
+    namespaces: Vec<String>,
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Overlay networks with rootless daemons: two hosts (network namespaces
+/// root made, joined by an underlay bridge of the test's own) each run a
+/// daemon as the test user, with no capability; a network created on one
+/// appears on the other, and a `weft run` sandbox on the second pings one
+/// on the first by name across the VXLAN tunnel.
+#[test]
+fn rootless_daemons_carry_an_overlay_across_hosts() {
+    let Some(mut w) = RootlessWorld::new() else {
+        return;
+    };
+    let id = std::process::id();
+    let (under, h1, h2) = (
+        format!("wtru-{id}"),
+        format!("wtr1-{id}"),
+        format!("wtr2-{id}"),
+    );
+    let mut underlay = Underlay {
+        namespaces: Vec::new(),
+    };
+    for ns in [&under, &h1, &h2] {
+        run_ok(Command::new("ip").args(["netns", "add", ns]));
+        underlay.namespaces.push(ns.clone());
+        run_ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
+    }
+    run_ok(Command::new("ip").args(["-n", &under, "link", "add", "br0", "type", "bridge"]));
+    run_ok(Command::new("ip").args(["-n", &under, "link", "set", "br0", "up"]));
+    for (i, host) in [&h1, &h2].into_iter().enumerate() {
+        let port = format!("p{i}");
+        run_ok(Command::new("ip").args([
+            "-n", host, "link", "add", "u0", "type", "veth", "peer", "name", &port, "netns", &under,
+        ]));
+        run_ok(
+            Command::new("ip").args(["-n", &under, "link", "set", &port, "master", "br0", "up"]),
+        );
+        run_ok(Command::new("ip").args([
+            "-n",
+            host,
+            "addr",
+            "add",
+            &format!("192.0.2.{}/24", i + 1),
+            "dev",
+            "u0",
+        ]));
+        run_ok(Command::new("ip").args(["-n", host, "link", "set", "u0", "up"]));
+    }
+    // A daemon per host, as the user, inside the host's namespace.
+    let mut daemons = Vec::new();
+    for (i, host) in [&h1, &h2].into_iter().enumerate() {
+        let log = std::fs::File::create(w.dir.join(format!("h{i}.log"))).expect("log");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns", "exec", host, "setpriv", "--reuid", &w.user, "--regid", &w.user,
+        ]);
+        cmd.args([
+            "--clear-groups",
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        ]);
+        cmd.arg(format!("HOME={}", w.dir.display()));
+        cmd.args(["timeout", "-s", "KILL", "120"])
+            .arg(w.dir.join("weft"));
+        cmd.arg("--socket").arg(w.dir.join(format!("h{i}.sock")));
+        cmd.args([
+            "daemon",
+            "--no-default-network",
+            "--dns-upstream",
+            "192.0.2.99:9",
+        ]);
+        cmd.arg("--state-dir").arg(w.dir.join(format!("h{i}")));
+        cmd.args(["--node-name", &format!("h{i}")]);
+        cmd.args(["--listen", &format!("192.0.2.{}:7946", i + 1)]);
+        if i > 0 {
+            cmd.args(["--join", "192.0.2.1:7946"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        daemons.push(cmd.spawn().expect("start a daemon"));
+    }
+    let logs = |w: &RootlessWorld| {
+        (0..2)
+            .map(|i| std::fs::read_to_string(w.dir.join(format!("h{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let weft_on = |w: &RootlessWorld, i: usize, args: &[&str]| {
+        let mut cmd = w.as_user();
+        cmd.arg(w.dir.join("weft"))
+            .arg("--socket")
+            .arg(w.dir.join(format!("h{i}.sock")))
+            .args(args);
+        run(&mut cmd)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut created = false;
+    while Instant::now() < deadline {
+        let out = weft_on(
+            &w,
+            0,
+            &[
+                "network",
+                "create",
+                "--driver",
+                "overlay",
+                "--subnet",
+                "10.240.9.0/24",
+                "rov",
+            ],
+        );
+        if out.status.success() {
+            created = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        created,
+        "the overlay network was not created:\n{}",
+        logs(&w)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !stdout(&weft_on(&w, 1, &["network", "ls"])).contains("rov")
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stdout(&weft_on(&w, 1, &["network", "ls"])).contains("rov"),
+        "the network did not reach h1:\n{}",
+        logs(&w)
+    );
+    let mut server = w.as_user();
+    server
+        .arg(w.dir.join("weft"))
+        .arg("--socket")
+        .arg(w.dir.join("h0.sock"))
+        .args([
+            "run",
+            "--network",
+            "rov",
+            "--name",
+            "far",
+            "--",
+            "sleep",
+            "15",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = server.spawn().expect("start far");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut answer = None;
+    while Instant::now() < deadline {
+        let out = weft_on(
+            &w,
+            1,
+            &[
+                "run",
+                "--network",
+                "rov",
+                "--",
+                "sh",
+                "-c",
+                "ping -c 2 -W 2 far",
+            ],
+        );
+        if out.status.success() {
+            answer = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    for mut daemon in daemons {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &w.user])
+            .status();
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    let out = answer.unwrap_or_else(|| {
+        panic!(
+            "a sandbox on h1 never pinged `far` on h0 across the overlay:\n{}",
+            logs(&w)
+        )
+    });
+    assert!(stdout(&out).contains("2 received"), "{}", show(&out));
+    w.daemon = None;
+    drop(underlay);
 }
