@@ -254,15 +254,8 @@ impl Nat {
                     return Err(DropReason::NoRoute);
                 };
                 let remote = SocketAddr::new(open, remote.port());
-                if self.flows.len() >= self.config.max_flows {
-                    self.counters.flows_refused += 1;
-                    return Err(DropReason::NatFull);
-                }
-                self.next_id += 1;
-                let flow = FlowId(self.next_id);
-                self.by_key.insert(key.clone(), flow);
-                self.flows.insert(
-                    flow,
+                let flow = self.insert_flow(
+                    now,
                     Flow {
                         key,
                         inbound: None,
@@ -271,16 +264,12 @@ impl Nat {
                         gateway_mac,
                         last_active: now,
                     },
-                );
+                )?;
                 self.actions.push_back(NatAction::Open {
                     flow,
                     proto,
                     remote,
                 });
-                self.counters.flows_opened += 1;
-                if self.next_sweep.is_none() {
-                    self.next_sweep = Some(now + self.config.icmp_idle);
-                }
                 flow
             }
         };
@@ -331,34 +320,37 @@ impl Nat {
         };
         let flow = match self.by_key.get(&key) {
             Some(flow) => *flow,
-            None => {
-                if self.flows.len() >= self.config.max_flows {
-                    self.counters.flows_refused += 1;
-                    return Err(DropReason::NatFull);
-                }
-                self.next_id += 1;
-                let flow = FlowId(self.next_id);
-                self.by_key.insert(key.clone(), flow);
-                self.flows.insert(
-                    flow,
-                    Flow {
-                        key,
-                        inbound: Some((listener, client)),
-                        port,
-                        sandbox_mac,
-                        gateway_mac,
-                        last_active: now,
-                    },
-                );
-                self.counters.flows_opened += 1;
-                if self.next_sweep.is_none() {
-                    self.next_sweep = Some(now + self.config.icmp_idle);
-                }
-                flow
-            }
+            None => self.insert_flow(
+                now,
+                Flow {
+                    key,
+                    inbound: Some((listener, client)),
+                    port,
+                    sandbox_mac,
+                    gateway_mac,
+                    last_active: now,
+                },
+            )?,
         };
         self.handle_reply(now, flow, data);
         Ok(())
+    }
+
+    /// Enter a new flow in the table, unless it is full.
+    fn insert_flow(&mut self, now: Instant, flow: Flow) -> Result<FlowId, DropReason> {
+        if self.flows.len() >= self.config.max_flows {
+            self.counters.flows_refused += 1;
+            return Err(DropReason::NatFull);
+        }
+        self.next_id += 1;
+        let id = FlowId(self.next_id);
+        self.by_key.insert(flow.key.clone(), id);
+        self.flows.insert(id, flow);
+        self.counters.flows_opened += 1;
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + self.config.icmp_idle);
+        }
+        Ok(id)
     }
 
     /// What a flow's socket received: a UDP payload, or an ICMP echo reply
