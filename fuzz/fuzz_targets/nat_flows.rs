@@ -75,7 +75,7 @@ fuzz_target!(|steps: Vec<Step>| {
                     } else {
                         ConnectFailure::Unreachable
                     };
-                    tcp.handle_connect_failed(now, flow, why);
+                    tcp.handle_connect_failed(flow, why);
                 }
             }
             Step::HostData { flow, bytes, eof } => {

@@ -36,8 +36,8 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use crate::smol_device::FrameQueues;
-use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use crate::smol_device::{arp_request, FrameQueues};
+use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_IPV4};
 
 /// Connections per network.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -182,16 +182,7 @@ impl DnsTcp {
         if !self.gateway_ipv4.contains(&dst.into()) {
             return None;
         }
-        let mut arp = Vec::with_capacity(42);
-        arp.extend_from_slice(&self.mac.0);
-        arp.extend_from_slice(&eth.source().0);
-        arp.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-        arp.extend_from_slice(&eth.source().0);
-        arp.extend_from_slice(&src);
-        arp.extend_from_slice(&[0; 6]);
-        arp.extend_from_slice(&dst);
-        Some(arp)
+        Some(arp_request(eth.source(), src.into(), self.mac, dst.into()))
     }
 
     /// Run the stack: process queued frames and timers, collect complete

@@ -13,9 +13,33 @@
 //! mend. Checksums are computed on send, for the sandbox's kernel.
 
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::phy::{RxToken, TxToken};
+
+use crate::wire::ethernet::{MacAddr, ETHERTYPE_ARP};
+
+/// An ARP request from `sender_mac`/`sender` for `target`, addressed to
+/// `gateway_mac`: fed to a stack so that it learns the sender's MAC
+/// without an ARP round trip of its own (its reply is discarded).
+pub(crate) fn arp_request(
+    sender_mac: MacAddr,
+    sender: Ipv4Addr,
+    gateway_mac: MacAddr,
+    target: Ipv4Addr,
+) -> Vec<u8> {
+    let mut arp = Vec::with_capacity(42);
+    arp.extend_from_slice(&gateway_mac.0);
+    arp.extend_from_slice(&sender_mac.0);
+    arp.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&sender_mac.0);
+    arp.extend_from_slice(&sender.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
+    arp
+}
 
 /// A smoltcp device over two bounded frame queues.
 pub(crate) struct FrameQueues {

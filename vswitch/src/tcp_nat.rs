@@ -80,7 +80,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 use crate::counters::DropReason;
 use crate::gateway::GatewayConfig;
 use crate::nat::FlowId;
-use crate::smol_device::{FrameQueues, OneFrame};
+use crate::smol_device::{arp_request, FrameQueues, OneFrame};
 use crate::switch::NetworkId;
 use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 
@@ -372,11 +372,11 @@ impl TcpNat {
                 }
                 Some(_) => {
                     self.counters.flows_refused += 1;
-                    self.answer_refused(network, gateway, frame);
+                    self.answer_refused(network, frame);
                     Err(DropReason::NatFull)
                 }
                 None => {
-                    self.answer_refused(network, gateway, frame);
+                    self.answer_refused(network, frame);
                     Ok(())
                 }
             },
@@ -384,7 +384,7 @@ impl TcpNat {
             // answers with a reset.
             None => {
                 if !tcp.rst() {
-                    self.answer_refused(network, gateway, frame);
+                    self.answer_refused(network, frame);
                 }
                 Ok(())
             }
@@ -462,8 +462,7 @@ impl TcpNat {
 
     /// The host connect of an outbound flow failed: the sandbox's SYN is
     /// answered with a reset or ICMP unreachable, and the flow forgotten.
-    pub fn handle_connect_failed(&mut self, now: Instant, flow_id: FlowId, why: ConnectFailure) {
-        let _ = now;
+    pub fn handle_connect_failed(&mut self, flow_id: FlowId, why: ConnectFailure) {
         let Some(flow) = self.flows.get(&flow_id) else {
             return;
         };
@@ -525,7 +524,12 @@ impl TcpNat {
             return None;
         }
         if let (IpAddr::V4(target_v4), IpAddr::V4(_)) = (target.ip(), shown.ip()) {
-            let arp = arp_request(target_mac, target_v4, stack.mac, stack.gateway_v4);
+            let arp = arp_request(
+                target_mac,
+                target_v4,
+                stack.mac,
+                stack.gateway_v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            );
             stack.learn(now, epoch, &arp);
         }
         let handle = stack.sockets.add(socket);
@@ -717,7 +721,7 @@ impl TcpNat {
     }
 
     /// Answer a SYN (or a stray segment) that no flow takes with a reset.
-    fn answer_refused(&mut self, network: NetworkId, _gateway: &GatewayConfig, frame: &[u8]) {
+    fn answer_refused(&mut self, network: NetworkId, frame: &[u8]) {
         if let Some(reset) = reset_for(frame) {
             self.push_frame(network, reset);
         }
@@ -969,28 +973,13 @@ impl Stack {
             self.taught.clear();
         }
         self.taught.insert(src, (sender, now));
-        Some(arp_request(sender, src, self.mac, self.gateway_v4))
+        Some(arp_request(
+            sender,
+            src,
+            self.mac,
+            self.gateway_v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ))
     }
-}
-
-/// An ARP request from `sender` (MAC, address) asking for the gateway.
-fn arp_request(
-    sender_mac: MacAddr,
-    sender: Ipv4Addr,
-    gateway_mac: MacAddr,
-    gateway: Option<Ipv4Addr>,
-) -> Vec<u8> {
-    let target = gateway.unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let mut arp = Vec::with_capacity(42);
-    arp.extend_from_slice(&gateway_mac.0);
-    arp.extend_from_slice(&sender_mac.0);
-    arp.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    arp.extend_from_slice(&sender_mac.0);
-    arp.extend_from_slice(&sender.octets());
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&target.octets());
-    arp
 }
 
 fn new_socket(buffer: usize) -> tcp::Socket<'static> {
@@ -1361,7 +1350,7 @@ mod tests {
         let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
             panic!("no connect")
         };
-        nat.handle_connect_failed(t0, flow, ConnectFailure::Refused);
+        nat.handle_connect_failed(flow, ConnectFailure::Refused);
         sb.exchange(&mut nat, t0, Some(remote()));
         assert_eq!(sb.socket().state(), tcp::State::Closed);
         assert_eq!(nat.flow_count(), 0);
