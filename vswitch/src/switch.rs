@@ -210,17 +210,7 @@ impl Switch {
     ///
     /// [`TopologyError::UnknownNetwork`] or [`TopologyError::PortExists`].
     pub fn add_port(&mut self, port: PortId, network: NetworkId) -> Result<(), TopologyError> {
-        if self.ports.contains_key(&port) {
-            return Err(TopologyError::PortExists(port));
-        }
-        let net = self
-            .networks
-            .get_mut(&network)
-            .ok_or(TopologyError::UnknownNetwork(network))?;
-        net.ports.push(port);
-        net.local_ports.push(port);
-        self.ports.insert(port, network);
-        Ok(())
+        self.attach_port(port, network, false)
     }
 
     /// Attach a tunnel port (one remote host of an overlay network).
@@ -233,6 +223,15 @@ impl Switch {
         port: PortId,
         network: NetworkId,
     ) -> Result<(), TopologyError> {
+        self.attach_port(port, network, true)
+    }
+
+    fn attach_port(
+        &mut self,
+        port: PortId,
+        network: NetworkId,
+        tunnel: bool,
+    ) -> Result<(), TopologyError> {
         if self.ports.contains_key(&port) {
             return Err(TopologyError::PortExists(port));
         }
@@ -241,8 +240,12 @@ impl Switch {
             .get_mut(&network)
             .ok_or(TopologyError::UnknownNetwork(network))?;
         net.ports.push(port);
+        if tunnel {
+            self.tunnel_ports.insert(port);
+        } else {
+            net.local_ports.push(port);
+        }
         self.ports.insert(port, network);
-        self.tunnel_ports.insert(port);
         Ok(())
     }
 
