@@ -735,7 +735,7 @@ impl Loop {
                         tracing::debug!(%remote, error = %e, "TCP NAT connect");
                         self.switch
                             .tcp()
-                            .handle_connect_failed(now, flow, connect_failure(&e));
+                            .handle_connect_failed(flow, connect_failure(&e));
                         return;
                     }
                 };
@@ -810,7 +810,7 @@ impl Loop {
                     self.remove_tcp_flow(flow, false);
                     self.switch
                         .tcp()
-                        .handle_connect_failed(now, flow, connect_failure(&e));
+                        .handle_connect_failed(flow, connect_failure(&e));
                     return;
                 }
                 Ok(None) => {}
@@ -825,7 +825,7 @@ impl Loop {
                     self.remove_tcp_flow(flow, false);
                     self.switch
                         .tcp()
-                        .handle_connect_failed(now, flow, connect_failure(&e));
+                        .handle_connect_failed(flow, connect_failure(&e));
                     return;
                 }
             }
@@ -1869,14 +1869,7 @@ fn send_parts_to(
 }
 
 fn send_to(ports: &FxHashMap<PortId, PortIo>, egress: PortId, frame_with_header: &[u8]) {
-    let Some(io) = ports.get(&egress) else {
-        return;
-    };
-    match io.tap.send(frame_with_header) {
-        Ok(_) => io.counters.count_tx(frame_with_header.len() - VNET_HDR_LEN),
-        Err(e) => {
-            tracing::trace!(port = egress.0, error = %e, "TAP write failed");
-            io.counters.count_drop(DropReason::EgressFailed);
-        }
+    if let Some((header, frame)) = frame_with_header.split_first_chunk::<VNET_HDR_LEN>() {
+        send_parts_to(ports, egress, header, frame);
     }
 }

@@ -207,22 +207,13 @@ impl Tap {
         (&self.file).read(buf)
     }
 
-    /// Write one frame (with its `virtio_net_hdr`).
-    ///
-    /// # Errors
-    ///
-    /// `WouldBlock` when the device's queue is full; `EINVAL` for a frame
-    /// the kernel rejects (a GSO header that does not match the frame).
-    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        (&self.file).write(frame)
-    }
-
     /// Write one frame given as its virtio header and its bytes, without
     /// joining them first (`writev`).
     ///
     /// # Errors
     ///
-    /// What `writev(2)` says.
+    /// `WouldBlock` when the device's queue is full; `EINVAL` for a frame
+    /// the kernel rejects (a GSO header that does not match the frame).
     pub fn send_parts(&self, header: &[u8], frame: &[u8]) -> io::Result<usize> {
         (&self.file).write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(frame)])
     }
