@@ -284,20 +284,29 @@ fn print_table(networks: &[Network]) {
         })
         .collect();
     let header = ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"].map(str::to_owned);
+    print!("{}", render_table(&header, &rows));
+}
+
+/// Columns padded to their widest cell, three spaces apart, one line per
+/// row after the header, like `docker network ls`.
+pub fn render_table<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
     let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows) {
         let line: Vec<String> = row
             .iter()
             .zip(widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", line.join("   ").trim_end());
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
     }
+    out
 }
 
 #[cfg(test)]

@@ -46,22 +46,7 @@ fn table(report: &Value) -> String {
         ]);
     }
     let header = ["NAME", "ADDRESS", "STATE"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
+    let mut out = crate::network::render_table(&header, &rows);
     let count = |section: &str, key: &str| report[section][key].as_u64().unwrap_or(0);
     out.push_str(&format!(
         "\nvxlan: rx {} tx {} dropped: not a member {}, invalid {}\n",
