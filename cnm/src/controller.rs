@@ -1656,14 +1656,16 @@ mod tests {
         );
     }
 
+    /// `--opt` pairs as a network's options.
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
     #[test]
     fn options_are_checked_against_the_driver() {
-        let opts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
         assert!(validate_options(DriverKind::Bridge, &opts(&[])).is_ok());
         assert!(validate_options(DriverKind::Bridge, &opts(&[("host_loopback", "true")])).is_ok());
         assert!(validate_options(DriverKind::Bridge, &opts(&[("host_loopback", "false")])).is_ok());
@@ -1689,12 +1691,6 @@ mod tests {
 
     #[test]
     fn overlay_options_are_a_vni_and_peers() {
-        let opts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
         let check = |pairs: &[(&str, &str)]| validate_options(DriverKind::Overlay, &opts(pairs));
         assert!(check(&[]).is_ok());
         assert!(check(&[("vni", "4242"), ("peers", "192.0.2.4,2001:db8::4")]).is_ok());
