@@ -24,9 +24,8 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    daemon_logs, delete_namespace, exec_in, expect_weft_ok, has_tool, kill_group, one_network,
-    require, run, show, spawn_background, stdout, unique_name_with, wait_for_daemon, weft_in,
-    World, CMD_TIMEOUT, WEFT,
+    daemon_logs, exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run, show,
+    spawn_background, stdout, unique_name_with, wait_for_daemon, weft_in, World, CMD_TIMEOUT, WEFT,
 };
 use serde_json::Value;
 
@@ -464,13 +463,7 @@ impl Drop for DnsWorld {
             kill_group(&mut child);
         }
         self.kill_dnsmasq();
-        // Sandboxes first, UP and HOST (made first) last.
-        for name in self.namespaces.iter().rev() {
-            delete_namespace(name);
-        }
-        if std::env::var_os("WEFT_TEST_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        common::remove_world(&self.namespaces, &self.dir);
     }
 }
 

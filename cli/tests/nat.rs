@@ -29,8 +29,8 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    delete_namespace, exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run,
-    show, spawn_background, stderr, stdout, unique_name_with, wait_for_daemon, weft_in, World,
+    exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run, show,
+    spawn_background, stderr, stdout, unique_name_with, wait_for_daemon, weft_in, World,
     CMD_TIMEOUT, WEFT,
 };
 use serde_json::Value;
@@ -485,13 +485,7 @@ impl Drop for NatWorld {
         for child in &mut self.background {
             kill_group(child);
         }
-        // Sandboxes first, INET and HOST (made first) last.
-        for name in self.namespaces.iter().rev() {
-            delete_namespace(name);
-        }
-        if std::env::var_os("WEFT_TEST_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        common::remove_world(&self.namespaces, &self.dir);
     }
 }
 

@@ -395,7 +395,7 @@ struct Underlay {
 impl Drop for Underlay {
     fn drop(&mut self) {
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            common::delete_namespace(ns);
         }
     }
 }

@@ -240,6 +240,18 @@ pub fn wait_for_daemon(
     );
 }
 
+/// The end of a test world, once its processes are gone: its namespaces,
+/// last made first (sandboxes before the hosts they hang off), and its
+/// directory unless `WEFT_TEST_KEEP` asks to keep it.
+pub fn remove_world(namespaces: &[String], dir: &Path) {
+    for name in namespaces.iter().rev() {
+        delete_namespace(name);
+    }
+    if std::env::var_os("WEFT_TEST_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Delete a namespace the test made, and its `/etc/netns/NAME` (weft
 /// writes a resolv.conf there for named sandboxes; with the daemon killed,
 /// nobody else removes it). Never panics: it runs in `Drop`.
@@ -672,12 +684,6 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.kill_daemon();
-        // Sandboxes first, HOST (made first) last.
-        for name in self.namespaces.iter().rev() {
-            delete_namespace(name);
-        }
-        if std::env::var_os("WEFT_TEST_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        remove_world(&self.namespaces, &self.dir);
     }
 }
