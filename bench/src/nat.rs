@@ -277,19 +277,7 @@ pub fn run(options: &NatOptions) -> Result<()> {
     };
     let markdown = markdown(&header, &cases, &results, &failures);
     println!("{markdown}");
-    let previous = match std::fs::read_to_string(&options.out) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(error) => {
-            return Err(error).with_context(|| format!("reading {}", options.out.display()))
-        }
-    };
-    if let Some(dir) = options.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let updated = report::replace_section(&previous, SECTION_HEADING, &markdown);
-    std::fs::write(&options.out, updated)
-        .with_context(|| format!("writing {}", options.out.display()))?;
+    report::write_section(&options.out, SECTION_HEADING, &markdown)?;
     eprintln!(
         "weft-bench: NAT section written to {}",
         options.out.display()

@@ -119,6 +119,27 @@ pub fn utc_from_unix(seconds: u64) -> String {
     )
 }
 
+/// Replace (or append) the section under `heading` in the results file
+/// `out`, keeping every other section; the file and its directory are
+/// made if missing.
+///
+/// # Errors
+///
+/// Reading or writing the file.
+pub fn write_section(out: &std::path::Path, heading: &str, section: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let previous = match std::fs::read_to_string(out) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", out.display())),
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let updated = replace_section(&previous, heading, section);
+    std::fs::write(out, updated).with_context(|| format!("writing {}", out.display()))
+}
+
 /// `document` with the section that starts at the line `heading` (up to
 /// the next `## ` heading or the end) replaced by `section`, or with
 /// `section` appended (after a blank line) if there is none. Other
