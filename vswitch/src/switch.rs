@@ -249,11 +249,6 @@ impl Switch {
         Ok(())
     }
 
-    /// Whether a port is a tunnel.
-    pub fn is_tunnel(&self, port: PortId) -> bool {
-        self.tunnel_ports.contains(&port)
-    }
-
     /// Set an overlay network's remote endpoints: which tunnel port leads
     /// to each remote MAC, and the IPv4 addresses the gateway answers ARP
     /// for on their behalf.

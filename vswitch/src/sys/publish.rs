@@ -25,7 +25,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use crate::switch::{NetworkId, PortId};
 use crate::wire::ethernet::MacAddr;
@@ -153,14 +153,6 @@ impl HostListener {
         Ok(listener)
     }
 
-    /// The transport.
-    pub fn proto(&self) -> L4Proto {
-        match self {
-            HostListener::Tcp(_) => L4Proto::Tcp,
-            HostListener::Udp(_) => L4Proto::Udp,
-        }
-    }
-
     /// The bound address (with the port the kernel chose for port 0).
     ///
     /// # Errors
@@ -177,14 +169,6 @@ impl HostListener {
         match self {
             HostListener::Tcp(l) => l.as_raw_fd(),
             HostListener::Udp(s) => s.as_raw_fd(),
-        }
-    }
-
-    /// The socket as an owned fd.
-    pub fn into_fd(self) -> OwnedFd {
-        match self {
-            HostListener::Tcp(l) => l.into(),
-            HostListener::Udp(s) => s.into(),
         }
     }
 }
