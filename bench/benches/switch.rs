@@ -136,6 +136,18 @@ fn segmentation(c: &mut Criterion) {
     group.finish();
 }
 
+fn internet_checksum(c: &mut Criterion) {
+    use weft_vswitch::wire::checksum;
+    // One 64 KiB segment's payload: what segmenting it must read once.
+    let data: Vec<u8> = (0..65_000u32).map(|i| (i * 7) as u8).collect();
+    let mut group = c.benchmark_group("checksum");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("sum_65000", |b| {
+        b.iter(|| checksum::finish(checksum::sum(0, black_box(&data))))
+    });
+    group.finish();
+}
+
 fn dns_answer(c: &mut Criterion) {
     use std::net::{IpAddr, SocketAddr};
     use weft_vswitch::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone, ZoneEntry};
@@ -184,6 +196,7 @@ criterion_group!(
     benches,
     switch_decision,
     mac_table,
+    internet_checksum,
     segmentation,
     dns_answer
 );
