@@ -253,6 +253,8 @@ struct TunnelIo {
     datagram: Vec<u8>,
     /// Whether UDP GSO sends work here (cleared at the first refusal).
     gso: bool,
+    /// What `datagram` holds, for whom; None when it is empty.
+    batch: Option<TunnelBatch>,
     /// Where received (possibly coalesced) datagrams land.
     rx: Vec<u8>,
 }
@@ -1142,6 +1144,7 @@ impl Loop {
             codec,
             datagram: Vec::with_capacity(FRAME_BUFFER_LEN + 64),
             gso: true,
+            batch: None,
             rx: vec![0; TUNNEL_RX_BUFFER],
         });
     }
@@ -1222,35 +1225,35 @@ impl Loop {
     /// socket is drained, false when the bound stopped the reading.
     fn read_tunnel(&mut self) -> bool {
         let now = Instant::now();
+        // Consecutive segments of one TCP flow become one GSO frame (see
+        // `gro`), across receives too: `run` is the frame being merged in
+        // the batch's current buffer, and the port it came by. It is
+        // switched before the writes are flushed, whenever the loop ends.
+        let mut run: Option<(gro::Run, PortId)> = None;
+        let mut drained = false;
         for _ in 0..IO_LOOP_BOUND {
             let Some(tunnel) = self.tunnel.as_mut() else {
-                return true;
+                drained = true;
+                break;
             };
             let mut rx = std::mem::take(&mut tunnel.rx);
             let received = receive_coalesced(&tunnel.socket, &mut rx);
             let (len, from, segment) = match received {
                 Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.restore_rx(rx);
-                    self.flush_writes();
-                    return true;
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     self.restore_rx(rx);
                     continue;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "tunnel receive");
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "tunnel receive");
+                    }
                     self.restore_rx(rx);
-                    self.flush_writes();
-                    return true;
+                    drained = true;
+                    break;
                 }
             };
             let segment = if segment == 0 { len } else { segment };
-            // Consecutive segments of one TCP flow become one GSO frame
-            // (see `gro`): `run` is the frame being merged in the batch's
-            // current buffer, and the port it came by.
-            let mut run: Option<(gro::Run, PortId)> = None;
             for datagram in rx[..len].chunks(segment.max(1)) {
                 let Some((port, inner)) = self.open_datagram(from, datagram) else {
                     continue;
@@ -1280,13 +1283,13 @@ impl Loop {
                     }
                 }
             }
-            if let Some((merged, run_port)) = run.take() {
-                self.switch_run(merged, run_port, now);
-            }
             self.restore_rx(rx);
         }
+        if let Some((merged, run_port)) = run.take() {
+            self.switch_run(merged, run_port, now);
+        }
         self.flush_writes();
-        false
+        drained
     }
 
     fn restore_rx(&mut self, rx: Vec<u8>) {
@@ -1421,8 +1424,13 @@ impl Loop {
         turn
     }
 
-    /// Perform the queued writes and count their outcomes.
+    /// Perform the queued writes and count their outcomes; send the
+    /// tunnel's gathered datagrams.
     fn flush_writes(&mut self) {
+        if let Some(tunnel) = self.tunnel.as_mut() {
+            let sent = tunnel.flush();
+            self.tunnel_counters.tx.fetch_add(sent, Ordering::Relaxed);
+        }
         for result in self.batch.flush() {
             let Some(io) = self.ports.get(&result.port) else {
                 continue;
@@ -1605,11 +1613,16 @@ impl NatSocket {
     }
 }
 
-/// Send a frame (with its virtio header) to a tunnel port: segmented and
-/// checksummed first where it is a GSO segment or has a partial checksum
-/// (the far side is a wire, not a TAP). The datagrams of one frame go to
-/// the kernel together, as one UDP GSO send (`UDP_SEGMENT`) of equal-sized
-/// datagrams where the kernel allows it. Returns the datagrams sent.
+/// Queue a frame (with its virtio header) for a tunnel port: segmented
+/// and checksummed first where it is a GSO segment or has a partial
+/// checksum (the far side is a wire, not a TAP). Datagrams gather in
+/// `TunnelIo::datagram` for one UDP GSO send (`UDP_SEGMENT`) of
+/// equal-sized datagrams, across frames: a 64 KiB segment is ~45
+/// datagrams and one send takes at most 44, so sending per frame would
+/// make every other send a small remainder. The gathered datagrams go out
+/// when the next one cannot join them (another peer or source socket, a
+/// size change, the kernel's limits) and at [`TunnelIo::flush`], which the
+/// loop calls whenever it flushes its writes. Returns the datagrams sent.
 fn tunnel_send(
     tunnel: &mut TunnelIo,
     vtep: &Vtep,
@@ -1628,20 +1641,18 @@ fn tunnel_send(
     } else {
         Some(usize::from(tunnel.codec.flow_hash(frame)) % tunnel.senders.len())
     };
-    let mut batch = TunnelBatch::default();
-    tunnel.datagram.clear();
+    let mut sent = 0;
     if !vnet.is_gso() && !vnet.needs_csum() {
-        batch.append(tunnel, vtep, sender, frame);
+        sent += tunnel.push(vtep, sender, frame);
     } else {
         let result = gso::segment(&vnet, frame, scratch, |segment| {
-            batch.append(tunnel, vtep, sender, segment);
+            sent += tunnel.push(vtep, sender, segment);
         });
         if result.is_err() {
             vtep.counters.count_drop(DropReason::Malformed);
         }
     }
-    batch.flush(tunnel, vtep, sender);
-    batch.sent
+    sent
 }
 
 /// Largest UDP GSO send: the kernel's limit on a UDP payload, and on the
@@ -1649,106 +1660,98 @@ fn tunnel_send(
 const UDP_GSO_MAX_BYTES: usize = 65_000;
 const UDP_GSO_MAX_SEGMENTS: usize = 64;
 
-/// Datagrams of one frame gathered in `TunnelIo::datagram` for one UDP GSO
-/// send: all of `size` bytes but the last, which may be shorter.
-#[derive(Default)]
+/// The datagrams gathered in `TunnelIo::datagram` for one UDP GSO send:
+/// all of `size` bytes but the last, which may be shorter.
 struct TunnelBatch {
+    to: SocketAddr,
+    /// Index into `TunnelIo::senders`; None sends from the tunnel socket.
+    sender: Option<usize>,
+    /// The tunnel port's counters, for a failed send.
+    counters: Arc<PortCounters>,
     size: usize,
     count: usize,
     /// The last datagram was short: nothing may follow it in this send.
     closed: bool,
-    sent: u64,
 }
 
-impl TunnelBatch {
-    fn append(&mut self, tunnel: &mut TunnelIo, vtep: &Vtep, sender: Option<usize>, inner: &[u8]) {
-        let header_len = tunnel.codec.header_len();
+impl TunnelIo {
+    /// Add one datagram (`inner` behind the codec's header) for `vtep`,
+    /// sending what was gathered first if it cannot join. Returns the
+    /// datagrams that sending put on the wire.
+    fn push(&mut self, vtep: &Vtep, sender: Option<usize>, inner: &[u8]) -> u64 {
+        let header_len = self.codec.header_len();
         let len = header_len + inner.len();
-        let fits = self.count == 0
-            || (!self.closed
-                && len <= self.size
-                && self.count < UDP_GSO_MAX_SEGMENTS
-                && tunnel.datagram.len() + len <= UDP_GSO_MAX_BYTES
-                && tunnel.gso);
-        if !fits {
-            self.flush(tunnel, vtep, sender);
+        let joins = self.batch.as_ref().is_some_and(|batch| {
+            batch.to == vtep.addr
+                && batch.sender == sender
+                && !batch.closed
+                && len <= batch.size
+                && batch.count < UDP_GSO_MAX_SEGMENTS
+                && self.datagram.len() + len <= UDP_GSO_MAX_BYTES
+                && self.gso
+        });
+        let mut sent = 0;
+        if !joins {
+            sent = self.flush();
+            self.batch = Some(TunnelBatch {
+                to: vtep.addr,
+                sender,
+                counters: Arc::clone(&vtep.counters),
+                size: len,
+                count: 0,
+                closed: false,
+            });
         }
-        if self.count == 0 {
-            self.size = len;
-        } else if len < self.size {
-            self.closed = true;
+        let at = self.datagram.len();
+        self.datagram.resize(at + header_len, 0);
+        self.codec
+            .write_header(vtep.vni, &mut self.datagram[at..at + header_len]);
+        self.datagram.extend_from_slice(inner);
+        if let Some(batch) = self.batch.as_mut() {
+            batch.closed = len < batch.size;
+            batch.count += 1;
         }
-        let at = tunnel.datagram.len();
-        tunnel.datagram.resize(at + header_len, 0);
-        tunnel
-            .codec
-            .write_header(vtep.vni, &mut tunnel.datagram[at..at + header_len]);
-        tunnel.datagram.extend_from_slice(inner);
-        self.count += 1;
         vtep.counters.count_tx(inner.len());
+        sent
     }
 
-    fn flush(&mut self, tunnel: &mut TunnelIo, vtep: &Vtep, sender: Option<usize>) {
-        if self.count == 0 {
-            return;
-        }
-        let socket = sender.and_then(|i| tunnel.senders.get(i));
-        let fd = socket.map_or_else(|| tunnel.socket.as_raw_fd(), AsRawFd::as_raw_fd);
-        let address = nix::sys::socket::SockaddrStorage::from(vtep.addr);
-        let data = [io::IoSlice::new(&tunnel.datagram)];
-        let gso_size = u16::try_from(self.size).unwrap_or(u16::MAX);
-        let result = if self.count > 1 {
-            let control = [nix::sys::socket::ControlMessage::UdpGsoSegments(&gso_size)];
-            nix::sys::socket::sendmsg(
-                fd,
-                &data,
-                &control,
-                nix::sys::socket::MsgFlags::empty(),
-                Some(&address),
-            )
-        } else {
-            nix::sys::socket::sendmsg(
-                fd,
-                &data,
-                &[],
-                nix::sys::socket::MsgFlags::empty(),
-                Some(&address),
-            )
+    /// Send the gathered datagrams; returns how many went out.
+    fn flush(&mut self) -> u64 {
+        let Some(batch) = self.batch.take() else {
+            return 0;
         };
-        match result {
-            Ok(_) => self.sent += self.count as u64,
-            Err(nix::errno::Errno::EIO | nix::errno::Errno::EINVAL) if self.count > 1 => {
+        let socket = batch.sender.and_then(|i| self.senders.get(i));
+        let fd = socket.map_or_else(|| self.socket.as_raw_fd(), AsRawFd::as_raw_fd);
+        let address = nix::sys::socket::SockaddrStorage::from(batch.to);
+        let data = [io::IoSlice::new(&self.datagram)];
+        let gso_size = u16::try_from(batch.size).unwrap_or(u16::MAX);
+        let segments = [nix::sys::socket::ControlMessage::UdpGsoSegments(&gso_size)];
+        let control: &[_] = if batch.count > 1 { &segments } else { &[] };
+        let flags = nix::sys::socket::MsgFlags::empty();
+        let mut sent = 0;
+        match nix::sys::socket::sendmsg(fd, &data, control, flags, Some(&address)) {
+            Ok(_) => sent = batch.count as u64,
+            Err(e @ (nix::errno::Errno::EIO | nix::errno::Errno::EINVAL)) if batch.count > 1 => {
                 // No UDP GSO here (old kernel, device without it): one
                 // datagram per send from now on.
-                tracing::info!(error = %result.unwrap_err(), "tunnel: no UDP GSO, sending datagrams one by one");
-                tunnel.gso = false;
-                let datagrams: Vec<Vec<u8>> = tunnel
-                    .datagram
-                    .chunks(self.size)
-                    .map(<[u8]>::to_vec)
-                    .collect();
-                for datagram in datagrams {
-                    if nix::sys::socket::sendmsg(
-                        fd,
-                        &[io::IoSlice::new(&datagram)],
-                        &[],
-                        nix::sys::socket::MsgFlags::empty(),
-                        Some(&address),
-                    )
-                    .is_ok()
-                    {
-                        self.sent += 1;
+                tracing::info!(error = %e, "tunnel: no UDP GSO, sending datagrams one by one");
+                self.gso = false;
+                for datagram in self.datagram.chunks(batch.size) {
+                    let data = [io::IoSlice::new(datagram)];
+                    if nix::sys::socket::sendmsg(fd, &data, &[], flags, Some(&address)).is_ok() {
+                        sent += 1;
+                    } else {
+                        batch.counters.count_drop(DropReason::EgressFailed);
                     }
                 }
             }
             Err(e) => {
-                tracing::trace!(addr = %vtep.addr, error = %e, "tunnel send");
-                vtep.counters.count_drop(DropReason::EgressFailed);
+                tracing::trace!(addr = %batch.to, error = %e, "tunnel send");
+                batch.counters.count_drop(DropReason::EgressFailed);
             }
         }
-        tunnel.datagram.clear();
-        self.count = 0;
-        self.closed = false;
+        self.datagram.clear();
+        sent
     }
 }
 
