@@ -26,8 +26,11 @@
 //! datagrams of `gso_size` payload bytes, each with its own UDP length and
 //! checksum.
 //!
-//! Each segment is built in a caller-provided scratch buffer and handed to a
-//! callback, so nothing is allocated per frame. Not handled (an error, the
+//! Each segment is built in space the caller lends ([`SegmentSink`]): one
+//! scratch buffer handed to a callback ([`segment`]), or straight where it
+//! will be sent from (the overlay's datagram buffer, behind its tunnel
+//! header), so nothing is allocated per frame and the payload is copied
+//! once. Not handled (an error, the
 //! frame is dropped and counted): UDP fragmentation offload (`GSO_UDP`,
 //! which Linux no longer produces),
 //! IPv6 extension headers before TCP, IPv4 options are copied as they are.
@@ -81,6 +84,34 @@ pub fn complete_checksum(
     Ok(())
 }
 
+/// Where segments are built: space for each, lent by the caller.
+pub trait SegmentSink {
+    /// Space for the next segment, exactly `len` bytes; None when the sink
+    /// has none that large ([`GsoError::ScratchTooSmall`]).
+    fn space(&mut self, len: usize) -> Option<&mut [u8]>;
+    /// The segment in the space last lent is complete.
+    fn filled(&mut self) {}
+}
+
+/// A sink of one scratch buffer: each segment is handed to `emit` once
+/// built.
+struct Scratch<'s, F> {
+    buffer: &'s mut [u8],
+    len: usize,
+    emit: F,
+}
+
+impl<F: FnMut(&[u8])> SegmentSink for Scratch<'_, F> {
+    fn space(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.len = len;
+        self.buffer.get_mut(..len)
+    }
+
+    fn filled(&mut self) {
+        (self.emit)(&self.buffer[..self.len]);
+    }
+}
+
 /// Cut a GSO frame (Ethernet frame `frame`, its header `vnet`) into
 /// MTU-sized frames, each built in `scratch` and passed to `emit`. A frame
 /// without GSO is passed through once, its checksum completed if needed.
@@ -93,26 +124,48 @@ pub fn segment<B: AsRef<[u8]>>(
     vnet: &VnetHeader<B>,
     frame: &[u8],
     scratch: &mut [u8],
-    mut emit: impl FnMut(&[u8]),
+    emit: impl FnMut(&[u8]),
+) -> Result<usize, GsoError> {
+    let mut sink = Scratch {
+        buffer: scratch,
+        len: 0,
+        emit,
+    };
+    segment_into(vnet, frame, &mut sink)
+}
+
+/// [`segment`], building each frame in space `sink` lends.
+///
+/// # Errors
+///
+/// [`GsoError`] when the frame cannot be cut. Headers are checked before
+/// the first frame is built, so nothing was built then, except when the
+/// sink runs out of space part way.
+pub fn segment_into<B: AsRef<[u8]>>(
+    vnet: &VnetHeader<B>,
+    frame: &[u8],
+    sink: &mut impl SegmentSink,
 ) -> Result<usize, GsoError> {
     let gso_type = vnet.gso_type() & !GSO_ECN;
     if gso_type == GSO_NONE {
-        let out = scratch
-            .get_mut(..frame.len())
-            .ok_or(GsoError::ScratchTooSmall)?;
-        out.copy_from_slice(frame);
         if vnet.needs_csum() {
-            complete_checksum(
-                out,
-                usize::from(vnet.csum_start()),
-                usize::from(vnet.csum_offset()),
-            )?;
+            let (start, offset) = (usize::from(vnet.csum_start()), usize::from(vnet.csum_offset()));
+            // Checked before the sink lends space: a bad offset builds nothing.
+            if start.saturating_add(offset).saturating_add(2) > frame.len() {
+                return Err(GsoError::Malformed);
+            }
+            let out = sink.space(frame.len()).ok_or(GsoError::ScratchTooSmall)?;
+            out.copy_from_slice(frame);
+            complete_checksum(out, start, offset)?;
+        } else {
+            let out = sink.space(frame.len()).ok_or(GsoError::ScratchTooSmall)?;
+            out.copy_from_slice(frame);
         }
-        emit(out);
+        sink.filled();
         return Ok(1);
     }
     if gso_type == GSO_UDP_L4 {
-        return segment_udp(vnet, frame, scratch, emit);
+        return segment_udp(vnet, frame, sink);
     }
     if gso_type != GSO_TCPV4 && gso_type != GSO_TCPV6 {
         return Err(GsoError::Unsupported);
@@ -126,9 +179,6 @@ pub fn segment<B: AsRef<[u8]>>(
     if payload.is_empty() {
         return Err(GsoError::Malformed);
     }
-    if scratch.len() < layout.headers_len + mss.min(payload.len()) {
-        return Err(GsoError::ScratchTooSmall);
-    }
     let pieces = payload.len().div_ceil(mss);
     let seq = read_u32(frame, layout.tcp + 4);
     let flags = frame[layout.tcp + 13];
@@ -139,15 +189,21 @@ pub fn segment<B: AsRef<[u8]>>(
     };
     for (i, piece) in payload.chunks(mss).enumerate() {
         let len = layout.headers_len + piece.len();
-        let out = &mut scratch[..len];
-        out[..layout.headers_len].copy_from_slice(&frame[..layout.headers_len]);
-        out[layout.headers_len..].copy_from_slice(piece);
         let tcp_len = layout.tcp_header_len + piece.len();
         // Segment sizes are bounded by the 64 KiB frame, so they fit u16.
+        // Every check comes before the sink lends space: a sink never
+        // holds a segment half built.
         let tcp_len16 = u16::try_from(tcp_len).map_err(|_| GsoError::Malformed)?;
+        let total = if layout.v4 {
+            u16::try_from(layout.ip_header_len + tcp_len).map_err(|_| GsoError::Malformed)?
+        } else {
+            0
+        };
+        let offset = u32::try_from(i * mss).map_err(|_| GsoError::Malformed)?;
+        let out = sink.space(len).ok_or(GsoError::ScratchTooSmall)?;
+        out[..layout.headers_len].copy_from_slice(&frame[..layout.headers_len]);
+        out[layout.headers_len..].copy_from_slice(piece);
         if layout.v4 {
-            let total =
-                u16::try_from(layout.ip_header_len + tcp_len).map_err(|_| GsoError::Malformed)?;
             write_u16(out, layout.ip + 2, total);
             write_u16(
                 out,
@@ -163,7 +219,6 @@ pub fn segment<B: AsRef<[u8]>>(
         } else {
             write_u16(out, layout.ip + 4, tcp_len16);
         }
-        let offset = u32::try_from(i * mss).map_err(|_| GsoError::Malformed)?;
         write_u32(out, layout.tcp + 4, seq.wrapping_add(offset));
         let mut seg_flags = flags;
         if i + 1 < pieces {
@@ -191,7 +246,7 @@ pub fn segment<B: AsRef<[u8]>>(
         };
         let tcp_sum = checksum::finish(checksum::sum(pseudo, &out[layout.tcp..]));
         write_u16(out, layout.tcp + 16, tcp_sum);
-        emit(out);
+        sink.filled();
     }
     Ok(pieces)
 }
@@ -203,8 +258,7 @@ pub fn segment<B: AsRef<[u8]>>(
 fn segment_udp<B: AsRef<[u8]>>(
     vnet: &VnetHeader<B>,
     frame: &[u8],
-    scratch: &mut [u8],
-    mut emit: impl FnMut(&[u8]),
+    sink: &mut impl SegmentSink,
 ) -> Result<usize, GsoError> {
     let mss = usize::from(vnet.gso_size());
     if mss == 0 {
@@ -233,21 +287,21 @@ fn segment_udp<B: AsRef<[u8]>>(
     if payload.is_empty() {
         return Err(GsoError::Malformed);
     }
-    if scratch.len() < headers_len + mss.min(payload.len()) {
-        return Err(GsoError::ScratchTooSmall);
-    }
     let ip_id = if v4 { read_u16(frame, ip + 4) } else { 0 };
     let mut count = 0;
     for (i, piece) in payload.chunks(mss).enumerate() {
         let len = headers_len + piece.len();
-        let out = &mut scratch[..len];
-        out[..headers_len].copy_from_slice(&frame[..headers_len]);
-        out[headers_len..].copy_from_slice(piece);
         let udp_len =
             u16::try_from(UDP_HEADER_LEN + piece.len()).map_err(|_| GsoError::Malformed)?;
+        let total = if v4 {
+            u16::try_from(ip_header_len + usize::from(udp_len)).map_err(|_| GsoError::Malformed)?
+        } else {
+            0
+        };
+        let out = sink.space(len).ok_or(GsoError::ScratchTooSmall)?;
+        out[..headers_len].copy_from_slice(&frame[..headers_len]);
+        out[headers_len..].copy_from_slice(piece);
         if v4 {
-            let total = u16::try_from(ip_header_len + usize::from(udp_len))
-                .map_err(|_| GsoError::Malformed)?;
             write_u16(out, ip + 2, total);
             write_u16(
                 out,
@@ -283,7 +337,7 @@ fn segment_udp<B: AsRef<[u8]>>(
             sum => sum,
         };
         write_u16(out, udp + 6, sum);
-        emit(out);
+        sink.filled();
         count += 1;
     }
     Ok(count)

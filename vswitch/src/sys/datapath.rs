@@ -251,6 +251,8 @@ struct TunnelIo {
     codec: Box<dyn TunnelCodec>,
     /// The datagrams being sent (headers and frames).
     datagram: Vec<u8>,
+    /// Bytes of `datagram` gathered for the next send.
+    gathered: usize,
     /// Whether UDP GSO sends work here (cleared at the first refusal).
     gso: bool,
     /// What `datagram` holds, for whom; None when it is empty.
@@ -1142,7 +1144,8 @@ impl Loop {
             port: local.port(),
             senders,
             codec,
-            datagram: Vec::with_capacity(FRAME_BUFFER_LEN + 64),
+            datagram: vec![0; FRAME_BUFFER_LEN + 64],
+            gathered: 0,
             gso: true,
             batch: None,
             rx: vec![0; TUNNEL_RX_BUFFER],
@@ -1448,7 +1451,7 @@ impl Loop {
             self.batch.push(egress, io.tap.as_raw_fd(), len);
         } else if let (Some(vtep), Some(tunnel)) = (self.vteps.get(&egress), self.tunnel.as_mut()) {
             let frame = self.batch.current(len);
-            let sent = tunnel_send(tunnel, vtep, frame, &mut self.reply);
+            let sent = tunnel_send(tunnel, vtep, frame);
             self.tunnel_counters.tx.fetch_add(sent, Ordering::Relaxed);
         }
     }
@@ -1623,12 +1626,7 @@ impl NatSocket {
 /// when the next one cannot join them (another peer or source socket, a
 /// size change, the kernel's limits) and at [`TunnelIo::flush`], which the
 /// loop calls whenever it flushes its writes. Returns the datagrams sent.
-fn tunnel_send(
-    tunnel: &mut TunnelIo,
-    vtep: &Vtep,
-    frame_with_header: &[u8],
-    scratch: &mut [u8],
-) -> u64 {
+fn tunnel_send(tunnel: &mut TunnelIo, vtep: &Vtep, frame_with_header: &[u8]) -> u64 {
     let Some((header, frame)) = frame_with_header.split_at_checked(VNET_HDR_LEN) else {
         return 0;
     };
@@ -1641,18 +1639,35 @@ fn tunnel_send(
     } else {
         Some(usize::from(tunnel.codec.flow_hash(frame)) % tunnel.senders.len())
     };
-    let mut sent = 0;
-    if !vnet.is_gso() && !vnet.needs_csum() {
-        sent += tunnel.push(vtep, sender, frame);
-    } else {
-        let result = gso::segment(&vnet, frame, scratch, |segment| {
-            sent += tunnel.push(vtep, sender, segment);
-        });
-        if result.is_err() {
-            vtep.counters.count_drop(DropReason::Malformed);
-        }
+    let mut sink = TunnelSink {
+        tunnel,
+        vtep,
+        sender,
+        sent: 0,
+    };
+    if gso::segment_into(&vnet, frame, &mut sink).is_err() {
+        vtep.counters.count_drop(DropReason::Malformed);
     }
-    sent
+    sink.sent
+}
+
+/// Segments (or a whole frame) built straight into the tunnel's datagram
+/// buffer, behind their tunnel header: the payload is copied once, from
+/// the frame read to the buffer the kernel sends from.
+struct TunnelSink<'t> {
+    tunnel: &'t mut TunnelIo,
+    vtep: &'t Vtep,
+    sender: Option<usize>,
+    /// Datagrams that sends made to find room put on the wire.
+    sent: u64,
+}
+
+impl gso::SegmentSink for TunnelSink<'_> {
+    fn space(&mut self, len: usize) -> Option<&mut [u8]> {
+        let (sent, space) = self.tunnel.reserve(self.vtep, self.sender, len);
+        self.sent += sent;
+        space
+    }
 }
 
 /// Largest UDP GSO send: the kernel's limit on a UDP payload, and on the
@@ -1675,19 +1690,28 @@ struct TunnelBatch {
 }
 
 impl TunnelIo {
-    /// Add one datagram (`inner` behind the codec's header) for `vtep`,
-    /// sending what was gathered first if it cannot join. Returns the
-    /// datagrams that sending put on the wire.
-    fn push(&mut self, vtep: &Vtep, sender: Option<usize>, inner: &[u8]) -> u64 {
+    /// Add one datagram for `vtep`: the codec's header, then `inner_len`
+    /// bytes of space for the inner frame, which the caller fills. What
+    /// was gathered is sent first if the datagram cannot join it. Returns
+    /// the datagrams that sending put on the wire, and the space.
+    fn reserve(
+        &mut self,
+        vtep: &Vtep,
+        sender: Option<usize>,
+        inner_len: usize,
+    ) -> (u64, Option<&mut [u8]>) {
         let header_len = self.codec.header_len();
-        let len = header_len + inner.len();
+        let len = header_len + inner_len;
+        if len > self.datagram.len() {
+            return (0, None);
+        }
         let joins = self.batch.as_ref().is_some_and(|batch| {
             batch.to == vtep.addr
                 && batch.sender == sender
                 && !batch.closed
                 && len <= batch.size
                 && batch.count < UDP_GSO_MAX_SEGMENTS
-                && self.datagram.len() + len <= UDP_GSO_MAX_BYTES
+                && self.gathered + len <= UDP_GSO_MAX_BYTES
                 && self.gso
         });
         let mut sent = 0;
@@ -1702,17 +1726,19 @@ impl TunnelIo {
                 closed: false,
             });
         }
-        let at = self.datagram.len();
-        self.datagram.resize(at + header_len, 0);
-        self.codec
-            .write_header(vtep.vni, &mut self.datagram[at..at + header_len]);
-        self.datagram.extend_from_slice(inner);
         if let Some(batch) = self.batch.as_mut() {
             batch.closed = len < batch.size;
             batch.count += 1;
         }
-        vtep.counters.count_tx(inner.len());
-        sent
+        vtep.counters.count_tx(inner_len);
+        let at = self.gathered;
+        self.gathered += len;
+        let space = self.datagram.get_mut(at..at + len).map(|datagram| {
+            let (header, inner) = datagram.split_at_mut(header_len);
+            self.codec.write_header(vtep.vni, header);
+            inner
+        });
+        (sent, space)
     }
 
     /// Send the gathered datagrams; returns how many went out.
@@ -1723,7 +1749,8 @@ impl TunnelIo {
         let socket = batch.sender.and_then(|i| self.senders.get(i));
         let fd = socket.map_or_else(|| self.socket.as_raw_fd(), AsRawFd::as_raw_fd);
         let address = nix::sys::socket::SockaddrStorage::from(batch.to);
-        let data = [io::IoSlice::new(&self.datagram)];
+        let gathered = &self.datagram[..self.gathered.min(self.datagram.len())];
+        let data = [io::IoSlice::new(gathered)];
         let gso_size = u16::try_from(batch.size).unwrap_or(u16::MAX);
         let segments = [nix::sys::socket::ControlMessage::UdpGsoSegments(&gso_size)];
         let control: &[_] = if batch.count > 1 { &segments } else { &[] };
@@ -1736,7 +1763,7 @@ impl TunnelIo {
                 // datagram per send from now on.
                 tracing::info!(error = %e, "tunnel: no UDP GSO, sending datagrams one by one");
                 self.gso = false;
-                for datagram in self.datagram.chunks(batch.size) {
+                for datagram in gathered.chunks(batch.size) {
                     let data = [io::IoSlice::new(datagram)];
                     if nix::sys::socket::sendmsg(fd, &data, &[], flags, Some(&address)).is_ok() {
                         sent += 1;
@@ -1750,7 +1777,7 @@ impl TunnelIo {
                 batch.counters.count_drop(DropReason::EgressFailed);
             }
         }
-        self.datagram.clear();
+        self.gathered = 0;
         sent
     }
 }
