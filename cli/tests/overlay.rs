@@ -220,6 +220,57 @@ impl Cluster {
         ns
     }
 
+    /// Send `bytes` of patterned data by TCP from namespace `from` to a
+    /// socat server in namespace `to` at `to_addr`, and assert they land
+    /// byte for byte (within 20 s).
+    fn bulk_transfer(&self, from: &str, to: &str, to_addr: &str, bytes: u32, tag: &str) {
+        let input = self.dir.join(format!("{tag}-in"));
+        let output = self.dir.join(format!("{tag}-out"));
+        let data: Vec<u8> = (0..bytes)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        std::fs::write(&input, &data).expect("bulk input");
+        let out_path = output.display().to_string();
+        let started = exec_in(
+            to,
+            &[
+                "sh",
+                "-c",
+                r#"timeout 60 socat -u TCP-LISTEN:7000,reuseaddr "OPEN:$1,creat,trunc" </dev/null >/dev/null 2>&1 &"#,
+                "sh",
+                &out_path,
+            ],
+        );
+        assert!(started.status.success(), "{}", show(&started));
+        self.wait_for(&format!("{tag}: the server listens"), CONVERGE, || {
+            stdout(&exec_in(to, &["ss", "-Hltn"])).contains(":7000")
+        });
+        let sent = exec_in(
+            from,
+            &[
+                "timeout",
+                "30",
+                "socat",
+                "-u",
+                &format!("OPEN:{}", input.display()),
+                &format!("TCP4:{to_addr}:7000"),
+            ],
+        );
+        assert!(sent.status.success(), "{tag}: send: {}", show(&sent));
+        self.wait_for(
+            &format!("{tag}: the bytes land"),
+            Duration::from_secs(20),
+            || std::fs::metadata(&output).is_ok_and(|m| m.len() == data.len() as u64),
+        );
+        let received = std::fs::read(&output).unwrap_or_default();
+        assert!(
+            received == data,
+            "{tag}: the bytes across the overlay differ ({} of {} received)",
+            received.len(),
+            data.len()
+        );
+    }
+
     /// Start (again) the daemon of host index `i`.
     fn start_daemon(&mut self, i: usize, key_file: Option<&std::path::Path>) {
         let listen = format!("{}:{GOSSIP_PORT}", host_ip(i + 1));
@@ -504,47 +555,7 @@ fn a_network_made_on_one_host_carries_traffic_and_names_across_three() {
     // 16 MiB of TCP from alpha to beta arrive intact: the sandbox's TSO
     // segments are cut for the tunnel, leave as UDP GSO sends, and are
     // merged again (GRO) before beta's TAP.
-    let input = c.dir.join("bulk-in");
-    let output = c.dir.join("bulk-out");
-    let data: Vec<u8> = (0..16u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::write(&input, &data).expect("bulk input");
-    let out_path = output.display().to_string();
-    let started = exec_in(
-        &sandboxes[1],
-        &[
-            "sh",
-            "-c",
-            r#"timeout 60 socat -u TCP-LISTEN:7000,reuseaddr "OPEN:$1,creat,trunc" </dev/null >/dev/null 2>&1 &"#,
-            "sh",
-            &out_path,
-        ],
-    );
-    assert!(started.status.success(), "{}", show(&started));
-    c.wait_for("beta's bulk server listens", CONVERGE, || {
-        stdout(&exec_in(&sandboxes[1], &["ss", "-Hltn"])).contains(":7000")
-    });
-    let sent = exec_in(
-        &sandboxes[0],
-        &[
-            "socat",
-            "-u",
-            &format!("OPEN:{}", input.display()),
-            &format!("TCP4:{}:7000", addrs[1]),
-        ],
-    );
-    assert!(sent.status.success(), "bulk send: {}", show(&sent));
-    c.wait_for("the bulk transfer lands", Duration::from_secs(20), || {
-        std::fs::metadata(&output).is_ok_and(|m| m.len() == data.len() as u64)
-    });
-    let received = std::fs::read(&output).unwrap_or_default();
-    assert!(
-        received == data,
-        "the bytes across the overlay differ ({} of {} received)",
-        received.len(),
-        data.len()
-    );
+    c.bulk_transfer(&sandboxes[0], &sandboxes[1], &addrs[1], 16 << 20, "bulk");
 
     // rm is refused while any host has endpoints, then works everywhere.
     let refused = c.hosts[1].weft(&["network", "rm", "ov"]);
@@ -624,6 +635,11 @@ fn linux_vxlan_interoperates_as_a_static_peer() {
     let addr = c.hosts[0].connect("ov", &sandbox, "s1");
     c.ping_ok(&linux, &addr);
     c.ping_ok(&sandbox, "10.232.3.200");
+    // TCP both ways: Linux checks the inner checksums of every segment
+    // weft cut from the sandbox's TSO frames (a bad one stalls the
+    // transfer), and weft merges Linux's MTU-sized segments for the TAP.
+    c.bulk_transfer(&sandbox, &linux, "10.232.3.200", 4 << 20, "to-linux");
+    c.bulk_transfer(&linux, &sandbox, &addr, 4 << 20, "from-linux");
 
     // An address of the underlay that is not a peer sends VXLAN to H1.
     let before = c.hosts[0].peers()["tunnel"]["dropped_not_member"]

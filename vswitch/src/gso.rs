@@ -149,7 +149,10 @@ pub fn segment_into<B: AsRef<[u8]>>(
     let gso_type = vnet.gso_type() & !GSO_ECN;
     if gso_type == GSO_NONE {
         if vnet.needs_csum() {
-            let (start, offset) = (usize::from(vnet.csum_start()), usize::from(vnet.csum_offset()));
+            let (start, offset) = (
+                usize::from(vnet.csum_start()),
+                usize::from(vnet.csum_offset()),
+            );
             // Checked before the sink lends space: a bad offset builds nothing.
             if start.saturating_add(offset).saturating_add(2) > frame.len() {
                 return Err(GsoError::Malformed);

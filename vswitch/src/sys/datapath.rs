@@ -1275,11 +1275,11 @@ impl Loop {
                     self.flush_writes();
                 }
                 let buffer = self.batch.buffer();
-                buffer[..VNET_HDR_LEN].copy_from_slice(&vnet::EMPTY);
                 buffer[VNET_HDR_LEN..VNET_HDR_LEN + inner.len()].copy_from_slice(inner);
                 match gro::Run::start(inner) {
                     Some(started) => run = Some((started, port)),
                     None => {
+                        buffer[..VNET_HDR_LEN].copy_from_slice(&vnet::wire_frame_header(inner));
                         self.tunnel_counters.rx.fetch_add(1, Ordering::Relaxed);
                         self.switch_frame(port, VNET_HDR_LEN + inner.len(), now);
                         self.batch.keep();
@@ -1314,7 +1314,9 @@ impl Loop {
         } else {
             None
         };
-        header.copy_from_slice(&gso_header.unwrap_or(vnet::EMPTY));
+        header.copy_from_slice(
+            &gso_header.unwrap_or_else(|| vnet::wire_frame_header(&frame[..run.len])),
+        );
         self.tunnel_counters
             .rx
             .fetch_add(run.count as u64, Ordering::Relaxed);

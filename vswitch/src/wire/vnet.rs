@@ -98,6 +98,76 @@ pub fn tcp_gso_header(frame: &mut [u8], gso_size: u16) -> Option<[u8; VNET_HDR_L
     Some(header)
 }
 
+/// The header for writing `frame`, which came from a wire, to a TAP:
+/// `NEEDS_CSUM` when its TCP or UDP checksum field holds only the folded
+/// pseudo-header sum, the seed a sender's kernel leaves for checksum
+/// offload, else no offload.
+///
+/// A Linux vxlan device on a veth underlay hands such frames on
+/// unfinished: veth offloads the checksum, nothing ever computes it, and
+/// the UDP socket that receives the datagram cannot tell. Written as they
+/// came, the sandbox's kernel would check the seed as a checksum and drop
+/// every TCP segment; announced as partial, it takes them as it takes a
+/// partial checksum from a veth of its own (and completes it if it
+/// forwards the frame). A complete checksum that happens to equal the seed
+/// (1 in 65536) is only left unverified.
+pub fn wire_frame_header(frame: &[u8]) -> [u8; VNET_HDR_LEN] {
+    partial_checksum(frame).map_or(EMPTY, |(start, offset)| {
+        let mut header = EMPTY;
+        header[field::FLAGS] = FLAG_NEEDS_CSUM;
+        header[field::CSUM_START].copy_from_slice(&start.to_le_bytes());
+        header[field::CSUM_OFFSET].copy_from_slice(&offset.to_le_bytes());
+        header
+    })
+}
+
+/// Where a frame's transport checksum starts and where its field is, when
+/// that field holds only the pseudo-header seed.
+fn partial_checksum(frame: &[u8]) -> Option<(u16, u16)> {
+    use super::checksum;
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let ip = frame.get(14..)?;
+    let (start, protocol, pseudo) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
+            if ihl < 20 || fragment != 0 {
+                return None;
+            }
+            let protocol = *ip.get(9)?;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let l4_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
+            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            let pseudo = checksum::pseudo_header_v4(src, dst, protocol, l4_len);
+            (14 + ihl, protocol, pseudo)
+        }
+        0x86dd => {
+            let protocol = *ip.get(6)?;
+            let payload = u32::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (
+                54,
+                protocol,
+                checksum::pseudo_header_v6(src, dst, protocol, payload),
+            )
+        }
+        _ => return None,
+    };
+    let offset: u16 = match protocol {
+        TCP => 16,
+        UDP => 6,
+        _ => return None,
+    };
+    let at = start + usize::from(offset);
+    let field = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    // UDP over IPv4 may carry no checksum at all (zero).
+    (field != 0 && field == checksum::fold(pseudo)).then_some((u16::try_from(start).ok()?, offset))
+}
+
 /// A view of a `virtio_net_hdr`.
 #[derive(Debug, Clone, Copy)]
 pub struct VnetHeader<B: AsRef<[u8]>> {
@@ -231,5 +301,63 @@ mod tests {
             joined.extend_from_slice(tcp.payload());
         }
         assert_eq!(joined, payload);
+    }
+
+    /// A TCP frame whose checksum field holds the pseudo-header seed (as a
+    /// Linux vxlan on a veth sends it) is announced as partial, and
+    /// completing it as the kernel would gives the right checksum; a frame
+    /// with a complete checksum, UDP without one, and ICMP are not.
+    #[test]
+    fn only_a_seeded_checksum_is_announced_partial() {
+        let payload = b"seeded by a sender that offloads its checksum";
+        let mut complete = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(80, 40000, 1000, 65535)
+            .ack(77)
+            .write(&mut complete, payload)
+            .unwrap();
+        assert_eq!(wire_frame_header(&complete), EMPTY);
+
+        let mut seeded = complete.clone();
+        let tcp_len = u16::try_from(20 + payload.len()).unwrap();
+        let seed = super::super::checksum::fold(super::super::checksum::pseudo_header_v4(
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            6,
+            tcp_len,
+        ));
+        seeded[34 + 16..34 + 18].copy_from_slice(&seed.to_be_bytes());
+        let header = wire_frame_header(&seeded);
+        let vnet = VnetHeader::new_checked(&header[..]).unwrap();
+        assert!(vnet.needs_csum() && !vnet.is_gso());
+        assert_eq!((vnet.csum_start(), vnet.csum_offset()), (34, 16));
+        crate::gso::complete_checksum(&mut seeded, 34, 16).unwrap();
+        assert_eq!(seeded, complete);
+
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .udp(53, 40000)
+            .write(&mut udp, payload)
+            .unwrap();
+        assert_eq!(wire_frame_header(&udp), EMPTY);
+        let udp_len = u32::try_from(8 + payload.len()).unwrap();
+        let seed = super::super::checksum::fold(super::super::checksum::pseudo_header_v6(
+            [0xfd; 16], [0xfe; 16], 17, udp_len,
+        ));
+        udp[54 + 6..54 + 8].copy_from_slice(&seed.to_be_bytes());
+        let header = wire_frame_header(&udp);
+        let vnet = VnetHeader::new_checked(&header[..]).unwrap();
+        assert_eq!((vnet.csum_start(), vnet.csum_offset()), (54, 6));
+
+        let mut icmp = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut icmp, payload)
+            .unwrap();
+        assert_eq!(wire_frame_header(&icmp), EMPTY);
+        assert_eq!(wire_frame_header(&icmp[..20]), EMPTY);
     }
 }
