@@ -20,6 +20,14 @@
 //! ACK only (a PSH ends the run), the sequence number right after the
 //! merged bytes, and every merged payload of the first one's size but the
 //! last. Anything else is written as it came.
+//!
+//! The merged frame goes out with a partial checksum (`NEEDS_CSUM`), so
+//! the inner checksums of the merged segments are not verified again. The
+//! outer UDP checksum, which the kernel verifies before the datagram
+//! reaches the tunnel socket, already covers every inner byte (weft sends
+//! it, and so does Linux's vxlan by default); a peer that sends a zero
+//! outer checksum leaves its inner frames as unchecked as Linux's own GRO
+//! would leave a checksum a NIC had verified.
 
 use crate::wire::checksum;
 
