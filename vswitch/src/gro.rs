@@ -25,9 +25,8 @@
 //! the inner checksums of the merged segments are not verified again. The
 //! outer UDP checksum, which the kernel verifies before the datagram
 //! reaches the tunnel socket, already covers every inner byte (weft sends
-//! it, and so does Linux's vxlan by default); a peer that sends a zero
-//! outer checksum leaves its inner frames as unchecked as Linux's own GRO
-//! would leave a checksum a NIC had verified.
+//! it, and so does Linux's vxlan by default). Only from a peer that sends
+//! a zero outer checksum would a corrupted merged segment go unnoticed.
 
 use crate::wire::checksum;
 
