@@ -461,8 +461,13 @@ impl Cluster {
                     network,
                     block,
                     winner,
+                    duplicates,
                 } => {
-                    tracing::warn!(network = network.0, block, winner = winner.name, "after a partition another host holds one of this host's address blocks: addresses from it may be duplicated; reconnect the endpoints of this network");
+                    if duplicates.is_empty() {
+                        tracing::warn!(network = network.0, block, winner = winner.name, "after a partition another host also leased one of this host's address blocks: this host gave it up; its endpoints keep their addresses");
+                    } else {
+                        tracing::warn!(network = network.0, block, winner = winner.name, ?duplicates, "after a partition another host also leased one of this host's address blocks and handed out the same addresses: reconnect this host's endpoints with these addresses");
+                    }
                 }
                 Event::MemberUp { name, addr } => {
                     tracing::info!(name, %addr, "cluster member up");

@@ -44,10 +44,15 @@
 //!
 //! During a partition each side sees the other dead, so both may lease the
 //! same block (the directory is available, not consistent, under
-//! partition). When the partition heals and both leases are visible the
-//! host with the higher [`OwnerId`] gets an [`crate::Event::LeaseConflict`]
-//! so the controller can renumber or report. Blocks are not returned while
-//! their holder lives. Fixed addresses asked for by the user (`--ip`) are
+//! partition). When the partition heals and both leases are visible, the
+//! host with the higher [`OwnerId`] gives the block up: it withdraws its
+//! lease record and hands out nothing more from the block, and its
+//! endpoints keep their addresses. Those stay safe because no host hands
+//! out an address that the directory shows on another host's endpoint.
+//! Addresses both sides handed out during the partition are duplicated
+//! until one of the two endpoints is reconnected: the loser's
+//! [`crate::Event::LeaseConflict`] lists them. Blocks are not returned
+//! while their holder lives. Fixed addresses asked for by the user (`--ip`) are
 //! not coordinated here. Capacity: a claim per network in flight at a time;
 //! promises are bounded by the number of members times networks.
 
@@ -187,6 +192,7 @@ pub(crate) enum AllocationOutcome {
         network: NetworkId,
         block: u64,
         winner: OwnerId,
+        duplicates: Vec<IpAddr>,
     },
     /// A lease record was written: push it to peers.
     LeaseWritten,
@@ -288,7 +294,7 @@ impl Allocator {
         rng: &mut impl Rng,
     ) -> Result<Allocation, AllocateError> {
         let plan = plan_of(directory, network)?;
-        if let Some(ip) = self.take_free_address(&plan, network) {
+        if let Some(ip) = self.take_free_address(directory, &plan, network) {
             return Ok(Allocation::Ready(ip));
         }
         self.next_ticket += 1;
@@ -381,7 +387,8 @@ impl Allocator {
 
     /// Reports own blocks that a live member with priority also holds
     /// (possible only after a partition healed).
-    pub(crate) fn detect_conflicts(&mut self, directory: &Directory) {
+    pub(crate) fn detect_conflicts(&mut self, directory: &mut Directory) {
+        let mut conflicts = Vec::new();
         for (network, blocks) in &self.own_blocks {
             for (holder, block) in directory.leases(network) {
                 if *holder != *directory.me()
@@ -389,13 +396,35 @@ impl Allocator {
                     && *holder < *directory.me()
                     && self.reported_conflicts.insert((network.clone(), block))
                 {
-                    self.outcomes.push(AllocationOutcome::LeaseConflict {
-                        network: network.clone(),
-                        block,
-                        winner: holder.clone(),
-                    });
+                    conflicts.push((network.clone(), block, holder.clone()));
                 }
             }
+        }
+        // The loser gives the block up: no more addresses from it, and its
+        // lease record withdrawn so every directory shows one holder.
+        for (network, block, winner) in conflicts {
+            if let Some(blocks) = self.own_blocks.get_mut(&network) {
+                blocks.remove(&block);
+            }
+            directory.write_own(RecordKey::Lease(network.clone(), block), None);
+            self.outcomes.push(AllocationOutcome::LeaseWritten);
+            let elsewhere = addresses_on_other_hosts(directory, &network);
+            let duplicates = match plan_of(directory, &network) {
+                Ok(plan) => {
+                    let used = self.used.get(&network);
+                    plan.addresses(block)
+                        .filter(|ip| used.is_some_and(|used| used.contains(ip)))
+                        .filter(|ip| elsewhere.contains(ip))
+                        .collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            self.outcomes.push(AllocationOutcome::LeaseConflict {
+                network,
+                block,
+                winner,
+                duplicates,
+            });
         }
     }
 
@@ -540,10 +569,24 @@ impl Allocator {
         true
     }
 
-    fn take_free_address(&mut self, plan: &BlockPlan, network: &NetworkId) -> Option<IpAddr> {
+    /// An address of one of this host's blocks that neither this host nor,
+    /// as the directory shows, any other host's endpoint uses (after a
+    /// healed partition, a block this host kept may hold the other side's
+    /// endpoints).
+    fn take_free_address(
+        &mut self,
+        directory: &Directory,
+        plan: &BlockPlan,
+        network: &NetworkId,
+    ) -> Option<IpAddr> {
+        let blocks = self.own_blocks.get(network)?;
         let used = self.used.entry(network.clone()).or_default();
-        for block in self.own_blocks.get(network).into_iter().flatten() {
-            if let Some(ip) = plan.addresses(*block).find(|ip| !used.contains(ip)) {
+        let elsewhere = addresses_on_other_hosts(directory, network);
+        for block in blocks {
+            if let Some(ip) = plan
+                .addresses(*block)
+                .find(|ip| !used.contains(ip) && !elsewhere.contains(ip))
+            {
                 used.insert(ip);
                 return Some(ip);
             }
@@ -697,7 +740,7 @@ impl Allocator {
             }
         };
         while let Some(&ticket) = self.waiting.get(network).and_then(VecDeque::front) {
-            let Some(ip) = self.take_free_address(&plan, network) else {
+            let Some(ip) = self.take_free_address(directory, &plan, network) else {
                 self.start_claim(directory, network, &plan, 1, BTreeSet::new(), now, rng);
                 return;
             };
@@ -787,6 +830,18 @@ impl Allocator {
             });
         }
     }
+}
+
+/// Addresses of `network` that endpoints of other hosts hold, as the
+/// directory shows them.
+fn addresses_on_other_hosts(directory: &Directory, network: &NetworkId) -> BTreeSet<IpAddr> {
+    directory
+        .endpoints()
+        .filter(|location| {
+            location.owner != directory.me() && location.endpoint.network == *network
+        })
+        .flat_map(|location| location.endpoint.ips.iter().copied())
+        .collect()
 }
 
 fn plan_of(directory: &Directory, network: &NetworkId) -> Result<BlockPlan, AllocateError> {

@@ -192,7 +192,7 @@ pub enum Event {
         error: AllocateError,
     },
     /// After a healed partition, a member with priority holds one of our
-    /// blocks: addresses from it may be duplicated.
+    /// blocks: this host gave it up (its endpoints keep their addresses).
     LeaseConflict {
         /// The network.
         network: NetworkId,
@@ -200,6 +200,10 @@ pub enum Event {
         block: u64,
         /// The member that keeps it.
         winner: OwnerId,
+        /// Addresses this host handed out from the block that an endpoint
+        /// of another host also holds: duplicated until one of the two is
+        /// reconnected.
+        duplicates: Vec<IpAddr>,
     },
     /// This host was declared down and rejoined with a renewed identity.
     Rejoined,
@@ -479,7 +483,7 @@ impl Node {
         }
         if self.next_anti_entropy.is_some_and(|at| at <= now) {
             self.anti_entropy_round();
-            self.allocator.detect_conflicts(&self.directory);
+            self.allocator.detect_conflicts(&mut self.directory);
             // +-25 % jitter so rounds of different hosts do not align.
             let period = self.config.anti_entropy_period;
             let jitter = period.mul_f64(self.rng.random_range(0.75..1.25));
@@ -849,12 +853,14 @@ impl Node {
                     network,
                     block,
                     winner,
+                    duplicates,
                 } => {
-                    tracing::warn!(?network, block, winner = %winner.name, "address block leased twice after a partition");
+                    tracing::warn!(?network, block, winner = %winner.name, ?duplicates, "address block leased twice after a partition: given up");
                     self.events.push_back(Event::LeaseConflict {
                         network,
                         block,
                         winner,
+                        duplicates,
                     });
                 }
                 AllocationOutcome::LeaseWritten => {

@@ -689,3 +689,147 @@ fn cluster_key_keeps_strangers_out() {
     assert!(sim.nodes[0].is_member_address(underlay_addr(3).ip()));
     assert!(!sim.nodes[0].is_member_address(underlay_addr(5).ip()));
 }
+
+/// Both sides of a partition lease the only block of a /28 and hand out
+/// addresses from it. After the partition heals, the host with the lower
+/// identity keeps the block: every directory shows one holder, the other
+/// host lists the addresses both handed out as duplicates, and no address
+/// handed out after the heal is one an endpoint anywhere holds.
+#[test]
+fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
+    const HOSTS: usize = 4;
+    let mut sim = Sim::new(HOSTS, seed(0x5eed_0006), None);
+    let (network, mut record) = overlay_network();
+    record.subnet = "10.40.0.0/28".parse().unwrap();
+    record.gateway = Some("10.40.0.1".parse().unwrap());
+    let now = sim.now;
+    sim.nodes[0].publish_network(network.clone(), record);
+    sim.nodes[0].handle_timeout(now);
+    sim.collect(0);
+    sim.join_all();
+    sim.run_until(Duration::from_secs(60), |sim| {
+        sim.membership_converged() && sim.directories_converged(0)
+    })
+    .expect("converged");
+
+    for index in 0..HOSTS {
+        sim.group[index] = u8::from(index >= HOSTS / 2);
+    }
+    sim.run_until(Duration::from_secs(30), halves_see_each_other_dead)
+        .expect("each half drops the other");
+
+    // Host 0 and host 2 (one per side) each hand out 3 addresses and
+    // publish an endpoint with each.
+    let mut next_mac = 0u8;
+    let mut allocate_and_publish = |sim: &mut Sim, index: usize, count: usize| -> Vec<IpAddr> {
+        let mut addresses = Vec::new();
+        for _ in 0..count {
+            let now = sim.now;
+            let ip = match sim.nodes[index].allocate(&network, now).unwrap() {
+                Allocation::Ready(ip) => ip,
+                Allocation::Pending(ticket) => {
+                    sim.collect(index);
+                    let mut got = None;
+                    for _ in 0..100 {
+                        sim.run_for(Duration::from_millis(50));
+                        for event in std::mem::take(&mut sim.events[index]) {
+                            match event {
+                                Event::AddressAllocated { ticket: t, ip, .. } if t == ticket => {
+                                    got = Some(ip)
+                                }
+                                Event::AllocationFailed { ticket: t, error } if t == ticket => {
+                                    panic!("host {index}: allocation failed: {error:?}")
+                                }
+                                _ => {}
+                            }
+                        }
+                        if got.is_some() {
+                            break;
+                        }
+                    }
+                    got.expect("allocated within 5 s")
+                }
+            };
+            next_mac += 1;
+            sim.nodes[index]
+                .publish_endpoint(EndpointRecord {
+                    network: network.clone(),
+                    mac: MacAddr([2, 0x42, 0, 0, index as u8, next_mac]),
+                    ips: vec![ip],
+                    name: None,
+                    aliases: Vec::new(),
+                })
+                .unwrap();
+            sim.collect(index);
+            addresses.push(ip);
+        }
+        addresses
+    };
+    let side_a = allocate_and_publish(&mut sim, 0, 3);
+    // More on side B: addresses only its endpoints hold, which the
+    // winner must skip after the heal.
+    let side_b = allocate_and_publish(&mut sim, 2, 5);
+    let both: BTreeSet<IpAddr> = side_a
+        .iter()
+        .filter(|ip| side_b.contains(ip))
+        .copied()
+        .collect();
+    assert!(
+        !both.is_empty(),
+        "the halves should have handed out the same addresses: {side_a:?} {side_b:?}"
+    );
+    assert_eq!(sim.nodes[0].leased_blocks(&network), vec![0]);
+    assert_eq!(sim.nodes[2].leased_blocks(&network), vec![0]);
+
+    // Heal, and give anti-entropy a few rounds.
+    sim.group.iter_mut().for_each(|group| *group = 0);
+    sim.run_until(Duration::from_secs(60), Sim::membership_converged)
+        .expect("membership reconverges after the heal");
+    let settled = sim
+        .run_until(Duration::from_secs(30), |sim| {
+            (0..HOSTS).all(|index| {
+                let leases = sim.nodes[index].directory().leases(&network);
+                leases.len() == 1 && leases[0].0.name == name(0)
+            })
+        })
+        .expect("every directory shows one holder of the block: host 0");
+    println!("partition of a /28: one holder everywhere {settled:?} after membership healed");
+    assert_eq!(sim.nodes[0].leased_blocks(&network), vec![0]);
+    assert!(sim.nodes[2].leased_blocks(&network).is_empty());
+    let reported: Vec<Vec<IpAddr>> = sim.events[2]
+        .iter()
+        .filter_map(|event| match event {
+            Event::LeaseConflict {
+                block: 0,
+                winner,
+                duplicates,
+                ..
+            } if winner.name == name(0) => Some(duplicates.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported.len(), 1, "one conflict event on host 2");
+    let reported: BTreeSet<IpAddr> = reported[0].iter().copied().collect();
+    assert_eq!(
+        reported, both,
+        "the duplicates listed are the shared addresses"
+    );
+
+    // The winner hands out the rest of the block, skipping every address
+    // an endpoint of either side holds; the loser has no block left.
+    let held: BTreeSet<IpAddr> = side_a.iter().chain(&side_b).copied().collect();
+    let now = sim.now;
+    let mut after = Vec::new();
+    for _ in 0..16 {
+        match sim.nodes[0].allocate(&network, now).unwrap() {
+            Allocation::Ready(ip) => after.push(ip),
+            Allocation::Pending(_) => break,
+        }
+    }
+    assert!(!after.is_empty(), "host 0 still has free addresses");
+    for ip in &after {
+        assert!(!held.contains(ip), "{ip} handed out again after the heal");
+    }
+    let gateway: IpAddr = "10.40.0.1".parse().unwrap();
+    assert!(!after.contains(&gateway));
+}
