@@ -45,10 +45,14 @@
 //! reserved `weft.` keys.
 //!
 //! At start, stored overlay networks and endpoints are published again (a
-//! deletion made elsewhere meanwhile wins: its stamp is newer). Limit: the
+//! deletion made elsewhere meanwhile wins: its stamp is newer). The
 //! address blocks this host leased before the restart are not leased
-//! again for its restored endpoints, so until those endpoints reconnect
-//! another host could be handed one of their addresses.
+//! again, but the restored endpoints' addresses stay safe: no host hands
+//! out an address the directory shows on another host's endpoint, and the
+//! restored records appear as soon as the daemon is back. Limit: while the
+//! daemon is down for longer than failure detection takes (~3 s), its
+//! records are gone, and another host could hand out one of its
+//! addresses before it comes back.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
