@@ -557,6 +557,26 @@ fn a_network_made_on_one_host_carries_traffic_and_names_across_three() {
     // merged again (GRO) before beta's TAP.
     c.bulk_transfer(&sandboxes[0], &sandboxes[1], &addrs[1], 16 << 20, "bulk");
 
+    // `network inspect` counts the network's tunnel traffic per remote
+    // host: on alpha's host, the 16 MiB went to beta's (host 2).
+    let details = c.hosts[0].inspect("ov");
+    let tunnel = details["tunnel"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tunnel counters in inspect: {details:#}"));
+    let to_beta = tunnel
+        .iter()
+        .find(|peer| peer["host"] == host_ip(2).as_str())
+        .unwrap_or_else(|| panic!("no tunnel port toward host 2: {details:#}"));
+    let sent = to_beta["tx_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        sent >= 16 << 20,
+        "{sent} bytes counted toward host 2: {details:#}"
+    );
+    assert!(
+        to_beta["rx_frames"].as_u64().unwrap_or(0) > 0,
+        "{details:#}"
+    );
+
     // rm is refused while any host has endpoints, then works everywhere.
     let refused = c.hosts[1].weft(&["network", "rm", "ov"]);
     assert!(!refused.status.success(), "{}", show(&refused));

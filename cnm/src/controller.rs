@@ -74,7 +74,9 @@ use weft_vswitch::sys::datapath::TunnelCounters;
 use crate::cluster::{
     Cluster, ClusterAllocError, ClusterConfig, ClusterError, GossipCounters, PeerInfo,
 };
-use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
+use crate::driver::{
+    BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver, TunnelPeerCounters,
+};
 use crate::host_routes;
 use crate::model::{
     DriverKind, Endpoint, Network, PortMapping, PortMappingError, Scope, SubnetInfo, UnknownDriver,
@@ -186,6 +188,10 @@ pub struct NetworkDetails {
     pub network: Network,
     /// Its endpoints.
     pub endpoints: Vec<EndpointDetails>,
+    /// Overlay: the other hosts (and static peers) it carries frames to
+    /// and from, with their tunnel ports' counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tunnel: Vec<TunnelPeerCounters>,
 }
 
 /// An endpoint with its counters.
@@ -852,7 +858,12 @@ impl Controller {
                 counters: driver.counters(e),
             })
             .collect();
-        Ok(NetworkDetails { network, endpoints })
+        let tunnel = driver.tunnel_counters(&network);
+        Ok(NetworkDetails {
+            network,
+            endpoints,
+            tunnel,
+        })
     }
 
     /// `network connect`.

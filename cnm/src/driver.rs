@@ -45,6 +45,17 @@ use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
 use crate::attach::{run_helper, AttachAction, AttachError, AttachRequest, TapConfig};
 use crate::model::{DriverKind, Endpoint, Network, PortMapping};
 
+/// One remote host's tunnel port of an overlay network, with its counters:
+/// rx is what came from that host, tx what went to it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TunnelPeerCounters {
+    /// The remote host's VXLAN address.
+    pub host: IpAddr,
+    /// Its tunnel port's counters.
+    #[serde(flatten)]
+    pub counters: PortCountersSnapshot,
+}
+
 /// Why a driver operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -154,6 +165,12 @@ pub trait NetworkDriver: Send + Sync {
     /// Counters of an endpoint's port, if it has one.
     fn counters(&self, _endpoint: &Endpoint) -> Option<PortCountersSnapshot> {
         None
+    }
+
+    /// Counters of the network's tunnel ports, one per remote host it
+    /// carries frames to or from (overlay only).
+    fn tunnel_counters(&self, _network: &Network) -> Vec<TunnelPeerCounters> {
+        Vec::new()
     }
 
     /// The endpoints of a network changed: these are all of them now

@@ -37,7 +37,7 @@ use weft_vswitch::sys::datapath::{OverlayTable, RemoteEndpoint};
 use weft_vswitch::MacAddr;
 
 use crate::cluster::Cluster;
-use crate::driver::{zone_entry, BridgeDriver, DriverError, NetworkDriver};
+use crate::driver::{zone_entry, BridgeDriver, DriverError, NetworkDriver, TunnelPeerCounters};
 use crate::model::{DriverKind, Endpoint, Network};
 
 /// The option naming the static peers.
@@ -180,6 +180,18 @@ impl NetworkDriver for OverlayDriver {
 
     fn counters(&self, endpoint: &Endpoint) -> Option<PortCountersSnapshot> {
         self.bridge.counters(endpoint)
+    }
+
+    fn tunnel_counters(&self, network: &Network) -> Vec<TunnelPeerCounters> {
+        let Some(switch_id) = self.bridge.switch_network(&network.name) else {
+            return Vec::new();
+        };
+        self.bridge
+            .datapath()
+            .tunnel_port_counters(switch_id)
+            .into_iter()
+            .map(|(host, counters)| TunnelPeerCounters { host, counters })
+            .collect()
     }
 
     /// Local endpoints, and every other host's from the directory.

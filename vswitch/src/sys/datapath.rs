@@ -30,7 +30,7 @@
 //! Limits: frames up to [`FRAME_BUFFER_LEN`] bytes (a 64 KiB GSO segment
 //! plus headers); ports up to `mio::Token` space (u32 port ids).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -45,7 +45,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 
-use crate::counters::{DropReason, PortCounters};
+use crate::counters::{DropReason, PortCounters, PortCountersSnapshot};
 use crate::dns::{DnsConfig, Zone};
 use crate::gateway::{GatewayConfig, REPLY_HEADROOM};
 use crate::gro;
@@ -192,7 +192,14 @@ pub struct Datapath {
     next_port: AtomicU32,
     next_publish: AtomicU32,
     tunnel_counters: Arc<TunnelCounters>,
+    tunnel_ports: TunnelPorts,
 }
+
+/// The counters of every tunnel port (one remote host of one overlay
+/// network), shared with the control plane for `network inspect`. The
+/// data-path thread adds and removes entries when it makes or drops a
+/// tunnel port, never per frame.
+type TunnelPorts = Arc<std::sync::Mutex<BTreeMap<(NetworkId, IpAddr), Arc<PortCounters>>>>;
 
 /// Why the data path did not take a command.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +246,7 @@ struct Loop {
     tunnel_peers: rustc_hash::FxHashSet<IpAddr>,
     next_vtep: u32,
     tunnel_counters: Arc<TunnelCounters>,
+    tunnel_ports: TunnelPorts,
 }
 
 /// The tunnel's sockets and codec.
@@ -317,6 +325,7 @@ impl Datapath {
             ^ u64::from(std::process::id()).rotate_left(32);
         let (tx, rx) = mpsc::channel();
         let tunnel_counters = Arc::new(TunnelCounters::default());
+        let tunnel_ports = TunnelPorts::default();
         let mut event_loop = Loop {
             poll,
             upstream_v4,
@@ -347,6 +356,7 @@ impl Datapath {
             tunnel_peers: rustc_hash::FxHashSet::default(),
             next_vtep: TUNNEL_PORT_BASE,
             tunnel_counters: Arc::clone(&tunnel_counters),
+            tunnel_ports: Arc::clone(&tunnel_ports),
         };
         let thread = std::thread::Builder::new()
             .name("weft-datapath".into())
@@ -358,6 +368,7 @@ impl Datapath {
             next_port: AtomicU32::new(1),
             next_publish: AtomicU32::new(1),
             tunnel_counters,
+            tunnel_ports,
         })
     }
 
@@ -498,6 +509,20 @@ impl Datapath {
     /// The tunnel's counters.
     pub fn tunnel_counters(&self) -> &TunnelCounters {
         &self.tunnel_counters
+    }
+
+    /// The counters of `network`'s tunnel ports, by remote host: frames
+    /// and bytes received from it (rx) and sent to it (tx).
+    pub fn tunnel_port_counters(&self, network: NetworkId) -> Vec<(IpAddr, PortCountersSnapshot)> {
+        let ports = self
+            .tunnel_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ports
+            .range((network, IpAddr::from([0u8; 4]))..)
+            .take_while(|((n, _), _)| *n == network)
+            .map(|((_, ip), counters)| (*ip, counters.snapshot()))
+            .collect()
     }
 
     /// Detach a port and hand its TAP back (None if the port was unknown or
@@ -1070,9 +1095,8 @@ impl Loop {
                         .filter(|((network, _), _)| *network == id)
                         .map(|(key, port)| (*key, *port))
                         .collect();
-                    for (key, port) in tunnels {
-                        self.vtep_ids.remove(&key);
-                        self.vteps.remove(&port);
+                    for ((network, ip), _) in tunnels {
+                        self.forget_vtep(network, ip);
                     }
                 }
                 Command::AddPort {
@@ -1164,15 +1188,31 @@ impl Loop {
             return None;
         }
         self.vtep_ids.insert((network, addr.ip()), port);
+        let counters = Arc::new(PortCounters::default());
+        self.tunnel_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((network, addr.ip()), Arc::clone(&counters));
         self.vteps.insert(
             port,
             Vtep {
                 vni,
                 addr,
-                counters: Arc::new(PortCounters::default()),
+                counters,
             },
         );
         Some(port)
+    }
+
+    /// Drop the tunnel port of `network` toward `ip` (not from the switch).
+    fn forget_vtep(&mut self, network: NetworkId, ip: IpAddr) {
+        if let Some(port) = self.vtep_ids.remove(&(network, ip)) {
+            self.vteps.remove(&port);
+        }
+        self.tunnel_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(network, ip));
     }
 
     fn set_overlay(&mut self, network: NetworkId, table: OverlayTable) {
@@ -1192,8 +1232,7 @@ impl Loop {
             .map(|((_, ip), port)| (*ip, *port))
             .collect();
         for (ip, port) in gone {
-            self.vtep_ids.remove(&(network, ip));
-            self.vteps.remove(&port);
+            self.forget_vtep(network, ip);
             self.switch.remove_port(port);
         }
         for addr in table
