@@ -474,21 +474,28 @@ struct AllocationRun {
     took: Duration,
 }
 
-/// `hosts` hosts join, converge, then each asks for `per_host` addresses of
-/// `subnet` at one instant; runs until every request is answered.
-fn allocate_at_once(hosts: usize, per_host: usize, subnet: &str, seed: u64) -> AllocationRun {
+/// `hosts` hosts, host 0 with the network `id`, joined and converged
+/// (membership and directories).
+fn converged_with_network(hosts: usize, seed: u64, id: &NetworkId, record: NetworkRecord) -> Sim {
     let mut sim = Sim::new(hosts, seed, None);
-    let (network, mut record) = overlay_network();
-    record.subnet = subnet.parse().unwrap();
     let now = sim.now;
-    sim.nodes[0].publish_network(network.clone(), record);
+    sim.nodes[0].publish_network(id.clone(), record);
     sim.nodes[0].handle_timeout(now);
     sim.collect(0);
     sim.join_all();
     sim.run_until(Duration::from_secs(60), |sim| {
         sim.membership_converged() && sim.directories_converged(0)
     })
-    .expect("converged before allocating");
+    .expect("the cluster converges");
+    sim
+}
+
+/// `hosts` hosts join, converge, then each asks for `per_host` addresses of
+/// `subnet` at one instant; runs until every request is answered.
+fn allocate_at_once(hosts: usize, per_host: usize, subnet: &str, seed: u64) -> AllocationRun {
+    let (network, mut record) = overlay_network();
+    record.subnet = subnet.parse().unwrap();
+    let mut sim = converged_with_network(hosts, seed, &network, record);
 
     let mut run = AllocationRun {
         addresses: BTreeMap::new(),
@@ -698,19 +705,10 @@ fn cluster_key_keeps_strangers_out() {
 #[test]
 fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
     const HOSTS: usize = 4;
-    let mut sim = Sim::new(HOSTS, seed(0x5eed_0006), None);
     let (network, mut record) = overlay_network();
     record.subnet = "10.40.0.0/28".parse().unwrap();
     record.gateway = Some("10.40.0.1".parse().unwrap());
-    let now = sim.now;
-    sim.nodes[0].publish_network(network.clone(), record);
-    sim.nodes[0].handle_timeout(now);
-    sim.collect(0);
-    sim.join_all();
-    sim.run_until(Duration::from_secs(60), |sim| {
-        sim.membership_converged() && sim.directories_converged(0)
-    })
-    .expect("converged");
+    let mut sim = converged_with_network(HOSTS, seed(0x5eed_0006), &network, record);
 
     for index in 0..HOSTS {
         sim.group[index] = u8::from(index >= HOSTS / 2);
