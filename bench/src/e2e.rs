@@ -76,7 +76,7 @@ pub fn run(options: &E2eOptions) -> Result<()> {
                     );
                     figures.tcp.push(sample);
                 }
-                Err(error) => record_failure(&lab, testbed, run, "TCP", &error, &mut failures)?,
+                Err(error) => testbed_failure(&lab, testbed, run, "TCP", &error, &mut failures)?,
             }
             match measure::udp64(&mut lab, testbed, options.seconds, pin) {
                 Ok(sample) => {
@@ -86,7 +86,7 @@ pub fn run(options: &E2eOptions) -> Result<()> {
                     );
                     figures.udp.push(sample);
                 }
-                Err(error) => record_failure(&lab, testbed, run, "UDP", &error, &mut failures)?,
+                Err(error) => testbed_failure(&lab, testbed, run, "UDP", &error, &mut failures)?,
             }
             match measure::ping(&mut lab, testbed, pin) {
                 Ok(sample) => {
@@ -96,7 +96,7 @@ pub fn run(options: &E2eOptions) -> Result<()> {
                     );
                     figures.ping.push(sample);
                 }
-                Err(error) => record_failure(&lab, testbed, run, "ping", &error, &mut failures)?,
+                Err(error) => testbed_failure(&lab, testbed, run, "ping", &error, &mut failures)?,
             }
         }
     }
@@ -130,9 +130,8 @@ pub fn run(options: &E2eOptions) -> Result<()> {
     Ok(())
 }
 
-/// Note a failed measurement (and whether the switch process is still
-/// alive) and go on; a stop signal ends the run instead.
-fn record_failure(
+/// Note a failed measurement of `testbed` (see [`Lab::record_failure`]).
+fn testbed_failure(
     lab: &Lab,
     testbed: &Testbed,
     run: u32,
@@ -140,20 +139,13 @@ fn record_failure(
     error: &anyhow::Error,
     failures: &mut Vec<String>,
 ) -> Result<()> {
-    process::check_interrupted()?;
-    let name = testbed.kind.short();
-    let mut text = format!("{name} run {run} {what}: {error:#}");
-    if let Some(pid) = testbed.switch_pid {
-        if !lab.is_running(pid) {
-            text.push_str(&format!(
-                " (the switch process {pid} has exited: {})",
-                lab.log_tail(pid)
-            ));
-        }
-    }
-    eprintln!("weft-bench: FAILED {text}");
-    failures.push(text);
-    Ok(())
+    let what = format!("{} run {run} {what}", testbed.kind.short());
+    let switch: Vec<(&str, u32)> = testbed
+        .switch_pid
+        .map(|pid| ("switch process", pid))
+        .into_iter()
+        .collect();
+    lab.record_failure(&what, error, &switch, failures)
 }
 
 /// `uname -r`.

@@ -244,6 +244,36 @@ impl Lab {
             })
     }
 
+    /// Note a failed measurement and go on: an interrupt (Ctrl-C) ends the
+    /// run instead. The note is `what: error`, with the end of the log of
+    /// each process in `processes` (what to call it, its pid) that has
+    /// exited; it is printed and kept in `failures` for the report.
+    ///
+    /// # Errors
+    ///
+    /// The run was interrupted.
+    pub fn record_failure(
+        &self,
+        what: &str,
+        error: &anyhow::Error,
+        processes: &[(&str, u32)],
+        failures: &mut Vec<String>,
+    ) -> Result<()> {
+        process::check_interrupted()?;
+        let mut text = format!("{what}: {error:#}");
+        for (label, pid) in processes {
+            if !self.is_running(*pid) {
+                text.push_str(&format!(
+                    " (the {label} {pid} has exited: {})",
+                    self.log_tail(*pid)
+                ));
+            }
+        }
+        eprintln!("weft-bench: FAILED {text}");
+        failures.push(text);
+        Ok(())
+    }
+
     /// The end of a tracked process's log, for error messages.
     pub fn log_tail(&self, pid: u32) -> String {
         self.processes

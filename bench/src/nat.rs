@@ -242,18 +242,13 @@ pub fn run(options: &NatOptions) -> Result<()> {
                                 .push(sample);
                         }
                         Err(error) => {
-                            process::check_interrupted()?;
-                            let mut text = format!("{what}: {error:#}");
-                            if !lab.is_running(sandbox.cpu_pid) {
-                                text.push_str(&format!(
-                                    " (the {} process {} has exited: {})",
-                                    sandbox.datapath.label(),
-                                    sandbox.cpu_pid,
-                                    lab.log_tail(sandbox.cpu_pid)
-                                ));
-                            }
-                            eprintln!("weft-bench: FAILED {text}");
-                            failures.push(text);
+                            let label = format!("{} process", sandbox.datapath.label());
+                            lab.record_failure(
+                                &what,
+                                &error,
+                                &[(&label, sandbox.cpu_pid)],
+                                &mut failures,
+                            )?;
                         }
                     }
                 }

@@ -286,7 +286,7 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
                         slot.push(daemon);
                     }
                 }
-                Err(error) => record_failure(&lab, side, &what, "TCP", &error, &mut failures)?,
+                Err(error) => side_failure(&lab, side, &what, "TCP", &error, &mut failures)?,
             }
             match measure::udp64_between(
                 &mut lab,
@@ -303,7 +303,7 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
                     );
                     figures.udp.push(sample);
                 }
-                Err(error) => record_failure(&lab, side, &what, "UDP", &error, &mut failures)?,
+                Err(error) => side_failure(&lab, side, &what, "UDP", &error, &mut failures)?,
             }
             match measure::ping_from(&mut lab, side.client_ns, &side.server_ip, pin) {
                 Ok(sample) => {
@@ -313,7 +313,7 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
                     );
                     figures.ping.push(sample);
                 }
-                Err(error) => record_failure(&lab, side, &what, "ping", &error, &mut failures)?,
+                Err(error) => side_failure(&lab, side, &what, "ping", &error, &mut failures)?,
             }
         }
     }
@@ -354,9 +354,8 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
     Ok(())
 }
 
-/// Note a failed measurement (and whether a daemon has exited) and go on;
-/// a stop signal ends the run instead.
-fn record_failure(
+/// Note a failed measurement of `side` (see [`Lab::record_failure`]).
+fn side_failure(
     lab: &Lab,
     side: &Side,
     what: &str,
@@ -364,20 +363,12 @@ fn record_failure(
     error: &anyhow::Error,
     failures: &mut Vec<String>,
 ) -> Result<()> {
-    process::check_interrupted()?;
-    let mut text = format!("{what} {figure}: {error:#}");
-    for pid in &side.daemon_pids {
-        if !lab.is_running(*pid) {
-            let _ = write!(
-                text,
-                " (the weft daemon {pid} has exited: {})",
-                lab.log_tail(*pid)
-            );
-        }
-    }
-    eprintln!("weft-bench: FAILED {text}");
-    failures.push(text);
-    Ok(())
+    let daemons: Vec<(&str, u32)> = side
+        .daemon_pids
+        .iter()
+        .map(|pid| ("weft daemon", *pid))
+        .collect();
+    lab.record_failure(&format!("{what} {figure}"), error, &daemons, failures)
 }
 
 /// The underlay namespace and its bridge.
