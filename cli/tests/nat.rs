@@ -2,12 +2,13 @@
 //! sockets of the daemon): ping and UDP request/response to an "internet"
 //! beyond the host, the host's address as the source the far side sees,
 //! 50 concurrent UDP flows, a refused UDP port (ICMP port unreachable back
-//! to the sandbox), `--internal` networks (no way out), and a host without
+//! to the sandbox), the same over IPv6 (ping through an ICMPv6 ping socket,
+//! ICMPv6 port unreachable), `--internal` networks (no way out), and a host without
 //! `net.ipv4.ping_group_range` (ICMP dropped, logged once). TCP: a
 //! connection leaves with the host's address, 32 MiB go through an echo
 //! server and back intact (half-close both ways), 50 concurrent
 //! connections, a refused port is an immediate error. Needs root,
-//! `ip`, `ping`, `socat` (and `tcpdump` for two tests); skipped otherwise
+//! `ip`, `ping`, `socat` (and `tcpdump` for three tests); skipped otherwise
 //! (fails under `CI=true`).
 //!
 //! Topology of each test ([`NatWorld`]): the daemon in a namespace HOST;
@@ -522,6 +523,90 @@ fn ping_leaves_with_the_hosts_address() {
     assert!(
         !seen.contains(&addr),
         "the sandbox's address {addr} reached INET:\n{seen}"
+    );
+}
+
+/// (1b) IPv6: a sandbox on a dual-stack network pings INET's IPv6 address
+/// through an ICMPv6 ping socket of the daemon (INET sees HOST's IPv6
+/// address, never the sandbox's), and UDP over IPv6 to a closed port of
+/// INET is refused at once (ICMPv6 port unreachable back to the sandbox).
+#[test]
+fn ipv6_ping_and_refused_udp_leave_with_the_hosts_address() {
+    const HOST_V6: &str = "2001:db8:236::1";
+    const INET_V6: &str = "2001:db8:236::10";
+    let Some(mut w) = NatWorld::new(true) else {
+        return;
+    };
+    if !require(has_tool("tcpdump", "--version"), "needs `tcpdump`") {
+        return;
+    }
+    let (host, inet) = (w.host.clone(), w.inet.clone());
+    for (ns, cidr, dev) in [
+        (&host, format!("{HOST_V6}/64"), HOST_VETH),
+        (&inet, format!("{INET_V6}/64"), INET_VETH),
+    ] {
+        let out = w.exec(ns, &["ip", "addr", "add", &cidr, "dev", dev, "nodad"]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let out = w.exec(&inet, &["sysctl", "-qw", "net.ipv6.icmp.ratelimit=0"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let a = w.sandbox("a");
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.236.20.0/24",
+        "--subnet",
+        "fd00:236:20::/64",
+        "p6",
+    ]);
+    w.connect("p6", &a);
+
+    let capture = w.capture(
+        "icmp6",
+        Some("2"),
+        "icmp6 and (ip6[40] == 128 or ip6[40] == 129)",
+    );
+    let text = w.ping_all(&a, "3", INET_V6);
+    assert!(
+        text.contains(&format!("bytes from {INET_V6}: icmp_seq=1")),
+        "the answers come from {INET_V6}: {text}"
+    );
+    let seen = w.capture_wait(&capture, None, Duration::from_secs(5));
+    let request = format!("IP6 {HOST_V6} > {INET_V6}: ICMP6, echo request");
+    let reply = format!("IP6 {INET_V6} > {HOST_V6}: ICMP6, echo reply");
+    assert!(
+        seen.contains(&request) && seen.contains(&reply),
+        "INET saw (wanted {request:?} and {reply:?}):\n{seen}\n--- daemon log ---\n{}",
+        w.daemon_log()
+    );
+    assert!(
+        !seen.contains("fd00:236:20"),
+        "the sandbox's address reached INET:\n{seen}"
+    );
+
+    let target = format!("UDP6:[{INET_V6}]:{CLOSED_PORT}");
+    let start = Instant::now();
+    let out = w.exec(
+        &a,
+        &[
+            "sh",
+            "-c",
+            r#"echo anyone | socat -t 5 - "$1""#,
+            "sh",
+            &target,
+        ],
+    );
+    let elapsed = start.elapsed();
+    assert!(
+        !out.status.success() && stderr(&out).to_lowercase().contains("refused"),
+        "UDP over IPv6 to a closed port: {}\n{}",
+        show(&out),
+        w.diagnostics(&a)
+    );
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "\"refused\" after {elapsed:?}"
     );
 }
 

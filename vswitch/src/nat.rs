@@ -29,15 +29,17 @@
 //! counted) rather than evicting a live one, so a sandbox cannot push out
 //! the flows of others. A flow idle for `udp_idle` (60 s: between Linux
 //! conntrack's 30 s for one-way UDP and 120 s for UDP streams) or
-//! `icmp_idle` (10 s) is closed ([`NatAction::Close`]). Not implemented
-//! here: TCP (a separate stack), IPv6 ICMP echo, IP fragments (dropped).
+//! `icmp_idle` (10 s) is closed ([`NatAction::Close`]). ICMP echo works for
+//! IPv4 and IPv6 alike (a ping socket of either family), and so does port
+//! unreachable for a refused UDP flow (ICMP or ICMPv6). Not implemented
+//! here: TCP (a separate stack), IP fragments (dropped).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use etherparse::{
-    IcmpEchoHeader, Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+    IcmpEchoHeader, Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use rustc_hash::FxHashMap;
 
@@ -235,6 +237,22 @@ impl Nat {
                     data,
                 )
             }
+            Some(TransportSlice::Icmpv6(icmp)) => {
+                let Icmpv6Type::EchoRequest(echo) = icmp.icmp_type() else {
+                    return Err(DropReason::NoRoute);
+                };
+                // As for IPv4: type 128, identifier and checksum left to
+                // the kernel's ICMPv6 ping socket.
+                let mut data = vec![128, 0, 0, 0, 0, 0];
+                data.extend_from_slice(&echo.seq.to_be_bytes());
+                data.extend_from_slice(icmp.payload());
+                (
+                    NatProto::IcmpEcho,
+                    SocketAddr::new(src, echo.id),
+                    SocketAddr::new(dst, 0),
+                    data,
+                )
+            }
             _ => {
                 self.counters.dropped += 1;
                 return Err(DropReason::NoRoute);
@@ -389,6 +407,21 @@ impl Nat {
                     .write(&mut frame, &data[8..])
                     .is_ok()
             }
+            (NatProto::IcmpEcho, IpAddr::V6(remote), IpAddr::V6(local)) => {
+                // Type 129 (echo reply), code, checksum, identifier, sequence.
+                if data.len() < 8 || data[0] != 129 {
+                    return;
+                }
+                let seq = u16::from_be_bytes([data[6], data[7]]);
+                builder
+                    .ipv6(remote.octets(), local.octets(), TTL)
+                    .icmpv6(Icmpv6Type::EchoReply(IcmpEchoHeader {
+                        id: f.key.local.port(),
+                        seq,
+                    }))
+                    .write(&mut frame, &data[8..])
+                    .is_ok()
+            }
             _ => false,
         };
         if written {
@@ -398,39 +431,65 @@ impl Nat {
     }
 
     /// A UDP flow's remote refused (ICMP port unreachable reached the host
-    /// socket): tell the sandbox the same way.
+    /// socket): tell the sandbox the same way, in ICMP or ICMPv6.
     pub fn handle_refused(&mut self, flow: FlowId) {
         let Some(f) = self.flows.get(&flow) else {
             return;
         };
-        let (NatProto::Udp, IpAddr::V4(remote), IpAddr::V4(local)) =
-            (f.key.proto, f.key.remote.ip(), f.key.local.ip())
-        else {
+        if f.key.proto != NatProto::Udp {
             return;
-        };
-        // The quoted datagram: its IPv4 header and the first 8 bytes (the
-        // UDP header), as RFC 792 asks.
-        let mut quoted = Vec::with_capacity(28);
-        let _ = etherparse::Ipv4Header::new(
-            8,
-            64,
-            etherparse::IpNumber::UDP,
-            local.octets(),
-            remote.octets(),
-        )
-        .map(|h| h.write(&mut quoted));
-        quoted.extend_from_slice(&f.key.local.port().to_be_bytes());
-        quoted.extend_from_slice(&f.key.remote.port().to_be_bytes());
-        quoted.extend_from_slice(&8u16.to_be_bytes());
-        quoted.extend_from_slice(&[0, 0]);
+        }
+        // The quoted datagram: its IP header and the UDP header (RFC 792
+        // asks for 8 bytes beyond the IP header; RFC 4443 for as much as
+        // fits, and the header is what identifies the flow).
+        let mut udp_header = Vec::with_capacity(8);
+        udp_header.extend_from_slice(&f.key.local.port().to_be_bytes());
+        udp_header.extend_from_slice(&f.key.remote.port().to_be_bytes());
+        udp_header.extend_from_slice(&8u16.to_be_bytes());
+        udp_header.extend_from_slice(&[0, 0]);
+        let mut quoted = Vec::with_capacity(48);
+        let builder = PacketBuilder::ethernet2(f.gateway_mac.0, f.sandbox_mac.0);
         let mut frame = Vec::new();
-        let ok = PacketBuilder::ethernet2(f.gateway_mac.0, f.sandbox_mac.0)
-            .ipv4(remote.octets(), local.octets(), TTL)
-            .icmpv4(Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::Port,
-            ))
-            .write(&mut frame, &quoted)
-            .is_ok();
+        let ok = match (f.key.remote.ip(), f.key.local.ip()) {
+            (IpAddr::V4(remote), IpAddr::V4(local)) => {
+                let _ = etherparse::Ipv4Header::new(
+                    8,
+                    64,
+                    etherparse::IpNumber::UDP,
+                    local.octets(),
+                    remote.octets(),
+                )
+                .map(|h| h.write(&mut quoted));
+                quoted.extend_from_slice(&udp_header);
+                builder
+                    .ipv4(remote.octets(), local.octets(), TTL)
+                    .icmpv4(Icmpv4Type::DestinationUnreachable(
+                        etherparse::icmpv4::DestUnreachableHeader::Port,
+                    ))
+                    .write(&mut frame, &quoted)
+                    .is_ok()
+            }
+            (IpAddr::V6(remote), IpAddr::V6(local)) => {
+                let _ = etherparse::Ipv6Header {
+                    payload_length: 8,
+                    next_header: etherparse::IpNumber::UDP,
+                    hop_limit: 64,
+                    source: local.octets(),
+                    destination: remote.octets(),
+                    ..Default::default()
+                }
+                .write(&mut quoted);
+                quoted.extend_from_slice(&udp_header);
+                builder
+                    .ipv6(remote.octets(), local.octets(), TTL)
+                    .icmpv6(Icmpv6Type::DestinationUnreachable(
+                        etherparse::icmpv6::DestUnreachableCode::Port,
+                    ))
+                    .write(&mut frame, &quoted)
+                    .is_ok()
+            }
+            _ => false,
+        };
         if ok {
             self.frames.push_back((f.port, frame));
         }
@@ -677,6 +736,133 @@ mod tests {
             Icmpv4Type::EchoReply(IcmpEchoHeader { id: 0x1234, seq: 7 })
         );
         assert_eq!(icmp.payload(), b"ping!");
+    }
+
+    #[test]
+    fn icmpv6_echo_requests_and_replies_keep_the_sandbox_identifier() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig::default());
+        let sandbox: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let remote: std::net::Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SB.0, GW.0)
+            .ipv6(sandbox.octets(), remote.octets(), 64)
+            .icmpv6_echo_request(0x4321, 3)
+            .write(&mut f, b"ping6!")
+            .unwrap();
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            &f,
+            Some(IpAddr::V6(remote)),
+        )
+        .unwrap();
+        let Some(NatAction::Open {
+            flow,
+            proto: NatProto::IcmpEcho,
+            remote: opened,
+        }) = nat.poll_action()
+        else {
+            panic!()
+        };
+        assert_eq!(opened, SocketAddr::new(IpAddr::V6(remote), 0));
+        let Some(NatAction::Send { data, .. }) = nat.poll_action() else {
+            panic!()
+        };
+        assert_eq!(&data[..8], &[128, 0, 0, 0, 0, 0, 0, 3]);
+        assert_eq!(&data[8..], b"ping6!");
+        // The ping socket's reply carries the kernel's identifier.
+        let mut reply = vec![129, 0, 0, 0, 0x99, 0x99, 0, 3];
+        reply.extend_from_slice(b"ping6!");
+        nat.handle_reply(t0, flow, &reply);
+        let (port, frame) = nat.poll_frame().unwrap();
+        assert_eq!(port, PortId(1));
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!()
+        };
+        assert_eq!(ip.header().source_addr(), remote);
+        assert_eq!(ip.header().destination_addr(), sandbox);
+        let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!()
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv6Type::EchoReply(IcmpEchoHeader { id: 0x4321, seq: 3 })
+        );
+        assert_eq!(icmp.payload(), b"ping6!");
+        // The checksum is right (etherparse computes it over the
+        // pseudo-header; the sandbox's kernel checks it).
+        let expected = icmp
+            .header()
+            .icmp_type
+            .calc_checksum(
+                ip.header().source(),
+                ip.header().destination(),
+                icmp.payload(),
+            )
+            .unwrap();
+        assert_eq!(icmp.checksum(), expected);
+        // Anything but an echo request is not translated.
+        let mut other = Vec::new();
+        PacketBuilder::ethernet2(SB.0, GW.0)
+            .ipv6(sandbox.octets(), remote.octets(), 64)
+            .icmpv6(Icmpv6Type::EchoReply(IcmpEchoHeader { id: 1, seq: 1 }))
+            .write(&mut other, b"")
+            .unwrap();
+        assert_eq!(
+            nat.handle_frame(
+                t0,
+                NetworkId(1),
+                PortId(1),
+                GW,
+                &other,
+                Some(IpAddr::V6(remote))
+            ),
+            Err(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn refused_udp_over_ipv6_becomes_icmpv6_port_unreachable() {
+        let t0 = Instant::now();
+        let mut nat = Nat::new(NatConfig::default());
+        let sandbox: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let remote: std::net::Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SB.0, GW.0)
+            .ipv6(sandbox.octets(), remote.octets(), 64)
+            .udp(4000, 9)
+            .write(&mut f, b"x")
+            .unwrap();
+        nat.handle_frame(
+            t0,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            &f,
+            Some(IpAddr::V6(remote)),
+        )
+        .unwrap();
+        let Some(NatAction::Open { flow, .. }) = nat.poll_action() else {
+            panic!()
+        };
+        nat.handle_refused(flow);
+        let (_, frame) = nat.poll_frame().unwrap();
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!()
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port)
+        );
+        // The quote names the flow: the sandbox's address and ports.
+        let quoted = icmp.payload();
+        assert_eq!(&quoted[8..24], &sandbox.octets());
+        assert_eq!(&quoted[40..44], &[0x0f, 0xa0, 0, 9]);
     }
 
     #[test]

@@ -237,7 +237,9 @@ impl GatewayServices {
                 self.feed_stack(now, network, gateway, frame);
                 Ok(())
             }
-            Some(TransportSlice::Udp(_) | TransportSlice::Icmpv4(_)) => {
+            Some(
+                TransportSlice::Udp(_) | TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_),
+            ) => {
                 let open = way_out(gateway, ours, dst);
                 self.nat
                     .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
