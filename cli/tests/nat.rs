@@ -656,6 +656,42 @@ fn udp_request_gets_its_answer_from_the_hosts_address() {
     );
 }
 
+/// (2b) A UDP datagram larger than the sandbox's MTU: the sandbox's kernel
+/// sends it in IP fragments, which the NAT reassembles before its host
+/// socket sends the datagram; the echo (as large) comes back whole.
+#[test]
+fn a_udp_datagram_larger_than_the_mtu_goes_out_and_back() {
+    let Some(mut w) = NatWorld::new(true) else {
+        return;
+    };
+    let a = w.sandbox("a");
+    w.network("fr", "10.236.21.0/24", false);
+    w.connect("fr", &a);
+    let large: String = (0..4000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let (out, elapsed) = w.udp(&a, ECHO_PORT, &large, "3");
+    assert!(
+        out.status.success() && stdout(&out) == format!("{large}\n"),
+        "echo of {} bytes in fragments ({elapsed:?}): {} bytes back, {}\n{}",
+        large.len(),
+        stdout(&out).len(),
+        stderr(&out),
+        w.diagnostics(&a)
+    );
+    // ICMP too: a 3000-byte echo leaves in fragments and comes back.
+    let out = w.ping(&a, &["-n", "-c", "2", "-W", "2", "-s", "3000", INET_ADDR]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success()
+            && text.contains("3008 bytes from")
+            && text.contains(" 0% packet loss"),
+        "ping -s 3000: {}\n{}",
+        show(&out),
+        w.diagnostics(&a)
+    );
+}
+
 /// (3) 50 concurrent UDP flows from one sandbox (50 source ports) each get
 /// their own payload back, and leave the host from 50 distinct ports: flows
 /// map one to one onto host sockets.

@@ -9,11 +9,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_vswitch::wire::vnet::{wire_frame_header, VnetHeader};
 use weft_overlay::vxlan::{
     decap, encap_header, source_port, Vni, ETHERNET_HEADER_LEN, HEADER_LEN, SOURCE_PORT_MAX,
     SOURCE_PORT_MIN,
 };
+use weft_vswitch::wire::vnet::{wire_frame_header, VnetHeader};
 
 fuzz_target!(|datagram: &[u8]| {
     let port = source_port(datagram);

@@ -55,6 +55,7 @@ pub mod gro;
 pub mod gso;
 pub mod mac_table;
 pub mod nat;
+pub mod reassembly;
 pub mod services;
 mod smol_device;
 pub mod switch;

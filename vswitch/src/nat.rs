@@ -31,8 +31,10 @@
 //! conntrack's 30 s for one-way UDP and 120 s for UDP streams) or
 //! `icmp_idle` (10 s) is closed ([`NatAction::Close`]). ICMP echo works for
 //! IPv4 and IPv6 alike (a ping socket of either family), and so does port
-//! unreachable for a refused UDP flow (ICMP or ICMPv6). Not implemented
-//! here: TCP (a separate stack), IP fragments (dropped).
+//! unreachable for a refused UDP flow (ICMP or ICMPv6). IPv4 fragments
+//! are reassembled first ([`crate::reassembly`]): a host socket sends a
+//! datagram whole, and its kernel fragments it again if the path needs it.
+//! Not implemented here: TCP (a separate stack), IPv6 fragments (dropped).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +46,7 @@ use etherparse::{
 use rustc_hash::FxHashMap;
 
 use crate::counters::DropReason;
+use crate::reassembly::{Fragment, Reassembly};
 use crate::switch::{NetworkId, PortId};
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
 use crate::wire::ip_addresses;
@@ -160,6 +163,7 @@ pub struct Nat {
     frames: VecDeque<(PortId, Vec<u8>)>,
     counters: NatCounters,
     next_sweep: Option<Instant>,
+    reassembly: Reassembly,
 }
 
 impl Default for NatConfig {
@@ -184,6 +188,7 @@ impl Nat {
             frames: VecDeque::new(),
             counters: NatCounters::default(),
             next_sweep: None,
+            reassembly: Reassembly::default(),
         }
     }
 
@@ -210,8 +215,17 @@ impl Nat {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
         if matches!(&packet.net, Some(NetSlice::Ipv4(ip)) if ip.header().is_fragmenting_payload()) {
-            self.counters.dropped += 1;
-            return Err(DropReason::NoRoute);
+            // A fragment: the datagram goes on once it is whole.
+            return match self.reassembly.push(now, network, frame) {
+                Fragment::Held => Ok(()),
+                Fragment::Complete(whole) => {
+                    self.handle_frame(now, network, ingress, gateway_mac, &whole, open)
+                }
+                Fragment::Dropped => {
+                    self.counters.dropped += 1;
+                    Err(DropReason::Malformed)
+                }
+            };
         }
         let (src, dst) = ip_addresses(packet.net.as_ref()).ok_or(DropReason::NoRoute)?;
         let (proto, local, remote, data) = match &packet.transport {
@@ -497,6 +511,7 @@ impl Nat {
 
     /// Close idle flows.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.reassembly.handle_timeout(now);
         if self.next_sweep.is_none_or(|due| now < due) {
             return;
         }
@@ -545,7 +560,10 @@ impl Nat {
 
     /// When [`Nat::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        [self.next_sweep, self.reassembly.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next socket action for the driver.

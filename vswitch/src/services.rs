@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use rustc_hash::FxHashMap;
 
 use crate::counters::DropReason;
@@ -205,6 +205,20 @@ impl GatewayServices {
             IpAddr::V4(v4) => gateway.ipv4.contains(&v4),
             IpAddr::V6(v6) => gateway.ipv6.contains(&v6),
         };
+        if let Some(NetSlice::Ipv4(ip)) = &packet.net {
+            // IPv4 fragments of UDP or ICMP: the NAT reassembles them
+            // (their transport header is only in the first).
+            let protocol = ip.header().protocol();
+            if ip.header().is_fragmenting_payload()
+                && (protocol == etherparse::IpNumber::UDP || protocol == etherparse::IpNumber::ICMP)
+            {
+                let open = way_out(gateway, ours, dst);
+                self.nat
+                    .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
+                self.drain(now);
+                return Ok(());
+            }
+        }
         match &packet.transport {
             Some(TransportSlice::Udp(udp)) if ours && udp.destination_port() == 53 => {
                 let asker = Asker {
