@@ -180,7 +180,7 @@ impl Pending {
     fn add(&mut self, fragment: &Parsed, frame: &[u8]) -> Result<(), Invalid> {
         let start = fragment.offset;
         let end = start + fragment.payload_len;
-        if end > MAX_DATAGRAM - 20 || (fragment.more && fragment.payload_len % 8 != 0) {
+        if end > MAX_DATAGRAM - 20 || (fragment.more && !fragment.payload_len.is_multiple_of(8)) {
             return Err(Invalid);
         }
         if fragment.payload_len == 0 && fragment.more {
