@@ -756,27 +756,34 @@ mod tests {
         assert_eq!(icmp.payload(), b"ping!");
     }
 
+    /// The IPv6 sandbox and remote of the IPv6 tests.
+    const SB6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    const REMOTE6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
+
+    /// An IPv6 frame from the sandbox, with REMOTE6 as the way out.
+    fn send_v6(nat: &mut Nat, now: Instant, frame: &[u8]) -> Result<(), DropReason> {
+        nat.handle_frame(
+            now,
+            NetworkId(1),
+            PortId(1),
+            GW,
+            frame,
+            Some(IpAddr::V6(REMOTE6)),
+        )
+    }
+
     #[test]
     fn icmpv6_echo_requests_and_replies_keep_the_sandbox_identifier() {
         let t0 = Instant::now();
         let mut nat = Nat::new(NatConfig::default());
-        let sandbox: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
-        let remote: std::net::Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let (sandbox, remote) = (SB6, REMOTE6);
         let mut f = Vec::new();
         PacketBuilder::ethernet2(SB.0, GW.0)
             .ipv6(sandbox.octets(), remote.octets(), 64)
             .icmpv6_echo_request(0x4321, 3)
             .write(&mut f, b"ping6!")
             .unwrap();
-        nat.handle_frame(
-            t0,
-            NetworkId(1),
-            PortId(1),
-            GW,
-            &f,
-            Some(IpAddr::V6(remote)),
-        )
-        .unwrap();
+        send_v6(&mut nat, t0, &f).unwrap();
         let Some(NatAction::Open {
             flow,
             proto: NatProto::IcmpEcho,
@@ -830,40 +837,21 @@ mod tests {
             .icmpv6(Icmpv6Type::EchoReply(IcmpEchoHeader { id: 1, seq: 1 }))
             .write(&mut other, b"")
             .unwrap();
-        assert_eq!(
-            nat.handle_frame(
-                t0,
-                NetworkId(1),
-                PortId(1),
-                GW,
-                &other,
-                Some(IpAddr::V6(remote))
-            ),
-            Err(DropReason::NoRoute)
-        );
+        assert_eq!(send_v6(&mut nat, t0, &other), Err(DropReason::NoRoute));
     }
 
     #[test]
     fn refused_udp_over_ipv6_becomes_icmpv6_port_unreachable() {
         let t0 = Instant::now();
         let mut nat = Nat::new(NatConfig::default());
-        let sandbox: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
-        let remote: std::net::Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let (sandbox, remote) = (SB6, REMOTE6);
         let mut f = Vec::new();
         PacketBuilder::ethernet2(SB.0, GW.0)
             .ipv6(sandbox.octets(), remote.octets(), 64)
             .udp(4000, 9)
             .write(&mut f, b"x")
             .unwrap();
-        nat.handle_frame(
-            t0,
-            NetworkId(1),
-            PortId(1),
-            GW,
-            &f,
-            Some(IpAddr::V6(remote)),
-        )
-        .unwrap();
+        send_v6(&mut nat, t0, &f).unwrap();
         let Some(NatAction::Open { flow, .. }) = nat.poll_action() else {
             panic!()
         };
