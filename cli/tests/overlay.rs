@@ -700,8 +700,7 @@ fn linux_vxlan_interoperates_as_a_static_peer() {
 /// (c2) An IPv6 overlay network: sandboxes on two hosts get addresses of
 /// its subnet, and IPv6 crosses hosts (neighbour discovery over the flood,
 /// then unicast): ping both ways, and 4 MiB of TCP over IPv6 byte for
-/// byte (TSO segments cut for the tunnel and sent on as they are: GRO
-/// merges IPv4 only).
+/// byte (TSO segments cut for the tunnel, merged again before the TAP).
 #[test]
 fn an_ipv6_overlay_carries_traffic_across_hosts() {
     let Some(mut c) = Cluster::new(2, |_| None) else {

@@ -1,4 +1,4 @@
-//! Receive coalescing (GRO) of TCP/IPv4 segments that arrive as separate
+//! Receive coalescing (GRO) of TCP segments (IPv4 or IPv6) that arrive as separate
 //! frames (from a tunnel), so that a TAP gets one GSO frame instead of
 //! dozens of MTU-sized ones.
 //!
@@ -14,8 +14,9 @@
 //! kernel takes it whole, as it takes a GRO'd packet from a NIC.
 //!
 //! Frames merge only when nothing but the payload and sequence number
-//! differ, as Linux's GRO asks: same Ethernet and IPv4 addresses, IPv4
-//! without options or fragmentation, same TTL and TOS, same ports, same
+//! differ, as Linux's GRO asks: same Ethernet and IP addresses, IPv4
+//! without options or fragmentation (IPv6 without extension headers), same
+//! TTL and TOS (hop limit, traffic class and flow label), same ports, same
 //! TCP header length and options, the same acknowledgment number, flags
 //! ACK only (a PSH ends the run), the sequence number right after the
 //! merged bytes, and every merged payload of the first one's size but the
@@ -32,6 +33,7 @@ use crate::wire::checksum;
 
 const ETH: usize = 14;
 const IPV4: usize = 20;
+const IPV6: usize = 40;
 /// TCP flags byte: ACK alone, or ACK and PSH.
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
@@ -39,9 +41,11 @@ const PSH: u8 = 0x08;
 /// Largest merged frame: a GSO frame's IP packet fits in 64 KiB.
 pub const MAX_MERGED: usize = ETH + 65_535;
 
-/// The parts of a TCP/IPv4 frame GRO looks at; None for anything else.
+/// The parts of a TCP frame GRO looks at; None for anything else.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
+    /// 20 (IPv4 without options) or 40 (IPv6 without extension headers).
+    ip_header: usize,
     tcp_header: usize,
     payload: usize,
     seq: u32,
@@ -49,26 +53,41 @@ struct Segment {
 }
 
 fn segment(frame: &[u8]) -> Option<Segment> {
-    if frame.len() < ETH + IPV4 + 20 || frame[12..14] != [0x08, 0x00] {
+    let ip = frame.get(ETH..)?;
+    let (ip_header, ip_len) = match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            // Version 4, no options; protocol TCP; not a fragment (DF
+            // allowed).
+            if ip.len() < IPV4
+                || ip[0] != 0x45
+                || ip[9] != 6
+                || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+            {
+                return None;
+            }
+            (IPV4, usize::from(u16::from_be_bytes([ip[2], ip[3]])))
+        }
+        [0x86, 0xdd] => {
+            // Version 6; next header TCP (no extension headers).
+            if ip.len() < IPV6 || ip[0] >> 4 != 6 || ip[6] != 6 {
+                return None;
+            }
+            (IPV6, IPV6 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+        }
+        _ => return None,
+    };
+    if ip_len != ip.len() {
         return None;
     }
-    let ip = &frame[ETH..];
-    // Version 4, no options; protocol TCP; not a fragment (DF allowed).
-    if ip[0] != 0x45 || ip[9] != 6 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if total != frame.len() - ETH {
-        return None;
-    }
-    let tcp = &ip[IPV4..];
-    let tcp_header = usize::from(tcp[12] >> 4) * 4;
-    if tcp_header < 20 || IPV4 + tcp_header > total {
+    let tcp = ip.get(ip_header..)?;
+    let tcp_header = usize::from(tcp.get(12)? >> 4) * 4;
+    if tcp_header < 20 || ip_header + tcp_header > ip_len {
         return None;
     }
     Some(Segment {
+        ip_header,
         tcp_header,
-        payload: total - IPV4 - tcp_header,
+        payload: ip_len - ip_header - tcp_header,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         flags: tcp[13],
     })
@@ -84,6 +103,7 @@ pub struct Run {
     /// The merged frame's length.
     pub len: usize,
     next_seq: u32,
+    ip_header: usize,
     tcp_header: usize,
     /// A short or PSH segment ended the run.
     closed: bool,
@@ -102,6 +122,7 @@ impl Run {
             count: 1,
             len: frame.len(),
             next_seq: s.seq.wrapping_add(s.payload as u32),
+            ip_header: s.ip_header,
             tcp_header: s.tcp_header,
             closed: s.flags & PSH != 0,
         })
@@ -117,21 +138,30 @@ impl Run {
         let Some(s) = segment(next) else {
             return false;
         };
-        let headers = ETH + IPV4 + self.tcp_header;
+        let tcp = ETH + self.ip_header;
+        let headers = tcp + self.tcp_header;
         if merged.len() < headers {
             return false;
         }
-        let same_headers = s.tcp_header == self.tcp_header
+        let same_ip = if self.ip_header == IPV4 {
+            // TOS; TTL and protocol; addresses.
+            merged[ETH + 1] == next[ETH + 1]
+                && merged[ETH + 8..ETH + 10] == next[ETH + 8..ETH + 10]
+                && merged[ETH + 12..tcp] == next[ETH + 12..tcp]
+        } else {
+            // Version, traffic class, flow label; next header and hop
+            // limit; addresses.
+            merged[ETH..ETH + 4] == next[ETH..ETH + 4] && merged[ETH + 6..tcp] == next[ETH + 6..tcp]
+        };
+        let same_headers = s.ip_header == self.ip_header
+            && s.tcp_header == self.tcp_header
             // Ethernet addresses and type.
             && merged[..ETH] == next[..ETH]
-            // TOS; TTL and protocol; addresses.
-            && merged[ETH + 1] == next[ETH + 1]
-            && merged[ETH + 8..ETH + 10] == next[ETH + 8..ETH + 10]
-            && merged[ETH + 12..ETH + IPV4] == next[ETH + 12..ETH + IPV4]
+            && same_ip
             // Ports; acknowledgment number; header length; options.
-            && merged[ETH + IPV4..ETH + IPV4 + 4] == next[ETH + IPV4..ETH + IPV4 + 4]
-            && merged[ETH + IPV4 + 8..ETH + IPV4 + 13] == next[ETH + IPV4 + 8..ETH + IPV4 + 13]
-            && merged[ETH + IPV4 + 20..headers] == next[ETH + IPV4 + 20..headers];
+            && merged[tcp..tcp + 4] == next[tcp..tcp + 4]
+            && merged[tcp + 8..tcp + 13] == next[tcp + 8..tcp + 13]
+            && merged[tcp + 20..headers] == next[tcp + 20..headers];
         let fits = s.payload > 0
             && s.payload <= self.segment_size
             && s.seq == self.next_seq
@@ -146,18 +176,23 @@ impl Run {
         self.count += 1;
         self.next_seq = s.seq.wrapping_add(s.payload as u32);
         // The newest window and flags (a PSH ends the run).
-        merged[ETH + IPV4 + 13..ETH + IPV4 + 16]
-            .copy_from_slice(&next[ETH + IPV4 + 13..ETH + IPV4 + 16]);
+        merged[tcp + 13..tcp + 16].copy_from_slice(&next[tcp + 13..tcp + 16]);
         if s.payload < self.segment_size || s.flags & PSH != 0 {
             self.closed = true;
         }
         true
     }
 
-    /// Make the merged frame's IPv4 header right again (total length and
-    /// header checksum); the TCP checksum is left to the GSO header.
+    /// Make the merged frame's IP header right again (IPv4: total length
+    /// and header checksum; IPv6: payload length); the TCP checksum is left
+    /// to the GSO header.
     pub fn finish(&self, merged: &mut [u8]) {
         if self.count < 2 {
+            return;
+        }
+        if self.ip_header == IPV6 {
+            let payload = u16::try_from(self.len - ETH - IPV6).unwrap_or(u16::MAX);
+            merged[ETH + 4..ETH + 6].copy_from_slice(&payload.to_be_bytes());
             return;
         }
         let total = u16::try_from(self.len - ETH).unwrap_or(u16::MAX);
@@ -230,6 +265,71 @@ mod tests {
         .unwrap();
         assert_eq!(payloads.len(), 3);
         assert_eq!(payloads.concat(), data);
+    }
+
+    fn seg6(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(5201, 40000, seq, 1000)
+            .ack(99);
+        let b = if psh { b.psh() } else { b };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    #[test]
+    fn ipv6_segments_merge_and_cut_back_the_same() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        let frames = [
+            seg6(7, &data[..1200], false),
+            seg6(1207, &data[1200..2400], false),
+            seg6(2407, &data[2400..], true),
+        ];
+        let mut merged = vec![0u8; MAX_MERGED];
+        merged[..frames[0].len()].copy_from_slice(&frames[0]);
+        let mut run = Run::start(&frames[0]).unwrap();
+        assert!(run.append(&mut merged, &frames[1]));
+        assert!(run.append(&mut merged, &frames[2]));
+        // An IPv4 segment never joins an IPv6 run.
+        assert!(!run.append(&mut merged, &seg(3007, &[1; 10], false)));
+        run.finish(&mut merged);
+        let mut frame = merged[..run.len].to_vec();
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+            panic!()
+        };
+        assert_eq!(tcp.payload(), &data[..]);
+        drop(p);
+        let vnet_header =
+            crate::wire::vnet::tcp_gso_header(&mut frame, run.segment_size as u16).unwrap();
+        let vnet = crate::wire::vnet::VnetHeader::new_checked(&vnet_header[..]).unwrap();
+        assert_eq!(vnet.gso_type(), crate::wire::vnet::GSO_TCPV6);
+        let mut scratch = vec![0u8; MAX_MERGED];
+        let mut payloads = Vec::new();
+        crate::gso::segment(&vnet, &frame, &mut scratch, |s| {
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let (Some(etherparse::NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(tcp))) =
+                (&p.net, &p.transport)
+            else {
+                panic!()
+            };
+            let expected = tcp
+                .to_header()
+                .calc_checksum_ipv6(&ip.header().to_header(), tcp.payload())
+                .unwrap();
+            assert_eq!(tcp.checksum(), expected);
+            payloads.push(tcp.payload().to_vec());
+        })
+        .unwrap();
+        assert_eq!(payloads.len(), 3);
+        assert_eq!(payloads.concat(), data);
+        // Another flow label is another flow.
+        let mut run = Run::start(&frames[0]).unwrap();
+        merged[..frames[0].len()].copy_from_slice(&frames[0]);
+        let mut labelled = frames[1].clone();
+        labelled[ETH + 3] ^= 1;
+        assert!(!run.append(&mut merged, &labelled));
     }
 
     #[test]
