@@ -27,6 +27,15 @@
 //! A port whose device vanished (read error other than `EAGAIN`, such as
 //! `EBADFD` when its namespace is torn down) is removed and logged once.
 //!
+//! The overlay's tunnel is one more kind of port (a remote host of an
+//! overlay network). A frame for it is cut into MTU-sized segments
+//! straight into the tunnel's send buffer behind their VXLAN headers
+//! ([`gso::segment_into`]), and the datagrams of consecutive frames to one
+//! peer gather there into one UDP GSO send, flushed whenever the loop
+//! flushes its TAP writes. Received datagrams (coalesced by UDP GRO) are
+//! opened and merged back into 64 KiB TCP frames for the TAP ([`gro`]),
+//! across receives within one turn.
+//!
 //! Limits: frames up to [`FRAME_BUFFER_LEN`] bytes (a 64 KiB GSO segment
 //! plus headers); ports up to `mio::Token` space (u32 port ids).
 
