@@ -5,7 +5,7 @@
 //! # Theory of operation
 //!
 //! Fragments of one datagram share (network, source, destination, protocol,
-//! identification). The first fragment of a key opens a [`Pending`]
+//! identification). The first fragment of a key opens a pending
 //! datagram: a payload buffer and the byte ranges received so far. Each
 //! fragment's payload is copied at its offset; the one without "more
 //! fragments" fixes the length; the one at offset 0 gives the Ethernet and
