@@ -219,6 +219,18 @@ mod tests {
         f
     }
 
+    /// Give a merged frame its GSO header and cut it back as a receiving
+    /// kernel would: the GSO type and the segments.
+    fn cut_back(frame: &mut [u8], run: &Run) -> (u8, Vec<Vec<u8>>) {
+        let size = u16::try_from(run.segment_size).unwrap();
+        let header = crate::wire::vnet::tcp_gso_header(frame, size).unwrap();
+        let vnet = crate::wire::vnet::VnetHeader::new_checked(&header[..]).unwrap();
+        let mut scratch = vec![0u8; MAX_MERGED];
+        let mut segments = Vec::new();
+        crate::gso::segment(&vnet, frame, &mut scratch, |s| segments.push(s.to_vec())).unwrap();
+        (vnet.gso_type(), segments)
+    }
+
     #[test]
     fn consecutive_segments_merge_and_cut_back_the_same() {
         let data: Vec<u8> = (0..3500u32).map(|i| (i % 251) as u8).collect();
@@ -250,19 +262,18 @@ mod tests {
         assert_eq!(header.header_checksum, header.calc_header_checksum());
         drop(p);
         // Cut back by the GSO header: the original segments' payloads.
-        let vnet_header =
-            crate::wire::vnet::tcp_gso_header(&mut frame, run.segment_size as u16).unwrap();
-        let vnet = crate::wire::vnet::VnetHeader::new_checked(&vnet_header[..]).unwrap();
-        let mut scratch = vec![0u8; MAX_MERGED];
-        let mut payloads = Vec::new();
-        crate::gso::segment(&vnet, &frame, &mut scratch, |s| {
-            let p = SlicedPacket::from_ethernet(s).unwrap();
-            let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
-                panic!()
-            };
-            payloads.push(tcp.payload().to_vec());
-        })
-        .unwrap();
+        let (gso_type, segments) = cut_back(&mut frame, &run);
+        assert_eq!(gso_type, crate::wire::vnet::GSO_TCPV4);
+        let payloads: Vec<Vec<u8>> = segments
+            .iter()
+            .map(|s| {
+                let p = SlicedPacket::from_ethernet(s).unwrap();
+                let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+                    panic!()
+                };
+                tcp.payload().to_vec()
+            })
+            .collect();
         assert_eq!(payloads.len(), 3);
         assert_eq!(payloads.concat(), data);
     }
@@ -301,27 +312,25 @@ mod tests {
         };
         assert_eq!(tcp.payload(), &data[..]);
         drop(p);
-        let vnet_header =
-            crate::wire::vnet::tcp_gso_header(&mut frame, run.segment_size as u16).unwrap();
-        let vnet = crate::wire::vnet::VnetHeader::new_checked(&vnet_header[..]).unwrap();
-        assert_eq!(vnet.gso_type(), crate::wire::vnet::GSO_TCPV6);
-        let mut scratch = vec![0u8; MAX_MERGED];
-        let mut payloads = Vec::new();
-        crate::gso::segment(&vnet, &frame, &mut scratch, |s| {
-            let p = SlicedPacket::from_ethernet(s).unwrap();
-            let (Some(etherparse::NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(tcp))) =
-                (&p.net, &p.transport)
-            else {
-                panic!()
-            };
-            let expected = tcp
-                .to_header()
-                .calc_checksum_ipv6(&ip.header().to_header(), tcp.payload())
-                .unwrap();
-            assert_eq!(tcp.checksum(), expected);
-            payloads.push(tcp.payload().to_vec());
-        })
-        .unwrap();
+        let (gso_type, segments) = cut_back(&mut frame, &run);
+        assert_eq!(gso_type, crate::wire::vnet::GSO_TCPV6);
+        let payloads: Vec<Vec<u8>> = segments
+            .iter()
+            .map(|s| {
+                let p = SlicedPacket::from_ethernet(s).unwrap();
+                let (Some(etherparse::NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(tcp))) =
+                    (&p.net, &p.transport)
+                else {
+                    panic!()
+                };
+                let expected = tcp
+                    .to_header()
+                    .calc_checksum_ipv6(&ip.header().to_header(), tcp.payload())
+                    .unwrap();
+                assert_eq!(tcp.checksum(), expected);
+                tcp.payload().to_vec()
+            })
+            .collect();
         assert_eq!(payloads.len(), 3);
         assert_eq!(payloads.concat(), data);
         // Another flow label is another flow.

@@ -51,6 +51,39 @@ use crate::switch::{NetworkId, PortId};
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
 use crate::wire::ip_addresses;
 
+/// ICMP and ICMPv6 echo types.
+const ECHO_REQUEST_V4: u8 = 8;
+const ECHO_REPLY_V4: u8 = 0;
+const ECHO_REQUEST_V6: u8 = 128;
+const ECHO_REPLY_V6: u8 = 129;
+
+/// The flow of an echo request (the sandbox's identifier as its "port")
+/// and what its ping socket sends: the ICMP header with identifier 0 and
+/// no checksum, which the kernel fills in, then the payload.
+fn echo_flow(
+    request_type: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    echo: IcmpEchoHeader,
+    payload: &[u8],
+) -> (NatProto, SocketAddr, SocketAddr, Vec<u8>) {
+    let mut data = vec![request_type, 0, 0, 0, 0, 0];
+    data.extend_from_slice(&echo.seq.to_be_bytes());
+    data.extend_from_slice(payload);
+    (
+        NatProto::IcmpEcho,
+        SocketAddr::new(src, echo.id),
+        SocketAddr::new(dst, 0),
+        data,
+    )
+}
+
+/// The sequence number of an echo reply a ping socket received (type,
+/// code, checksum, identifier, sequence), if it is one.
+fn echo_reply_seq(data: &[u8], reply_type: u8) -> Option<u16> {
+    (data.len() >= 8 && data[0] == reply_type).then(|| u16::from_be_bytes([data[6], data[7]]))
+}
+
 /// Flows at once, all networks together.
 pub const DEFAULT_MAX_FLOWS: usize = 4096;
 /// TTL of the frames the gateway puts into sandboxes.
@@ -239,33 +272,13 @@ impl Nat {
                 let Icmpv4Type::EchoRequest(echo) = icmp.icmp_type() else {
                     return Err(DropReason::NoRoute);
                 };
-                // A ping socket takes the ICMP header with identifier 0 and
-                // no checksum: the kernel fills both.
-                let mut data = vec![8, 0, 0, 0, 0, 0];
-                data.extend_from_slice(&echo.seq.to_be_bytes());
-                data.extend_from_slice(icmp.payload());
-                (
-                    NatProto::IcmpEcho,
-                    SocketAddr::new(src, echo.id),
-                    SocketAddr::new(dst, 0),
-                    data,
-                )
+                echo_flow(ECHO_REQUEST_V4, src, dst, echo, icmp.payload())
             }
             Some(TransportSlice::Icmpv6(icmp)) => {
                 let Icmpv6Type::EchoRequest(echo) = icmp.icmp_type() else {
                     return Err(DropReason::NoRoute);
                 };
-                // As for IPv4: type 128, identifier and checksum left to
-                // the kernel's ICMPv6 ping socket.
-                let mut data = vec![128, 0, 0, 0, 0, 0];
-                data.extend_from_slice(&echo.seq.to_be_bytes());
-                data.extend_from_slice(icmp.payload());
-                (
-                    NatProto::IcmpEcho,
-                    SocketAddr::new(src, echo.id),
-                    SocketAddr::new(dst, 0),
-                    data,
-                )
+                echo_flow(ECHO_REQUEST_V6, src, dst, echo, icmp.payload())
             }
             _ => {
                 self.counters.dropped += 1;
@@ -407,11 +420,9 @@ impl Nat {
                 .write(&mut frame, data)
                 .is_ok(),
             (NatProto::IcmpEcho, IpAddr::V4(remote), IpAddr::V4(local)) => {
-                // Type 0 (echo reply), code, checksum, identifier, sequence.
-                if data.len() < 8 || data[0] != 0 {
+                let Some(seq) = echo_reply_seq(data, ECHO_REPLY_V4) else {
                     return;
-                }
-                let seq = u16::from_be_bytes([data[6], data[7]]);
+                };
                 builder
                     .ipv4(remote.octets(), local.octets(), TTL)
                     .icmpv4(Icmpv4Type::EchoReply(IcmpEchoHeader {
@@ -422,11 +433,9 @@ impl Nat {
                     .is_ok()
             }
             (NatProto::IcmpEcho, IpAddr::V6(remote), IpAddr::V6(local)) => {
-                // Type 129 (echo reply), code, checksum, identifier, sequence.
-                if data.len() < 8 || data[0] != 129 {
+                let Some(seq) = echo_reply_seq(data, ECHO_REPLY_V6) else {
                     return;
-                }
-                let seq = u16::from_be_bytes([data[6], data[7]]);
+                };
                 builder
                     .ipv6(remote.octets(), local.octets(), TTL)
                     .icmpv6(Icmpv6Type::EchoReply(IcmpEchoHeader {
