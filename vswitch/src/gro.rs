@@ -219,6 +219,18 @@ mod tests {
         f
     }
 
+    /// A run started with the first frame, every other frame appended (each
+    /// must join), in a buffer of `MAX_MERGED` bytes.
+    fn merge(frames: &[Vec<u8>]) -> (Vec<u8>, Run) {
+        let mut merged = vec![0u8; MAX_MERGED];
+        merged[..frames[0].len()].copy_from_slice(&frames[0]);
+        let mut run = Run::start(&frames[0]).unwrap();
+        for frame in &frames[1..] {
+            assert!(run.append(&mut merged, frame));
+        }
+        (merged, run)
+    }
+
     /// Give a merged frame its GSO header and cut it back as a receiving
     /// kernel would: the GSO type and the segments.
     fn cut_back(frame: &mut [u8], run: &Run) -> (u8, Vec<Vec<u8>>) {
@@ -239,11 +251,7 @@ mod tests {
             seg(2400, &data[1400..2800], false),
             seg(3800, &data[2800..], true),
         ];
-        let mut merged = vec![0u8; MAX_MERGED];
-        merged[..frames[0].len()].copy_from_slice(&frames[0]);
-        let mut run = Run::start(&frames[0]).unwrap();
-        assert!(run.append(&mut merged, &frames[1]));
-        assert!(run.append(&mut merged, &frames[2]));
+        let (mut merged, mut run) = merge(&frames);
         // A short PSH segment ended it.
         assert!(!run.append(&mut merged, &seg(4500, b"x", false)));
         run.finish(&mut merged);
@@ -297,11 +305,7 @@ mod tests {
             seg6(1207, &data[1200..2400], false),
             seg6(2407, &data[2400..], true),
         ];
-        let mut merged = vec![0u8; MAX_MERGED];
-        merged[..frames[0].len()].copy_from_slice(&frames[0]);
-        let mut run = Run::start(&frames[0]).unwrap();
-        assert!(run.append(&mut merged, &frames[1]));
-        assert!(run.append(&mut merged, &frames[2]));
+        let (mut merged, mut run) = merge(&frames);
         // An IPv4 segment never joins an IPv6 run.
         assert!(!run.append(&mut merged, &seg(3007, &[1; 10], false)));
         run.finish(&mut merged);
