@@ -197,9 +197,7 @@ impl Run {
         }
         let total = u16::try_from(self.len - ETH).unwrap_or(u16::MAX);
         merged[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
-        merged[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-        let sum = checksum::finish(checksum::sum(0, &merged[ETH..ETH + IPV4]));
-        merged[ETH + 10..ETH + 12].copy_from_slice(&sum.to_be_bytes());
+        checksum::fill_ipv4_header(&mut merged[ETH..ETH + IPV4]);
     }
 }
 

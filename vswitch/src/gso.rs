@@ -213,12 +213,7 @@ pub fn segment_into<B: AsRef<[u8]>>(
                 layout.ip + 4,
                 ip_id.wrapping_add(u16::try_from(i).unwrap_or(0)),
             );
-            write_u16(out, layout.ip + 10, 0);
-            let ip_sum = checksum::finish(checksum::sum(
-                0,
-                &out[layout.ip..layout.ip + layout.ip_header_len],
-            ));
-            write_u16(out, layout.ip + 10, ip_sum);
+            checksum::fill_ipv4_header(&mut out[layout.ip..layout.ip + layout.ip_header_len]);
         } else {
             write_u16(out, layout.ip + 4, tcp_len16);
         }
@@ -311,9 +306,7 @@ fn segment_udp<B: AsRef<[u8]>>(
                 ip + 4,
                 ip_id.wrapping_add(u16::try_from(i).unwrap_or(0)),
             );
-            write_u16(out, ip + 10, 0);
-            let ip_sum = checksum::finish(checksum::sum(0, &out[ip..ip + ip_header_len]));
-            write_u16(out, ip + 10, ip_sum);
+            checksum::fill_ipv4_header(&mut out[ip..ip + ip_header_len]);
         } else {
             write_u16(out, ip + 4, udp_len);
         }

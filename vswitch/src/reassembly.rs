@@ -242,16 +242,13 @@ impl Pending {
         let mut frame = self.headers?;
         let header_len = frame.len() - ETH;
         let total = u16::try_from(header_len + self.payload.len()).ok()?;
-        {
-            let ip = &mut frame[ETH..];
-            ip[2..4].copy_from_slice(&total.to_be_bytes());
-            // Keep DF as it was; clear MF and the offset.
-            ip[6] &= 0x40;
-            ip[7] = 0;
-            ip[10..12].copy_from_slice(&[0, 0]);
-            let sum = checksum::finish(checksum::sum(0, &ip[..header_len]));
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        }
+        // The frame holds the headers only, so far.
+        let ip = &mut frame[ETH..];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        // Keep DF as it was; clear MF and the offset.
+        ip[6] &= 0x40;
+        ip[7] = 0;
+        checksum::fill_ipv4_header(ip);
         frame.extend_from_slice(&self.payload);
         Some(frame)
     }
@@ -272,13 +269,7 @@ mod tests {
         frame[ETH + 4..ETH + 6].copy_from_slice(&id.to_be_bytes());
         // A datagram that gets fragmented does not say "don't fragment".
         frame[ETH + 6] = 0;
-        let sum = checksum::finish(checksum::sum(0, &{
-            let mut h = frame[ETH..ETH + 20].to_vec();
-            h[10] = 0;
-            h[11] = 0;
-            h
-        }));
-        frame[ETH + 10..ETH + 12].copy_from_slice(&sum.to_be_bytes());
+        checksum::fill_ipv4_header(&mut frame[ETH..ETH + 20]);
         frame
     }
 

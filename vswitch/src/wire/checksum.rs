@@ -53,6 +53,17 @@ pub fn finish(acc: u64) -> u16 {
     !fold(acc)
 }
 
+/// Compute and store the checksum of an IPv4 header (`header`: the whole
+/// header, options included, whose checksum field is overwritten).
+pub fn fill_ipv4_header(header: &mut [u8]) {
+    if header.len() < 12 {
+        return;
+    }
+    header[10..12].copy_from_slice(&[0, 0]);
+    let sum = finish(sum(0, header));
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// The sum of the IPv4 pseudo-header (RFC 793 §3.1).
 pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], protocol: u8, length: u16) -> u64 {
     sum(0, &src) + sum(0, &dst) + u64::from(protocol) + u64::from(length)
