@@ -47,45 +47,15 @@ pub const EMPTY: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// checksums are), little-endian fields (the TAPs are set to
 /// `TUNSETVNETLE`). None when the frame is not TCP over IPv4 or IPv6.
 pub fn tcp_gso_header(frame: &mut [u8], gso_size: u16) -> Option<[u8; VNET_HDR_LEN]> {
-    use super::checksum;
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let (ip_len, gso_type, pseudo) = match ethertype {
-        0x0800 => {
-            let ip = frame.get(14..)?;
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            if *ip.get(9)? != 6 || ihl < 20 {
-                return None;
-            }
-            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-            let tcp_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
-            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            (
-                ihl,
-                GSO_TCPV4,
-                checksum::pseudo_header_v4(src, dst, 6, tcp_len),
-            )
-        }
-        0x86dd => {
-            let ip = frame.get(14..)?;
-            if *ip.get(6)? != 6 {
-                return None;
-            }
-            let payload = u32::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (
-                40,
-                GSO_TCPV6,
-                checksum::pseudo_header_v6(src, dst, 6, payload),
-            )
-        }
-        _ => return None,
-    };
-    let tcp_start = 14 + ip_len;
+    let transport = Transport::parse(frame)?;
+    if transport.protocol != TCP {
+        return None;
+    }
+    let gso_type = if transport.v4 { GSO_TCPV4 } else { GSO_TCPV6 };
+    let tcp_start = transport.start;
     let tcp_header_len = usize::from(frame.get(tcp_start + 12)? >> 4) * 4;
     let check = frame.get_mut(tcp_start + 16..tcp_start + 18)?;
-    check.copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    check.copy_from_slice(&super::checksum::fold(transport.pseudo).to_be_bytes());
     let hdr_len = u16::try_from(tcp_start + tcp_header_len).ok()?;
     let csum_start = u16::try_from(tcp_start).ok()?;
     let mut header = EMPTY;
@@ -124,48 +94,79 @@ pub fn wire_frame_header(frame: &[u8]) -> [u8; VNET_HDR_LEN] {
 /// Where a frame's transport checksum starts and where its field is, when
 /// that field holds only the pseudo-header seed.
 fn partial_checksum(frame: &[u8]) -> Option<(u16, u16)> {
-    use super::checksum;
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let ip = frame.get(14..)?;
-    let (start, protocol, pseudo) = match ethertype {
-        0x0800 => {
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
-            if ihl < 20 || fragment != 0 {
-                return None;
-            }
-            let protocol = *ip.get(9)?;
-            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-            let l4_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
-            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            let pseudo = checksum::pseudo_header_v4(src, dst, protocol, l4_len);
-            (14 + ihl, protocol, pseudo)
-        }
-        0x86dd => {
-            let protocol = *ip.get(6)?;
-            let payload = u32::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (
-                54,
-                protocol,
-                checksum::pseudo_header_v6(src, dst, protocol, payload),
-            )
-        }
-        _ => return None,
-    };
-    let offset: u16 = match protocol {
+    let transport = Transport::parse(frame)?;
+    if transport.fragment {
+        return None;
+    }
+    let offset: u16 = match transport.protocol {
         TCP => 16,
         UDP => 6,
         _ => return None,
     };
-    let at = start + usize::from(offset);
+    let at = transport.start + usize::from(offset);
     let field = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
     // UDP over IPv4 may carry no checksum at all (zero).
-    (field != 0 && field == checksum::fold(pseudo)).then_some((u16::try_from(start).ok()?, offset))
+    (field != 0 && field == super::checksum::fold(transport.pseudo))
+        .then_some((u16::try_from(transport.start).ok()?, offset))
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Where an IP frame's transport header starts, and the sum of its
+/// pseudo-header: what both a GSO header and a partial checksum are made
+/// of. IPv4 (options allowed) or IPv6 without extension headers.
+struct Transport {
+    v4: bool,
+    /// An IPv4 fragment (its transport header is not all there).
+    fragment: bool,
+    protocol: u8,
+    /// Offset of the transport header in the frame.
+    start: usize,
+    /// The pseudo-header's sum, not folded.
+    pseudo: u64,
+}
+
+impl Transport {
+    fn parse(frame: &[u8]) -> Option<Transport> {
+        use super::checksum;
+        let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+        let ip = frame.get(14..)?;
+        match ethertype {
+            0x0800 => {
+                let ihl = usize::from(ip.first()? & 0x0f) * 4;
+                if ihl < 20 {
+                    return None;
+                }
+                let protocol = *ip.get(9)?;
+                let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+                let l4_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
+                let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+                let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+                Some(Transport {
+                    v4: true,
+                    fragment: u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0,
+                    protocol,
+                    start: 14 + ihl,
+                    pseudo: checksum::pseudo_header_v4(src, dst, protocol, l4_len),
+                })
+            }
+            0x86dd => {
+                let protocol = *ip.get(6)?;
+                let payload = u32::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+                let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+                let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+                Some(Transport {
+                    v4: false,
+                    fragment: false,
+                    protocol,
+                    start: 54,
+                    pseudo: checksum::pseudo_header_v6(src, dst, protocol, payload),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A view of a `virtio_net_hdr`.
