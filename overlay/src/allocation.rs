@@ -294,7 +294,8 @@ impl Allocator {
         rng: &mut impl Rng,
     ) -> Result<Allocation, AllocateError> {
         let plan = plan_of(directory, network)?;
-        if let Some(ip) = self.take_free_address(directory, &plan, network) {
+        let elsewhere = addresses_on_other_hosts(directory, network);
+        if let Some(ip) = self.take_free_address(&plan, network, &elsewhere) {
             return Ok(Allocation::Ready(ip));
         }
         self.next_ticket += 1;
@@ -569,19 +570,18 @@ impl Allocator {
         true
     }
 
-    /// An address of one of this host's blocks that neither this host nor,
-    /// as the directory shows, any other host's endpoint uses (after a
-    /// healed partition, a block this host kept may hold the other side's
-    /// endpoints).
+    /// An address of one of this host's blocks that neither this host nor
+    /// any other host's endpoint uses (`elsewhere`, from
+    /// [`addresses_on_other_hosts`]: after a healed partition, a block this
+    /// host kept may hold the other side's endpoints).
     fn take_free_address(
         &mut self,
-        directory: &Directory,
         plan: &BlockPlan,
         network: &NetworkId,
+        elsewhere: &BTreeSet<IpAddr>,
     ) -> Option<IpAddr> {
         let blocks = self.own_blocks.get(network)?;
         let used = self.used.entry(network.clone()).or_default();
-        let elsewhere = addresses_on_other_hosts(directory, network);
         for block in blocks {
             if let Some(ip) = plan
                 .addresses(*block)
@@ -739,8 +739,10 @@ impl Allocator {
                 return;
             }
         };
+        // The directory does not change while the queue is served.
+        let elsewhere = addresses_on_other_hosts(directory, network);
         while let Some(&ticket) = self.waiting.get(network).and_then(VecDeque::front) {
-            let Some(ip) = self.take_free_address(directory, &plan, network) else {
+            let Some(ip) = self.take_free_address(&plan, network, &elsewhere) else {
                 self.start_claim(directory, network, &plan, 1, BTreeSet::new(), now, rng);
                 return;
             };
