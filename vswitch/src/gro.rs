@@ -138,6 +138,11 @@ impl Run {
         let Some(s) = segment(next) else {
             return false;
         };
+        // Same IP family and header lengths first: the field comparisons
+        // below index both frames by the run's layout.
+        if s.ip_header != self.ip_header || s.tcp_header != self.tcp_header {
+            return false;
+        }
         let tcp = ETH + self.ip_header;
         let headers = tcp + self.tcp_header;
         if merged.len() < headers {
@@ -153,10 +158,8 @@ impl Run {
             // limit; addresses.
             merged[ETH..ETH + 4] == next[ETH..ETH + 4] && merged[ETH + 6..tcp] == next[ETH + 6..tcp]
         };
-        let same_headers = s.ip_header == self.ip_header
-            && s.tcp_header == self.tcp_header
-            // Ethernet addresses and type.
-            && merged[..ETH] == next[..ETH]
+        // Ethernet addresses and type.
+        let same_headers = merged[..ETH] == next[..ETH]
             && same_ip
             // Ports; acknowledgment number; header length; options.
             && merged[tcp..tcp + 4] == next[tcp..tcp + 4]
