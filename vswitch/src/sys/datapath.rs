@@ -208,7 +208,20 @@ pub struct Datapath {
 /// network), shared with the control plane for `network inspect`. The
 /// data-path thread adds and removes entries when it makes or drops a
 /// tunnel port, never per frame.
-type TunnelPorts = Arc<std::sync::Mutex<BTreeMap<(NetworkId, IpAddr), Arc<PortCounters>>>>;
+#[derive(Debug, Clone, Default)]
+struct TunnelPorts(Arc<std::sync::Mutex<TunnelPortMap>>);
+
+/// (overlay network, remote host) → that tunnel port's counters.
+type TunnelPortMap = BTreeMap<(NetworkId, IpAddr), Arc<PortCounters>>;
+
+impl TunnelPorts {
+    /// The map, even if a thread panicked holding it (counters only).
+    fn lock(&self) -> std::sync::MutexGuard<'_, TunnelPortMap> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Why the data path did not take a command.
 #[derive(Debug, thiserror::Error)]
@@ -365,7 +378,7 @@ impl Datapath {
             tunnel_peers: rustc_hash::FxHashSet::default(),
             next_vtep: TUNNEL_PORT_BASE,
             tunnel_counters: Arc::clone(&tunnel_counters),
-            tunnel_ports: Arc::clone(&tunnel_ports),
+            tunnel_ports: tunnel_ports.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("weft-datapath".into())
@@ -523,11 +536,8 @@ impl Datapath {
     /// The counters of `network`'s tunnel ports, by remote host: frames
     /// and bytes received from it (rx) and sent to it (tx).
     pub fn tunnel_port_counters(&self, network: NetworkId) -> Vec<(IpAddr, PortCountersSnapshot)> {
-        let ports = self
-            .tunnel_ports
+        self.tunnel_ports
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ports
             .range((network, IpAddr::from([0u8; 4]))..)
             .take_while(|((n, _), _)| *n == network)
             .map(|((_, ip), counters)| (*ip, counters.snapshot()))
@@ -1200,7 +1210,6 @@ impl Loop {
         let counters = Arc::new(PortCounters::default());
         self.tunnel_ports
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert((network, addr.ip()), Arc::clone(&counters));
         self.vteps.insert(
             port,
@@ -1218,10 +1227,7 @@ impl Loop {
         if let Some(port) = self.vtep_ids.remove(&(network, ip)) {
             self.vteps.remove(&port);
         }
-        self.tunnel_ports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(network, ip));
+        self.tunnel_ports.lock().remove(&(network, ip));
     }
 
     fn set_overlay(&mut self, network: NetworkId, table: OverlayTable) {
