@@ -150,7 +150,7 @@ fn internet_checksum(c: &mut Criterion) {
 
 fn dns_answer(c: &mut Criterion) {
     use std::net::{IpAddr, SocketAddr};
-    use weft_vswitch::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone, ZoneEntry};
+    use weft_services::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone, ZoneEntry};
     let mut server = DnsServer::new(DnsConfig::default());
     let entries = (0..100u8)
         .map(|i| ZoneEntry {

@@ -30,7 +30,7 @@
 //! # Overlay networks
 //!
 //! An overlay network is published in the cluster directory
-//! ([`crate::cluster`]) before it is made here, and removed from it on
+//! ([`weft_overlay::driver::gossip`]) before it is made here, and removed from it on
 //! `rm` (refused while any host has endpoints on it). Networks created or
 //! deleted on other hosts reach this one through
 //! [`Controller::sync_cluster`], which [`Controller::follow_cluster`] runs
@@ -63,17 +63,14 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use weft_datapath::published::PublishError;
+use weft_datapath::Datapath;
 use weft_ipam::{AddSubnetError, AllocError};
 use weft_vswitch::counters::PortCountersSnapshot;
-use weft_vswitch::sys::datapath::Datapath;
-use weft_vswitch::sys::publish::PublishError;
 
-use weft_overlay::{EndpointRecord, NetworkId as ClusterNetworkId, NetworkRecord, Vni};
-use weft_vswitch::sys::datapath::TunnelCounters;
+use weft_datapath::TunnelCounters;
+use weft_overlay::{ClusterNetworkId, EndpointRecord, NetworkRecord, Vni};
 
-use crate::cluster::{
-    Cluster, ClusterAllocError, ClusterConfig, ClusterError, GossipCounters, PeerInfo,
-};
 use crate::driver::{
     BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver, TunnelPeerCounters,
 };
@@ -85,6 +82,9 @@ use crate::model::{
 use crate::overlay_driver::{self, OverlayDriver, PEERS_OPTION, VNI_OPTION};
 use crate::resolv_conf;
 use crate::store::{State, StateStore, StoreError};
+use weft_overlay::driver::gossip::{
+    Cluster, ClusterAllocError, ClusterConfig, ClusterError, GossipCounters, PeerInfo,
+};
 
 /// The default network's name (Docker's `docker0` network is `bridge`).
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -495,18 +495,24 @@ impl Controller {
                     cluster_config.listen.ip(),
                     cluster_config.vxlan_port,
                 );
-                let socket = crate::cluster::bind_udp_patiently(tunnel_addr).map_err(|source| {
-                    ControllerError::TunnelBind {
+                let socket = weft_overlay::driver::gossip::bind_udp_patiently(tunnel_addr)
+                    .map_err(|source| ControllerError::TunnelBind {
                         addr: tunnel_addr,
                         source,
-                    }
-                })?;
-                datapath
-                    .enable_tunnel(socket, Box::new(weft_overlay::Vxlan))
-                    .map_err(|e| ControllerError::Driver {
+                    })?;
+                let transport =
+                    weft_overlay::driver::udp::VxlanUdp::new(socket).map_err(|source| {
+                        ControllerError::TunnelBind {
+                            addr: tunnel_addr,
+                            source,
+                        }
+                    })?;
+                datapath.enable_tunnel(Box::new(transport)).map_err(|e| {
+                    ControllerError::Driver {
                         driver: DriverKind::Overlay,
                         source: e.into(),
-                    })?;
+                    }
+                })?;
                 Some(Cluster::start(cluster_config).await?)
             }
             None => None,
@@ -726,11 +732,14 @@ impl Controller {
         let vni = match request.options.get(VNI_OPTION) {
             Some(text) => {
                 // validate_options checked it is a VNI.
-                let vni = text.parse::<u32>().unwrap_or_default();
-                if let Some((_, other)) = Vni::new(vni).ok().and_then(|v| cluster.network_by_vni(v))
-                {
+                let vni = text
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(|v| Vni::new(v).ok())
+                    .unwrap_or(Vni::from_low_bits(RANDOM_VNI_MIN));
+                if let Some((_, other)) = cluster.network_by_vni(vni) {
                     return Err(ControllerError::VniInUse {
-                        vni,
+                        vni: vni.get(),
                         network: other.name,
                     });
                 }
@@ -779,7 +788,7 @@ impl Controller {
             undo(&mut inner);
             return Err(e);
         }
-        tracing::info!(network = name, vni, subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "overlay network created");
+        tracing::info!(network = name, vni = vni.get(), subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "overlay network created");
         Ok(network)
     }
 
@@ -1038,7 +1047,7 @@ impl Controller {
             if let Some(cluster) = &self.cluster {
                 let id = ClusterNetworkId(network.id.clone());
                 if let Some(mac) = endpoint.mac {
-                    cluster.withdraw_endpoint(&id, mac.0);
+                    cluster.withdraw_endpoint(&id, mac);
                 }
                 for address in &endpoint.addresses {
                     cluster.release(&id, address.addr());
@@ -1128,7 +1137,7 @@ impl Controller {
         };
         let record = EndpointRecord {
             network: ClusterNetworkId(network.id.clone()),
-            mac: weft_overlay::MacAddr(mac.0),
+            mac,
             ips: endpoint.addresses.iter().map(|a| a.addr()).collect(),
             name: Some(endpoint.name.clone()),
             aliases: endpoint.aliases.clone(),
@@ -1217,7 +1226,7 @@ impl Controller {
             }
             tracing::info!(
                 network = network.name,
-                vni = network.vni,
+                vni = network.vni.map(Vni::get),
                 "cluster network appeared"
             );
             inner.state.networks.push(network);
@@ -1554,13 +1563,13 @@ fn validate_overlay_options(options: &BTreeMap<String, String>) -> Result<(), Co
 }
 
 /// A VNI no live cluster network uses, at random from [`RANDOM_VNI_MIN`].
-fn random_vni(cluster: &Cluster) -> u32 {
-    let mut vni = RANDOM_VNI_MIN;
+fn random_vni(cluster: &Cluster) -> Vni {
+    let mut vni = Vni::from_low_bits(RANDOM_VNI_MIN);
     // 2^24 - 4096 values for at most a few thousand networks: a free one
     // comes in a few draws; the bound only guards against a full space.
     for _ in 0..1000 {
-        vni = rand::random_range(RANDOM_VNI_MIN..=Vni::MAX);
-        if Vni::new(vni).is_ok_and(|v| cluster.network_by_vni(v).is_none()) {
+        vni = Vni::from_low_bits(rand::random_range(RANDOM_VNI_MIN..=Vni::MAX));
+        if cluster.network_by_vni(vni).is_none() {
             break;
         }
     }
@@ -1571,7 +1580,7 @@ fn random_vni(cluster: &Cluster) -> u32 {
 /// ride in the options under reserved keys).
 fn network_record(network: &Network) -> Option<NetworkRecord> {
     let subnet = network.subnets.first()?;
-    let vni = Vni::new(network.vni?).ok()?;
+    let vni = network.vni?;
     let mut options = network.options.clone();
     options.insert(RECORD_MTU.into(), network.mtu.to_string());
     options.insert(RECORD_INTERNAL.into(), network.internal.to_string());
@@ -1604,7 +1613,7 @@ fn network_from_record(id: &ClusterNetworkId, record: &NetworkRecord) -> Network
         mtu,
         options,
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        vni: Some(record.vni.get()),
+        vni: Some(record.vni),
     }
 }
 
@@ -1742,7 +1751,7 @@ mod tests {
             mtu: 1400,
             options: [("vni".to_owned(), "7".to_owned())].into(),
             created: String::new(),
-            vni: Some(7),
+            vni: Some(Vni::new(7).unwrap()),
         };
         let record = network_record(&network).expect("an overlay network has a record");
         assert_eq!(record.vni.get(), 7);
@@ -1810,7 +1819,7 @@ mod tests {
             503
         );
         let addr = "0.0.0.0:8080".parse().unwrap();
-        let proto = weft_vswitch::sys::publish::L4Proto::Tcp;
+        let proto = weft_datapath::published::L4Proto::Tcp;
         assert_eq!(
             ControllerError::Publish(PublishError::InUse { addr, proto }).status(),
             409

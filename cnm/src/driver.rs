@@ -35,10 +35,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use weft_datapath::published::{HostListener, PublishError, PublishId, PublishTarget};
+use weft_datapath::{Datapath, DatapathError};
+use weft_services::dns::{Zone, ZoneEntry};
 use weft_vswitch::counters::PortCountersSnapshot;
-use weft_vswitch::dns::{Zone, ZoneEntry};
-use weft_vswitch::sys::datapath::{Datapath, DatapathError};
-use weft_vswitch::sys::publish::{HostListener, PublishError, PublishId, PublishTarget};
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
 

@@ -33,7 +33,7 @@
 
 pub mod api;
 pub mod attach;
-pub mod cluster;
+
 pub mod controller;
 pub mod driver;
 pub mod host_routes;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_vswitch::nat::{FlowId, Nat, NatConfig};
-use weft_vswitch::tcp_nat::{ConnectFailure, TcpAction, TcpNat, TcpNatConfig};
+use weft_services::nat::{FlowId, Nat, NatConfig};
+use weft_services::tcp_nat::{ConnectFailure, TcpAction, TcpNat, TcpNatConfig};
 use weft_vswitch::wire::ethernet::EthernetFrame;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortId};
 

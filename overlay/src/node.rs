@@ -74,8 +74,8 @@ use crate::allocation::{
     AllocateError, Allocation, AllocationOutcome, AllocationTicket, Allocator,
 };
 use crate::directory::{
-    Digest, Directory, EndpointRecord, HostRecord, MacAddr, NetworkId, NetworkRecord, OwnerId,
-    Record, RecordKey, MAX_ALIASES, MAX_ENDPOINT_IPS, MAX_NAME_LEN,
+    ClusterNetworkId, Digest, Directory, EndpointRecord, HostRecord, MacAddr, NetworkRecord,
+    OwnerId, Record, RecordKey, MAX_ALIASES, MAX_ENDPOINT_IPS, MAX_NAME_LEN,
 };
 use crate::envelope::{self, ClusterKey, PayloadKind, MAX_ENVELOPE_OVERHEAD};
 use crate::message::{chunk_by_size, GossipMessage};
@@ -180,7 +180,7 @@ pub enum Event {
         /// The ticket [`Node::allocate`] returned.
         ticket: AllocationTicket,
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// The address.
         ip: IpAddr,
     },
@@ -195,7 +195,7 @@ pub enum Event {
     /// blocks: this host gave it up (its endpoints keep their addresses).
     LeaseConflict {
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// The block.
         block: u64,
         /// The member that keeps it.
@@ -229,7 +229,7 @@ pub enum PublishError {
     EndpointTooLarge,
     /// The endpoint's network is not a live cluster network.
     #[error("no cluster network {0:?}")]
-    UnknownNetwork(NetworkId),
+    UnknownNetwork(ClusterNetworkId),
 }
 
 /// One host's membership, directory and allocator.
@@ -565,7 +565,7 @@ impl Node {
     }
 
     /// Creates or updates a cluster network on every host.
-    pub fn publish_network(&mut self, id: NetworkId, record: NetworkRecord) {
+    pub fn publish_network(&mut self, id: ClusterNetworkId, record: NetworkRecord) {
         let entry = self.directory.write_network(id, Some(record));
         self.push(GossipMessage::Networks {
             entries: vec![entry],
@@ -575,7 +575,7 @@ impl Node {
     }
 
     /// Deletes a cluster network on every host.
-    pub fn delete_network(&mut self, id: NetworkId) {
+    pub fn delete_network(&mut self, id: ClusterNetworkId) {
         let entry = self.directory.write_network(id, None);
         self.push(GossipMessage::Networks {
             entries: vec![entry],
@@ -607,7 +607,7 @@ impl Node {
     }
 
     /// Withdraws a local endpoint from every host.
-    pub fn withdraw_endpoint(&mut self, network: &NetworkId, mac: MacAddr) {
+    pub fn withdraw_endpoint(&mut self, network: &ClusterNetworkId, mac: MacAddr) {
         let key = RecordKey::Endpoint(network.clone(), mac);
         if self.directory.has_own(&key) {
             self.write_and_push(key, None);
@@ -622,7 +622,7 @@ impl Node {
     /// [`AllocateError::UnknownNetwork`] when the network does not exist.
     pub fn allocate(
         &mut self,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         now: Instant,
     ) -> Result<Allocation, AllocateError> {
         self.start_clock(now);
@@ -635,12 +635,12 @@ impl Node {
     }
 
     /// Returns an address to this host's pool.
-    pub fn release(&mut self, network: &NetworkId, ip: IpAddr) {
+    pub fn release(&mut self, network: &ClusterNetworkId, ip: IpAddr) {
         self.allocator.release(network, ip);
     }
 
     /// Blocks of `network` this host leases.
-    pub fn leased_blocks(&self, network: &NetworkId) -> Vec<u64> {
+    pub fn leased_blocks(&self, network: &ClusterNetworkId) -> Vec<u64> {
         self.allocator.own_blocks(network).collect()
     }
 

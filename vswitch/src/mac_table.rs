@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use ahash::RandomState;
 use std::time::{Duration, Instant};
 
-use crate::switch::PortId;
+use crate::ids::PortId;
 use crate::wire::ethernet::MacAddr;
 
 /// Default ageing time: IEEE 802.1D's (and Linux bridge's) 300 s.

@@ -1,7 +1,6 @@
-//! Everything that touches the kernel: TAP devices and the data-path event
-//! loop. The sans-IO core never imports this module.
+//! Everything of this crate that touches the kernel: TAP devices and the
+//! batched writes to them. The sans-IO core never imports this module; the
+//! event loop that drives these fds is `weft-datapath`.
 
-pub mod datapath;
-pub mod publish;
 pub mod tap;
 pub mod write_batch;

@@ -45,11 +45,11 @@ use etherparse::{
 };
 use rustc_hash::FxHashMap;
 
-use crate::counters::DropReason;
 use crate::reassembly::{Fragment, Reassembly};
-use crate::switch::{NetworkId, PortId};
-use crate::wire::ethernet::{EthernetFrame, MacAddr};
-use crate::wire::ip_addresses;
+use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr};
+use weft_vswitch::wire::ip_addresses;
+use weft_vswitch::DropReason;
+use weft_vswitch::{NetworkId, PortId};
 
 /// ICMP and ICMPv6 echo types.
 const ECHO_REQUEST_V4: u8 = 8;

@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::switch::NetworkId;
-use crate::wire::checksum;
+use weft_vswitch::wire::checksum;
+use weft_vswitch::NetworkId;
 
 /// Datagrams being reassembled at once, all networks together.
 pub const MAX_PENDING: usize = 64;

@@ -1,10 +1,10 @@
-//! The gateway's L4 services: the embedded DNS over UDP and TCP, and the
-//! NAT (outbound flows and published ports). Sans-IO, owned by the
-//! [`crate::Switch`].
+//! The dispatcher of the gateway's L4 services: the embedded DNS over UDP
+//! and TCP, and the NAT (outbound flows and published ports). Sans-IO,
+//! owned by the data path beside the switch.
 //!
 //! # Theory of operation
 //!
-//! The switch's fast path ([`crate::Gateway`]) answers ARP, ICMP echo and
+//! The switch's fast path (`weft_vswitch::Gateway`) answers ARP, ICMP echo and
 //! neighbour solicitations in place. A frame for the gateway it does not
 //! answer comes here ([`GatewayServices::handle_frame`]):
 //!
@@ -42,15 +42,15 @@ use std::time::Instant;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use rustc_hash::FxHashMap;
 
-use crate::counters::DropReason;
+use crate::dns::tcp::DnsTcp;
 use crate::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone};
-use crate::dns_tcp::DnsTcp;
-use crate::gateway::GatewayConfig;
 use crate::nat::{FlowId, Nat, NatConfig};
-use crate::switch::{NetworkId, PortId};
 use crate::tcp_nat::{TcpNat, TcpNatConfig};
-use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
-use crate::wire::ip_addresses;
+use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
+use weft_vswitch::wire::ip_addresses;
+use weft_vswitch::DropReason;
+use weft_vswitch::GatewayConfig;
+use weft_vswitch::{NetworkId, PortId};
 
 /// Frames waiting to leave the gateway.
 pub const MAX_QUEUED_FRAMES: usize = 4096;
@@ -94,14 +94,14 @@ pub struct GatewayServices {
 }
 
 impl GatewayServices {
-    /// Services with this DNS configuration and random seed.
-    pub fn new(config: DnsConfig, seed: u64) -> Self {
-        Self::with_max_flows(config, crate::nat::DEFAULT_MAX_FLOWS, seed)
+    /// Services with this DNS configuration and random seed, made at `now`.
+    pub fn new(config: DnsConfig, now: Instant, seed: u64) -> Self {
+        Self::with_max_flows(config, crate::nat::DEFAULT_MAX_FLOWS, now, seed)
     }
 
     /// Services whose NAT tables (UDP/ICMP, and TCP) hold at most
-    /// `max_flows` flows each.
-    pub fn with_max_flows(config: DnsConfig, max_flows: usize, seed: u64) -> Self {
+    /// `max_flows` flows each, made at `now`.
+    pub fn with_max_flows(config: DnsConfig, max_flows: usize, now: Instant, seed: u64) -> Self {
         GatewayServices {
             dns: DnsServer::new(config),
             nat: Nat::new(NatConfig {
@@ -113,7 +113,7 @@ impl GatewayServices {
                     max_flows,
                     ..TcpNatConfig::default()
                 },
-                Instant::now(),
+                now,
                 seed.rotate_left(29),
             ),
             stacks: FxHashMap::default(),
@@ -158,6 +158,53 @@ impl GatewayServices {
     pub fn handle_nat_refused(&mut self, now: Instant, flow: FlowId) {
         self.nat.handle_refused(flow);
         self.drain(now);
+    }
+
+    /// A connection accepted on a published TCP port of the sandbox at
+    /// `target` (MAC `mac`) on `network` (whose gateway is `gateway`), from
+    /// `client`. None when the relay is full.
+    pub fn accept_published_tcp(
+        &mut self,
+        now: Instant,
+        (network, gateway): (NetworkId, &GatewayConfig),
+        target: SocketAddr,
+        mac: MacAddr,
+        client: SocketAddr,
+    ) -> Option<FlowId> {
+        self.tcp
+            .accept_inbound(now, network, gateway, client, target, mac)
+    }
+
+    /// A datagram from `client` on the published UDP socket `listener`,
+    /// for the sandbox at `target` (MAC `mac`, switch port `port`) on
+    /// `network`, whose gateway is `gateway`.
+    ///
+    /// # Errors
+    ///
+    /// [`DropReason::NoRoute`] when the client cannot be shown to the
+    /// sandbox, [`DropReason::NatFull`] when the flow table is full.
+    #[allow(clippy::too_many_arguments)]
+    pub fn published_udp(
+        &mut self,
+        now: Instant,
+        listener: u32,
+        (network, gateway): (NetworkId, &GatewayConfig),
+        (port, mac): (PortId, MacAddr),
+        target: SocketAddr,
+        client: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), DropReason> {
+        let shown = crate::tcp_nat::shown_client(client, gateway).ok_or(DropReason::NoRoute)?;
+        self.nat.handle_inbound(
+            now,
+            network,
+            (port, mac, gateway.mac),
+            listener,
+            target,
+            client,
+            shown,
+            data,
+        )
     }
 
     /// Set the names a network's sandboxes can resolve.

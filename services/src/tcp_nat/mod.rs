@@ -55,7 +55,7 @@
 //!
 //! Neighbours: before each IPv4 frame, a synthetic ARP request from the
 //! frame's sender teaches the stack the sandbox's MAC (as in
-//! [`crate::dns_tcp`]); an inbound connection teaches it the target's MAC
+//! [`crate::dns::tcp`]); an inbound connection teaches it the target's MAC
 //! the same way before its SYN.
 //!
 //! Capacities: at most `max_flows` flows (all networks); when full, a new
@@ -77,12 +77,12 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
-use crate::counters::DropReason;
-use crate::gateway::GatewayConfig;
 use crate::nat::FlowId;
 use crate::smol_device::{arp_request, FrameQueues, OneFrame};
-use crate::switch::NetworkId;
-use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use weft_vswitch::DropReason;
+use weft_vswitch::GatewayConfig;
+use weft_vswitch::NetworkId;
 
 /// Flows at once, all networks together.
 pub const DEFAULT_MAX_FLOWS: usize = 4096;
@@ -839,7 +839,7 @@ impl TcpNat {
     /// The next frame to put into a network (addressed by MAC), with its
     /// GSO segment size (0: an ordinary frame): a TCP segment larger than
     /// the sandbox's MSS, which the driver writes to the TAP with a GSO
-    /// header ([`crate::wire::vnet::tcp_gso_header`]) so that the
+    /// header ([`weft_vswitch::wire::vnet::tcp_gso_header`]) so that the
     /// sandbox's kernel takes it whole.
     pub fn poll_frame(&mut self) -> Option<(NetworkId, Vec<u8>, u16)> {
         self.frames.pop_front()
@@ -1076,7 +1076,7 @@ fn gso_size_for(
     let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
         return 0;
     };
-    let Some((src, dst)) = crate::wire::ip_addresses(packet.net.as_ref()) else {
+    let Some((src, dst)) = weft_vswitch::wire::ip_addresses(packet.net.as_ref()) else {
         return 0;
     };
     let tuple = Tuple {
@@ -1097,7 +1097,7 @@ fn gso_size_for(
 
 /// The 4-tuple of a TCP frame from a sandbox.
 fn tcp_tuple(network: NetworkId, packet: &SlicedPacket<'_>) -> Option<Tuple> {
-    let (src, dst) = crate::wire::ip_addresses(packet.net.as_ref())?;
+    let (src, dst) = weft_vswitch::wire::ip_addresses(packet.net.as_ref())?;
     let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
         return None;
     };

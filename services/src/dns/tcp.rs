@@ -37,7 +37,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::smol_device::{arp_request, FrameQueues};
-use crate::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_IPV4};
+use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_IPV4};
 
 /// Connections per network.
 pub const MAX_CONNECTIONS: usize = 16;

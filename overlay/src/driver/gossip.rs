@@ -1,4 +1,4 @@
-//! The gossip runtime: the I/O driver of `weft_overlay::Node` (membership,
+//! The gossip runtime: the I/O driver of [`Node`] (membership,
 //! the replicated directory and the cluster address allocator).
 //!
 //! # Theory of operation
@@ -20,7 +20,7 @@
 //! what the call queued (pushes to members, claims) leaves at once.
 //!
 //! Every membership or directory event bumps a counter in a `watch`
-//! channel; the controller follows it ([`crate::Controller::follow_cluster`])
+//! channel; the controller follows it (`weft_cnm::Controller::follow_cluster`)
 //! and re-derives everything that depends on the directory: cluster
 //! networks created or deleted elsewhere, each overlay network's tunnel
 //! table and DNS zone, and the tunnel's accepted sources. A watch channel
@@ -50,13 +50,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::{
+    AllocateError, Allocation, AllocationTicket, ClusterKey, ClusterNetworkId, EndpointRecord,
+    Event, MacAddr, MemberState, NetworkRecord, Node, NodeConfig, NodeIdentity, PublishError, Vni,
+};
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch, Notify};
-use weft_overlay::{
-    AllocateError, Allocation, AllocationTicket, ClusterKey, EndpointRecord, Event, MacAddr,
-    MemberState, NetworkId, NetworkRecord, Node, NodeConfig, NodeIdentity, PublishError, Vni,
-};
 
 /// Longest sleep of the runtime between two `handle_timeout` calls.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -93,6 +93,9 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// The operating system's random number generator failed.
+    #[error("reading the OS's randomness for the gossip node's seed: {0}")]
+    Random(getrandom::Error),
 }
 
 /// Why a cluster address could not be had.
@@ -137,9 +140,9 @@ pub struct GossipCounters {
 
 /// An endpoint on another host, as the data path and DNS need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteEndpoint {
+pub struct ClusterEndpoint {
     /// Its MAC.
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
     /// Its DNS name.
@@ -196,7 +199,7 @@ impl Cluster {
         let underlay = SocketAddr::new(config.listen.ip(), config.vxlan_port);
         let key = config.secret.as_deref().map(ClusterKey::from_secret);
         // The seed also seeds AEAD nonces: from the OS's randomness.
-        let seed: u64 = rand::random();
+        let seed = getrandom::u64().map_err(ClusterError::Random)?;
         let mut node = Node::new(identity, NodeConfig::new(underlay), key, seed);
         let now = Instant::now();
         for seed_addr in &config.join {
@@ -285,7 +288,7 @@ impl Cluster {
     }
 
     /// The live cluster networks of the directory.
-    pub fn networks(&self) -> Vec<(NetworkId, NetworkRecord)> {
+    pub fn networks(&self) -> Vec<(ClusterNetworkId, NetworkRecord)> {
         self.lock()
             .node
             .directory()
@@ -295,7 +298,7 @@ impl Cluster {
     }
 
     /// The live cluster network named `name`, if any.
-    pub fn network_by_name(&self, name: &str) -> Option<(NetworkId, NetworkRecord)> {
+    pub fn network_by_name(&self, name: &str) -> Option<(ClusterNetworkId, NetworkRecord)> {
         self.lock()
             .node
             .directory()
@@ -304,7 +307,7 @@ impl Cluster {
     }
 
     /// The live network that uses `vni`, if any.
-    pub fn network_by_vni(&self, vni: Vni) -> Option<(NetworkId, NetworkRecord)> {
+    pub fn network_by_vni(&self, vni: Vni) -> Option<(ClusterNetworkId, NetworkRecord)> {
         self.lock()
             .node
             .directory()
@@ -313,15 +316,15 @@ impl Cluster {
     }
 
     /// Endpoints of `network` on other hosts.
-    pub fn remote_endpoints(&self, network: &NetworkId) -> Vec<RemoteEndpoint> {
+    pub fn remote_endpoints(&self, network: &ClusterNetworkId) -> Vec<ClusterEndpoint> {
         let state = self.lock();
         let directory = state.node.directory();
         let me = directory.me();
         directory
             .endpoints()
             .filter(|l| l.owner != me && l.endpoint.network == *network)
-            .map(|l| RemoteEndpoint {
-                mac: l.endpoint.mac.0,
+            .map(|l| ClusterEndpoint {
+                mac: l.endpoint.mac,
                 ips: l.endpoint.ips.clone(),
                 name: l.endpoint.name.clone(),
                 aliases: l.endpoint.aliases.clone(),
@@ -331,7 +334,7 @@ impl Cluster {
     }
 
     /// Endpoints of `network` on every host, this one included.
-    pub fn endpoint_count(&self, network: &NetworkId) -> usize {
+    pub fn endpoint_count(&self, network: &ClusterNetworkId) -> usize {
         self.lock()
             .node
             .directory()
@@ -341,7 +344,7 @@ impl Cluster {
     }
 
     /// VXLAN addresses of the other hosts with an endpoint on `network`.
-    pub fn hosts_with_network(&self, network: &NetworkId) -> Vec<SocketAddr> {
+    pub fn hosts_with_network(&self, network: &ClusterNetworkId) -> Vec<SocketAddr> {
         self.lock().node.directory().hosts_with_network(network)
     }
 
@@ -359,13 +362,13 @@ impl Cluster {
     }
 
     /// Create or update a cluster network on every host.
-    pub fn publish_network(&self, id: NetworkId, record: NetworkRecord) {
+    pub fn publish_network(&self, id: ClusterNetworkId, record: NetworkRecord) {
         self.lock().node.publish_network(id, record);
         self.wake.notify_one();
     }
 
     /// Delete a cluster network on every host.
-    pub fn delete_network(&self, id: NetworkId) {
+    pub fn delete_network(&self, id: ClusterNetworkId) {
         self.lock().node.delete_network(id);
         self.wake.notify_one();
     }
@@ -383,8 +386,8 @@ impl Cluster {
     }
 
     /// Withdraw a local endpoint from every host.
-    pub fn withdraw_endpoint(&self, network: &NetworkId, mac: [u8; 6]) {
-        self.lock().node.withdraw_endpoint(network, MacAddr(mac));
+    pub fn withdraw_endpoint(&self, network: &ClusterNetworkId, mac: MacAddr) {
+        self.lock().node.withdraw_endpoint(network, mac);
         self.wake.notify_one();
     }
 
@@ -397,7 +400,7 @@ impl Cluster {
     /// or no answer in time.
     pub async fn allocate(
         &self,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         bound: Duration,
     ) -> Result<IpAddr, ClusterAllocError> {
         let (ticket, answer) = {
@@ -424,7 +427,7 @@ impl Cluster {
     }
 
     /// Return an address to this host's pool.
-    pub fn release(&self, network: &NetworkId, ip: IpAddr) {
+    pub fn release(&self, network: &ClusterNetworkId, ip: IpAddr) {
         self.lock().node.release(network, ip);
     }
 

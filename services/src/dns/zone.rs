@@ -40,7 +40,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hickory_proto::rr::Name;
 use hickory_proto::ProtoError;
 
-use crate::switch::NetworkId;
+use weft_vswitch::NetworkId;
 
 /// The names of one network, as the controller knows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The smoltcp "device" of the gateway's TCP stacks ([`crate::dns_tcp`],
+//! The smoltcp "device" of the gateway's TCP stacks ([`crate::dns::tcp`],
 //! [`crate::tcp_nat`]): two frame queues, frames in and frames out.
 //!
 //! smoltcp is sans-IO: its interface pulls received frames from a device
@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::phy::{RxToken, TxToken};
 
-use crate::wire::ethernet::{MacAddr, ETHERTYPE_ARP};
+use weft_vswitch::wire::ethernet::{MacAddr, ETHERTYPE_ARP};
 
 /// An ARP request from `sender_mac`/`sender` for `target`, addressed to
 /// `gateway_mac`: fed to a stack so that it learns the sender's MAC

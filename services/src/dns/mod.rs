@@ -6,7 +6,7 @@
 //!
 //! Data flow. Sandboxes ask the gateway address of their network, over UDP
 //! or TCP port 53. The data path takes the DNS message out of the frame (or
-//! out of the TCP stream, see [`crate::dns_tcp`]) and calls
+//! out of the TCP stream, see [`crate::dns::tcp`]) and calls
 //! [`DnsServer::handle_query`] with an [`Asker`] (network, port, MAC, the
 //! sandbox's address and port, the gateway address it asked, the transport)
 //! and a random `u64`. The core parses the query with `hickory-proto` and:
@@ -91,6 +91,7 @@
 
 mod forwarder;
 mod splitmix;
+pub mod tcp;
 pub mod zone;
 
 use std::collections::VecDeque;
@@ -105,8 +106,8 @@ use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_proto::ProtoError;
 
-use crate::switch::{NetworkId, PortId};
-use crate::wire::ethernet::MacAddr;
+use weft_vswitch::wire::ethernet::MacAddr;
+use weft_vswitch::{NetworkId, PortId};
 
 use forwarder::{Forwarder, Outcome, StartError};
 pub use forwarder::{MAX_IN_FLIGHT_LIMIT, MAX_UPSTREAMS};
