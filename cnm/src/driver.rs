@@ -559,7 +559,7 @@ fn bind_published_ports(
                 });
             }
             Err(e) if restoring => {
-                tracing::warn!(sandbox = %endpoint.sandbox.display(), mapping = %mapping, error = %crate::controller::error_chain(&e), "published port dropped: disconnect and connect again to publish it");
+                tracing::warn!(sandbox = %endpoint.sandbox.display(), mapping = %mapping, error = %crate::error_chain::error_chain(&e), "published port dropped: disconnect and connect again to publish it");
             }
             Err(e) => return Err(e),
         }

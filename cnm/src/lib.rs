@@ -36,6 +36,7 @@ pub mod attach;
 
 pub mod controller;
 pub mod driver;
+pub mod error_chain;
 pub mod host_routes;
 pub mod model;
 pub mod overlay_driver;

@@ -163,7 +163,7 @@ impl Plane {
                 }
                 self.flood_scratch = ports;
             }
-            Decision::ToGateway => self.to_gateway(ingress, len, now),
+            Decision::ToGateway => self.gateway_frame(ingress, len, now),
             Decision::Drop(reason) => {
                 tracing::debug!(port = ingress.0, reason = reason.as_str(), "drop");
                 self.taps.count_drop(ingress, reason);
@@ -173,7 +173,7 @@ impl Plane {
 
     /// A `ToGateway` frame: the fast path's reply goes straight back; the
     /// rest goes to the L4 services.
-    fn to_gateway(&mut self, ingress: PortId, len: usize, now: Instant) {
+    fn gateway_frame(&mut self, ingress: PortId, len: usize, now: Instant) {
         let frame_with_header = self.batch.current(len);
         let frame = &frame_with_header[VNET_HDR_LEN..];
         let (header, body) = self.reply.split_at_mut(VNET_HDR_LEN);

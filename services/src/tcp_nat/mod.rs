@@ -66,20 +66,20 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice,
-};
+use etherparse::{SlicedPacket, TransportSlice};
 use rustc_hash::FxHashMap;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
+use smoltcp::wire::IpListenEndpoint;
 
 use crate::nat::FlowId;
-use crate::smol_device::{arp_request, FrameQueues, OneFrame};
-use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use crate::smol_device::{arp_request, OneFrame};
+use segments::{raise_mss, reset_for, unreachable_for};
+use stack::{new_socket, Stack, MAX_QUEUED_FRAMES};
+use weft_vswitch::wire::ethernet::MacAddr;
 use weft_vswitch::DropReason;
 use weft_vswitch::GatewayConfig;
 use weft_vswitch::NetworkId;
@@ -89,19 +89,8 @@ pub const DEFAULT_MAX_FLOWS: usize = 4096;
 /// Receive and send buffer of each flow: enough window for a few
 /// gigabits per second at sub-millisecond round trips.
 pub const DEFAULT_BUFFER: usize = 1 << 20;
-/// Largest frame the stack takes or makes: a 64 KiB IP packet.
-const MAX_FRAME: usize = 65_535 + 14;
-/// Frames queued in either direction per network.
-const MAX_QUEUED_FRAMES: usize = 4096;
 /// TCP flow ids start here, apart from the UDP/ICMP NAT's ids.
 pub const FLOW_ID_BASE: u64 = 1 << 36;
-/// How often a sandbox's MAC is taught to the stack again.
-const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(20);
-/// Senders remembered as taught (a network's sandboxes); past this the
-/// memory starts over.
-const MAX_TAUGHT: usize = 4096;
-/// TTL of the error packets the gateway makes.
-const TTL: u8 = 64;
 /// An inbound connection whose SYN the sandbox leaves unanswered for this
 /// long is given up (the client's connection is reset).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -250,17 +239,6 @@ struct Flow {
     /// 64 KiB one instead, and its larger segments go to the sandbox as
     /// GSO frames of this size.
     sandbox_mss: u16,
-}
-
-struct Stack {
-    iface: Interface,
-    device: FrameQueues,
-    sockets: SocketSet<'static>,
-    mac: MacAddr,
-    gateway_v4: Option<Ipv4Addr>,
-    flows: Vec<FlowId>,
-    /// Senders whose MAC the stack was taught, and when.
-    taught: FxHashMap<Ipv4Addr, (MacAddr, Instant)>,
 }
 
 /// See the module header.
@@ -902,98 +880,6 @@ impl TcpNat {
     }
 }
 
-impl Stack {
-    fn new(gateway: &GatewayConfig, seed: u64) -> Stack {
-        let mut device = FrameQueues::new(MAX_FRAME, MAX_QUEUED_FRAMES);
-        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(gateway.mac.0)));
-        config.random_seed = seed;
-        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
-        iface.set_any_ip(true);
-        let gateway_v4 = gateway.ipv4.first().copied();
-        let gateway_v6: Option<Ipv6Addr> = gateway.ipv6.first().copied();
-        iface.update_ip_addrs(|addrs| {
-            // Prefix 0: every address counts as on-link, so the stack
-            // answers each sandbox directly by its MAC.
-            if let Some(v4) = gateway_v4 {
-                let _ = addrs.push(IpCidr::new(IpAddr::V4(v4).into(), 0));
-            }
-            if let Some(v6) = gateway_v6 {
-                let _ = addrs.push(IpCidr::new(IpAddr::V6(v6).into(), 0));
-            }
-        });
-        Stack {
-            iface,
-            device,
-            sockets: SocketSet::new(Vec::new()),
-            mac: gateway.mac,
-            gateway_v4,
-            flows: Vec::new(),
-            taught: FxHashMap::default(),
-        }
-    }
-
-    /// Feed a frame whose only purpose is to teach the stack a neighbour,
-    /// and discard what the stack answers to it.
-    fn learn(&mut self, now: Instant, epoch: Instant, arp: &[u8]) {
-        let micros = now.saturating_duration_since(epoch).as_micros();
-        let smol_now =
-            smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX));
-        let queued = self.device.tx.len();
-        self.device.push_rx(arp.to_vec());
-        self.iface
-            .poll(smol_now, &mut self.device, &mut self.sockets);
-        // Frames already queued are kept; the ARP reply (last) is dropped,
-        // and anything else the poll sent stays.
-        let mut extra: Vec<Vec<u8>> = self.device.tx.drain(queued..).collect();
-        extra.retain(|f| {
-            EthernetFrame::new_checked(&f[..]).is_ok_and(|e| e.ethertype() != ETHERTYPE_ARP)
-        });
-        self.device.tx.extend(extra);
-    }
-
-    /// An ARP request from the sender of an IPv4 frame, unless the stack
-    /// was taught this sender's MAC recently (smoltcp keeps a neighbour
-    /// for a minute; teaching it every [`NEIGHBOUR_REFRESH`] keeps it
-    /// fresh without a second stack pass per frame).
-    fn synthetic_arp(&mut self, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
-        let eth = EthernetFrame::new_checked(frame).ok()?;
-        if eth.ethertype() != ETHERTYPE_IPV4 {
-            return None;
-        }
-        let ip = eth.payload();
-        let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-        let src = Ipv4Addr::from(src);
-        let sender = eth.source();
-        if let Some((mac, at)) = self.taught.get(&src) {
-            if *mac == sender && now.saturating_duration_since(*at) < NEIGHBOUR_REFRESH {
-                return None;
-            }
-        }
-        if self.taught.len() >= MAX_TAUGHT {
-            self.taught.clear();
-        }
-        self.taught.insert(src, (sender, now));
-        Some(arp_request(
-            sender,
-            src,
-            self.mac,
-            self.gateway_v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        ))
-    }
-}
-
-fn new_socket(buffer: usize) -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; buffer]),
-        tcp::SocketBuffer::new(vec![0; buffer]),
-    );
-    // A relay forwards what it has at once: no Nagle, and ACKs without
-    // delay so the sandbox's window keeps moving.
-    socket.set_nagle_enabled(false);
-    socket.set_ack_delay(None);
-    socket
-}
-
 /// How a client of a published port is shown to a sandbox: itself, or the
 /// gateway when it is on the host's loopback. None when the network has no
 /// gateway address of the needed family.
@@ -1011,51 +897,17 @@ pub fn shown_client(client: SocketAddr, gateway: &GatewayConfig) -> Option<Socke
     Some(SocketAddr::new(ip, client.port()))
 }
 
-/// The largest MSS the stack may use toward a sandbox: its MTU less the IP
-/// and TCP headers.
-fn stack_mss(ipv6: bool) -> u16 {
-    let ip_header = if ipv6 { 40 } else { 20 };
-    u16::try_from(MAX_FRAME - 14 - ip_header - 20).unwrap_or(1460)
-}
-
-/// A copy of a SYN (or SYN-ACK) from a sandbox whose MSS option says the
-/// stack's largest, and the MSS it said; None without an MSS option.
-/// (The stack does not check checksums of frames from TAPs, so the copy's
-/// is left as it was.)
-fn raise_mss(frame: &[u8]) -> Option<(Vec<u8>, u16)> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+/// The 4-tuple of a TCP frame from a sandbox.
+fn tcp_tuple(network: NetworkId, packet: &SlicedPacket<'_>) -> Option<Tuple> {
+    let (src, dst) = weft_vswitch::wire::ip_addresses(packet.net.as_ref())?;
     let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
         return None;
     };
-    let ipv6 = matches!(packet.net, Some(NetSlice::Ipv6(_)));
-    let options = tcp.options();
-    // Where the options start in the frame: right after the fixed header.
-    let tcp_start = frame.len() - tcp.slice().len();
-    let options_start = tcp_start + 20;
-    let mut at = 0;
-    while at < options.len() {
-        match options[at] {
-            0 => break,
-            1 => at += 1,
-            kind => {
-                let len = usize::from(*options.get(at + 1)?);
-                if len < 2 {
-                    return None;
-                }
-                if kind == 2 && len == 4 {
-                    let mss = u16::from_be_bytes([*options.get(at + 2)?, *options.get(at + 3)?]);
-                    let mut raised = frame.to_vec();
-                    let field = options_start + at + 2;
-                    raised
-                        .get_mut(field..field + 2)?
-                        .copy_from_slice(&stack_mss(ipv6).to_be_bytes());
-                    return Some((raised, mss));
-                }
-                at += len;
-            }
-        }
-    }
-    None
+    Some(Tuple {
+        network,
+        sandbox: SocketAddr::new(src, tcp.source_port()),
+        peer: SocketAddr::new(dst, tcp.destination_port()),
+    })
 }
 
 /// The GSO segment size a frame from the stack needs: the flow's sandbox
@@ -1095,322 +947,7 @@ fn gso_size_for(
     }
 }
 
-/// The 4-tuple of a TCP frame from a sandbox.
-fn tcp_tuple(network: NetworkId, packet: &SlicedPacket<'_>) -> Option<Tuple> {
-    let (src, dst) = weft_vswitch::wire::ip_addresses(packet.net.as_ref())?;
-    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
-        return None;
-    };
-    Some(Tuple {
-        network,
-        sandbox: SocketAddr::new(src, tcp.source_port()),
-        peer: SocketAddr::new(dst, tcp.destination_port()),
-    })
-}
-
-/// The reset a closed port answers `frame` (a TCP segment) with.
-fn reset_for(frame: &[u8]) -> Option<Vec<u8>> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
-        return None;
-    };
-    if tcp.rst() {
-        return None;
-    }
-    let payload_len = u32::try_from(tcp.payload().len()).ok()?;
-    let mut header = TcpHeader::new(tcp.destination_port(), tcp.source_port(), 0, 0);
-    header.rst = true;
-    if tcp.ack() {
-        header.sequence_number = tcp.acknowledgment_number();
-    } else {
-        header.ack = true;
-        header.acknowledgment_number = tcp
-            .sequence_number()
-            .wrapping_add(payload_len)
-            .wrapping_add(u32::from(tcp.syn()))
-            .wrapping_add(u32::from(tcp.fin()));
-    }
-    let builder = PacketBuilder::ethernet2(eth.destination().0, eth.source().0);
-    let mut out = Vec::with_capacity(64);
-    match &packet.net {
-        Some(NetSlice::Ipv4(ip)) => builder
-            .ipv4(ip.header().destination(), ip.header().source(), TTL)
-            .tcp_header(header)
-            .write(&mut out, &[])
-            .ok()?,
-        Some(NetSlice::Ipv6(ip)) => builder
-            .ipv6(ip.header().destination(), ip.header().source(), TTL)
-            .tcp_header(header)
-            .write(&mut out, &[])
-            .ok()?,
-        _ => return None,
-    }
-    Some(out)
-}
-
-/// ICMP destination unreachable (host) for `frame`, from the address the
-/// frame was sent to, as a router next to the lost host would answer.
-fn unreachable_for(frame: &[u8]) -> Option<Vec<u8>> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    let ip_packet = eth.payload();
-    let builder = PacketBuilder::ethernet2(eth.destination().0, eth.source().0);
-    let mut out = Vec::with_capacity(128);
-    match &packet.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            // The IP header and the first 8 bytes of what it carried.
-            let quoted = &ip_packet[..ip_packet.len().min(usize::from(ip.header().ihl()) * 4 + 8)];
-            builder
-                .ipv4(ip.header().destination(), ip.header().source(), TTL)
-                .icmpv4(Icmpv4Type::DestinationUnreachable(
-                    etherparse::icmpv4::DestUnreachableHeader::Host,
-                ))
-                .write(&mut out, quoted)
-                .ok()?;
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            let quoted = &ip_packet[..ip_packet.len().min(1232)];
-            builder
-                .ipv6(ip.header().destination(), ip.header().source(), TTL)
-                .icmpv6(Icmpv6Type::DestinationUnreachable(
-                    etherparse::icmpv6::DestUnreachableCode::Address,
-                ))
-                .write(&mut out, quoted)
-                .ok()?;
-        }
-        _ => return None,
-    }
-    Some(out)
-}
-
+mod segments;
+mod stack;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GW_MAC: MacAddr = MacAddr([0x02, 0x42, 10, 9, 0, 1]);
-    const SB_MAC: MacAddr = MacAddr([0x02, 0x42, 10, 9, 0, 2]);
-    const NET: NetworkId = NetworkId(1);
-
-    fn gateway() -> GatewayConfig {
-        GatewayConfig {
-            mac: GW_MAC,
-            ipv4: vec![Ipv4Addr::new(10, 9, 0, 1)],
-            ipv6: Vec::new(),
-            outbound: true,
-            host_loopback: false,
-        }
-    }
-
-    /// A sandbox: a smoltcp client at 10.9.0.2 whose default route is the
-    /// gateway, with frames crossing in memory.
-    struct Sandbox {
-        iface: Interface,
-        device: FrameQueues,
-        sockets: SocketSet<'static>,
-        handle: SocketHandle,
-    }
-
-    impl Sandbox {
-        fn new(remote: SocketAddr, buffer: usize) -> Sandbox {
-            let mut device = FrameQueues::new(1514, 4096);
-            let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(SB_MAC.0)));
-            config.random_seed = 5;
-            let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
-            iface.update_ip_addrs(|a| {
-                a.push(IpCidr::new(smoltcp::wire::IpAddress::v4(10, 9, 0, 2), 24))
-                    .unwrap();
-            });
-            iface
-                .routes_mut()
-                .add_default_ipv4_route(smoltcp::wire::Ipv4Address::new(10, 9, 0, 1))
-                .unwrap();
-            let mut sockets = SocketSet::new(Vec::new());
-            let mut socket = tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; buffer]),
-                tcp::SocketBuffer::new(vec![0; buffer]),
-            );
-            socket
-                .connect(
-                    iface.context(),
-                    (smoltcp::wire::IpAddress::from(remote.ip()), remote.port()),
-                    40000,
-                )
-                .unwrap();
-            let handle = sockets.add(socket);
-            Sandbox {
-                iface,
-                device,
-                sockets,
-                handle,
-            }
-        }
-
-        fn socket(&mut self) -> &mut tcp::Socket<'static> {
-            self.sockets.get_mut::<tcp::Socket>(self.handle)
-        }
-
-        /// Run the client and the NAT until neither has anything to say.
-        fn exchange(&mut self, nat: &mut TcpNat, now: Instant, open: Option<SocketAddr>) {
-            let gw = gateway();
-            for _ in 0..100 {
-                self.iface.poll(
-                    smoltcp::time::Instant::ZERO,
-                    &mut self.device,
-                    &mut self.sockets,
-                );
-                let mut moved = false;
-                while let Some(frame) = self.device.tx.pop_front() {
-                    moved = true;
-                    let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
-                    if eth.ethertype() == ETHERTYPE_ARP {
-                        // The gateway's fast path answers ARP: do it here.
-                        let mut reply = frame.clone();
-                        reply[0..6].copy_from_slice(&SB_MAC.0);
-                        reply[6..12].copy_from_slice(&GW_MAC.0);
-                        reply[21] = 2;
-                        reply[22..28].copy_from_slice(&GW_MAC.0);
-                        reply[28..32].copy_from_slice(&frame[38..42]);
-                        reply[32..38].copy_from_slice(&SB_MAC.0);
-                        reply[38..42].copy_from_slice(&frame[28..32]);
-                        self.device.rx.push_back(reply);
-                    } else {
-                        nat.handle_frame(now, NET, &gw, &frame, open).unwrap();
-                    }
-                }
-                while let Some((network, frame, _)) = nat.poll_frame() {
-                    assert_eq!(network, NET);
-                    moved = true;
-                    self.device.rx.push_back(frame);
-                }
-                if !moved {
-                    break;
-                }
-            }
-        }
-    }
-
-    fn remote() -> SocketAddr {
-        "192.0.2.7:443".parse().unwrap()
-    }
-
-    /// The SYN waits for the host connect; the sandbox's data reaches the
-    /// host writer and the host's bytes reach the sandbox.
-    #[test]
-    fn a_flow_opens_only_after_the_host_connects_and_relays_both_ways() {
-        let t0 = Instant::now();
-        let mut nat = TcpNat::new(TcpNatConfig::default(), t0, 1);
-        let mut sb = Sandbox::new(remote(), 65536);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        let Some(TcpAction::Connect { flow, remote: to }) = nat.poll_action() else {
-            panic!("no connect")
-        };
-        assert_eq!(to, remote());
-        assert_eq!(sb.socket().state(), tcp::State::SynSent);
-        nat.handle_connected(t0, flow);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        assert_eq!(sb.socket().state(), tcp::State::Established);
-
-        sb.socket().send_slice(b"hello host").unwrap();
-        sb.exchange(&mut nat, t0, Some(remote()));
-        assert_eq!(nat.poll_action(), Some(TcpAction::Send { flow }));
-        let mut written = Vec::new();
-        let outcome = nat.send_to_host(t0, flow, |d| {
-            written.extend_from_slice(d);
-            Ok(d.len())
-        });
-        assert_eq!(outcome, HostWrite::Done);
-        assert_eq!(written, b"hello host");
-
-        let mut reply: &[u8] = b"hello sandbox";
-        let outcome = nat.receive_from_host(t0, flow, |buf| {
-            if reply.is_empty() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = reply.len().min(buf.len());
-            buf[..n].copy_from_slice(&reply[..n]);
-            reply = &reply[n..];
-            Ok(n)
-        });
-        assert_eq!(outcome, HostRead::Drained);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        let mut got = [0u8; 64];
-        let n = sb.socket().recv_slice(&mut got).unwrap();
-        assert_eq!(&got[..n], b"hello sandbox");
-    }
-
-    /// A refused connect answers the SYN with a reset: the sandbox's
-    /// connect fails at once.
-    #[test]
-    fn a_refused_connect_resets_the_sandbox() {
-        let t0 = Instant::now();
-        let mut nat = TcpNat::new(TcpNatConfig::default(), t0, 1);
-        let mut sb = Sandbox::new(remote(), 4096);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
-            panic!("no connect")
-        };
-        nat.handle_connect_failed(flow, ConnectFailure::Refused);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        assert_eq!(sb.socket().state(), tcp::State::Closed);
-        assert_eq!(nat.flow_count(), 0);
-    }
-
-    /// With no way out, a SYN is reset and nothing is asked of the host.
-    #[test]
-    fn no_way_out_resets_at_once() {
-        let t0 = Instant::now();
-        let mut nat = TcpNat::new(TcpNatConfig::default(), t0, 1);
-        let mut sb = Sandbox::new(remote(), 4096);
-        sb.exchange(&mut nat, t0, None);
-        assert_eq!(nat.poll_action(), None);
-        assert_eq!(sb.socket().state(), tcp::State::Closed);
-    }
-
-    /// A host that does not take data closes the sandbox's window: the
-    /// relay holds at most its buffer, the rest waits in the sandbox.
-    #[test]
-    fn a_slow_host_closes_the_sandboxs_window() {
-        let t0 = Instant::now();
-        let config = TcpNatConfig {
-            buffer: 16 * 1024,
-            ..TcpNatConfig::default()
-        };
-        let mut nat = TcpNat::new(config, t0, 1);
-        let mut sb = Sandbox::new(remote(), 256 * 1024);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
-            panic!("no connect")
-        };
-        nat.handle_connected(t0, flow);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        let data = vec![7u8; 200 * 1024];
-        let queued = sb.socket().send_slice(&data).unwrap();
-        assert_eq!(queued, data.len());
-        sb.exchange(&mut nat, t0, Some(remote()));
-        // The host socket is full: nothing is taken.
-        let outcome = nat.send_to_host(t0, flow, |_| Err(io::ErrorKind::WouldBlock.into()));
-        assert_eq!(outcome, HostWrite::Blocked);
-        sb.exchange(&mut nat, t0, Some(remote()));
-        let in_sandbox = sb.socket().send_queue();
-        assert!(
-            in_sandbox >= data.len() - 16 * 1024,
-            "the relay took more than its buffer: {} bytes left in the sandbox",
-            in_sandbox
-        );
-        // The host drains: everything arrives, in order.
-        let mut written = Vec::new();
-        for _ in 0..100 {
-            nat.send_to_host(t0, flow, |d| {
-                written.extend_from_slice(d);
-                Ok(d.len())
-            });
-            sb.exchange(&mut nat, t0, Some(remote()));
-            if written.len() == data.len() {
-                break;
-            }
-        }
-        assert_eq!(written.len(), data.len());
-        assert!(written.iter().all(|b| *b == 7));
-    }
-}
+mod tests;

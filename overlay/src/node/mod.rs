@@ -60,25 +60,30 @@
 //! limits), which goes alone and relies on IP fragmentation.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 
-use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Runtime, Timer};
+use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde::{Deserialize, Serialize};
 
 use crate::allocation::{
     AllocateError, Allocation, AllocationOutcome, AllocationTicket, Allocator,
 };
 use crate::directory::{
-    ClusterNetworkId, Digest, Directory, EndpointRecord, HostRecord, MacAddr, NetworkRecord,
-    OwnerId, Record, RecordKey, MAX_ALIASES, MAX_ENDPOINT_IPS, MAX_NAME_LEN,
+    ClusterNetworkId, Directory, EndpointRecord, HostRecord, MacAddr, NetworkRecord, OwnerId,
+    Record, RecordKey, MAX_ALIASES, MAX_ENDPOINT_IPS, MAX_NAME_LEN,
 };
 use crate::envelope::{self, ClusterKey, PayloadKind, MAX_ENVELOPE_OVERHEAD};
-use crate::message::{chunk_by_size, GossipMessage};
+use crate::message::GossipMessage;
+
+mod replication;
+mod runtime;
+
+use runtime::FocaRuntime;
+pub use runtime::NodeIdentity;
 
 /// Room left in a datagram for a message's own framing around chunked items.
 const CHUNK_SLACK: usize = 96;
@@ -88,19 +93,6 @@ const JOIN_RETRY: Duration = Duration::from_secs(1);
 const SUSPICION_CHECK_PERIOD: Duration = Duration::from_millis(100);
 /// Bound on timers handled in one `handle_timeout` call (livelock guard).
 const MAX_TIMERS_PER_CALL: usize = 10_000;
-
-/// A member's identity in SWIM.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NodeIdentity {
-    /// `--node-name`.
-    pub name: String,
-    /// The address gossip is sent to (`--listen`).
-    pub gossip: SocketAddr,
-    /// Larger on every daemon start.
-    pub boot: u64,
-    /// Bumped when this member rejoins after being declared down.
-    pub renewal: u32,
-}
 
 /// Tunables; [`NodeConfig::new`] has the defaults.
 #[derive(Clone, Debug)]
@@ -256,24 +248,6 @@ pub struct Node {
     next_join_retry: Option<Instant>,
     next_suspicion_check: Option<Instant>,
     counters: Counters,
-}
-
-/// Collects what foca asks for during one call.
-struct FocaRuntime {
-    /// Set before every foca call; foca only calls back during those.
-    now: Option<Instant>,
-    /// Timers submitted while `now` was unset: due at once.
-    unscheduled: Vec<Timer<NodeIdentity>>,
-    sends: Vec<(NodeIdentity, Vec<u8>)>,
-    timers: BinaryHeap<Reverse<PendingTimer>>,
-    timer_seq: u64,
-    notifications: Vec<OwnedNotification<NodeIdentity>>,
-}
-
-struct PendingTimer {
-    due: Instant,
-    seq: u64,
-    timer: Timer<NodeIdentity>,
 }
 
 impl NodeConfig {
@@ -885,262 +859,6 @@ impl Node {
             self.events
                 .push_back(Event::DirectoryChanged { generation });
         }
-    }
-
-    fn anti_entropy_round(&mut self) {
-        let peers = self.live_peer_addresses();
-        if peers.is_empty() {
-            return;
-        }
-        let addr = peers[self.rng.random_range(0..peers.len())];
-        self.send_digest(addr);
-    }
-
-    fn send_digest(&mut self, addr: SocketAddr) {
-        let networks_hash = self.directory.networks_hash();
-        let chunks = chunk_by_size(self.directory.owner_versions(), self.chunk_budget());
-        let count = chunks.len();
-        for (index, owners) in chunks.into_iter().enumerate() {
-            let covers_from = if index == 0 {
-                String::new()
-            } else {
-                owners
-                    .first()
-                    .map(|(owner, _)| owner.name.clone())
-                    .unwrap_or_default()
-            };
-            let covers_to = if index + 1 == count {
-                None
-            } else {
-                owners.last().map(|(owner, _)| owner.name.clone())
-            };
-            let digest = Digest {
-                covers_from,
-                covers_to,
-                owners,
-                networks_hash,
-            };
-            self.send(addr, &GossipMessage::Digest(digest));
-        }
-    }
-
-    fn send_records(&mut self, addr: SocketAddr, owner: &OwnerId, since: u64) {
-        let upto = self.directory.version_of(owner);
-        if upto <= since {
-            return;
-        }
-        let records = self.directory.records_since(owner, since);
-        let chunks = chunk_by_size(records, self.chunk_budget());
-        let count = chunks.len();
-        let mut base = since;
-        for (index, records) in chunks.into_iter().enumerate() {
-            let chunk_upto = if index + 1 == count {
-                upto
-            } else {
-                records.last().map_or(upto, |record| record.version)
-            };
-            let message = GossipMessage::Records {
-                owner: owner.clone(),
-                base,
-                upto: chunk_upto,
-                records,
-            };
-            self.send(addr, &message);
-            base = chunk_upto;
-        }
-    }
-
-    fn send_networks(&mut self, addr: SocketAddr, reply: bool) {
-        for entries in chunk_by_size(self.directory.network_entries(), self.chunk_budget()) {
-            self.send(addr, &GossipMessage::Networks { entries, reply });
-        }
-    }
-
-    fn handle_message(&mut self, from: SocketAddr, message: GossipMessage, now: Instant) {
-        match message {
-            GossipMessage::Digest(digest) => self.handle_digest(from, digest),
-            GossipMessage::Request { owner, since } => self.send_records(from, &owner, since),
-            GossipMessage::Records {
-                owner,
-                base,
-                upto,
-                records,
-            } => {
-                self.directory.merge_records(&owner, base, upto, records);
-            }
-            GossipMessage::Networks { entries, reply } => {
-                self.directory.merge_networks(entries);
-                if reply {
-                    self.send_networks(from, false);
-                }
-            }
-            GossipMessage::Allocation(message) => {
-                self.allocator
-                    .handle_message(&mut self.directory, message, now, &mut self.rng);
-            }
-            GossipMessage::Members(members) => {
-                self.runtime.now = Some(now);
-                let applied = self
-                    .foca
-                    .apply_many(members.into_iter(), false, &mut self.runtime);
-                if applied.is_err() {
-                    self.counters.swim_errors += 1;
-                }
-                self.after_foca(now);
-            }
-        }
-    }
-
-    fn handle_digest(&mut self, from: SocketAddr, digest: Digest) {
-        let mut listed = BTreeMap::new();
-        for (owner, their_version) in &digest.owners {
-            listed.insert(owner.clone(), *their_version);
-        }
-        let mut stale: BTreeSet<(String, u64)> = BTreeSet::new();
-        for (owner, their_version) in listed.iter() {
-            if !self.directory.is_live(owner) {
-                // Unknown, dead, or another boot: records are exchanged for
-                // the current boot only. If we know it dead, tell them below.
-                stale.insert((owner.name.clone(), owner.boot));
-                continue;
-            }
-            let ours = self.directory.version_of(owner);
-            if ours > *their_version {
-                self.send_records(from, owner, *their_version);
-            } else if ours < *their_version {
-                self.send(
-                    from,
-                    &GossipMessage::Request {
-                        owner: owner.clone(),
-                        since: ours,
-                    },
-                );
-            }
-        }
-        let mut unknown_to_them = BTreeSet::new();
-        let range_end = digest.covers_to.as_deref();
-        for owner in self
-            .directory
-            .owners_in_range(&digest.covers_from, range_end)
-        {
-            if !listed.contains_key(&owner) {
-                unknown_to_them.insert(owner.name.clone());
-                self.send_records(from, &owner, 0);
-            }
-        }
-        // Membership push-pull: members they lack (alive here), and members
-        // they still list that were declared dead here. SWIM lets a Down
-        // update override any incarnation of the same identity; a renewed
-        // identity wins the address conflict and is not affected.
-        let members: Vec<foca::Member<NodeIdentity>> = self
-            .foca
-            .iter_membership_state()
-            .filter(|member| member.id().gossip != from)
-            .filter(|member| match member.state() {
-                foca::State::Alive => unknown_to_them.contains(&member.id().name),
-                foca::State::Down => stale.contains(&(member.id().name.clone(), member.id().boot)),
-                foca::State::Suspect => false,
-            })
-            .cloned()
-            .collect();
-        if !members.is_empty() {
-            for members in chunk_by_size(members, self.chunk_budget()) {
-                self.send(from, &GossipMessage::Members(members));
-            }
-        }
-        if digest.networks_hash != self.directory.networks_hash() {
-            self.send_networks(from, true);
-        }
-    }
-}
-
-impl FocaRuntime {
-    fn new() -> Self {
-        Self {
-            now: None,
-            unscheduled: Vec::new(),
-            sends: Vec::new(),
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
-            notifications: Vec::new(),
-        }
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<Timer<NodeIdentity>> {
-        if let Some(timer) = self.unscheduled.pop() {
-            return Some(timer);
-        }
-        if self
-            .timers
-            .peek()
-            .is_some_and(|Reverse(timer)| timer.due <= now)
-        {
-            self.timers.pop().map(|Reverse(timer)| timer.timer)
-        } else {
-            None
-        }
-    }
-}
-
-impl Runtime<NodeIdentity> for FocaRuntime {
-    fn notify(&mut self, notification: foca::Notification<'_, NodeIdentity>) {
-        self.notifications.push(notification.to_owned());
-    }
-
-    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
-        self.sends.push((to, data.to_vec()));
-    }
-
-    fn submit_after(&mut self, timer: Timer<NodeIdentity>, after: Duration) {
-        let Some(now) = self.now else {
-            self.unscheduled.push(timer);
-            return;
-        };
-        self.timer_seq += 1;
-        self.timers.push(Reverse(PendingTimer {
-            due: now + after,
-            seq: self.timer_seq,
-            timer,
-        }));
-    }
-}
-
-impl foca::Identity for NodeIdentity {
-    type Addr = SocketAddr;
-
-    fn renew(&self) -> Option<Self> {
-        Some(Self {
-            renewal: self.renewal.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.gossip
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        (self.boot, self.renewal) > (adversary.boot, adversary.renewal)
-    }
-}
-
-impl PartialEq for PendingTimer {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-
-impl Eq for PendingTimer {}
-
-impl PartialOrd for PendingTimer {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PendingTimer {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
     }
 }
 

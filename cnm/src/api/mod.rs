@@ -35,10 +35,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::controller::{
-    error_chain, ConnectRequest, Controller, ControllerError, CreateNetworkRequest,
-    DisconnectRequest,
-};
+use weft_datapath::published::PublishError;
+use weft_ipam::{AddSubnetError, AllocError};
+use weft_overlay::driver::gossip::ClusterAllocError;
+
+use crate::controller::{Controller, ControllerError};
+use crate::error_chain::error_chain;
+use types::{ConnectRequest, CreateNetworkRequest, DisconnectRequest};
+
+pub mod types;
 
 /// An error answer.
 #[derive(Debug, Serialize)]
@@ -56,7 +61,8 @@ pub struct ApiError {
 
 impl From<ControllerError> for ApiError {
     fn from(e: ControllerError) -> Self {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(status_of(&e)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(error = %error_chain(&e), "request failed");
         }
@@ -187,4 +193,110 @@ pub async fn serve(
     axum::serve(listener, router(controller))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The HTTP status for a controller error: 4xx for a request that must
+/// change, 5xx for a failure of the daemon itself.
+pub fn status_of(error: &ControllerError) -> u16 {
+    match error {
+        ControllerError::NetworkNotFound { .. } | ControllerError::NotConnected { .. } => 404,
+        ControllerError::SandboxNotFound { .. } => 404,
+        ControllerError::NetworkExists { .. }
+        | ControllerError::NetworkInUse { .. }
+        | ControllerError::AlreadyConnected { .. } => 409,
+        ControllerError::Subnet(AddSubnetError::Overlaps { .. }) => 409,
+        ControllerError::Address(AllocError::InUse { .. }) => 409,
+        ControllerError::Publish(PublishError::InUse { .. }) => 409,
+        ControllerError::Publish(PublishError::Privileged { .. })
+        | ControllerError::Publish(PublishError::NoSuchAddress(_))
+        | ControllerError::InvalidOption { .. }
+        | ControllerError::PortsNotAllowed { .. }
+        | ControllerError::InvalidPort(_) => 400,
+        ControllerError::InvalidName { .. }
+        | ControllerError::UnknownDriver(_)
+        | ControllerError::SubnetsNotAllowed { .. }
+        | ControllerError::MtuOutOfRange { .. }
+        | ControllerError::Subnet(_)
+        | ControllerError::Address(_)
+        | ControllerError::DuplicateFamily
+        | ControllerError::OverlayNeedsCluster
+        | ControllerError::OverlaySubnets => 400,
+        ControllerError::VniInUse { .. } => 409,
+        ControllerError::ClusterAddress(ClusterAllocError::Allocate(
+            weft_overlay::AllocateError::Exhausted(_),
+        )) => 409,
+        ControllerError::ClusterAddress(_) => 503,
+        ControllerError::Driver { .. }
+        | ControllerError::Publish(PublishError::Bind { .. })
+        | ControllerError::Store(_)
+        | ControllerError::Datapath(_)
+        | ControllerError::Cluster(_)
+        | ControllerError::TunnelBind { .. } => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::DriverKind;
+
+    #[test]
+    fn statuses_follow_the_kind_of_error() {
+        assert_eq!(
+            status_of(&ControllerError::NetworkNotFound { name: "x".into() }),
+            404
+        );
+        assert_eq!(
+            status_of(&ControllerError::NetworkExists { name: "x".into() }),
+            409
+        );
+        assert_eq!(
+            status_of(&ControllerError::NetworkInUse {
+                name: "x".into(),
+                count: 1
+            }),
+            409
+        );
+        assert_eq!(status_of(&ControllerError::DuplicateFamily), 400);
+        assert_eq!(status_of(&ControllerError::OverlayNeedsCluster), 400);
+        assert_eq!(status_of(&ControllerError::OverlaySubnets), 400);
+        assert_eq!(
+            status_of(&ControllerError::VniInUse {
+                vni: 1,
+                network: "x".into()
+            }),
+            409
+        );
+        assert_eq!(
+            status_of(&ControllerError::ClusterAddress(
+                ClusterAllocError::Timeout(Duration::from_secs(1))
+            )),
+            503
+        );
+        let addr = "0.0.0.0:8080".parse().unwrap();
+        let proto = weft_datapath::published::L4Proto::Tcp;
+        assert_eq!(
+            status_of(&ControllerError::Publish(PublishError::InUse {
+                addr,
+                proto
+            })),
+            409
+        );
+        assert_eq!(
+            status_of(&ControllerError::Publish(PublishError::Privileged {
+                addr,
+                proto,
+                start: 1024
+            })),
+            400
+        );
+        assert_eq!(
+            status_of(&ControllerError::PortsNotAllowed {
+                driver: DriverKind::Host
+            }),
+            400
+        );
+    }
 }
