@@ -2,6 +2,8 @@
 //! forwarding decision, MAC table lookups at 1k and 1M entries, and the
 //! gateway's ARP answer, a DNS answer for a local name.
 
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};

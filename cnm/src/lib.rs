@@ -31,6 +31,9 @@
 //!   is its I/O driver, [`overlay_driver`] turns its directory into the
 //!   switch's tunnel tables.
 
+// A driver crate: it reads clocks and the OS's randomness (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 pub mod api;
 pub mod attach;
 

@@ -89,7 +89,8 @@ impl Datapath {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         // DNS query ids and TCP sequence numbers must not be guessable from
         // outside: the services' randomness is seeded from the OS's CSPRNG.
-        let seed = getrandom::u64().map_err(|e| io::Error::other(e.to_string()))?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
         let dns = DnsConfig {
             max_udp_payload: DNS_MAX_UDP_PAYLOAD,
             ..DnsConfig::default()

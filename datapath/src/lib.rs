@@ -41,6 +41,9 @@
 //!   options; `getrandom` seeds the services' randomness from the OS's
 //!   CSPRNG (DNS query ids, TCP initial sequence numbers).
 
+// A driver crate: it reads clocks and the OS's randomness (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 pub mod command;
 pub mod event_loop;
 pub mod frames;

@@ -36,7 +36,7 @@ use crate::taps::IO_LOOP_BOUND;
 use crate::tokens::{Source, Tokens};
 
 /// Largest datagram a NAT flow socket reads.
-pub const DATAGRAM_MAX: usize = 65536;
+const DATAGRAM_MAX: usize = 65536;
 
 /// A NAT flow's host socket.
 #[derive(Debug)]

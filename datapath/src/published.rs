@@ -35,13 +35,15 @@ use rustc_hash::FxHashMap;
 use weft_vswitch::{DropReason, MacAddr, NetworkId, PortId};
 
 use crate::frames::Plane;
-use crate::nat::DATAGRAM_MAX;
 use crate::taps::IO_LOOP_BOUND;
 use crate::tcp::TcpFlows;
 use crate::tokens::{Source, Tokens};
 
 /// Connections accepted per published TCP port per wake-up.
 const ACCEPT_BOUND: usize = 64;
+
+/// Largest datagram a published UDP port reads.
+const DATAGRAM_MAX: usize = 65536;
 
 /// The transport of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,9 +77,7 @@ pub struct PublishTarget {
     pub addr: SocketAddr,
 }
 
-/// The id of a published port in the data path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublishId(pub u32);
+pub use crate::tokens::PublishId;
 
 /// Why a host port cannot be published.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,9 @@ use mio::Token;
 use weft_services::nat::FlowId;
 use weft_vswitch::PortId;
 
-use crate::published::PublishId;
+/// The id of a published port in the data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublishId(pub u32);
 
 /// The waker's token: commands from the control plane are queued.
 pub const WAKER: Token = Token(usize::MAX);

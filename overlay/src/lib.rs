@@ -57,6 +57,7 @@ pub mod allocation;
 pub mod directory;
 pub mod driver;
 pub mod envelope;
+pub mod identity;
 pub mod message;
 pub mod node;
 pub mod transport;

@@ -5,6 +5,8 @@
 //! delivered after a random delay (never sooner than the next tick). Every
 //! run with the same seed is identical.
 
+#![allow(clippy::disallowed_methods)]
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};

@@ -32,14 +32,18 @@
 //! Capacities: the output queue holds [`MAX_QUEUED_FRAMES`] frames (more
 //! are dropped and counted: the asker retries); the DNS server, the NAT and
 //! the TCP stacks bound themselves (see their modules). Randomness (query
-//! shuffling, upstream ids, TCP sequence numbers) comes from a SplitMix64
-//! stream seeded by the caller.
+//! shuffling, upstream ids, TCP sequence numbers) comes from a ChaCha12
+//! stream (`rand`'s `StdRng`) whose 256-bit seed the driver draws from the
+//! OS's CSPRNG: an upstream DNS query id cannot be guessed from the ids
+//! seen before it (RFC 5452).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
 
 use crate::dns::tcp::DnsTcp;
@@ -89,19 +93,29 @@ pub struct GatewayServices {
     stacks: FxHashMap<NetworkId, DnsTcp>,
     macs: FxHashMap<NetworkId, MacAddr>,
     out: VecDeque<(Egress, Vec<u8>)>,
-    rng: u64,
+    /// Every random choice of the services (DNS query ids and answer
+    /// order, TCP initial sequence numbers) comes from this ChaCha12
+    /// stream, seeded by the driver from the OS's CSPRNG.
+    rng: StdRng,
     dropped: u64,
 }
 
 impl GatewayServices {
     /// Services with this DNS configuration and random seed, made at `now`.
-    pub fn new(config: DnsConfig, now: Instant, seed: u64) -> Self {
+    pub fn new(config: DnsConfig, now: Instant, seed: [u8; 32]) -> Self {
         Self::with_max_flows(config, crate::nat::DEFAULT_MAX_FLOWS, now, seed)
     }
 
     /// Services whose NAT tables (UDP/ICMP, and TCP) hold at most
     /// `max_flows` flows each, made at `now`.
-    pub fn with_max_flows(config: DnsConfig, max_flows: usize, now: Instant, seed: u64) -> Self {
+    pub fn with_max_flows(
+        config: DnsConfig,
+        max_flows: usize,
+        now: Instant,
+        seed: [u8; 32],
+    ) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let tcp_seed = rng.next_u64();
         GatewayServices {
             dns: DnsServer::new(config),
             nat: Nat::new(NatConfig {
@@ -114,23 +128,18 @@ impl GatewayServices {
                     ..TcpNatConfig::default()
                 },
                 now,
-                seed.rotate_left(29),
+                tcp_seed,
             ),
             stacks: FxHashMap::default(),
             macs: FxHashMap::default(),
             out: VecDeque::new(),
-            rng: seed,
+            rng,
             dropped: 0,
         }
     }
 
     fn next_random(&mut self) -> u64 {
-        // SplitMix64 (Steele, Lea, Flood 2014): one add and three mixes.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// The DNS server (zones, upstreams, counters).

@@ -35,6 +35,9 @@
 //!   mirroring because a real stack gives windows, retransmission and
 //!   half-close for free, and it takes 64 KiB segments whole.
 //! - `rustc-hash` (FxHash) for tables keyed by our own ids and flows.
+//! - `rand` 0.10 (`StdRng`, ChaCha12) without its thread-local RNG: every
+//!   random choice comes from a 256-bit seed the driver draws from the OS,
+//!   so DNS query ids are not guessable and tests replay exactly.
 
 pub mod dispatch;
 pub mod dns;

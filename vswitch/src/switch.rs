@@ -408,6 +408,7 @@ impl Switch {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::wire::ethernet::MacAddr;

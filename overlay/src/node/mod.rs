@@ -82,8 +82,8 @@ use crate::message::GossipMessage;
 mod replication;
 mod runtime;
 
+pub use crate::identity::NodeIdentity;
 use runtime::FocaRuntime;
-pub use runtime::NodeIdentity;
 
 /// Room left in a datagram for a message's own framing around chunked items.
 const CHUNK_SLACK: usize = 96;

@@ -14,7 +14,8 @@ use rand::RngExt;
 use crate::directory::{Digest, OwnerId};
 use crate::message::{chunk_by_size, GossipMessage};
 
-use super::{Node, NodeIdentity};
+use super::Node;
+use crate::identity::NodeIdentity;
 
 impl Node {
     pub(super) fn anti_entropy_round(&mut self) {

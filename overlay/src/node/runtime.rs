@@ -1,27 +1,14 @@
-//! The member identity foca gossips about, and the runtime that collects
-//! what foca asks for during one call (datagrams, timers, notifications)
-//! for the [`super::Node`] to act on afterwards.
+//! The runtime that collects what foca asks for during one call
+//! (datagrams, timers, notifications) for the [`super::Node`] to act on
+//! afterwards.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use foca::{OwnedNotification, Runtime, Timer};
-use serde::{Deserialize, Serialize};
 
-/// A member's identity in SWIM.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NodeIdentity {
-    /// `--node-name`.
-    pub name: String,
-    /// The address gossip is sent to (`--listen`).
-    pub gossip: SocketAddr,
-    /// Larger on every daemon start.
-    pub boot: u64,
-    /// Bumped when this member rejoins after being declared down.
-    pub renewal: u32,
-}
+use crate::identity::NodeIdentity;
 
 /// Collects what foca asks for during one call.
 pub(super) struct FocaRuntime {
@@ -89,25 +76,6 @@ impl Runtime<NodeIdentity> for FocaRuntime {
             seq: self.timer_seq,
             timer,
         }));
-    }
-}
-
-impl foca::Identity for NodeIdentity {
-    type Addr = SocketAddr;
-
-    fn renew(&self) -> Option<Self> {
-        Some(Self {
-            renewal: self.renewal.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.gossip
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        (self.boot, self.renewal) > (adversary.boot, adversary.renewal)
     }
 }
 

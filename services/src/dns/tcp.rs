@@ -304,6 +304,7 @@ fn take_message(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -1,3 +1,5 @@
+#![allow(clippy::disallowed_methods)]
+
 use super::*;
 use hickory_proto::rr::Name;
 use proptest::prelude::*;

@@ -1,3 +1,5 @@
+#![allow(clippy::disallowed_methods)]
+
 use super::*;
 
 const GW: MacAddr = MacAddr([0x02, 0x42, 10, 0, 0, 1]);

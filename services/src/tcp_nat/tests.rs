@@ -1,3 +1,5 @@
+#![allow(clippy::disallowed_methods)]
+
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use weft_vswitch::wire::ethernet::{EthernetFrame, ETHERTYPE_ARP};
