@@ -41,6 +41,7 @@ use weft_vswitch::gateway::REPLY_HEADROOM;
 use weft_vswitch::gro;
 use weft_vswitch::gso;
 use weft_vswitch::sys::write_batch::{WriteBatch, FRAME_BUFFER_LEN};
+use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 use weft_vswitch::{Decision, DropReason, PortId, Switch};
 
@@ -177,7 +178,15 @@ impl Plane {
         let frame_with_header = self.batch.current(len);
         let frame = &frame_with_header[VNET_HDR_LEN..];
         let (header, body) = self.reply.split_at_mut(VNET_HDR_LEN);
-        let result = match self.switch.gateway_reply(ingress, frame, body) {
+        // Parsed once here; the fast path and the services share the view.
+        let parsed = match GatewayFrame::parse(frame) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                self.taps.count_drop(ingress, reason);
+                return;
+            }
+        };
+        let result = match self.switch.gateway_reply(ingress, &parsed, body) {
             Ok(reply_len) => {
                 header.copy_from_slice(&vnet::EMPTY);
                 self.taps
@@ -193,7 +202,7 @@ impl Plane {
                     &mut self.reply,
                     (now, ingress),
                     &header,
-                    frame,
+                    &parsed,
                 )
             }
             Err(reason) => Err(reason),
@@ -356,16 +365,19 @@ fn to_services(
     scratch: &mut [u8],
     (now, ingress): (Instant, PortId),
     header: &[u8; VNET_HDR_LEN],
-    frame: &[u8],
+    frame: &GatewayFrame<'_>,
 ) -> Result<(), DropReason> {
     let (network, gateway) = switch.gateway_of(ingress)?;
     let vnet = VnetHeader::new_checked(&header[..]).map_err(|_| DropReason::Truncated)?;
     if !vnet.is_gso() || matches!(vnet.gso_type(), vnet::GSO_TCPV4 | vnet::GSO_TCPV6) {
         return services.handle_frame(now, network, gateway, ingress, frame);
     }
+    // A UDP GSO frame becomes datagrams, each a frame of its own.
     let mut result = Ok(());
-    gso::segment(&vnet, frame, scratch, |segment| {
-        if let Err(reason) = services.handle_frame(now, network, gateway, ingress, segment) {
+    gso::segment(&vnet, frame.bytes(), scratch, |segment| {
+        let handled = GatewayFrame::parse(segment)
+            .and_then(|segment| services.handle_frame(now, network, gateway, ingress, &segment));
+        if let Err(reason) = handled {
             result = Err(reason);
         }
     })

@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{NetSlice, PacketBuilder, TransportSlice};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
@@ -50,8 +50,8 @@ use crate::dns::tcp::DnsTcp;
 use crate::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone};
 use crate::nat::{FlowId, Nat, NatConfig};
 use crate::tcp_nat::{TcpNat, TcpNatConfig};
-use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_ARP};
-use weft_vswitch::wire::ip_addresses;
+use weft_vswitch::wire::ethernet::{MacAddr, ETHERTYPE_ARP};
+use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::DropReason;
 use weft_vswitch::GatewayConfig;
 use weft_vswitch::{NetworkId, PortId};
@@ -247,16 +247,15 @@ impl GatewayServices {
         network: NetworkId,
         gateway: &GatewayConfig,
         ingress: PortId,
-        frame: &[u8],
+        frame: &GatewayFrame<'_>,
     ) -> Result<(), DropReason> {
-        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
-        if eth.ethertype() == ETHERTYPE_ARP {
-            self.tcp.handle_neighbour_frame(now, network, frame);
-            self.feed_stack(now, network, gateway, frame);
+        if frame.ethertype() == ETHERTYPE_ARP {
+            self.tcp.handle_neighbour_frame(now, network, frame.bytes());
+            self.feed_stack(now, network, gateway, frame.bytes());
             return Ok(());
         }
-        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
-        let (src, dst) = ip_addresses(packet.net.as_ref()).ok_or(DropReason::NoRoute)?;
+        let packet = frame.packet()?;
+        let (src, dst) = frame.addresses().ok_or(DropReason::NoRoute)?;
         let ours = match dst {
             IpAddr::V4(v4) => gateway.ipv4.contains(&v4),
             IpAddr::V6(v6) => gateway.ipv6.contains(&v6),
@@ -280,7 +279,7 @@ impl GatewayServices {
                 let asker = Asker {
                     network,
                     port: ingress,
-                    mac: eth.source(),
+                    mac: frame.source(),
                     addr: SocketAddr::new(src, udp.source_port()),
                     server: dst,
                     transport: DnsTransport::Udp,
@@ -292,7 +291,7 @@ impl GatewayServices {
                 Ok(())
             }
             Some(TransportSlice::Tcp(tcp)) if ours && tcp.destination_port() == 53 => {
-                self.feed_stack(now, network, gateway, frame);
+                self.feed_stack(now, network, gateway, frame.bytes());
                 Ok(())
             }
             Some(TransportSlice::Tcp(tcp)) => {
@@ -303,8 +302,8 @@ impl GatewayServices {
             Some(TransportSlice::Icmpv6(_)) if ours || dst.is_multicast() => {
                 // Neighbour advertisements answering the stacks'
                 // solicitations.
-                self.tcp.handle_neighbour_frame(now, network, frame);
-                self.feed_stack(now, network, gateway, frame);
+                self.tcp.handle_neighbour_frame(now, network, frame.bytes());
+                self.feed_stack(now, network, gateway, frame.bytes());
                 Ok(())
             }
             Some(

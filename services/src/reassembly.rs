@@ -30,6 +30,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use weft_vswitch::wire::checksum;
+use weft_vswitch::wire::ip::IpLayout;
 use weft_vswitch::NetworkId;
 
 /// Datagrams being reassembled at once, all networks together.
@@ -146,25 +147,19 @@ struct Parsed {
 }
 
 fn parse(frame: &[u8]) -> Option<Parsed> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
+    let layout = IpLayout::parse(frame)?;
     let ip = frame.get(ETH..)?;
-    let header_len = usize::from(ip.first()? & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || header_len < 20 {
+    let (header_len, total) = (layout.header_len, layout.total_len);
+    if !layout.v4 || total < header_len || total > ip.len() {
         return None;
     }
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    if total < header_len || total > ip.len() {
-        return None;
-    }
-    let flags_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+    let flags_offset = u16::from_be_bytes([ip[6], ip[7]]);
     let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
     let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
     Some(Parsed {
         src: Ipv4Addr::from(src),
         dst: Ipv4Addr::from(dst),
-        protocol: ip[9],
+        protocol: layout.protocol,
         id: u16::from_be_bytes([ip[4], ip[5]]),
         header_len,
         offset: usize::from(flags_offset & 0x1fff) * 8,

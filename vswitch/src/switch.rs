@@ -36,6 +36,7 @@ use crate::gateway::{Gateway, GatewayConfig};
 pub use crate::ids::{NetworkId, PortId};
 use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY};
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
+use crate::wire::packet::GatewayFrame;
 
 /// How often aged MAC entries are purged.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -333,7 +334,7 @@ impl Switch {
     pub fn gateway_reply(
         &self,
         ingress: PortId,
-        frame: &[u8],
+        frame: &GatewayFrame<'_>,
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
         let network = self
@@ -341,7 +342,7 @@ impl Switch {
             .get(&ingress)
             .and_then(|n| self.networks.get(n))
             .ok_or(DropReason::UnknownPort)?;
-        network.gateway.handle_frame(frame, out)
+        network.gateway.answer(frame, out)
     }
 
     /// The gateway of the network `port` is in, with the network: what the
@@ -516,6 +517,7 @@ mod tests {
         arp.extend_from_slice(&[10, 0, 0, 9]);
         assert_eq!(sw.handle_frame(now, PortId(1), &arp), Decision::ToGateway);
         let mut out = [0u8; 128];
+        let arp = GatewayFrame::parse(&arp).unwrap();
         let len = sw.gateway_reply(PortId(1), &arp, &mut out).unwrap();
         let reply = &out[..len];
         // From mac(9), saying 10.0.0.9 is at mac(9).

@@ -40,14 +40,12 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use etherparse::{
-    IcmpEchoHeader, Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
-};
+use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, TransportSlice};
 use rustc_hash::FxHashMap;
 
 use crate::reassembly::{Fragment, Reassembly};
-use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr};
-use weft_vswitch::wire::ip_addresses;
+use weft_vswitch::wire::ethernet::MacAddr;
+use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::DropReason;
 use weft_vswitch::{NetworkId, PortId};
 
@@ -242,16 +240,17 @@ impl Nat {
         network: NetworkId,
         ingress: PortId,
         gateway_mac: MacAddr,
-        frame: &[u8],
+        frame: &GatewayFrame<'_>,
         open: Option<IpAddr>,
     ) -> Result<(), DropReason> {
-        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
-        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
-        if matches!(&packet.net, Some(NetSlice::Ipv4(ip)) if ip.header().is_fragmenting_payload()) {
-            // A fragment: the datagram goes on once it is whole.
-            return match self.reassembly.push(now, network, frame) {
+        let packet = frame.packet()?;
+        if frame.is_ipv4_fragment() {
+            // A fragment: the datagram goes on once it is whole (a new
+            // frame, parsed as such).
+            return match self.reassembly.push(now, network, frame.bytes()) {
                 Fragment::Held => Ok(()),
                 Fragment::Complete(whole) => {
+                    let whole = GatewayFrame::parse(&whole)?;
                     self.handle_frame(now, network, ingress, gateway_mac, &whole, open)
                 }
                 Fragment::Dropped => {
@@ -260,7 +259,7 @@ impl Nat {
                 }
             };
         }
-        let (src, dst) = ip_addresses(packet.net.as_ref()).ok_or(DropReason::NoRoute)?;
+        let (src, dst) = frame.addresses().ok_or(DropReason::NoRoute)?;
         let (proto, local, remote, data) = match &packet.transport {
             Some(TransportSlice::Udp(udp)) => (
                 NatProto::Udp,
@@ -305,7 +304,7 @@ impl Nat {
                         key,
                         inbound: None,
                         port: ingress,
-                        sandbox_mac: eth.source(),
+                        sandbox_mac: frame.source(),
                         gateway_mac,
                         last_active: now,
                     },

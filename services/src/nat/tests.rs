@@ -1,5 +1,9 @@
 #![allow(clippy::disallowed_methods)]
 
+use etherparse::{NetSlice, SlicedPacket};
+use weft_vswitch::wire::ethernet::EthernetFrame;
+use weft_vswitch::wire::ip_addresses;
+
 use super::*;
 
 const GW: MacAddr = MacAddr([0x02, 0x42, 10, 0, 0, 1]);
@@ -19,7 +23,8 @@ fn udp_frame(sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
 fn a_udp_flow_opens_once_and_replies_come_back() {
     let t0 = Instant::now();
     let mut nat = Nat::new(NatConfig::default());
-    nat.handle_frame(
+    handle(
+        &mut nat,
         t0,
         NetworkId(1),
         PortId(3),
@@ -28,7 +33,8 @@ fn a_udp_flow_opens_once_and_replies_come_back() {
         Some(IpAddr::from([192, 0, 2, 9])),
     )
     .unwrap();
-    nat.handle_frame(
+    handle(
+        &mut nat,
         t0,
         NetworkId(1),
         PortId(3),
@@ -81,7 +87,8 @@ fn flows_are_one_to_one_and_bounded() {
         max_flows: 2,
         ..NatConfig::default()
     });
-    nat.handle_frame(
+    handle(
+        &mut nat,
         t0,
         NetworkId(1),
         PortId(1),
@@ -90,7 +97,8 @@ fn flows_are_one_to_one_and_bounded() {
         Some(IpAddr::from([192, 0, 2, 9])),
     )
     .unwrap();
-    nat.handle_frame(
+    handle(
+        &mut nat,
         t0,
         NetworkId(1),
         PortId(1),
@@ -100,7 +108,8 @@ fn flows_are_one_to_one_and_bounded() {
     )
     .unwrap();
     assert_eq!(
-        nat.handle_frame(
+        handle(
+            &mut nat,
             t0,
             NetworkId(1),
             PortId(1),
@@ -130,7 +139,8 @@ fn echo_requests_and_replies_keep_the_sandbox_identifier() {
         .icmpv4_echo_request(0x1234, 7)
         .write(&mut f, b"ping!")
         .unwrap();
-    nat.handle_frame(
+    handle(
+        &mut nat,
         t0,
         NetworkId(1),
         PortId(1),
@@ -173,7 +183,8 @@ const REMOTE6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0,
 
 /// An IPv6 frame from the sandbox, with REMOTE6 as the way out.
 fn send_v6(nat: &mut Nat, now: Instant, frame: &[u8]) -> Result<(), DropReason> {
-    nat.handle_frame(
+    handle(
+        nat,
         now,
         NetworkId(1),
         PortId(1),
@@ -320,8 +331,7 @@ fn a_published_udp_port_carries_datagrams_both_ways() {
         .udp(5353, 40000)
         .write(&mut answer, b"world")
         .unwrap();
-    nat.handle_frame(t0, NetworkId(1), PortId(4), GW, &answer, None)
-        .unwrap();
+    handle(&mut nat, t0, NetworkId(1), PortId(4), GW, &answer, None).unwrap();
     assert_eq!(
         nat.poll_action(),
         Some(NatAction::Reply {
@@ -332,7 +342,8 @@ fn a_published_udp_port_carries_datagrams_both_ways() {
     );
     // A datagram to anyone else with no way out is refused.
     assert_eq!(
-        nat.handle_frame(
+        handle(
+            &mut nat,
             t0,
             NetworkId(1),
             PortId(4),
@@ -352,7 +363,8 @@ fn a_published_udp_port_carries_datagrams_both_ways() {
 fn refused_udp_becomes_port_unreachable() {
     let t0 = Instant::now();
     let mut nat = Nat::new(NatConfig::default());
-    nat.handle_frame(
+    handle(
+        &mut nat,
         t0,
         NetworkId(1),
         PortId(1),
@@ -394,7 +406,7 @@ proptest::proptest! {
         for (sport, host, dport) in datagrams {
             let frame = udp_frame(1000 + sport, [192, 0, 2, host], dport, b"x");
             let dst = IpAddr::from([192, 0, 2, host]);
-            let result = nat.handle_frame(t0, NetworkId(1), PortId(1), GW, &frame, Some(dst));
+            let result = handle(&mut nat, t0, NetworkId(1), PortId(1), GW, &frame, Some(dst));
             let known = flow_of.contains_key(&(sport, host, dport));
             if !known && flow_of.len() >= max_flows {
                 proptest::prop_assert_eq!(result, Err(DropReason::NatFull));
@@ -420,4 +432,18 @@ proptest::proptest! {
         proptest::prop_assert!(nat.flow_count() <= max_flows);
         proptest::prop_assert_eq!(nat.flow_count(), flow_of.len());
     }
+}
+
+/// Parse a frame, as the driver does, and hand it to the NAT.
+fn handle(
+    nat: &mut Nat,
+    now: Instant,
+    network: NetworkId,
+    ingress: PortId,
+    gateway_mac: MacAddr,
+    frame: &[u8],
+    open: Option<IpAddr>,
+) -> Result<(), DropReason> {
+    let parsed = GatewayFrame::parse(frame)?;
+    nat.handle_frame(now, network, ingress, gateway_mac, &parsed, open)
 }

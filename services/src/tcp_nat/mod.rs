@@ -80,6 +80,7 @@ use crate::smol_device::{arp_request, OneFrame};
 use segments::{raise_mss, reset_for, unreachable_for};
 use stack::{new_socket, Stack, MAX_QUEUED_FRAMES};
 use weft_vswitch::wire::ethernet::MacAddr;
+use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::DropReason;
 use weft_vswitch::GatewayConfig;
 use weft_vswitch::NetworkId;
@@ -299,11 +300,12 @@ impl TcpNat {
         now: Instant,
         network: NetworkId,
         gateway: &GatewayConfig,
-        frame: &[u8],
+        parsed: &GatewayFrame<'_>,
         open: Option<SocketAddr>,
     ) -> Result<(), DropReason> {
-        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
-        let tuple = tcp_tuple(network, &packet).ok_or(DropReason::Malformed)?;
+        let packet = parsed.packet()?;
+        let frame = parsed.bytes();
+        let tuple = tcp_tuple(network, packet).ok_or(DropReason::Malformed)?;
         let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
             return Err(DropReason::Malformed);
         };

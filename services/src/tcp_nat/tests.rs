@@ -94,7 +94,8 @@ impl Sandbox {
                     reply[38..42].copy_from_slice(&frame[28..32]);
                     self.device.rx.push_back(reply);
                 } else {
-                    nat.handle_frame(now, NET, &gw, &frame, open).unwrap();
+                    let parsed = GatewayFrame::parse(&frame).unwrap();
+                    nat.handle_frame(now, NET, &gw, &parsed, open).unwrap();
                 }
             }
             while let Some((network, frame, _)) = nat.poll_frame() {
