@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
+
+use crate::ownership;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
 use weft_cnm::{api, Controller};
@@ -35,6 +37,10 @@ pub struct DaemonArgs {
     /// Do not create the default `bridge` network.
     #[arg(long)]
     pub no_default_network: bool,
+    /// Group that may use the API socket (mode 0660), like dockerd's `-G`
+    /// [default: the daemon's own group].
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
     /// Upstream resolver for names that are not local, IP or IP:PORT
     /// (repeatable) [default: the nameservers of /etc/resolv.conf].
     #[arg(long, value_name = "ADDR")]
@@ -83,6 +89,16 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(crate::paths::default_state_dir);
+    // Before anything is restored: a live daemon on the socket, a path
+    // that is not a socket, or another daemon on the state directory stops
+    // this one here, having touched nothing.
+    ownership::check_socket_path(socket).await?;
+    let group = args
+        .group
+        .as_deref()
+        .map(ownership::socket_group)
+        .transpose()?;
+    let _state_lock = ownership::lock_state_dir(&state_dir)?;
     let helper_exe =
         std::env::current_exe().context("finding the weft binary for the attach helper")?;
     let dns_upstreams = if args.dns_upstream.is_empty() {
@@ -123,7 +139,7 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .await
             .context("creating the default network `bridge`")?;
     }
-    let listener = bind(socket).await?;
+    let listener = bind(socket, group).await?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
     let result = api::serve(listener, controller, shutdown_signal())
         .await
@@ -184,21 +200,18 @@ fn cluster_config(
     }))
 }
 
-async fn bind(socket: &Path) -> Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if socket.exists() {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            bail!(
-                "another weft daemon is listening on {}: stop it, or give this one another --socket",
-                socket.display()
-            );
-        }
+async fn bind(socket: &Path, group: Option<nix::unistd::Gid>) -> Result<UnixListener> {
+    ownership::make_socket_dir(socket, group)?;
+    // Checked at start to be nothing or a socket; a stale one goes now.
+    ownership::check_socket_path(socket).await?;
+    if std::fs::symlink_metadata(socket).is_ok() {
         std::fs::remove_file(socket)
             .with_context(|| format!("removing the stale socket {}", socket.display()))?;
     }
-    UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+    ownership::set_socket_mode(socket, group)?;
+    Ok(listener)
 }
 
 async fn shutdown_signal() {

@@ -21,6 +21,7 @@ mod client;
 mod daemon;
 mod helper;
 mod network;
+mod ownership;
 mod paths;
 mod peers;
 mod run;

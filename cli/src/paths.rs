@@ -37,8 +37,19 @@ pub fn default_socket() -> PathBuf {
         return PathBuf::from("/run/weft/weft.sock");
     }
     let runtime = env_dir("XDG_RUNTIME_DIR")
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-{}", nix::unistd::getuid())));
+        .or_else(rootless_fallback_dir)
+        .unwrap_or_else(std::env::temp_dir);
     runtime.join("weft/weft.sock")
+}
+
+/// Where a user's daemon keeps its socket when `XDG_RUNTIME_DIR` is not
+/// set: `/tmp/weft-UID` (which the daemon makes private, or refuses; see
+/// `crate::ownership`). None for root or when `XDG_RUNTIME_DIR` is set.
+pub fn rootless_fallback_dir() -> Option<PathBuf> {
+    if is_root() || env_dir("XDG_RUNTIME_DIR").is_some() {
+        return None;
+    }
+    Some(std::env::temp_dir().join(format!("weft-{}", nix::unistd::getuid())))
 }
 
 /// The default state directory.

@@ -45,6 +45,7 @@ pub mod driver;
 pub mod error_chain;
 pub mod host_routes;
 pub mod model;
+pub mod netns;
 pub mod overlay_driver;
 pub mod resolv_conf;
 pub mod store;

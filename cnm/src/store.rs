@@ -164,7 +164,23 @@ impl StateStore {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let mut file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+        // 0600 whatever the umask: the state names every sandbox.
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err("creating", &tmp))?
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // A stale temporary file keeps its mode through `open`.
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io_err("setting the mode of", &tmp))?;
+        }
         file.write_all(&bytes).map_err(io_err("writing", &tmp))?;
         file.sync_all().map_err(io_err("syncing", &tmp))?;
         drop(file);
@@ -202,5 +218,18 @@ mod tests {
         fs::write(store.path(), b"{not json").unwrap();
         let err = store.load().unwrap_err();
         assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    #[test]
+    fn the_state_file_is_private_whatever_was_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let tmp = dir.path().join(format!("{STATE_FILE}.tmp"));
+        fs::write(&tmp, b"stale").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o666)).unwrap();
+        store.save(&State::default()).unwrap();
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -32,6 +32,20 @@ pub enum SubnetError {
         "gateway {gateway} is the network or broadcast address of {subnet}: choose another --gateway"
     )]
     GatewayReserved { gateway: IpAddr, subnet: IpNet },
+    /// The subnet overlaps addresses that can never be a network's: the
+    /// unspecified range, loopback, link-local, multicast, reserved or
+    /// IPv4-mapped addresses.
+    #[error(
+        "subnet {subnet} overlaps {reserved} ({why}): no sandbox could use it; choose a private range such as 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or fd00::/8"
+    )]
+    Unusable {
+        /// The subnet asked for.
+        subnet: IpNet,
+        /// The range it overlaps.
+        reserved: IpNet,
+        /// What that range is.
+        why: &'static str,
+    },
     /// The ip range is not inside the subnet (or is of the other family).
     #[error(
         "ip range {ip_range} is not inside subnet {subnet}: choose an --ip-range inside the --subnet"

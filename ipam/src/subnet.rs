@@ -79,6 +79,13 @@ impl SubnetAlloc {
             return Err(SubnetError::TooSmall { subnet });
         }
         let subnet = subnet.trunc();
+        if let Some((reserved, why)) = unusable(subnet) {
+            return Err(SubnetError::Unusable {
+                subnet,
+                reserved,
+                why,
+            });
+        }
         let first = bits(subnet.network()) + 1;
         let gateway = gateway.unwrap_or_else(|| addr_from(subnet, first));
         if !subnet.contains(&gateway) {
@@ -264,6 +271,34 @@ impl<'de> Deserialize<'de> for SubnetAlloc {
         alloc.next = repr.next;
         Ok(alloc)
     }
+}
+
+/// Ranges no network can use (RFC 6890's special-purpose registries,
+/// those a host never routes to a neighbour): what an unusable subnet
+/// overlaps, and what that range is.
+const UNUSABLE: [(&str, &str); 9] = [
+    ("0.0.0.0/8", "\"this network\", RFC 1122"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "IPv4 link-local"),
+    ("224.0.0.0/4", "IPv4 multicast"),
+    ("240.0.0.0/4", "reserved, with the broadcast address"),
+    ("::/127", "the unspecified and loopback addresses"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses"),
+    ("fe80::/10", "IPv6 link-local"),
+    ("ff00::/8", "IPv6 multicast"),
+];
+
+/// The special-purpose range `subnet` overlaps, if any.
+fn unusable(subnet: IpNet) -> Option<(IpNet, &'static str)> {
+    UNUSABLE.iter().find_map(|(range, why)| {
+        let range: IpNet = range.parse().ok()?;
+        let overlap = match (range, subnet) {
+            (IpNet::V4(r), IpNet::V4(s)) => r.contains(&s.network()) || s.contains(&r.network()),
+            (IpNet::V6(r), IpNet::V6(s)) => r.contains(&s.network()) || s.contains(&r.network()),
+            _ => false,
+        };
+        overlap.then_some((range, *why))
+    })
 }
 
 fn is_v4(net: IpNet) -> bool {
@@ -617,6 +652,44 @@ mod tests {
             for _ in 0..17 {
                 prop_assert_eq!(a.allocate(), b.allocate());
             }
+        }
+    }
+
+    #[test]
+    fn subnets_no_sandbox_could_use_are_refused_and_say_why() {
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/8",
+            "224.1.0.0/24",
+            "127.5.0.0/16",
+            "169.254.0.0/16",
+            "255.255.255.0/24",
+            "::/0",
+            "fe80::/64",
+            "ff05::/64",
+            "::ffff:0:0/96",
+        ] {
+            let subnet: IpNet = bad.parse().unwrap();
+            match SubnetAlloc::new(subnet, None, None) {
+                Err(SubnetError::Unusable { subnet: s, why, .. }) => {
+                    assert_eq!(s, subnet.trunc());
+                    assert!(!why.is_empty());
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        for good in [
+            "10.0.0.0/8",
+            "172.17.0.0/16",
+            "192.0.2.0/24",
+            "100.64.0.0/10",
+            "fd00::/64",
+            "2001:db8::/64",
+        ] {
+            assert!(
+                SubnetAlloc::new(good.parse().unwrap(), None, None).is_ok(),
+                "{good}"
+            );
         }
     }
 }

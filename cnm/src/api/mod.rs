@@ -219,6 +219,8 @@ pub fn status_of(error: &ControllerError) -> u16 {
         | ControllerError::Subnet(_)
         | ControllerError::Address(_)
         | ControllerError::DuplicateFamily
+        | ControllerError::NotANetworkNamespace { .. }
+        | ControllerError::DaemonsOwnNamespace { .. }
         | ControllerError::OverlayNeedsCluster
         | ControllerError::OverlaySubnets => 400,
         ControllerError::VniInUse { .. } => 409,
@@ -260,6 +262,15 @@ mod tests {
             409
         );
         assert_eq!(status_of(&ControllerError::DuplicateFamily), 400);
+        let path = std::path::PathBuf::from("/etc/passwd");
+        assert_eq!(
+            status_of(&ControllerError::NotANetworkNamespace { path: path.clone() }),
+            400
+        );
+        assert_eq!(
+            status_of(&ControllerError::DaemonsOwnNamespace { path }),
+            400
+        );
         assert_eq!(status_of(&ControllerError::OverlayNeedsCluster), 400);
         assert_eq!(status_of(&ControllerError::OverlaySubnets), 400);
         assert_eq!(

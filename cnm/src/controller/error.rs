@@ -76,6 +76,18 @@ pub enum ControllerError {
         /// The path looked at.
         path: PathBuf,
     },
+    /// The path is not a network namespace.
+    #[error("{path} is not a network namespace: give a path like /var/run/netns/NAME or /proc/PID/ns/net (or a name made with ip netns add)")]
+    NotANetworkNamespace {
+        /// The path looked at.
+        path: PathBuf,
+    },
+    /// The daemon's own network namespace.
+    #[error("{path} is the weft daemon's own network namespace: sandboxes are other namespaces (ip netns add NAME)")]
+    DaemonsOwnNamespace {
+        /// The path looked at.
+        path: PathBuf,
+    },
     /// Already on that network.
     #[error("{sandbox} is already connected to network {network:?}")]
     AlreadyConnected {

@@ -79,6 +79,7 @@ use crate::api::types::{CreateNetworkRequest, EndpointDetails, NetworkDetails, P
 use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
 use crate::error_chain::error_chain;
 use crate::model::{DriverKind, Endpoint, Network};
+use crate::netns::{self, NotASandbox};
 use crate::overlay_driver::OverlayDriver;
 use crate::resolv_conf;
 use crate::store::{State, StateStore};
@@ -375,7 +376,13 @@ impl Controller {
         if !path.is_absolute() || !path.exists() {
             return Err(ControllerError::SandboxNotFound { path });
         }
-        Ok(path)
+        match netns::check(&path) {
+            Ok(()) => Ok(path),
+            Err(NotASandbox::NotANetworkNamespace) => {
+                Err(ControllerError::NotANetworkNamespace { path })
+            }
+            Err(NotASandbox::DaemonsOwn) => Err(ControllerError::DaemonsOwnNamespace { path }),
+        }
     }
 }
 

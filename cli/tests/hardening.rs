@@ -1,0 +1,201 @@
+//! End-to-end tests of what the daemon owns and refuses (issue 19's
+//! lifecycle, files and API-input items): one daemon per state directory
+//! and per socket, refused before anything is restored; a socket path that
+//! is an ordinary file is kept; the socket and the state file have their
+//! modes whatever the umask; sandbox paths that are not network namespaces
+//! (or are the daemon's own) and subnets no sandbox could use are 400s
+//! that say what to give instead. Needs root; skipped otherwise (fails
+//! under `CI=true`).
+//!
+//! Subnets: 10.239.N.0/24, a distinct N per test.
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{run, show, stderr, World, WEFT};
+
+/// Run a second daemon in the world's HOST namespace with these socket and
+/// state paths; it must exit by itself (bounded by `timeout`).
+fn second_daemon(w: &World, socket: &Path, state_dir: &Path) -> Output {
+    run(Command::new("ip")
+        .args([
+            "netns", "exec", &w.host, "timeout", "-s", "KILL", "20", WEFT,
+        ])
+        .arg("--socket")
+        .arg(socket)
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--no-default-network", "--dns-upstream", "127.0.0.1:9"])
+        .env("NO_COLOR", "1"))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_at_once_and_touches_nothing() {
+    let Some(w) = World::new() else { return };
+    w.weft_ok(&["network", "create", "--subnet", "10.239.1.0/24", "kept"]);
+    let state = std::fs::read(w.state_dir.join("state.json")).expect("state file");
+
+    let out = second_daemon(&w, &w.dir.join("other.sock"), &w.state_dir);
+    assert!(
+        !out.status.success(),
+        "second daemon started: {}",
+        show(&out)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(137),
+        "second daemon had to be killed"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("another weft daemon") && err.contains("state directory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("re-attached"),
+        "it restored endpoints first: {err}"
+    );
+    assert!(!w.dir.join("other.sock").exists(), "it bound a socket");
+    assert_eq!(
+        std::fs::read(w.state_dir.join("state.json")).unwrap(),
+        state,
+        "the state file changed"
+    );
+    // The first daemon still serves, with its network.
+    assert!(w.weft_ok(&["network", "ls"]).contains("kept"));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_says_so_before_anything_else() {
+    let Some(w) = World::new() else { return };
+    let other_state = w.dir.join("other-state");
+    let out = second_daemon(&w, &w.socket, &other_state);
+    assert!(
+        !out.status.success(),
+        "second daemon started: {}",
+        show(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("another weft daemon is listening"), "{err}");
+    assert!(!other_state.exists(), "it made a state directory first");
+    assert!(w.weft(&["network", "ls"]).status.success());
+}
+
+#[test]
+fn an_ordinary_file_given_as_socket_is_kept() {
+    let Some(w) = World::new() else { return };
+    let file = w.dir.join("precious.txt");
+    std::fs::write(&file, b"do not delete").unwrap();
+    let out = second_daemon(&w, &file, &w.dir.join("state-2"));
+    assert!(
+        !out.status.success(),
+        "daemon started on a file: {}",
+        show(&out)
+    );
+    assert!(stderr(&out).contains("is not a socket"), "{}", show(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"do not delete");
+}
+
+#[test]
+fn the_socket_and_the_state_file_have_their_modes_whatever_the_umask() {
+    let Some(w) = World::new() else { return };
+    // The test process's umask (022) would leave the socket 0755 and the
+    // state file 0644: weft sets them.
+    assert_eq!(mode(&w.socket), 0o660, "socket mode");
+    w.weft_ok(&["network", "create", "--subnet", "10.239.2.0/24", "m"]);
+    assert_eq!(mode(&w.state_dir.join("state.json")), 0o600, "state file");
+    assert_eq!(mode(&w.state_dir.join("daemon.lock")), 0o600, "lock file");
+
+    // A daemon started with umask 000 (as some service managers do).
+    let socket = w.dir.join("run-umask/weft.sock");
+    let state = w.dir.join("state-umask");
+    let script = format!(
+        "umask 000; exec timeout -s KILL 20 {WEFT} --socket {} daemon --state-dir {} --no-default-network --dns-upstream 127.0.0.1:9",
+        socket.display(),
+        state.display()
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.host, "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting a daemon with umask 000");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let socket_mode = socket.exists().then(|| mode(&socket));
+    let dir_mode = mode(socket.parent().unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(socket_mode, Some(0o660), "socket under umask 000");
+    assert_eq!(dir_mode, 0o750, "socket directory under umask 000");
+}
+
+#[test]
+fn connect_refuses_what_is_not_a_sandbox_with_a_400() {
+    let Some(w) = World::new() else { return };
+    w.weft_ok(&["network", "create", "--subnet", "10.239.3.0/24", "n"]);
+    for path in ["/etc/passwd", "/tmp", "/dev/null", "/proc/self/ns/mnt"] {
+        let answer = w.http(
+            "POST",
+            "/v1/networks/n/connect",
+            Some(&format!(r#"{{"sandbox": "{path}"}}"#)),
+        );
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert!(
+            answer.body.contains("is not a network namespace"),
+            "{path}: {}",
+            answer.body
+        );
+    }
+    // /proc/self/ns/net, as the daemon opens it, is its own namespace.
+    let err = w.weft_err(&["network", "connect", "n", "/proc/self/ns/net"]);
+    assert!(err.contains("daemon's own network namespace"), "{err}");
+    assert!(
+        w.endpoints("n").is_empty(),
+        "an endpoint was made: {:?}",
+        w.endpoints("n")
+    );
+    // Nothing was added to the daemon's namespace.
+    let links = w.links(&w.host);
+    assert!(!links.iter().any(|l| l == "eth0"), "{links:?}");
+}
+
+#[test]
+fn subnets_no_sandbox_could_use_are_400s_that_say_why() {
+    let Some(w) = World::new() else { return };
+    for (subnet, why) in [
+        ("0.0.0.0/0", "this network"),
+        ("224.1.0.0/24", "multicast"),
+        ("127.5.0.0/16", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("fe80::/64", "link-local"),
+        ("::ffff:0:0/96", "IPv4-mapped"),
+    ] {
+        let answer = w.http(
+            "POST",
+            "/v1/networks",
+            Some(&format!(
+                r#"{{"name": "bad", "subnets": [{{"subnet": "{subnet}"}}]}}"#
+            )),
+        );
+        assert_eq!(answer.status, 400, "{subnet}: {}", answer.body);
+        assert!(answer.body.contains(why), "{subnet}: {}", answer.body);
+    }
+    assert!(!w.weft_ok(&["network", "ls"]).contains("bad"));
+}
