@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_cnm::cluster::ClusterConfig;
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
-use weft_cnm::{api, Controller};
+use weft_cnm::{api, docker_plugin, Controller};
 
 /// The kernel's hostname (of the daemon's UTS namespace).
 const HOSTNAME: &str = "/proc/sys/kernel/hostname";
@@ -61,6 +61,15 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_NAT_MAX_FLOWS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub nat_max_flows: u32,
+    /// Also serve Docker's network and IPAM plugin protocol as NAME
+    /// (`docker network create -d NAME --ipam-driver NAME`), on
+    /// DIR/NAME.sock (see --docker-plugin-dir).
+    #[arg(long, value_name = "NAME")]
+    pub docker_plugin: Option<String>,
+    /// Where dockerd looks for plugin sockets [default: /run/docker/plugins
+    /// as root, else $XDG_RUNTIME_DIR/docker/plugins, a rootless dockerd's].
+    #[arg(long, value_name = "DIR", requires = "docker_plugin")]
+    pub docker_plugin_dir: Option<PathBuf>,
 }
 
 /// The NAT's default flow bound (as weft_vswitch::nat::DEFAULT_MAX_FLOWS).
@@ -124,11 +133,18 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .context("creating the default network `bridge`")?;
     }
     let listener = bind(socket).await?;
+    let plugin_socket = match &args.docker_plugin {
+        Some(name) => Some(serve_docker_plugin(name, args.docker_plugin_dir, &controller).await?),
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
     let result = api::serve(listener, controller, shutdown_signal())
         .await
         .context("serving the API");
     let _ = std::fs::remove_file(socket);
+    if let Some(path) = plugin_socket {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("weft daemon stopped; TAPs stay for the next start");
     result
 }
@@ -182,6 +198,43 @@ fn cluster_config(
         secret,
         vxlan_port,
     }))
+}
+
+/// Serve Docker's plugin protocol as `name` (see
+/// `weft_cnm::docker_plugin`) until the daemon stops; the socket's path.
+async fn serve_docker_plugin(
+    name: &str,
+    dir: Option<PathBuf>,
+    controller: &Arc<Controller>,
+) -> Result<PathBuf> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        bail!("--docker-plugin {name:?}: give a plain name (letters, digits, '-', '_', '.'), the one `docker network create -d NAME` uses");
+    }
+    let dir = dir.unwrap_or_else(|| {
+        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        docker_plugin::default_plugin_dir(
+            nix::unistd::geteuid().is_root(),
+            runtime_dir.as_deref(),
+        )
+    });
+    let path = dir.join(format!("{name}.sock"));
+    let listener = bind(&path)
+        .await
+        .context("serving the Docker plugin (--docker-plugin)")?;
+    let plugin = docker_plugin::Plugin::new(Arc::clone(controller));
+    tokio::spawn(async move {
+        if let Err(e) = docker_plugin::serve(listener, plugin, std::future::pending()).await {
+            tracing::error!(error = %e, "the Docker plugin stopped serving");
+        }
+    });
+    tracing::info!(socket = %path.display(), plugin = name, "serving Docker's network and IPAM plugin protocol");
+    Ok(path)
 }
 
 async fn bind(socket: &Path) -> Result<UnixListener> {

@@ -35,6 +35,7 @@ pub mod api;
 pub mod attach;
 pub mod cluster;
 pub mod controller;
+pub mod docker_plugin;
 pub mod driver;
 pub mod host_routes;
 pub mod model;
