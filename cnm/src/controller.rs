@@ -900,7 +900,13 @@ impl Controller {
         network_name: &str,
         request: ConnectRequest,
     ) -> Result<Endpoint, ControllerError> {
-        let sandbox = self.resolve_sandbox(&request.sandbox)?;
+        let sandbox = if request.docker.is_some() {
+            // Docker's sandbox key: the namespace is made after the join,
+            // and Docker moves the TAP there itself.
+            PathBuf::from(&request.sandbox)
+        } else {
+            self.resolve_sandbox(&request.sandbox)?
+        };
         let name = match request.name {
             Some(name) => name,
             None => default_endpoint_name(&sandbox),

@@ -56,7 +56,14 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
 /// The first address after the network address: the gateway weft gives
 /// a subnet without `--gateway` (as its IPAM does).
 fn first_address(subnet: IpNet) -> IpAddr {
-    subnet.hosts().next().unwrap_or(subnet.addr())
+    match subnet {
+        IpNet::V4(v4) => v4.hosts().next().map_or(subnet.addr(), IpAddr::V4),
+        // ipnet counts an IPv6 subnet's first address as a host; the
+        // subnet-router anycast address is no gateway.
+        IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6.network()).saturating_add(1),
+        )),
+    }
 }
 
 fn with_prefix(ip: IpAddr, prefix: u8) -> String {
@@ -450,5 +457,6 @@ mod tests {
         assert!(e.message.contains("overlaps 10.240.0.0/24"), "{}", e.message);
         assert!(check_free("10.241.0.0/24".parse().unwrap(), &[], &[pool]).is_ok());
         assert_eq!(first_address("10.240.0.0/24".parse().unwrap()), "10.240.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(first_address("fd00:1::/64".parse().unwrap()), "fd00:1::1".parse::<IpAddr>().unwrap());
     }
 }

@@ -140,7 +140,7 @@ impl IntoResponse for PluginError {
         (
             self.status,
             [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            serde_json::to_string(&ErrorResponse { err: self.message }).unwrap_or_default(),
+            serde_json::to_string(&ErrorResponse::new(self.message)).unwrap_or_default(),
         )
             .into_response()
     }
@@ -237,9 +237,9 @@ impl Plugin {
                 (
                     StatusCode::NOT_FOUND,
                     [(header::CONTENT_TYPE, CONTENT_TYPE)],
-                    serde_json::to_string(&ErrorResponse {
-                        err: format!("{uri}: not a call weft serves"),
-                    })
+                    serde_json::to_string(&ErrorResponse::new(format!(
+                        "{uri}: not a call weft serves"
+                    )))
                     .unwrap_or_default(),
                 )
             })

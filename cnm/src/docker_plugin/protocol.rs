@@ -39,12 +39,27 @@ pub struct ActivateResponse {
 }
 
 /// An error answer (HTTP 200 for a call that was understood but failed,
-/// 400 for a body that was not).
+/// 400 for a body that was not). libnetwork's network-driver client
+/// reads the message from `Err`, its IPAM client from `Error`: both carry
+/// it.
 #[derive(Debug, Serialize)]
 pub struct ErrorResponse {
     /// What went wrong and what to do; Docker shows it to the user.
     #[serde(rename = "Err")]
     pub err: String,
+    /// The same, for the IPAM client.
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
+impl ErrorResponse {
+    /// An error answer with `message`.
+    pub fn new(message: String) -> Self {
+        ErrorResponse {
+            error: message.clone(),
+            err: message,
+        }
+    }
 }
 
 /// `NetworkDriver.GetCapabilities`' answer.
