@@ -328,6 +328,11 @@ impl DockerWorld {
         }
         let plugin = unique_plugin();
         let w = World::with_daemon_args(&["--docker-plugin", &plugin])?;
+        Some(DockerWorld::around(w, plugin, live_restore))
+    }
+
+    /// A dockerd and a CLIENT around a world whose daemon serves `plugin`.
+    fn around(w: World, plugin: String, live_restore: bool) -> DockerWorld {
         let dockerd = Dockerd {
             dir: w.dir.join("docker"),
             host: w.host.clone(),
@@ -360,7 +365,7 @@ impl DockerWorld {
         }
         dw.dockerd.start();
         dw.dockerd.import_image(&dw.w.dir.join("rootfs"));
-        Some(dw)
+        dw
     }
 
     fn docker_ok(&self, args: &[&str]) -> String {
@@ -641,4 +646,86 @@ fn docker_shows_wefts_errors() {
     eprintln!("with weft down, docker failed after {:?}: {err}", started.elapsed());
     dw.w.start_daemon();
     dw.network("up", &["--subnet", "10.238.6.0/24"]);
+}
+
+/// Two hosts, no swarm: weft daemons in a gossip cluster, a dockerd on
+/// each. Host 1 makes an overlay network through Docker; host 2's
+/// dockerd joins it by name (no `--subnet`: its pool is bound to the
+/// cluster network's subnet); containers on the two hosts get distinct
+/// addresses and reach each other.
+#[test]
+fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
+    if !docker_tools() {
+        return;
+    }
+    let (p1, p2) = (unique_plugin(), unique_plugin());
+    let Some(mut w1) = World::prepared_with_daemon_args(&[
+        "--docker-plugin", &p1, "--listen", "198.51.100.1:7946", "--node-name", "h1",
+    ]) else {
+        return;
+    };
+    let Some(mut w2) = World::prepared_with_daemon_args(&[
+        "--docker-plugin", &p2, "--listen", "198.51.100.2:7946", "--node-name", "h2", "--join",
+        "198.51.100.1:7946",
+    ]) else {
+        return;
+    };
+    // The underlay: a veth between the two hosts, made from inside host 1.
+    let (h1, h2) = (w1.host.clone(), w2.host.clone());
+    for cmd in [
+        vec!["ip", "-n", &h1, "link", "add", "under0", "type", "veth", "peer", "name", "under0", "netns", &h2],
+        vec!["ip", "-n", &h1, "addr", "add", "198.51.100.1/24", "dev", "under0"],
+        vec!["ip", "-n", &h2, "addr", "add", "198.51.100.2/24", "dev", "under0"],
+        vec!["ip", "-n", &h1, "link", "set", "under0", "up"],
+        vec!["ip", "-n", &h2, "link", "set", "under0", "up"],
+    ] {
+        let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(&cmd));
+        assert!(out.status.success(), "{cmd:?}: {}", show(&out));
+    }
+    assert!(w1.ping_eventually(&h1, "198.51.100.2", Duration::from_secs(10)));
+    w1.start_daemon();
+    w2.start_daemon();
+    let d1 = DockerWorld::around(w1, p1, false);
+    let d2 = DockerWorld::around(w2, p2, false);
+
+    d1.network(
+        "ov",
+        &["-o", "weft.driver=overlay", "-o", "weft.network=ov", "--subnet", "10.238.7.0/24"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d2.w.network_names().contains(&"ov".to_owned()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d2.w.network_names().contains(&"ov".to_owned()), "ov never reached host 2: {}", d2.w.daemon_log());
+    let id2 = d2.network("ov", &["-o", "weft.network=ov"]);
+    assert_eq!(d2.weft_network_of(&id2)["name"], "ov");
+
+    d1.docker_ok(&["run", "-d", "--name", "c1", "--network", "ov", IMAGE, "sleep", "600"]);
+    d2.docker_ok(&["run", "-d", "--name", "c2", "--network", "ov", IMAGE, "sleep", "600"]);
+    let ip = |d: &DockerWorld, c: &str| {
+        let text = d.exec_ok(c, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {text}"))
+            .to_owned()
+    };
+    let (ip1, ip2) = (ip(&d1, "c1"), ip(&d2, "c2"));
+    assert_ne!(ip1, ip2, "the cluster handed out one address twice");
+    assert!(ip1.starts_with("10.238.7.") && ip2.starts_with("10.238.7."), "{ip1} {ip2}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reached = false;
+    while !reached && Instant::now() < deadline {
+        reached = d2
+            .dockerd
+            .docker(&["exec", "c2", "ping", "-c", "1", "-W", "1", &ip1])
+            .status
+            .success();
+    }
+    assert!(reached, "c2 on host 2 cannot reach c1 ({ip1}) on host 1:\n{}\n{}", d1.w.daemon_log(), d2.w.daemon_log());
+    let ping = d2.docker_ok(&["run", "--rm", "--network", "ov", IMAGE, "ping", "-c", "1", "-W", "3", &ip1]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+    let ping = d1.exec_ok("c1", &["ping", "-c", "1", "-W", "3", &ip2]);
+    assert!(ping.contains("1 packets received"), "{ping}");
 }
