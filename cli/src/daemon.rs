@@ -218,10 +218,7 @@ async fn serve_docker_plugin(
     }
     let dir = dir.unwrap_or_else(|| {
         let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
-        docker_plugin::default_plugin_dir(
-            nix::unistd::geteuid().is_root(),
-            runtime_dir.as_deref(),
-        )
+        docker_plugin::default_plugin_dir(nix::unistd::geteuid().is_root(), runtime_dir.as_deref())
     });
     let path = dir.join(format!("{name}.sock"));
     let listener = bind(&path)

@@ -75,11 +75,20 @@ fn unique_plugin() -> String {
 
 /// Whether the tools are here; skip (or fail under CI) otherwise.
 fn docker_tools() -> bool {
-    require(has_tool("dockerd", "--version"), "needs dockerd (apt-get install docker.io)")
-        && require(has_tool("docker", "--version"), "needs the docker CLI (docker.io)")
-        && require(Path::new("/bin/busybox").exists(), "needs /bin/busybox (busybox-static)")
-        && require(has_tool("curl", "--version"), "needs curl")
-        && require(has_tool("nsenter", "--version"), "needs nsenter (util-linux)")
+    require(
+        has_tool("dockerd", "--version"),
+        "needs dockerd (apt-get install docker.io)",
+    ) && require(
+        has_tool("docker", "--version"),
+        "needs the docker CLI (docker.io)",
+    ) && require(
+        Path::new("/bin/busybox").exists(),
+        "needs /bin/busybox (busybox-static)",
+    ) && require(has_tool("curl", "--version"), "needs curl")
+        && require(
+            has_tool("nsenter", "--version"),
+            "needs nsenter (util-linux)",
+        )
 }
 
 /// One dockerd inside a weft world's HOST namespace.
@@ -109,27 +118,34 @@ impl Dockerd {
         }
         let netns = format!("--net=/var/run/netns/{}", self.host);
         let mut cmd = Command::new("nsenter");
-        cmd.args([netns.as_str(), "timeout", "-s", "KILL", DOCKERD_LIFETIME, "dockerd"])
-            .arg("--data-root")
-            .arg(self.dir.join("root"))
-            .arg("--exec-root")
-            .arg(self.dir.join("exec"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket().display()))
-            .arg("--pidfile")
-            .arg(self.pidfile())
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--bridge",
-                "none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-forward=false",
-                "--userland-proxy=false",
-                "--dns",
-                DOCKER_DNS,
-            ]);
+        cmd.args([
+            netns.as_str(),
+            "timeout",
+            "-s",
+            "KILL",
+            DOCKERD_LIFETIME,
+            "dockerd",
+        ])
+        .arg("--data-root")
+        .arg(self.dir.join("root"))
+        .arg("--exec-root")
+        .arg(self.dir.join("exec"))
+        .arg("-H")
+        .arg(format!("unix://{}", self.socket().display()))
+        .arg("--pidfile")
+        .arg(self.pidfile())
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--bridge",
+            "none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-forward=false",
+            "--userland-proxy=false",
+            "--dns",
+            DOCKER_DNS,
+        ]);
         if self.live_restore {
             cmd.arg("--live-restore");
         }
@@ -201,14 +217,19 @@ impl Dockerd {
     /// `docker ARGS`, which must fail; its stderr.
     fn err(&self, args: &[&str]) -> String {
         let out = self.docker(args);
-        assert!(!out.status.success(), "docker {args:?} should have failed: {}", show(&out));
+        assert!(
+            !out.status.success(),
+            "docker {args:?} should have failed: {}",
+            show(&out)
+        );
         common::stderr(&out)
     }
 
     fn log(&self) -> String {
         (1..=self.starts)
             .map(|n| {
-                std::fs::read_to_string(self.dir.join(format!("dockerd-{n}.log"))).unwrap_or_default()
+                std::fs::read_to_string(self.dir.join(format!("dockerd-{n}.log")))
+                    .unwrap_or_default()
             })
             .collect::<Vec<_>>()
             .join("\n[dockerd restart]\n")
@@ -218,14 +239,28 @@ impl Dockerd {
     /// answers the client's address for the published-port check).
     fn import_image(&self, rootfs_dir: &Path) {
         let r = rootfs_dir;
-        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "var", "root", "www/cgi-bin"] {
+        for d in [
+            "bin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "run",
+            "var",
+            "root",
+            "www/cgi-bin",
+        ] {
             std::fs::create_dir_all(r.join(d)).expect("rootfs dirs");
         }
         std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("copying busybox");
         // The original, not the fresh copy: a copy still open in a child
         // another test thread forked meanwhile is "text file busy".
         let list = run(Command::new("/bin/busybox").arg("--list"));
-        for applet in stdout(&list).lines().filter(|a| *a != "busybox" && !a.is_empty()) {
+        for applet in stdout(&list)
+            .lines()
+            .filter(|a| *a != "busybox" && !a.is_empty())
+        {
             let _ = std::os::unix::fs::symlink("busybox", r.join("bin").join(applet));
         }
         std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
@@ -275,7 +310,11 @@ fn kill_processes_naming(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == i32::try_from(std::process::id()).unwrap_or(0) {
@@ -349,14 +388,41 @@ impl DockerWorld {
         dw.client = dw.w.sandbox("client");
         let (host, client) = (dw.w.host.clone(), dw.client.clone());
         for cmd in [
-            vec!["ip", "-n", &host, "addr", "add", "192.0.2.53/32", "dev", "lo"],
+            vec![
+                "ip",
+                "-n",
+                &host,
+                "addr",
+                "add",
+                "192.0.2.53/32",
+                "dev",
+                "lo",
+            ],
             vec!["ip", "-n", &client, "link", "set", "lo", "up"],
             vec![
                 "ip", "-n", &host, "link", "add", "client0", "type", "veth", "peer", "name",
                 "host0", "netns", &client,
             ],
-            vec!["ip", "-n", &host, "addr", "add", "192.0.2.1/24", "dev", "client0"],
-            vec!["ip", "-n", &client, "addr", "add", "192.0.2.10/24", "dev", "host0"],
+            vec![
+                "ip",
+                "-n",
+                &host,
+                "addr",
+                "add",
+                "192.0.2.1/24",
+                "dev",
+                "client0",
+            ],
+            vec![
+                "ip",
+                "-n",
+                &client,
+                "addr",
+                "add",
+                "192.0.2.10/24",
+                "dev",
+                "host0",
+            ],
             vec!["ip", "-n", &host, "link", "set", "client0", "up"],
             vec!["ip", "-n", &client, "link", "set", "host0", "up"],
         ] {
@@ -375,7 +441,14 @@ impl DockerWorld {
     /// `docker network create -d PLUGIN --ipam-driver PLUGIN ARGS NAME`;
     /// Docker's network id.
     fn network(&self, name: &str, args: &[&str]) -> String {
-        let mut all = vec!["network", "create", "-d", &self.plugin, "--ipam-driver", &self.plugin];
+        let mut all = vec![
+            "network",
+            "create",
+            "-d",
+            &self.plugin,
+            "--ipam-driver",
+            &self.plugin,
+        ];
         all.extend_from_slice(args);
         all.push(name);
         self.docker_ok(&all)
@@ -386,7 +459,10 @@ impl DockerWorld {
     fn weft_network_of(&self, docker_id: &str) -> Value {
         for name in self.w.network_names() {
             let net = self.w.inspect(&name);
-            let ids = net["docker_networks"].as_array().cloned().unwrap_or_default();
+            let ids = net["docker_networks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if ids.iter().any(|i| i.as_str() == Some(docker_id)) {
                 return net;
             }
@@ -450,9 +526,29 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
     assert_eq!(net["subnets"][0]["subnet"], "10.238.1.0/24", "{net:#}");
     assert_eq!(net["subnets"][0]["gateway"], "10.238.1.1", "{net:#}");
 
-    dw.docker_ok(&["run", "-d", "--name", "db", "--network", "app", IMAGE, "sleep", "600"]);
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "app",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
     let ping = dw.docker_ok(&[
-        "run", "--rm", "--network", "app", IMAGE, "ping", "-c", "1", "-W", "3", "db",
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "db",
     ]);
     assert!(ping.contains("1 packets received"), "{ping}");
     // The container's interface is weft's TAP with weft's address and MAC.
@@ -461,9 +557,16 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
     let endpoints = dw.w.endpoints(&weft_name);
     assert_eq!(endpoints.len(), 1, "{endpoints:#?}");
     let docker_ep = dw.docker_ok(&[
-        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}", "db",
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}",
+        "db",
     ]);
-    assert_eq!(endpoints[0]["docker"]["endpoint_id"], docker_ep.as_str(), "{endpoints:#?}");
+    assert_eq!(
+        endpoints[0]["docker"]["endpoint_id"],
+        docker_ep.as_str(),
+        "{endpoints:#?}"
+    );
     assert_eq!(endpoints[0]["docker"]["network_id"], id.as_str());
     assert_eq!(endpoints[0]["mac"], "02:42:0a:ee:01:02", "{endpoints:#?}");
     let mac = dw.exec_ok("db", &["cat", "/sys/class/net/eth0/address"]);
@@ -471,8 +574,21 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
 
     // -p 8080:80: weft listens on HOST and the server sees CLIENT.
     dw.docker_ok(&[
-        "run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", IMAGE, "httpd", "-f",
-        "-p", "80", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "-p",
+        "8080:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
     ]);
     let url = format!("http://{HOST_ADDR}:8080/cgi-bin/who");
     let mut seen = None;
@@ -484,12 +600,11 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(seen.as_deref(), Some(CLIENT_ADDR), "{}", dw.w.daemon_log());
-    let web = dw
-        .w
-        .endpoints(&weft_name)
-        .into_iter()
-        .find(|e| !e["ports"].as_array().is_none_or(Vec::is_empty))
-        .unwrap_or_else(|| panic!("no endpoint with ports: {:#?}", dw.w.endpoints(&weft_name)));
+    let web =
+        dw.w.endpoints(&weft_name)
+            .into_iter()
+            .find(|e| !e["ports"].as_array().is_none_or(Vec::is_empty))
+            .unwrap_or_else(|| panic!("no endpoint with ports: {:#?}", dw.w.endpoints(&weft_name)));
     assert_eq!(web["ports"][0]["host_port"], 8080, "{web:#}");
     assert_eq!(web["ports"][0]["container_port"], 80, "{web:#}");
 
@@ -498,8 +613,16 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
     assert!(dw.curl(&url).is_none(), "port 8080 still answers after rm");
     assert!(dw.w.endpoints(&weft_name).is_empty());
     dw.docker_ok(&["network", "rm", "app"]);
-    assert!(dw.w.network_names().is_empty(), "{:?}", dw.w.network_names());
-    assert_eq!(dw.docker_state(), Value::Null, "the plugin's state is not empty");
+    assert!(
+        dw.w.network_names().is_empty(),
+        "{:?}",
+        dw.w.network_names()
+    );
+    assert_eq!(
+        dw.docker_state(),
+        Value::Null,
+        "the plugin's state is not empty"
+    );
     let links = dw.w.links(&dw.w.host);
     assert!(
         links.iter().all(|l| l == "lo" || l == "client0"),
@@ -517,13 +640,39 @@ fn restarts_of_weft_and_dockerd_keep_containers_and_duplicate_nothing() {
     let Some(mut dw) = DockerWorld::new(true) else {
         return;
     };
-    let id = dw.network("app", &["--subnet", "10.238.2.0/24", "-o", "weft.network=app"]);
+    let id = dw.network(
+        "app",
+        &["--subnet", "10.238.2.0/24", "-o", "weft.network=app"],
+    );
     let net = dw.weft_network_of(&id);
     assert_eq!(net["name"], "app", "-o weft.network names the weft network");
-    dw.docker_ok(&["run", "-d", "--name", "db", "--network", "app", IMAGE, "sleep", "600"]);
     dw.docker_ok(&[
-        "run", "-d", "--name", "web", "--network", "app", "-p", "8081:80", IMAGE, "httpd", "-f",
-        "-p", "80", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "app",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "-p",
+        "8081:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
     ]);
     let url = format!("http://{HOST_ADDR}:8081/cgi-bin/who");
     let answered = |dw: &DockerWorld| {
@@ -544,9 +693,23 @@ fn restarts_of_weft_and_dockerd_keep_containers_and_duplicate_nothing() {
     dw.w.start_daemon();
     let ping = dw.exec_ok("web", &["ping", "-c", "1", "-W", "3", "db"]);
     assert!(ping.contains("1 packets received"), "{ping}");
-    assert!(answered(&dw), "published port after a weft restart: {}", dw.w.daemon_log());
+    assert!(
+        answered(&dw),
+        "published port after a weft restart: {}",
+        dw.w.daemon_log()
+    );
     let ping = dw.docker_ok(&[
-        "run", "--rm", "--network", "app", IMAGE, "ping", "-c", "1", "-W", "3", "web",
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "web",
     ]);
     assert!(ping.contains("1 packets received"), "{ping}");
     assert_eq!(dw.w.endpoints("app").len(), 2);
@@ -566,7 +729,10 @@ fn restarts_of_weft_and_dockerd_keep_containers_and_duplicate_nothing() {
         "{}",
         dw.docker_state()
     );
-    assert_eq!(dw.docker_state()["networks"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        dw.docker_state()["networks"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert_eq!(dw.docker_state()["pools"].as_array().map(Vec::len), Some(1));
 
     // Without --live-restore, stopping dockerd stops the containers: weft
@@ -578,10 +744,27 @@ fn restarts_of_weft_and_dockerd_keep_containers_and_duplicate_nothing() {
     while !dw.w.endpoints("app").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(dw.w.endpoints("app").is_empty(), "{:#?}", dw.w.endpoints("app"));
-    assert_eq!(dw.docker_state()["endpoints"].as_array().map(Vec::len), Some(0));
+    assert!(
+        dw.w.endpoints("app").is_empty(),
+        "{:#?}",
+        dw.w.endpoints("app")
+    );
+    assert_eq!(
+        dw.docker_state()["endpoints"].as_array().map(Vec::len),
+        Some(0)
+    );
     let ping = dw.docker_ok(&[
-        "run", "--rm", "--network", "app", IMAGE, "ping", "-c", "1", "-W", "3", "10.238.2.1",
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "10.238.2.1",
     ]);
     assert!(ping.contains("1 packets received"), "{ping}");
 }
@@ -595,7 +778,10 @@ fn docker_shows_wefts_errors() {
     let Some(mut dw) = DockerWorld::new(false) else {
         return;
     };
-    dw.network("app", &["--subnet", "10.238.3.0/24", "-o", "weft.network=app"]);
+    dw.network(
+        "app",
+        &["--subnet", "10.238.3.0/24", "-o", "weft.network=app"],
+    );
     let cases: [(&[&str], &str); 5] = [
         (
             &["--subnet", "10.238.0.0/16"],
@@ -619,7 +805,14 @@ fn docker_shows_wefts_errors() {
         ),
     ];
     for (args, message) in cases {
-        let mut all = vec!["network", "create", "-d", &dw.plugin, "--ipam-driver", &dw.plugin];
+        let mut all = vec![
+            "network",
+            "create",
+            "-d",
+            &dw.plugin,
+            "--ipam-driver",
+            &dw.plugin,
+        ];
         all.extend_from_slice(args);
         all.push("bad");
         let err = dw.dockerd.err(&all);
@@ -627,10 +820,21 @@ fn docker_shows_wefts_errors() {
     }
     // Nothing was left behind by the refusals.
     assert_eq!(dw.w.network_names(), vec!["app".to_owned()]);
-    assert_eq!(dw.docker_state()["pools"].as_array().map(Vec::len), Some(1), "{}", dw.docker_state());
+    assert_eq!(
+        dw.docker_state()["pools"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        dw.docker_state()
+    );
     // A weft network's own subnet without weft.network: says how to join.
     let err = dw.dockerd.err(&[
-        "network", "create", "-d", &dw.plugin, "--subnet", "10.238.3.0/24", "bad",
+        "network",
+        "create",
+        "-d",
+        &dw.plugin,
+        "--subnet",
+        "10.238.3.0/24",
+        "bad",
     ]);
     assert!(err.contains("add -o weft.network=app"), "{err}");
 
@@ -638,12 +842,22 @@ fn docker_shows_wefts_errors() {
     dw.w.kill_daemon();
     let started = Instant::now();
     let err = dw.dockerd.err(&[
-        "network", "create", "-d", &dw.plugin, "--ipam-driver", &dw.plugin, "--subnet",
-        "10.238.6.0/24", "down",
+        "network",
+        "create",
+        "-d",
+        &dw.plugin,
+        "--ipam-driver",
+        &dw.plugin,
+        "--subnet",
+        "10.238.6.0/24",
+        "down",
     ]);
     let socket = format!("{PLUGIN_DIR}/{}.sock", dw.plugin);
     assert!(err.contains(&socket), "{err}");
-    eprintln!("with weft down, docker failed after {:?}: {err}", started.elapsed());
+    eprintln!(
+        "with weft down, docker failed after {:?}: {err}",
+        started.elapsed()
+    );
     dw.w.start_daemon();
     dw.network("up", &["--subnet", "10.238.6.0/24"]);
 }
@@ -660,12 +874,23 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
     }
     let (p1, p2) = (unique_plugin(), unique_plugin());
     let Some(mut w1) = World::prepared_with_daemon_args(&[
-        "--docker-plugin", &p1, "--listen", "198.51.100.1:7946", "--node-name", "h1",
+        "--docker-plugin",
+        &p1,
+        "--listen",
+        "198.51.100.1:7946",
+        "--node-name",
+        "h1",
     ]) else {
         return;
     };
     let Some(mut w2) = World::prepared_with_daemon_args(&[
-        "--docker-plugin", &p2, "--listen", "198.51.100.2:7946", "--node-name", "h2", "--join",
+        "--docker-plugin",
+        &p2,
+        "--listen",
+        "198.51.100.2:7946",
+        "--node-name",
+        "h2",
+        "--join",
         "198.51.100.1:7946",
     ]) else {
         return;
@@ -673,9 +898,30 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
     // The underlay: a veth between the two hosts, made from inside host 1.
     let (h1, h2) = (w1.host.clone(), w2.host.clone());
     for cmd in [
-        vec!["ip", "-n", &h1, "link", "add", "under0", "type", "veth", "peer", "name", "under0", "netns", &h2],
-        vec!["ip", "-n", &h1, "addr", "add", "198.51.100.1/24", "dev", "under0"],
-        vec!["ip", "-n", &h2, "addr", "add", "198.51.100.2/24", "dev", "under0"],
+        vec![
+            "ip", "-n", &h1, "link", "add", "under0", "type", "veth", "peer", "name", "under0",
+            "netns", &h2,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &h1,
+            "addr",
+            "add",
+            "198.51.100.1/24",
+            "dev",
+            "under0",
+        ],
+        vec![
+            "ip",
+            "-n",
+            &h2,
+            "addr",
+            "add",
+            "198.51.100.2/24",
+            "dev",
+            "under0",
+        ],
         vec!["ip", "-n", &h1, "link", "set", "under0", "up"],
         vec!["ip", "-n", &h2, "link", "set", "under0", "up"],
     ] {
@@ -690,18 +936,49 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
 
     d1.network(
         "ov",
-        &["-o", "weft.driver=overlay", "-o", "weft.network=ov", "--subnet", "10.238.7.0/24"],
+        &[
+            "-o",
+            "weft.driver=overlay",
+            "-o",
+            "weft.network=ov",
+            "--subnet",
+            "10.238.7.0/24",
+        ],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !d2.w.network_names().contains(&"ov".to_owned()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(d2.w.network_names().contains(&"ov".to_owned()), "ov never reached host 2: {}", d2.w.daemon_log());
+    assert!(
+        d2.w.network_names().contains(&"ov".to_owned()),
+        "ov never reached host 2: {}",
+        d2.w.daemon_log()
+    );
     let id2 = d2.network("ov", &["-o", "weft.network=ov"]);
     assert_eq!(d2.weft_network_of(&id2)["name"], "ov");
 
-    d1.docker_ok(&["run", "-d", "--name", "c1", "--network", "ov", IMAGE, "sleep", "600"]);
-    d2.docker_ok(&["run", "-d", "--name", "c2", "--network", "ov", IMAGE, "sleep", "600"]);
+    d1.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "ov",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    d2.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c2",
+        "--network",
+        "ov",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
     let ip = |d: &DockerWorld, c: &str| {
         let text = d.exec_ok(c, &["ip", "-o", "-4", "addr", "show", "eth0"]);
         text.split_whitespace()
@@ -713,7 +990,10 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
     };
     let (ip1, ip2) = (ip(&d1, "c1"), ip(&d2, "c2"));
     assert_ne!(ip1, ip2, "the cluster handed out one address twice");
-    assert!(ip1.starts_with("10.238.7.") && ip2.starts_with("10.238.7."), "{ip1} {ip2}");
+    assert!(
+        ip1.starts_with("10.238.7.") && ip2.starts_with("10.238.7."),
+        "{ip1} {ip2}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut reached = false;
     while !reached && Instant::now() < deadline {
@@ -723,8 +1003,25 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
             .status
             .success();
     }
-    assert!(reached, "c2 on host 2 cannot reach c1 ({ip1}) on host 1:\n{}\n{}", d1.w.daemon_log(), d2.w.daemon_log());
-    let ping = d2.docker_ok(&["run", "--rm", "--network", "ov", IMAGE, "ping", "-c", "1", "-W", "3", &ip1]);
+    assert!(
+        reached,
+        "c2 on host 2 cannot reach c1 ({ip1}) on host 1:\n{}\n{}",
+        d1.w.daemon_log(),
+        d2.w.daemon_log()
+    );
+    let ping = d2.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "ov",
+        IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        &ip1,
+    ]);
     assert!(ping.contains("1 packets received"), "{ping}");
     let ping = d1.exec_ok("c1", &["ping", "-c", "1", "-W", "3", &ip2]);
     assert!(ping.contains("1 packets received"), "{ping}");

@@ -74,6 +74,7 @@ use weft_vswitch::sys::datapath::TunnelCounters;
 use crate::cluster::{
     Cluster, ClusterAllocError, ClusterConfig, ClusterError, GossipCounters, PeerInfo,
 };
+use crate::docker_plugin::state::DockerState;
 use crate::driver::{
     BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver, TunnelPeerCounters,
 };
@@ -84,7 +85,6 @@ use crate::model::{
 };
 use crate::overlay_driver::{self, OverlayDriver, PEERS_OPTION, VNI_OPTION};
 use crate::resolv_conf;
-use crate::docker_plugin::state::DockerState;
 use crate::store::{State, StateStore, StoreError};
 
 /// The default network's name (Docker's `docker0` network is `bridge`).
@@ -1389,7 +1389,10 @@ impl Controller {
     /// # Errors
     ///
     /// [`ControllerError::Subnet`] when the default pools are exhausted.
-    pub async fn free_default_subnet(&self, also_avoid: &[IpNet]) -> Result<IpNet, ControllerError> {
+    pub async fn free_default_subnet(
+        &self,
+        also_avoid: &[IpNet],
+    ) -> Result<IpNet, ControllerError> {
         let inner = self.inner.lock().await;
         let mut probe = inner.state.ipam.clone();
         let mut avoid = host_routes::ipv4_routes();
@@ -1494,7 +1497,11 @@ impl Controller {
             .state
             .endpoints
             .iter()
-            .find(|e| e.docker.as_ref().is_some_and(|d| d.endpoint_id == endpoint_id))?
+            .find(|e| {
+                e.docker
+                    .as_ref()
+                    .is_some_and(|d| d.endpoint_id == endpoint_id)
+            })?
             .clone();
         let network = inner.network(&endpoint.network)?.clone();
         Some((network, endpoint))
@@ -1558,7 +1565,9 @@ impl Controller {
             }
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
-        inner.state.endpoints[index].ports.extend(bound.iter().copied());
+        inner.state.endpoints[index]
+            .ports
+            .extend(bound.iter().copied());
         inner.save()?;
         tracing::info!(network = network.name, endpoint = endpoint.name, ports = ?bound, "ports published");
         Ok(bound)
@@ -1572,7 +1581,12 @@ impl Controller {
     /// [`ControllerError`] when the data path or the state file fails.
     pub async fn unpublish_ports(&self, endpoint_id: &str) -> Result<(), ControllerError> {
         let mut inner = self.inner.lock().await;
-        let Some(index) = inner.state.endpoints.iter().position(|e| e.id == endpoint_id) else {
+        let Some(index) = inner
+            .state
+            .endpoints
+            .iter()
+            .position(|e| e.id == endpoint_id)
+        else {
             return Ok(());
         };
         let endpoint = inner.state.endpoints[index].clone();

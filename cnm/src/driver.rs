@@ -325,7 +325,13 @@ impl BridgeDriver {
             }
         };
         let mac = endpoint.mac.unwrap_or_else(|| {
-            endpoint_mac(&endpoint.addresses.iter().map(|a| a.addr()).collect::<Vec<_>>())
+            endpoint_mac(
+                &endpoint
+                    .addresses
+                    .iter()
+                    .map(|a| a.addr())
+                    .collect::<Vec<_>>(),
+            )
         });
         let mut wanted = Endpoint {
             ports: ports.to_vec(),

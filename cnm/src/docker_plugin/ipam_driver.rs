@@ -103,7 +103,10 @@ impl Plugin {
     ) -> Result<Response, PluginError> {
         let request: RequestPoolRequest = parse_body(call, body)?;
         if !request.address_space.is_empty() && request.address_space != ADDRESS_SPACE {
-            tracing::debug!(space = request.address_space, "address space ignored: weft has one");
+            tracing::debug!(
+                space = request.address_space,
+                "address space ignored: weft has one"
+            );
         }
         if let Some(options) = request.options.as_ref().filter(|o| !o.is_empty()) {
             return Err(PluginError::refused(format!(
@@ -115,7 +118,9 @@ impl Plugin {
         let networks = self.controller.networks().await;
         let parse = |what: &str, text: &str| {
             text.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                PluginError::refused(format!("{what} {text:?} is not a subnet in CIDR notation (e.g. 10.240.0.0/24)"))
+                PluginError::refused(format!(
+                    "{what} {text:?} is not a subnet in CIDR notation (e.g. 10.240.0.0/24)"
+                ))
             })
         };
         let sub_pool = match request.sub_pool.as_str() {
@@ -124,7 +129,9 @@ impl Plugin {
         };
         let (subnet, auto) = if request.pool.is_empty() {
             if sub_pool.is_some() {
-                return Err(PluginError::refused("--ip-range needs --subnet: give the subnet it is part of"));
+                return Err(PluginError::refused(
+                    "--ip-range needs --subnet: give the subnet it is part of",
+                ));
             }
             if request.v6 {
                 return Err(PluginError::refused(
@@ -248,7 +255,11 @@ impl Plugin {
         let address = match (bound, gateway_asked) {
             (Some(network), true) => {
                 let gateway = network_gateway(&network, v6).ok_or_else(|| {
-                    PluginError::refused(format!("weft network {:?} has no IPv{} subnet", network.name, if v6 { 6 } else { 4 }))
+                    PluginError::refused(format!(
+                        "weft network {:?} has no IPv{} subnet",
+                        network.name,
+                        if v6 { 6 } else { 4 }
+                    ))
                 })?;
                 check_gateway(&network.name, gateway, wanted)?;
                 with_prefix(gateway, prefix_of(&network, gateway))
@@ -336,7 +347,12 @@ impl Plugin {
     ) -> Result<Response, PluginError> {
         let request: ReleaseAddressRequest = parse_body(call, body)?;
         let state = self.controller.docker_state().await;
-        let ip = request.address.split('/').next().unwrap_or("").parse::<IpAddr>();
+        let ip = request
+            .address
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .parse::<IpAddr>();
         let (Some(pool), Ok(ip)) = (state.pool(&request.pool_id).cloned(), ip) else {
             return Ok(answer(&serde_json::json!({})));
         };
@@ -389,10 +405,16 @@ fn prefix_of(network: &Network, ip: IpAddr) -> u8 {
         .subnets
         .iter()
         .find(|s| s.subnet.contains(&ip))
-        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| s.subnet.prefix_len())
+        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
+            s.subnet.prefix_len()
+        })
 }
 
-fn check_gateway(network: &str, gateway: IpAddr, wanted: Option<IpAddr>) -> Result<(), PluginError> {
+fn check_gateway(
+    network: &str,
+    gateway: IpAddr,
+    wanted: Option<IpAddr>,
+) -> Result<(), PluginError> {
     match wanted {
         Some(asked) if asked != gateway => Err(PluginError::refused(format!(
             "--gateway {asked}: weft network {network:?} has gateway {gateway}: drop --gateway or give --gateway {gateway}"
@@ -404,7 +426,11 @@ fn check_gateway(network: &str, gateway: IpAddr, wanted: Option<IpAddr>) -> Resu
 /// A `--subnet` may be a weft network's very subnet (the Docker network
 /// will be that network) but may not overlap another one, or another
 /// pool's.
-fn check_free(subnet: IpNet, networks: &[Network], pools: &[DockerPool]) -> Result<(), PluginError> {
+fn check_free(
+    subnet: IpNet,
+    networks: &[Network],
+    pools: &[DockerPool],
+) -> Result<(), PluginError> {
     for network in networks {
         for s in &network.subnets {
             if s.subnet != subnet && overlaps(s.subnet, subnet) {
@@ -453,10 +479,25 @@ mod tests {
             held: Vec::new(),
             pending: Vec::new(),
         };
-        let e = check_free("10.240.0.0/16".parse().unwrap(), &[], &[pool.clone()]).unwrap_err();
-        assert!(e.message.contains("overlaps 10.240.0.0/24"), "{}", e.message);
+        let e = check_free(
+            "10.240.0.0/16".parse().unwrap(),
+            &[],
+            std::slice::from_ref(&pool),
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("overlaps 10.240.0.0/24"),
+            "{}",
+            e.message
+        );
         assert!(check_free("10.241.0.0/24".parse().unwrap(), &[], &[pool]).is_ok());
-        assert_eq!(first_address("10.240.0.0/24".parse().unwrap()), "10.240.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(first_address("fd00:1::/64".parse().unwrap()), "fd00:1::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            first_address("10.240.0.0/24".parse().unwrap()),
+            "10.240.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            first_address("fd00:1::/64".parse().unwrap()),
+            "fd00:1::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -32,13 +32,13 @@ use weft_vswitch::MacAddr;
 use super::protocol::{
     CapabilitiesResponse, CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest,
     EndpointInterface, EndpointRequest, InterfaceName, IpamData, JoinRequest, JoinResponse,
-    NetworkRequest, OperInfoResponse, PortBinding, ProgramExternalConnectivityRequest,
-    DRIVER_MTU, ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL, PORT_MAP,
+    NetworkRequest, OperInfoResponse, PortBinding, ProgramExternalConnectivityRequest, DRIVER_MTU,
+    ENABLE_IPV6, GENERIC_OPTIONS, INTERNAL, PORT_MAP,
 };
 use super::state::{DockerEndpoint, DockerNetwork};
 use super::{answer, parse_body, short_id, Plugin, PluginError};
-use crate::controller::{ConnectRequest, CreateNetworkRequest as WeftCreate, DisconnectRequest};
 use crate::controller::SubnetRequest;
+use crate::controller::{ConnectRequest, CreateNetworkRequest as WeftCreate, DisconnectRequest};
 use crate::driver::endpoint_mac;
 use crate::model::{DockerAttachment, DriverKind, Network, PortMapping, PortProto};
 
@@ -74,9 +74,7 @@ pub struct NetworkOptions {
 /// A message naming the option and what to write, for a bad
 /// `weft.driver` or MTU, or a `com.docker.network.*` key weft does not
 /// take.
-pub fn parse_network_options(
-    options: &BTreeMap<String, Value>,
-) -> Result<NetworkOptions, String> {
+pub fn parse_network_options(options: &BTreeMap<String, Value>) -> Result<NetworkOptions, String> {
     let mut parsed = NetworkOptions {
         ipv6: options.get(ENABLE_IPV6).is_some_and(is_true),
         internal: options.get(INTERNAL).is_some_and(is_true),
@@ -85,7 +83,11 @@ pub fn parse_network_options(
     let generic = match options.get(GENERIC_OPTIONS) {
         None | Some(Value::Null) => return Ok(parsed),
         Some(Value::Object(map)) => map,
-        Some(other) => return Err(format!("{GENERIC_OPTIONS} is not a map of options: {other}")),
+        Some(other) => {
+            return Err(format!(
+                "{GENERIC_OPTIONS} is not a map of options: {other}"
+            ))
+        }
     };
     for (key, value) in generic {
         let text = match value {
@@ -133,7 +135,11 @@ fn is_true(value: &Value) -> bool {
 fn parse_cidr(what: &str, text: &str) -> Result<IpNet, PluginError> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| PluginError::refused(format!("{what} {text:?} is not an address in CIDR notation")))
+        .map_err(|_| {
+            PluginError::refused(format!(
+                "{what} {text:?} is not an address in CIDR notation"
+            ))
+        })
 }
 
 /// The network's gateway of the family of `v6`, if it has that family.
@@ -151,7 +157,9 @@ fn with_subnet_prefix(network: &Network, ip: IpAddr) -> IpNet {
         .subnets
         .iter()
         .find(|s| s.subnet.contains(&ip))
-        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| s.subnet.prefix_len());
+        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
+            s.subnet.prefix_len()
+        });
     IpNet::new(ip, prefix).unwrap_or_else(|_| IpNet::from(ip))
 }
 
@@ -165,7 +173,11 @@ pub fn port_mapping(binding: &PortBinding) -> Result<PortMapping, String> {
         6 => PortProto::Tcp,
         17 => PortProto::Udp,
         other => {
-            let name = if other == 132 { "sctp".to_owned() } else { format!("protocol {other}") };
+            let name = if other == 132 {
+                "sctp".to_owned()
+            } else {
+                format!("protocol {other}")
+            };
             return Err(format!(
                 "-p {}:{}/{name}: weft publishes TCP and UDP ports only",
                 binding.host_port, binding.port
@@ -205,8 +217,15 @@ impl Plugin {
     /// `NetworkDriver.DiscoverNew` and `DiscoverDelete`: weft's gossip
     /// finds its hosts itself, so Docker's node discovery (swarm only) is
     /// answered and not used.
-    pub(super) async fn discover(&self, call: &str, _body: &Bytes) -> Result<Response, PluginError> {
-        tracing::debug!(call, "Docker discovery notification ignored: weft's gossip finds hosts");
+    pub(super) async fn discover(
+        &self,
+        call: &str,
+        _body: &Bytes,
+    ) -> Result<Response, PluginError> {
+        tracing::debug!(
+            call,
+            "Docker discovery notification ignored: weft's gossip finds hosts"
+        );
         Ok(answer(&serde_json::json!({})))
     }
 
@@ -271,7 +290,6 @@ impl Plugin {
                         internal: options.internal,
                         mtu: options.mtu,
                         options: options.driver_options.clone(),
-                        ..WeftCreate::default()
                     })
                     .await;
                 if let Err(e) = made {
@@ -280,11 +298,9 @@ impl Plugin {
                 true
             }
         };
-        let network = self
-            .controller
-            .network(&name)
-            .await
-            .ok_or_else(|| PluginError::refused(format!("weft network {name:?} vanished while it was made")))?;
+        let network = self.controller.network(&name).await.ok_or_else(|| {
+            PluginError::refused(format!("weft network {name:?} vanished while it was made"))
+        })?;
         let network_id = request.network_id.clone();
         let bound = self
             .controller
@@ -298,9 +314,10 @@ impl Plugin {
                 // network's subnet of its family).
                 let mut pending = Vec::new();
                 for (subnet, _) in &subnets {
-                    let pool = state.pools.iter_mut().find(|p| {
-                        p.network.is_none() && p.subnet == *subnet
-                    });
+                    let pool = state
+                        .pools
+                        .iter_mut()
+                        .find(|p| p.network.is_none() && p.subnet == *subnet);
                     if let Some(pool) = pool {
                         pool.network = Some(name.clone());
                         pool.gateway = None;
@@ -341,7 +358,12 @@ impl Plugin {
                 tracing::warn!(network = name, address = %ip, error = %crate::controller::error_chain(&e), "auxiliary address not reserved");
             }
         }
-        tracing::info!(network = name, docker_network = short_id(&request.network_id), created, "Docker network is a weft network");
+        tracing::info!(
+            network = name,
+            docker_network = short_id(&request.network_id),
+            created,
+            "Docker network is a weft network"
+        );
         Ok(answer(&serde_json::json!({})))
     }
 
@@ -377,7 +399,11 @@ impl Plugin {
                 )));
             }
         }
-        let theirs: Vec<String> = existing.subnets.iter().map(|s| s.subnet.to_string()).collect();
+        let theirs: Vec<String> = existing
+            .subnets
+            .iter()
+            .map(|s| s.subnet.to_string())
+            .collect();
         for (subnet, _) in subnets {
             let same = existing.subnets.iter().any(|s| s.subnet == *subnet);
             let auto = state
@@ -433,13 +459,24 @@ impl Plugin {
             .networks
             .iter()
             .any(|n| n.id != docker.id && n.weft_network == docker.weft_network);
-        if docker.created && !others && self.controller.network(&docker.weft_network).await.is_some() {
+        if docker.created
+            && !others
+            && self
+                .controller
+                .network(&docker.weft_network)
+                .await
+                .is_some()
+        {
             self.controller.delete_network(&docker.weft_network).await?;
         }
         self.controller
             .update_docker_state(|state| state.networks.retain(|n| n.id != docker.id))
             .await?;
-        tracing::info!(network = docker.weft_network, docker_network = short_id(&docker.id), "Docker network removed");
+        tracing::info!(
+            network = docker.weft_network,
+            docker_network = short_id(&docker.id),
+            "Docker network removed"
+        );
         Ok(answer(&serde_json::json!({})))
     }
 
@@ -499,7 +536,9 @@ impl Plugin {
                     if gateway_of(&network, v6).is_none() {
                         continue;
                     }
-                    let a = self.reserve_owned(&network.name, &endpoint_id, None, v6).await?;
+                    let a = self
+                        .reserve_owned(&network.name, &endpoint_id, None, v6)
+                        .await?;
                     addresses.push(a);
                     if v6 {
                         reply.address_ipv6 = a.to_string();
@@ -512,7 +551,9 @@ impl Plugin {
                 if state.held_by_pool(&network.name, *ip) {
                     addresses.push(with_subnet_prefix(&network, *ip));
                 } else {
-                    let a = self.reserve_owned(&network.name, &endpoint_id, Some(*ip), *v6).await?;
+                    let a = self
+                        .reserve_owned(&network.name, &endpoint_id, Some(*ip), *v6)
+                        .await?;
                     addresses.push(a);
                 }
             }
@@ -524,7 +565,10 @@ impl Plugin {
             return Err(e);
         }
         let mac = mac.unwrap_or_else(|| {
-            reply_mac(&mut reply, &addresses.iter().map(IpNet::addr).collect::<Vec<_>>())
+            reply_mac(
+                &mut reply,
+                &addresses.iter().map(IpNet::addr).collect::<Vec<_>>(),
+            )
         });
         let saved = self
             .controller
@@ -606,14 +650,22 @@ impl Plugin {
     pub(super) async fn join(&self, call: &str, body: &Bytes) -> Result<Response, PluginError> {
         let request: JoinRequest = parse_body(call, body)?;
         let state = self.controller.docker_state().await;
-        let endpoint = state.endpoint(&request.endpoint_id).cloned().ok_or_else(|| {
-            PluginError::refused(format!(
+        let endpoint = state
+            .endpoint(&request.endpoint_id)
+            .cloned()
+            .ok_or_else(|| {
+                PluginError::refused(format!(
                 "Docker endpoint {} is not known to weft: remove the container and start it again",
                 short_id(&request.endpoint_id)
             ))
-        })?;
+            })?;
         let network = self.weft_network(&endpoint.weft_network).await?;
-        if self.controller.docker_endpoint(&endpoint.id).await.is_none() {
+        if self
+            .controller
+            .docker_endpoint(&endpoint.id)
+            .await
+            .is_none()
+        {
             let joined = self
                 .controller
                 .connect(
@@ -631,7 +683,13 @@ impl Plugin {
                     },
                 )
                 .await?;
-            tracing::info!(network = network.name, endpoint = short_id(&endpoint.id), tap = joined.ifname, sandbox = request.sandbox_key, "Docker endpoint joined");
+            tracing::info!(
+                network = network.name,
+                endpoint = short_id(&endpoint.id),
+                tap = joined.ifname,
+                sandbox = request.sandbox_key,
+                "Docker endpoint joined"
+            );
         }
         let has = |v6: bool| endpoint.addresses.iter().any(|a| a.addr().is_ipv6() == v6);
         let gateway = |v6: bool| {
@@ -669,7 +727,11 @@ impl Plugin {
                     },
                 )
                 .await?;
-            tracing::info!(network = network.name, endpoint = short_id(endpoint_id), "Docker endpoint left");
+            tracing::info!(
+                network = network.name,
+                endpoint = short_id(endpoint_id),
+                "Docker endpoint left"
+            );
         }
         Ok(())
     }
@@ -697,17 +759,26 @@ impl Plugin {
         let mut value = BTreeMap::new();
         let state = self.controller.docker_state().await;
         if let Some(endpoint) = state.endpoint(&request.endpoint_id) {
-            value.insert("weft.network".into(), Value::from(endpoint.weft_network.clone()));
+            value.insert(
+                "weft.network".into(),
+                Value::from(endpoint.weft_network.clone()),
+            );
             value.insert("weft.mac".into(), Value::from(endpoint.mac.to_string()));
-            let addresses: Vec<Value> =
-                endpoint.addresses.iter().map(|a| Value::from(a.to_string())).collect();
+            let addresses: Vec<Value> = endpoint
+                .addresses
+                .iter()
+                .map(|a| Value::from(a.to_string()))
+                .collect();
             value.insert("weft.addresses".into(), Value::from(addresses));
         }
         if let Some((_, endpoint)) = self.controller.docker_endpoint(&request.endpoint_id).await {
             value.insert("weft.endpoint".into(), Value::from(endpoint.id.clone()));
             value.insert("weft.tap".into(), Value::from(endpoint.ifname.clone()));
-            let ports: Vec<Value> =
-                endpoint.ports.iter().map(|p| Value::from(p.to_string())).collect();
+            let ports: Vec<Value> = endpoint
+                .ports
+                .iter()
+                .map(|p| Value::from(p.to_string()))
+                .collect();
             value.insert("weft.ports".into(), Value::from(ports));
         }
         Ok(answer(&OperInfoResponse { value }))
@@ -721,18 +792,20 @@ impl Plugin {
         body: &Bytes,
     ) -> Result<Response, PluginError> {
         let request: ProgramExternalConnectivityRequest = parse_body(call, body)?;
-        let bindings: Vec<PortBinding> = match request.options.as_ref().and_then(|o| o.get(PORT_MAP)) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(list) => serde_json::from_value(list.clone()).map_err(|e| {
-                PluginError::refused(format!("{PORT_MAP} is not a list of port bindings: {e}"))
-            })?,
-        };
+        let bindings: Vec<PortBinding> =
+            match request.options.as_ref().and_then(|o| o.get(PORT_MAP)) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(list) => serde_json::from_value(list.clone()).map_err(|e| {
+                    PluginError::refused(format!("{PORT_MAP} is not a list of port bindings: {e}"))
+                })?,
+            };
         let mappings = bindings
             .iter()
             .map(port_mapping)
             .collect::<Result<Vec<_>, _>>()
             .map_err(PluginError::refused)?;
-        let Some((_, endpoint)) = self.controller.docker_endpoint(&request.endpoint_id).await else {
+        let Some((_, endpoint)) = self.controller.docker_endpoint(&request.endpoint_id).await
+        else {
             return Err(PluginError::refused(format!(
                 "Docker endpoint {} has not joined: start the container again",
                 short_id(&request.endpoint_id)
@@ -814,19 +887,27 @@ mod tests {
         assert_eq!(o.driver, Some(DriverKind::Overlay));
         assert_eq!(o.mtu, Some(1400));
         assert!(o.ipv6 && o.internal);
-        assert_eq!(o.driver_options.get("vni").map(String::as_str), Some("4242"));
+        assert_eq!(
+            o.driver_options.get("vni").map(String::as_str),
+            Some("4242")
+        );
         assert_eq!(options("{}").unwrap(), NetworkOptions::default());
     }
 
     #[test]
     fn bad_options_say_what_to_write() {
         let e = options(r#"{"com.docker.network.generic":{"weft.driver":"macvlan"}}"#).unwrap_err();
-        assert!(e.contains("weft.driver=bridge or weft.driver=overlay"), "{e}");
-        let e = options(r#"{"com.docker.network.generic":{"com.docker.network.driver.mtu":"big"}}"#)
-            .unwrap_err();
+        assert!(
+            e.contains("weft.driver=bridge or weft.driver=overlay"),
+            "{e}"
+        );
+        let e =
+            options(r#"{"com.docker.network.generic":{"com.docker.network.driver.mtu":"big"}}"#)
+                .unwrap_err();
         assert!(e.contains("is a number"), "{e}");
-        let e = options(r#"{"com.docker.network.generic":{"com.docker.network.bridge.name":"br9"}}"#)
-            .unwrap_err();
+        let e =
+            options(r#"{"com.docker.network.generic":{"com.docker.network.bridge.name":"br9"}}"#)
+                .unwrap_err();
         assert!(e.contains("not of weft"), "{e}");
     }
 
@@ -840,10 +921,22 @@ mod tests {
             host_port_end: 8080,
         };
         let m = port_mapping(&tcp).unwrap();
-        assert_eq!((m.host_ip, m.host_port, m.container_port, m.proto), (None, 8080, 80, PortProto::Tcp));
-        let sctp = PortBinding { proto: 132, ..tcp.clone() };
-        assert!(port_mapping(&sctp).unwrap_err().contains("TCP and UDP ports only"));
-        let udp = PortBinding { proto: 17, host_ip: Some("127.0.0.1".into()), ..tcp };
+        assert_eq!(
+            (m.host_ip, m.host_port, m.container_port, m.proto),
+            (None, 8080, 80, PortProto::Tcp)
+        );
+        let sctp = PortBinding {
+            proto: 132,
+            ..tcp.clone()
+        };
+        assert!(port_mapping(&sctp)
+            .unwrap_err()
+            .contains("TCP and UDP ports only"));
+        let udp = PortBinding {
+            proto: 17,
+            host_ip: Some("127.0.0.1".into()),
+            ..tcp
+        };
         let m = port_mapping(&udp).unwrap();
         assert_eq!(m.host_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(m.proto, PortProto::Udp);
