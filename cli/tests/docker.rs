@@ -1026,3 +1026,137 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
     let ping = d1.exec_ok("c1", &["ping", "-c", "1", "-W", "3", &ip2]);
     assert!(ping.contains("1 packets received"), "{ping}");
 }
+
+/// Where addresses come from: Docker's own IPAM (weft reserves Docker's
+/// choice in the weft network, so weft never hands it out again), weft's
+/// IPAM with `--ip-range`, `--aux-address` and `--ip`, and Docker's null
+/// IPAM (weft chooses the subnet and the addresses and answers them).
+#[test]
+fn addresses_from_dockers_ipam_wefts_or_none() {
+    let Some(mut dw) = DockerWorld::new(false) else {
+        return;
+    };
+    // Docker's IPAM: Docker chooses, weft reserves.
+    let id = dw.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        &dw.plugin,
+        "--subnet",
+        "10.238.8.0/24",
+        "dockeripam",
+    ]);
+    let weft_name = dw.weft_network_of(&id)["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "d1",
+        "--network",
+        "dockeripam",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let addr = dw.exec_ok("d1", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains("10.238.8.2/24"), "{addr}");
+    let sandbox = dw.w.sandbox("native");
+    let err = dw.w.weft_err(&[
+        "network",
+        "connect",
+        "--ip",
+        "10.238.8.2",
+        &weft_name,
+        &sandbox,
+    ]);
+    assert!(err.contains("already in use"), "{err}");
+
+    // weft's IPAM: the range, an auxiliary address kept out, a static --ip.
+    dw.network(
+        "ranged",
+        &[
+            "--subnet",
+            "10.238.9.0/24",
+            "--ip-range",
+            "10.238.9.128/25",
+            "--aux-address",
+            "router=10.238.9.128",
+        ],
+    );
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r1",
+        "--network",
+        "ranged",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let addr = dw.exec_ok("r1", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(
+        addr.contains("10.238.9.129/24"),
+        "range and aux address: {addr}"
+    );
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r2",
+        "--network",
+        "ranged",
+        "--ip",
+        "10.238.9.200",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let ping = dw.exec_ok("r1", &["ping", "-c", "1", "-W", "3", "10.238.9.200"]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+
+    // Docker's null IPAM: weft chooses the subnet and the addresses.
+    let id = dw.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        &dw.plugin,
+        "--ipam-driver",
+        "null",
+        "bare",
+    ]);
+    let net = dw.weft_network_of(&id);
+    let subnet = net["subnets"][0]["subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!subnet.is_empty(), "weft chose no subnet: {net:#}");
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b1",
+        "--network",
+        "bare",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let addr = dw.exec_ok("b1", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    let gateway = net["subnets"][0]["gateway"].as_str().unwrap_or_default();
+    let ping = dw.exec_ok("b1", &["ping", "-c", "1", "-W", "3", gateway]);
+    assert!(ping.contains("1 packets received"), "{addr}\n{ping}");
+
+    // All of it goes again.
+    dw.docker_ok(&["rm", "-f", "d1", "r1", "r2", "b1"]);
+    dw.docker_ok(&["network", "rm", "dockeripam", "ranged", "bare"]);
+    assert!(
+        dw.w.network_names().is_empty(),
+        "{:?}",
+        dw.w.network_names()
+    );
+    assert_eq!(dw.docker_state(), Value::Null);
+}

@@ -257,6 +257,11 @@ impl Plugin {
         let mut subnets = Vec::with_capacity(data.len());
         for d in &data {
             let subnet = parse_cidr("pool", &d.pool)?.trunc();
+            if subnet.prefix_len() == 0 {
+                // Docker's null IPAM (`--ipam-driver null`): no subnet;
+                // weft chooses one, and the endpoints' addresses.
+                continue;
+            }
             let gateway = match d.gateway.as_deref() {
                 Some(g) if !g.is_empty() => Some(parse_cidr("gateway", g)?.addr()),
                 _ => None,
