@@ -282,6 +282,162 @@ mod tests {
         );
     }
 
+    /// A controller of its own (state in a temporary directory, no
+    /// cluster) behind a plugin.
+    async fn plugin(dir: &Path) -> Arc<Plugin> {
+        let controller = Controller::start(crate::ControllerConfig {
+            state_dir: dir.to_owned(),
+            helper_exe: PathBuf::from("/nonexistent"),
+            netns_dir: dir.join("netns"),
+            dns_upstreams: Vec::new(),
+            cluster: None,
+            nat_max_flows: 16,
+        })
+        .await
+        .expect("controller");
+        Plugin::new(Arc::new(controller))
+    }
+
+    /// Call `path` with `body`; the status and the answer's JSON.
+    async fn call(plugin: &Arc<Plugin>, path: &str, body: &str) -> (u16, serde_json::Value) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::post(path)
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.docker.plugins.v1.2+json",
+            )
+            .body(axum::body::Body::from(body.to_owned()))
+            .expect("request");
+        let response = Arc::clone(plugin)
+            .router()
+            .oneshot(request)
+            .await
+            .expect("answer");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// Docker's calls for a network and an endpoint, replays included, and
+    /// their undoing: nothing is duplicated, nothing stays.
+    #[tokio::test]
+    async fn ipam_and_network_calls_are_idempotent_and_leave_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = plugin(dir.path()).await;
+        let (status, activate) = call(&p, "/Plugin.Activate", "null").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            activate["Implements"],
+            serde_json::json!(["NetworkDriver", "IpamDriver"])
+        );
+
+        let pool =
+            r#"{"AddressSpace":"weft","Pool":"10.9.0.0/24","SubPool":"","Options":{},"V6":false}"#;
+        let (_, first) = call(&p, "/IpamDriver.RequestPool", pool).await;
+        assert_eq!(first["PoolID"], "weft:10.9.0.0/24", "{first}");
+        let (_, again) = call(&p, "/IpamDriver.RequestPool", pool).await;
+        assert_eq!(again["PoolID"], first["PoolID"]);
+        let (status, overlap) = call(
+            &p,
+            "/IpamDriver.RequestPool",
+            r#"{"AddressSpace":"weft","Pool":"10.9.0.0/16"}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            overlap["Error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("overlaps 10.9.0.0/24"),
+            "{overlap}"
+        );
+        let (_, gateway) = call(
+            &p,
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":"weft:10.9.0.0/24","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#,
+        )
+        .await;
+        assert_eq!(gateway["Address"], "10.9.0.1/24", "{gateway}");
+
+        let network_id = "ab".repeat(32);
+        let create = format!(
+            r#"{{"NetworkID":"{network_id}","Options":{{"com.docker.network.generic":{{}}}},
+            "IPv4Data":[{{"AddressSpace":"weft","Pool":"10.9.0.0/24","Gateway":"10.9.0.1/24"}}],"IPv6Data":[]}}"#
+        );
+        for _ in 0..2 {
+            let (status, answer) = call(&p, "/NetworkDriver.CreateNetwork", &create).await;
+            assert_eq!((status, answer), (200, serde_json::json!({})));
+        }
+        let networks = p.controller.networks().await;
+        assert_eq!(networks.len(), 1, "{networks:?}");
+        assert_eq!(networks[0].name, "docker-abababababab");
+
+        let (_, address) = call(
+            &p,
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":"weft:10.9.0.0/24","Address":"","Options":null}"#,
+        )
+        .await;
+        assert_eq!(address["Address"], "10.9.0.2/24", "{address}");
+        let endpoint = format!(
+            r#"{{"NetworkID":"{network_id}","EndpointID":"{}","Interface":{{"Address":"10.9.0.2/24","AddressIPv6":"","MacAddress":""}},"Options":{{}}}}"#,
+            "cd".repeat(32)
+        );
+        for _ in 0..2 {
+            let (_, answer) = call(&p, "/NetworkDriver.CreateEndpoint", &endpoint).await;
+            // Only what Docker left empty: the MAC.
+            assert_eq!(
+                answer,
+                serde_json::json!({"Interface": {"MacAddress": "02:42:0a:09:00:02"}})
+            );
+        }
+        assert_eq!(p.controller.docker_state().await.endpoints.len(), 1);
+
+        // Undo, as Docker does (twice: a cleanup may repeat itself).
+        let ids = format!(
+            r#"{{"NetworkID":"{network_id}","EndpointID":"{}"}}"#,
+            "cd".repeat(32)
+        );
+        let release = r#"{"PoolID":"weft:10.9.0.0/24","Address":"10.9.0.2"}"#;
+        for _ in 0..2 {
+            assert_eq!(call(&p, "/NetworkDriver.Leave", &ids).await.0, 200);
+            assert_eq!(call(&p, "/NetworkDriver.DeleteEndpoint", &ids).await.0, 200);
+            assert_eq!(call(&p, "/IpamDriver.ReleaseAddress", release).await.0, 200);
+        }
+        let delete = format!(r#"{{"NetworkID":"{network_id}"}}"#);
+        assert_eq!(
+            call(&p, "/NetworkDriver.DeleteNetwork", &delete).await.0,
+            200
+        );
+        let gateway_release = r#"{"PoolID":"weft:10.9.0.0/24","Address":"10.9.0.1"}"#;
+        assert_eq!(
+            call(&p, "/IpamDriver.ReleaseAddress", gateway_release)
+                .await
+                .0,
+            200
+        );
+        let pool_release = r#"{"PoolID":"weft:10.9.0.0/24"}"#;
+        for _ in 0..3 {
+            assert_eq!(
+                call(&p, "/IpamDriver.ReleasePool", pool_release).await.0,
+                200
+            );
+        }
+        assert!(p.controller.networks().await.is_empty());
+        assert!(p.controller.docker_state().await.is_empty());
+
+        // An unknown call is a 404, a body that is not the call's a 400.
+        assert_eq!(
+            call(&p, "/NetworkDriver.AllocateNetwork", "{}").await.0,
+            404
+        );
+        let (status, bad) = call(&p, "/NetworkDriver.Join", r#"{"NetworkID":1}"#).await;
+        assert_eq!(status, 400);
+        assert!(bad["Err"].as_str().unwrap_or("").contains("Join"), "{bad}");
+    }
+
     #[test]
     fn bad_bodies_are_400_with_the_call_and_the_field() {
         let e = parse_body::<protocol::NetworkRequest>("/NetworkDriver.DeleteNetwork", b"{}")
