@@ -612,6 +612,14 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
     dw.docker_ok(&["rm", "-f", "web", "db"]);
     assert!(dw.curl(&url).is_none(), "port 8080 still answers after rm");
     assert!(dw.w.endpoints(&weft_name).is_empty());
+    let err = dw.w.weft_err(&["network", "rm", &weft_name]);
+    assert!(
+        err.contains(&format!(
+            "is Docker network {}: remove it with docker network rm",
+            &id[..12]
+        )),
+        "{err}"
+    );
     dw.docker_ok(&["network", "rm", "app"]);
     assert!(
         dw.w.network_names().is_empty(),
@@ -1024,6 +1032,83 @@ fn two_dockerds_on_two_weft_hosts_share_an_overlay_network() {
     ]);
     assert!(ping.contains("1 packets received"), "{ping}");
     let ping = d1.exec_ok("c1", &["ping", "-c", "1", "-W", "3", &ip2]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+
+    // Removal: host 2 leaves (its weft network stays: host 1 made it),
+    // then host 1 removes it, on every host.
+    d2.docker_ok(&["rm", "-f", "c2"]);
+    d2.docker_ok(&["network", "rm", "ov"]);
+    assert!(d2.w.network_names().contains(&"ov".to_owned()));
+    d1.docker_ok(&["rm", "-f", "c1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut removed = d1.dockerd.docker(&["network", "rm", "ov"]);
+    // Host 1 sees host 2's endpoint leave by gossip: until then weft
+    // refuses (the network is in use on another host).
+    while !removed.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        removed = d1.dockerd.docker(&["network", "rm", "ov"]);
+    }
+    assert!(removed.status.success(), "{}", show(&removed));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d2.w.network_names().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d1.w.network_names().is_empty() && d2.w.network_names().is_empty());
+    assert_eq!(d1.docker_state(), Value::Null);
+    assert_eq!(d2.docker_state(), Value::Null);
+}
+
+/// `--internal`, `--ipv6` and the MTU option work as with Docker's bridge,
+/// and weft's own driver options pass through.
+#[test]
+fn internal_ipv6_and_mtu_as_with_dockers_bridge() {
+    let Some(dw) = DockerWorld::new(false) else {
+        return;
+    };
+    let id = dw.network(
+        "inner",
+        &[
+            "--internal",
+            "--ipv6",
+            "--subnet",
+            "10.238.10.0/24",
+            "--subnet",
+            "fd00:238:10::/64",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "-o",
+            "host_loopback=true",
+        ],
+    );
+    let net = dw.weft_network_of(&id);
+    assert_eq!(net["internal"], true, "{net:#}");
+    assert_eq!(net["mtu"], 1400, "{net:#}");
+    assert_eq!(net["options"]["host_loopback"], "true", "{net:#}");
+    assert_eq!(net["subnets"][1]["gateway"], "fd00:238:10::1", "{net:#}");
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "i1",
+        "--network",
+        "inner",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let link = dw.exec_ok("i1", &["ip", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    let addr = dw.exec_ok("i1", &["ip", "addr", "show", "eth0"]);
+    assert!(
+        addr.contains("fd00:238:10::2/64") && addr.contains("10.238.10.2/24"),
+        "{addr}"
+    );
+    let routes = dw.exec_ok("i1", &["ip", "route"]);
+    assert!(
+        !routes.contains("default"),
+        "an internal network has no way out: {routes}"
+    );
+    let ping = dw.exec_ok("i1", &["ping", "-c", "1", "-W", "3", "fd00:238:10::1"]);
     assert!(ping.contains("1 packets received"), "{ping}");
 }
 

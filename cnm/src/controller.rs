@@ -275,6 +275,14 @@ pub enum ControllerError {
         /// How many endpoints.
         count: usize,
     },
+    /// `rm` of a network that a Docker network is.
+    #[error("network {name:?} is Docker network {docker_id}: remove it with docker network rm")]
+    DockerNetwork {
+        /// The network.
+        name: String,
+        /// Docker's short id of the network.
+        docker_id: String,
+    },
     /// The namespace does not exist.
     #[error("no network namespace at {path}: create it (ip netns add NAME) or give a path like /proc/PID/ns/net")]
     SandboxNotFound {
@@ -456,6 +464,7 @@ impl ControllerError {
             ControllerError::SandboxNotFound { .. } => 404,
             ControllerError::NetworkExists { .. }
             | ControllerError::NetworkInUse { .. }
+            | ControllerError::DockerNetwork { .. }
             | ControllerError::AlreadyConnected { .. } => 409,
             ControllerError::Subnet(AddSubnetError::Overlaps { .. }) => 409,
             ControllerError::Address(AllocError::InUse { .. }) => 409,
@@ -815,6 +824,12 @@ impl Controller {
             .network(name)
             .cloned()
             .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        if let Some(docker_id) = inner.state.docker.networks_of(name).first() {
+            return Err(ControllerError::DockerNetwork {
+                name: name.into(),
+                docker_id: docker_id.get(..12).unwrap_or(docker_id).to_owned(),
+            });
+        }
         let local = inner
             .state
             .endpoints

@@ -464,19 +464,26 @@ impl Plugin {
             .networks
             .iter()
             .any(|n| n.id != docker.id && n.weft_network == docker.weft_network);
-        if docker.created
-            && !others
-            && self
-                .controller
-                .network(&docker.weft_network)
-                .await
-                .is_some()
-        {
-            self.controller.delete_network(&docker.weft_network).await?;
-        }
+        // Forgotten first: weft refuses to remove a network that a Docker
+        // network is.
         self.controller
             .update_docker_state(|state| state.networks.retain(|n| n.id != docker.id))
             .await?;
+        let exists = self
+            .controller
+            .network(&docker.weft_network)
+            .await
+            .is_some();
+        if docker.created && !others && exists {
+            if let Err(e) = self.controller.delete_network(&docker.weft_network).await {
+                let restored = docker.clone();
+                let _ = self
+                    .controller
+                    .update_docker_state(|state| state.networks.push(restored))
+                    .await;
+                return Err(e.into());
+            }
+        }
         tracing::info!(
             network = docker.weft_network,
             docker_network = short_id(&docker.id),
