@@ -607,6 +607,35 @@ fn a_docker_network_is_a_weft_network_from_create_to_rm() {
             .unwrap_or_else(|| panic!("no endpoint with ports: {:#?}", dw.w.endpoints(&weft_name)));
     assert_eq!(web["ports"][0]["host_port"], 8080, "{web:#}");
     assert_eq!(web["ports"][0]["container_port"], 80, "{web:#}");
+    // A range takes its first free port: 8080 is web's.
+    dw.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "app",
+        "-p",
+        "8080-8082:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let url2 = format!("http://{HOST_ADDR}:8081/cgi-bin/who");
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = dw.curl(&url2);
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(seen.as_deref(), Some(CLIENT_ADDR), "{}", dw.w.daemon_log());
+    dw.docker_ok(&["rm", "-f", "web2"]);
 
     // Removal: the containers, then the network; weft forgets it all.
     dw.docker_ok(&["rm", "-f", "web", "db"]);

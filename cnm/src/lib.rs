@@ -19,6 +19,11 @@
 //! other hosts, and the overlay driver ([`overlay_driver`]) gives the
 //! switch its view of the other hosts.
 //!
+//! Docker's remote network and IPAM driver protocol ([`docker_plugin`])
+//! is a second face of the same controller: a Docker network is a weft
+//! network, a Docker endpoint a weft endpoint whose TAP Docker moves into
+//! the container.
+//!
 //! # Dependencies
 //!
 //! - `axum` serves the API on a `tokio::net::UnixListener`: it works with

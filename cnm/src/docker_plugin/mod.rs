@@ -104,14 +104,40 @@ pub struct PluginError {
     message: String,
 }
 
-/// The directory a dockerd of this user looks in for plugin sockets:
-/// root's is [`ROOT_PLUGIN_DIR`]; a rootless dockerd (RootlessKit) looks
-/// in `$XDG_RUNTIME_DIR/docker/plugins`.
+/// The directory the plugin's socket goes in by default: for root the
+/// one a root dockerd looks in, [`ROOT_PLUGIN_DIR`]; for another user
+/// (who cannot write there) `$XDG_RUNTIME_DIR/docker/plugins`, which a
+/// rootless dockerd finds through the spec file of [`rootless_spec_path`].
 pub fn default_plugin_dir(is_root: bool, xdg_runtime_dir: Option<&Path>) -> PathBuf {
     match (is_root, xdg_runtime_dir) {
         (false, Some(dir)) => dir.join("docker/plugins"),
         _ => PathBuf::from(ROOT_PLUGIN_DIR),
     }
+}
+
+/// Where a rootless dockerd (RootlessKit) looks for plugin spec files:
+/// `$XDG_CONFIG_HOME/docker/plugins/NAME.spec`, else
+/// `$HOME/.config/docker/plugins/NAME.spec` (moby's `pkg/plugins`, the
+/// rootless `SpecsPaths`); None without either variable. Its socket
+/// directory, `/run/docker/plugins`, is RootlessKit's copy of `/run`,
+/// which the user cannot write: a spec file that names the socket is the
+/// way in.
+pub fn rootless_spec_path(
+    name: &str,
+    xdg_config_home: Option<&Path>,
+    home: Option<&Path>,
+) -> Option<PathBuf> {
+    let config = match (xdg_config_home, home) {
+        (Some(dir), _) if dir.is_absolute() => dir.to_owned(),
+        (_, Some(home)) => home.join(".config"),
+        _ => return None,
+    };
+    Some(config.join("docker/plugins").join(format!("{name}.spec")))
+}
+
+/// A spec file's text: the socket's URL.
+pub fn spec_text(socket: &Path) -> String {
+    format!("unix://{}\n", socket.display())
 }
 
 impl PluginError {
@@ -265,6 +291,23 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rootless_spec_files() {
+        assert_eq!(
+            rootless_spec_path("weft", Some(Path::new("/home/u/.cfg")), None),
+            Some(PathBuf::from("/home/u/.cfg/docker/plugins/weft.spec"))
+        );
+        assert_eq!(
+            rootless_spec_path("weft", None, Some(Path::new("/home/u"))),
+            Some(PathBuf::from("/home/u/.config/docker/plugins/weft.spec"))
+        );
+        assert_eq!(rootless_spec_path("weft", None, None), None);
+        assert_eq!(
+            spec_text(Path::new("/run/user/1000/docker/plugins/weft.sock")),
+            "unix:///run/user/1000/docker/plugins/weft.sock\n"
+        );
+    }
 
     #[test]
     fn plugin_dirs() {

@@ -41,6 +41,8 @@ use crate::controller::SubnetRequest;
 use crate::controller::{ConnectRequest, CreateNetworkRequest as WeftCreate, DisconnectRequest};
 use crate::driver::endpoint_mac;
 use crate::model::{DockerAttachment, DriverKind, Network, PortMapping, PortProto};
+use crate::ControllerError;
+use weft_vswitch::sys::publish::PublishError;
 
 /// `-o weft.network=NAME`: the weft network this Docker network is.
 pub const NETWORK_OPTION: &str = "weft.network";
@@ -467,7 +469,20 @@ impl Plugin {
         // Forgotten first: weft refuses to remove a network that a Docker
         // network is.
         self.controller
-            .update_docker_state(|state| state.networks.retain(|n| n.id != docker.id))
+            .update_docker_state(|state| {
+                state.networks.retain(|n| n.id != docker.id);
+                // Another Docker network that is the same weft network
+                // removes it when it goes.
+                if docker.created {
+                    if let Some(heir) = state
+                        .networks
+                        .iter_mut()
+                        .find(|n| n.weft_network == docker.weft_network)
+                    {
+                        heir.created = true;
+                    }
+                }
+            })
             .await?;
         let exists = self
             .controller
@@ -811,11 +826,13 @@ impl Plugin {
                     PluginError::refused(format!("{PORT_MAP} is not a list of port bindings: {e}"))
                 })?,
             };
-        let mappings = bindings
-            .iter()
-            .map(port_mapping)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(PluginError::refused)?;
+        let mut mappings = Vec::with_capacity(bindings.len());
+        for binding in &bindings {
+            mappings.push((
+                port_mapping(binding).map_err(PluginError::refused)?,
+                binding,
+            ));
+        }
         let Some((_, endpoint)) = self.controller.docker_endpoint(&request.endpoint_id).await
         else {
             return Err(PluginError::refused(format!(
@@ -823,19 +840,39 @@ impl Plugin {
                 short_id(&request.endpoint_id)
             )));
         };
-        let wanted: Vec<PortMapping> = mappings
-            .into_iter()
-            .filter(|m| {
-                !endpoint.ports.iter().any(|p| {
-                    p.container_port == m.container_port
-                        && p.proto == m.proto
-                        && p.host_ip == m.host_ip
-                        && (m.host_port == 0 || p.host_port == m.host_port)
-                })
-            })
-            .collect();
-        if !wanted.is_empty() {
-            self.controller.publish_ports(&endpoint.id, wanted).await?;
+        for (mapping, binding) in mappings {
+            let published = endpoint.ports.iter().any(|p| {
+                p.container_port == mapping.container_port
+                    && p.proto == mapping.proto
+                    && p.host_ip == mapping.host_ip
+                    && host_ports(binding).contains(&p.host_port)
+            });
+            if published {
+                // A replay: already there.
+                continue;
+            }
+            // `-p 8000-8010:80`: the first host port of the range that is
+            // free, as Docker's bridge does.
+            let mut last_in_use = None;
+            for host_port in host_ports(binding) {
+                let one = PortMapping {
+                    host_port,
+                    ..mapping
+                };
+                match self.controller.publish_ports(&endpoint.id, vec![one]).await {
+                    Ok(_) => {
+                        last_in_use = None;
+                        break;
+                    }
+                    Err(e @ ControllerError::Publish(PublishError::InUse { .. })) => {
+                        last_in_use = Some(e);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(e) = last_in_use {
+                return Err(e.into());
+            }
         }
         Ok(answer(&serde_json::json!({})))
     }
@@ -852,6 +889,12 @@ impl Plugin {
         }
         Ok(answer(&serde_json::json!({})))
     }
+}
+
+/// The host ports a binding may take: its range (`HostPort` to
+/// `HostPortEnd`), or its one port (0: the kernel's choice).
+fn host_ports(binding: &PortBinding) -> std::ops::RangeInclusive<u16> {
+    binding.host_port..=binding.host_port_end.max(binding.host_port)
 }
 
 /// The TAP's name in weft's namespace: `wft` and 12 digits of Docker's
