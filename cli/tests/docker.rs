@@ -1231,6 +1231,23 @@ fn addresses_from_dockers_ipam_wefts_or_none() {
     ]);
     let ping = dw.exec_ok("r1", &["ping", "-c", "1", "-W", "3", "10.238.9.200"]);
     assert!(ping.contains("1 packets received"), "{ping}");
+    // A running container joins a second network (eth1) and leaves it.
+    dw.docker_ok(&["network", "connect", "ranged", "d1"]);
+    let ping = dw.exec_ok("d1", &["ping", "-c", "1", "-W", "3", "10.238.9.200"]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+    let ranged =
+        dw.weft_network_of(&dw.docker_ok(&["network", "inspect", "-f", "{{.Id}}", "ranged"]));
+    let ranged_name = ranged["name"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(dw.w.endpoints(&ranged_name).len(), 3);
+    dw.docker_ok(&["network", "disconnect", "ranged", "d1"]);
+    assert_eq!(dw.w.endpoints(&ranged_name).len(), 2);
+    let links = dw.exec_ok("d1", &["ip", "-o", "link"]);
+    assert!(!links.contains("eth1"), "{links}");
+    let links = dw.w.links(&dw.w.host);
+    assert!(
+        links.iter().all(|l| l == "lo" || l == "client0"),
+        "TAPs left in HOST: {links:?}"
+    );
 
     // Docker's null IPAM: weft chooses the subnet and the addresses.
     let id = dw.docker_ok(&[
