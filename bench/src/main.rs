@@ -23,6 +23,9 @@
 //! vde2 (and for `nat`: passt, slirp4netns); it installs nothing. Everything happens in `wb-*` namespaces the
 //! harness creates and removes (see `lab`).
 
+// A driver crate: it reads clocks and the OS's randomness (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod docker;
 mod e2e;
 mod lab;

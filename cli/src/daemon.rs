@@ -7,7 +7,7 @@
 //!
 //! With `--listen IP:PORT` the daemon is a member of a gossip cluster
 //! (`--join` any member), overlay networks work, and VXLAN is received on
-//! `IP:--vxlan-port`; see `weft_cnm::cluster`.
+//! `IP:--vxlan-port`; see `weft_overlay::driver::gossip`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +16,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use weft_cnm::cluster::ClusterConfig;
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
 use weft_cnm::{api, docker_plugin, Controller};
+use weft_overlay::driver::gossip::ClusterConfig;
 
 /// The kernel's hostname (of the daemon's UTS namespace).
 const HOSTNAME: &str = "/proc/sys/kernel/hostname";
@@ -72,11 +72,11 @@ pub struct DaemonArgs {
     pub docker_plugin_dir: Option<PathBuf>,
 }
 
-/// The NAT's default flow bound (as weft_vswitch::nat::DEFAULT_MAX_FLOWS).
-const DEFAULT_NAT_MAX_FLOWS: u32 = 4096;
+/// The NAT's default flow bound, as the flag's type (it fits: 4096).
+const DEFAULT_NAT_MAX_FLOWS: u32 = weft_services::nat::DEFAULT_MAX_FLOWS as u32;
 
 /// VXLAN's IANA port (RFC 7348 section 5), Linux's `vxlan` default too.
-const VXLAN_PORT: u16 = 4789;
+const VXLAN_PORT: u16 = weft_overlay::DEFAULT_PORT;
 
 /// Run the daemon until a signal stops it.
 pub fn run(socket: &Path, args: DaemonArgs) -> Result<()> {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use hyper::Method;
 use ipnet::IpNet;
 use serde_json::Value;
-use weft_cnm::controller::{
+use weft_cnm::api::types::{
     ConnectRequest, CreateNetworkRequest, DisconnectRequest, SubnetRequest,
 };
 use weft_cnm::model::{Endpoint, Network, PortMapping};

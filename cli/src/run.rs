@@ -36,7 +36,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
 use serde_json::Value;
 use std::os::unix::ffi::OsStringExt;
-use weft_cnm::controller::{ConnectRequest, DisconnectRequest};
+use weft_cnm::api::types::{ConnectRequest, DisconnectRequest};
 use weft_cnm::model::PortMapping;
 
 use crate::client::Client;

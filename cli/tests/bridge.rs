@@ -5,6 +5,8 @@
 //!
 //! Subnets: 10.231.N.0/24, a distinct N per test.
 
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};

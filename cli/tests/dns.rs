@@ -16,6 +16,8 @@
 //!
 //! Subnets: 10.233.N.0/24, a distinct N per test.
 
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::{BTreeSet, HashSet};

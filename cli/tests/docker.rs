@@ -28,6 +28,9 @@
 //!
 //! Subnets: 10.238.N.0/24, a distinct N per test.
 
+// A test drives real processes: it reads clocks (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -17,6 +17,8 @@
 //! Subnets: 10.232.N.0/24, a distinct N per test. Times measured
 //! (convergence, dead detection) are printed with `--nocapture`.
 
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::PathBuf;

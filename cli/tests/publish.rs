@@ -18,6 +18,8 @@
 //!
 //! Subnets: 10.237.N.0/24, a distinct N per test.
 
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::process::{Child, Command, Output};

@@ -9,6 +9,8 @@
 //! hosts ship the device 0600, so the test sets 0666 for its run and puts
 //! the old mode back in `Drop`, even when an assertion fails.
 
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -35,10 +35,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use weft_datapath::published::{HostListener, PublishError, PublishId, PublishTarget};
+use weft_datapath::{Datapath, DatapathError};
+use weft_services::dns::{Zone, ZoneEntry};
 use weft_vswitch::counters::PortCountersSnapshot;
-use weft_vswitch::dns::{Zone, ZoneEntry};
-use weft_vswitch::sys::datapath::{Datapath, DatapathError};
-use weft_vswitch::sys::publish::{HostListener, PublishError, PublishId, PublishTarget};
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
 
@@ -659,7 +659,7 @@ fn bind_published_ports(
                 });
             }
             Err(e) if restoring => {
-                tracing::warn!(sandbox = %endpoint.sandbox.display(), mapping = %mapping, error = %crate::controller::error_chain(&e), "published port dropped: disconnect and connect again to publish it");
+                tracing::warn!(sandbox = %endpoint.sandbox.display(), mapping = %mapping, error = %crate::error_chain::error_chain(&e), "published port dropped: disconnect and connect again to publish it");
             }
             Err(e) => return Err(e),
         }

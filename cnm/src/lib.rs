@@ -5,19 +5,22 @@
 //!
 //! # Theory of operation
 //!
-//! The API ([`api`]) turns requests into calls on the [`Controller`], which
+//! The API ([`api`], with its request and response bodies in
+//! [`api::types`]) turns requests into calls on the [`Controller`], which
 //! owns the state (networks, endpoints, IPAM) and persists it atomically
-//! ([`store`]) after every change. Drivers ([`driver`]) do what is specific
-//! to a network's kind: the bridge driver owns the data path
-//! (`weft_vswitch::sys::datapath`) and attaches sandboxes through the
-//! attach helper ([`attach`]), a short-lived process that enters the
-//! sandbox, makes the TAP and passes its fd back.
+//! ([`store`]) after every change; errors become HTTP statuses at the API's
+//! edge only ([`api::status_of`]). Drivers ([`driver`]) do what is
+//! specific to a network's kind: the bridge driver owns the data path
+//! (`weft_datapath::Datapath`) and attaches sandboxes through the attach
+//! helper ([`attach`]), a short-lived process that enters the sandbox,
+//! makes the TAP and passes its fd back.
 //!
-//! Overlay (cluster-scope) networks add a gossip runtime ([`cluster`]) that
-//! keeps this host in the cluster directory; the controller follows the
-//! directory ([`Controller::follow_cluster`]) to make networks created on
-//! other hosts, and the overlay driver ([`overlay_driver`]) gives the
-//! switch its view of the other hosts.
+//! Overlay (cluster-scope) networks add the overlay's gossip driver
+//! (`weft_overlay::driver::gossip`) that keeps this host in the cluster
+//! directory; the controller follows the directory
+//! ([`Controller::follow_cluster`]) to make networks created on other
+//! hosts, and the overlay driver ([`overlay_driver`]) gives the switch its
+//! view of the other hosts.
 //!
 //! Docker's remote network and IPAM driver protocol ([`docker_plugin`])
 //! is a second face of the same controller: a Docker network is a weft
@@ -32,16 +35,20 @@
 //! - `nix` for the socket pair and `SCM_RIGHTS` of the attach protocol.
 //! - `humantime` formats creation times (RFC 3339); `rand` makes ids,
 //!   random VNIs and the gossip node's seed (from the OS's randomness).
-//! - `weft-overlay`, the sans-IO gossip node and VXLAN codec: [`cluster`]
-//!   is its I/O driver, [`overlay_driver`] turns its directory into the
-//!   switch's tunnel tables.
+//! - `weft-overlay`, the cluster (gossip node and driver, VXLAN transport):
+//!   [`overlay_driver`] turns its directory into the switch's tunnel
+//!   tables; `weft-datapath`, the data-path thread; `weft-services`, for
+//!   the DNS zone entries of the embedded DNS.
+
+// A driver crate: it reads clocks and the OS's randomness (clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 pub mod api;
 pub mod attach;
-pub mod cluster;
 pub mod controller;
 pub mod docker_plugin;
 pub mod driver;
+pub mod error_chain;
 pub mod host_routes;
 pub mod model;
 pub mod overlay_driver;

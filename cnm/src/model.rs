@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use weft_vswitch::sys::publish::L4Proto;
+use weft_datapath::published::L4Proto;
 use weft_vswitch::MacAddr;
 
 /// Default MTU of a local network's sandbox interfaces: Ethernet's 1500,
@@ -97,7 +97,7 @@ pub struct Network {
     pub created: String,
     /// The VXLAN network identifier of an overlay network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vni: Option<u32>,
+    pub vni: Option<weft_vswitch::Vni>,
 }
 
 /// An endpoint: one network's interface inside one sandbox.

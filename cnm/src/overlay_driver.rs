@@ -30,13 +30,11 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use weft_overlay::NetworkId as ClusterNetworkId;
+use weft_overlay::driver::gossip::Cluster;
+use weft_overlay::{ClusterNetworkId, OverlayTable, RemoteEndpoint};
+use weft_services::dns::ZoneEntry;
 use weft_vswitch::counters::PortCountersSnapshot;
-use weft_vswitch::dns::ZoneEntry;
-use weft_vswitch::sys::datapath::{OverlayTable, RemoteEndpoint};
-use weft_vswitch::MacAddr;
 
-use crate::cluster::Cluster;
 use crate::driver::{zone_entry, BridgeDriver, DriverError, NetworkDriver, TunnelPeerCounters};
 use crate::model::{DriverKind, Endpoint, Network};
 
@@ -83,7 +81,7 @@ impl OverlayDriver {
             .into_iter()
             .filter_map(|e| {
                 Some(RemoteEndpoint {
-                    mac: MacAddr(e.mac),
+                    mac: e.mac,
                     ipv4: e
                         .ips
                         .iter()

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_cnm::controller::{ConnectRequest, CreateNetworkRequest, DisconnectRequest};
+use weft_cnm::api::types::{ConnectRequest, CreateNetworkRequest, DisconnectRequest};
 
 fuzz_target!(|body: &[u8]| {
     let _ = serde_json::from_slice::<CreateNetworkRequest>(body);

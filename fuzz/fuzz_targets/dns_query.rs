@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
-use weft_vswitch::dns::{
+use weft_services::dns::{
     Asker, DnsConfig, DnsServer, DnsTransport, Zone, ZoneEntry, TCP_MAX_MESSAGE,
 };
 use weft_vswitch::{MacAddr, NetworkId, PortId};

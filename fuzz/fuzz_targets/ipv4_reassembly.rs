@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_vswitch::reassembly::{Fragment, Reassembly, MAX_PENDING};
+use weft_services::reassembly::{Fragment, Reassembly, MAX_PENDING};
 use weft_vswitch::wire::checksum;
 use weft_vswitch::NetworkId;
 

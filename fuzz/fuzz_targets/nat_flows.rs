@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_vswitch::nat::{FlowId, Nat, NatConfig};
-use weft_vswitch::tcp_nat::{ConnectFailure, TcpAction, TcpNat, TcpNatConfig};
+use weft_services::nat::{FlowId, Nat, NatConfig};
+use weft_services::tcp_nat::{ConnectFailure, TcpAction, TcpNat, TcpNatConfig};
 use weft_vswitch::wire::ethernet::EthernetFrame;
+use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortId};
 
 #[derive(Debug, Arbitrary)]
@@ -60,8 +61,10 @@ fuzz_target!(|steps: Vec<Step>| {
             Step::Frame { bytes, open } => {
                 let frame = &bytes[..bytes.len().min(4096)];
                 let to: SocketAddr = "192.0.2.9:80".parse().unwrap();
-                let _ = tcp.handle_frame(now, NET, &gateway, frame, open.then_some(to));
-                let _ = nat.handle_frame(now, NET, PortId(1), GW, frame, open.then_some(to.ip()));
+                if let Ok(parsed) = GatewayFrame::parse(frame) {
+                    let _ = tcp.handle_frame(now, NET, &gateway, &parsed, open.then_some(to));
+                    let _ = nat.handle_frame(now, NET, PortId(1), GW, &parsed, open.then_some(to.ip()));
+                }
             }
             Step::Connected(i) => {
                 if let Some(flow) = pick(&flows, i) {

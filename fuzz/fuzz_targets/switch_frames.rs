@@ -11,6 +11,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use weft_vswitch::gateway::REPLY_HEADROOM;
 use weft_vswitch::wire::ethernet::EthernetFrame;
+use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::{Decision, GatewayConfig, MacAddr, NetworkId, PortId, Switch};
 
 #[derive(Debug, Arbitrary)]
@@ -55,7 +56,9 @@ fuzz_target!(|input: Input| {
                 }
             }
             Decision::ToGateway => {
-                if let Ok(len) = sw.gateway_reply(ingress, frame, &mut out) {
+                let reply = GatewayFrame::parse(frame)
+                    .and_then(|parsed| sw.gateway_reply(ingress, &parsed, &mut out));
+                if let Ok(len) = reply {
                     assert!(len <= frame.len() + REPLY_HEADROOM);
                     let reply = EthernetFrame::new_checked(&out[..len]).unwrap();
                     assert_eq!(reply.source(), GW);

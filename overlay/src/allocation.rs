@@ -64,7 +64,7 @@ use ipnet::IpNet;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
-use crate::directory::{Directory, LeaseRecord, NetworkId, OwnerId, Record, RecordKey};
+use crate::directory::{ClusterNetworkId, Directory, LeaseRecord, OwnerId, Record, RecordKey};
 
 /// Addresses per block (a /28 of IPv4).
 pub const BLOCK_LEN: u128 = 16;
@@ -110,21 +110,21 @@ pub enum Allocation {
 pub enum AllocateError {
     /// The directory has no such live network.
     #[error("no cluster network {0:?}")]
-    UnknownNetwork(NetworkId),
+    UnknownNetwork(ClusterNetworkId),
     /// No free block is left in the subnet.
     #[error("no free address block left in network {0:?}")]
-    Exhausted(NetworkId),
+    Exhausted(ClusterNetworkId),
     /// Every attempt to lease a block was refused or timed out.
     #[error("could not lease an address block in network {network:?} after {attempts} attempts")]
     Contended {
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// Attempts made.
         attempts: u32,
     },
     /// The network was deleted while the request waited.
     #[error("cluster network {0:?} was deleted")]
-    NetworkDeleted(NetworkId),
+    NetworkDeleted(ClusterNetworkId),
 }
 
 /// Allocation messages between hosts (inside directory datagrams).
@@ -133,7 +133,7 @@ pub enum AllocationMessage {
     /// Asks for a grant of `block`.
     Claim {
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// The block.
         block: u64,
         /// Who claims it.
@@ -144,7 +144,7 @@ pub enum AllocationMessage {
     /// The answer to a claim.
     Reply {
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// Echo of the claim id.
         claim_id: u64,
         /// Who answers.
@@ -155,7 +155,7 @@ pub enum AllocationMessage {
     /// The claimer gave up this attempt: release the promise.
     Abandon {
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// The block.
         block: u64,
         /// The claimer.
@@ -166,7 +166,7 @@ pub enum AllocationMessage {
     /// The claimer holds the block now.
     Commit {
         /// The network.
-        network: NetworkId,
+        network: ClusterNetworkId,
         /// The block.
         block: u64,
         /// The claimer, now holder.
@@ -181,7 +181,7 @@ pub enum AllocationMessage {
 pub(crate) enum AllocationOutcome {
     Allocated {
         ticket: AllocationTicket,
-        network: NetworkId,
+        network: ClusterNetworkId,
         ip: IpAddr,
     },
     Failed {
@@ -189,7 +189,7 @@ pub(crate) enum AllocationOutcome {
         error: AllocateError,
     },
     LeaseConflict {
-        network: NetworkId,
+        network: ClusterNetworkId,
         block: u64,
         winner: OwnerId,
         duplicates: Vec<IpAddr>,
@@ -222,12 +222,12 @@ struct Promise {
 /// One host's allocation state.
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
-    claims: BTreeMap<NetworkId, Claim>,
-    promises: BTreeMap<(NetworkId, u64), Promise>,
-    own_blocks: BTreeMap<NetworkId, BTreeSet<u64>>,
-    used: BTreeMap<NetworkId, BTreeSet<IpAddr>>,
-    waiting: BTreeMap<NetworkId, VecDeque<AllocationTicket>>,
-    reported_conflicts: BTreeSet<(NetworkId, u64)>,
+    claims: BTreeMap<ClusterNetworkId, Claim>,
+    promises: BTreeMap<(ClusterNetworkId, u64), Promise>,
+    own_blocks: BTreeMap<ClusterNetworkId, BTreeSet<u64>>,
+    used: BTreeMap<ClusterNetworkId, BTreeSet<IpAddr>>,
+    waiting: BTreeMap<ClusterNetworkId, VecDeque<AllocationTicket>>,
+    reported_conflicts: BTreeSet<(ClusterNetworkId, u64)>,
     next_ticket: u64,
     pub(crate) outbox: Vec<(OwnerId, AllocationMessage)>,
     pub(crate) outcomes: Vec<AllocationOutcome>,
@@ -289,7 +289,7 @@ impl Allocator {
     pub(crate) fn allocate(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         now: Instant,
         rng: &mut impl Rng,
     ) -> Result<Allocation, AllocateError> {
@@ -311,14 +311,14 @@ impl Allocator {
     }
 
     /// Gives an address back for reuse by this host.
-    pub(crate) fn release(&mut self, network: &NetworkId, ip: IpAddr) {
+    pub(crate) fn release(&mut self, network: &ClusterNetworkId, ip: IpAddr) {
         if let Some(used) = self.used.get_mut(network) {
             used.remove(&ip);
         }
     }
 
     /// Blocks this host holds in `network`.
-    pub(crate) fn own_blocks(&self, network: &NetworkId) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn own_blocks(&self, network: &ClusterNetworkId) -> impl Iterator<Item = u64> + '_ {
         self.own_blocks.get(network).into_iter().flatten().copied()
     }
 
@@ -341,7 +341,7 @@ impl Allocator {
     ) {
         self.promises
             .retain(|_, promise| promise.expires.is_none_or(|at| at > now));
-        let networks: Vec<NetworkId> = self.claims.keys().cloned().collect();
+        let networks: Vec<ClusterNetworkId> = self.claims.keys().cloned().collect();
         for network in networks {
             let Some(claim) = self.claims.get_mut(&network) else {
                 continue;
@@ -380,7 +380,7 @@ impl Allocator {
         rng: &mut impl Rng,
     ) {
         self.promises.retain(|_, promise| promise.claimer != *owner);
-        let networks: Vec<NetworkId> = self.claims.keys().cloned().collect();
+        let networks: Vec<ClusterNetworkId> = self.claims.keys().cloned().collect();
         for network in networks {
             self.try_commit(directory, &network, now, rng);
         }
@@ -518,7 +518,7 @@ impl Allocator {
     fn judge_claim(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         block: u64,
         claimer: &OwnerId,
         claim_id: u64,
@@ -577,7 +577,7 @@ impl Allocator {
     fn take_free_address(
         &mut self,
         plan: &BlockPlan,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         elsewhere: &BTreeSet<IpAddr>,
     ) -> Option<IpAddr> {
         let blocks = self.own_blocks.get(network)?;
@@ -598,7 +598,7 @@ impl Allocator {
     fn start_claim(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         plan: &BlockPlan,
         attempts: u32,
         avoid: BTreeSet<u64>,
@@ -640,7 +640,7 @@ impl Allocator {
     fn pick_free_block(
         &self,
         directory: &Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         plan: &BlockPlan,
         avoid: &BTreeSet<u64>,
         now: Instant,
@@ -682,7 +682,7 @@ impl Allocator {
     fn try_commit(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         now: Instant,
         rng: &mut impl Rng,
     ) {
@@ -728,7 +728,7 @@ impl Allocator {
     fn serve_waiting(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         now: Instant,
         rng: &mut impl Rng,
     ) {
@@ -758,7 +758,7 @@ impl Allocator {
     }
 
     /// Gives up the current attempt and tells the members asked.
-    fn abandon(&mut self, directory: &Directory, network: &NetworkId) -> Option<Claim> {
+    fn abandon(&mut self, directory: &Directory, network: &ClusterNetworkId) -> Option<Claim> {
         let claim = self.claims.remove(network)?;
         for member in claim.asked.keys() {
             self.outbox.push((
@@ -777,7 +777,7 @@ impl Allocator {
     fn retry(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         now: Instant,
         rng: &mut impl Rng,
     ) {
@@ -811,7 +811,7 @@ impl Allocator {
     fn restart_after_loss(
         &mut self,
         directory: &mut Directory,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         avoid: BTreeSet<u64>,
         now: Instant,
         rng: &mut impl Rng,
@@ -824,7 +824,7 @@ impl Allocator {
         }
     }
 
-    fn fail_waiting(&mut self, network: &NetworkId, error: AllocateError) {
+    fn fail_waiting(&mut self, network: &ClusterNetworkId, error: AllocateError) {
         for ticket in self.waiting.remove(network).unwrap_or_default() {
             self.outcomes.push(AllocationOutcome::Failed {
                 ticket,
@@ -836,7 +836,7 @@ impl Allocator {
 
 /// Addresses of `network` that endpoints of other hosts hold, as the
 /// directory shows them.
-fn addresses_on_other_hosts(directory: &Directory, network: &NetworkId) -> BTreeSet<IpAddr> {
+fn addresses_on_other_hosts(directory: &Directory, network: &ClusterNetworkId) -> BTreeSet<IpAddr> {
     directory
         .endpoints()
         .filter(|location| {
@@ -846,7 +846,7 @@ fn addresses_on_other_hosts(directory: &Directory, network: &NetworkId) -> BTree
         .collect()
 }
 
-fn plan_of(directory: &Directory, network: &NetworkId) -> Result<BlockPlan, AllocateError> {
+fn plan_of(directory: &Directory, network: &ClusterNetworkId) -> Result<BlockPlan, AllocateError> {
     let record = directory
         .network(network)
         .ok_or_else(|| AllocateError::UnknownNetwork(network.clone()))?;

@@ -18,7 +18,7 @@
 //!
 //! **Networks** are cluster-scoped: a network created on any host exists on
 //! all and must outlive its creator. They form a last-writer-wins map keyed
-//! by [`NetworkId`], stamped with a Lamport clock and the writer's name
+//! by [`ClusterNetworkId`], stamped with a Lamport clock and the writer's name
 //! ([`Stamp`]); deletion is a tombstone, kept so a late copy cannot
 //! resurrect the network.
 //!
@@ -76,11 +76,9 @@ pub struct OwnerId {
 
 /// A cluster-scope network's id (Docker-style 64 hex digits).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NetworkId(pub String);
+pub struct ClusterNetworkId(pub String);
 
-/// An Ethernet MAC address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MacAddr(pub [u8; 6]);
+pub use weft_vswitch::MacAddr;
 
 /// A host's own record: where its VXLAN traffic goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +106,7 @@ pub struct NetworkRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     /// Network it is attached to.
-    pub network: NetworkId,
+    pub network: ClusterNetworkId,
     /// Its MAC address.
     pub mac: MacAddr,
     /// Its addresses.
@@ -123,7 +121,7 @@ pub struct EndpointRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LeaseRecord {
     /// The network.
-    pub network: NetworkId,
+    pub network: ClusterNetworkId,
     /// Index of the block in the subnet ([`crate::allocation::BlockPlan`]).
     pub block: u64,
 }
@@ -145,9 +143,9 @@ pub enum RecordKey {
     /// The host record.
     Host,
     /// An endpoint, by network and MAC.
-    Endpoint(NetworkId, MacAddr),
+    Endpoint(ClusterNetworkId, MacAddr),
     /// A lease, by network and block.
-    Lease(NetworkId, u64),
+    Lease(ClusterNetworkId, u64),
 }
 
 /// An owned record (or its tombstone) with the owner's version at its write.
@@ -175,7 +173,7 @@ pub struct Stamp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkEntry {
     /// The network's id.
-    pub id: NetworkId,
+    pub id: ClusterNetworkId,
     /// When and by whom it was last written.
     pub stamp: Stamp,
     /// `None`: deleted.
@@ -222,7 +220,7 @@ pub struct Directory {
     owners: BTreeMap<OwnerId, OwnerTable>,
     /// Boot id of every member the membership says is alive (or suspect).
     live: BTreeMap<String, u64>,
-    networks: BTreeMap<NetworkId, NetworkEntry>,
+    networks: BTreeMap<ClusterNetworkId, NetworkEntry>,
     lamport: u64,
     generation: u64,
 }
@@ -375,7 +373,7 @@ impl Directory {
     /// host's write; returns the entry to push.
     pub(crate) fn write_network(
         &mut self,
-        id: NetworkId,
+        id: ClusterNetworkId,
         record: Option<NetworkRecord>,
     ) -> NetworkEntry {
         self.lamport += 1;
@@ -501,26 +499,26 @@ impl Directory {
     // ---- queries ----------------------------------------------------------
 
     /// Live networks.
-    pub fn networks(&self) -> impl Iterator<Item = (&NetworkId, &NetworkRecord)> {
+    pub fn networks(&self) -> impl Iterator<Item = (&ClusterNetworkId, &NetworkRecord)> {
         self.networks
             .values()
             .filter_map(|entry| entry.record.as_ref().map(|record| (&entry.id, record)))
     }
 
     /// One live network.
-    pub fn network(&self, id: &NetworkId) -> Option<&NetworkRecord> {
+    pub fn network(&self, id: &ClusterNetworkId) -> Option<&NetworkRecord> {
         self.networks
             .get(id)
             .and_then(|entry| entry.record.as_ref())
     }
 
     /// The live network with this VNI (lowest id if several claim it).
-    pub fn network_by_vni(&self, vni: Vni) -> Option<(&NetworkId, &NetworkRecord)> {
+    pub fn network_by_vni(&self, vni: Vni) -> Option<(&ClusterNetworkId, &NetworkRecord)> {
         self.networks().find(|(_, record)| record.vni == vni)
     }
 
     /// The live network with this name (lowest id if several have it).
-    pub fn network_by_name(&self, name: &str) -> Option<(&NetworkId, &NetworkRecord)> {
+    pub fn network_by_name(&self, name: &str) -> Option<(&ClusterNetworkId, &NetworkRecord)> {
         self.networks().find(|(_, record)| record.name == name)
     }
 
@@ -558,7 +556,7 @@ impl Directory {
     /// Where the endpoint with `mac` on `network` lives.
     pub fn endpoint_by_mac(
         &self,
-        network: &NetworkId,
+        network: &ClusterNetworkId,
         mac: MacAddr,
     ) -> Option<EndpointLocation<'_>> {
         let key = RecordKey::Endpoint(network.clone(), mac);
@@ -574,7 +572,7 @@ impl Directory {
     }
 
     /// The MAC that owns `ip` on `network` (for answering ARP locally).
-    pub fn endpoint_by_ip(&self, network: &NetworkId, ip: IpAddr) -> Option<MacAddr> {
+    pub fn endpoint_by_ip(&self, network: &ClusterNetworkId, ip: IpAddr) -> Option<MacAddr> {
         self.endpoints()
             .find(|location| {
                 location.endpoint.network == *network && location.endpoint.ips.contains(&ip)
@@ -584,7 +582,7 @@ impl Directory {
 
     /// Underlay addresses of the other hosts with an endpoint on `network`
     /// (where broadcast frames are replicated).
-    pub fn hosts_with_network(&self, network: &NetworkId) -> Vec<SocketAddr> {
+    pub fn hosts_with_network(&self, network: &ClusterNetworkId) -> Vec<SocketAddr> {
         let mut hosts = BTreeSet::new();
         for location in self.endpoints() {
             if location.endpoint.network == *network && *location.owner != self.me {
@@ -597,7 +595,7 @@ impl Directory {
     }
 
     /// Blocks of `network` leased by live owners.
-    pub fn leases(&self, network: &NetworkId) -> Vec<(&OwnerId, u64)> {
+    pub fn leases(&self, network: &ClusterNetworkId) -> Vec<(&OwnerId, u64)> {
         self.visible_owners()
             .flat_map(|(owner, table)| {
                 table.live_records().filter_map(move |record| match record {
@@ -629,7 +627,7 @@ mod tests {
 
     fn endpoint(network: &str, last: u8, ip: &str) -> EndpointRecord {
         EndpointRecord {
-            network: NetworkId(network.to_owned()),
+            network: ClusterNetworkId(network.to_owned()),
             mac: MacAddr([2, 0, 0, 0, 0, last]),
             ips: vec![ip.parse().unwrap()],
             name: Some(format!("ep{last}")),
@@ -663,7 +661,7 @@ mod tests {
         assert!(at_b.generation() > generation);
         assert_eq!(at_b.version_of(&a), 2);
 
-        let network = NetworkId("n1".into());
+        let network = ClusterNetworkId("n1".into());
         let found = at_b
             .endpoint_by_mac(&network, MacAddr([2, 0, 0, 0, 0, 1]))
             .unwrap();
@@ -702,7 +700,7 @@ mod tests {
         let new = publish_endpoint(&mut at_a, endpoint("n", 1, "10.0.0.3"));
         at_b.merge_records(&a, 0, 2, vec![new]);
         at_b.merge_records(&a, 0, 1, vec![old]);
-        let network = NetworkId("n".into());
+        let network = ClusterNetworkId("n".into());
         let found = at_b
             .endpoint_by_mac(&network, MacAddr([2, 0, 0, 0, 0, 1]))
             .unwrap();
@@ -744,7 +742,7 @@ mod tests {
     fn networks_are_last_writer_wins_with_tombstones() {
         let mut at_a = Directory::new(owner("a", 1));
         let mut at_b = Directory::new(owner("b", 1));
-        let id = NetworkId("n".into());
+        let id = ClusterNetworkId("n".into());
         let record = NetworkRecord {
             name: "overlay0".into(),
             subnet: "10.9.0.0/24".parse().unwrap(),

@@ -1,19 +1,27 @@
 //! weft's overlay: VXLAN between weft hosts, peers found by gossip, and the
 //! cluster directory that tells every host where every endpoint lives.
 //!
-//! Everything here is a sans-IO core: bytes and time go in, decisions and
-//! bytes come out; no socket, thread, clock read or global randomness. The
-//! daemon's drivers own the UDP sockets and the timers.
+//! A core and its drivers, side by side (like quinn-proto and quinn). The
+//! core is sans-IO: bytes and time go in, decisions and bytes come out; no
+//! socket, thread, clock read or global randomness. The drivers
+//! ([`driver`]) own the gossip socket, the tunnel's sockets and the
+//! timers.
 //!
-//! Modules, in the order a newcomer should read them:
+//! Modules of the core, in the order a newcomer should read them:
 //! - [`vxlan`]: the RFC 7348 codec and the outer source-port hash;
-//! - [`transport`]: the trait a UDP or QUIC underlay driver implements;
+//! - [`transport`]: the seam between the data path's tunnel port and the
+//!   way frames travel (VXLAN over UDP, [`driver::udp`]; QUIC);
+//! - [`vtep`]: which tunnel port leads to which host of which overlay
+//!   network, and the diff the switch applies when that changes;
 //! - [`envelope`]: gossip framing and AEAD sealing with the cluster key;
 //! - [`directory`]: the replicated records (hosts, networks, endpoints, leases);
 //! - [`allocation`]: address blocks leased across hosts without duplicates;
 //! - [`message`]: the directory's datagrams;
 //! - [`node`]: membership (SWIM), replication and allocation glued into one
 //!   [`Node`] with `handle_*` / `poll_*`.
+//!
+//! The drivers: [`driver::gossip`] (the tokio task around [`Node`]) and
+//! [`driver::udp`] (VXLAN over UDP with GSO sends and GRO receives).
 //!
 //! # Dependencies and why
 //!
@@ -37,29 +45,31 @@
 //!   bound requires; seeded so simulations replay exactly.
 //! - `ipnet`: subnets in network records, with serde (as in the workspace).
 //! - `serde`, `thiserror`, `tracing`: as everywhere in weft.
-//! - `weft-vswitch`, for one trait only: [`Vxlan`] implements the switch's
-//!   `TunnelCodec`, so the data path's tunnel port speaks VXLAN without the
-//!   switch depending on this crate (DESIGN.md: `overlay -> vswitch`).
-//!
-//! Frame types (`MacAddr`) are this crate's own for now rather than
-//! `weft-vswitch`'s, so the overlay core builds without the data path's
-//! system dependencies; unify when the tunnel port lands in the switch.
+//! - `weft-vswitch` for the types every room shares (`MacAddr`, `Vni`, the
+//!   switch's port and network ids, port counters) and the GSO segmenter
+//!   the UDP transport cuts frames with (DESIGN.md: `overlay -> vswitch`).
+//! - `tokio` runs the gossip driver (a UDP socket, timers, a watch channel
+//!   for the controller); `nix` gives the tunnel's sockets UDP GSO and GRO
+//!   (`sendmsg`/`recvmsg` with control messages).
+//! - `rustc-hash` (FxHash) for the VTEP table, keyed by our own ids.
 
 pub mod allocation;
 pub mod directory;
+pub mod driver;
 pub mod envelope;
+pub mod identity;
 pub mod message;
 pub mod node;
 pub mod transport;
+pub mod vtep;
 pub mod vxlan;
 
 pub use allocation::{AllocateError, Allocation, AllocationTicket};
-pub use directory::{Directory, EndpointRecord, MacAddr, NetworkId, NetworkRecord, OwnerId};
+pub use directory::{ClusterNetworkId, Directory, EndpointRecord, MacAddr, NetworkRecord, OwnerId};
 pub use envelope::ClusterKey;
 pub use node::{
     Counters, Event, MemberInfo, MemberState, Node, NodeConfig, NodeIdentity, PublishError,
 };
-pub use transport::{SendError, Transport};
-pub use vxlan::{
-    decap, encap_header, source_port, DecapError, Vni, Vxlan, DEFAULT_PORT, OVERHEAD_V4,
-};
+pub use transport::{Received, Transport, TunnelPeer};
+pub use vtep::{OverlayTable, OverlayUpdate, RemoteEndpoint, VtepTable};
+pub use vxlan::{decap, encap_header, source_port, DecapError, Vni, DEFAULT_PORT, OVERHEAD_V4};

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::allocation::AllocationMessage;
 use crate::directory::{Digest, NetworkEntry, OwnerId, VersionedRecord};
-use crate::node::NodeIdentity;
+use crate::identity::NodeIdentity;
 
 /// Every message of the directory protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

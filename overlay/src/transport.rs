@@ -1,102 +1,91 @@
-//! The underlay transport: how tunnelled frames reach another host.
+//! The underlay transport: how the frames of overlay networks reach another
+//! host, and how theirs reach us. The seam between the data path's tunnel
+//! port and the way frames travel.
 //!
 //! # Theory of operation
 //!
-//! The overlay's cores decide *what* to send to *which* host; a driver
-//! outside this crate's sans-IO core owns the socket and implements
-//! [`Transport`]. Plain VXLAN over UDP is the default driver; a QUIC driver
-//! (frames as QUIC datagrams, RFC 9221) implements the same trait, so the
-//! switch's tunnel port does not care which one carries its frames.
+//! The data path (`weft-datapath`) owns the event loop; for the tunnel it
+//! holds one `Box<dyn Transport>` and:
 //!
-//! The trait is object-safe (`Box<dyn Transport>`) and deliberately small:
-//! one call to send a datagram, one to learn the largest payload. Sending
-//! never blocks: a driver whose queue is full drops the datagram and says so
-//! with [`SendError::WouldBlock`], which the caller counts (a tunnel, like a
-//! wire, may lose frames; inner protocols retransmit).
+//! - sends: for a frame the switch forwards or floods to a tunnel port (one
+//!   remote host of one overlay network, a [`TunnelPeer`]), it calls
+//!   [`Transport::send_frame`] with the frame as it was read (its
+//!   `virtio_net_hdr` first). The transport cuts GSO segments to the
+//!   underlay's size, completes partial checksums (the far side is a wire,
+//!   not a TAP), wraps each piece in its own header, and may gather
+//!   several datagrams into one system call; [`Transport::flush`] sends what
+//!   is gathered, and the loop calls it whenever it flushes its TAP writes;
+//! - receives: when [`Transport::raw_fd`] is readable it calls
+//!   [`Transport::recv`] into its own buffer until `WouldBlock`; a receive
+//!   may hold a run of equal-sized datagrams from one sender (UDP GRO),
+//!   each opened by [`Transport::open`] into its VNI and inner frame. The
+//!   data path checks the sender against the cluster's members itself.
 //!
-//! Receiving is the driver's business: it hands what it reads to
-//! [`crate::vxlan::decap`] (after checking the sender is a member or a
-//! static peer) and to [`crate::Node::handle_datagram`] for gossip.
+//! Two transports implement it: VXLAN over UDP ([`crate::driver::udp`],
+//! the default, interoperable with Linux's `vxlan` devices) and, through the
+//! same seam, QUIC datagrams for encrypted networks. Counting is the
+//! transport's part for what it alone knows (datagrams put on the wire, a
+//! failed send on the peer's counters); the data path counts the rest.
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
 
-/// Why a datagram was not sent.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The driver's queue is full; the datagram was dropped.
-    #[error("transport queue full, datagram dropped")]
-    WouldBlock,
-    /// The payload is larger than [`Transport::max_payload`].
-    #[error("payload of {len} bytes exceeds the transport's maximum of {max}")]
-    TooLarge {
-        /// Length of the rejected payload.
-        len: usize,
-        /// The transport's maximum payload.
-        max: usize,
-    },
-    /// The operating system refused the send.
-    #[error("sending to {peer} failed")]
-    Io {
-        /// The intended receiver.
-        peer: SocketAddr,
-        /// The error from the socket.
-        #[source]
-        source: std::io::Error,
-    },
+use weft_vswitch::{PortCounters, Vni};
+
+/// One remote host of one overlay network: where the tunnel port's frames
+/// go, and its counters (frames and bytes sent, failed sends).
+#[derive(Debug, Clone)]
+pub struct TunnelPeer {
+    /// The overlay network's VNI.
+    pub vni: Vni,
+    /// The host's tunnel address (underlay IP and port).
+    pub addr: SocketAddr,
+    /// The tunnel port's counters, shared with the control plane.
+    pub counters: Arc<PortCounters>,
 }
 
-/// A way to carry one datagram (a VXLAN header and inner frame, or a
-/// gossip datagram) to a peer host.
-pub trait Transport {
-    /// Queues `payload` for `peer`; never blocks.
+/// What one [`Transport::recv`] put into the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes received.
+    pub len: usize,
+    /// The sender's underlay address.
+    pub from: SocketAddr,
+    /// The size of each datagram when the kernel coalesced a run of them
+    /// (the last may be shorter); equal to `len` for a single datagram.
+    pub segment: usize,
+}
+
+/// A way for frames of overlay networks to travel between hosts. See the
+/// module header.
+pub trait Transport: Send + std::fmt::Debug {
+    /// The fd whose readability says [`Transport::recv`] has something.
+    fn raw_fd(&self) -> RawFd;
+
+    /// The port peers send to (frames from an unknown source port of a
+    /// member are answered at this port of its address).
+    fn peer_port(&self) -> u16;
+
+    /// Queue `frame_with_header` (a `virtio_net_hdr`, then an Ethernet
+    /// frame, possibly a 64 KiB GSO segment) for `peer`. Returns the
+    /// datagrams put on the wire by this call (earlier gathered ones that
+    /// had to leave first included). Never blocks; a datagram that cannot
+    /// be sent is counted on the peer's counters and lost, as on a wire.
+    fn send_frame(&mut self, peer: &TunnelPeer, frame_with_header: &[u8]) -> u64;
+
+    /// Send what is gathered; returns the datagrams put on the wire.
+    fn flush(&mut self) -> u64;
+
+    /// Receive into `buf`; `WouldBlock` when there is nothing more.
     ///
     /// # Errors
     ///
-    /// [`SendError`] when the datagram was not queued; it is then lost.
-    fn send(&mut self, peer: SocketAddr, payload: &[u8]) -> Result<(), SendError>;
+    /// The socket's error; `WouldBlock` and `Interrupted` are the usual.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received>;
 
-    /// The largest payload [`Transport::send`] accepts, in bytes (for UDP:
-    /// the underlay path MTU less the outer IP and UDP headers).
-    fn max_payload(&self) -> usize;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An in-memory transport, as a test or the simulation would write one.
-    struct Recorder {
-        sent: Vec<(SocketAddr, Vec<u8>)>,
-    }
-
-    impl Transport for Recorder {
-        fn send(&mut self, peer: SocketAddr, payload: &[u8]) -> Result<(), SendError> {
-            if payload.len() > self.max_payload() {
-                return Err(SendError::TooLarge {
-                    len: payload.len(),
-                    max: self.max_payload(),
-                });
-            }
-            self.sent.push((peer, payload.to_vec()));
-            Ok(())
-        }
-
-        fn max_payload(&self) -> usize {
-            1472
-        }
-    }
-
-    #[test]
-    fn is_object_safe_and_enforces_its_limit() {
-        let mut transport: Box<dyn Transport> = Box::new(Recorder { sent: Vec::new() });
-        let peer: SocketAddr = "192.0.2.7:4789".parse().unwrap();
-        transport.send(peer, &[0; 1472]).unwrap();
-        assert!(matches!(
-            transport.send(peer, &[0; 1473]),
-            Err(SendError::TooLarge {
-                len: 1473,
-                max: 1472
-            })
-        ));
-    }
+    /// The VNI and inner frame of one received datagram; None when it is
+    /// not one of ours (it is dropped and counted by the caller).
+    fn open<'d>(&self, datagram: &'d [u8]) -> Option<(Vni, &'d [u8])>;
 }

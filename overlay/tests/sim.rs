@@ -5,6 +5,8 @@
 //! delivered after a random delay (never sooner than the next tick). Every
 //! run with the same seed is identical.
 
+#![allow(clippy::disallowed_methods)]
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use weft_overlay::{
-    AllocateError, Allocation, ClusterKey, EndpointRecord, Event, MacAddr, MemberState, NetworkId,
-    NetworkRecord, Node, NodeConfig, NodeIdentity, Vni,
+    AllocateError, Allocation, ClusterKey, ClusterNetworkId, EndpointRecord, Event, MacAddr,
+    MemberState, NetworkRecord, Node, NodeConfig, NodeIdentity, Vni,
 };
 
 const TICK: Duration = Duration::from_millis(5);
@@ -282,8 +284,8 @@ fn seed(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn overlay_network() -> (NetworkId, NetworkRecord) {
-    let id = NetworkId("9f".repeat(32));
+fn overlay_network() -> (ClusterNetworkId, NetworkRecord) {
+    let id = ClusterNetworkId("9f".repeat(32));
     let record = NetworkRecord {
         name: "ov0".into(),
         subnet: "10.20.0.0/21".parse().unwrap(),
@@ -294,7 +296,7 @@ fn overlay_network() -> (NetworkId, NetworkRecord) {
     (id, record)
 }
 
-fn endpoint_of(index: usize, network: &NetworkId) -> EndpointRecord {
+fn endpoint_of(index: usize, network: &ClusterNetworkId) -> EndpointRecord {
     let index_u16 = u16::try_from(index).unwrap();
     let [high, low] = index_u16.to_be_bytes();
     EndpointRecord {
@@ -476,7 +478,12 @@ struct AllocationRun {
 
 /// `hosts` hosts, host 0 with the network `id`, joined and converged
 /// (membership and directories).
-fn converged_with_network(hosts: usize, seed: u64, id: &NetworkId, record: NetworkRecord) -> Sim {
+fn converged_with_network(
+    hosts: usize,
+    seed: u64,
+    id: &ClusterNetworkId,
+    record: NetworkRecord,
+) -> Sim {
     let mut sim = Sim::new(hosts, seed, None);
     let now = sim.now;
     sim.nodes[0].publish_network(id.clone(), record);
@@ -663,7 +670,7 @@ fn cluster_key_keeps_strangers_out() {
     // The strangers also try to inject a network.
     let mut injected = record;
     injected.name = "evil".into();
-    sim.nodes[5].publish_network(NetworkId("ee".repeat(32)), injected);
+    sim.nodes[5].publish_network(ClusterNetworkId("ee".repeat(32)), injected);
     sim.collect(5);
     sim.run_for(Duration::from_secs(10));
     for index in 0..4 {

@@ -37,6 +37,7 @@ use crate::counters::DropReason;
 use crate::wire::ethernet::{
     EthernetFrame, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN,
 };
+use crate::wire::packet::GatewayFrame;
 
 /// Bytes a reply may need beyond the request's own length.
 pub const REPLY_HEADROOM: usize = 64;
@@ -127,26 +128,35 @@ impl Gateway {
         }
     }
 
-    /// Answer a frame for the gateway. On success the reply (a whole
-    /// Ethernet frame) is in `out[..len]` and goes back out the ingress
-    /// port.
+    /// Answer a frame for the gateway, parsed once by the caller. On
+    /// success the reply (a whole Ethernet frame) is in `out[..len]` and
+    /// goes back out the ingress port.
     ///
     /// # Errors
     ///
     /// The reason to drop the frame when there is nothing to answer:
     /// [`DropReason::Malformed`] when its headers do not parse,
     /// [`DropReason::NoRoute`] when no gateway service handles it.
-    pub fn handle_frame(&self, frame: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
-        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
-        match eth.ethertype() {
-            ETHERTYPE_ARP => self.answer_arp(eth, out),
-            ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => self.answer_ip(frame, eth.source(), out),
+    pub fn answer(&self, frame: &GatewayFrame<'_>, out: &mut [u8]) -> Result<usize, DropReason> {
+        match frame.ethertype() {
+            ETHERTYPE_ARP => self.answer_arp(frame, out),
+            ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => self.answer_ip(frame, out),
             _ => Err(DropReason::NoRoute),
         }
     }
 
-    fn answer_arp(&self, eth: EthernetFrame<&[u8]>, out: &mut [u8]) -> Result<usize, DropReason> {
-        let arp = parse_arp(eth.payload()).ok_or(DropReason::Malformed)?;
+    /// Parse `frame` and [`Gateway::answer`] it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gateway::answer`]; [`DropReason::Truncated`] for a frame
+    /// shorter than an Ethernet header.
+    pub fn handle_frame(&self, frame: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
+        self.answer(&GatewayFrame::parse(frame)?, out)
+    }
+
+    fn answer_arp(&self, frame: &GatewayFrame<'_>, out: &mut [u8]) -> Result<usize, DropReason> {
+        let arp = parse_arp(frame.payload()).ok_or(DropReason::Malformed)?;
         if arp.operation != ArpOperation::REQUEST {
             return Err(DropReason::NoRoute);
         }
@@ -171,9 +181,9 @@ impl Gateway {
         Ok(len)
     }
 
-    fn answer_ip(&self, frame: &[u8], peer: MacAddr, out: &mut [u8]) -> Result<usize, DropReason> {
-        let packet = SlicedPacket::from_ethernet(frame).map_err(|_| DropReason::Malformed)?;
-        let builder = PacketBuilder::ethernet2(self.config.mac.0, peer.0);
+    fn answer_ip(&self, frame: &GatewayFrame<'_>, out: &mut [u8]) -> Result<usize, DropReason> {
+        let packet = frame.packet()?;
+        let builder = PacketBuilder::ethernet2(self.config.mac.0, frame.source().0);
         match (&packet.net, &packet.transport) {
             (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(icmp))) => {
                 let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());

@@ -30,10 +30,13 @@
 //! a zero outer checksum would a corrupted merged segment go unnoticed.
 
 use crate::wire::checksum;
+use crate::wire::ip::IpLayout;
 
 const ETH: usize = 14;
 const IPV4: usize = 20;
 const IPV6: usize = 40;
+/// IP protocol number of TCP.
+const TCP: u8 = 6;
 /// TCP flags byte: ACK alone, or ACK and PSH.
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
@@ -53,30 +56,16 @@ struct Segment {
 }
 
 fn segment(frame: &[u8]) -> Option<Segment> {
+    // TCP, not a fragment (DF allowed), IPv4 without options or IPv6
+    // without extension headers, exactly as long as its header says.
+    let layout = IpLayout::parse(frame)?;
     let ip = frame.get(ETH..)?;
-    let (ip_header, ip_len) = match frame.get(12..14)? {
-        [0x08, 0x00] => {
-            // Version 4, no options; protocol TCP; not a fragment (DF
-            // allowed).
-            if ip.len() < IPV4
-                || ip[0] != 0x45
-                || ip[9] != 6
-                || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
-            {
-                return None;
-            }
-            (IPV4, usize::from(u16::from_be_bytes([ip[2], ip[3]])))
-        }
-        [0x86, 0xdd] => {
-            // Version 6; next header TCP (no extension headers).
-            if ip.len() < IPV6 || ip[0] >> 4 != 6 || ip[6] != 6 {
-                return None;
-            }
-            (IPV6, IPV6 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
-        }
-        _ => return None,
-    };
-    if ip_len != ip.len() {
+    let (ip_header, ip_len) = (layout.header_len, layout.total_len);
+    if layout.protocol != TCP
+        || layout.fragment
+        || (layout.v4 && ip_header != IPV4)
+        || ip_len != ip.len()
+    {
         return None;
     }
     let tcp = ip.get(ip_header..)?;

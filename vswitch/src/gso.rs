@@ -36,7 +36,7 @@
 //! IPv6 extension headers before TCP, IPv4 options are copied as they are.
 
 use crate::wire::checksum;
-use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN};
+use crate::wire::ip::IpLayout;
 use crate::wire::vnet::{VnetHeader, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 
 const IPPROTO_TCP: u8 = 6;
@@ -262,20 +262,9 @@ fn segment_udp<B: AsRef<[u8]>>(
     if mss == 0 {
         return Err(GsoError::ZeroSegmentSize);
     }
-    let ethertype = read_u16(frame.get(..HEADER_LEN).ok_or(GsoError::Malformed)?, 12);
-    let ip = HEADER_LEN;
-    let (v4, ip_header_len, protocol) = match ethertype {
-        ETHERTYPE_IPV4 => {
-            let vihl = *frame.get(ip).ok_or(GsoError::Malformed)?;
-            let len = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || len < 20 {
-                return Err(GsoError::Malformed);
-            }
-            (true, len, *frame.get(ip + 9).ok_or(GsoError::Malformed)?)
-        }
-        ETHERTYPE_IPV6 => (false, 40, *frame.get(ip + 6).ok_or(GsoError::Malformed)?),
-        _ => return Err(GsoError::Malformed),
-    };
+    let layout = IpLayout::parse(frame).ok_or(GsoError::Malformed)?;
+    let (v4, ip, ip_header_len, protocol) =
+        (layout.v4, IpLayout::IP, layout.header_len, layout.protocol);
     if protocol != IPPROTO_UDP {
         return Err(GsoError::Unsupported);
     }
@@ -351,23 +340,11 @@ struct Layout {
 
 impl Layout {
     fn parse(frame: &[u8], v4: bool) -> Result<Layout, GsoError> {
-        if frame.len() < HEADER_LEN {
+        let layout = IpLayout::parse(frame).ok_or(GsoError::Malformed)?;
+        if layout.v4 != v4 {
             return Err(GsoError::Malformed);
         }
-        let ethertype = read_u16(frame, 12);
-        let ip = HEADER_LEN;
-        let (ip_header_len, protocol) = match (v4, ethertype) {
-            (true, ETHERTYPE_IPV4) => {
-                let vihl = *frame.get(ip).ok_or(GsoError::Malformed)?;
-                let len = usize::from(vihl & 0x0f) * 4;
-                if vihl >> 4 != 4 || len < 20 {
-                    return Err(GsoError::Malformed);
-                }
-                (len, *frame.get(ip + 9).ok_or(GsoError::Malformed)?)
-            }
-            (false, ETHERTYPE_IPV6) => (40, *frame.get(ip + 6).ok_or(GsoError::Malformed)?),
-            _ => return Err(GsoError::Malformed),
-        };
+        let (ip, ip_header_len, protocol) = (IpLayout::IP, layout.header_len, layout.protocol);
         if protocol != IPPROTO_TCP {
             return Err(GsoError::Unsupported);
         }

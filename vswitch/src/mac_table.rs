@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use ahash::RandomState;
 use std::time::{Duration, Instant};
 
-use crate::switch::PortId;
+use crate::ids::PortId;
 use crate::wire::ethernet::MacAddr;
 
 /// Default ageing time: IEEE 802.1D's (and Linux bridge's) 300 s.
@@ -146,6 +146,7 @@ impl MacTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -31,25 +31,15 @@
 use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::counters::DropReason;
-use crate::dns::DnsConfig;
 use crate::gateway::{Gateway, GatewayConfig};
+pub use crate::ids::{NetworkId, PortId};
 use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY};
-use crate::services::{Egress, GatewayServices};
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
+use crate::wire::packet::GatewayFrame;
 
 /// How often aged MAC entries are purged.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-/// A port of the switch (one TAP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PortId(pub u32);
-
-/// A network inside the switch (one broadcast domain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NetworkId(pub u32);
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +76,6 @@ pub struct Switch {
     /// Ports that are tunnels to other hosts (overlay networks).
     tunnel_ports: rustc_hash::FxHashSet<PortId>,
     next_sweep: Option<Instant>,
-    services: GatewayServices,
 }
 
 #[derive(Debug)]
@@ -121,32 +110,14 @@ impl std::fmt::Debug for Switch {
 }
 
 impl Switch {
-    /// An empty switch whose DNS has no upstream resolvers.
+    /// An empty switch.
     pub fn new() -> Self {
-        Self::with_dns(DnsConfig::default(), 0)
-    }
-
-    /// An empty switch with this DNS configuration; `seed` seeds every
-    /// random choice of the gateway services.
-    pub fn with_dns(dns: DnsConfig, seed: u64) -> Self {
-        Self::with_dns_and_nat(dns, crate::nat::DEFAULT_MAX_FLOWS, seed)
-    }
-
-    /// An empty switch with this DNS configuration and NAT tables of at
-    /// most `max_flows` flows each (UDP/ICMP, and TCP).
-    pub fn with_dns_and_nat(dns: DnsConfig, max_flows: usize, seed: u64) -> Self {
         Switch {
             networks: FxHashMap::default(),
             ports: FxHashMap::default(),
             tunnel_ports: rustc_hash::FxHashSet::default(),
             next_sweep: None,
-            services: GatewayServices::with_max_flows(dns, max_flows, seed),
         }
-    }
-
-    /// The gateway services (DNS zones, upstreams, counters).
-    pub fn services(&mut self) -> &mut GatewayServices {
-        &mut self.services
     }
 
     /// Add a network with its gateway, default MAC table capacity and
@@ -177,7 +148,6 @@ impl Switch {
         if self.networks.contains_key(&id) {
             return Err(TopologyError::NetworkExists(id));
         }
-        self.services.add_network(id, gateway.mac);
         self.networks.insert(
             id,
             Network {
@@ -196,7 +166,6 @@ impl Switch {
         let Some(network) = self.networks.remove(&id) else {
             return Vec::new();
         };
-        self.services.remove_network(id);
         for port in &network.ports {
             self.ports.remove(port);
             self.tunnel_ports.remove(port);
@@ -365,7 +334,7 @@ impl Switch {
     pub fn gateway_reply(
         &self,
         ingress: PortId,
-        frame: &[u8],
+        frame: &GatewayFrame<'_>,
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
         let network = self
@@ -373,134 +342,39 @@ impl Switch {
             .get(&ingress)
             .and_then(|n| self.networks.get(n))
             .ok_or(DropReason::UnknownPort)?;
-        network.gateway.handle_frame(frame, out)
+        network.gateway.answer(frame, out)
     }
 
-    /// Let the gateway's services (DNS over UDP and TCP) take a
-    /// `ToGateway` frame the fast path of [`Switch::gateway_reply`] had no
-    /// answer for. Their output comes from [`Switch::poll_gateway_frame`].
+    /// The gateway of the network `port` is in, with the network: what the
+    /// gateway's L4 services need to take a `ToGateway` frame the fast path
+    /// of [`Switch::gateway_reply`] had no answer for.
     ///
     /// # Errors
     ///
-    /// The [`DropReason`] when no service takes the frame.
-    pub fn gateway_services(
-        &mut self,
-        now: Instant,
-        ingress: PortId,
-        frame: &[u8],
-    ) -> Result<(), DropReason> {
-        let network_id = *self.ports.get(&ingress).ok_or(DropReason::UnknownPort)?;
+    /// [`DropReason::UnknownPort`] when the port or its network is gone.
+    pub fn gateway_of(&self, port: PortId) -> Result<(NetworkId, &GatewayConfig), DropReason> {
+        let network_id = *self.ports.get(&port).ok_or(DropReason::UnknownPort)?;
         let network = self
             .networks
             .get(&network_id)
             .ok_or(DropReason::UnknownPort)?;
-        self.services
-            .handle_frame(now, network_id, network.gateway.config(), ingress, frame)
+        Ok((network_id, network.gateway.config()))
     }
 
-    /// The TCP relay: outbound TCP and published TCP ports.
-    pub fn tcp(&mut self) -> &mut crate::tcp_nat::TcpNat {
-        self.services.tcp()
+    /// A network's gateway.
+    pub fn gateway_config(&self, network: NetworkId) -> Option<&GatewayConfig> {
+        self.networks.get(&network).map(|n| n.gateway.config())
     }
 
-    /// A connection accepted on a published TCP port of the sandbox at
-    /// `target` (MAC `mac`) on `network`, from `client`. None when the
-    /// network is gone or the relay is full.
-    pub fn accept_published_tcp(
-        &mut self,
-        now: Instant,
-        network: NetworkId,
-        target: std::net::SocketAddr,
-        mac: MacAddr,
-        client: std::net::SocketAddr,
-    ) -> Option<crate::nat::FlowId> {
-        let gateway = self.networks.get(&network)?.gateway.config().clone();
-        self.services
-            .tcp()
-            .accept_inbound(now, network, &gateway, client, target, mac)
-    }
-
-    /// A datagram from `client` on the published UDP socket `listener`,
-    /// for the sandbox at `target` (MAC `mac`, switch port `port`).
-    ///
-    /// # Errors
-    ///
-    /// [`DropReason::UnknownPort`] when the network is gone,
-    /// [`DropReason::NatFull`] when the flow table is full.
-    #[allow(clippy::too_many_arguments)]
-    pub fn published_udp(
-        &mut self,
-        now: Instant,
-        listener: u32,
-        (network, port, mac): (NetworkId, PortId, MacAddr),
-        target: std::net::SocketAddr,
-        client: std::net::SocketAddr,
-        data: &[u8],
-    ) -> Result<(), DropReason> {
-        let gateway = self
-            .networks
-            .get(&network)
-            .ok_or(DropReason::UnknownPort)?
-            .gateway
-            .config()
-            .clone();
-        let shown = crate::tcp_nat::shown_client(client, &gateway).ok_or(DropReason::NoRoute)?;
-        self.services.nat().handle_inbound(
-            now,
-            network,
-            (port, mac, gateway.mac),
-            listener,
-            target,
-            client,
-            shown,
-            data,
-        )
-    }
-
-    /// The next socket action of the outbound NAT.
-    pub fn poll_nat_action(&mut self) -> Option<crate::nat::NatAction> {
-        self.services.nat().poll_action()
-    }
-
-    /// What a NAT flow's host socket received.
-    pub fn handle_nat_reply(&mut self, now: Instant, flow: crate::nat::FlowId, data: &[u8]) {
-        self.services.handle_nat_reply(now, flow, data);
-    }
-
-    /// A NAT flow's remote refused (UDP): answer the sandbox with ICMP.
-    pub fn handle_nat_refused(&mut self, now: Instant, flow: crate::nat::FlowId) {
-        self.services.handle_nat_refused(now, flow);
-    }
-
-    /// Close a NAT flow whose socket failed.
-    pub fn close_nat_flow(&mut self, flow: crate::nat::FlowId) {
-        self.services.nat().close(flow);
-    }
-
-    /// A datagram from an upstream DNS resolver.
-    pub fn handle_upstream(&mut self, now: Instant, from: std::net::SocketAddr, datagram: &[u8]) {
-        self.services.handle_upstream(now, from, datagram);
-    }
-
-    /// The next datagram for an upstream DNS resolver.
-    pub fn poll_upstream(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
-        self.services.poll_upstream()
-    }
-
-    /// The next frame the gateway sends, with the port it goes to, or the
-    /// network to flood (broadcast, or a destination not learned yet).
-    pub fn poll_gateway_frame(&mut self, now: Instant) -> Option<(Egress, Vec<u8>, u16)> {
-        let (egress, frame, gso_size) = self.services.poll_frame()?;
-        let egress = match egress {
-            Egress::Flood(network) => EthernetFrame::new_checked(&frame[..])
-                .ok()
-                .map(|eth| eth.destination())
-                .filter(|dst| !dst.is_multicast())
-                .and_then(|dst| self.networks.get(&network)?.macs.lookup(dst, now))
-                .map_or(Egress::Flood(network), Egress::Port),
-            port => port,
-        };
-        Some((egress, frame, gso_size))
+    /// Where a frame the gateway sends into `network` goes: the port that
+    /// learned its unicast destination, else None (flood the network's
+    /// local ports).
+    pub fn gateway_egress(&self, network: NetworkId, frame: &[u8], now: Instant) -> Option<PortId> {
+        let dst = EthernetFrame::new_checked(frame).ok()?.destination();
+        if dst.is_multicast() {
+            return None;
+        }
+        self.networks.get(&network)?.macs.lookup(dst, now)
     }
 
     /// The local (sandbox) ports of a network: where the gateway's own
@@ -510,17 +384,12 @@ impl Switch {
     }
 
     /// When [`Switch::handle_timeout`] wants to run next.
-    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
-        match (self.next_sweep, self.services.poll_timeout(now)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
     }
 
-    /// Run the gateway services' timers, and purge aged MAC entries if the
-    /// sweep is due.
+    /// Purge aged MAC entries if the sweep is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.services.handle_timeout(now);
         match self.next_sweep {
             Some(due) if now >= due => {}
             _ => return,
@@ -540,6 +409,7 @@ impl Switch {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::wire::ethernet::MacAddr;
@@ -647,6 +517,7 @@ mod tests {
         arp.extend_from_slice(&[10, 0, 0, 9]);
         assert_eq!(sw.handle_frame(now, PortId(1), &arp), Decision::ToGateway);
         let mut out = [0u8; 128];
+        let arp = GatewayFrame::parse(&arp).unwrap();
         let len = sw.gateway_reply(PortId(1), &arp, &mut out).unwrap();
         let reply = &out[..len];
         // From mac(9), saying 10.0.0.9 is at mac(9).
@@ -774,12 +645,12 @@ mod tests {
         let mut sw = switch_with_two_networks();
         sw.handle_frame(t0, PortId(1), &frame(mac(2), mac(1)));
         assert_eq!(sw.mac_count(NET_A), 1);
-        let due = sw.poll_timeout(t0).unwrap();
+        let due = sw.poll_timeout().unwrap();
         sw.handle_timeout(due);
         assert_eq!(sw.mac_count(NET_A), 1);
         sw.handle_timeout(t0 + DEFAULT_AGEING + SWEEP_INTERVAL);
         assert_eq!(sw.mac_count(NET_A), 0);
-        assert_eq!(sw.poll_timeout(t0), None);
+        assert_eq!(sw.poll_timeout(), None);
     }
 
     proptest! {

@@ -78,7 +78,8 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::controller::{error_chain, ControllerError};
+use crate::controller::ControllerError;
+use crate::error_chain::error_chain;
 use crate::Controller;
 use protocol::{ActivateResponse, ErrorResponse};
 
@@ -153,7 +154,7 @@ impl PluginError {
 
 impl From<ControllerError> for PluginError {
     fn from(e: ControllerError) -> Self {
-        if e.status() >= 500 {
+        if crate::api::status_of(&e) >= 500 {
             tracing::error!(error = %error_chain(&e), "Docker plugin call failed");
         }
         PluginError::refused(error_chain(&e))

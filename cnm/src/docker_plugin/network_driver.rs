@@ -37,12 +37,13 @@ use super::protocol::{
 };
 use super::state::{DockerEndpoint, DockerNetwork};
 use super::{answer, parse_body, short_id, Plugin, PluginError};
-use crate::controller::SubnetRequest;
-use crate::controller::{ConnectRequest, CreateNetworkRequest as WeftCreate, DisconnectRequest};
+use crate::api::types::{
+    ConnectRequest, CreateNetworkRequest as WeftCreate, DisconnectRequest, SubnetRequest,
+};
 use crate::driver::endpoint_mac;
 use crate::model::{DockerAttachment, DriverKind, Network, PortMapping, PortProto};
 use crate::ControllerError;
-use weft_vswitch::sys::publish::PublishError;
+use weft_datapath::published::PublishError;
 
 /// `-o weft.network=NAME`: the weft network this Docker network is.
 pub const NETWORK_OPTION: &str = "weft.network";
@@ -362,7 +363,7 @@ impl Plugin {
                 })
                 .await;
             if let Err(e) = reserved {
-                tracing::warn!(network = name, address = %ip, error = %crate::controller::error_chain(&e), "auxiliary address not reserved");
+                tracing::warn!(network = name, address = %ip, error = %crate::error_chain::error_chain(&e), "auxiliary address not reserved");
             }
         }
         tracing::info!(
@@ -442,7 +443,7 @@ impl Plugin {
             {
                 return PluginError::refused(format!(
                     "{}: to make this Docker network be weft network {:?}, add -o {NETWORK_OPTION}={}",
-                    crate::controller::error_chain(&e),
+                    crate::error_chain::error_chain(&e),
                     network.name,
                     network.name
                 ));
@@ -653,7 +654,7 @@ impl Plugin {
                 })
                 .await;
             if let Err(e) = released {
-                tracing::warn!(address = %ip, error = %crate::controller::error_chain(&e), "releasing a Docker endpoint's address");
+                tracing::warn!(address = %ip, error = %crate::error_chain::error_chain(&e), "releasing a Docker endpoint's address");
             }
         }
         let forgotten = self
@@ -661,7 +662,7 @@ impl Plugin {
             .update_docker_state(|state| state.endpoints.retain(|e| e.id != endpoint_id))
             .await;
         if let Err(e) = forgotten {
-            tracing::warn!(error = %crate::controller::error_chain(&e), "forgetting a Docker endpoint");
+            tracing::warn!(error = %crate::error_chain::error_chain(&e), "forgetting a Docker endpoint");
         }
     }
 

@@ -28,7 +28,7 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::switch::PortId;
+use crate::ids::PortId;
 
 /// Buffers per batch: one read burst (`IO_LOOP_BOUND` frames).
 pub const BATCH: usize = 64;

@@ -1,7 +1,11 @@
-//! Wire formats the switch reads on its hot path. One file per header.
+//! Wire formats: every header parse of the data path. One file per header
+//! ([`ethernet`], [`vnet`]), the IP layout the hot path shares ([`ip`]),
+//! and the gateway's parsed view of a frame ([`packet`]).
 
 pub mod checksum;
 pub mod ethernet;
+pub mod ip;
+pub mod packet;
 pub mod vnet;
 
 use std::net::IpAddr;

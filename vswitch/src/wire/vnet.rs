@@ -11,6 +11,8 @@
 //! weft sets the TAP's header byte order to little endian (`TUNSETVNETLE`),
 //! so the fields are read as little endian on every host.
 
+use super::ip::IpLayout;
+
 mod field {
     use std::ops::Range;
     pub const FLAGS: usize = 0;
@@ -130,42 +132,32 @@ struct Transport {
 impl Transport {
     fn parse(frame: &[u8]) -> Option<Transport> {
         use super::checksum;
-        let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-        let ip = frame.get(14..)?;
-        match ethertype {
-            0x0800 => {
-                let ihl = usize::from(ip.first()? & 0x0f) * 4;
-                if ihl < 20 {
-                    return None;
-                }
-                let protocol = *ip.get(9)?;
-                let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-                let l4_len = u16::try_from(total.checked_sub(ihl)?).ok()?;
-                let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-                let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-                Some(Transport {
-                    v4: true,
-                    fragment: u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0,
-                    protocol,
-                    start: 14 + ihl,
-                    pseudo: checksum::pseudo_header_v4(src, dst, protocol, l4_len),
-                })
-            }
-            0x86dd => {
-                let protocol = *ip.get(6)?;
-                let payload = u32::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-                let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-                let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-                Some(Transport {
-                    v4: false,
-                    fragment: false,
-                    protocol,
-                    start: 54,
-                    pseudo: checksum::pseudo_header_v6(src, dst, protocol, payload),
-                })
-            }
-            _ => None,
-        }
+        let layout = IpLayout::parse(frame)?;
+        let (src, dst) = layout.address_ranges();
+        let pseudo = if layout.v4 {
+            let l4_len = u16::try_from(layout.transport_len()?).ok()?;
+            checksum::pseudo_header_v4(
+                frame.get(src)?.try_into().ok()?,
+                frame.get(dst)?.try_into().ok()?,
+                layout.protocol,
+                l4_len,
+            )
+        } else {
+            let payload = u32::try_from(layout.transport_len()?).ok()?;
+            checksum::pseudo_header_v6(
+                frame.get(src)?.try_into().ok()?,
+                frame.get(dst)?.try_into().ok()?,
+                layout.protocol,
+                payload,
+            )
+        };
+        Some(Transport {
+            v4: layout.v4,
+            fragment: layout.fragment,
+            protocol: layout.protocol,
+            start: layout.transport(),
+            pseudo,
+        })
     }
 }
 

@@ -1,0 +1,304 @@
+//! The control API: HTTP/1.1 + JSON on a Unix socket.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/networks` | | `[Network]` |
+//! | `POST /v1/networks` | `CreateNetworkRequest` | `201 Network` |
+//! | `GET /v1/networks/{name}` | | `NetworkDetails` |
+//! | `DELETE /v1/networks/{name}` | | `204` |
+//! | `POST /v1/networks/{name}/connect` | `ConnectRequest` | `201 Endpoint` |
+//! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
+//! | `GET /v1/peers` | | `PeersReport` (400 without `--listen`) |
+//! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
+//!
+//! A `ConnectRequest` may carry `ports`, the published ports: each the
+//! `-p` text (`"127.0.0.1:8080:80/tcp"`) or an object (`{"host_ip":
+//! "127.0.0.1", "host_port": 8080, "container_port": 80, "proto": "tcp"}`,
+//! `host_ip` and `proto` optional); the `Endpoint` answered and shown by
+//! `inspect` has them as objects, with the host port really bound (port 0
+//! asks the kernel for one). A host port in use is a 409, a privileged one
+//! (below `net.ipv4.ip_unprivileged_port_start` for a daemon without the
+//! capability) or `ports` on a `null`/`host` network is a 400.
+//!
+//! Every error is `{"message": "..."}` with a 4xx status for a request
+//! that must change (the message says how) and 5xx for a failure of the
+//! daemon itself. Unknown fields in a body are refused, so a typo is an
+//! error, not a silently ignored option.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use weft_datapath::published::PublishError;
+use weft_ipam::{AddSubnetError, AllocError};
+use weft_overlay::driver::gossip::ClusterAllocError;
+
+use crate::controller::{Controller, ControllerError};
+use crate::error_chain::error_chain;
+use types::{ConnectRequest, CreateNetworkRequest, DisconnectRequest};
+
+pub mod types;
+
+/// An error answer.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+/// An error the API turns into a response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> Self {
+        let status =
+            StatusCode::from_u16(status_of(&e)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %error_chain(&e), "request failed");
+        }
+        ApiError {
+            status,
+            message: error_chain(&e),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid request body: {}", e.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type Shared = State<Arc<Controller>>;
+
+/// The API's routes over `controller`.
+pub fn router(controller: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/version", get(version))
+        .route("/v1/peers", get(peers))
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route(
+            "/v1/networks/{name}",
+            get(inspect_network).delete(delete_network),
+        )
+        .route("/v1/networks/{name}/connect", post(connect))
+        .route("/v1/networks/{name}/disconnect", post(disconnect))
+        .fallback(not_found)
+        .with_state(controller)
+}
+
+async fn version() -> impl IntoResponse {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        // `weft run` enters the daemon's user namespace through
+        // /proc/PID/ns/user when the daemon runs in one of its own.
+        "pid": std::process::id(),
+    }))
+}
+
+async fn peers(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(c.peers()?))
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such API path: see the table in cnm/src/api.rs (GET /v1/networks, ...)".into(),
+    }
+}
+
+async fn list_networks(State(c): Shared) -> impl IntoResponse {
+    Json(c.networks().await)
+}
+
+async fn create_network(
+    State(c): Shared,
+    body: Result<Json<CreateNetworkRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    let network = c.create_network(request).await?;
+    Ok((StatusCode::CREATED, Json(network)))
+}
+
+async fn inspect_network(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(c.inspect(&name).await?))
+}
+
+async fn delete_network(
+    State(c): Shared,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    c.delete_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connect(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    let endpoint = c.connect(&name, request).await?;
+    Ok((StatusCode::CREATED, Json(endpoint)))
+}
+
+async fn disconnect(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Json<DisconnectRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    c.disconnect(&name, request).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Serve the API on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// The accept loop's I/O error.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    controller: Arc<Controller>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(controller))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The HTTP status for a controller error: 4xx for a request that must
+/// change, 5xx for a failure of the daemon itself.
+pub fn status_of(error: &ControllerError) -> u16 {
+    match error {
+        ControllerError::NetworkNotFound { .. } | ControllerError::NotConnected { .. } => 404,
+        ControllerError::EndpointNotFound { .. } => 404,
+        ControllerError::SandboxNotFound { .. } => 404,
+        ControllerError::NetworkExists { .. }
+        | ControllerError::NetworkInUse { .. }
+        | ControllerError::DockerNetwork { .. }
+        | ControllerError::AlreadyConnected { .. } => 409,
+        ControllerError::Subnet(AddSubnetError::Overlaps { .. }) => 409,
+        ControllerError::Address(AllocError::InUse { .. }) => 409,
+        ControllerError::Publish(PublishError::InUse { .. }) => 409,
+        ControllerError::Publish(PublishError::Privileged { .. })
+        | ControllerError::Publish(PublishError::NoSuchAddress(_))
+        | ControllerError::InvalidOption { .. }
+        | ControllerError::PortsNotAllowed { .. }
+        | ControllerError::InvalidPort(_) => 400,
+        ControllerError::InvalidName { .. }
+        | ControllerError::UnknownDriver(_)
+        | ControllerError::SubnetsNotAllowed { .. }
+        | ControllerError::MtuOutOfRange { .. }
+        | ControllerError::Subnet(_)
+        | ControllerError::Address(_)
+        | ControllerError::DuplicateFamily
+        | ControllerError::OverlayNeedsCluster
+        | ControllerError::OverlaySubnets => 400,
+        ControllerError::VniInUse { .. } => 409,
+        ControllerError::ClusterAddress(ClusterAllocError::Allocate(
+            weft_overlay::AllocateError::Exhausted(_),
+        )) => 409,
+        ControllerError::ClusterAddress(_) => 503,
+        ControllerError::Driver { .. }
+        | ControllerError::Publish(PublishError::Bind { .. })
+        | ControllerError::Store(_)
+        | ControllerError::Datapath(_)
+        | ControllerError::Cluster(_)
+        | ControllerError::TunnelBind { .. } => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::DriverKind;
+
+    #[test]
+    fn statuses_follow_the_kind_of_error() {
+        assert_eq!(
+            status_of(&ControllerError::NetworkNotFound { name: "x".into() }),
+            404
+        );
+        assert_eq!(
+            status_of(&ControllerError::NetworkExists { name: "x".into() }),
+            409
+        );
+        assert_eq!(
+            status_of(&ControllerError::NetworkInUse {
+                name: "x".into(),
+                count: 1
+            }),
+            409
+        );
+        assert_eq!(status_of(&ControllerError::DuplicateFamily), 400);
+        assert_eq!(status_of(&ControllerError::OverlayNeedsCluster), 400);
+        assert_eq!(status_of(&ControllerError::OverlaySubnets), 400);
+        assert_eq!(
+            status_of(&ControllerError::VniInUse {
+                vni: 1,
+                network: "x".into()
+            }),
+            409
+        );
+        assert_eq!(
+            status_of(&ControllerError::ClusterAddress(
+                ClusterAllocError::Timeout(Duration::from_secs(1))
+            )),
+            503
+        );
+        let addr = "0.0.0.0:8080".parse().unwrap();
+        let proto = weft_datapath::published::L4Proto::Tcp;
+        assert_eq!(
+            status_of(&ControllerError::Publish(PublishError::InUse {
+                addr,
+                proto
+            })),
+            409
+        );
+        assert_eq!(
+            status_of(&ControllerError::Publish(PublishError::Privileged {
+                addr,
+                proto,
+                start: 1024
+            })),
+            400
+        );
+        assert_eq!(
+            status_of(&ControllerError::PortsNotAllowed {
+                driver: DriverKind::Host
+            }),
+            400
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The control API's request and response bodies: what `curl` and the
+//! CLI send and get back (JSON). Requests refuse unknown fields, so a typo
+//! is an error, not a silently ignored option.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_datapath::TunnelCounters;
+use weft_overlay::driver::gossip::{GossipCounters, PeerInfo};
+use weft_vswitch::counters::PortCountersSnapshot;
+
+use crate::driver::TunnelPeerCounters;
+use crate::model::{DockerAttachment, Endpoint, Network, PortMapping};
+
+/// `network create`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetworkRequest {
+    /// Unique name.
+    pub name: String,
+    /// Driver name (default `bridge`).
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// Subnets; none picks one from the default pools.
+    #[serde(default)]
+    pub subnets: Vec<SubnetRequest>,
+    /// No way out of the network.
+    #[serde(default)]
+    pub internal: bool,
+    /// MTU of sandbox interfaces.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Driver options.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// One `--subnet` with its `--gateway` and `--ip-range`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetRequest {
+    /// The subnet.
+    pub subnet: IpNet,
+    /// Its gateway (default: first usable address).
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    /// Where dynamic addresses come from.
+    #[serde(default)]
+    pub ip_range: Option<IpNet>,
+}
+
+/// `network connect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// Namespace path, or a name under `/var/run/netns`.
+    pub sandbox: String,
+    /// DNS name (default: the namespace's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Static addresses (one per family at most).
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// Extra DNS names.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Published ports (`-p`), each the `-p` text
+    /// (`"[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]"`) or an object
+    /// `{"host_ip": .., "host_port": .., "container_port": .., "proto": "tcp"|"udp"}`
+    /// (see [`PortMapping`]); bridge networks only.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// Set by the Docker plugin (never from the API): the endpoint is
+    /// Docker's, its TAP is made for Docker to move, and `ips` are
+    /// already reserved by the plugin, which also releases them.
+    #[serde(skip)]
+    pub docker: Option<DockerAttachment>,
+}
+
+/// `network disconnect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectRequest {
+    /// Namespace path, or a name under `/var/run/netns`.
+    pub sandbox: String,
+}
+
+/// A network with its endpoints, as `inspect` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkDetails {
+    /// The network.
+    #[serde(flatten)]
+    pub network: Network,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointDetails>,
+    /// Overlay: the other hosts (and static peers) it carries frames to
+    /// and from, with their tunnel ports' counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tunnel: Vec<TunnelPeerCounters>,
+    /// The Docker networks (Docker's ids) that are this network, made or
+    /// joined through the Docker plugin.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub docker_networks: Vec<String>,
+}
+
+/// An endpoint with its counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointDetails {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// Its port's counters (bridge only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<PortCountersSnapshot>,
+}
+
+/// `weft peers`: this host, the other members and the tunnel's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeersReport {
+    /// This host's `--node-name`.
+    pub name: String,
+    /// This host's gossip address.
+    pub address: std::net::SocketAddr,
+    /// The other members.
+    pub members: Vec<PeerInfo>,
+    /// The VXLAN tunnel's counters.
+    pub tunnel: TunnelCountersSnapshot,
+    /// Gossip datagrams dropped.
+    pub gossip: GossipCounters,
+}
+
+/// The tunnel counters at one moment.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TunnelCountersSnapshot {
+    /// Datagrams received and switched.
+    pub rx: u64,
+    /// Datagrams sent.
+    pub tx: u64,
+    /// Datagrams from an address that is neither a member nor a static
+    /// peer, dropped.
+    pub dropped_not_member: u64,
+    /// Datagrams that were not VXLAN, or of an unknown VNI, dropped.
+    pub dropped_invalid: u64,
+}
+
+impl From<&TunnelCounters> for TunnelCountersSnapshot {
+    fn from(c: &TunnelCounters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        TunnelCountersSnapshot {
+            rx: c.rx.load(Relaxed),
+            tx: c.tx.load(Relaxed),
+            dropped_not_member: c.dropped_not_member.load(Relaxed),
+            dropped_invalid: c.dropped_invalid.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Why a controller operation failed. Each variant says what to change;
+//! the API maps them to HTTP statuses at its edge (`crate::api`).
+
+use std::path::PathBuf;
+
+use weft_datapath::published::PublishError;
+use weft_ipam::{AddSubnetError, AllocError};
+use weft_overlay::driver::gossip::{ClusterAllocError, ClusterError};
+
+use crate::driver::DriverError;
+use crate::model::{DriverKind, PortMappingError, UnknownDriver};
+use crate::store::StoreError;
+
+/// Why an operation failed; `crate::api` maps each to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// No network by that name.
+    #[error("network {name:?} not found: `weft network ls` lists the networks")]
+    NetworkNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The name is taken.
+    #[error("network {name:?} already exists: choose another name")]
+    NetworkExists {
+        /// The name.
+        name: String,
+    },
+    /// A name with characters or a length that is not allowed.
+    #[error("invalid {what} {name:?}: use 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit")]
+    InvalidName {
+        /// What the name is for.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Not a driver weft has.
+    #[error(transparent)]
+    UnknownDriver(#[from] UnknownDriver),
+    /// Subnets given for a driver without addresses.
+    #[error("the {driver} driver has no addresses: drop --subnet, --gateway and --ip-range")]
+    SubnetsNotAllowed {
+        /// The driver.
+        driver: DriverKind,
+    },
+    /// An MTU out of range.
+    #[error("MTU {mtu} is out of range: use {min} to {max}")]
+    MtuOutOfRange {
+        /// The MTU asked for.
+        mtu: u32,
+        /// The lowest allowed.
+        min: u32,
+        /// The highest allowed.
+        max: u32,
+    },
+    /// A subnet could not be added.
+    #[error(transparent)]
+    Subnet(#[from] AddSubnetError),
+    /// An address could not be allocated or reserved.
+    #[error(transparent)]
+    Address(#[from] AllocError),
+    /// Two static addresses of one family.
+    #[error("more than one --ip of the same family: give at most one IPv4 and one IPv6 address")]
+    DuplicateFamily,
+    /// `rm` of a network with endpoints.
+    #[error("network {name:?} has {count} endpoint(s) attached: disconnect them first (weft network disconnect {name} NETNS)")]
+    NetworkInUse {
+        /// The network.
+        name: String,
+        /// How many endpoints.
+        count: usize,
+    },
+    /// `rm` of a network that a Docker network is.
+    #[error("network {name:?} is Docker network {docker_id}: remove it with docker network rm")]
+    DockerNetwork {
+        /// The network.
+        name: String,
+        /// Docker's short id of the network.
+        docker_id: String,
+    },
+    /// No endpoint with that id.
+    #[error("no endpoint with id {id}: `weft network inspect` lists the endpoints")]
+    EndpointNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The namespace does not exist.
+    #[error("no network namespace at {path}: create it (ip netns add NAME) or give a path like /proc/PID/ns/net")]
+    SandboxNotFound {
+        /// The path looked at.
+        path: PathBuf,
+    },
+    /// Already on that network.
+    #[error("{sandbox} is already connected to network {network:?}")]
+    AlreadyConnected {
+        /// The network.
+        network: String,
+        /// The sandbox.
+        sandbox: PathBuf,
+    },
+    /// Not on that network.
+    #[error("{sandbox} is not connected to network {network:?}")]
+    NotConnected {
+        /// The network.
+        network: String,
+        /// The sandbox.
+        sandbox: PathBuf,
+    },
+    /// The driver failed.
+    #[error("the {driver} driver failed")]
+    Driver {
+        /// The driver.
+        driver: DriverKind,
+        /// The cause.
+        #[source]
+        source: DriverError,
+    },
+    /// A driver option that is not known or has a bad value.
+    #[error("--opt {key}: {reason}")]
+    InvalidOption {
+        /// The option's key.
+        key: String,
+        /// What is wrong and what to write.
+        reason: String,
+    },
+    /// `-p` on a network whose driver has no interfaces.
+    #[error("the {driver} driver has no interfaces to publish ports to: drop -p, or use a bridge network")]
+    PortsNotAllowed {
+        /// The driver.
+        driver: DriverKind,
+    },
+    /// A `-p` that cannot be met.
+    #[error(transparent)]
+    InvalidPort(#[from] PortMappingError),
+    /// A host port that cannot be bound.
+    #[error(transparent)]
+    Publish(PublishError),
+    /// The state file could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data path could not be started.
+    #[error("starting the data path")]
+    Datapath(#[source] std::io::Error),
+    /// An overlay network on a daemon without `--listen`.
+    #[error("start the daemon with --listen to use overlay networks")]
+    OverlayNeedsCluster,
+    /// More than one subnet, or an `--ip-range`, for an overlay network.
+    #[error("an overlay network takes one --subnet and no --ip-range (addresses are leased across hosts from the whole subnet)")]
+    OverlaySubnets,
+    /// The VNI is taken by another cluster network.
+    #[error("VNI {vni} is already used by cluster network {network:?}: choose another --opt vni=N or leave it out")]
+    VniInUse {
+        /// The VNI.
+        vni: u32,
+        /// The network that has it.
+        network: String,
+    },
+    /// No cluster address could be had.
+    #[error("no address for the endpoint")]
+    ClusterAddress(#[source] ClusterAllocError),
+    /// The gossip socket could not be bound.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The VXLAN socket could not be bound.
+    #[error("binding the VXLAN socket {addr} (--vxlan-port)")]
+    TunnelBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,408 @@
+//! The controller: networks, endpoints and sandboxes, their state on disk,
+//! and the drivers that make them real.
+//!
+//! # Theory of operation
+//!
+//! One [`Controller`] per daemon. Every operation takes the controller's
+//! lock, validates, updates IPAM and the network/endpoint lists, calls the
+//! driver, and saves the state file before it answers; a failure on the way
+//! undoes the steps before it, so the state on disk always matches what
+//! exists. Operations are serialized: attaching takes a few milliseconds
+//! (the helper), and one at a time keeps interface names and addresses
+//! free of races.
+//!
+//! Published ports (`ConnectRequest::ports`) are part of the endpoint:
+//! the bridge driver binds them in `join` before anything else is made and
+//! closes them in `leave` (see [`crate::driver`]); a port that cannot be
+//! bound fails the connect with nothing left behind, a 409 when it is in
+//! use. Network options (`--opt K=V`) are checked against what the driver
+//! knows ([`validate_options`]): an unknown key or a bad value is a 400.
+//!
+//! At start ([`Controller::restore`]) the saved networks are re-created in
+//! the switch and every endpoint's TAP is re-opened by name in its sandbox
+//! (the TAPs are persistent, so sandboxes kept them while the daemon was
+//! down). An endpoint whose sandbox has vanished is dropped and its
+//! addresses released; everything else keeps its addresses, so a new
+//! endpoint never gets one already in use. Restored endpoints publish their
+//! stored ports again (with the host port bound before, also for one the
+//! kernel chose); one that cannot be bound is logged and dropped.
+//!
+//! # Overlay networks
+//!
+//! An overlay network is published in the cluster directory
+//! ([`weft_overlay::driver::gossip`]) before it is made here, and removed from it on
+//! `rm` (refused while any host has endpoints on it). Networks created or
+//! deleted on other hosts reach this one through
+//! [`Controller::sync_cluster`], which [`Controller::follow_cluster`] runs
+//! after every directory change: it makes or removes the local network
+//! (one whose name a local network already has is skipped with a warning;
+//! one deleted elsewhere while it still has endpoints here stays until they
+//! leave), and refreshes every overlay network's tunnel table, DNS zone and
+//! the tunnel's accepted sources. Endpoint addresses come from the cluster
+//! allocator (unless `--ip`), are reserved in the local IPAM too, and the
+//! endpoint is published once joined, withdrawn on disconnect. The
+//! record's options carry the network's MTU and `--internal` under
+//! reserved `weft.` keys.
+//!
+//! At start, stored overlay networks and endpoints are published again (a
+//! deletion made elsewhere meanwhile wins: its stamp is newer). The
+//! address blocks this host leased before the restart are not leased
+//! again, but the restored endpoints' addresses stay safe: no host hands
+//! out an address the directory shows on another host's endpoint, and the
+//! restored records appear as soon as the daemon is back. Limit: while the
+//! daemon is down for longer than failure detection takes (~3 s), its
+//! records are gone, and another host could hand out one of its
+//! addresses before it comes back.
+
+mod cluster_sync;
+mod docker;
+mod endpoints;
+mod error;
+mod networks;
+mod records;
+mod state;
+#[cfg(test)]
+mod tests;
+mod validation;
+
+pub use error::ControllerError;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use weft_datapath::Datapath;
+
+use weft_overlay::ClusterNetworkId;
+
+use crate::api::types::{CreateNetworkRequest, EndpointDetails, NetworkDetails, PeersReport};
+use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
+use crate::error_chain::error_chain;
+use crate::model::{DriverKind, Endpoint, Network};
+use crate::overlay_driver::OverlayDriver;
+use crate::resolv_conf;
+use crate::store::{State, StateStore};
+use records::network_record;
+use weft_overlay::driver::gossip::{Cluster, ClusterConfig};
+
+/// The default network's name (Docker's `docker0` network is `bridge`).
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// What the controller needs to start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Directory of the state file.
+    pub state_dir: PathBuf,
+    /// The binary that runs the attach helper (normally the daemon's own).
+    pub helper_exe: PathBuf,
+    /// Where bare namespace names are looked up.
+    pub netns_dir: PathBuf,
+    /// Upstream resolvers of the embedded DNS.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The gossip cluster to join (`--listen`); None: no overlay networks.
+    pub cluster: Option<ClusterConfig>,
+    /// Flows the NAT holds at once, per table (UDP/ICMP, and TCP).
+    pub nat_max_flows: usize,
+}
+
+/// See the module header.
+pub struct Controller {
+    inner: Mutex<Inner>,
+    netns_dir: PathBuf,
+    cluster: Option<Arc<Cluster>>,
+    datapath: Arc<Datapath>,
+}
+
+struct Inner {
+    state: State,
+    store: StateStore,
+    null: Arc<NullDriver>,
+    host: Arc<HostDriver>,
+    bridge: Arc<BridgeDriver>,
+    overlay: Arc<OverlayDriver>,
+}
+
+impl Controller {
+    /// Open the state directory, start the data path, and restore saved
+    /// networks and endpoints.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError`] when the state cannot be read or the data path
+    /// cannot start. Endpoints that cannot be restored are logged and
+    /// dropped, not fatal.
+    pub async fn start(config: ControllerConfig) -> Result<Controller, ControllerError> {
+        let store = StateStore::open(&config.state_dir)?;
+        let config_upstreams = config.dns_upstreams.clone();
+        let state = store.load()?;
+        let datapath = Arc::new(
+            Datapath::spawn_with_max_flows(config.nat_max_flows)
+                .map_err(ControllerError::Datapath)?,
+        );
+        let cluster = match config.cluster {
+            Some(cluster_config) => {
+                let tunnel_addr = std::net::SocketAddr::new(
+                    cluster_config.listen.ip(),
+                    cluster_config.vxlan_port,
+                );
+                let socket = weft_overlay::driver::gossip::bind_udp_patiently(tunnel_addr)
+                    .map_err(|source| ControllerError::TunnelBind {
+                        addr: tunnel_addr,
+                        source,
+                    })?;
+                let transport =
+                    weft_overlay::driver::udp::VxlanUdp::new(socket).map_err(|source| {
+                        ControllerError::TunnelBind {
+                            addr: tunnel_addr,
+                            source,
+                        }
+                    })?;
+                datapath.enable_tunnel(Box::new(transport)).map_err(|e| {
+                    ControllerError::Driver {
+                        driver: DriverKind::Overlay,
+                        source: e.into(),
+                    }
+                })?;
+                Some(Cluster::start(cluster_config).await?)
+            }
+            None => None,
+        };
+        let bridge = Arc::new(BridgeDriver::new(
+            config.helper_exe.clone(),
+            Arc::clone(&datapath),
+        ));
+        let controller = Controller {
+            inner: Mutex::new(Inner {
+                state,
+                store,
+                null: Arc::new(NullDriver::new(config.helper_exe)),
+                host: Arc::new(HostDriver),
+                overlay: Arc::new(OverlayDriver::new(Arc::clone(&bridge), cluster.clone())),
+                bridge,
+            }),
+            netns_dir: config.netns_dir,
+            cluster,
+            datapath,
+        };
+        {
+            let inner = controller.inner.lock().await;
+            inner
+                .bridge
+                .set_dns_upstreams(&config_upstreams)
+                .map_err(|source| ControllerError::Driver {
+                    driver: DriverKind::Bridge,
+                    source,
+                })?;
+        }
+        controller.restore().await?;
+        Ok(controller)
+    }
+
+    async fn restore(&self) -> Result<(), ControllerError> {
+        let mut inner = self.inner.lock().await;
+        for network in inner.state.networks.clone() {
+            if network.driver == DriverKind::Overlay {
+                let Some(cluster) = &self.cluster else {
+                    tracing::error!(
+                        network = network.name,
+                        "overlay network not restored: start the daemon with --listen"
+                    );
+                    continue;
+                };
+                // Published again (an older stamp loses to a deletion
+                // made elsewhere while this host was down).
+                if let Some(record) = network_record(&network) {
+                    cluster.publish_network(ClusterNetworkId(network.id.clone()), record);
+                }
+            }
+            let driver = inner.driver(network.driver);
+            driver
+                .create_network(&network)
+                .map_err(|source| ControllerError::Driver {
+                    driver: network.driver,
+                    source,
+                })?;
+        }
+        let endpoints = std::mem::take(&mut inner.state.endpoints);
+        for mut endpoint in endpoints {
+            let Some(network) = inner.network(&endpoint.network).cloned() else {
+                tracing::warn!(
+                    endpoint = endpoint.id,
+                    network = endpoint.network,
+                    "endpoint of an unknown network dropped"
+                );
+                continue;
+            };
+            let driver = inner.driver(network.driver);
+            let joined = join_blocking(driver, network.clone(), endpoint.clone()).await;
+            match joined {
+                Ok(joined) => {
+                    tracing::info!(network = network.name, sandbox = %endpoint.sandbox.display(), ifname = joined.ifname, "endpoint restored");
+                    self.publish_endpoint(&network, &joined);
+                    inner.state.endpoints.push(joined);
+                }
+                Err(e) if !endpoint.sandbox.exists() => {
+                    tracing::warn!(network = network.name, sandbox = %endpoint.sandbox.display(), error = %error_chain(&e), "sandbox is gone: endpoint dropped, addresses released");
+                    if let Some(path) = &endpoint.resolv_conf {
+                        resolv_conf::remove(path);
+                    }
+                    // A Docker endpoint's addresses are the plugin's.
+                    if endpoint.docker.is_none() {
+                        for addr in endpoint.addresses.drain(..) {
+                            let _ = inner.state.ipam.release(&network.name, addr.addr());
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Keep it, and its addresses: the sandbox exists, so the
+                    // addresses may be configured there still.
+                    tracing::error!(network = network.name, sandbox = %endpoint.sandbox.display(), error = %error_chain(&e), "endpoint could not be re-attached; disconnect and connect it again");
+                    inner.state.endpoints.push(endpoint);
+                }
+            }
+        }
+        for network in inner.state.networks.clone() {
+            inner.publish_names(&network);
+        }
+        inner.save()
+    }
+
+    /// Create the default `bridge` network if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError`] from [`Controller::create_network`].
+    pub async fn ensure_default_network(&self) -> Result<(), ControllerError> {
+        if self.inner.lock().await.network(DEFAULT_NETWORK).is_some() {
+            return Ok(());
+        }
+        self.create_network(CreateNetworkRequest {
+            name: DEFAULT_NETWORK.into(),
+            ..CreateNetworkRequest::default()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// `network ls`.
+    pub async fn networks(&self) -> Vec<Network> {
+        self.inner.lock().await.state.networks.clone()
+    }
+
+    /// `network inspect`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NetworkNotFound`].
+    pub async fn inspect(&self, name: &str) -> Result<NetworkDetails, ControllerError> {
+        let inner = self.inner.lock().await;
+        let network = inner
+            .network(name)
+            .cloned()
+            .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        let driver = inner.driver(network.driver);
+        let endpoints = inner
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == name)
+            .map(|e| EndpointDetails {
+                endpoint: e.clone(),
+                counters: driver.counters(e),
+            })
+            .collect();
+        let tunnel = driver.tunnel_counters(&network);
+        let docker_networks = inner.state.docker.networks_of(name);
+        Ok(NetworkDetails {
+            network,
+            endpoints,
+            tunnel,
+            docker_networks,
+        })
+    }
+
+    /// `weft peers`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::OverlayNeedsCluster`] without `--listen`.
+    pub fn peers(&self) -> Result<PeersReport, ControllerError> {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .ok_or(ControllerError::OverlayNeedsCluster)?;
+        Ok(PeersReport {
+            name: cluster.name().to_owned(),
+            address: cluster.listen(),
+            members: cluster.members(),
+            tunnel: self.datapath.tunnel_counters().into(),
+            gossip: cluster.counters(),
+        })
+    }
+
+    /// Point a named namespace's resolver at the network's gateways (see
+    /// [`resolv_conf`]); the path if weft wrote the file.
+    fn install_resolv_conf(&self, network: &Network, endpoint: &Endpoint) -> Option<PathBuf> {
+        if network.subnets.is_empty() {
+            return None;
+        }
+        let path = resolv_conf::netns_resolv_conf(&self.netns_dir, &endpoint.sandbox)?;
+        let mut gateways: Vec<IpAddr> = network.subnets.iter().map(|s| s.gateway).collect();
+        gateways.sort_by_key(|g| g.is_ipv6());
+        match resolv_conf::install(&path, &gateways) {
+            Ok(true) => Some(path),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not write the sandbox's resolv.conf");
+                None
+            }
+        }
+    }
+
+    fn sandbox_path(&self, sandbox: &str) -> PathBuf {
+        if sandbox.contains('/') {
+            PathBuf::from(sandbox)
+        } else {
+            self.netns_dir.join(sandbox)
+        }
+    }
+
+    fn resolve_sandbox(&self, sandbox: &str) -> Result<PathBuf, ControllerError> {
+        if sandbox.is_empty() {
+            return Err(ControllerError::SandboxNotFound {
+                path: PathBuf::new(),
+            });
+        }
+        let path = self.sandbox_path(sandbox);
+        if !path.is_absolute() || !path.exists() {
+            return Err(ControllerError::SandboxNotFound { path });
+        }
+        Ok(path)
+    }
+}
+
+async fn join_blocking(
+    driver: Arc<dyn NetworkDriver>,
+    network: Network,
+    mut endpoint: Endpoint,
+) -> Result<Endpoint, ControllerError> {
+    let kind = network.driver;
+    let joined = tokio::task::spawn_blocking(move || {
+        driver.join(&network, &mut endpoint).map(|()| endpoint)
+    })
+    .await;
+    match joined {
+        Ok(result) => result.map_err(|source| match source {
+            DriverError::Publish(e) => ControllerError::Publish(e),
+            source => ControllerError::Driver {
+                driver: kind,
+                source,
+            },
+        }),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}

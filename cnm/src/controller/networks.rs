@@ -1,0 +1,236 @@
+//! Creating and deleting networks: validation, IPAM, the driver, the
+//! state file; overlay networks are published in the cluster directory
+//! first.
+
+use std::time::SystemTime;
+
+use weft_overlay::{ClusterNetworkId, Vni};
+
+use crate::api::types::CreateNetworkRequest;
+use crate::driver::NetworkDriver;
+use crate::model::{
+    DriverKind, Network, Scope, DEFAULT_MTU, DEFAULT_OVERLAY_MTU, MAX_MTU, MIN_MTU,
+};
+use crate::overlay_driver::VNI_OPTION;
+
+use super::error::ControllerError;
+use super::records::{network_record, random_vni, RANDOM_VNI_MIN};
+use super::validation::{random_id, validate_name, validate_options};
+use super::{Controller, Inner};
+
+impl Controller {
+    /// `network create`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError`]: invalid name, driver, MTU or subnet; a name or
+    /// subnet already in use; the driver or the state file failing.
+    pub async fn create_network(
+        &self,
+        request: CreateNetworkRequest,
+    ) -> Result<Network, ControllerError> {
+        validate_name("network name", &request.name)?;
+        let driver = match &request.driver {
+            Some(name) => name.parse::<DriverKind>()?,
+            None => DriverKind::Bridge,
+        };
+        let mtu = request.mtu.unwrap_or(if driver == DriverKind::Overlay {
+            DEFAULT_OVERLAY_MTU
+        } else {
+            DEFAULT_MTU
+        });
+        let has_v6 = request.subnets.iter().any(|s| s.subnet.addr().is_ipv6());
+        let min = if has_v6 { 1280 } else { MIN_MTU };
+        if !(min..=MAX_MTU).contains(&mtu) {
+            return Err(ControllerError::MtuOutOfRange {
+                mtu,
+                min,
+                max: MAX_MTU,
+            });
+        }
+        if !driver.has_interfaces() && !request.subnets.is_empty() {
+            return Err(ControllerError::SubnetsNotAllowed { driver });
+        }
+        validate_options(driver, &request.options)?;
+        if driver == DriverKind::Overlay {
+            return self.create_overlay_network(request, mtu).await;
+        }
+        let mut inner = self.inner.lock().await;
+        if inner.network(&request.name).is_some() {
+            return Err(ControllerError::NetworkExists { name: request.name });
+        }
+        let name = request.name.clone();
+        let subnets = if driver.has_interfaces() {
+            match inner.add_subnets(&name, &request.subnets) {
+                Ok(subnets) => subnets,
+                Err(e) => {
+                    inner.state.ipam.remove_network(&name);
+                    return Err(e);
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let network = Network {
+            name: name.clone(),
+            id: random_id(),
+            driver,
+            scope: Scope::Local,
+            subnets,
+            internal: request.internal,
+            mtu,
+            options: request.options,
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            vni: None,
+        };
+        if let Err(source) = inner.driver(driver).create_network(&network) {
+            inner.state.ipam.remove_network(&name);
+            return Err(ControllerError::Driver { driver, source });
+        }
+        inner.state.networks.push(network.clone());
+        if let Err(e) = inner.save() {
+            inner.state.networks.retain(|n| n.name != name);
+            inner.state.ipam.remove_network(&name);
+            let _ = inner.driver(driver).delete_network(&network);
+            return Err(e);
+        }
+        tracing::info!(network = name, driver = %driver, subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "network created");
+        Ok(network)
+    }
+
+    /// `network create --driver overlay`: a cluster network, published in
+    /// the directory so that every host makes it too.
+    pub(super) async fn create_overlay_network(
+        &self,
+        request: CreateNetworkRequest,
+        mtu: u32,
+    ) -> Result<Network, ControllerError> {
+        let cluster = self
+            .cluster
+            .clone()
+            .ok_or(ControllerError::OverlayNeedsCluster)?;
+        if request.subnets.len() > 1 || request.subnets.iter().any(|s| s.ip_range.is_some()) {
+            return Err(ControllerError::OverlaySubnets);
+        }
+        let mut inner = self.inner.lock().await;
+        let name = request.name.clone();
+        if inner.network(&name).is_some() || cluster.network_by_name(&name).is_some() {
+            return Err(ControllerError::NetworkExists { name });
+        }
+        let vni = match request.options.get(VNI_OPTION) {
+            Some(text) => {
+                // validate_options checked it is a VNI.
+                let vni = text
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(|v| Vni::new(v).ok())
+                    .unwrap_or(Vni::from_low_bits(RANDOM_VNI_MIN));
+                if let Some((_, other)) = cluster.network_by_vni(vni) {
+                    return Err(ControllerError::VniInUse {
+                        vni: vni.get(),
+                        network: other.name,
+                    });
+                }
+                vni
+            }
+            None => random_vni(&cluster),
+        };
+        let subnets = match inner.add_subnets(&name, &request.subnets) {
+            Ok(subnets) => subnets,
+            Err(e) => {
+                inner.state.ipam.remove_network(&name);
+                return Err(e);
+            }
+        };
+        let network = Network {
+            name: name.clone(),
+            id: random_id(),
+            driver: DriverKind::Overlay,
+            scope: Scope::Cluster,
+            subnets,
+            internal: request.internal,
+            mtu,
+            options: request.options,
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            vni: Some(vni),
+        };
+        let id = ClusterNetworkId(network.id.clone());
+        if let Some(record) = network_record(&network) {
+            cluster.publish_network(id.clone(), record);
+        }
+        let undo = |inner: &mut Inner| {
+            cluster.delete_network(id.clone());
+            inner.state.networks.retain(|n| n.name != name);
+            inner.state.ipam.remove_network(&name);
+        };
+        if let Err(source) = inner.overlay.create_network(&network) {
+            undo(&mut inner);
+            return Err(ControllerError::Driver {
+                driver: DriverKind::Overlay,
+                source,
+            });
+        }
+        inner.state.networks.push(network.clone());
+        if let Err(e) = inner.save() {
+            let _ = inner.overlay.delete_network(&network);
+            undo(&mut inner);
+            return Err(e);
+        }
+        tracing::info!(network = name, vni = vni.get(), subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "overlay network created");
+        Ok(network)
+    }
+
+    /// `network rm`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NetworkNotFound`], [`ControllerError::NetworkInUse`]
+    /// while endpoints are attached, or the driver or state file failing.
+    pub async fn delete_network(&self, name: &str) -> Result<(), ControllerError> {
+        let mut inner = self.inner.lock().await;
+        let network = inner
+            .network(name)
+            .cloned()
+            .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        if let Some(docker_id) = inner.state.docker.networks_of(name).first() {
+            return Err(ControllerError::DockerNetwork {
+                name: name.into(),
+                docker_id: docker_id.get(..12).unwrap_or(docker_id).to_owned(),
+            });
+        }
+        let local = inner
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == name)
+            .count();
+        // An overlay network's endpoints on every host count.
+        let cluster_id = ClusterNetworkId(network.id.clone());
+        let cluster = self
+            .cluster
+            .as_ref()
+            .filter(|_| network.driver == DriverKind::Overlay);
+        let count = cluster.map_or(local, |c| c.endpoint_count(&cluster_id).max(local));
+        if count > 0 {
+            return Err(ControllerError::NetworkInUse {
+                name: name.into(),
+                count,
+            });
+        }
+        inner
+            .driver(network.driver)
+            .delete_network(&network)
+            .map_err(|source| ControllerError::Driver {
+                driver: network.driver,
+                source,
+            })?;
+        if let Some(cluster) = cluster {
+            cluster.delete_network(cluster_id);
+        }
+        inner.state.networks.retain(|n| n.name != name);
+        inner.state.ipam.remove_network(name);
+        inner.save()?;
+        tracing::info!(network = name, "network removed");
+        Ok(())
+    }
+}

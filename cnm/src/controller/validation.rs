@@ -1,0 +1,145 @@
+//! Checks of what a request asks for: names, driver options, and the
+//! ids of new networks.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use weft_overlay::Vni;
+
+use crate::model::{DriverKind, Network};
+use crate::overlay_driver::{self, PEERS_OPTION, VNI_OPTION};
+
+use super::error::ControllerError;
+
+/// Longest name of a network or endpoint (a DNS label is 63 bytes).
+pub(super) const MAX_NAME_LEN: usize = 63;
+
+/// The options (`--opt K=V`) each driver knows, with their values.
+pub(super) const BRIDGE_OPTIONS: &[(&str, &[&str])] = &[
+    // Connections to the gateway's address on ports that are not gateway
+    // services go to the host's loopback.
+    ("host_loopback", &["true", "false"]),
+];
+
+/// Refuse options the driver does not know and values it does not take;
+/// the error says what is allowed.
+pub(super) fn validate_options(
+    driver: DriverKind,
+    options: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    let known: &[(&str, &[&str])] = match driver {
+        DriverKind::Bridge => BRIDGE_OPTIONS,
+        DriverKind::Overlay => return validate_overlay_options(options),
+        DriverKind::Null | DriverKind::Host => &[],
+    };
+    for (key, value) in options {
+        let Some((_, values)) = known.iter().find(|(k, _)| k == key) else {
+            let reason = if known.is_empty() {
+                format!("the {driver} driver takes no options: drop --opt")
+            } else {
+                let list: Vec<String> = known
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.join("|")))
+                    .collect();
+                format!(
+                    "unknown option of the {driver} driver: known options are {}",
+                    list.join(", ")
+                )
+            };
+            return Err(ControllerError::InvalidOption {
+                key: key.clone(),
+                reason,
+            });
+        };
+        if !values.contains(&value.as_str()) {
+            return Err(ControllerError::InvalidOption {
+                key: key.clone(),
+                reason: format!(
+                    "{value:?} is not a value of {key}: use {}",
+                    values.join(" or ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `--opt vni=N` (1 to 2^24-1) and `--opt peers=IP[,IP...]`, nothing else.
+pub(super) fn validate_overlay_options(
+    options: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    for (key, value) in options {
+        let reason = match key.as_str() {
+            VNI_OPTION => match value.parse::<u32>() {
+                Ok(vni) if vni >= 1 && Vni::new(vni).is_ok() => continue,
+                _ => format!(
+                    "{value:?} is not a VNI: use a number from 1 to {}",
+                    Vni::MAX
+                ),
+            },
+            PEERS_OPTION => match overlay_driver::parse_peers(value) {
+                Ok(peers) if !peers.is_empty() => continue,
+                Ok(_) => "give at least one address: peers=IP[,IP...]".to_owned(),
+                Err(bad) => format!("{bad:?} is not an IP address: use peers=IP[,IP...]"),
+            },
+            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...]"
+                .to_owned(),
+        };
+        return Err(ControllerError::InvalidOption {
+            key: key.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn validate_name(what: &'static str, name: &str) -> Result<(), ControllerError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControllerError::InvalidName {
+            what,
+            name: name.into(),
+        })
+    }
+}
+
+pub(super) fn random_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The address with its subnet's prefix length.
+pub(super) fn with_prefix(network: &Network, ip: IpAddr) -> IpNet {
+    let prefix = network
+        .subnets
+        .iter()
+        .find(|s| s.subnet.contains(&ip))
+        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
+            s.subnet.prefix_len()
+        });
+    // The prefix comes from a subnet of the same family, so it is valid.
+    IpNet::new(ip, prefix).unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// The endpoint name when none is given: the namespace's name for
+/// `/var/run/netns/NAME`, `pidN` for `/proc/N/ns/net`.
+pub(super) fn default_endpoint_name(sandbox: &Path) -> String {
+    let parts: Vec<&str> = sandbox.iter().filter_map(|p| p.to_str()).collect();
+    if let ["/", "proc", pid, "ns", "net"] = parts.as_slice() {
+        return format!("pid{pid}");
+    }
+    sandbox
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("sandbox")
+        .to_owned()
+}

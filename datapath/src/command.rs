@@ -1,0 +1,84 @@
+//! What the control plane asks of the data-path thread.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{mpsc, Arc};
+
+use weft_overlay::{OverlayTable, Transport};
+use weft_services::dns::Zone;
+use weft_vswitch::sys::tap::Tap;
+use weft_vswitch::{GatewayConfig, NetworkId, PortCounters, PortId};
+
+use crate::published::{HostListener, PublishId, PublishTarget};
+
+/// A request from the control plane to the data-path thread, queued on a
+/// channel and applied by the event loop when its waker fires.
+#[derive(Debug)]
+pub enum Command {
+    /// Add a network with its gateway.
+    AddNetwork {
+        /// The network.
+        id: NetworkId,
+        /// Its gateway.
+        gateway: GatewayConfig,
+    },
+    /// Remove a network, its ports and its tunnel ports.
+    RemoveNetwork {
+        /// The network.
+        id: NetworkId,
+    },
+    /// Attach a TAP.
+    AddPort {
+        /// The port id the control plane chose.
+        id: PortId,
+        /// Its network.
+        network: NetworkId,
+        /// The device.
+        tap: Tap,
+        /// Its counters.
+        counters: Arc<PortCounters>,
+    },
+    /// Detach a port and hand its TAP back.
+    RemovePort {
+        /// The port.
+        id: PortId,
+        /// Where the TAP goes (None: unknown port, or the device vanished).
+        done: mpsc::Sender<Option<Tap>>,
+    },
+    /// Replace the names a network's sandboxes resolve.
+    SetZone {
+        /// The network.
+        network: NetworkId,
+        /// Its names.
+        zone: Zone,
+    },
+    /// Replace the upstream resolvers.
+    SetUpstreams(Vec<SocketAddr>),
+    /// Poll a bound host socket of a published port.
+    Publish {
+        /// Its id.
+        id: PublishId,
+        /// The socket.
+        listener: HostListener,
+        /// Where it leads.
+        target: PublishTarget,
+    },
+    /// Close a published port.
+    Unpublish {
+        /// Its id.
+        id: PublishId,
+    },
+    /// Carry overlay networks over this transport.
+    EnableTunnel(Box<dyn Transport>),
+    /// Make a network an overlay network, or update its view of the other
+    /// hosts.
+    SetOverlay {
+        /// The network.
+        network: NetworkId,
+        /// The whole view.
+        table: OverlayTable,
+    },
+    /// The underlay addresses tunnel datagrams are accepted from.
+    SetTunnelPeers(Vec<IpAddr>),
+    /// Stop the thread.
+    Shutdown,
+}

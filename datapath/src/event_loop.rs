@@ -1,0 +1,274 @@
+//! The data-path thread's loop: wait for readiness, dispatch each event to
+//! the module that owns the fd, drain what the gateway services produced.
+//!
+//! # Theory of operation
+//!
+//! One edge-triggered `epoll` (mio) over every fd of the data path. On each
+//! wake-up the loop:
+//!
+//! 1. dispatches each event by its token ([`crate::tokens`]): the waker
+//!    applies queued [`Command`]s; a TAP is queued for a turn; the tunnel,
+//!    NAT sockets, relay sockets, published ports and DNS upstreams are
+//!    read by their modules;
+//! 2. gives every queued TAP its turn of reads ([`Plane::read_turn`]);
+//! 3. runs the cores' timers when due (the switch's MAC sweep, the
+//!    services' DNS, NAT and TCP timers);
+//! 4. drains the services: frames into networks, NAT and relay socket
+//!    actions, queries for upstream resolvers ([`Loop::flush_gateway`]).
+//!
+//! Readers stop at a bound per wake-up; a socket whose reader stopped
+//! there is dispatched again next turn (`again`), since edge-triggered
+//! epoll will not report it twice. The loop never blocks on the control
+//! plane and takes no lock per frame.
+
+use std::io;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use crate::command::Command;
+use crate::frames::{Plane, Turn};
+use crate::nat::NatSockets;
+use crate::published::{Context, PublishedPorts};
+use crate::tcp::TcpFlows;
+use crate::tokens::{Source, Tokens, WAKER};
+use crate::upstreams::Upstreams;
+
+/// Bound of the relay's socket actions drained per round: an action can
+/// queue more (a write opens the window, the stack answers), which the
+/// next round or wake-up takes.
+const TCP_ACTIONS_PER_ROUND: usize = 4096;
+
+/// Everything the data-path thread owns. See the module header.
+#[derive(Debug)]
+pub struct Loop {
+    poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    tokens: Tokens,
+    plane: Plane,
+    nat: NatSockets,
+    tcp: TcpFlows,
+    published: PublishedPorts,
+    upstreams: Upstreams,
+    /// Sockets to read again next turn (their reader hit its bound).
+    again: Vec<Token>,
+}
+
+impl Loop {
+    /// A loop over `poll` (whose waker has [`WAKER`]) driving `plane`.
+    pub fn new(poll: Poll, commands: mpsc::Receiver<Command>, plane: Plane) -> Self {
+        let mut tokens = Tokens::default();
+        let upstreams = Upstreams::open(poll.registry(), &mut tokens);
+        Loop {
+            poll,
+            commands,
+            tokens,
+            plane,
+            nat: NatSockets::default(),
+            tcp: TcpFlows::default(),
+            published: PublishedPorts::default(),
+            upstreams,
+            again: Vec::new(),
+        }
+    }
+
+    /// Run until [`Command::Shutdown`] or an epoll failure.
+    pub fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = if self.plane.taps.has_ready() || !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let now = Instant::now();
+                self.next_timer(now)
+                    .map(|due| due.saturating_duration_since(now))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "data path: epoll failed, stopping");
+                return;
+            }
+            let again = std::mem::take(&mut self.again);
+            let ready = events
+                .iter()
+                .map(|e| (e.token(), e.is_readable(), e.is_writable()));
+            let retried = again.into_iter().map(|token| (token, true, false));
+            for (token, readable, writable) in ready.chain(retried) {
+                if !self.dispatch(token, readable, writable) {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for port in self.plane.taps.take_ready() {
+                match self.plane.read_turn(port, now) {
+                    Turn::Drained => {}
+                    Turn::MoreQueued => self.plane.taps.requeue(port),
+                    Turn::DeviceLost(e) => {
+                        tracing::error!(port = port.0, error = %e, "TAP device lost, port removed");
+                        self.detach(port);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if self.next_timer(now).is_some_and(|due| due <= now) {
+                self.plane.switch.handle_timeout(now);
+                self.plane.services.handle_timeout(now);
+            }
+            self.flush_gateway(now);
+        }
+    }
+
+    /// When the cores' next timer is due.
+    fn next_timer(&mut self, now: Instant) -> Option<Instant> {
+        let switch = self.plane.switch.poll_timeout();
+        let services = self.plane.services.poll_timeout(now);
+        switch.into_iter().chain(services).min()
+    }
+
+    /// Handle one readiness event; false on shutdown.
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) -> bool {
+        if token == WAKER {
+            return self.apply_commands();
+        }
+        let drained = match self.tokens.get(token) {
+            None => true,
+            Some(Source::Tap(port)) => {
+                self.plane.taps.mark_ready(port);
+                true
+            }
+            Some(Source::Tunnel) => self.plane.read_tunnel(Instant::now()),
+            Some(Source::Upstream { v4 }) => {
+                self.upstreams.read(&mut self.plane.services, v4);
+                true
+            }
+            Some(Source::Nat(flow)) => self.nat.read(&mut self.plane.services, flow),
+            Some(Source::TcpFlow(flow)) => {
+                let registry = self.poll.registry();
+                let relay = self.plane.services.tcp();
+                let event = (flow, readable, writable);
+                self.tcp.ready(relay, registry, &mut self.tokens, event);
+                true
+            }
+            Some(Source::Published(id)) => self.published.ready(
+                id,
+                Context {
+                    plane: &mut self.plane,
+                    tcp: &mut self.tcp,
+                    registry: self.poll.registry(),
+                    tokens: &mut self.tokens,
+                },
+            ),
+        };
+        if !drained {
+            self.again.push(token);
+        }
+        true
+    }
+
+    /// Send what the gateway services produced: frames into networks,
+    /// socket actions, datagrams to upstream resolvers.
+    fn flush_gateway(&mut self, now: Instant) {
+        let registry = self.poll.registry();
+        // NAT actions can queue frames (a refused send answers with ICMP),
+        // and frames never queue actions: two rounds drain both.
+        for _ in 0..2 {
+            self.plane.flush_gateway_frames(now);
+            while let Some(action) = self.plane.services.nat().poll_action() {
+                let io = (registry, &mut self.tokens);
+                self.nat
+                    .act(&mut self.plane.services, io, &self.published, action);
+            }
+            for _ in 0..TCP_ACTIONS_PER_ROUND {
+                let relay = self.plane.services.tcp();
+                let Some(action) = relay.poll_action() else {
+                    break;
+                };
+                self.tcp.act(relay, registry, &mut self.tokens, action);
+            }
+        }
+        self.upstreams.send_all(&mut self.plane.services);
+    }
+
+    /// Detach a TAP port: its published ports close, the switch forgets
+    /// it; its TAP is handed back.
+    fn detach(&mut self, id: weft_vswitch::PortId) -> Option<weft_vswitch::sys::tap::Tap> {
+        let registry = self.poll.registry();
+        self.published
+            .unpublish_port(registry, &mut self.tokens, id);
+        self.plane.switch.remove_port(id);
+        self.plane.taps.detach(registry, &mut self.tokens, id)
+    }
+
+    /// Apply every queued command; false on shutdown.
+    fn apply_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            let registry = self.poll.registry();
+            let plane = &mut self.plane;
+            match command {
+                Command::AddNetwork { id, gateway } => {
+                    plane.services.add_network(id, gateway.mac);
+                    if let Err(e) = plane.switch.add_network(id, gateway) {
+                        tracing::error!(error = %e, "data path: add network");
+                    }
+                }
+                Command::RemoveNetwork { id } => {
+                    for port in plane.switch.remove_network(id) {
+                        self.detach(port);
+                    }
+                    self.plane.services.remove_network(id);
+                    // An overlay network's VNI and tunnel ports go with it.
+                    self.plane.tunnel.remove_network(id);
+                }
+                Command::AddPort {
+                    id,
+                    network,
+                    tap,
+                    counters,
+                } => {
+                    if let Err(e) = plane.switch.add_port(id, network) {
+                        tracing::error!(error = %e, port = id.0, "data path: add port");
+                    } else if !plane
+                        .taps
+                        .attach(registry, &mut self.tokens, id, tap, counters)
+                    {
+                        plane.switch.remove_port(id);
+                    }
+                }
+                Command::RemovePort { id, done } => {
+                    let tap = self.detach(id);
+                    let _ = done.send(tap);
+                }
+                Command::SetZone { network, zone } => plane.services.set_zone(network, zone),
+                Command::SetUpstreams(upstreams) => plane.services.dns().set_upstreams(upstreams),
+                Command::Publish {
+                    id,
+                    listener,
+                    target,
+                } => {
+                    let token =
+                        self.published
+                            .publish(registry, &mut self.tokens, id, listener, target);
+                    // Connections or datagrams may be waiting already.
+                    if let Some(token) = token {
+                        self.again.push(token);
+                    }
+                }
+                Command::Unpublish { id } => {
+                    self.published.unpublish(registry, &mut self.tokens, id)
+                }
+                Command::EnableTunnel(transport) => {
+                    plane.tunnel.enable(registry, &mut self.tokens, transport);
+                }
+                Command::SetOverlay { network, table } => {
+                    plane.tunnel.set_overlay(&mut plane.switch, network, &table);
+                }
+                Command::SetTunnelPeers(peers) => plane.tunnel.set_members(peers),
+                Command::Shutdown => return false,
+            }
+        }
+        true
+    }
+}

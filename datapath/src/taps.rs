@@ -1,0 +1,157 @@
+//! The sandboxes' TAP ports: registration, the queue of ports with frames
+//! waiting, and the single writes of the gateway's own frames.
+//!
+//! # Theory of operation
+//!
+//! A port is registered edge-triggered for reading. Its event only queues
+//! it ([`Taps::mark_ready`]); the frame plane ([`crate::frames`]) then reads
+//! each queued port in turns of at most [`IO_LOOP_BOUND`] frames, and a port
+//! that still has frames after its turn goes to the back of the queue, so
+//! one busy sandbox cannot starve the others.
+//!
+//! Switched frames leave through the frame plane's write batch. The
+//! gateway's own frames (replies, DNS answers, NAT and relay output) are
+//! written one by one, header and frame in one `writev`
+//! ([`Taps::send_parts`]): they are few, and come out of the services'
+//! queues, not out of a read burst.
+//!
+//! A port whose device vanished (a read error other than `EAGAIN`, such as
+//! `EBADFD` when its namespace is torn down) is removed by the frame plane
+//! and logged once.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use rustc_hash::FxHashMap;
+use weft_vswitch::sys::tap::Tap;
+use weft_vswitch::wire::vnet::VNET_HDR_LEN;
+use weft_vswitch::{DropReason, PortCounters, PortId};
+
+use crate::tokens::{Source, Tokens};
+
+/// Frames read from one port per turn before the next port gets its turn:
+/// 64 frames of up to 64 KiB keep a turn under ~50 µs of copying, short
+/// enough for fairness, long enough that the wake-up cost is spread.
+pub const IO_LOOP_BOUND: usize = 64;
+
+/// One attached TAP.
+#[derive(Debug)]
+pub struct PortIo {
+    /// The device.
+    pub tap: Tap,
+    /// Its counters, shared with the control plane.
+    pub counters: Arc<PortCounters>,
+    token: Token,
+}
+
+/// See the module header.
+#[derive(Debug, Default)]
+pub struct Taps {
+    ports: FxHashMap<PortId, PortIo>,
+    /// Ports with frames (maybe) waiting, in turn order.
+    ready: VecDeque<PortId>,
+}
+
+impl Taps {
+    /// Register `tap` as port `id`. False when epoll would not take it.
+    pub fn attach(
+        &mut self,
+        registry: &Registry,
+        tokens: &mut Tokens,
+        id: PortId,
+        tap: Tap,
+        counters: Arc<PortCounters>,
+    ) -> bool {
+        let token = tokens.insert(Source::Tap(id));
+        let raw = tap.as_raw_fd();
+        if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE) {
+            tracing::error!(error = %e, port = id.0, "data path: epoll register");
+            tokens.remove(token);
+            return false;
+        }
+        tracing::debug!(port = id.0, ifname = tap.name(), "port attached");
+        self.ports.insert(
+            id,
+            PortIo {
+                tap,
+                counters,
+                token,
+            },
+        );
+        // Frames may have queued before registration; edge-triggered epoll
+        // would not report them.
+        self.ready.push_back(id);
+        true
+    }
+
+    /// Deregister port `id` and hand its TAP back.
+    pub fn detach(&mut self, registry: &Registry, tokens: &mut Tokens, id: PortId) -> Option<Tap> {
+        self.ready.retain(|p| *p != id);
+        let io = self.ports.remove(&id)?;
+        let raw = io.tap.as_raw_fd();
+        let _ = registry.deregister(&mut SourceFd(&raw));
+        tokens.remove(io.token);
+        Some(io.tap)
+    }
+
+    /// The port `id`, if attached.
+    pub fn get(&self, id: PortId) -> Option<&PortIo> {
+        self.ports.get(&id)
+    }
+
+    /// Queue a port whose fd became readable.
+    pub fn mark_ready(&mut self, id: PortId) {
+        if !self.ready.contains(&id) {
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Ports wait for a turn.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// The ports waiting now, in turn order (ports that want another turn
+    /// are queued again with [`Taps::requeue`]).
+    pub fn take_ready(&mut self) -> VecDeque<PortId> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Give a port another turn after the others.
+    pub fn requeue(&mut self, id: PortId) {
+        self.mark_ready(id);
+    }
+
+    /// Count a dropped frame on its ingress port (drops are off the hot
+    /// path: one more lookup is fine).
+    pub fn count_drop(&self, port: PortId, reason: DropReason) {
+        if let Some(io) = self.ports.get(&port) {
+            io.counters.count_drop(reason);
+        }
+    }
+
+    /// Write a frame of the gateway to a port with its virtio header
+    /// (empty, or GSO for a large TCP segment), in one `writev`.
+    pub fn send_parts(&self, egress: PortId, header: &[u8; VNET_HDR_LEN], frame: &[u8]) {
+        let Some(io) = self.ports.get(&egress) else {
+            return;
+        };
+        match io.tap.send_parts(header, frame) {
+            Ok(_) => io.counters.count_tx(frame.len()),
+            Err(e) => {
+                tracing::trace!(port = egress.0, error = %e, "TAP write failed");
+                io.counters.count_drop(DropReason::EgressFailed);
+            }
+        }
+    }
+
+    /// Write a frame that starts with its virtio header.
+    pub fn send(&self, egress: PortId, frame_with_header: &[u8]) {
+        if let Some((header, frame)) = frame_with_header.split_first_chunk::<VNET_HDR_LEN>() {
+            self.send_parts(egress, header, frame);
+        }
+    }
+}

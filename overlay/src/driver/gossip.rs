@@ -1,0 +1,558 @@
+//! The gossip runtime: the I/O driver of [`Node`] (membership,
+//! the replicated directory and the cluster address allocator).
+//!
+//! # Theory of operation
+//!
+//! [`Cluster::start`] binds the gossip UDP socket (`--listen`), makes the
+//! sans-IO [`Node`] and spawns one tokio task that drives it:
+//!
+//! ```text
+//! gossip datagram ──> Node::handle_datagram ─┐
+//! poll_timeout() due ─> Node::handle_timeout ├─> poll_transmit ─> send_to
+//! controller call (publish, allocate) ──wake─┘    poll_event ──> allocation waiters
+//!                                                              └─> `changes` (watch)
+//! ```
+//!
+//! The node sits behind a `std::sync::Mutex` that is never held across an
+//! `.await`: the task takes it for one `handle_*` call and the drain that
+//! follows; the controller takes it for one publish, withdraw, allocate or
+//! query. After a controller call the task is woken (a `Notify` permit), so
+//! what the call queued (pushes to members, claims) leaves at once.
+//!
+//! Every membership or directory event bumps a counter in a `watch`
+//! channel; the controller follows it (`weft_cnm::Controller::follow_cluster`)
+//! and re-derives everything that depends on the directory: cluster
+//! networks created or deleted elsewhere, each overlay network's tunnel
+//! table and DNS zone, and the tunnel's accepted sources. A watch channel
+//! coalesces bursts: many events during one sync cause one more sync, not
+//! one each.
+//!
+//! Addresses: [`Cluster::allocate`] returns at once when this host leases a
+//! block with a free address; otherwise the node claims a block from every
+//! member and the call waits for the `AddressAllocated` event of its ticket
+//! (bounded by the caller's timeout; the allocator's own worst case is
+//! `MAX_ATTEMPTS * CLAIM_TIMEOUT`, 16 s).
+//!
+//! # Timers
+//!
+//! The task sleeps until the node's `poll_timeout()`, at most
+//! [`MAX_SLEEP`], so a clock that the node did not arm still ticks.
+//!
+//! # Limits
+//!
+//! One gossip datagram is at most [`MAX_DATAGRAM`] bytes read (the node
+//! keeps its own below 1400). Send errors (an unreachable member) are
+//! logged at debug level and otherwise left to SWIM, which will suspect
+//! the member.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::{
+    AllocateError, Allocation, AllocationTicket, ClusterKey, ClusterNetworkId, EndpointRecord,
+    Event, MacAddr, MemberState, NetworkRecord, Node, NodeConfig, NodeIdentity, PublishError, Vni,
+};
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch, Notify};
+
+/// Longest sleep of the runtime between two `handle_timeout` calls.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Largest gossip datagram read (a UDP datagram's maximum).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// How the daemon joins the cluster (`weft daemon --listen ...`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The gossip socket's address (`--listen IP:PORT`); its IP is also the
+    /// underlay address of the VXLAN socket.
+    pub listen: SocketAddr,
+    /// Members to ask for admission (`--join`, any member will do).
+    pub join: Vec<SocketAddr>,
+    /// This host's name in the cluster (`--node-name`), unique.
+    pub node_name: String,
+    /// The shared secret (`--cluster-key FILE`, trimmed); None: gossip is
+    /// neither encrypted nor authenticated.
+    pub secret: Option<Vec<u8>>,
+    /// The VXLAN UDP port (`--vxlan-port`), the same on every host.
+    pub vxlan_port: u16,
+}
+
+/// Why the cluster runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The gossip socket could not be bound.
+    #[error("binding the gossip socket {addr} (--listen)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operating system's random number generator failed.
+    #[error("reading the OS's randomness for the gossip node's seed: {0}")]
+    Random(getrandom::Error),
+}
+
+/// Why a cluster address could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterAllocError {
+    /// The allocator refused or gave up.
+    #[error(transparent)]
+    Allocate(#[from] AllocateError),
+    /// No answer within the caller's bound.
+    #[error("no address block could be leased within {0:?}: are the other members reachable? (weft peers)")]
+    Timeout(Duration),
+    /// The runtime stopped while the request waited.
+    #[error("the cluster runtime stopped")]
+    Stopped,
+}
+
+/// One member as `weft peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerInfo {
+    /// Its `--node-name`.
+    pub name: String,
+    /// Its gossip address.
+    pub address: SocketAddr,
+    /// Where its VXLAN goes (once its host record arrived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<SocketAddr>,
+    /// `alive`, `suspect` or `dead`.
+    pub state: &'static str,
+}
+
+/// Gossip drop counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GossipCounters {
+    /// Datagrams that failed authentication (wrong or missing cluster key)
+    /// or had the wrong format.
+    pub rejected: u64,
+    /// Datagrams that opened but did not decode.
+    pub malformed: u64,
+    /// SWIM errors on received data.
+    pub swim_errors: u64,
+}
+
+/// An endpoint on another host, as the data path and DNS need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterEndpoint {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// Its DNS name.
+    pub name: Option<String>,
+    /// Its DNS aliases.
+    pub aliases: Vec<String>,
+    /// Its host's VXLAN address, once known.
+    pub vtep: Option<SocketAddr>,
+}
+
+/// See the module header.
+pub struct Cluster {
+    state: Mutex<ClusterState>,
+    wake: Notify,
+    changes: watch::Sender<u64>,
+    name: String,
+    listen: SocketAddr,
+    vxlan_port: u16,
+}
+
+struct ClusterState {
+    node: Node,
+    /// Allocations waiting for a block lease, by ticket.
+    waiting: HashMap<AllocationTicket, oneshot::Sender<Result<IpAddr, AllocateError>>>,
+}
+
+impl Cluster {
+    /// Bind the gossip socket, start the node, ask the `join` members in,
+    /// and spawn the runtime task (on the current tokio runtime).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Bind`] when `--listen` cannot be bound.
+    pub async fn start(config: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        let socket = bind_udp_patiently(config.listen)
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                UdpSocket::from_std(socket)
+            })
+            .map_err(|source| ClusterError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        // Larger on every start: the start time in milliseconds.
+        let boot = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let identity = NodeIdentity {
+            name: config.node_name.clone(),
+            gossip: config.listen,
+            boot,
+            renewal: 0,
+        };
+        let underlay = SocketAddr::new(config.listen.ip(), config.vxlan_port);
+        let key = config.secret.as_deref().map(ClusterKey::from_secret);
+        // The seed also seeds AEAD nonces: from the OS's randomness.
+        let seed = getrandom::u64().map_err(ClusterError::Random)?;
+        let mut node = Node::new(identity, NodeConfig::new(underlay), key, seed);
+        let now = Instant::now();
+        for seed_addr in &config.join {
+            node.join(*seed_addr, now);
+        }
+        let (changes, _) = watch::channel(0);
+        let cluster = Arc::new(Cluster {
+            state: Mutex::new(ClusterState {
+                node,
+                waiting: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            changes,
+            name: config.node_name,
+            listen: config.listen,
+            vxlan_port: config.vxlan_port,
+        });
+        tracing::info!(name = cluster.name, listen = %config.listen, join = ?config.join, vxlan = %underlay, authenticated = config.secret.is_some(), "overlay gossip started");
+        tokio::spawn(drive(Arc::clone(&cluster), socket));
+        Ok(cluster)
+    }
+
+    /// Follow membership and directory changes (a counter that grows).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// This host's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The gossip address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The VXLAN port (every host's).
+    pub fn vxlan_port(&self) -> u16 {
+        self.vxlan_port
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClusterState> {
+        // The node is only mutated through its own methods, each of which
+        // leaves it consistent, so a panic elsewhere does not poison it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every member but this host, with its state.
+    pub fn members(&self) -> Vec<PeerInfo> {
+        let state = self.lock();
+        let hosts: HashMap<String, SocketAddr> = state
+            .node
+            .directory()
+            .hosts()
+            .into_iter()
+            .map(|(owner, addr)| (owner.name.clone(), addr))
+            .collect();
+        let mut members: Vec<PeerInfo> = state
+            .node
+            .members()
+            .into_iter()
+            .map(|m| PeerInfo {
+                underlay: hosts.get(&m.name).copied(),
+                name: m.name,
+                address: m.addr,
+                state: match m.state {
+                    MemberState::Alive => "alive",
+                    MemberState::Suspect => "suspect",
+                    MemberState::Dead => "dead",
+                },
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members
+    }
+
+    /// Gossip drop counters.
+    pub fn counters(&self) -> GossipCounters {
+        let counters = self.lock().node.counters();
+        GossipCounters {
+            rejected: counters.gossip_rejected,
+            malformed: counters.gossip_malformed,
+            swim_errors: counters.swim_errors,
+        }
+    }
+
+    /// The live cluster networks of the directory.
+    pub fn networks(&self) -> Vec<(ClusterNetworkId, NetworkRecord)> {
+        self.lock()
+            .node
+            .directory()
+            .networks()
+            .map(|(id, record)| (id.clone(), record.clone()))
+            .collect()
+    }
+
+    /// The live cluster network named `name`, if any.
+    pub fn network_by_name(&self, name: &str) -> Option<(ClusterNetworkId, NetworkRecord)> {
+        self.lock()
+            .node
+            .directory()
+            .network_by_name(name)
+            .map(|(id, record)| (id.clone(), record.clone()))
+    }
+
+    /// The live network that uses `vni`, if any.
+    pub fn network_by_vni(&self, vni: Vni) -> Option<(ClusterNetworkId, NetworkRecord)> {
+        self.lock()
+            .node
+            .directory()
+            .network_by_vni(vni)
+            .map(|(id, record)| (id.clone(), record.clone()))
+    }
+
+    /// Endpoints of `network` on other hosts.
+    pub fn remote_endpoints(&self, network: &ClusterNetworkId) -> Vec<ClusterEndpoint> {
+        let state = self.lock();
+        let directory = state.node.directory();
+        let me = directory.me();
+        directory
+            .endpoints()
+            .filter(|l| l.owner != me && l.endpoint.network == *network)
+            .map(|l| ClusterEndpoint {
+                mac: l.endpoint.mac,
+                ips: l.endpoint.ips.clone(),
+                name: l.endpoint.name.clone(),
+                aliases: l.endpoint.aliases.clone(),
+                vtep: l.underlay,
+            })
+            .collect()
+    }
+
+    /// Endpoints of `network` on every host, this one included.
+    pub fn endpoint_count(&self, network: &ClusterNetworkId) -> usize {
+        self.lock()
+            .node
+            .directory()
+            .endpoints()
+            .filter(|l| l.endpoint.network == *network)
+            .count()
+    }
+
+    /// VXLAN addresses of the other hosts with an endpoint on `network`.
+    pub fn hosts_with_network(&self, network: &ClusterNetworkId) -> Vec<SocketAddr> {
+        self.lock().node.directory().hosts_with_network(network)
+    }
+
+    /// Underlay IPs of the other live members (VXLAN is accepted from them).
+    pub fn member_ips(&self) -> Vec<IpAddr> {
+        let state = self.lock();
+        let directory = state.node.directory();
+        let me = directory.me();
+        directory
+            .hosts()
+            .into_iter()
+            .filter(|(owner, _)| *owner != me)
+            .map(|(_, addr)| addr.ip())
+            .collect()
+    }
+
+    /// Create or update a cluster network on every host.
+    pub fn publish_network(&self, id: ClusterNetworkId, record: NetworkRecord) {
+        self.lock().node.publish_network(id, record);
+        self.wake.notify_one();
+    }
+
+    /// Delete a cluster network on every host.
+    pub fn delete_network(&self, id: ClusterNetworkId) {
+        self.lock().node.delete_network(id);
+        self.wake.notify_one();
+    }
+
+    /// Announce a local endpoint to every host.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] when the record is too large or the network is not
+    /// in the directory.
+    pub fn publish_endpoint(&self, endpoint: EndpointRecord) -> Result<(), PublishError> {
+        let result = self.lock().node.publish_endpoint(endpoint);
+        self.wake.notify_one();
+        result
+    }
+
+    /// Withdraw a local endpoint from every host.
+    pub fn withdraw_endpoint(&self, network: &ClusterNetworkId, mac: MacAddr) {
+        self.lock().node.withdraw_endpoint(network, mac);
+        self.wake.notify_one();
+    }
+
+    /// An address of `network` that no other host hands out; waits at most
+    /// `bound` for a block lease.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterAllocError`]: unknown network, subnet exhausted, contention
+    /// or no answer in time.
+    pub async fn allocate(
+        &self,
+        network: &ClusterNetworkId,
+        bound: Duration,
+    ) -> Result<IpAddr, ClusterAllocError> {
+        let (ticket, answer) = {
+            let mut state = self.lock();
+            let allocated = state.node.allocate(network, Instant::now());
+            self.wake.notify_one();
+            match allocated? {
+                Allocation::Ready(ip) => return Ok(ip),
+                Allocation::Pending(ticket) => {
+                    let (tx, rx) = oneshot::channel();
+                    state.waiting.insert(ticket, tx);
+                    (ticket, rx)
+                }
+            }
+        };
+        match tokio::time::timeout(bound, answer).await {
+            Ok(Ok(result)) => result.map_err(ClusterAllocError::from),
+            Ok(Err(_)) => Err(ClusterAllocError::Stopped),
+            Err(_) => {
+                self.lock().waiting.remove(&ticket);
+                Err(ClusterAllocError::Timeout(bound))
+            }
+        }
+    }
+
+    /// Return an address to this host's pool.
+    pub fn release(&self, network: &ClusterNetworkId, ip: IpAddr) {
+        self.lock().node.release(network, ip);
+    }
+
+    /// Drain what the node queued: datagrams to send, and events (answers
+    /// to allocation waiters, change notifications).
+    fn drain(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut state = self.lock();
+        let mut transmits = Vec::new();
+        while let Some(transmit) = state.node.poll_transmit() {
+            transmits.push(transmit);
+        }
+        let mut changed = false;
+        while let Some(event) = state.node.poll_event() {
+            match event {
+                Event::AddressAllocated {
+                    ticket,
+                    network,
+                    ip,
+                } => match state.waiting.remove(&ticket) {
+                    Some(waiter) => {
+                        if let Err(Ok(ip)) = waiter.send(Ok(ip)) {
+                            state.node.release(&network, ip);
+                        }
+                    }
+                    // The waiter gave up: the address goes back.
+                    None => state.node.release(&network, ip),
+                },
+                Event::AllocationFailed { ticket, error } => {
+                    if let Some(waiter) = state.waiting.remove(&ticket) {
+                        let _ = waiter.send(Err(error));
+                    }
+                }
+                Event::LeaseConflict {
+                    network,
+                    block,
+                    winner,
+                    duplicates,
+                } => {
+                    if duplicates.is_empty() {
+                        tracing::warn!(network = network.0, block, winner = winner.name, "after a partition another host also leased one of this host's address blocks: this host gave it up; its endpoints keep their addresses");
+                    } else {
+                        tracing::warn!(network = network.0, block, winner = winner.name, ?duplicates, "after a partition another host also leased one of this host's address blocks and handed out the same addresses: reconnect this host's endpoints with these addresses");
+                    }
+                }
+                Event::MemberUp { name, addr } => {
+                    tracing::info!(name, %addr, "cluster member up");
+                    changed = true;
+                }
+                Event::MemberDown { name, addr } => {
+                    tracing::info!(name, %addr, "cluster member down");
+                    changed = true;
+                }
+                Event::Rejoined => {
+                    tracing::warn!("this host was declared dead by the cluster and rejoined");
+                    changed = true;
+                }
+                Event::DirectoryChanged { .. } => changed = true,
+            }
+        }
+        drop(state);
+        if changed {
+            self.changes.send_modify(|generation| *generation += 1);
+        }
+        transmits
+    }
+}
+
+/// The runtime task: see the module header.
+async fn drive(cluster: Arc<Cluster>, socket: UdpSocket) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    loop {
+        for (to, datagram) in cluster.drain() {
+            if let Err(error) = socket.send_to(&datagram, to).await {
+                tracing::debug!(%to, %error, "gossip send failed");
+            }
+        }
+        let now = Instant::now();
+        let deadline = cluster
+            .lock()
+            .node
+            .poll_timeout()
+            .map_or(now + MAX_SLEEP, |at| at.min(now + MAX_SLEEP));
+        tokio::select! {
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok((len, from)) => {
+                    let datagram = buffer.get(..len).unwrap_or_default();
+                    cluster.lock().node.handle_datagram(from, datagram, Instant::now());
+                }
+                Err(error) => {
+                    // ICMP errors of earlier sends surface here; SWIM
+                    // deals with unreachable members.
+                    tracing::debug!(%error, "gossip receive");
+                }
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = cluster.wake.notified() => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            cluster.lock().node.handle_timeout(now);
+        }
+    }
+}
+
+/// How long a bind waits for a port still held by a daemon that is exiting.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Bind a UDP socket; while the address is in use, retry for
+/// [`BIND_PATIENCE`]: a daemon restarted at once (after SIGKILL, say) may
+/// find its previous process's sockets not yet closed.
+///
+/// # Errors
+///
+/// The bind's error, after the patience for "in use".
+pub fn bind_udp_patiently(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The overlay's I/O drivers, beside the sans-IO core they drive (the way
+//! quinn's driver sits beside quinn-proto):
+//!
+//! - [`gossip`]: the gossip socket and the tokio task that drives the
+//!   cluster [`crate::Node`] (membership, directory, allocation);
+//! - [`udp`]: VXLAN over UDP, the default [`crate::Transport`] of the
+//!   data path's tunnel port.
+//!
+//! Only these modules read clocks and own sockets.
+
+// Drivers read clocks and the OS's randomness (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+pub mod gossip;
+pub mod udp;
