@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """No two files of one crate import each other in a circle (README, Layout).
 
-For every crate, follow the `use crate::...`, `use super::...` and
-`use self::...` lines of each production file (test modules and tests.rs
-files are skipped) to the module they name, and report every cycle.
+For every crate, follow the `use crate::...`, `use super::...`,
+`use self::...` and `use child::...` lines of each production file (test
+modules and tests.rs files are skipped; `pub use` re-exports are a
+module's facade, not its dependencies) to the module they name, and
+report every cycle.
 Exits non-zero when there is one."""
 import os,re,sys
 def modpath(root, f):
@@ -25,8 +27,12 @@ for crate in ["vswitch","services","overlay","datapath","cnm","cli","ipam","benc
         # drop test modules
         src=re.split(r"\n#\[cfg\(test\)\]\nmod tests \{", src)[0]
         if f.endswith("tests.rs"): continue
-        for u in re.findall(r"(?m)^\s*(?:pub(?:\([^)]*\))? )?use ((?:crate|super|self)[^;]*);", src):
+        for u in re.findall(r"(?m)^\s*use ([a-z_][a-z0-9_]*::[^;]*);", src):
             path=u.split("::")
+            if path[0] not in ("crate","super","self"):
+                # `use child::Item` names a child module of this one.
+                if m+(path[0],) not in files: continue
+                path=["self"]+path
             if path[0]=="crate": base=[]; rest=path[1:]
             elif path[0]=="super":
                 base=list(m[:-1]) if not f.endswith(("mod.rs","lib.rs")) else list(m[:-1])

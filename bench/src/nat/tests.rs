@@ -1,3 +1,4 @@
+use super::section::{better_mtu, target_ratio, TARGETS};
 use super::*;
 
 fn sample(gbps: f64) -> TcpSample {

@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(status_of(&ControllerError::OverlaySubnets), 400);
         assert_eq!(
             status_of(&ControllerError::VniInUse {
-                vni: 1,
+                vni: weft_vswitch::Vni::new(1).unwrap(),
                 network: "x".into()
             }),
             409

@@ -151,7 +151,7 @@ pub enum ControllerError {
     #[error("VNI {vni} is already used by cluster network {network:?}: choose another --opt vni=N or leave it out")]
     VniInUse {
         /// The VNI.
-        vni: u32,
+        vni: weft_vswitch::Vni,
         /// The network that has it.
         network: String,
     },

@@ -127,7 +127,7 @@ impl Controller {
                     .unwrap_or(Vni::from_low_bits(RANDOM_VNI_MIN));
                 if let Some((_, other)) = cluster.network_by_vni(vni) {
                     return Err(ControllerError::VniInUse {
-                        vni: vni.get(),
+                        vni,
                         network: other.name,
                     });
                 }

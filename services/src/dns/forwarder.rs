@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 
+use super::query::{Asker, Request};
 use super::splitmix::SplitMix64;
-use super::{Asker, Request};
 
 /// Upstreams kept from a configured list; `resolv.conf` allows 3, and every
 /// one more is one more try timeout before an asker hears SERVFAIL.

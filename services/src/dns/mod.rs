@@ -90,6 +90,7 @@
 //! all randomness comes from the caller's seed (SplitMix64, `splitmix.rs`).
 
 mod forwarder;
+mod query;
 mod splitmix;
 pub mod tcp;
 pub mod zone;
@@ -98,19 +99,18 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, Message, MessageType, OpCode, Query, ResponseCode,
-};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_proto::ProtoError;
 
-use weft_vswitch::wire::ethernet::MacAddr;
-use weft_vswitch::{NetworkId, PortId};
+use weft_vswitch::NetworkId;
 
 use forwarder::{Forwarder, Outcome, StartError};
 pub use forwarder::{MAX_IN_FLIGHT_LIMIT, MAX_UPSTREAMS};
+use query::Request;
+pub use query::{Asker, DnsTransport};
 use splitmix::SplitMix64;
 pub use zone::{check_name, Zone, ZoneEntry, ZoneError};
 use zone::{Lookup, Zones};
@@ -135,36 +135,6 @@ const MIN_QUESTION_LEN: usize = 5;
 /// Smallest resource record: the root name, type, class, TTL, length
 /// (RFC 1035 §4.1.3).
 const MIN_RECORD_LEN: usize = 11;
-
-/// How a query reached the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DnsTransport {
-    /// One datagram; the answer is bounded by the client's UDP size.
-    Udp,
-    /// A TCP connection; answers up to 65535 bytes.
-    Tcp,
-}
-
-/// Who asked: everything the driver needs to deliver the answer. The core
-/// reads `network` (which zone the asker sees) and `transport` (the size
-/// limit) and hands the rest back untouched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Asker {
-    /// The network the query arrived on: the asker sees its names.
-    pub network: NetworkId,
-    /// The switch port the query came in on.
-    pub port: PortId,
-    /// The sandbox's MAC.
-    pub mac: MacAddr,
-    /// The sandbox's address and source port.
-    pub addr: SocketAddr,
-    /// The gateway address the sandbox asked (the answer's source).
-    pub server: IpAddr,
-    /// UDP or TCP.
-    pub transport: DnsTransport,
-    /// Opaque to the core, for the driver (the TCP connection id).
-    pub connection: u64,
-}
 
 /// Configuration of a [`DnsServer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,25 +210,6 @@ pub struct DnsServer {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     counters: DnsCounters,
     outcomes: Vec<Outcome>,
-}
-
-/// The parts of a client's query that its answer needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Request {
-    /// The client's id.
-    pub(crate) id: u16,
-    /// The question as the client spelled it.
-    pub(crate) question: Query,
-    /// RD, copied into the answer.
-    pub(crate) recursion_desired: bool,
-    /// CD, copied into the answer and upstream.
-    pub(crate) checking_disabled: bool,
-    /// AD in the query: the client understands AD (RFC 6840 §5.7).
-    pub(crate) authentic_data: bool,
-    /// `Some(DO bit)` when the query had an OPT record.
-    pub(crate) edns: Option<bool>,
-    /// Largest answer the client takes.
-    pub(crate) limit: usize,
 }
 
 /// A query's fate after its header.

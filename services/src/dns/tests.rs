@@ -1,5 +1,9 @@
 #![allow(clippy::disallowed_methods)]
 
+use hickory_proto::op::Query;
+use weft_vswitch::wire::ethernet::MacAddr;
+use weft_vswitch::PortId;
+
 use super::*;
 use hickory_proto::rr::Name;
 use proptest::prelude::*;
