@@ -202,13 +202,20 @@ impl Lab {
         check_netns_name(netns)?;
         let mut full = vec!["ip", "netns", "exec", netns];
         full.extend_from_slice(argv);
+        self.spawn(label, &full)
+    }
+
+    /// Start `argv` as given in the background (the caller enters the
+    /// namespace itself, e.g. `nsenter --net=/var/run/netns/wb-...`,
+    /// which dockerd needs); stopped at cleanup.
+    pub fn spawn(&mut self, label: &str, full: &[&str]) -> Result<u32> {
         self.output_counter += 1;
         let log = self.work_dir.join("logs").join(format!(
             "{:05}-{}.log",
             self.output_counter,
             sanitize(label)
         ));
-        let spawned = process::spawn(&full, &log, &log)?;
+        let spawned = process::spawn(full, &log, &log)?;
         let pid = spawned.child.id();
         self.processes.push(Tracked {
             label: label.to_owned(),
@@ -218,6 +225,20 @@ impl Lab {
             log_path: Some(log),
         });
         Ok(pid)
+    }
+
+    /// Name the network namespace of process `pid` `name` (`ip netns
+    /// attach`), so the harness's commands can run there; the name is
+    /// removed at cleanup (the namespace stays its process's).
+    pub fn attach_netns(&mut self, name: &str, pid: u32) -> Result<()> {
+        check_netns_name(name)?;
+        self.run(
+            &["ip", "netns", "attach", name, &pid.to_string()],
+            IP_TIMEOUT,
+        )?
+        .success()?;
+        self.namespaces.push(name.to_owned());
+        Ok(())
     }
 
     /// Track a process that is not our child (a daemon that forked away).

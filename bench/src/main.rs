@@ -13,6 +13,10 @@
 //! - `weft-bench overlay [--runs 3] [--seconds 5]`: sandbox to sandbox
 //!   across two hosts, weft's overlay against the kernel's vxlan + bridge
 //!   (see `overlay`); its section of `--out` is replaced (or appended).
+//! - `weft-bench docker [--runs 3] [--seconds 5]`: container to container
+//!   on a weft network (the Docker plugin) against Docker's own bridge
+//!   network in one dockerd (see `docker`; needs docker.io and
+//!   busybox-static); its section of `--out` is replaced (or appended).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
@@ -22,6 +26,7 @@
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod docker;
 mod e2e;
 mod lab;
 mod measure;
@@ -99,6 +104,18 @@ enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
         seconds: u32,
         /// Markdown file whose overlay section is replaced (appended if absent).
+        #[arg(long, default_value = DEFAULT_OUT)]
+        out: PathBuf,
+    },
+    /// Container to container: a weft network (Docker plugin) vs Docker's bridge.
+    Docker {
+        /// Runs per network (the report shows the median and min–max).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+        seconds: u32,
+        /// Markdown file whose Docker section is replaced (appended if absent).
         #[arg(long, default_value = DEFAULT_OUT)]
         out: PathBuf,
     },
@@ -180,6 +197,12 @@ fn run(cli: Cli) -> Result<()> {
             command,
         }),
         Command::Overlay { runs, seconds, out } => overlay::run(&overlay::OverlayOptions {
+            runs,
+            seconds,
+            out,
+            command,
+        }),
+        Command::Docker { runs, seconds, out } => docker::run(&docker::DockerOptions {
             runs,
             seconds,
             out,

@@ -19,7 +19,7 @@ use tokio::net::UnixListener;
 use crate::ownership;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
-use weft_cnm::{api, Controller};
+use weft_cnm::{api, docker_plugin, Controller};
 use weft_overlay::driver::gossip::ClusterConfig;
 
 /// The kernel's hostname (of the daemon's UTS namespace).
@@ -67,6 +67,15 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_NAT_MAX_FLOWS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub nat_max_flows: u32,
+    /// Also serve Docker's network and IPAM plugin protocol as NAME
+    /// (`docker network create -d NAME --ipam-driver NAME`), on
+    /// DIR/NAME.sock (see --docker-plugin-dir).
+    #[arg(long, value_name = "NAME")]
+    pub docker_plugin: Option<String>,
+    /// Where dockerd looks for plugin sockets [default: /run/docker/plugins
+    /// as root, else $XDG_RUNTIME_DIR/docker/plugins, a rootless dockerd's].
+    #[arg(long, value_name = "DIR", requires = "docker_plugin")]
+    pub docker_plugin_dir: Option<PathBuf>,
 }
 
 /// The NAT's default flow bound, as the flag's type (it fits: 4096).
@@ -140,11 +149,18 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .context("creating the default network `bridge`")?;
     }
     let listener = bind(socket, group).await?;
+    let plugin_files = match &args.docker_plugin {
+        Some(name) => serve_docker_plugin(name, args.docker_plugin_dir, &controller).await?,
+        None => Vec::new(),
+    };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
     let result = api::serve(listener, controller, shutdown_signal())
         .await
         .context("serving the API");
     let _ = std::fs::remove_file(socket);
+    for path in plugin_files {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("weft daemon stopped; TAPs stay for the next start");
     result
 }
@@ -198,6 +214,71 @@ fn cluster_config(
         secret,
         vxlan_port,
     }))
+}
+
+/// Serve Docker's plugin protocol as `name` (see
+/// `weft_cnm::docker_plugin`) until the daemon stops; the files to remove
+/// then (the socket, and for a daemon that is not root the spec file that
+/// points a rootless dockerd at it).
+async fn serve_docker_plugin(
+    name: &str,
+    dir: Option<PathBuf>,
+    controller: &Arc<Controller>,
+) -> Result<Vec<PathBuf>> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        bail!("--docker-plugin {name:?}: give a plain name (letters, digits, '-', '_', '.'), the one `docker network create -d NAME` uses");
+    }
+    let is_root = nix::unistd::geteuid().is_root();
+    let chosen = dir.is_some();
+    let dir = dir.unwrap_or_else(|| {
+        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        docker_plugin::default_plugin_dir(is_root, runtime_dir.as_deref())
+    });
+    let path = dir.join(format!("{name}.sock"));
+    let listener = bind(&path, None)
+        .await
+        .context("serving the Docker plugin (--docker-plugin)")?;
+    let mut files = vec![path.clone()];
+    if !is_root && !chosen {
+        let config_home = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from);
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if let Some(spec) =
+            docker_plugin::rootless_spec_path(name, config_home.as_deref(), home.as_deref())
+        {
+            write_atomically(&spec, &docker_plugin::spec_text(&path)).with_context(|| {
+                format!(
+                    "writing the plugin spec {} for a rootless dockerd",
+                    spec.display()
+                )
+            })?;
+            tracing::info!(spec = %spec.display(), "a rootless dockerd finds the plugin through this spec file");
+            files.push(spec);
+        }
+    }
+    let plugin = docker_plugin::Plugin::new(Arc::clone(controller));
+    tokio::spawn(async move {
+        if let Err(e) = docker_plugin::serve(listener, plugin, std::future::pending()).await {
+            tracing::error!(error = %e, "the Docker plugin stopped serving");
+        }
+    });
+    tracing::info!(socket = %path.display(), plugin = name, "serving Docker's network and IPAM plugin protocol");
+    Ok(files)
+}
+
+/// Write `text` to `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("spec.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 async fn bind(socket: &Path, group: Option<nix::unistd::Gid>) -> Result<UnixListener> {

@@ -28,7 +28,7 @@ use nix::sched::CloneFlags;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use weft_cnm::attach::{
-    send_reply, AttachAction, AttachReply, AttachRequest, TapConfig, HELPER_FD,
+    send_reply, AttachAction, AttachReply, AttachRequest, DockerTapConfig, TapConfig, HELPER_FD,
 };
 use weft_vswitch::sys::tap::{Offloads, Tap};
 
@@ -112,7 +112,88 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             }
             Ok((ifname, Some(tap)))
         }
+        AttachAction::DockerTap(config) => docker_tap(&runtime, config),
     }
+}
+
+/// Docker's TAP (see `AttachAction::DockerTap`): made in this (the
+/// daemon's) namespace, MAC and MTU set, left down for Docker to move,
+/// configure and bring up; or, re-opened, found in the sandbox by its MAC.
+/// A new TAP that fails half-way is removed again.
+fn docker_tap(
+    runtime: &tokio::runtime::Runtime,
+    config: &DockerTapConfig,
+) -> Result<(String, Option<Tap>)> {
+    let ifname = if config.reopen {
+        runtime.block_on(link_with_mac(config.mac.0))?
+    } else {
+        config.src_name.clone()
+    };
+    let created = !interface_exists(&ifname);
+    let tap = Tap::create(&ifname).map_err(|e| tap_error(&ifname, e))?;
+    let configured = (|| {
+        tap.set_persistent(true)
+            .context("making the TAP persistent")?;
+        tap.set_offloads(Offloads::ALL)
+            .or_else(|_| tap.set_offloads(Offloads::ALL_BUT_USO))
+            .context("enabling TAP offloads")?;
+        if config.reopen {
+            return Ok(());
+        }
+        runtime.block_on(async {
+            let handle = netlink()?;
+            let index = link_index(&handle, &ifname).await?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .address(config.mac.0.to_vec())
+                        .mtu(config.mtu)
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| {
+                    format!(
+                        "setting MAC {} and MTU {} on {ifname}",
+                        config.mac, config.mtu
+                    )
+                })
+        })
+    })();
+    if let Err(e) = configured {
+        if created {
+            let _ = tap.set_persistent(false);
+        }
+        return Err(e);
+    }
+    Ok((ifname, Some(tap)))
+}
+
+/// The name of the interface whose MAC is `mac` (a Docker endpoint's TAP,
+/// renamed by Docker).
+async fn link_with_mac(mac: [u8; 6]) -> Result<String> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let handle = netlink()?;
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await.context("listing interfaces")? {
+        let has_mac = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Address(bytes) if bytes.as_slice() == mac));
+        if has_mac {
+            if let Some(name) = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            }) {
+                return Ok(name);
+            }
+        }
+    }
+    bail!(
+        "no interface with MAC {} in the sandbox: the container's interface is gone",
+        weft_vswitch::MacAddr(mac)
+    )
 }
 
 /// A sandbox of a rootless container lives in a network namespace owned by

@@ -65,6 +65,26 @@ pub enum AttachAction {
     Loopback,
     /// Create or re-open a TAP and configure it; send its fd back.
     Tap(TapConfig),
+    /// A TAP for Docker (the Docker plugin's `Join`): made in the
+    /// daemon's own namespace with its MAC and MTU, down and without
+    /// addresses, for Docker to move into the container and configure;
+    /// or, on a re-open after a restart, found in the sandbox by its MAC
+    /// (Docker renamed it). The fd goes back as for `Tap`.
+    DockerTap(DockerTapConfig),
+}
+
+/// The TAP of a Docker endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerTapConfig {
+    /// The name to create it with (Docker's `SrcName`).
+    pub src_name: String,
+    /// The interface's MAC (also how a re-open finds it).
+    pub mac: MacAddr,
+    /// The interface's MTU.
+    pub mtu: u32,
+    /// Re-open: find the TAP with `mac` in the sandbox instead of
+    /// creating `src_name`.
+    pub reopen: bool,
 }
 
 /// The TAP to make inside the sandbox.

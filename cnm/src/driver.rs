@@ -42,7 +42,9 @@ use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
 
-use crate::attach::{run_helper, AttachAction, AttachError, AttachRequest, TapConfig};
+use crate::attach::{
+    run_helper, AttachAction, AttachError, AttachRequest, DockerTapConfig, TapConfig,
+};
 use crate::model::{DriverKind, Endpoint, Network, PortMapping};
 
 /// One remote host's tunnel port of an overlay network, with its counters:
@@ -197,6 +199,10 @@ pub trait NetworkDriver: Send + Sync {
     }
 }
 
+/// The attach helper's own network namespace, which is the daemon's (the
+/// helper is its child): where Docker's TAPs are made.
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
 /// `null`: loopback only.
 #[derive(Debug)]
 pub struct NullDriver {
@@ -291,6 +297,83 @@ impl BridgeDriver {
             entries,
         };
         self.datapath.set_zone(id, zone)?;
+        Ok(())
+    }
+
+    /// Publish `ports` of an endpoint that has joined (Docker's
+    /// `ProgramExternalConnectivity`): bound now, relayed to the
+    /// endpoint's port, closed by [`BridgeDriver::unpublish_ports`] or
+    /// `leave`. Returns the mappings with the host ports really bound.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Publish`] for a port that cannot be bound (nothing
+    /// of this call stays published), [`DriverError::UnknownNetwork`] for
+    /// an endpoint that has no port.
+    pub fn publish_ports(
+        &self,
+        endpoint: &Endpoint,
+        ports: &[PortMapping],
+    ) -> Result<Vec<PortMapping>, DriverError> {
+        let (network_id, port) = {
+            let tables = self.tables();
+            let network_id = tables.networks.get(&endpoint.network).copied();
+            let port = tables.ports.get(&endpoint.id).map(|(port, _)| *port);
+            match (network_id, port) {
+                (Some(network_id), Some(port)) => (network_id, port),
+                _ => return Err(DriverError::UnknownNetwork(endpoint.network.clone())),
+            }
+        };
+        let mac = endpoint.mac.unwrap_or_else(|| {
+            endpoint_mac(
+                &endpoint
+                    .addresses
+                    .iter()
+                    .map(|a| a.addr())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let mut wanted = Endpoint {
+            ports: ports.to_vec(),
+            ..endpoint.clone()
+        };
+        let listeners = bind_published_ports(&mut wanted, false)?;
+        let mut published = Vec::with_capacity(listeners.len());
+        for (listener, addr) in listeners {
+            let target = PublishTarget {
+                network: network_id,
+                port,
+                mac,
+                addr,
+            };
+            match self.datapath.publish(listener, target) {
+                Ok(id) => published.push(id),
+                Err(e) => {
+                    for id in published {
+                        let _ = self.datapath.unpublish(id);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.tables()
+            .published
+            .entry(endpoint.id.clone())
+            .or_default()
+            .extend(published);
+        Ok(wanted.ports)
+    }
+
+    /// Close every published port of an endpoint (it stays joined).
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Datapath`] when the data path is gone.
+    pub fn unpublish_ports(&self, endpoint: &Endpoint) -> Result<(), DriverError> {
+        let published = self.tables().published.remove(&endpoint.id);
+        for id in published.unwrap_or_default() {
+            self.datapath.unpublish(id)?;
+        }
         Ok(())
     }
 
@@ -413,15 +496,32 @@ impl NetworkDriver for BridgeDriver {
             )
         });
         let gateways = network.subnets.iter().map(|s| s.gateway).collect();
-        let request = AttachRequest {
-            sandbox: endpoint.sandbox.clone(),
-            action: AttachAction::Tap(TapConfig {
-                ifname: restoring.then(|| endpoint.ifname.clone()),
-                mac,
-                mtu: network.mtu,
-                addresses: endpoint.addresses.clone(),
-                gateways,
-            }),
+        let request = match &endpoint.docker {
+            // Docker's endpoint: made here for Docker to move into the
+            // container, found there by its MAC after a restart.
+            Some(docker) => AttachRequest {
+                sandbox: if restoring {
+                    endpoint.sandbox.clone()
+                } else {
+                    PathBuf::from(OWN_NETNS)
+                },
+                action: AttachAction::DockerTap(DockerTapConfig {
+                    src_name: docker.src_name.clone(),
+                    mac,
+                    mtu: network.mtu,
+                    reopen: restoring,
+                }),
+            },
+            None => AttachRequest {
+                sandbox: endpoint.sandbox.clone(),
+                action: AttachAction::Tap(TapConfig {
+                    ifname: restoring.then(|| endpoint.ifname.clone()),
+                    mac,
+                    mtu: network.mtu,
+                    addresses: endpoint.addresses.clone(),
+                    gateways,
+                }),
+            },
         };
         let (ifname, fd) = run_helper(&self.helper_exe, &request)?;
         let fd = fd.ok_or_else(|| DriverError::NoFd(endpoint.sandbox.clone()))?;

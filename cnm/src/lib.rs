@@ -22,6 +22,11 @@
 //! hosts, and the overlay driver ([`overlay_driver`]) gives the switch its
 //! view of the other hosts.
 //!
+//! Docker's remote network and IPAM driver protocol ([`docker_plugin`])
+//! is a second face of the same controller: a Docker network is a weft
+//! network, a Docker endpoint a weft endpoint whose TAP Docker moves into
+//! the container.
+//!
 //! # Dependencies
 //!
 //! - `axum` serves the API on a `tokio::net::UnixListener`: it works with
@@ -41,6 +46,7 @@
 pub mod api;
 pub mod attach;
 pub mod controller;
+pub mod docker_plugin;
 pub mod driver;
 pub mod error_chain;
 pub mod host_routes;

@@ -130,6 +130,24 @@ pub struct Endpoint {
     /// [`PortMapping`]).
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Docker's names of the endpoint when Docker made it through the
+    /// plugin (see `crate::docker_plugin`): its TAP is made in the
+    /// daemon's namespace for Docker to move, and its addresses belong to
+    /// the plugin, not to this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerAttachment>,
+}
+
+/// The Docker side of an endpoint made through the Docker plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerAttachment {
+    /// Docker's network id (`docker network ls` shows its first 12 digits).
+    pub network_id: String,
+    /// Docker's endpoint id (`docker network inspect` shows it).
+    pub endpoint_id: String,
+    /// The TAP's name in the daemon's namespace before Docker moved it
+    /// into the container (and renamed it `ethN`).
+    pub src_name: String,
 }
 
 /// A driver name that is not one of weft's.
@@ -579,6 +597,7 @@ mod tests {
             ],
             resolv_conf: None,
             ports: Vec::new(),
+            docker: None,
         };
         let addrs = |e: &Endpoint, spec: &str| {
             e.publish_addrs(&parse(spec))

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weft_ipam::Ipam;
 
+use crate::docker_plugin::state::DockerState;
 use crate::model::{Endpoint, Network};
 
 /// Version of the state format this build writes and reads.
@@ -32,6 +33,10 @@ pub struct State {
     pub endpoints: Vec<Endpoint>,
     /// Address allocations, keyed by network name.
     pub ipam: Ipam,
+    /// What the Docker plugin keeps: Docker's pools, networks and
+    /// endpoints (see [`crate::docker_plugin`]); empty without Docker.
+    #[serde(default, skip_serializing_if = "DockerState::is_empty")]
+    pub docker: DockerState,
 }
 
 /// Where the state file lives.
@@ -80,6 +85,7 @@ impl Default for State {
             networks: Vec::new(),
             endpoints: Vec::new(),
             ipam: Ipam::with_docker_defaults(),
+            docker: DockerState::default(),
         }
     }
 }

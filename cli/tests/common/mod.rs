@@ -325,6 +325,8 @@ pub struct World {
     /// The namespace the daemon runs in.
     pub host: String,
     default_network: bool,
+    /// More arguments of `weft daemon` (e.g. `--docker-plugin NAME`).
+    extra_daemon_args: Vec<String>,
     daemon: Option<Child>,
     starts: usize,
     namespaces: Vec<String>,
@@ -342,7 +344,27 @@ impl World {
         World::make(true)
     }
 
+    /// A world whose daemon (no default network) also gets `args`.
+    pub fn with_daemon_args(args: &[&str]) -> Option<World> {
+        World::make_with(false, args.iter().map(|a| (*a).to_owned()).collect(), true)
+    }
+
+    /// Like [`World::with_daemon_args`], but the daemon is not started:
+    /// the test prepares HOST (an underlay address for `--listen`, say)
+    /// and calls [`World::start_daemon`].
+    pub fn prepared_with_daemon_args(args: &[&str]) -> Option<World> {
+        World::make_with(false, args.iter().map(|a| (*a).to_owned()).collect(), false)
+    }
+
     fn make(default_network: bool) -> Option<World> {
+        World::make_with(default_network, Vec::new(), true)
+    }
+
+    fn make_with(
+        default_network: bool,
+        extra_daemon_args: Vec<String>,
+        start: bool,
+    ) -> Option<World> {
         if !require(
             nix::unistd::geteuid().is_root(),
             "needs root (network namespaces, TAPs)",
@@ -360,6 +382,7 @@ impl World {
             dir,
             host: String::new(),
             default_network,
+            extra_daemon_args,
             daemon: None,
             starts: 0,
             namespaces: Vec::new(),
@@ -368,7 +391,9 @@ impl World {
         world.host = world.sandbox("host");
         let out = world.exec(&world.host, &["ip", "link", "set", "lo", "up"]);
         assert!(out.status.success(), "lo up in HOST: {}", show(&out));
-        world.start_daemon();
+        if start {
+            world.start_daemon();
+        }
         Some(world)
     }
 
@@ -589,6 +614,7 @@ impl World {
         if !self.default_network {
             cmd.arg("--no-default-network");
         }
+        cmd.args(&self.extra_daemon_args);
         cmd.env("WEFT_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

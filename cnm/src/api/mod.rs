@@ -200,9 +200,11 @@ pub async fn serve(
 pub fn status_of(error: &ControllerError) -> u16 {
     match error {
         ControllerError::NetworkNotFound { .. } | ControllerError::NotConnected { .. } => 404,
+        ControllerError::EndpointNotFound { .. } => 404,
         ControllerError::SandboxNotFound { .. } => 404,
         ControllerError::NetworkExists { .. }
         | ControllerError::NetworkInUse { .. }
+        | ControllerError::DockerNetwork { .. }
         | ControllerError::AlreadyConnected { .. } => 409,
         ControllerError::Subnet(AddSubnetError::Overlaps { .. }) => 409,
         ControllerError::Address(AllocError::InUse { .. }) => 409,

@@ -12,7 +12,7 @@ use weft_overlay::driver::gossip::{GossipCounters, PeerInfo};
 use weft_vswitch::counters::PortCountersSnapshot;
 
 use crate::driver::TunnelPeerCounters;
-use crate::model::{Endpoint, Network, PortMapping};
+use crate::model::{DockerAttachment, Endpoint, Network, PortMapping};
 
 /// `network create`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -72,6 +72,11 @@ pub struct ConnectRequest {
     /// (see [`PortMapping`]); bridge networks only.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Set by the Docker plugin (never from the API): the endpoint is
+    /// Docker's, its TAP is made for Docker to move, and `ips` are
+    /// already reserved by the plugin, which also releases them.
+    #[serde(skip)]
+    pub docker: Option<DockerAttachment>,
 }
 
 /// `network disconnect`.
@@ -94,6 +99,10 @@ pub struct NetworkDetails {
     /// and from, with their tunnel ports' counters.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tunnel: Vec<TunnelPeerCounters>,
+    /// The Docker networks (Docker's ids) that are this network, made or
+    /// joined through the Docker plugin.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub docker_networks: Vec<String>,
 }
 
 /// An endpoint with its counters.

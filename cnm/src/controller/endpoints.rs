@@ -3,6 +3,7 @@
 //! driver's join and leave, names, resolv.conf, published ports.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::model::{DriverKind, Endpoint, Network, PortMappingError};
 use crate::resolv_conf;
 
 use super::error::ControllerError;
-use super::validation::{default_endpoint_name, random_id, validate_name};
+use super::validation::{default_endpoint_name, random_id, validate_name, with_prefix};
 use super::{join_blocking, Controller, Inner};
 
 /// How long a connect waits for a cluster address block.
@@ -36,7 +37,13 @@ impl Controller {
         network_name: &str,
         request: ConnectRequest,
     ) -> Result<Endpoint, ControllerError> {
-        let sandbox = self.resolve_sandbox(&request.sandbox)?;
+        let sandbox = if request.docker.is_some() {
+            // Docker's sandbox key: the namespace is made after the join,
+            // and Docker moves the TAP there itself.
+            PathBuf::from(&request.sandbox)
+        } else {
+            self.resolve_sandbox(&request.sandbox)?
+        };
         let name = match request.name {
             Some(name) => name,
             None => default_endpoint_name(&sandbox),
@@ -70,14 +77,20 @@ impl Controller {
                 sandbox,
             });
         }
-        let (ips, cluster_ips) = self
-            .cluster_addresses(&mut inner, &network, request.ips)
-            .await?;
-        let addresses = match inner.assign_addresses(&network, &ips) {
-            Ok(addresses) => addresses,
-            Err(e) => {
-                self.release_cluster_addresses(&network, &cluster_ips);
-                return Err(e);
+        let (addresses, cluster_ips) = if request.docker.is_some() {
+            // Reserved by the Docker plugin already (it releases them too).
+            let addresses = request.ips.iter().map(|ip| with_prefix(&network, *ip));
+            (addresses.collect(), Vec::new())
+        } else {
+            let (ips, cluster_ips) = self
+                .cluster_addresses(&mut inner, &network, request.ips)
+                .await?;
+            match inner.assign_addresses(&network, &ips) {
+                Ok(addresses) => (addresses, cluster_ips),
+                Err(e) => {
+                    self.release_cluster_addresses(&network, &cluster_ips);
+                    return Err(e);
+                }
             }
         };
         let mut endpoint = Endpoint {
@@ -91,6 +104,7 @@ impl Controller {
             addresses,
             resolv_conf: None,
             ports: request.ports,
+            docker: request.docker,
         };
         if let Some(mapping) = endpoint
             .ports
@@ -198,8 +212,10 @@ impl Controller {
                 if let Some(mac) = endpoint.mac {
                     cluster.withdraw_endpoint(&id, mac);
                 }
-                for address in &endpoint.addresses {
-                    cluster.release(&id, address.addr());
+                if endpoint.docker.is_none() {
+                    for address in &endpoint.addresses {
+                        cluster.release(&id, address.addr());
+                    }
                 }
             }
         }

@@ -70,6 +70,20 @@ pub enum ControllerError {
         /// How many endpoints.
         count: usize,
     },
+    /// `rm` of a network that a Docker network is.
+    #[error("network {name:?} is Docker network {docker_id}: remove it with docker network rm")]
+    DockerNetwork {
+        /// The network.
+        name: String,
+        /// Docker's short id of the network.
+        docker_id: String,
+    },
+    /// No endpoint with that id.
+    #[error("no endpoint with id {id}: `weft network inspect` lists the endpoints")]
+    EndpointNotFound {
+        /// The id asked for.
+        id: String,
+    },
     /// The namespace does not exist.
     #[error("no network namespace at {path}: create it (ip netns add NAME) or give a path like /proc/PID/ns/net")]
     SandboxNotFound {

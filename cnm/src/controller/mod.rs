@@ -55,6 +55,7 @@
 //! addresses before it comes back.
 
 mod cluster_sync;
+mod docker;
 mod endpoints;
 mod error;
 mod networks;
@@ -250,8 +251,11 @@ impl Controller {
                     if let Some(path) = &endpoint.resolv_conf {
                         resolv_conf::remove(path);
                     }
-                    for addr in endpoint.addresses.drain(..) {
-                        let _ = inner.state.ipam.release(&network.name, addr.addr());
+                    // A Docker endpoint's addresses are the plugin's.
+                    if endpoint.docker.is_none() {
+                        for addr in endpoint.addresses.drain(..) {
+                            let _ = inner.state.ipam.release(&network.name, addr.addr());
+                        }
                     }
                 }
                 Err(e) => {
@@ -313,10 +317,12 @@ impl Controller {
             })
             .collect();
         let tunnel = driver.tunnel_counters(&network);
+        let docker_networks = inner.state.docker.networks_of(name);
         Ok(NetworkDetails {
             network,
             endpoints,
             tunnel,
+            docker_networks,
         })
     }
 

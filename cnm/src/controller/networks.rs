@@ -192,6 +192,12 @@ impl Controller {
             .network(name)
             .cloned()
             .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        if let Some(docker_id) = inner.state.docker.networks_of(name).first() {
+            return Err(ControllerError::DockerNetwork {
+                name: name.into(),
+                docker_id: docker_id.get(..12).unwrap_or(docker_id).to_owned(),
+            });
+        }
         let local = inner
             .state
             .endpoints

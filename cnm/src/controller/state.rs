@@ -118,6 +118,10 @@ impl Inner {
     }
 
     pub(super) fn release_addresses(&mut self, endpoint: &Endpoint) {
+        if endpoint.docker.is_some() {
+            // The Docker plugin reserved them and releases them.
+            return;
+        }
         for a in &endpoint.addresses {
             if let Err(e) = self.state.ipam.release(&endpoint.network, a.addr()) {
                 tracing::warn!(network = endpoint.network, address = %a, error = %e, "address release failed");
