@@ -63,6 +63,7 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(90);
 /// namespaces (as named by the harness) and the server's address.
 struct Side {
     label: &'static str,
+    network: &'static str,
     client_ns: String,
     server_ns: String,
     server_ip: String,
@@ -74,7 +75,14 @@ struct Figures {
     gbps: Vec<f64>,
     cpu_per_gb: Vec<f64>,
     ping_us: Vec<f64>,
+    udp_kpps: Vec<f64>,
+    /// `docker run` of a container until its first ping of the server
+    /// answers, ms.
+    ready_ms: Vec<f64>,
 }
+
+/// Starts timed per network and run.
+const STARTS_PER_RUN: usize = 3;
 
 /// Run the benchmark.
 ///
@@ -206,6 +214,33 @@ fn measure_all(
                     &mut failures,
                 )?,
             }
+            match measure::udp64_between(
+                lab,
+                &side.client_ns,
+                &side.server_ns,
+                &side.server_ip,
+                options.seconds,
+                pin,
+            ) {
+                Ok(sample) => figures.udp_kpps.push(sample.kpps),
+                Err(e) => lab.record_failure(
+                    &format!("{} UDP 64 B run {run}", side.label),
+                    &e,
+                    &[],
+                    &mut failures,
+                )?,
+            }
+            for start in 0..STARTS_PER_RUN {
+                match docker.time_to_ready(lab, side, &format!("ready-{run}-{start}")) {
+                    Ok(ms) => figures.ready_ms.push(ms),
+                    Err(e) => lab.record_failure(
+                        &format!("{} start {start} of run {run}", side.label),
+                        &e,
+                        &[],
+                        &mut failures,
+                    )?,
+                }
+            }
         }
     }
     Ok((results, failures))
@@ -290,6 +325,36 @@ impl Dockerd {
         Ok(self.cli(lab, args)?.success()?.stdout.trim().to_owned())
     }
 
+    /// Start a container on `side`'s network whose command pings the
+    /// server until it answers (bounded: 50 tries) and exits: the wall time
+    /// of that `docker run` (create, the network driver's endpoint and
+    /// join, start, the first answered ping), in ms. Removed after, untimed.
+    fn time_to_ready(&self, lab: &mut Lab, side: &Side, name: &str) -> Result<f64> {
+        let script = format!(
+            "i=0; until ping -c 1 -W 1 {} >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 50 ] && exit 1; done",
+            side.server_ip
+        );
+        let started = Instant::now();
+        let ran = self.cli(
+            lab,
+            &[
+                "run",
+                "--name",
+                name,
+                "--network",
+                side.network,
+                IMAGE,
+                "sh",
+                "-c",
+                &script,
+            ],
+        );
+        let elapsed = started.elapsed();
+        let _ = self.cli(lab, &["rm", "-f", name]);
+        ran?.success()?;
+        Ok(elapsed.as_secs_f64() * 1000.0)
+    }
+
     fn import_image(&self, lab: &mut Lab) -> Result<()> {
         let rootfs = self.dir.join("rootfs");
         for d in [
@@ -325,7 +390,7 @@ impl Dockerd {
         &self,
         lab: &mut Lab,
         label: &'static str,
-        network: &str,
+        network: &'static str,
         prefix: &str,
         cpu_pids: Vec<u32>,
     ) -> Result<Side> {
@@ -370,6 +435,7 @@ impl Dockerd {
             .map_err(|_| anyhow::anyhow!("two containers expected"))?;
         Ok(Side {
             label,
+            network,
             client_ns,
             server_ns,
             server_ip,
@@ -423,7 +489,9 @@ fn section(
     let mut text = format!(
         "{SECTION_HEADING}\n\n{date_utc} UTC, `{}`, {} run(s) × {} s per network, alternating; \
          kernel {}; {}. Two busybox containers per network in one dockerd (vfs, \
-         `--iptables=false`); iperf3 and ping of the host run in the containers' namespaces. \
+         `--iptables=false`); iperf3 (one TCP stream; 64-byte UDP at full rate) and ping of the \
+         host run in the containers' namespaces; start time: `docker run` of a container whose \
+         command pings the server until it answers, {STARTS_PER_RUN} per network and run. \
          Took {} s.\n\n",
         options.command,
         options.runs,
@@ -444,6 +512,18 @@ fn section(
         cell(summary(w, |f| &f.ping_us)),
         cell(summary(b, |f| &f.ping_us)),
         ratio(summary(w, |f| &f.ping_us), summary(b, |f| &f.ping_us))
+    ));
+    text.push_str(&format!(
+        "| UDP 64 B received (kpps) | {} | {} | {} |\n",
+        cell(summary(w, |f| &f.udp_kpps)),
+        cell(summary(b, |f| &f.udp_kpps)),
+        ratio(summary(w, |f| &f.udp_kpps), summary(b, |f| &f.udp_kpps))
+    ));
+    text.push_str(&format!(
+        "| `docker run` to the first answered ping (ms) | {} | {} | {} (lower is better) |\n",
+        cell(summary(w, |f| &f.ready_ms)),
+        cell(summary(b, |f| &f.ready_ms)),
+        ratio(summary(w, |f| &f.ready_ms), summary(b, |f| &f.ready_ms))
     ));
     text.push_str(&format!(
         "| switch CPU-s per GB | {} | kernel | - |\n",
