@@ -130,6 +130,14 @@ pub struct Endpoint {
     /// [`PortMapping`]).
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Labels the connect asked to keep (see `ConnectRequest::labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The interface name a new endpoint asked for (`ConnectRequest::ifname`);
+    /// None picks the first free `ethN`. Not stored: once joined, `ifname`
+    /// holds the name.
+    #[serde(skip)]
+    pub requested_ifname: Option<String>,
 }
 
 /// A driver name that is not one of weft's.
@@ -579,6 +587,8 @@ mod tests {
             ],
             resolv_conf: None,
             ports: Vec::new(),
+            labels: BTreeMap::new(),
+            requested_ifname: None,
         };
         let addrs = |e: &Endpoint, spec: &str| {
             e.publish_addrs(&parse(spec))

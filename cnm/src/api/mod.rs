@@ -210,6 +210,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::Publish(PublishError::Privileged { .. })
         | ControllerError::Publish(PublishError::NoSuchAddress(_))
         | ControllerError::InvalidOption { .. }
+        | ControllerError::InvalidInterface { .. }
         | ControllerError::PortsNotAllowed { .. }
         | ControllerError::InvalidPort(_) => 400,
         ControllerError::InvalidName { .. }

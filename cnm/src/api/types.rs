@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use weft_datapath::TunnelCounters;
 use weft_overlay::driver::gossip::{GossipCounters, PeerInfo};
 use weft_vswitch::counters::PortCountersSnapshot;
+use weft_vswitch::MacAddr;
 
 use crate::driver::TunnelPeerCounters;
 use crate::model::{Endpoint, Network, PortMapping};
@@ -72,6 +73,19 @@ pub struct ConnectRequest {
     /// (see [`PortMapping`]); bridge networks only.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The interface's name inside the sandbox (CNI's `CNI_IFNAME`);
+    /// default the first free `ethN`. One that exists there already is an
+    /// error.
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// The interface's MAC (default: `02:42` + the IPv4 address). A
+    /// unicast address, unique on the network: the caller's to ensure.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// Labels kept with the endpoint and shown by `inspect`: `weft-cni`
+    /// finds its attachments again by them (container id, interface).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `network disconnect`.

@@ -13,7 +13,9 @@ use crate::model::{DriverKind, Endpoint, Network, PortMappingError};
 use crate::resolv_conf;
 
 use super::error::ControllerError;
-use super::validation::{default_endpoint_name, random_id, validate_name};
+use super::validation::{
+    default_endpoint_name, random_id, validate_ifname, validate_mac, validate_name,
+};
 use super::{join_blocking, Controller, Inner};
 
 /// How long a connect waits for a cluster address block.
@@ -47,6 +49,12 @@ impl Controller {
         }
         for mapping in &request.ports {
             mapping.validate()?;
+        }
+        if let Some(ifname) = &request.ifname {
+            validate_ifname(ifname)?;
+        }
+        if let Some(mac) = request.mac {
+            validate_mac(mac)?;
         }
         let mut inner = self.inner.lock().await;
         let network = inner.network(network_name).cloned().ok_or_else(|| {
@@ -91,7 +99,10 @@ impl Controller {
             addresses,
             resolv_conf: None,
             ports: request.ports,
+            labels: request.labels,
+            requested_ifname: request.ifname,
         };
+        endpoint.mac = request.mac;
         if let Some(mapping) = endpoint
             .ports
             .iter()

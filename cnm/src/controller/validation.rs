@@ -7,6 +7,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use weft_overlay::Vni;
+use weft_vswitch::MacAddr;
 
 use crate::model::{DriverKind, Network};
 use crate::overlay_driver::{self, PEERS_OPTION, VNI_OPTION};
@@ -110,6 +111,47 @@ pub(super) fn validate_name(what: &'static str, name: &str) -> Result<(), Contro
             name: name.into(),
         })
     }
+}
+
+/// Longest interface name Linux takes (`IFNAMSIZ` less the NUL).
+const MAX_IFNAME_LEN: usize = 15;
+
+/// An interface name Linux takes: 1 to 15 bytes, no `/`, `:` or
+/// whitespace, not `.` or `..`.
+pub(super) fn validate_ifname(ifname: &str) -> Result<(), ControllerError> {
+    let reason = if ifname.is_empty() || ifname.len() > MAX_IFNAME_LEN {
+        "an interface name has 1 to 15 bytes"
+    } else if ifname == "." || ifname == ".." {
+        "not a usable interface name"
+    } else if ifname
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        "an interface name has no '/', ':' or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(ControllerError::InvalidInterface {
+        field: "ifname",
+        value: ifname.into(),
+        reason,
+    })
+}
+
+/// A MAC an endpoint can have: unicast and not all zeros.
+pub(super) fn validate_mac(mac: MacAddr) -> Result<(), ControllerError> {
+    let reason = if mac.is_multicast() {
+        "a multicast MAC (lowest bit of the first byte set): use a unicast one, such as 02:..."
+    } else if mac.0 == [0; 6] {
+        "the zero MAC: use a unicast one, such as 02:..."
+    } else {
+        return Ok(());
+    };
+    Err(ControllerError::InvalidInterface {
+        field: "mac",
+        value: mac.to_string(),
+        reason,
+    })
 }
 
 pub(super) fn random_id() -> String {
