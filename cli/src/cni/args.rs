@@ -157,6 +157,18 @@ impl Invocation {
         }
         let command = Command::parse(&command_text)?;
         let get = |name: &str| var(name).unwrap_or_default();
+        // VERSION, GC and STATUS are about the plugin and the network, not
+        // a container: whatever else is set (libcni's VERSION passes
+        // `CNI_NETNS=dummy`) is not looked at.
+        if matches!(command, Command::Version | Command::Gc | Command::Status) {
+            return Ok(Invocation {
+                command,
+                container_id: String::new(),
+                netns: String::new(),
+                ifname: String::new(),
+                args: CniArgs::default(),
+            });
+        }
         let invocation = Invocation {
             command,
             container_id: get("CNI_CONTAINERID"),
@@ -283,6 +295,14 @@ mod tests {
         assert_eq!(del.command, Command::Del);
         assert!(Invocation::from_env(env(&[("CNI_COMMAND", "VERSION")])).is_ok());
         assert!(Invocation::from_env(env(&[("CNI_COMMAND", "STATUS")])).is_ok());
+        // libcni's VERSION call.
+        assert!(Invocation::from_env(env(&[
+            ("CNI_COMMAND", "VERSION"),
+            ("CNI_NETNS", "dummy"),
+            ("CNI_CONTAINERID", "dummy"),
+            ("CNI_IFNAME", "dummy"),
+        ]))
+        .is_ok());
         assert!(Invocation::from_env(env(&[("CNI_COMMAND", "BOGUS")])).is_err());
         assert!(Invocation::from_env(env(&[])).is_err());
         let bad_id = Invocation::from_env(env(&[
