@@ -13,6 +13,9 @@
 //! - `weft-bench overlay [--runs 3] [--seconds 5]`: sandbox to sandbox
 //!   across two hosts, weft's overlay against the kernel's vxlan + bridge
 //!   (see `overlay`); its section of `--out` is replaced (or appended).
+//! - `weft-bench cni [--iterations 200] [--runs 3] [--seconds 5]`: ADD and
+//!   DEL latency of `weft-cni` against the reference `bridge` +
+//!   `host-local` plugins, and pod-to-pod TCP on each (see `cni`).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
@@ -22,6 +25,7 @@
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod cni;
 mod e2e;
 mod lab;
 mod measure;
@@ -102,6 +106,26 @@ enum Command {
         #[arg(long, default_value = DEFAULT_OUT)]
         out: PathBuf,
     },
+    /// weft-cni vs the reference bridge + host-local plugins: ADD/DEL latency, pod-to-pod TCP.
+    Cni(CniArgs),
+}
+
+/// `cni` subcommand's arguments (kept apart so the enum above stays as
+/// it was).
+#[derive(Debug, clap::Args)]
+struct CniArgs {
+    /// ADDs (then DELs) per plugin.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=2000))]
+    iterations: u32,
+    /// iperf3 runs per plugin.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    seconds: u32,
+    /// Markdown file whose CNI section is replaced (appended if absent).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
 }
 
 /// CPUs this process may run on, as `nproc` counts them.
@@ -183,6 +207,13 @@ fn run(cli: Cli) -> Result<()> {
             runs,
             seconds,
             out,
+            command,
+        }),
+        Command::Cni(args) => cni::run(&cni::CniOptions {
+            iterations: args.iterations,
+            runs: args.runs,
+            seconds: args.seconds,
+            out: args.out,
             command,
         }),
     }
