@@ -185,3 +185,28 @@ pub(super) fn default_endpoint_name(sandbox: &Path) -> String {
         .unwrap_or("sandbox")
         .to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_linux_takes() {
+        for good in ["eth0", "net1", "a", "fifteen-chars-x"] {
+            assert!(validate_ifname(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+            let e = validate_ifname(bad).unwrap_err().to_string();
+            assert!(e.starts_with("ifname"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_macs_are_unicast_and_not_zero() {
+        assert!(validate_mac("02:00:00:00:00:01".parse().unwrap()).is_ok());
+        let e = validate_mac("01:00:5e:00:00:01".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("multicast"), "{e}");
+        assert!(validate_mac("00:00:00:00:00:00".parse().unwrap()).is_err());
+        assert!(validate_mac("ff:ff:ff:ff:ff:ff".parse().unwrap()).is_err());
+    }
+}
