@@ -1065,6 +1065,20 @@ fn netavark_create_setup_teardown() {
     assert_eq!(created.json["dns_enabled"], false);
     assert_eq!(created.json["id"], network["id"]);
     assert_eq!(w.inspect("nv")["subnets"][0]["subnet"], "10.238.60.0/24");
+    // Again: the network exists; with another subnet it is an error.
+    let again = plugin(Some(&w.host), NETAVARK, &["create"], &env, &network);
+    assert!(again.ok, "{}", again.text);
+    let mut other = network.clone();
+    other["subnets"] = json!([{"subnet": "10.238.61.0/24"}]);
+    let clash = plugin(Some(&w.host), NETAVARK, &["create"], &env, &other);
+    assert!(
+        !clash.ok
+            && clash.json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("10.238.61.0/24")),
+        "{}",
+        clash.text
+    );
     let ns = w.sandbox("nv");
     let path = World::netns_path(&ns);
     let exec = json!({

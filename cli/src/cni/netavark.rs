@@ -197,7 +197,20 @@ pub async fn create(daemon: &Daemon, stdin: &[u8]) -> Result<Value, PluginError>
         .await
         .map_err(|e| daemon_error("looking up the weft network", e))?;
     let view = match existing {
-        Some(view) => view,
+        Some(view) => {
+            if let Some(missing) = network
+                .subnets
+                .iter()
+                .flatten()
+                .find(|s| !view.network.subnets.iter().any(|w| w.subnet == s.subnet))
+            {
+                return Err(PluginError(format!(
+                    "weft network {:?} exists without subnet {}: drop --subnet or choose another name",
+                    network.name, missing.subnet
+                )));
+            }
+            view
+        }
         None => {
             let request = CreateNetworkRequest {
                 name: network.name.clone(),
