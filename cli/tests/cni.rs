@@ -684,6 +684,25 @@ fn ifname_is_honoured_and_dels_are_idempotent() {
         "{}",
         a.text
     );
+    // A network without interfaces (driver null): 7, naming the driver.
+    w.weft_ok(&["network", "create", "--driver", "null", "nothing"]);
+    let null = conf("1.0.0", "nothing", &w.socket, json!({}));
+    let a = plugin(
+        Some(&w.host),
+        CNI,
+        &[],
+        &cni_env("ADD", "c4", &World::netns_path(&ns2), "eth0", ""),
+        &null,
+    );
+    assert_error(&a, 7);
+    assert!(
+        a.json["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("null"),
+        "{}",
+        a.text
+    );
     // A netns that does not exist: 3.
     let a = plugin(
         Some(&w.host),

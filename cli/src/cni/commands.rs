@@ -462,6 +462,16 @@ pub async fn add(
         .transpose()?;
     let ports = port_mappings(conf)?;
     let view = ensure_network(daemon, conf).await?;
+    if !view.network.driver.has_interfaces() {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "the weft network gives no interface",
+            format!(
+                "weft network {:?} has driver {}: weft-cni attaches to bridge and overlay networks",
+                view.network.name, view.network.driver
+            ),
+        ));
+    }
     let name = invocation
         .container_name()
         .map(str::to_owned)
