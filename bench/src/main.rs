@@ -17,6 +17,9 @@
 //!   on a weft network (the Docker plugin) against Docker's own bridge
 //!   network in one dockerd (see `docker`; needs docker.io and
 //!   busybox-static); its section of `--out` is replaced (or appended).
+//! - `weft-bench cni [--iterations 200] [--runs 3] [--seconds 5]`: ADD and
+//!   DEL latency of `weft-cni` against the reference `bridge` +
+//!   `host-local` plugins, and pod-to-pod TCP on each (see `cni`).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
@@ -26,6 +29,7 @@
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod cni;
 mod docker;
 mod e2e;
 mod lab;
@@ -119,6 +123,26 @@ enum Command {
         #[arg(long, default_value = DEFAULT_OUT)]
         out: PathBuf,
     },
+    /// weft-cni vs the reference bridge + host-local plugins: ADD/DEL latency, pod-to-pod TCP.
+    Cni(CniArgs),
+}
+
+/// `cni` subcommand's arguments (kept apart so the enum above stays as
+/// it was).
+#[derive(Debug, clap::Args)]
+struct CniArgs {
+    /// ADDs (then DELs) per plugin.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=2000))]
+    iterations: u32,
+    /// iperf3 runs per plugin.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    seconds: u32,
+    /// Markdown file whose CNI section is replaced (appended if absent).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
 }
 
 /// CPUs this process may run on, as `nproc` counts them.
@@ -206,6 +230,13 @@ fn run(cli: Cli) -> Result<()> {
             runs,
             seconds,
             out,
+            command,
+        }),
+        Command::Cni(args) => cni::run(&cni::CniOptions {
+            iterations: args.iterations,
+            runs: args.runs,
+            seconds: args.seconds,
+            out: args.out,
             command,
         }),
     }

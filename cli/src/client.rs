@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -17,6 +17,26 @@ use tokio::net::UnixStream;
 pub struct Client {
     socket: PathBuf,
 }
+
+/// The daemon's error answer: its HTTP status (so a caller can tell "no
+/// such thing" from "try again") and its message, which is all `Display`
+/// shows.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The HTTP status.
+    #[allow(dead_code)] // read by weft-cni, not by the weft CLI
+    pub status: StatusCode,
+    /// The daemon's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 impl Client {
     /// A client of the daemon listening on `socket`.
@@ -79,7 +99,7 @@ impl Client {
                 .ok()
                 .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("{message}");
+            return Err(Refusal { status, message }.into());
         }
         let bytes = if bytes.is_empty() {
             Bytes::from_static(b"null")

@@ -5,7 +5,8 @@
 //! daemon does not do this itself.
 //!
 //! Steps for a TAP, in the sandbox's namespace:
-//! 1. pick the name: the one asked for (re-open), or the first `ethN` that
+//! 1. pick the name: the one asked for (re-open), the new name asked for
+//!    (CNI's `CNI_IFNAME`; refused if taken), or the first `ethN` that
 //!    does not exist yet;
 //! 2. `TUNSETIFF` creates the TAP (or attaches to the persistent one of that
 //!    name), `TUNSETPERSIST` keeps it across daemon restarts, offloads on;
@@ -90,9 +91,13 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             Ok(("lo".to_owned(), None))
         }
         AttachAction::Tap(config) => {
-            let (ifname, created) = match &config.ifname {
-                Some(name) => (name.clone(), !interface_exists(name)),
-                None => (first_free_name()?, true),
+            let (ifname, created) = match (&config.ifname, &config.new_name) {
+                (Some(name), _) => (name.clone(), !interface_exists(name)),
+                (None, Some(name)) if interface_exists(name) => {
+                    bail!("the sandbox has an interface named {name} already: choose another name")
+                }
+                (None, Some(name)) => (name.clone(), true),
+                (None, None) => (first_free_name()?, true),
             };
             let tap = Tap::create(&ifname).map_err(|e| tap_error(&ifname, e))?;
             let configured = (|| {

@@ -146,7 +146,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 ips: args.ip,
                 aliases: args.alias,
                 ports: args.publish,
-                docker: None,
+                ..ConnectRequest::default()
             };
             let endpoint: Endpoint = client
                 .call(

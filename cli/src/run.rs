@@ -142,7 +142,7 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             } else {
                 Vec::new()
             },
-            docker: None,
+            ..ConnectRequest::default()
         };
         match client
             .call::<_, Value>(

@@ -101,6 +101,11 @@ pub struct TapConfig {
     /// Default routes via these gateways (one per family; an existing
     /// default route is left alone).
     pub gateways: Vec<IpAddr>,
+    /// The name for a new interface (CNI's `CNI_IFNAME`) when `ifname` is
+    /// None: an interface of that name in the sandbox already is an error,
+    /// never re-opened. None with `ifname` None: the first free `ethN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_name: Option<String>,
 }
 
 /// The helper's answer.
@@ -359,6 +364,7 @@ mod tests {
                 mtu: 1500,
                 addresses: vec!["10.0.0.2/24".parse().unwrap()],
                 gateways: vec!["10.0.0.1".parse().unwrap()],
+                new_name: None,
             }),
         };
         let json = serde_json::to_string(&request).unwrap();

@@ -469,7 +469,10 @@ impl NetworkDriver for BridgeDriver {
 
     fn create_endpoint(&self, _: &Network, endpoint: &mut Endpoint) -> Result<(), DriverError> {
         let addrs: Vec<IpAddr> = endpoint.addresses.iter().map(|a| a.addr()).collect();
-        endpoint.mac = Some(endpoint_mac(&addrs));
+        // A MAC the connect asked for (CNI's `mac`) stays.
+        if endpoint.mac.is_none() {
+            endpoint.mac = Some(endpoint_mac(&addrs));
+        }
         Ok(())
     }
 
@@ -520,6 +523,11 @@ impl NetworkDriver for BridgeDriver {
                     mtu: network.mtu,
                     addresses: endpoint.addresses.clone(),
                     gateways,
+                    new_name: if restoring {
+                        None
+                    } else {
+                        endpoint.requested_ifname.clone()
+                    },
                 }),
             },
         };

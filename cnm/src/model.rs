@@ -130,6 +130,14 @@ pub struct Endpoint {
     /// [`PortMapping`]).
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Labels the connect asked to keep (see `ConnectRequest::labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The interface name a new endpoint asked for (`ConnectRequest::ifname`);
+    /// None picks the first free `ethN`. Not stored: once joined, `ifname`
+    /// holds the name.
+    #[serde(skip)]
+    pub requested_ifname: Option<String>,
     /// Docker's names of the endpoint when Docker made it through the
     /// plugin (see `crate::docker_plugin`): its TAP is made in the
     /// daemon's namespace for Docker to move, and its addresses belong to
@@ -597,6 +605,8 @@ mod tests {
             ],
             resolv_conf: None,
             ports: Vec::new(),
+            labels: BTreeMap::new(),
+            requested_ifname: None,
             docker: None,
         };
         let addrs = |e: &Endpoint, spec: &str| {

@@ -436,7 +436,10 @@ impl World {
     }
 
     /// Start a command inside a namespace in the background, bounded by
-    /// `timeout SECS`, stdout and stderr piped.
+    /// `timeout SECS`, stdout and stderr piped, in a process group of its
+    /// own: stop it with [`kill_group`], which takes the command's own
+    /// children with it (killing the child alone would only kill
+    /// `timeout` and orphan the command).
     pub fn spawn_in(&self, ns: &str, secs: &str, cmd: &[&str]) -> Child {
         Command::new("ip")
             .args(["netns", "exec", ns, "timeout", "-k", "2", secs])
@@ -444,6 +447,7 @@ impl World {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?} in {ns}: {e}"))
     }

@@ -20,6 +20,10 @@
 //! (below `net.ipv4.ip_unprivileged_port_start` for a daemon without the
 //! capability) or `ports` on a `null`/`host` network is a 400.
 //!
+//! A `ConnectRequest` may also name the interface (`ifname`, refused if
+//! the sandbox has one of that name), its `mac`, and `labels` the endpoint
+//! keeps and `inspect` shows (`weft-cni` finds its attachments by them).
+//!
 //! Every error is `{"message": "..."}` with a 4xx status for a request
 //! that must change (the message says how) and 5xx for a failure of the
 //! daemon itself. Unknown fields in a body are refused, so a typo is an
@@ -212,6 +216,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::Publish(PublishError::Privileged { .. })
         | ControllerError::Publish(PublishError::NoSuchAddress(_))
         | ControllerError::InvalidOption { .. }
+        | ControllerError::InvalidInterface { .. }
         | ControllerError::PortsNotAllowed { .. }
         | ControllerError::InvalidPort(_) => 400,
         ControllerError::InvalidName { .. }

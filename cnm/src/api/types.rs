@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use weft_datapath::TunnelCounters;
 use weft_overlay::driver::gossip::{GossipCounters, PeerInfo};
 use weft_vswitch::counters::PortCountersSnapshot;
+use weft_vswitch::MacAddr;
 
 use crate::driver::TunnelPeerCounters;
 use crate::model::{DockerAttachment, Endpoint, Network, PortMapping};
@@ -77,6 +78,19 @@ pub struct ConnectRequest {
     /// already reserved by the plugin, which also releases them.
     #[serde(skip)]
     pub docker: Option<DockerAttachment>,
+    /// The interface's name inside the sandbox (CNI's `CNI_IFNAME`);
+    /// default the first free `ethN`. One that exists there already is an
+    /// error.
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// The interface's MAC (default: `02:42` + the IPv4 address). A
+    /// unicast address, unique on the network: the caller's to ensure.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// Labels kept with the endpoint and shown by `inspect`: `weft-cni`
+    /// finds its attachments again by them (container id, interface).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `network disconnect`.

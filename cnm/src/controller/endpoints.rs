@@ -14,7 +14,9 @@ use crate::model::{DriverKind, Endpoint, Network, PortMappingError};
 use crate::resolv_conf;
 
 use super::error::ControllerError;
-use super::validation::{default_endpoint_name, random_id, validate_name, with_prefix};
+use super::validation::{
+    default_endpoint_name, random_id, validate_ifname, validate_mac, validate_name, with_prefix,
+};
 use super::{join_blocking, Controller, Inner};
 
 /// How long a connect waits for a cluster address block.
@@ -54,6 +56,12 @@ impl Controller {
         }
         for mapping in &request.ports {
             mapping.validate()?;
+        }
+        if let Some(ifname) = &request.ifname {
+            validate_ifname(ifname)?;
+        }
+        if let Some(mac) = request.mac {
+            validate_mac(mac)?;
         }
         let mut inner = self.inner.lock().await;
         let network = inner.network(network_name).cloned().ok_or_else(|| {
@@ -105,7 +113,10 @@ impl Controller {
             resolv_conf: None,
             ports: request.ports,
             docker: request.docker,
+            labels: request.labels,
+            requested_ifname: request.ifname,
         };
+        endpoint.mac = request.mac;
         if let Some(mapping) = endpoint
             .ports
             .iter()

@@ -127,6 +127,16 @@ pub enum ControllerError {
         #[source]
         source: DriverError,
     },
+    /// A connect's `ifname` or `mac` that cannot be used.
+    #[error("{field} {value:?}: {reason}")]
+    InvalidInterface {
+        /// `ifname` or `mac`.
+        field: &'static str,
+        /// The value asked for.
+        value: String,
+        /// What is wrong and what to write.
+        reason: &'static str,
+    },
     /// A driver option that is not known or has a bad value.
     #[error("--opt {key}: {reason}")]
     InvalidOption {

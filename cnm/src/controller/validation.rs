@@ -7,6 +7,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use weft_overlay::Vni;
+use weft_vswitch::MacAddr;
 
 use crate::model::{DriverKind, Network};
 use crate::overlay_driver::{self, PEERS_OPTION, VNI_OPTION};
@@ -112,6 +113,47 @@ pub(super) fn validate_name(what: &'static str, name: &str) -> Result<(), Contro
     }
 }
 
+/// Longest interface name Linux takes (`IFNAMSIZ` less the NUL).
+const MAX_IFNAME_LEN: usize = 15;
+
+/// An interface name Linux takes: 1 to 15 bytes, no `/`, `:` or
+/// whitespace, not `.` or `..`.
+pub(super) fn validate_ifname(ifname: &str) -> Result<(), ControllerError> {
+    let reason = if ifname.is_empty() || ifname.len() > MAX_IFNAME_LEN {
+        "an interface name has 1 to 15 bytes"
+    } else if ifname == "." || ifname == ".." {
+        "not a usable interface name"
+    } else if ifname
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        "an interface name has no '/', ':' or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(ControllerError::InvalidInterface {
+        field: "ifname",
+        value: ifname.into(),
+        reason,
+    })
+}
+
+/// A MAC an endpoint can have: unicast and not all zeros.
+pub(super) fn validate_mac(mac: MacAddr) -> Result<(), ControllerError> {
+    let reason = if mac.is_multicast() {
+        "a multicast MAC (lowest bit of the first byte set): use a unicast one, such as 02:..."
+    } else if mac.0 == [0; 6] {
+        "the zero MAC: use a unicast one, such as 02:..."
+    } else {
+        return Ok(());
+    };
+    Err(ControllerError::InvalidInterface {
+        field: "mac",
+        value: mac.to_string(),
+        reason,
+    })
+}
+
 pub(super) fn random_id() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -142,4 +184,29 @@ pub(super) fn default_endpoint_name(sandbox: &Path) -> String {
         .and_then(|n| n.to_str())
         .unwrap_or("sandbox")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_linux_takes() {
+        for good in ["eth0", "net1", "a", "fifteen-chars-x"] {
+            assert!(validate_ifname(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+            let e = validate_ifname(bad).unwrap_err().to_string();
+            assert!(e.starts_with("ifname"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_macs_are_unicast_and_not_zero() {
+        assert!(validate_mac("02:00:00:00:00:01".parse().unwrap()).is_ok());
+        let e = validate_mac("01:00:5e:00:00:01".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("multicast"), "{e}");
+        assert!(validate_mac("00:00:00:00:00:00".parse().unwrap()).is_err());
+        assert!(validate_mac("ff:ff:ff:ff:ff:ff".parse().unwrap()).is_err());
+    }
 }
