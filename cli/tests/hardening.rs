@@ -14,10 +14,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
-use common::{run, show, stderr, World, WEFT};
+use common::{kill_group, run, show, stderr, World, WEFT};
 
 /// Run a second daemon in the world's HOST namespace with these socket and
 /// state paths; it must exit by itself (bounded by `timeout`).
@@ -33,6 +34,16 @@ fn second_daemon(w: &World, socket: &Path, state_dir: &Path) -> Output {
         .arg(state_dir)
         .args(["--no-default-network", "--dns-upstream", "127.0.0.1:9"])
         .env("NO_COLOR", "1"))
+}
+
+/// A background process group, killed (and reaped) when dropped, on a
+/// failed assertion too.
+struct GroupGuard(Child);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(&mut self.0);
+    }
 }
 
 fn mode(path: &Path) -> u32 {
@@ -128,20 +139,24 @@ fn the_socket_and_the_state_file_have_their_modes_whatever_the_umask() {
         socket.display(),
         state.display()
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &w.host, "sh", "-c", &script])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting a daemon with umask 000");
+    // Its own process group, killed whole when the test ends (killing the
+    // child alone would kill `timeout` and orphan the daemon).
+    let daemon = GroupGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &w.host, "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting a daemon with umask 000"),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !socket.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let socket_mode = socket.exists().then(|| mode(&socket));
     let dir_mode = mode(socket.parent().unwrap());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     assert_eq!(socket_mode, Some(0o660), "socket under umask 000");
     assert_eq!(dir_mode, 0o750, "socket directory under umask 000");
 }
