@@ -324,24 +324,35 @@ impl BridgeDriver {
                 _ => return Err(DriverError::UnknownNetwork(endpoint.network.clone())),
             }
         };
-        let mac = endpoint.mac.unwrap_or_else(|| {
-            endpoint_mac(
-                &endpoint
-                    .addresses
-                    .iter()
-                    .map(|a| a.addr())
-                    .collect::<Vec<_>>(),
-            )
-        });
+        let mac = interface_mac(endpoint);
         let mut wanted = Endpoint {
             ports: ports.to_vec(),
             ..endpoint.clone()
         };
         let listeners = bind_published_ports(&mut wanted, false)?;
+        let published = self.publish_all(listeners, network_id, port, mac)?;
+        self.tables()
+            .published
+            .entry(endpoint.id.clone())
+            .or_default()
+            .extend(published);
+        Ok(wanted.ports)
+    }
+
+    /// Hand bound host sockets to the data path as published ports of
+    /// switch port `port`, all or none: after a failure the ones already
+    /// handed over are closed again.
+    fn publish_all(
+        &self,
+        listeners: Vec<(HostListener, SocketAddr)>,
+        network: NetworkId,
+        port: PortId,
+        mac: MacAddr,
+    ) -> Result<Vec<PublishId>, DatapathError> {
         let mut published = Vec::with_capacity(listeners.len());
         for (listener, addr) in listeners {
             let target = PublishTarget {
-                network: network_id,
+                network,
                 port,
                 mac,
                 addr,
@@ -352,16 +363,11 @@ impl BridgeDriver {
                     for id in published {
                         let _ = self.datapath.unpublish(id);
                     }
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
-        self.tables()
-            .published
-            .entry(endpoint.id.clone())
-            .or_default()
-            .extend(published);
-        Ok(wanted.ports)
+        Ok(published)
     }
 
     /// Close every published port of an endpoint (it stays joined).
@@ -401,6 +407,20 @@ pub fn gateway_mac(network: &Network) -> MacAddr {
                 .collect::<Vec<_>>(),
         ),
     }
+}
+
+/// The MAC of an endpoint's interface: its own, else the one derived from
+/// its addresses.
+fn interface_mac(endpoint: &Endpoint) -> MacAddr {
+    endpoint.mac.unwrap_or_else(|| {
+        endpoint_mac(
+            &endpoint
+                .addresses
+                .iter()
+                .map(|a| a.addr())
+                .collect::<Vec<_>>(),
+        )
+    })
 }
 
 /// An endpoint's MAC: `02:42` + its IPv4 address, or + the last four bytes
@@ -489,15 +509,7 @@ impl NetworkDriver for BridgeDriver {
         let restoring = !endpoint.ifname.is_empty();
         // Before the helper: a port that cannot be bound leaves nothing.
         let listeners = bind_published_ports(endpoint, restoring)?;
-        let mac = endpoint.mac.unwrap_or_else(|| {
-            endpoint_mac(
-                &endpoint
-                    .addresses
-                    .iter()
-                    .map(|a| a.addr())
-                    .collect::<Vec<_>>(),
-            )
-        });
+        let mac = interface_mac(endpoint);
         let gateways = network.subnets.iter().map(|s| s.gateway).collect();
         let request = match &endpoint.docker {
             // Docker's endpoint: made here for Docker to move into the
@@ -538,31 +550,19 @@ impl NetworkDriver for BridgeDriver {
             source,
         })?;
         let port = self.datapath.add_port(network_id, tap)?;
-        let mut published = Vec::with_capacity(listeners.len());
-        for (listener, addr) in listeners {
-            let target = PublishTarget {
-                network: network_id,
-                port: port.0,
-                mac,
-                addr,
-            };
-            match self.datapath.publish(listener, target) {
-                Ok(id) => published.push(id),
-                Err(e) => {
-                    // Undo: nothing of this join stays (the data path is
-                    // most likely gone, so this is best effort).
-                    for id in published {
-                        let _ = self.datapath.unpublish(id);
+        let published = match self.publish_all(listeners, network_id, port.0, mac) {
+            Ok(published) => published,
+            Err(e) => {
+                // Undo: nothing of this join stays (the data path is most
+                // likely gone, so this is best effort).
+                if let Ok(Some(tap)) = self.datapath.remove_port(port.0) {
+                    if !restoring {
+                        let _ = tap.set_persistent(false);
                     }
-                    if let Ok(Some(tap)) = self.datapath.remove_port(port.0) {
-                        if !restoring {
-                            let _ = tap.set_persistent(false);
-                        }
-                    }
-                    return Err(e.into());
                 }
+                return Err(e.into());
             }
-        }
+        };
         endpoint.ifname = ifname;
         let mut tables = self.tables();
         tables.ports.insert(endpoint.id.clone(), port);

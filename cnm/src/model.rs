@@ -223,6 +223,20 @@ impl Network {
     pub fn short_id(&self) -> &str {
         self.id.get(..12).unwrap_or(&self.id)
     }
+
+    /// `ip` with the prefix length of the subnet holding it (a host
+    /// prefix when no subnet of the network holds it).
+    pub fn address_with_prefix(&self, ip: IpAddr) -> IpNet {
+        let prefix = self
+            .subnets
+            .iter()
+            .find(|s| s.subnet.contains(&ip))
+            .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
+                s.subnet.prefix_len()
+            });
+        // The prefix comes from a subnet of the same family, so it is valid.
+        IpNet::new(ip, prefix).unwrap_or_else(|_| IpNet::from(ip))
+    }
 }
 
 impl Endpoint {

@@ -105,7 +105,7 @@ impl Loop {
             for port in self.plane.taps.take_ready() {
                 match self.plane.read_turn(port, now) {
                     Turn::Drained => {}
-                    Turn::MoreQueued => self.plane.taps.requeue(port),
+                    Turn::MoreQueued => self.plane.taps.mark_ready(port),
                     Turn::DeviceLost(e) => {
                         tracing::error!(port = port.0, error = %e, "TAP device lost, port removed");
                         self.detach(port);

@@ -114,15 +114,10 @@ impl Taps {
         !self.ready.is_empty()
     }
 
-    /// The ports waiting now, in turn order (ports that want another turn
-    /// are queued again with [`Taps::requeue`]).
+    /// The ports waiting now, in turn order (a port that wants another
+    /// turn is queued again with [`Taps::mark_ready`], after the others).
     pub fn take_ready(&mut self) -> VecDeque<PortId> {
         std::mem::take(&mut self.ready)
-    }
-
-    /// Give a port another turn after the others.
-    pub fn requeue(&mut self, id: PortId) {
-        self.mark_ready(id);
     }
 
     /// Count a dropped frame on its ingress port (drops are off the hot

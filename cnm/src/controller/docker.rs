@@ -16,7 +16,6 @@ use crate::host_routes;
 use crate::model::{DriverKind, Endpoint, Network, PortMapping};
 
 use super::error::ControllerError;
-use super::validation::with_prefix;
 use super::Controller;
 
 /// What the Docker plugin ([`crate::docker_plugin`]) needs beyond the
@@ -119,7 +118,7 @@ impl Controller {
             }
             None => inner.state.ipam.allocate(&network.name, !v6)?,
         };
-        let address = with_prefix(&network, ip);
+        let address = network.address_with_prefix(ip);
         record(&mut inner.state.docker, address);
         if let Err(e) = inner.save() {
             let _ = inner.state.ipam.release(&network.name, ip);

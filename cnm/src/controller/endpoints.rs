@@ -15,7 +15,7 @@ use crate::resolv_conf;
 
 use super::error::ControllerError;
 use super::validation::{
-    default_endpoint_name, random_id, validate_ifname, validate_mac, validate_name, with_prefix,
+    default_endpoint_name, random_id, validate_ifname, validate_mac, validate_name,
 };
 use super::{join_blocking, Controller, Inner};
 
@@ -87,7 +87,10 @@ impl Controller {
         }
         let (addresses, cluster_ips) = if request.docker.is_some() {
             // Reserved by the Docker plugin already (it releases them too).
-            let addresses = request.ips.iter().map(|ip| with_prefix(&network, *ip));
+            let addresses = request
+                .ips
+                .iter()
+                .map(|ip| network.address_with_prefix(*ip));
             (addresses.collect(), Vec::new())
         } else {
             let (ips, cluster_ips) = self

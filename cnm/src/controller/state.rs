@@ -13,7 +13,6 @@ use crate::host_routes;
 use crate::model::{DriverKind, Endpoint, Network, SubnetInfo};
 
 use super::error::ControllerError;
-use super::validation::with_prefix;
 use super::Inner;
 
 impl Inner {
@@ -93,7 +92,7 @@ impl Inner {
         let result = (|| {
             for ip in ips {
                 self.state.ipam.reserve(&network.name, *ip)?;
-                assigned.push(with_prefix(network, *ip));
+                assigned.push(network.address_with_prefix(*ip));
                 families_done.push(ip.is_ipv4());
             }
             for v4 in [true, false] {
@@ -103,7 +102,7 @@ impl Inner {
                     .any(|s| s.subnet.addr().is_ipv4() == v4);
                 if has_family && !families_done.contains(&v4) {
                     let ip = self.state.ipam.allocate(&network.name, v4)?;
-                    assigned.push(with_prefix(network, ip));
+                    assigned.push(network.address_with_prefix(ip));
                 }
             }
             Ok::<(), ControllerError>(())

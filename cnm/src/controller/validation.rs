@@ -2,14 +2,12 @@
 //! ids of new networks.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 
-use ipnet::IpNet;
 use weft_overlay::Vni;
 use weft_vswitch::MacAddr;
 
-use crate::model::{DriverKind, Network};
+use crate::model::DriverKind;
 use crate::overlay_driver::{self, PEERS_OPTION, VNI_OPTION};
 
 use super::error::ControllerError;
@@ -157,19 +155,6 @@ pub(super) fn validate_mac(mac: MacAddr) -> Result<(), ControllerError> {
 pub(super) fn random_id() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The address with its subnet's prefix length.
-pub(super) fn with_prefix(network: &Network, ip: IpAddr) -> IpNet {
-    let prefix = network
-        .subnets
-        .iter()
-        .find(|s| s.subnet.contains(&ip))
-        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
-            s.subnet.prefix_len()
-        });
-    // The prefix comes from a subnet of the same family, so it is valid.
-    IpNet::new(ip, prefix).unwrap_or_else(|_| IpNet::from(ip))
 }
 
 /// The endpoint name when none is given: the namespace's name for

@@ -262,7 +262,7 @@ impl Plugin {
                     ))
                 })?;
                 check_gateway(&network.name, gateway, wanted)?;
-                with_prefix(gateway, prefix_of(&network, gateway))
+                with_prefix(gateway, network.address_with_prefix(gateway).prefix_len())
             }
             (Some(network), false) => {
                 let id = pool.id.clone();
@@ -398,16 +398,6 @@ fn network_gateway(network: &Network, v6: bool) -> Option<IpAddr> {
         .iter()
         .find(|s| s.subnet.addr().is_ipv6() == v6)
         .map(|s| s.gateway)
-}
-
-fn prefix_of(network: &Network, ip: IpAddr) -> u8 {
-    network
-        .subnets
-        .iter()
-        .find(|s| s.subnet.contains(&ip))
-        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
-            s.subnet.prefix_len()
-        })
 }
 
 fn check_gateway(

@@ -154,18 +154,6 @@ fn gateway_of(network: &Network, v6: bool) -> Option<IpAddr> {
         .map(|s| s.gateway)
 }
 
-/// `ip` with the prefix length of the network's subnet holding it.
-fn with_subnet_prefix(network: &Network, ip: IpAddr) -> IpNet {
-    let prefix = network
-        .subnets
-        .iter()
-        .find(|s| s.subnet.contains(&ip))
-        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |s| {
-            s.subnet.prefix_len()
-        });
-    IpNet::new(ip, prefix).unwrap_or_else(|_| IpNet::from(ip))
-}
-
 /// A Docker port binding as a weft published port.
 ///
 /// # Errors
@@ -577,7 +565,7 @@ impl Plugin {
             }
             for (ip, v6) in &docker_chose {
                 if state.held_by_pool(&network.name, *ip) {
-                    addresses.push(with_subnet_prefix(&network, *ip));
+                    addresses.push(network.address_with_prefix(*ip));
                 } else {
                     let a = self
                         .reserve_owned(&network.name, &endpoint_id, Some(*ip), *v6)
