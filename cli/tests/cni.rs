@@ -847,41 +847,7 @@ fn capabilities_static_ip_mac_and_published_port() {
     let Some(mut w) = World::new() else {
         return;
     };
-    // CLIENT, joined to HOST by a veth made inside HOST (192.0.2.1 and .10).
-    let client = w.sandbox("client");
-    for cmd in [
-        vec!["ip", "-n", &client, "link", "set", "lo", "up"],
-        vec![
-            "ip", "-n", &w.host, "link", "add", "client0", "type", "veth", "peer", "name", "host0",
-            "netns", &client,
-        ],
-        vec![
-            "ip",
-            "-n",
-            &w.host,
-            "addr",
-            "add",
-            "192.0.2.1/24",
-            "dev",
-            "client0",
-        ],
-        vec![
-            "ip",
-            "-n",
-            &client,
-            "addr",
-            "add",
-            "192.0.2.10/24",
-            "dev",
-            "host0",
-        ],
-        vec!["ip", "-n", &w.host, "link", "set", "client0", "up"],
-        vec!["ip", "-n", &client, "link", "set", "host0", "up"],
-    ] {
-        let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(&cmd));
-        assert!(out.status.success(), "{cmd:?}: {}", show(&out));
-    }
-    assert!(w.ping_eventually(&client, "192.0.2.1", Duration::from_secs(10)));
+    let client = w.client_namespace();
     let ns = w.sandbox("web");
     let path = World::netns_path(&ns);
     let mut c = conf(
@@ -1122,4 +1088,124 @@ fn netavark_create_setup_teardown() {
     }
     assert!(w.endpoints("nv").is_empty());
     assert!(link_in(&w, &ns, "eth0").is_none());
+}
+
+/// iperf3 from `client` to the server at `ip` (in `server_ns`) for 3 s;
+/// the receiver's rate in Mbit/s.
+fn iperf_mbits(w: &World, server_ns: &str, client: &str, ip: &str) -> f64 {
+    let mut server = w.spawn_in(server_ns, "60", &["iperf3", "-s", "-1"]);
+    let mut result = None;
+    // The server takes a moment to listen: bounded retries of the client.
+    for _ in 0..25 {
+        let out = w.exec(client, &["iperf3", "-c", ip, "-t", "3", "-J"]);
+        let json: Value = serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null);
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            result = Some(bps / 1e6);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    common::kill_group(&mut server);
+    result.unwrap_or_else(|| panic!("iperf3 from {client} to {ip} never ran"))
+}
+
+/// The `bandwidth` capability: weft shapes the TAP itself (no veth, no
+/// tc), each direction on its own: a pod with an egress limit sends at
+/// about its rate and receives unlimited; a pod with an ingress limit
+/// receives at about its rate. CHECK sees the limits; a burst without a
+/// rate is refused with a message.
+#[test]
+fn bandwidth_capability_limits_each_direction() {
+    if !require(has_tool("iperf3", "--version"), "needs `iperf3`") {
+        return;
+    }
+    let Some(mut w) = World::new() else {
+        return;
+    };
+    const RATE: u64 = 20_000_000;
+    let base = conf(
+        "1.1.0",
+        "shaped",
+        &w.socket,
+        json!({"subnet": "10.238.46.0/24", "capabilities": {"bandwidth": true}}),
+    );
+    let mut pods = Vec::new();
+    for (name, bandwidth) in [
+        ("sender", json!({"egressRate": RATE})),
+        ("peer", Value::Null),
+        ("receiver", json!({"ingressRate": RATE})),
+    ] {
+        let ns = w.sandbox(name);
+        let path = World::netns_path(&ns);
+        let mut c = base.clone();
+        if !bandwidth.is_null() {
+            c["runtimeConfig"] = json!({ "bandwidth": bandwidth });
+        }
+        let a = plugin(
+            Some(&w.host),
+            CNI,
+            &[],
+            &cni_env("ADD", name, &path, "eth0", ""),
+            &c,
+        );
+        assert!(a.ok, "ADD {name}: {}\n{}", a.text, w.daemon_log());
+        let index = assert_result_shape(&a.json, "1.1.0", "eth0", &path);
+        let ip = ipv4_of(&a.json, index);
+        let check = plugin(
+            Some(&w.host),
+            CNI,
+            &[],
+            &cni_env("CHECK", name, &path, "eth0", ""),
+            &with_prev(&c, &a.json),
+        );
+        assert!(check.ok, "CHECK {name}: {}", check.text);
+        pods.push((ns, ip));
+    }
+    let endpoint = w.endpoint("shaped", &pods[0].0);
+    assert_eq!(
+        endpoint["bandwidth"],
+        json!({"egress_rate": RATE}),
+        "inspect shows the limit: {endpoint:#}"
+    );
+    let (sender, peer, receiver) = (&pods[0], &pods[1], &pods[2]);
+    let limited = RATE as f64 / 1e6;
+    let up = iperf_mbits(&w, &peer.0, &sender.0, &peer.1);
+    assert!(
+        (0.5 * limited..=1.3 * limited).contains(&up),
+        "egress-limited sender sent {up:.1} Mbit/s, limit {limited}\n{}",
+        w.daemon_log()
+    );
+    let down = iperf_mbits(&w, &sender.0, &peer.0, &sender.1);
+    assert!(
+        down > 3.0 * limited,
+        "the sender's ingress is not limited, yet it received {down:.1} Mbit/s"
+    );
+    let into = iperf_mbits(&w, &receiver.0, &peer.0, &receiver.1);
+    eprintln!("limit {limited} Mbit/s: egress-limited {up:.1}, its ingress {down:.1}, ingress-limited {into:.1}");
+    assert!(
+        (0.5 * limited..=1.3 * limited).contains(&into),
+        "ingress-limited receiver got {into:.1} Mbit/s, limit {limited}\n{}",
+        w.daemon_log()
+    );
+    // A burst without its rate: refused, with what to fix.
+    let ns = w.sandbox("bad");
+    let path = World::netns_path(&ns);
+    let mut c = base.clone();
+    c["runtimeConfig"] = json!({"bandwidth": {"ingressBurst": 100_000}});
+    let a = plugin(
+        Some(&w.host),
+        CNI,
+        &[],
+        &cni_env("ADD", "bad", &path, "eth0", ""),
+        &c,
+    );
+    assert!(
+        !a.ok && a.text.contains("ingress_rate"),
+        "a burst without a rate: {}",
+        a.text
+    );
+    assert!(
+        link_in(&w, &ns, "eth0").is_none(),
+        "the refused ADD made an interface"
+    );
 }

@@ -388,50 +388,20 @@ impl DockerWorld {
             client: String::new(),
             w,
         };
-        dw.client = dw.w.sandbox("client");
-        let (host, client) = (dw.w.host.clone(), dw.client.clone());
-        for cmd in [
-            vec![
-                "ip",
-                "-n",
-                &host,
-                "addr",
-                "add",
-                "192.0.2.53/32",
-                "dev",
-                "lo",
-            ],
-            vec!["ip", "-n", &client, "link", "set", "lo", "up"],
-            vec![
-                "ip", "-n", &host, "link", "add", "client0", "type", "veth", "peer", "name",
-                "host0", "netns", &client,
-            ],
-            vec![
-                "ip",
-                "-n",
-                &host,
-                "addr",
-                "add",
-                "192.0.2.1/24",
-                "dev",
-                "client0",
-            ],
-            vec![
-                "ip",
-                "-n",
-                &client,
-                "addr",
-                "add",
-                "192.0.2.10/24",
-                "dev",
-                "host0",
-            ],
-            vec!["ip", "-n", &host, "link", "set", "client0", "up"],
-            vec!["ip", "-n", &client, "link", "set", "host0", "up"],
-        ] {
-            let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(&cmd));
-            assert!(out.status.success(), "{cmd:?}: {}", show(&out));
-        }
+        dw.client = dw.w.client_namespace();
+        let host = dw.w.host.clone();
+        let cmd = [
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            "192.0.2.53/32",
+            "dev",
+            "lo",
+        ];
+        let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(cmd));
+        assert!(out.status.success(), "{cmd:?}: {}", show(&out));
         dw.dockerd.start();
         dw.dockerd.import_image(&dw.w.dir.join("rootfs"));
         dw

@@ -550,6 +550,9 @@ impl NetworkDriver for BridgeDriver {
             source,
         })?;
         let port = self.datapath.add_port(network_id, tap)?;
+        if let Some(limit) = endpoint.bandwidth {
+            self.datapath.set_bandwidth(port.0, limit)?;
+        }
         let published = match self.publish_all(listeners, network_id, port.0, mac) {
             Ok(published) => published,
             Err(e) => {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use weft_datapath::published::L4Proto;
-use weft_vswitch::MacAddr;
+use weft_vswitch::{BandwidthLimit, MacAddr};
 
 /// Default MTU of a local network's sandbox interfaces: Ethernet's 1500,
 /// chosen by measurement against pasta's 65520 (`weft-bench nat`,
@@ -133,6 +133,9 @@ pub struct Endpoint {
     /// Labels the connect asked to keep (see `ConnectRequest::labels`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its bandwidth limits (see `ConnectRequest::bandwidth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthLimit>,
     /// The interface name a new endpoint asked for (`ConnectRequest::ifname`);
     /// None picks the first free `ethN`. Not stored: once joined, `ifname`
     /// holds the name.
@@ -620,6 +623,7 @@ mod tests {
             resolv_conf: None,
             ports: Vec::new(),
             labels: BTreeMap::new(),
+            bandwidth: None,
             requested_ifname: None,
             docker: None,
         };

@@ -37,6 +37,13 @@ pub enum Command {
         /// Its counters.
         counters: Arc<PortCounters>,
     },
+    /// Set (or clear) a port's bandwidth limit.
+    SetBandwidth {
+        /// The port.
+        id: PortId,
+        /// Its limit (none limited: cleared).
+        limit: weft_vswitch::BandwidthLimit,
+    },
     /// Detach a port and hand its TAP back.
     RemovePort {
         /// The port.

@@ -116,6 +116,7 @@ impl Loop {
             if self.next_timer(now).is_some_and(|due| due <= now) {
                 self.plane.switch.handle_timeout(now);
                 self.plane.services.handle_timeout(now);
+                self.plane.taps.handle_timeout(now);
             }
             self.flush_gateway(now);
         }
@@ -125,7 +126,8 @@ impl Loop {
     fn next_timer(&mut self, now: Instant) -> Option<Instant> {
         let switch = self.plane.switch.poll_timeout();
         let services = self.plane.services.poll_timeout(now);
-        switch.into_iter().chain(services).min()
+        let shapers = self.plane.taps.poll_timeout(now);
+        switch.into_iter().chain(services).chain(shapers).min()
     }
 
     /// Handle one readiness event; false on shutdown.
@@ -240,6 +242,11 @@ impl Loop {
                 Command::RemovePort { id, done } => {
                     let tap = self.detach(id);
                     let _ = done.send(tap);
+                }
+                Command::SetBandwidth { id, limit } => {
+                    plane
+                        .taps
+                        .set_bandwidth(id, &limit, std::time::Instant::now());
                 }
                 Command::SetZone { network, zone } => plane.services.set_zone(network, zone),
                 Command::SetUpstreams(upstreams) => plane.services.dns().set_upstreams(upstreams),

@@ -108,6 +108,12 @@ impl Plane {
             if self.batch.is_full() {
                 self.flush_writes();
             }
+            if !self.taps.may_read(port, now) {
+                // Parked by its egress limit: the shaper's timer queues
+                // it again.
+                turn = Turn::Drained;
+                break;
+            }
             let Some(io) = self.taps.get(port) else {
                 turn = Turn::Drained;
                 break;
@@ -124,6 +130,8 @@ impl Plane {
                     break;
                 }
             };
+            self.taps
+                .charge_read(port, len.saturating_sub(VNET_HDR_LEN));
             self.switch_frame(port, len, now);
             self.batch.keep();
         }
@@ -149,7 +157,7 @@ impl Plane {
             self.switch.handle_frame(now, ingress, frame)
         };
         match decision {
-            Decision::Forward(egress) => self.queue_write(egress, len),
+            Decision::Forward(egress) => self.queue_write(egress, len, now),
             Decision::Flood => {
                 let mut ports = std::mem::take(&mut self.flood_scratch);
                 ports.clear();
@@ -160,7 +168,7 @@ impl Plane {
                         .filter(|p| **p != ingress),
                 );
                 for &egress in &ports {
-                    self.queue_write(egress, len);
+                    self.queue_write(egress, len, now);
                 }
                 self.flood_scratch = ports;
             }
@@ -190,7 +198,7 @@ impl Plane {
             Ok(reply_len) => {
                 header.copy_from_slice(&vnet::EMPTY);
                 self.taps
-                    .send(ingress, &self.reply[..VNET_HDR_LEN + reply_len]);
+                    .send(ingress, &self.reply[..VNET_HDR_LEN + reply_len], now);
                 Ok(())
             }
             Err(DropReason::NoRoute) => {
@@ -213,8 +221,12 @@ impl Plane {
         }
     }
 
-    fn queue_write(&mut self, egress: PortId, len: usize) {
-        if let Some(io) = self.taps.get(egress) {
+    fn queue_write(&mut self, egress: PortId, len: usize, now: Instant) {
+        if self.taps.is_shaped(egress) {
+            // A limited port: written (or queued) through its shaper, out
+            // of the batch.
+            self.taps.send(egress, self.batch.current(len), now);
+        } else if let Some(io) = self.taps.get(egress) {
             self.batch
                 .push(egress, std::os::fd::AsRawFd::as_raw_fd(&io.tap), len);
         } else {
@@ -343,10 +355,10 @@ impl Plane {
                 port => port,
             };
             match egress {
-                Egress::Port(port) => self.taps.send_parts(port, &header, &frame),
+                Egress::Port(port) => self.taps.send_parts(port, &header, &frame, now),
                 Egress::Flood(network) => {
                     for &port in self.switch.network_ports(network) {
-                        self.taps.send_parts(port, &header, &frame);
+                        self.taps.send_parts(port, &header, &frame, now);
                     }
                 }
             }

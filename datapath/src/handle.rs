@@ -162,6 +162,20 @@ impl Datapath {
         Ok((id, counters))
     }
 
+    /// Set (or clear, with a limit that limits nothing) a port's bandwidth
+    /// limit.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_bandwidth(
+        &self,
+        id: PortId,
+        limit: weft_vswitch::BandwidthLimit,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::SetBandwidth { id, limit })
+    }
+
     /// Set the names a network's sandboxes resolve.
     ///
     /// # Errors

@@ -9,7 +9,7 @@
 //!
 //! | fd | module | core it drives |
 //! |---|---|---|
-//! | sandboxes' TAPs | [`taps`], read and written by [`frames`] | `weft_vswitch::Switch` |
+//! | sandboxes' TAPs | [`taps`], read and written by [`frames`], limited by [`shaper`] | `weft_vswitch::Switch`, `weft_vswitch::rate` |
 //! | the overlay's transport | [`tunnel`] (and [`frames`] for receive) | `weft_overlay::VtepTable`, `weft_overlay::Transport` |
 //! | NAT flow sockets (UDP, ping) | [`nat`] | `weft_services::nat` |
 //! | TCP relay host sockets | [`tcp`] | `weft_services::tcp_nat` |
@@ -50,6 +50,7 @@ pub mod frames;
 pub mod handle;
 pub mod nat;
 pub mod published;
+pub mod shaper;
 pub mod taps;
 pub mod tcp;
 pub mod tokens;

@@ -15,6 +15,10 @@
 //! ([`Taps::send_parts`]): they are few, and come out of the services'
 //! queues, not out of a read burst.
 //!
+//! A port with a bandwidth limit has a [`Shaper`] ([`crate::shaper`]): its
+//! reads wait for credit, and frames to it pass, queue or drop by its
+//! bucket; the event loop runs the shapers' timers.
+//!
 //! A port whose device vanished (a read error other than `EAGAIN`, such as
 //! `EBADFD` when its namespace is torn down) is removed by the frame plane
 //! and logged once.
@@ -22,14 +26,16 @@
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use rustc_hash::FxHashMap;
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::wire::vnet::VNET_HDR_LEN;
-use weft_vswitch::{DropReason, PortCounters, PortId};
+use weft_vswitch::{BandwidthLimit, DropReason, PortCounters, PortId};
 
+use crate::shaper::{Offer, Shaper};
 use crate::tokens::{Source, Tokens};
 
 /// Frames read from one port per turn before the next port gets its turn:
@@ -53,6 +59,8 @@ pub struct Taps {
     ports: FxHashMap<PortId, PortIo>,
     /// Ports with frames (maybe) waiting, in turn order.
     ready: VecDeque<PortId>,
+    /// The limited ports' shapers.
+    shapers: FxHashMap<PortId, Shaper>,
 }
 
 impl Taps {
@@ -90,6 +98,7 @@ impl Taps {
     /// Deregister port `id` and hand its TAP back.
     pub fn detach(&mut self, registry: &Registry, tokens: &mut Tokens, id: PortId) -> Option<Tap> {
         self.ready.retain(|p| *p != id);
+        self.shapers.remove(&id);
         let io = self.ports.remove(&id)?;
         let raw = io.tap.as_raw_fd();
         let _ = registry.deregister(&mut SourceFd(&raw));
@@ -128,25 +137,111 @@ impl Taps {
         }
     }
 
-    /// Write a frame of the gateway to a port with its virtio header
-    /// (empty, or GSO for a large TCP segment), in one `writev`.
-    pub fn send_parts(&self, egress: PortId, header: &[u8; VNET_HDR_LEN], frame: &[u8]) {
-        let Some(io) = self.ports.get(&egress) else {
+    /// Set (or clear, with no limit) port `id`'s bandwidth limit.
+    pub fn set_bandwidth(&mut self, id: PortId, limit: &BandwidthLimit, now: Instant) {
+        if !self.ports.contains_key(&id) {
             return;
-        };
-        match io.tap.send_parts(header, frame) {
-            Ok(_) => io.counters.count_tx(frame.len()),
-            Err(e) => {
-                tracing::trace!(port = egress.0, error = %e, "TAP write failed");
-                io.counters.count_drop(DropReason::EgressFailed);
+        }
+        match Shaper::new(limit, now) {
+            Some(shaper) => {
+                self.shapers.insert(id, shaper);
+            }
+            None => {
+                self.shapers.remove(&id);
+            }
+        }
+        // A port parked by its old limit must not wait for a timer.
+        self.mark_ready(id);
+    }
+
+    /// Whether port `id` has a bandwidth limit (its writes go through
+    /// [`Taps::send_parts`], not the batch).
+    pub fn is_shaped(&self, id: PortId) -> bool {
+        !self.shapers.is_empty() && self.shapers.contains_key(&id)
+    }
+
+    /// Whether port `id` may be read now (its egress limit has credit);
+    /// a port that may not is parked until it has.
+    pub fn may_read(&mut self, id: PortId, now: Instant) -> bool {
+        self.shapers
+            .get_mut(&id)
+            .is_none_or(|shaper| shaper.may_read(now))
+    }
+
+    /// Charge a frame of `bytes` read from port `id` to its limit.
+    pub fn charge_read(&mut self, id: PortId, bytes: usize) {
+        if let Some(shaper) = self.shapers.get_mut(&id) {
+            shaper.charge_read(bytes);
+        }
+    }
+
+    /// When a shaper next has work to do.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        self.shapers
+            .values_mut()
+            .filter_map(|shaper| shaper.next_due(now))
+            .min()
+    }
+
+    /// The shapers' timers: parked ports get a turn again, queued frames
+    /// leave as their buckets allow.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (id, shaper) in &mut self.shapers {
+            if shaper.unpark(now) && !self.ready.contains(id) {
+                self.ready.push_back(*id);
+            }
+            let Some(io) = self.ports.get(id) else {
+                continue;
+            };
+            while let Some(frame) = shaper.release(VNET_HDR_LEN, now) {
+                if let Some((header, frame)) = frame.split_first_chunk::<VNET_HDR_LEN>() {
+                    write_parts(*id, io, header, frame);
+                }
             }
         }
     }
 
+    /// Write a frame to a port with its virtio header (empty, or GSO for a
+    /// large TCP segment), in one `writev`; through the port's shaper if
+    /// it has a limit.
+    pub fn send_parts(
+        &mut self,
+        egress: PortId,
+        header: &[u8; VNET_HDR_LEN],
+        frame: &[u8],
+        now: Instant,
+    ) {
+        let Some(io) = self.ports.get(&egress) else {
+            return;
+        };
+        if let Some(shaper) = self.shapers.get_mut(&egress) {
+            match shaper.offer(header, frame, now) {
+                Offer::Pass => {}
+                Offer::Queued => return,
+                Offer::Dropped => {
+                    io.counters.count_drop(DropReason::RateLimited);
+                    return;
+                }
+            }
+        }
+        write_parts(egress, io, header, frame);
+    }
+
     /// Write a frame that starts with its virtio header.
-    pub fn send(&self, egress: PortId, frame_with_header: &[u8]) {
+    pub fn send(&mut self, egress: PortId, frame_with_header: &[u8], now: Instant) {
         if let Some((header, frame)) = frame_with_header.split_first_chunk::<VNET_HDR_LEN>() {
-            self.send_parts(egress, header, frame);
+            self.send_parts(egress, header, frame, now);
+        }
+    }
+}
+
+/// One `writev` of a frame and its virtio header to a port, counted.
+fn write_parts(port: PortId, io: &PortIo, header: &[u8; VNET_HDR_LEN], frame: &[u8]) {
+    match io.tap.send_parts(header, frame) {
+        Ok(_) => io.counters.count_tx(frame.len()),
+        Err(e) => {
+            tracing::trace!(port = port.0, error = %e, "TAP write failed");
+            io.counters.count_drop(DropReason::EgressFailed);
         }
     }
 }

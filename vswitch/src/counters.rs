@@ -27,6 +27,8 @@ pub enum DropReason {
     UnknownPort,
     /// The NAT flow table is full: the new flow was refused.
     NatFull,
+    /// To a port with an ingress rate limit whose queue was full.
+    RateLimited,
 }
 
 /// Counters of one port. See the module header for the threading rule.
@@ -56,7 +58,7 @@ pub struct PortCountersSnapshot {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -67,6 +69,7 @@ impl DropReason {
         DropReason::EgressFailed,
         DropReason::UnknownPort,
         DropReason::NatFull,
+        DropReason::RateLimited,
     ];
 
     /// Index into a counter array.
@@ -85,6 +88,7 @@ impl DropReason {
             DropReason::EgressFailed => "egress_failed",
             DropReason::UnknownPort => "unknown_port",
             DropReason::NatFull => "nat_full",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -485,6 +485,7 @@ pub async fn add(
         ifname: Some(invocation.ifname.clone()),
         mac,
         labels: labels(invocation, conf),
+        bandwidth: conf.bandwidth(),
         ..ConnectRequest::default()
     };
     let network = view.network.name.clone();
@@ -620,6 +621,13 @@ pub async fn check(
         if !addresses.contains(address) {
             return Err(failed(format!("prevResult lacks weft's address {address}")));
         }
+    }
+    if endpoint.bandwidth != conf.bandwidth() {
+        return Err(failed(format!(
+            "the bandwidth limits are {:?} in weft, {:?} in the config",
+            endpoint.bandwidth,
+            conf.bandwidth()
+        )));
     }
     super::netns_check::interface_matches(
         Path::new(&invocation.netns),

@@ -16,10 +16,14 @@
 //! | `network` | the weft network (default: the config's `name`) |
 //! | `subnet`, `gateway`, `driver` | create the network with these if it does not exist |
 //! | `socket` | the daemon's API socket (default: root's or the user's) |
+//! | `bandwidth` | limits as the `bandwidth` capability gives them, for every attachment of this config |
 //!
 //! Capabilities (`runtimeConfig`, when the conflist declares them):
 //! `portMappings`, `ips`, `mac`, `aliases` (a list, or podman's map of
-//! network name to list). The conventions' `args.cni.ips` and
+//! network name to list), `bandwidth` (`ingressRate`/`egressRate` in
+//! bits per second, `ingressBurst`/`egressBurst` in bits: enforced by weft's
+//! data path, so the reference `bandwidth` plugin, which needs a veth, is
+//! not needed). The conventions' `args.cni.ips` and
 //! `args.cni.mac` are taken too.
 
 use std::collections::BTreeMap;
@@ -29,6 +33,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
+use weft_vswitch::BandwidthLimit;
 
 use super::error::{CniError, ErrorCode};
 
@@ -97,6 +102,10 @@ pub struct NetConf {
     /// The daemon's API socket.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Bandwidth limits for every attachment of this config (the
+    /// capability's, when given, wins).
+    #[serde(default)]
+    pub bandwidth: Option<CniBandwidth>,
     /// Another plugin's IPAM: refused (weft allocates addresses itself).
     #[serde(default)]
     pub ipam: Option<Value>,
@@ -130,6 +139,39 @@ pub struct RuntimeConfig {
     /// `aliases`: extra DNS names.
     #[serde(default)]
     pub aliases: Option<Aliases>,
+    /// `bandwidth`: rate limits.
+    #[serde(default)]
+    pub bandwidth: Option<CniBandwidth>,
+}
+
+/// The `bandwidth` capability (CNI conventions): rates in bits per
+/// second, bursts in bits; ingress is toward the container.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniBandwidth {
+    /// Toward the container, bit/s.
+    #[serde(default)]
+    pub ingress_rate: u64,
+    /// Toward the container, bits.
+    #[serde(default)]
+    pub ingress_burst: u64,
+    /// From the container, bit/s.
+    #[serde(default)]
+    pub egress_rate: u64,
+    /// From the container, bits.
+    #[serde(default)]
+    pub egress_burst: u64,
+}
+
+impl From<CniBandwidth> for BandwidthLimit {
+    fn from(b: CniBandwidth) -> Self {
+        BandwidthLimit {
+            ingress_rate: b.ingress_rate,
+            ingress_burst: b.ingress_burst,
+            egress_rate: b.egress_rate,
+            egress_burst: b.egress_burst,
+        }
+    }
 }
 
 /// One `portMappings` entry (CNI conventions).
@@ -292,6 +334,16 @@ impl NetConf {
                 .and_then(|a| a.cni.as_ref())
                 .and_then(|c| c.mac.as_deref())
         })
+    }
+
+    /// The bandwidth limits asked for: the capability's, else the
+    /// config's own `bandwidth`; None when nothing is limited.
+    pub fn bandwidth(&self) -> Option<BandwidthLimit> {
+        self.runtime_config
+            .bandwidth
+            .or(self.bandwidth)
+            .map(BandwidthLimit::from)
+            .filter(|limit| limit.is_limited() || limit.validate().is_err())
     }
 
     /// The aliases for this network: a plain list, or the entry of the CNI

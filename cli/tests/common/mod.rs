@@ -32,6 +32,15 @@ use serde_json::Value;
 /// The weft binary under test.
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
+/// HOST's end of the veth to a client namespace
+/// ([`World::client_namespace`]): where clients connect.
+pub const HOST_ADDR: &str = "192.0.2.1";
+/// The client's end: the source address a sandbox must see.
+pub const CLIENT_ADDR: &str = "192.0.2.10";
+/// The veth's names, in HOST and in CLIENT.
+pub const HOST_VETH: &str = "client0";
+pub const CLIENT_VETH: &str = "host0";
+
 /// Seconds any one external command may take (`timeout`).
 pub const CMD_TIMEOUT: &str = "20";
 
@@ -405,6 +414,60 @@ impl World {
         assert!(out.status.success(), "ip netns add {name}: {}", show(&out));
         self.namespaces.push(name.clone());
         name
+    }
+
+    /// A CLIENT namespace joined to HOST by a veth made inside HOST
+    /// (HOST's end [`HOST_VETH`] with [`HOST_ADDR`]/24, CLIENT's end
+    /// [`CLIENT_VETH`] with [`CLIENT_ADDR`]/24), up and answering: where
+    /// a published port's clients come from, with an address of their own
+    /// that the sandbox must see. Deleted with the world.
+    pub fn client_namespace(&mut self) -> String {
+        let client = self.sandbox("client");
+        let host = self.host.clone();
+        let (host_cidr, client_cidr) = (format!("{HOST_ADDR}/24"), format!("{CLIENT_ADDR}/24"));
+        for cmd in [
+            vec!["ip", "-n", &client, "link", "set", "lo", "up"],
+            // Made from inside HOST, the peer goes straight into CLIENT.
+            vec![
+                "ip",
+                "-n",
+                &host,
+                "link",
+                "add",
+                HOST_VETH,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                CLIENT_VETH,
+                "netns",
+                &client,
+            ],
+            vec![
+                "ip", "-n", &host, "addr", "add", &host_cidr, "dev", HOST_VETH,
+            ],
+            vec![
+                "ip",
+                "-n",
+                &client,
+                "addr",
+                "add",
+                &client_cidr,
+                "dev",
+                CLIENT_VETH,
+            ],
+            vec!["ip", "-n", &host, "link", "set", HOST_VETH, "up"],
+            vec!["ip", "-n", &client, "link", "set", CLIENT_VETH, "up"],
+        ] {
+            let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(&cmd));
+            assert!(out.status.success(), "{cmd:?}: {}", show(&out));
+        }
+        // The link takes a moment to come up: a bounded wait for a ping.
+        assert!(
+            self.ping_eventually(&client, HOST_ADDR, Duration::from_secs(10)),
+            "CLIENT cannot reach HOST over the veth"
+        );
+        client
     }
 
     /// A name that looks like ours but is never created.

@@ -217,6 +217,8 @@ pub fn status_of(error: &ControllerError) -> u16 {
         | ControllerError::Publish(PublishError::NoSuchAddress(_))
         | ControllerError::InvalidOption { .. }
         | ControllerError::InvalidInterface { .. }
+        | ControllerError::InvalidBandwidth(_)
+        | ControllerError::BandwidthNotAllowed { .. }
         | ControllerError::PortsNotAllowed { .. }
         | ControllerError::InvalidPort(_) => 400,
         ControllerError::InvalidName { .. }

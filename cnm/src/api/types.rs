@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use weft_datapath::TunnelCounters;
 use weft_overlay::driver::gossip::{GossipCounters, PeerInfo};
 use weft_vswitch::counters::PortCountersSnapshot;
-use weft_vswitch::MacAddr;
+use weft_vswitch::{BandwidthLimit, MacAddr};
 
 use crate::driver::TunnelPeerCounters;
 use crate::model::{DockerAttachment, Endpoint, Network, PortMapping};
@@ -91,6 +91,12 @@ pub struct ConnectRequest {
     /// finds its attachments again by them (container id, interface).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Bandwidth limits of the interface, in CNI's units
+    /// (`{"ingress_rate": bits/s, "ingress_burst": bits, "egress_rate": ..,
+    /// "egress_burst": ..}`; ingress is toward the sandbox), enforced by
+    /// the data path (see `weft_vswitch::rate`).
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthLimit>,
 }
 
 /// `network disconnect`.

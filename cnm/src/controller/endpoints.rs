@@ -63,6 +63,11 @@ impl Controller {
         if let Some(mac) = request.mac {
             validate_mac(mac)?;
         }
+        if let Some(limit) = &request.bandwidth {
+            limit.validate()?;
+        }
+        // A limit of zeros is no limit.
+        let bandwidth = request.bandwidth.filter(|limit| limit.is_limited());
         let mut inner = self.inner.lock().await;
         let network = inner.network(network_name).cloned().ok_or_else(|| {
             ControllerError::NetworkNotFound {
@@ -71,6 +76,11 @@ impl Controller {
         })?;
         if !request.ports.is_empty() && !network.driver.has_interfaces() {
             return Err(ControllerError::PortsNotAllowed {
+                driver: network.driver,
+            });
+        }
+        if bandwidth.is_some() && !network.driver.has_interfaces() {
+            return Err(ControllerError::BandwidthNotAllowed {
                 driver: network.driver,
             });
         }
@@ -117,6 +127,7 @@ impl Controller {
             ports: request.ports,
             docker: request.docker,
             labels: request.labels,
+            bandwidth,
             requested_ifname: request.ifname,
         };
         endpoint.mac = request.mac;

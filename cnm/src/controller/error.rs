@@ -137,6 +137,15 @@ pub enum ControllerError {
         /// What is wrong and what to write.
         reason: &'static str,
     },
+    /// A connect's `bandwidth` that cannot be used.
+    #[error("bandwidth: {0}")]
+    InvalidBandwidth(#[from] weft_vswitch::rate::BandwidthError),
+    /// `bandwidth` on a network whose driver has no interfaces.
+    #[error("the {driver} driver has no interface to limit: drop bandwidth, or use a bridge or overlay network")]
+    BandwidthNotAllowed {
+        /// The network's driver.
+        driver: crate::model::DriverKind,
+    },
     /// A driver option that is not known or has a bad value.
     #[error("--opt {key}: {reason}")]
     InvalidOption {
