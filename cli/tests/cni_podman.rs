@@ -70,41 +70,15 @@ impl Podman {
         subnet: &str,
     ) -> Podman {
         let rootfs = dir.join("rootfs");
-        for sub in [
-            "bin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "cni-bin", "cni-conf",
-        ] {
-            let path = if sub.starts_with("cni") {
-                dir.join(sub)
-            } else {
-                rootfs.join(sub)
-            };
-            std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for sub in ["cni-bin", "cni-conf"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap_or_else(|e| panic!("{sub}: {e}"));
         }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copying busybox");
-        let list = run(Command::new("/bin/busybox").arg("--list"));
-        for applet in stdout(&list).lines().filter(|a| *a != "busybox") {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-        }
+        common::busybox_rootfs(&rootfs);
+        // A published port's server answers with the connections it sees.
+        common::write_script(&rootfs.join("bin/peer.sh"), "#!/bin/sh\nnetstat -tn\n");
         let write = |path: PathBuf, text: String| {
             std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         };
-        write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\n".into(),
-        );
-        write(rootfs.join("etc/group"), "root:x:0:\n".into());
-        write(rootfs.join("etc/hosts"), String::new());
-        write(rootfs.join("etc/resolv.conf"), String::new());
-        // A published port's server answers with the connections it sees.
-        write(
-            rootfs.join("bin/peer.sh"),
-            "#!/bin/sh\nnetstat -tn\n".into(),
-        );
-        std::fs::set_permissions(
-            rootfs.join("bin/peer.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .expect("chmod peer.sh");
         std::os::unix::fs::symlink(CNI, dir.join("cni-bin/weft-cni")).expect("plugin link");
         write(
             dir.join("containers.conf"),

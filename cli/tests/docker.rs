@@ -242,42 +242,12 @@ impl Dockerd {
     /// answers the client's address for the published-port check).
     fn import_image(&self, rootfs_dir: &Path) {
         let r = rootfs_dir;
-        for d in [
-            "bin",
-            "etc",
-            "proc",
-            "sys",
-            "dev",
-            "tmp",
-            "run",
-            "var",
-            "root",
-            "www/cgi-bin",
-        ] {
-            std::fs::create_dir_all(r.join(d)).expect("rootfs dirs");
-        }
-        std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("copying busybox");
-        // The original, not the fresh copy: a copy still open in a child
-        // another test thread forked meanwhile is "text file busy".
-        let list = run(Command::new("/bin/busybox").arg("--list"));
-        for applet in stdout(&list)
-            .lines()
-            .filter(|a| *a != "busybox" && !a.is_empty())
-        {
-            let _ = std::os::unix::fs::symlink("busybox", r.join("bin").join(applet));
-        }
-        std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
-        std::fs::write(r.join("etc/group"), "root:x:0:\n").expect("group");
-        std::fs::write(r.join("etc/resolv.conf"), "").expect("resolv.conf");
-        std::fs::write(r.join("etc/hosts"), "").expect("hosts");
-        let cgi = r.join("www/cgi-bin/who");
-        std::fs::write(
-            &cgi,
+        common::busybox_rootfs(r);
+        std::fs::create_dir_all(r.join("www/cgi-bin")).expect("rootfs dirs");
+        common::write_script(
+            &r.join("www/cgi-bin/who"),
             "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
-        )
-        .expect("cgi");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        );
         let out = run(Command::new("sh").arg("-c").arg(format!(
             "tar -C {} -c . | timeout {DOCKER_TIMEOUT} docker -H unix://{} import - {IMAGE}",
             r.display(),

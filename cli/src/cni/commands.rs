@@ -266,11 +266,34 @@ pub fn is_attachment(endpoint: &Endpoint, id: &str, ifname: &str) -> bool {
         && endpoint.labels.get(LABEL_IFNAME).map(String::as_str) == Some(ifname)
 }
 
-/// The attachment of this invocation in `view`.
+/// The attachment of this invocation in `view`: the one in the
+/// invocation's netns when a container id was reused (see
+/// [`stale_attachments`]), else any with its container id and interface.
 fn find_attachment<'a>(view: &'a NetworkView, invocation: &Invocation) -> Option<&'a Endpoint> {
-    view.endpoints
+    let mut candidates = view
+        .endpoints
         .iter()
-        .find(|e| is_attachment(e, &invocation.container_id, &invocation.ifname))
+        .filter(|e| is_attachment(e, &invocation.container_id, &invocation.ifname));
+    let first = candidates.next()?;
+    std::iter::once(first)
+        .chain(candidates)
+        .find(|e| e.labels.get(LABEL_NETNS).map(String::as_str) == Some(invocation.netns.as_str()))
+        .or(Some(first))
+}
+
+/// Attachments of this container id and interface whose netns is gone: a
+/// runtime that never called DEL (`ctr run -d` does not) and reuses the
+/// id. ADD removes them so the id names one attachment again.
+fn stale_attachments<'a>(
+    view: &'a NetworkView,
+    invocation: &'a Invocation,
+) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    view.endpoints.iter().filter(|e| {
+        is_attachment(e, &invocation.container_id, &invocation.ifname)
+            && e.labels
+                .get(LABEL_NETNS)
+                .is_some_and(|netns| *netns != invocation.netns && !Path::new(netns).exists())
+    })
 }
 
 /// The netns path as the daemon can open it (see the module header).
@@ -471,6 +494,12 @@ pub async fn add(
                 view.network.name, view.network.driver
             ),
         ));
+    }
+    for stale in stale_attachments(&view, invocation) {
+        daemon
+            .disconnect(&view.network.name, &stale.sandbox)
+            .await
+            .map_err(|e| e.into_cni("removing a stale attachment", ErrorCode::TryAgainLater))?;
     }
     let name = invocation
         .container_name()

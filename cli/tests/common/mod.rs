@@ -780,3 +780,42 @@ impl Drop for World {
         remove_world(&self.namespaces, &self.dir);
     }
 }
+
+/// A busybox-static root filesystem at `root` for the container engines'
+/// tests (Docker, podman, containerd): every applet linked in `/bin`, the
+/// usual directories, `/etc/passwd`, `group`, `hosts` and an empty
+/// `resolv.conf`.
+pub fn busybox_rootfs(root: &Path) {
+    for dir in [
+        "bin", "etc", "proc", "sys", "dev", "tmp", "run", "var", "root",
+    ] {
+        std::fs::create_dir_all(root.join(dir))
+            .unwrap_or_else(|e| panic!("{}: {e}", root.join(dir).display()));
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copying busybox");
+    // The original, not the fresh copy: a copy still open in a child
+    // another test thread forked meanwhile is "text file busy".
+    let list = run(Command::new("/bin/busybox").arg("--list"));
+    for applet in stdout(&list)
+        .lines()
+        .filter(|a| *a != "busybox" && !a.is_empty())
+    {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    for (file, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/hosts", ""),
+        ("etc/resolv.conf", ""),
+    ] {
+        std::fs::write(root.join(file), text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+/// Write an executable script at `path`.
+pub fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
