@@ -1209,3 +1209,44 @@ fn bandwidth_capability_limits_each_direction() {
         "the refused ADD made an interface"
     );
 }
+
+/// `"portPublisher": "runtime"` (the default under a rootless runtime,
+/// whose own port handler binds the host ports): weft publishes nothing.
+#[test]
+fn port_publisher_runtime_leaves_host_ports_to_the_runtime() {
+    let Some(mut w) = World::new() else {
+        return;
+    };
+    let ns = w.sandbox("fwd");
+    let path = World::netns_path(&ns);
+    let mut c = conf(
+        "1.1.0",
+        "byruntime",
+        &w.socket,
+        json!({"subnet": "10.238.47.0/24", "portPublisher": "runtime",
+               "capabilities": {"portMappings": true}}),
+    );
+    c["runtimeConfig"] = json!({
+        "portMappings": [{"hostPort": 18093, "containerPort": 80, "protocol": "tcp"}],
+    });
+    let a = plugin(
+        Some(&w.host),
+        CNI,
+        &[],
+        &cni_env("ADD", "fwd", &path, "eth0", ""),
+        &c,
+    );
+    assert!(a.ok, "{}\n{}", a.text, w.daemon_log());
+    let ss = w.exec_ok(&w.host, &["ss", "-Hltn"]);
+    assert!(!ss.contains(":18093"), "weft must leave the port: {ss}");
+    assert_eq!(w.endpoint("byruntime", &ns)["ports"], json!([]));
+    c["portPublisher"] = json!("nobody");
+    let a = plugin(
+        Some(&w.host),
+        CNI,
+        &[],
+        &cni_env("ADD", "fwd2", &path, "eth1", ""),
+        &c,
+    );
+    assert_error(&a, 6);
+}

@@ -377,7 +377,8 @@ impl Drop for RootlessPodman {
 
 /// Rootless podman: the plugin runs in podman's rootless netns, finds the
 /// user's daemon by `$XDG_RUNTIME_DIR`, and the container gets its TAP;
-/// two containers ping each other; `--rm` leaves nothing.
+/// two containers ping each other; `--rm` leaves nothing; `-p` works
+/// through podman's own port handler, and `podman rm` frees the port.
 #[test]
 fn rootless_podman_finds_the_users_daemon() {
     if !require(
@@ -390,12 +391,14 @@ fn rootless_podman_finds_the_users_daemon() {
         || !require(has_tool("newuidmap", "--help"), "needs newuidmap (uidmap)")
         || !require(Path::new("/bin/busybox").exists(), "needs busybox-static")
         || !require(has_tool("curl", "--version"), "needs curl")
+        || !require(has_tool("socat", "-V"), "needs socat")
     {
         return;
     }
-    let Some(w) = World::new() else {
+    let Some(mut w) = World::new() else {
         return;
     };
+    let client = w.client_namespace();
     let user = format!("wcn{}", std::process::id() % 100_000);
     let home = std::env::temp_dir().join(format!("weft-cni-rootless-{}", std::process::id()));
     let mut r = RootlessPodman {
@@ -521,4 +524,54 @@ fn rootless_podman_finds_the_users_daemon() {
         r.daemon_log()
     );
     assert_eq!(r.endpoints("wrl").len(), 1, "--rm left an endpoint");
+    // `-p`: rootless podman forwards the port itself (rootlessport, from
+    // inside the container's netns), so weft-cni, in a user namespace,
+    // leaves the host port to it.
+    let out = podman(&[
+        "-d",
+        "-p",
+        "18092:80",
+        "--name",
+        "rlw",
+        "--network",
+        "wrl",
+        "--",
+        "/bin/nc",
+        "-ll",
+        "-p",
+        "80",
+        "-e",
+        "/bin/peer.sh",
+    ]);
+    assert!(
+        out.status.success(),
+        "rootless podman run -p: {}\n{}",
+        show(&out),
+        r.daemon_log()
+    );
+    let mut answer = String::new();
+    for _ in 0..25 {
+        let out = w.exec(&client, &["socat", "-T2", "-", "TCP:192.0.2.1:18092"]);
+        answer = stdout(&out);
+        if answer.contains(":80 ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        answer.contains(":80 "),
+        "a client reaches the container through -p: {answer:?}\n{}",
+        r.daemon_log()
+    );
+    let p = r.podman.as_ref().expect("podman");
+    let mut rm = r.as_user(&w.host);
+    rm.args(["timeout", "60", "podman", "--root"])
+        .arg(p.dir.join("root"));
+    rm.arg("--runroot").arg(p.dir.join("run"));
+    rm.args(["--storage-driver", "vfs", "rm", "-f", "-t", "0", "rlw"]);
+    let out = run(&mut rm);
+    assert!(out.status.success(), "podman rm: {}", show(&out));
+    assert_eq!(r.endpoints("wrl").len(), 1, "podman rm left rlw in weft");
+    let ss = w.exec_ok(&w.host, &["ss", "-Hltn"]);
+    assert!(!ss.contains(":18092"), "podman rm must free the port: {ss}");
 }

@@ -50,7 +50,7 @@ use weft_cnm::model::{Endpoint, Network, PortMapping, PortProto};
 use crate::client::{Client, Refusal};
 
 use super::args::Invocation;
-use super::config::{CniVersion, NetConf};
+use super::config::{CniVersion, NetConf, PortPublisher};
 use super::error::{CniError, ErrorCode};
 use super::result::{self, Attached};
 
@@ -385,6 +385,9 @@ async fn ensure_network(daemon: &Daemon, conf: &NetConf) -> Result<NetworkView, 
 
 /// The published ports of `portMappings`.
 fn port_mappings(conf: &NetConf) -> Result<Vec<PortMapping>, CniError> {
+    if conf.port_publisher() == PortPublisher::Runtime {
+        return Ok(Vec::new());
+    }
     conf.runtime_config
         .port_mappings
         .iter()

@@ -17,6 +17,7 @@
 //! | `subnet`, `gateway`, `driver` | create the network with these if it does not exist |
 //! | `socket` | the daemon's API socket (default: root's or the user's) |
 //! | `bandwidth` | limits as the `bandwidth` capability gives them, for every attachment of this config |
+//! | `portPublisher` | who publishes `portMappings`: `weft` (the daemon listens on the host port and keeps the client's address) or `runtime` (the runtime forwards ports itself, as rootless podman's `rootlessport` always does: weft leaves the host ports to it). Default: `weft`, or `runtime` when the plugin runs in a user namespace (a rootless runtime) |
 //!
 //! Capabilities (`runtimeConfig`, when the conflist declares them):
 //! `portMappings`, `ips`, `mac`, `aliases` (a list, or podman's map of
@@ -102,6 +103,9 @@ pub struct NetConf {
     /// The daemon's API socket.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Who publishes `portMappings` (see the module header).
+    #[serde(default)]
+    pub port_publisher: Option<PortPublisher>,
     /// Bandwidth limits for every attachment of this config (the
     /// capability's, when given, wins).
     #[serde(default)]
@@ -142,6 +146,17 @@ pub struct RuntimeConfig {
     /// `bandwidth`: rate limits.
     #[serde(default)]
     pub bandwidth: Option<CniBandwidth>,
+}
+
+/// Who publishes a container's `portMappings` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortPublisher {
+    /// The weft daemon: a host listener that keeps the client's address.
+    Weft,
+    /// The runtime itself (rootless runtimes forward through their own
+    /// port handler): weft publishes nothing.
+    Runtime,
 }
 
 /// The `bandwidth` capability (CNI conventions): rates in bits per
@@ -333,6 +348,19 @@ impl NetConf {
                 .as_ref()
                 .and_then(|a| a.cni.as_ref())
                 .and_then(|c| c.mac.as_deref())
+        })
+    }
+
+    /// Who publishes the port mappings: the config's `portPublisher`, else
+    /// the runtime when the plugin runs in a user namespace (a rootless
+    /// runtime, whose port handler binds the host ports itself), else weft.
+    pub fn port_publisher(&self) -> PortPublisher {
+        self.port_publisher.unwrap_or_else(|| {
+            if crate::paths::in_initial_user_namespace() {
+                PortPublisher::Weft
+            } else {
+                PortPublisher::Runtime
+            }
         })
     }
 
