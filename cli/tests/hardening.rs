@@ -214,3 +214,35 @@ fn subnets_no_sandbox_could_use_are_400s_that_say_why() {
     }
     assert!(!w.weft_ok(&["network", "ls"]).contains("bad"));
 }
+
+#[test]
+fn a_state_file_with_overlapping_networks_is_refused_and_kept() {
+    let Some(w) = World::new() else { return };
+    w.weft_ok(&["network", "create", "--subnet", "10.239.7.0/24", "a"]);
+    let text = std::fs::read_to_string(w.state_dir.join("state.json")).expect("state file");
+    let mut state: serde_json::Value = serde_json::from_str(&text).expect("state JSON");
+    // A hand edit: a second network on part of the first one's subnet.
+    let mut b = state["networks"][0].clone();
+    b["name"] = "b".into();
+    b["id"] = "b".repeat(64).into();
+    b["subnets"][0]["subnet"] = "10.239.7.0/25".into();
+    state["networks"].as_array_mut().expect("networks").push(b);
+    let edited = w.dir.join("edited-state");
+    std::fs::create_dir_all(&edited).unwrap();
+    std::fs::set_permissions(&edited, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let bytes = serde_json::to_vec_pretty(&state).unwrap();
+    std::fs::write(edited.join("state.json"), &bytes).unwrap();
+
+    let out = second_daemon(&w, &w.dir.join("edited.sock"), &edited);
+    assert!(!out.status.success(), "daemon started: {}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("inconsistent") && err.contains("overlap") && err.contains("\"b\""),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(edited.join("state.json")).unwrap(),
+        bytes,
+        "the refused state file was changed"
+    );
+}

@@ -6,6 +6,11 @@
 //! directory is fsynced: a crash leaves either the old or the new state,
 //! never a torn file. Reading a file that does not parse is an error that
 //! names the file: the daemon refuses to start rather than lose state.
+//! So does a file that parses but cannot be true ([`State::check`]): two
+//! networks of one name or on overlapping subnets, an endpoint of a
+//! network that does not exist, outside its subnets, or sharing an address
+//! or a sandbox with another endpoint of its network. The error says where
+//! (what a hand edit or a bad merge made), and nothing is changed.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -68,6 +73,14 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The file parses but describes a state that cannot be.
+    #[error("state file {path} is inconsistent: {problem}; fix it by hand or move it away to start empty")]
+    Inconsistent {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the networks and endpoints.
+        problem: String,
+    },
     /// The file was written by another version.
     #[error("state file {path} has version {found}, this weft reads version {STATE_VERSION}")]
     Version {
@@ -76,6 +89,82 @@ pub enum StoreError {
         /// Its version.
         found: u32,
     },
+}
+
+impl State {
+    /// Whether this state can be true (see the module header); the first
+    /// problem found, naming what is wrong.
+    ///
+    /// # Errors
+    ///
+    /// The problem, as a sentence.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeMap::new();
+        for network in &self.networks {
+            if seen.insert(network.name.as_str(), network).is_some() {
+                return Err(format!("two networks are named {:?}", network.name));
+            }
+        }
+        for (i, a) in self.networks.iter().enumerate() {
+            for b in &self.networks[i + 1..] {
+                for sa in &a.subnets {
+                    for sb in &b.subnets {
+                        if sa.subnet.contains(&sb.subnet.network())
+                            || sb.subnet.contains(&sa.subnet.network())
+                        {
+                            return Err(format!(
+                                "networks {:?} ({}) and {:?} ({}) overlap",
+                                a.name, sa.subnet, b.name, sb.subnet
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let mut addresses = std::collections::BTreeMap::new();
+        let mut sandboxes = std::collections::BTreeMap::new();
+        for endpoint in &self.endpoints {
+            let Some(network) = seen.get(endpoint.network.as_str()) else {
+                return Err(format!(
+                    "endpoint {:?} ({}) is on network {:?}, which does not exist",
+                    endpoint.name, endpoint.id, endpoint.network
+                ));
+            };
+            let sandbox = (endpoint.network.as_str(), &endpoint.sandbox);
+            if let Some(other) = sandboxes.insert(sandbox, endpoint) {
+                return Err(format!(
+                    "endpoints {:?} and {:?} of network {:?} are both in {}",
+                    other.name,
+                    endpoint.name,
+                    endpoint.network,
+                    endpoint.sandbox.display()
+                ));
+            }
+            for address in &endpoint.addresses {
+                if !network
+                    .subnets
+                    .iter()
+                    .any(|s| s.subnet.contains(&address.addr()))
+                {
+                    return Err(format!(
+                        "endpoint {:?} of network {:?} has {address}, outside the network's subnets",
+                        endpoint.name, endpoint.network
+                    ));
+                }
+                let key = (endpoint.network.as_str(), address.addr());
+                if let Some(other) = addresses.insert(key, endpoint) {
+                    return Err(format!(
+                        "endpoints {:?} and {:?} of network {:?} both have {}",
+                        other.name,
+                        endpoint.name,
+                        endpoint.network,
+                        address.addr()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for State {
@@ -146,6 +235,9 @@ impl StateStore {
                 found: state.version,
             });
         }
+        state
+            .check()
+            .map_err(|problem| StoreError::Inconsistent { path, problem })?;
         Ok(state)
     }
 
@@ -237,5 +329,93 @@ mod tests {
         store.save(&State::default()).unwrap();
         let mode = fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    fn network(name: &str, subnet: &str) -> Network {
+        let subnet: ipnet::IpNet = subnet.parse().unwrap();
+        Network {
+            name: name.into(),
+            id: format!("id-{name}"),
+            driver: crate::model::DriverKind::Bridge,
+            scope: crate::model::Scope::Local,
+            subnets: vec![crate::model::SubnetInfo {
+                subnet,
+                gateway: subnet.hosts().next().unwrap(),
+                ip_range: None,
+            }],
+            internal: false,
+            mtu: 1500,
+            options: Default::default(),
+            created: String::new(),
+            vni: None,
+        }
+    }
+
+    fn endpoint(name: &str, network: &str, sandbox: &str, address: &str) -> Endpoint {
+        Endpoint {
+            id: format!("id-{name}"),
+            network: network.into(),
+            sandbox: sandbox.into(),
+            name: name.into(),
+            aliases: Vec::new(),
+            ifname: "eth0".into(),
+            mac: None,
+            addresses: vec![address.parse().unwrap()],
+            resolv_conf: None,
+            ports: Vec::new(),
+            labels: Default::default(),
+            bandwidth: None,
+            requested_ifname: None,
+            docker: None,
+        }
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_is_refused_and_says_where() {
+        let good = State {
+            networks: vec![network("a", "10.1.0.0/24"), network("b", "10.2.0.0/24")],
+            endpoints: vec![
+                endpoint("x", "a", "/run/netns/x", "10.1.0.2/24"),
+                endpoint("y", "a", "/run/netns/y", "10.1.0.3/24"),
+                endpoint("x2", "b", "/run/netns/x", "10.2.0.2/24"),
+            ],
+            ..State::default()
+        };
+        assert_eq!(good.check(), Ok(()));
+        let broken = |edit: &dyn Fn(&mut State)| {
+            let mut state = good.clone();
+            edit(&mut state);
+            state.check().unwrap_err()
+        };
+        assert!(broken(&|s| s.networks.push(network("a", "10.3.0.0/24")))
+            .contains("two networks are named \"a\""));
+        let overlap = broken(&|s| s.networks.push(network("c", "10.1.0.0/16")));
+        assert!(
+            overlap.contains("\"c\" (10.1.0.0/16)") && overlap.contains("\"a\""),
+            "{overlap}"
+        );
+        assert!(broken(&|s| s.endpoints[0].network = "gone".into()).contains("does not exist"));
+        assert!(
+            broken(&|s| s.endpoints[1].addresses = vec!["10.1.0.2/24".parse().unwrap()])
+                .contains("both have 10.1.0.2")
+        );
+        assert!(broken(&|s| s.endpoints[1].sandbox = "/run/netns/x".into())
+            .contains("both in /run/netns/x"));
+        assert!(
+            broken(&|s| s.endpoints[1].addresses = vec!["10.9.0.3/24".parse().unwrap()])
+                .contains("outside")
+        );
+        // And at load: an error that names the file; the file stays.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut state = good.clone();
+        state.networks.push(network("c", "10.2.0.0/25"));
+        fs::write(store.path(), serde_json::to_vec(&state).unwrap()).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("overlap"),
+            "{err}"
+        );
+        assert!(store.path().exists());
     }
 }
