@@ -21,6 +21,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -1100,4 +1101,56 @@ fn weft_run_resolves_names_through_the_gateway() {
     assert!(d.answers.is_empty(), "gamma after weft run:\n{}", d.text);
     let endpoints = w.inspect("rn")["endpoints"].as_array().map_or(0, Vec::len);
     assert_eq!(endpoints, 1, "only B is left on rn");
+}
+
+/// DNS over TCP under slow clients: one sandbox keeps opening connections
+/// that send one byte of a message and then stall (more than every slot of
+/// the network); another sandbox's TCP queries are answered all along
+/// (the per-client share, the per-message deadline and eviction of idle
+/// connections, `weft_services::dns::tcp`).
+#[test]
+fn slow_tcp_clients_cannot_starve_the_others() {
+    if !require(has_tool("socat", "-V"), "needs `socat`") {
+        return;
+    }
+    let Some(mut w) = DnsWorld::new(&[UPSTREAM]) else {
+        return;
+    };
+    let a = w.sandbox("a");
+    let b = w.sandbox("b");
+    let gw = w.network("slow", "10.233.15.0/24");
+    w.connect("slow", &a, Some("slowpoke"), &[]);
+    let beta = w.connect("slow", &b, Some("beta"), &[]);
+    // 24 stalled connections a second, for 15 s (bounded by timeout).
+    let flood = format!(
+        "for round in $(seq 15); do for i in $(seq 24); do \
+           (printf '\\000'; sleep 4) | socat -u - TCP:{gw}:53,connect-timeout=1 2>/dev/null & \
+         done; sleep 1; done; wait"
+    );
+    let mut slow = Command::new("ip")
+        .args([
+            "netns", "exec", &a, "timeout", "-k", "2", "25", "sh", "-c", &flood,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("starting the slow clients");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut answered = 0;
+    for _ in 0..5 {
+        let d = w.dig(&b, &gw, &["+tcp", "beta", "A"]);
+        if d.status == "NOERROR" && d.data("A") == vec![beta.clone()] {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kill_group(&mut slow);
+    assert_eq!(
+        answered,
+        5,
+        "TCP queries answered while another sandbox stalls connections\n--- daemon log ---\n{}",
+        w.daemon_log()
+    );
 }

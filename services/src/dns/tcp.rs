@@ -22,11 +22,22 @@
 //! their neighbour solicitations for the gateway, which the switch passes
 //! here too.
 //!
-//! Capacities: at most [`MAX_CONNECTIONS`] connections per network (one more
-//! socket always listens while there is room); a query longer than
-//! [`MAX_QUERY`] closes its connection; at most [`MAX_QUEUED_FRAMES`]
-//! frames wait in either direction, extra ones are dropped (TCP
-//! retransmits).
+//! Capacities, so that slow or hostile clients cannot starve the others:
+//!
+//! - at most [`MAX_CONNECTIONS`] connections per network, and one more
+//!   socket always listens. When it accepts while the table is full, the
+//!   connection idle longest between messages is closed to make room (RFC
+//!   7766 §6.2.3 lets a server close idle connections under pressure); if
+//!   every connection is in the middle of a message, the newcomer is
+//!   refused (RST);
+//! - at most [`MAX_PER_CLIENT`] connections per client address: more are
+//!   refused at once;
+//! - a message must arrive whole within [`MESSAGE_DEADLINE`] of its first
+//!   byte (a client dribbling a byte now and then is cut off), and a
+//!   connection with no traffic for [`IDLE_TIMEOUT`] is closed;
+//! - a query longer than [`MAX_QUERY`] closes its connection; at most
+//!   [`MAX_QUEUED_FRAMES`] frames wait in either direction, extra ones are
+//!   dropped (TCP retransmits).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +52,10 @@ use weft_vswitch::wire::ethernet::{EthernetFrame, MacAddr, ETHERTYPE_IPV4};
 
 /// Connections per network.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Connections one client address may hold per network.
+pub const MAX_PER_CLIENT: usize = 4;
+/// Time from a message's first byte to its last.
+pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(2);
 /// Longest query accepted over TCP (a query is a question and an OPT
 /// record: a few hundred bytes).
 pub const MAX_QUERY: usize = 4096;
@@ -65,6 +80,9 @@ pub struct DnsTcp {
     id_base: u64,
     epoch: Instant,
     queries: VecDeque<TcpQuery>,
+    /// Sockets aborted this poll (refused or evicted): removed once their
+    /// RST has left.
+    refused: Vec<SocketHandle>,
     gateway_ipv4: Vec<std::net::Ipv4Addr>,
     mac: MacAddr,
 }
@@ -72,6 +90,12 @@ pub struct DnsTcp {
 struct Connection {
     handle: SocketHandle,
     received: Vec<u8>,
+    /// The client's address.
+    client: Option<IpAddr>,
+    /// When bytes last arrived (or the connection was accepted).
+    last_activity: Instant,
+    /// When the first byte of the message being read arrived.
+    partial_since: Option<Instant>,
 }
 
 /// A complete query read from a connection.
@@ -126,6 +150,7 @@ impl DnsTcp {
             id_base,
             epoch: now,
             queries: VecDeque::new(),
+            refused: Vec::new(),
             gateway_ipv4,
             mac,
         };
@@ -139,7 +164,7 @@ impl DnsTcp {
     }
 
     fn ensure_listener(&mut self) {
-        if self.listener.is_some() || self.connections.len() >= MAX_CONNECTIONS {
+        if self.listener.is_some() {
             return;
         }
         let mut socket = tcp::Socket::new(
@@ -160,10 +185,16 @@ impl DnsTcp {
             return;
         }
         if let Some(arp) = self.synthetic_arp(frame) {
+            let queued = self.device.tx.len();
             self.device.push_rx(arp);
             self.poll(now);
-            // The stack's answer to our own ARP request is not for anyone.
-            self.device.tx.clear();
+            // The stack's answer to our own ARP request is not for anyone;
+            // the frames queued before it (answers to earlier frames) are.
+            let mut index = 0;
+            self.device.tx.retain(|f| {
+                index += 1;
+                index <= queued || !is_arp(f)
+            });
         }
         self.device.push_rx(frame.to_vec());
         self.poll(now);
@@ -191,19 +222,13 @@ impl DnsTcp {
         let smol_now = self.smol_now(now);
         self.iface
             .poll(smol_now, &mut self.device, &mut self.sockets);
-        // The listener became a connection: give it an id.
+        // The listener became a connection: give it an id, or refuse it.
         if let Some(handle) = self.listener {
             let socket = self.sockets.get::<tcp::Socket>(handle);
             if !socket.is_listening() {
                 self.listener = None;
-                self.next_id += 1;
-                self.connections.insert(
-                    self.id_base | self.next_id,
-                    Connection {
-                        handle,
-                        received: Vec::new(),
-                    },
-                );
+                let client = socket.remote_endpoint().map(|e| IpAddr::from(e.addr));
+                self.admit(now, handle, client);
             }
         }
         let mut closed = Vec::new();
@@ -213,7 +238,11 @@ impl DnsTcp {
                 let mut buf = [0u8; 1024];
                 match socket.recv_slice(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => conn.received.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        conn.received.extend_from_slice(&buf[..n]);
+                        conn.last_activity = now;
+                        conn.partial_since.get_or_insert(now);
+                    }
                 }
             }
             while let Some(message) = take_message(&mut conn.received) {
@@ -228,7 +257,13 @@ impl DnsTcp {
                     });
                 }
             }
-            if conn.received.len() > MAX_QUERY + 2 {
+            if conn.received.is_empty() {
+                conn.partial_since = None;
+            }
+            let too_slow = conn
+                .partial_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= MESSAGE_DEADLINE);
+            if conn.received.len() > MAX_QUERY + 2 || too_slow {
                 socket.abort();
             }
             if socket.state() == tcp::State::CloseWait {
@@ -240,14 +275,65 @@ impl DnsTcp {
         }
         for id in closed {
             if let Some(conn) = self.connections.remove(&id) {
-                self.sockets.remove(conn.handle);
+                // Removed after the second pass below: an aborted one
+                // still has its RST to send.
+                self.refused.push(conn.handle);
             }
         }
         self.ensure_listener();
         // Answers written above (and the listener's state) may have frames
-        // to send now.
+        // to send now, the RSTs of refused and evicted connections too;
+        // then their sockets go.
         self.iface
             .poll(smol_now, &mut self.device, &mut self.sockets);
+        for handle in self.refused.drain(..) {
+            self.sockets.remove(handle);
+        }
+    }
+
+    /// A connection the listener accepted: kept, if its client is under
+    /// its share and there is room (made by closing the connection idle
+    /// longest, if need be); refused with a RST otherwise.
+    fn admit(&mut self, now: Instant, handle: SocketHandle, client: Option<IpAddr>) {
+        let from_client = self
+            .connections
+            .values()
+            .filter(|c| c.client == client)
+            .count();
+        let mut room = from_client < MAX_PER_CLIENT;
+        if room && self.connections.len() >= MAX_CONNECTIONS {
+            let idle_longest = self
+                .connections
+                .iter()
+                .filter(|(_, c)| c.partial_since.is_none())
+                .min_by_key(|(_, c)| c.last_activity)
+                .map(|(id, c)| (*id, c.handle));
+            match idle_longest {
+                Some((id, victim)) => {
+                    self.sockets.get_mut::<tcp::Socket>(victim).abort();
+                    self.connections.remove(&id);
+                    self.refused.push(victim);
+                }
+                None => room = false,
+            }
+        }
+        if !room {
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            socket.abort();
+            self.refused.push(handle);
+            return;
+        }
+        self.next_id += 1;
+        self.connections.insert(
+            self.id_base | self.next_id,
+            Connection {
+                handle,
+                received: Vec::new(),
+                client,
+                last_activity: now,
+                partial_since: None,
+            },
+        );
     }
 
     /// The next complete query.
@@ -281,15 +367,27 @@ impl DnsTcp {
     /// timeouts).
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         let smol_now = self.smol_now(now);
-        let at = self.iface.poll_at(smol_now, &self.sockets)?;
-        let micros = u64::try_from(at.total_micros()).unwrap_or(0);
-        Some(self.epoch + Duration::from_micros(micros))
+        let stack = self.iface.poll_at(smol_now, &self.sockets).map(|at| {
+            let micros = u64::try_from(at.total_micros()).unwrap_or(0);
+            self.epoch + Duration::from_micros(micros)
+        });
+        let deadlines = self
+            .connections
+            .values()
+            .filter_map(|c| c.partial_since)
+            .map(|since| since + MESSAGE_DEADLINE);
+        stack.into_iter().chain(deadlines).min()
     }
 
     /// Open connections.
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
+}
+
+/// Whether an Ethernet frame carries ARP.
+fn is_arp(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x08, 0x06])
 }
 
 /// Take one length-prefixed message off the front of `buf`.
@@ -385,5 +483,153 @@ mod tests {
         buf.push(b'y');
         assert_eq!(take_message(&mut buf), Some(b"xy".to_vec()));
         assert!(buf.is_empty());
+    }
+
+    /// Clients on the gateway's segment, each a smoltcp stack with its own
+    /// MAC and address, and the frames between them and the server.
+    struct Segment {
+        server: DnsTcp,
+        clients: Vec<(Interface, FrameQueues, SocketSet<'static>, [u8; 6])>,
+        t0: Instant,
+        ms: u64,
+    }
+
+    impl Segment {
+        fn new(clients: u8) -> Segment {
+            let t0 = Instant::now();
+            let gw_mac = MacAddr([0x02, 0x42, 10, 9, 0, 1]);
+            let server = DnsTcp::new(t0, gw_mac, &[("10.9.0.1".parse().unwrap(), 24)], 1 << 32, 7);
+            let clients = (0..clients)
+                .map(|i| {
+                    let mut dev = FrameQueues::new(1514, MAX_QUEUED_FRAMES);
+                    let mac = [0x02, 0x42, 10, 9, 0, 10 + i];
+                    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+                    config.random_seed = u64::from(i) + 100;
+                    let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
+                    iface.update_ip_addrs(|a| {
+                        a.push(IpCidr::new(
+                            smoltcp::wire::IpAddress::v4(10, 9, 0, 10 + i),
+                            24,
+                        ))
+                        .unwrap();
+                    });
+                    (iface, dev, SocketSet::new(Vec::new()), mac)
+                })
+                .collect();
+            Segment {
+                server,
+                clients,
+                t0,
+                ms: 0,
+            }
+        }
+
+        /// A connection from client `c` to the gateway's port 53.
+        fn connect(&mut self, c: usize, port: u16) -> SocketHandle {
+            let (iface, _, sockets, _) = &mut self.clients[c];
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 4096]),
+                tcp::SocketBuffer::new(vec![0; 4096]),
+            );
+            socket
+                .connect(
+                    iface.context(),
+                    (smoltcp::wire::IpAddress::v4(10, 9, 0, 1), 53),
+                    port,
+                )
+                .unwrap();
+            sockets.add(socket)
+        }
+
+        fn socket(&mut self, c: usize, h: SocketHandle) -> &mut tcp::Socket<'static> {
+            self.clients[c].2.get_mut::<tcp::Socket>(h)
+        }
+
+        /// Run everyone for `ms` milliseconds of virtual time, answering
+        /// every query with "ok".
+        fn run(&mut self, ms: u64) {
+            for _ in 0..ms / 10 {
+                self.ms += 10;
+                let now = self.t0 + Duration::from_millis(self.ms);
+                let smol = smoltcp::time::Instant::from_millis(i64::try_from(self.ms).unwrap());
+                for (iface, dev, sockets, _) in &mut self.clients {
+                    iface.poll(smol, dev, sockets);
+                    while let Some(frame) = dev.tx.pop_front() {
+                        self.server.handle_frame(now, &frame);
+                    }
+                }
+                self.server.poll(now);
+                while let Some(query) = self.server.poll_query() {
+                    self.server.send_answer(now, query.connection, b"ok");
+                }
+                while let Some(frame) = self.server.poll_frame() {
+                    for (_, dev, _, mac) in &mut self.clients {
+                        if frame[..6] == [0xff; 6] || frame[..6] == *mac {
+                            dev.rx.push_back(frame.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_dribbling_a_message_is_cut_off() {
+        let mut seg = Segment::new(1);
+        let h = seg.connect(0, 40000);
+        seg.run(100);
+        assert!(seg.socket(0, h).may_send(), "connected");
+        seg.socket(0, h).send_slice(&[0]).unwrap();
+        seg.run(500);
+        assert_eq!(seg.server.connection_count(), 1);
+        // One more byte now and then: not a message.
+        seg.socket(0, h).send_slice(&[20]).unwrap();
+        seg.run(MESSAGE_DEADLINE.as_millis() as u64 + 500);
+        assert_eq!(
+            seg.server.connection_count(),
+            0,
+            "the slow writer is cut off"
+        );
+        assert!(!seg.socket(0, h).is_active(), "and told so (RST)");
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share() {
+        let mut seg = Segment::new(1);
+        let handles: Vec<_> = (0..MAX_PER_CLIENT as u16 + 2)
+            .map(|i| seg.connect(0, 40000 + i))
+            .collect();
+        seg.run(1_000);
+        assert_eq!(seg.server.connection_count(), MAX_PER_CLIENT);
+        let active = handles
+            .iter()
+            .filter(|h| seg.socket(0, **h).is_active())
+            .count();
+        assert_eq!(active, MAX_PER_CLIENT, "the extra connections were refused");
+    }
+
+    #[test]
+    fn a_full_table_makes_room_for_a_newcomer() {
+        let holders = MAX_CONNECTIONS / MAX_PER_CLIENT;
+        let mut seg = Segment::new(u8::try_from(holders + 1).unwrap());
+        for c in 0..holders {
+            for i in 0..MAX_PER_CLIENT as u16 {
+                seg.connect(c, 40000 + i);
+                seg.run(20);
+            }
+        }
+        seg.run(500);
+        assert_eq!(seg.server.connection_count(), MAX_CONNECTIONS);
+        let h = seg.connect(holders, 41000);
+        seg.run(500);
+        let socket = seg.socket(holders, h);
+        assert!(socket.may_send(), "the newcomer is accepted");
+        socket.send_slice(&[0, 2, b'q', b'?']).unwrap();
+        seg.run(500);
+        let socket = seg.socket(holders, h);
+        let mut buf = [0u8; 16];
+        let n = socket.recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\x00\x02ok");
+        assert_eq!(seg.server.connection_count(), MAX_CONNECTIONS);
     }
 }
