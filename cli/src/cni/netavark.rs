@@ -17,8 +17,9 @@
 //!
 //! Options (`podman network create -o K=V`): `weft_driver` (`bridge` or
 //! `overlay`), `mtu`; any other is refused. Podman 5 is not on this
-//! machine (Debian's netavark 1.4 predates plugins), so this is tested
-//! against the documented JSON only.
+//! machine (Debian's netavark 1.4 predates plugins): this is tested
+//! against the documented JSON and under netavark 1.17.2 built from
+//! crates.io (`cli/tests/netavark.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
