@@ -246,3 +246,104 @@ fn a_state_file_with_overlapping_networks_is_refused_and_kept() {
         "the refused state file was changed"
     );
 }
+
+/// Port security: a sandbox that takes another's address or MAC, or the
+/// gateway's, poisons no neighbour cache and hijacks nothing (the frames
+/// are counted `spoofed` on its port); the others keep talking. With
+/// `-o port_security=false` the same sandbox may use an extra address.
+#[test]
+fn a_sandbox_cannot_send_as_another() {
+    let Some(mut w) = World::new() else { return };
+    let ping = |w: &World, ns: &str, args: &[&str]| w.ping(ns, args);
+    for (net, subnet, opt) in [
+        ("sec", "10.239.8.0/24", "port_security=true"),
+        ("open", "10.239.9.0/24", "port_security=false"),
+    ] {
+        w.weft_ok(&["network", "create", "--subnet", subnet, "-o", opt, net]);
+    }
+    let (a, b, c) = (w.sandbox("a"), w.sandbox("b"), w.sandbox("c"));
+    for ns in [&a, &b, &c] {
+        w.weft_ok(&["network", "connect", "sec", ns]);
+    }
+    let endpoint = |w: &World, ns: &str| {
+        let e = w.endpoint("sec", ns);
+        let mac = e["mac"].as_str().unwrap_or_default().to_owned();
+        (World::address(&e, false), mac)
+    };
+    let ((a_ip, a_mac), (c_ip, _)) = (endpoint(&w, &a), endpoint(&w, &c));
+    let gateway = "10.239.8.1";
+    assert!(w.ping_eventually(&c, &a_ip, std::time::Duration::from_secs(10)));
+    assert!(ping(&w, &c, &["-c", "1", "-W", "2", gateway]));
+    assert!(w.ping_eventually(&b, &c_ip, std::time::Duration::from_secs(10)));
+    let neighbour = |ip: &str| w.exec_ok(&c, &["ip", "neigh", "show", ip]);
+    let gateway_mac = neighbour(gateway);
+    assert!(neighbour(&a_ip).contains(&a_mac), "{}", neighbour(&a_ip));
+
+    // b claims a's address and the gateway's: with its neighbour cache
+    // flushed, its ARP requests carry them. (c's kernel takes such a claim
+    // once its entry is older than `locktime`, 1 s.)
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for spoof in [a_ip.as_str(), gateway] {
+        w.exec_ok(&b, &["ip", "neigh", "flush", "dev", "eth0"]);
+        w.exec_ok(
+            &b,
+            &["ip", "addr", "add", &format!("{spoof}/32"), "dev", "eth0"],
+        );
+        assert!(
+            !ping(&w, &b, &["-c", "2", "-W", "1", "-I", spoof, &c_ip]),
+            "b reached c as {spoof}"
+        );
+        w.exec_ok(
+            &b,
+            &["ip", "addr", "del", &format!("{spoof}/32"), "dev", "eth0"],
+        );
+    }
+    assert!(
+        neighbour(&a_ip).contains(&a_mac),
+        "c's entry for a was poisoned: {}",
+        neighbour(&a_ip)
+    );
+    assert_eq!(
+        neighbour(gateway).split_whitespace().nth(4),
+        gateway_mac.split_whitespace().nth(4),
+        "c's gateway entry was poisoned"
+    );
+    // b takes a's MAC: its frames go nowhere, and a keeps its traffic.
+    w.exec_ok(&b, &["ip", "link", "set", "eth0", "address", &a_mac]);
+    assert!(
+        !ping(&w, &b, &["-c", "2", "-W", "1", &c_ip]),
+        "b reached c with a's MAC"
+    );
+    assert!(
+        ping(&w, &c, &["-c", "1", "-W", "2", &a_ip]),
+        "c lost a to b"
+    );
+    let drops = &w.endpoint("sec", &b)["counters"]["drops"]["spoofed"];
+    assert!(
+        drops.as_u64().unwrap_or(0) > 0,
+        "spoofed frames counted: {drops}"
+    );
+
+    // port_security=false: an extra address of b2's own works.
+    let (b2, c2) = (w.sandbox("b2"), w.sandbox("c2"));
+    for ns in [&b2, &c2] {
+        w.weft_ok(&["network", "connect", "open", ns]);
+    }
+    let c2_ip = World::address(&w.endpoint("open", &c2), false);
+    w.exec_ok(
+        &b2,
+        &["ip", "addr", "add", "10.239.9.200/32", "dev", "eth0"],
+    );
+    assert!(
+        w.ping_eventually(&b2, &c2_ip, std::time::Duration::from_secs(10)),
+        "b2 cannot reach c2"
+    );
+    assert!(
+        ping(
+            &w,
+            &b2,
+            &["-c", "1", "-W", "2", "-I", "10.239.9.200", &c2_ip]
+        ),
+        "with port_security=false an extra address is the sandbox's business"
+    );
+}

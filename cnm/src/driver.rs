@@ -40,7 +40,7 @@ use weft_datapath::{Datapath, DatapathError};
 use weft_services::dns::{Zone, ZoneEntry};
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::tap::Tap;
-use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId};
+use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId, PortIdentity};
 
 use crate::attach::{
     run_helper, AttachAction, AttachError, AttachRequest, DockerTapConfig, TapConfig,
@@ -411,6 +411,32 @@ pub fn gateway_mac(network: &Network) -> MacAddr {
 
 /// The MAC of an endpoint's interface: its own, else the one derived from
 /// its addresses.
+/// The network option that turns port security off (on by default).
+pub const PORT_SECURITY_OPTION: &str = "port_security";
+
+/// What an endpoint's port may send as (see `weft_vswitch::port_security`):
+/// its MAC and addresses; enforced unless the network says
+/// `port_security=false`.
+fn port_identity(network: &Network, endpoint: &Endpoint, mac: MacAddr) -> PortIdentity {
+    let mut identity = PortIdentity {
+        mac,
+        ipv4: Vec::new(),
+        ipv6: Vec::new(),
+        enforce: network
+            .options
+            .get(PORT_SECURITY_OPTION)
+            .map(String::as_str)
+            != Some("false"),
+    };
+    for address in &endpoint.addresses {
+        match address.addr() {
+            IpAddr::V4(v4) => identity.ipv4.push(v4),
+            IpAddr::V6(v6) => identity.ipv6.push(v6),
+        }
+    }
+    identity
+}
+
 fn interface_mac(endpoint: &Endpoint) -> MacAddr {
     endpoint.mac.unwrap_or_else(|| {
         endpoint_mac(
@@ -550,6 +576,8 @@ impl NetworkDriver for BridgeDriver {
             source,
         })?;
         let port = self.datapath.add_port(network_id, tap)?;
+        self.datapath
+            .set_port_identity(port.0, port_identity(network, endpoint, mac))?;
         if let Some(limit) = endpoint.bandwidth {
             self.datapath.set_bandwidth(port.0, limit)?;
         }

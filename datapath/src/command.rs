@@ -37,6 +37,13 @@ pub enum Command {
         /// Its counters.
         counters: Arc<PortCounters>,
     },
+    /// Give a port its identity (port security).
+    SetPortIdentity {
+        /// The port.
+        id: PortId,
+        /// Its MAC and addresses, and whether it may send only as them.
+        identity: weft_vswitch::PortIdentity,
+    },
     /// Set (or clear) a port's bandwidth limit.
     SetBandwidth {
         /// The port.

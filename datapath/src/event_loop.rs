@@ -243,6 +243,11 @@ impl Loop {
                     let tap = self.detach(id);
                     let _ = done.send(tap);
                 }
+                Command::SetPortIdentity { id, identity } => {
+                    plane
+                        .switch
+                        .set_port_identity(id, identity, std::time::Instant::now());
+                }
                 Command::SetBandwidth { id, limit } => {
                     plane
                         .taps

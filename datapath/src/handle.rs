@@ -162,6 +162,21 @@ impl Datapath {
         Ok((id, counters))
     }
 
+    /// Give a port its identity: its MAC pinned to it and, when
+    /// `identity.enforce`, frames only as itself (see
+    /// `weft_vswitch::port_security`).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_port_identity(
+        &self,
+        id: PortId,
+        identity: weft_vswitch::PortIdentity,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::SetPortIdentity { id, identity })
+    }
+
     /// Set (or clear, with a limit that limits nothing) a port's bandwidth
     /// limit.
     ///

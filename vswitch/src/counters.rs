@@ -29,6 +29,10 @@ pub enum DropReason {
     NatFull,
     /// To a port with an ingress rate limit whose queue was full.
     RateLimited,
+    /// Sent with a MAC or address that is not the port's (port security).
+    Spoofed,
+    /// From a new MAC past the port's limit of learned MACs.
+    MacLimit,
 }
 
 /// Counters of one port. See the module header for the threading rule.
@@ -58,7 +62,7 @@ pub struct PortCountersSnapshot {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -70,6 +74,8 @@ impl DropReason {
         DropReason::UnknownPort,
         DropReason::NatFull,
         DropReason::RateLimited,
+        DropReason::Spoofed,
+        DropReason::MacLimit,
     ];
 
     /// Index into a counter array.
@@ -89,6 +95,8 @@ impl DropReason {
             DropReason::UnknownPort => "unknown_port",
             DropReason::NatFull => "nat_full",
             DropReason::RateLimited => "rate_limited",
+            DropReason::Spoofed => "spoofed",
+            DropReason::MacLimit => "mac_limit",
         }
     }
 }

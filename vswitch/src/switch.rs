@@ -9,8 +9,12 @@
 //! [`Switch::handle_frame`]:
 //!
 //! 1. drops it if it is shorter than an Ethernet header or its source MAC
-//!    is multicast or zero;
-//! 2. learns the source MAC on `p` in `p`'s network;
+//!    is multicast or zero, or if `p` sends as someone else
+//!    ([`crate::port_security`]: the endpoint's MAC and addresses are
+//!    known, and pinned);
+//! 2. learns the source MAC on `p` in `p`'s network (a MAC pinned to
+//!    another port is a spoof; a port past its share of learned MACs is
+//!    flooding: both dropped);
 //! 3. decides: frames to the gateway MAC, and ARP/ND for a gateway address,
 //!    go `ToGateway`; other broadcast and multicast, and unicast to an
 //!    unknown (or aged-out) MAC, `Flood` to the other ports of the same
@@ -34,7 +38,8 @@ use std::time::{Duration, Instant};
 use crate::counters::DropReason;
 use crate::gateway::{Gateway, GatewayConfig};
 pub use crate::ids::{NetworkId, PortId};
-use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY};
+use crate::mac_table::{Learned, MacTable, DEFAULT_AGEING, DEFAULT_CAPACITY, DEFAULT_PORT_LIMIT};
+use crate::port_security::PortIdentity;
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
 use crate::wire::packet::GatewayFrame;
 
@@ -75,6 +80,8 @@ pub struct Switch {
     ports: FxHashMap<PortId, NetworkId>,
     /// Ports that are tunnels to other hosts (overlay networks).
     tunnel_ports: rustc_hash::FxHashSet<PortId>,
+    /// What each local port may send as (port security).
+    identities: FxHashMap<PortId, PortIdentity>,
     next_sweep: Option<Instant>,
 }
 
@@ -116,6 +123,7 @@ impl Switch {
             networks: FxHashMap::default(),
             ports: FxHashMap::default(),
             tunnel_ports: rustc_hash::FxHashSet::default(),
+            identities: FxHashMap::default(),
             next_sweep: None,
         }
     }
@@ -131,7 +139,9 @@ impl Switch {
         id: NetworkId,
         gateway: GatewayConfig,
     ) -> Result<(), TopologyError> {
-        self.add_network_with_table(id, gateway, MacTable::new(DEFAULT_CAPACITY, DEFAULT_AGEING))
+        let macs =
+            MacTable::new(DEFAULT_CAPACITY, DEFAULT_AGEING).with_port_limit(DEFAULT_PORT_LIMIT);
+        self.add_network_with_table(id, gateway, macs)
     }
 
     /// Add a network with a MAC table of the caller's choosing.
@@ -169,6 +179,7 @@ impl Switch {
         for port in &network.ports {
             self.ports.remove(port);
             self.tunnel_ports.remove(port);
+            self.identities.remove(port);
         }
         network.ports
     }
@@ -233,12 +244,24 @@ impl Switch {
         }
     }
 
+    /// Give a local port its identity: its MAC is pinned to it, and (when
+    /// `identity.enforce`) it may send only as itself. See
+    /// [`crate::port_security`].
+    pub fn set_port_identity(&mut self, port: PortId, identity: PortIdentity, now: Instant) {
+        let Some(network) = self.ports.get(&port).and_then(|n| self.networks.get_mut(n)) else {
+            return;
+        };
+        network.macs.set_static(identity.mac, port, now);
+        self.identities.insert(port, identity);
+    }
+
     /// Detach a port; its learned MACs are forgotten.
     pub fn remove_port(&mut self, port: PortId) {
         let Some(network) = self.ports.remove(&port) else {
             return;
         };
         self.tunnel_ports.remove(&port);
+        self.identities.remove(&port);
         if let Some(net) = self.networks.get_mut(&network) {
             net.ports.retain(|p| *p != port);
             net.local_ports.retain(|p| *p != port);
@@ -268,7 +291,18 @@ impl Switch {
         if !src.is_valid_source() {
             return Decision::Drop(DropReason::InvalidSource);
         }
-        match network.macs.learn(src, ingress, now) {
+        if let Some(identity) = self.identities.get(&ingress) {
+            if let Err(reason) = identity.check(frame) {
+                return Decision::Drop(reason);
+            }
+        }
+        let from_tunnel = self.tunnel_ports.contains(&ingress);
+        let learned = if from_tunnel {
+            network.macs.learn_unlimited(src, ingress, now)
+        } else {
+            network.macs.learn(src, ingress, now)
+        };
+        match learned {
             Learned::Refreshed | Learned::New => {}
             Learned::Moved { from } => {
                 tracing::info!(mac = %src, from = from.0, to = ingress.0, "MAC moved");
@@ -276,11 +310,15 @@ impl Switch {
             Learned::TableFull => {
                 tracing::debug!(mac = %src, port = ingress.0, "MAC table full, not learned");
             }
+            Learned::Pinned { owner } => {
+                tracing::debug!(mac = %src, owner = owner.0, port = ingress.0, "another endpoint's MAC");
+                return Decision::Drop(DropReason::Spoofed);
+            }
+            Learned::PortFull => return Decision::Drop(DropReason::MacLimit),
         }
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_INTERVAL);
         }
-        let from_tunnel = self.tunnel_ports.contains(&ingress);
         if dst == network.gateway.mac() {
             // Every host's gateway has the same MAC: frames for it are
             // answered where they start, never carried across.
@@ -455,6 +493,81 @@ mod tests {
         let arp = [(Ipv4Addr::new(10, 0, 0, 9), mac(9))].into_iter().collect();
         sw.set_remote_endpoints(NET_A, macs, arp);
         sw
+    }
+
+    fn ipv4_frame(dst: MacAddr, src: MacAddr, src_ip: [u8; 4]) -> Vec<u8> {
+        let mut f = frame(dst, src);
+        f[14] = 0x45;
+        f[14 + 12..14 + 16].copy_from_slice(&src_ip);
+        f
+    }
+
+    #[test]
+    fn endpoints_send_only_as_themselves_and_their_macs_are_pinned() {
+        let mut sw = overlay_switch();
+        let now = Instant::now();
+        for (port, n) in [(PortId(1), 1), (PortId(2), 2)] {
+            let identity = PortIdentity {
+                mac: mac(n),
+                ipv4: vec![Ipv4Addr::new(10, 0, 0, 10 + n)],
+                ipv6: vec![],
+                enforce: n == 1,
+            };
+            sw.set_port_identity(port, identity, now);
+        }
+        // Known before either sent anything: no flood.
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &ipv4_frame(mac(2), mac(1), [10, 0, 0, 11])),
+            Decision::Forward(PortId(2))
+        );
+        // Port 1 enforces: another address, another MAC: dropped.
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &ipv4_frame(mac(2), mac(1), [10, 0, 0, 12])),
+            Decision::Drop(DropReason::Spoofed)
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &ipv4_frame(mac(2), mac(5), [10, 0, 0, 11])),
+            Decision::Drop(DropReason::Spoofed)
+        );
+        // Port 2 does not enforce (port_security=false), yet cannot take
+        // port 1's pinned MAC; its own extra MACs are learned.
+        assert_eq!(
+            sw.handle_frame(now, PortId(2), &frame(mac(9), mac(1))),
+            Decision::Drop(DropReason::Spoofed)
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(2), &frame(mac(1), mac(6))),
+            Decision::Forward(PortId(1))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &ipv4_frame(mac(6), mac(1), [10, 0, 0, 11])),
+            Decision::Forward(PortId(2))
+        );
+    }
+
+    #[test]
+    fn a_mac_flood_stops_at_the_flooders_share() {
+        let mut sw = overlay_switch();
+        let now = Instant::now();
+        let flood_mac = |i: usize| MacAddr([0x02, 0xee, 0, 0, (i >> 8) as u8, i as u8]);
+        let mut limited = 0;
+        for i in 0..DEFAULT_PORT_LIMIT + 100 {
+            if sw.handle_frame(now, PortId(2), &frame(mac(1), flood_mac(i)))
+                == Decision::Drop(DropReason::MacLimit)
+            {
+                limited += 1;
+            }
+        }
+        assert_eq!(
+            limited, 100,
+            "past its share the flooder's new MACs are dropped"
+        );
+        // Everyone else still learns: port 1's MAC is forwarded to, not flooded.
+        sw.handle_frame(now, PortId(1), &frame(GW, mac(1)));
+        assert_eq!(
+            sw.handle_frame(now, PortId(2), &frame(mac(1), flood_mac(0))),
+            Decision::Forward(PortId(1))
+        );
     }
 
     #[test]

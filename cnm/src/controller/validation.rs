@@ -20,6 +20,9 @@ pub(super) const BRIDGE_OPTIONS: &[(&str, &[&str])] = &[
     // Connections to the gateway's address on ports that are not gateway
     // services go to the host's loopback.
     ("host_loopback", &["true", "false"]),
+    // Each endpoint sends only from its own MAC and addresses (default);
+    // false for guests that bridge further (a VM with its own bridge).
+    (crate::driver::PORT_SECURITY_OPTION, &["true", "false"]),
 ];
 
 /// Refuse options the driver does not know and values it does not take;
@@ -78,12 +81,16 @@ pub(super) fn validate_overlay_options(
                     Vni::MAX
                 ),
             },
+            crate::driver::PORT_SECURITY_OPTION if value == "true" || value == "false" => continue,
+            crate::driver::PORT_SECURITY_OPTION => {
+                format!("{value:?} is not a value of port_security: use true or false")
+            }
             PEERS_OPTION => match overlay_driver::parse_peers(value) {
                 Ok(peers) if !peers.is_empty() => continue,
                 Ok(_) => "give at least one address: peers=IP[,IP...]".to_owned(),
                 Err(bad) => format!("{bad:?} is not an IP address: use peers=IP[,IP...]"),
             },
-            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...]"
+            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...], port_security=true|false"
                 .to_owned(),
         };
         return Err(ControllerError::InvalidOption {
