@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the switch core: ns per frame for the
-//! forwarding decision, MAC table lookups at 1k and 1M entries, and the
+//! forwarding decision (with and without port security), MAC table lookups at 1k and 1M entries, and the
 //! gateway's ARP answer, a DNS answer for a local name.
 
 #![allow(clippy::disallowed_methods)]
@@ -59,6 +59,28 @@ fn switch_decision(c: &mut Criterion) {
         f.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
         f
     };
+    // The same decision for a port with port security on: its MAC pinned
+    // and every frame's source MAC and IPv4 address checked.
+    let mut secured = frame(mac(4), mac(3), 1514);
+    secured[14] = 0x45;
+    secured[26..30].copy_from_slice(&[10, 0, 0, 3]);
+    for (port, n) in [(PortId(3), 3u8), (PortId(4), 4)] {
+        sw.add_port(port, NetworkId(1)).expect("fresh port");
+        let identity = weft_vswitch::PortIdentity {
+            mac: mac(u32::from(n)),
+            ipv4: vec![Ipv4Addr::new(10, 0, 0, n)],
+            ipv6: vec![],
+            enforce: true,
+        };
+        sw.set_port_identity(port, identity, now);
+    }
+    assert_eq!(
+        sw.handle_frame(now, PortId(3), &secured),
+        weft_vswitch::Decision::Forward(PortId(4))
+    );
+    group.bench_function("known_unicast_decision_port_security", |b| {
+        b.iter(|| black_box(sw.handle_frame(now, PortId(3), black_box(&secured))))
+    });
     let mut out = vec![0u8; arp.len() + REPLY_HEADROOM];
     group.bench_function("gateway_arp_reply", |b| {
         b.iter(|| {

@@ -150,7 +150,7 @@ impl MacTable {
         now: Instant,
         per_port: usize,
     ) -> Learned {
-        if let Some(entry) = self.entries.get(&mac).copied() {
+        if let Some(entry) = self.entries.get_mut(&mac) {
             if entry.fixed {
                 return if entry.port == port {
                     Learned::Refreshed
@@ -159,11 +159,10 @@ impl MacTable {
                 };
             }
             if entry.port == port {
-                if let Some(e) = self.entries.get_mut(&mac) {
-                    e.last_seen = now;
-                }
+                entry.last_seen = now;
                 return Learned::Refreshed;
             }
+            let entry = *entry;
             if self.count(port) >= per_port {
                 return Learned::PortFull;
             }
