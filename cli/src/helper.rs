@@ -9,7 +9,11 @@
 //!    (CNI's `CNI_IFNAME`; refused if taken), or the first `ethN` that
 //!    does not exist yet;
 //! 2. `TUNSETIFF` creates the TAP (or attaches to the persistent one of that
-//!    name), `TUNSETPERSIST` keeps it across daemon restarts, offloads on;
+//!    name), its MAC is set, then `TUNSETPERSIST` keeps it across daemon
+//!    restarts, offloads on. In that order: a TAP that outlives this
+//!    helper always has the endpoint's MAC, which is how a restarted
+//!    daemon finds and removes what a connect cut short left (the
+//!    `Remove` action);
 //! 3. over netlink: MAC, MTU, up; each address (IPv6 without DAD, so it is
 //!    usable at once); a default route per family via the gateway; `lo` up.
 //!    "Already exists" answers are fine: a re-open finds everything in
@@ -101,6 +105,7 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             };
             let tap = Tap::create(&ifname).map_err(|e| tap_error(&ifname, e))?;
             let configured = (|| {
+                runtime.block_on(set_mac(&ifname, config.mac))?;
                 tap.set_persistent(true)
                     .context("making the TAP persistent")?;
                 // USO needs Linux 6.2: older kernels refuse the flag.
@@ -118,7 +123,44 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             Ok((ifname, Some(tap)))
         }
         AttachAction::DockerTap(config) => docker_tap(&runtime, config),
+        AttachAction::Remove { mac } => {
+            let removed = runtime.block_on(remove_link_with_mac(mac.0))?;
+            Ok((removed.unwrap_or_default(), None))
+        }
     }
+}
+
+/// Delete the interface whose MAC is `mac`, if any; its name.
+async fn remove_link_with_mac(mac: [u8; 6]) -> Result<Option<String>> {
+    let Ok(name) = link_with_mac(mac).await else {
+        return Ok(None);
+    };
+    let handle = netlink()?;
+    let index = link_index(&handle, &name).await?;
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .with_context(|| format!("deleting {name}"))?;
+    Ok(Some(name))
+}
+
+/// Set a new TAP's MAC (before it is made persistent: see the module
+/// header).
+async fn set_mac(ifname: &str, mac: weft_vswitch::MacAddr) -> Result<()> {
+    let handle = netlink()?;
+    let index = link_index(&handle, ifname).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.0.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| format!("setting MAC {mac} on {ifname}"))
 }
 
 /// Docker's TAP (see `AttachAction::DockerTap`): made in this (the
@@ -137,6 +179,9 @@ fn docker_tap(
     let created = !interface_exists(&ifname);
     let tap = Tap::create(&ifname).map_err(|e| tap_error(&ifname, e))?;
     let configured = (|| {
+        if !config.reopen {
+            runtime.block_on(set_mac(&ifname, config.mac))?;
+        }
         tap.set_persistent(true)
             .context("making the TAP persistent")?;
         tap.set_offloads(Offloads::ALL)

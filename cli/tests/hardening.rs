@@ -347,3 +347,53 @@ fn a_sandbox_cannot_send_as_another() {
         "with port_security=false an extra address is the sandbox's business"
     );
 }
+
+/// `kill -9` of the daemon (and its attach helper) at any moment of a
+/// `network connect` leaves a clean sandbox: after a restart the sandbox
+/// holds either the recorded endpoint's interface or none, and connecting
+/// again gives it `eth0` and a working network (the attach journal).
+#[test]
+fn a_connect_killed_at_any_moment_leaves_a_clean_sandbox() {
+    let Some(mut w) = World::new() else { return };
+    w.weft_ok(&["network", "create", "--subnet", "10.239.10.0/24", "crash"]);
+    let mut cut_short = 0;
+    for delay_ms in [0u64, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30] {
+        let ns = w.sandbox("k");
+        let mut client = Command::new("ip")
+            .args(["netns", "exec", &w.host, "timeout", "-k", "2", "20", WEFT])
+            .args(["network", "connect", "crash", &ns])
+            .env("WEFT_SOCKET", &w.socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting the connect");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        w.kill_daemon();
+        let _ = client.wait();
+        w.start_daemon();
+        let recorded = w
+            .endpoints("crash")
+            .iter()
+            .any(|e| e["sandbox"].as_str().is_some_and(|s| s.ends_with(&ns)));
+        let links = w.links(&ns);
+        if recorded {
+            assert_eq!(links, ["lo", "eth0"], "delay {delay_ms} ms: {links:?}");
+        } else {
+            cut_short += 1;
+            assert_eq!(
+                links,
+                ["lo"],
+                "delay {delay_ms} ms: an interface the daemon does not know stayed\n{}",
+                w.daemon_log()
+            );
+            w.weft_ok(&["network", "connect", "crash", &ns]);
+        }
+        assert_eq!(w.links(&ns), ["lo", "eth0"], "delay {delay_ms} ms");
+        assert!(
+            w.ping(&ns, &["-c", "1", "-W", "2", "10.239.10.1"]),
+            "delay {delay_ms} ms: the sandbox cannot reach its gateway"
+        );
+    }
+    eprintln!("connects cut short: {cut_short} of 14");
+}

@@ -65,6 +65,13 @@ pub enum AttachAction {
     Loopback,
     /// Create or re-open a TAP and configure it; send its fd back.
     Tap(TapConfig),
+    /// Remove the interface with this MAC, if there is one: what a connect
+    /// cut short by a crash left (see `crate::store`'s attach journal).
+    /// Answers `Attached` with the name removed (empty: none found).
+    Remove {
+        /// The endpoint's MAC, set before the TAP was made persistent.
+        mac: MacAddr,
+    },
     /// A TAP for Docker (the Docker plugin's `Join`): made in the
     /// daemon's own namespace with its MAC and MTU, down and without
     /// addresses, for Docker to move into the container and configure;

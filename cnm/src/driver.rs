@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use weft_datapath::published::{HostListener, PublishError, PublishId, PublishTarget};
@@ -201,7 +201,7 @@ pub trait NetworkDriver: Send + Sync {
 
 /// The attach helper's own network namespace, which is the daemon's (the
 /// helper is its child): where Docker's TAPs are made.
-const OWN_NETNS: &str = "/proc/self/ns/net";
+pub(crate) const OWN_NETNS: &str = "/proc/self/ns/net";
 
 /// `null`: loopback only.
 #[derive(Debug)]
@@ -266,6 +266,21 @@ impl BridgeDriver {
             datapath,
             tables: Mutex::default(),
         }
+    }
+
+    /// Remove the interface with `mac` from `netns`, if there is one (what
+    /// a connect a crash cut short left: see `crate::store`); its name.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError`] with the helper's message.
+    pub fn remove_stray(&self, netns: &Path, mac: MacAddr) -> Result<Option<String>, DriverError> {
+        let request = AttachRequest {
+            sandbox: netns.to_owned(),
+            action: AttachAction::Remove { mac },
+        };
+        let (ifname, _) = run_helper(&self.helper_exe, &request)?;
+        Ok((!ifname.is_empty()).then_some(ifname))
     }
 
     /// The data path this driver feeds.
@@ -437,7 +452,7 @@ fn port_identity(network: &Network, endpoint: &Endpoint, mac: MacAddr) -> PortId
     identity
 }
 
-fn interface_mac(endpoint: &Endpoint) -> MacAddr {
+pub(crate) fn interface_mac(endpoint: &Endpoint) -> MacAddr {
     endpoint.mac.unwrap_or_else(|| {
         endpoint_mac(
             &endpoint

@@ -11,6 +11,17 @@
 //! network that does not exist, outside its subnets, or sharing an address
 //! or a sandbox with another endpoint of its network. The error says where
 //! (what a hand edit or a bad merge made), and nothing is changed.
+//!
+//! The attach journal makes `network connect` crash-safe. Before a TAP is
+//! made, `attaching/ENDPOINT.json` records where (its network namespace)
+//! and with which MAC; the entry goes when the endpoint is in the state
+//! file, or when the connect failed and was undone. The helper sets the
+//! MAC before it makes the TAP persistent, so a TAP that survives a crash
+//! has the journaled MAC. At start, an entry whose endpoint is not in the
+//! state names an interface nobody knows: the daemon removes it (and with
+//! it its addresses and routes) before restoring anything, so a kill at any
+//! moment of a connect leaves a clean sandbox, and connecting again gets
+//! `eth0` again.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -26,6 +37,8 @@ use crate::model::{Endpoint, Network};
 pub const STATE_VERSION: u32 = 1;
 
 const STATE_FILE: &str = "state.json";
+/// The attach journal's directory in the state directory.
+const JOURNAL_DIR: &str = "attaching";
 
 /// Everything the controller persists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,47 +260,137 @@ impl StateStore {
     ///
     /// [`StoreError::Io`] naming the step that failed.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io_err = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Io {
             action: "serializing state for",
-            path: path.clone(),
+            path: self.path(),
             source: io::Error::other(e),
         })?;
-        // 0600 whatever the umask: the state names every sandbox.
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("creating", &tmp))?
-        };
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // A stale temporary file keeps its mode through `open`.
-            file.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(io_err("setting the mode of", &tmp))?;
-        }
-        file.write_all(&bytes).map_err(io_err("writing", &tmp))?;
-        file.sync_all().map_err(io_err("syncing", &tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("syncing directory", &self.dir))?;
-        Ok(())
+        write_atomically(&self.dir, STATE_FILE, &bytes)
     }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.dir.join(JOURNAL_DIR)
+    }
+
+    /// Record an attach about to start (see the module header), durably.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] naming the step that failed.
+    pub fn journal_attach(&self, pending: &PendingAttach) -> Result<(), StoreError> {
+        let dir = self.journal_dir();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| StoreError::Io {
+                    action: "creating",
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let bytes = serde_json::to_vec(pending).map_err(|e| StoreError::Io {
+            action: "serializing",
+            path: dir.clone(),
+            source: io::Error::other(e),
+        })?;
+        write_atomically(&dir, &format!("{}.json", pending.endpoint), &bytes)
+    }
+
+    /// Forget an attach that finished (recorded in the state) or was
+    /// undone.
+    pub fn clear_attach(&self, endpoint: &str) {
+        let path = self.journal_dir().join(format!("{endpoint}.json"));
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove an attach journal entry");
+            }
+        }
+    }
+
+    /// The attaches recorded and not cleared: connects a crash cut short.
+    /// An entry that does not parse is logged and removed.
+    pub fn pending_attaches(&self) -> Vec<PendingAttach> {
+        let Ok(entries) = fs::read_dir(self.journal_dir()) else {
+            return Vec::new();
+        };
+        let mut pending = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            match fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<PendingAttach>(&bytes).ok())
+            {
+                Some(entry) => pending.push(entry),
+                None => {
+                    tracing::warn!(path = %path.display(), "unreadable attach journal entry removed");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        pending
+    }
+}
+
+/// An attach in progress: where its TAP is being made and with which MAC
+/// (see the module header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAttach {
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// Its network's name.
+    pub network: String,
+    /// The network namespace the TAP is made in.
+    pub netns: PathBuf,
+    /// The TAP's MAC (set before the TAP is made persistent).
+    pub mac: weft_vswitch::MacAddr,
+}
+
+/// Write `bytes` to `dir/name` so that a crash leaves the old file or the
+/// new one, never a torn one: a temporary file (mode 0600 whatever the
+/// umask: the state names every sandbox), fsynced, renamed over, the
+/// directory fsynced.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io_err = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A stale temporary file keeps its mode through `open`.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err("setting the mode of", &tmp))?;
+    }
+    file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -417,5 +520,29 @@ mod tests {
             "{err}"
         );
         assert!(store.path().exists());
+    }
+
+    #[test]
+    fn the_attach_journal_keeps_what_was_not_cleared() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.pending_attaches().is_empty());
+        let pending = |id: &str| PendingAttach {
+            endpoint: id.into(),
+            network: "n".into(),
+            netns: "/run/netns/x".into(),
+            mac: "02:42:0a:00:00:02".parse().unwrap(),
+        };
+        store.journal_attach(&pending("a")).unwrap();
+        store.journal_attach(&pending("b")).unwrap();
+        let file = dir.path().join(JOURNAL_DIR).join("a.json");
+        let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        store.clear_attach("b");
+        store.clear_attach("never-there");
+        fs::write(dir.path().join(JOURNAL_DIR).join("torn.json"), b"{").unwrap();
+        assert_eq!(store.pending_attaches(), vec![pending("a")]);
+        assert!(!dir.path().join(JOURNAL_DIR).join("torn.json").exists());
     }
 }

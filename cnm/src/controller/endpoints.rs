@@ -12,6 +12,7 @@ use weft_overlay::{ClusterNetworkId, EndpointRecord};
 use crate::api::types::{ConnectRequest, DisconnectRequest};
 use crate::model::{DriverKind, Endpoint, Network, PortMappingError};
 use crate::resolv_conf;
+use crate::store::PendingAttach;
 
 use super::error::ControllerError;
 use super::validation::{
@@ -154,7 +155,13 @@ impl Controller {
                 driver: network.driver,
                 source,
             });
-        let joined = match created {
+        // The journal first (see `crate::store`): a crash from here until
+        // the state is saved leaves an entry the next start cleans up.
+        let journaled = created.and_then(|()| match pending_attach(&network, &endpoint) {
+            Some(pending) => inner.store.journal_attach(&pending).map_err(Into::into),
+            None => Ok(()),
+        });
+        let joined = match journaled {
             Ok(()) => join_blocking(Arc::clone(&driver), network.clone(), endpoint.clone()).await,
             Err(e) => Err(e),
         };
@@ -164,12 +171,14 @@ impl Controller {
                 let _ = driver.delete_endpoint(&network, &endpoint);
                 inner.release_addresses(&endpoint);
                 self.release_cluster_addresses(&network, &cluster_ips);
+                inner.store.clear_attach(&endpoint.id);
                 return Err(e);
             }
         };
         endpoint.resolv_conf = self.install_resolv_conf(&network, &endpoint);
         inner.state.endpoints.push(endpoint.clone());
-        if let Err(e) = inner.save() {
+        let saved = inner.save();
+        if let Err(e) = saved {
             if let Some(path) = &endpoint.resolv_conf {
                 resolv_conf::remove(path);
             }
@@ -177,8 +186,10 @@ impl Controller {
             let _ = driver.leave(&network, &endpoint);
             inner.release_addresses(&endpoint);
             self.release_cluster_addresses(&network, &cluster_ips);
+            inner.store.clear_attach(&endpoint.id);
             return Err(e);
         }
+        inner.store.clear_attach(&endpoint.id);
         self.publish_endpoint(&network, &endpoint);
         inner.publish_names(&network);
         tracing::info!(network = network.name, sandbox = %endpoint.sandbox.display(), ifname = endpoint.ifname, addresses = ?endpoint.addresses, "endpoint joined");
@@ -336,4 +347,24 @@ impl Controller {
             tracing::error!(network = network.name, endpoint = endpoint.name, error = %e, "endpoint not announced to the cluster: other hosts will not reach it by name or without flooding");
         }
     }
+}
+
+/// The journal entry of an endpoint about to be attached: where its TAP is
+/// made (a Docker endpoint's in the daemon's own namespace, for Docker to
+/// move) and its MAC; None for drivers that make no interface.
+fn pending_attach(network: &Network, endpoint: &Endpoint) -> Option<PendingAttach> {
+    if !network.driver.has_interfaces() {
+        return None;
+    }
+    let netns = if endpoint.docker.is_some() {
+        PathBuf::from(crate::driver::OWN_NETNS)
+    } else {
+        endpoint.sandbox.clone()
+    };
+    Some(PendingAttach {
+        endpoint: endpoint.id.clone(),
+        network: network.name.clone(),
+        netns,
+        mac: crate::driver::interface_mac(endpoint),
+    })
 }

@@ -205,6 +205,7 @@ impl Controller {
 
     async fn restore(&self) -> Result<(), ControllerError> {
         let mut inner = self.inner.lock().await;
+        inner.recover_interrupted_attaches();
         for network in inner.state.networks.clone() {
             if network.driver == DriverKind::Overlay {
                 let Some(cluster) = &self.cluster else {

@@ -29,6 +29,39 @@ impl Inner {
         }
     }
 
+    /// Clean up after connects a crash cut short (see `crate::store`'s
+    /// attach journal): an interface made for an endpoint the state does
+    /// not hold is removed from its namespace. Entries of endpoints that
+    /// made it into the state are just dropped.
+    pub(super) fn recover_interrupted_attaches(&self) {
+        for pending in self.store.pending_attaches() {
+            let recorded = self
+                .state
+                .endpoints
+                .iter()
+                .any(|e| e.id == pending.endpoint);
+            if !recorded && pending.netns.exists() {
+                match self.bridge.remove_stray(&pending.netns, pending.mac) {
+                    Ok(Some(ifname)) => tracing::warn!(
+                        network = pending.network,
+                        netns = %pending.netns.display(),
+                        ifname,
+                        "removed the interface of a connect the daemon's last run did not finish"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(
+                        network = pending.network,
+                        netns = %pending.netns.display(),
+                        mac = %pending.mac,
+                        error = %error_chain(&e),
+                        "could not remove the interface of an unfinished connect: delete it by hand"
+                    ),
+                }
+            }
+            self.store.clear_attach(&pending.endpoint);
+        }
+    }
+
     /// Tell the network's driver the names of all its endpoints (the
     /// embedded DNS serves them at once).
     pub(super) fn publish_names(&self, network: &Network) {
