@@ -67,6 +67,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_NAT_MAX_FLOWS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub nat_max_flows: u32,
+    /// Also serve Prometheus metrics (`GET /metrics`) on this TCP address;
+    /// the API socket serves them too.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// Also serve Docker's network and IPAM plugin protocol as NAME
     /// (`docker network create -d NAME --ipam-driver NAME`), on
     /// DIR/NAME.sock (see --docker-plugin-dir).
@@ -149,6 +153,9 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .context("creating the default network `bridge`")?;
     }
     let listener = bind(socket, group).await?;
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr, &controller).await?;
+    }
     let plugin_files = match &args.docker_plugin {
         Some(name) => serve_docker_plugin(name, args.docker_plugin_dir, &controller).await?,
         None => Vec::new(),
@@ -269,6 +276,21 @@ async fn serve_docker_plugin(
     });
     tracing::info!(socket = %path.display(), plugin = name, "serving Docker's network and IPAM plugin protocol");
     Ok(files)
+}
+
+/// Serve `GET /metrics` on a TCP address, beside the API.
+async fn serve_metrics(addr: SocketAddr, controller: &Arc<Controller>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics {addr}: binding"))?;
+    let controller = Arc::clone(controller);
+    tokio::spawn(async move {
+        if let Err(e) = api::serve_metrics(listener, controller).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
 }
 
 /// Write `text` to `path` through a temporary file and a rename.

@@ -30,7 +30,7 @@
 //! endpoint has an `ifname`), a port that cannot be bound any more is
 //! logged and dropped from the endpoint, and the rest goes on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,7 +40,11 @@ use weft_datapath::{Datapath, DatapathError};
 use weft_services::dns::{Zone, ZoneEntry};
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::tap::Tap;
-use weft_vswitch::{GatewayConfig, MacAddr, NetworkId, PortCounters, PortId, PortIdentity};
+use weft_vswitch::{
+    FdbKind, GatewayConfig, MacAddr, NetworkId, PortCounters, PortId, PortIdentity,
+};
+
+use crate::api::types::FdbRow;
 
 use crate::attach::{
     run_helper, AttachAction, AttachError, AttachRequest, DockerTapConfig, TapConfig,
@@ -281,6 +285,52 @@ impl BridgeDriver {
         };
         let (ifname, _) = run_helper(&self.helper_exe, &request)?;
         Ok((!ifname.is_empty()).then_some(ifname))
+    }
+
+    /// A network's forwarding table, with local ports named by their
+    /// endpoints (of `endpoints`) and tunnel ports by their hosts.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError`] when the data path does not answer.
+    pub fn fdb(
+        &self,
+        network: &Network,
+        endpoints: &[Endpoint],
+    ) -> Result<Vec<FdbRow>, DriverError> {
+        let Some(id) = self.switch_network(&network.name) else {
+            return Ok(Vec::new());
+        };
+        let names: BTreeMap<u32, &str> = {
+            let tables = self.tables();
+            endpoints
+                .iter()
+                .filter_map(|e| {
+                    tables
+                        .ports
+                        .get(&e.id)
+                        .map(|(port, _)| (port.0, e.name.as_str()))
+                })
+                .collect()
+        };
+        let rows = self
+            .datapath
+            .fdb(id)?
+            .into_iter()
+            .map(|(entry, host)| FdbRow {
+                mac: entry.mac,
+                kind: match entry.kind {
+                    FdbKind::Static => "static",
+                    FdbKind::Learned => "learned",
+                    FdbKind::Remote => "remote",
+                }
+                .to_owned(),
+                endpoint: names.get(&entry.port.0).map(|n| (*n).to_owned()),
+                host,
+                age_seconds: entry.age.as_secs_f64(),
+            })
+            .collect();
+        Ok(rows)
     }
 
     /// The data path this driver feeds.

@@ -50,6 +50,7 @@ pub mod docker_plugin;
 pub mod driver;
 pub mod error_chain;
 pub mod host_routes;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod overlay_driver;

@@ -37,6 +37,14 @@ pub enum Command {
         /// Its counters.
         counters: Arc<PortCounters>,
     },
+    /// Read a network's forwarding table.
+    Fdb {
+        /// The network.
+        network: NetworkId,
+        /// Where the table goes: each entry with the remote host of a
+        /// tunnel port.
+        reply: std::sync::mpsc::Sender<Vec<(weft_vswitch::FdbEntry, Option<std::net::SocketAddr>)>>,
+    },
     /// Give a port its identity (port security).
     SetPortIdentity {
         /// The port.

@@ -243,6 +243,14 @@ impl Loop {
                     let tap = self.detach(id);
                     let _ = done.send(tap);
                 }
+                Command::Fdb { network, reply } => {
+                    let entries = plane.switch.fdb(network, std::time::Instant::now());
+                    let with_hosts = entries
+                        .into_iter()
+                        .map(|e| (e, plane.tunnel.peer(e.port).map(|p| p.addr)))
+                        .collect();
+                    let _ = reply.send(with_hosts);
+                }
                 Command::SetPortIdentity { id, identity } => {
                     plane
                         .switch

@@ -299,6 +299,23 @@ impl Datapath {
             .recv_timeout(COMMAND_REPLY_TIMEOUT)
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
     }
+
+    /// A network's forwarding table (MAC → port), as the switch has it now;
+    /// with each entry of a tunnel port, the remote host's tunnel address.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn fdb(
+        &self,
+        network: NetworkId,
+    ) -> Result<Vec<(weft_vswitch::FdbEntry, Option<std::net::SocketAddr>)>, DatapathError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::Fdb { network, reply })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
 }
 
 impl Drop for Datapath {

@@ -257,6 +257,22 @@ impl MacTable {
         self.dynamic -= self.learned.remove(&port).unwrap_or(0);
     }
 
+    /// Every live entry: MAC, port, whether static, time since last seen
+    /// (zero for static entries).
+    pub fn entries(&self, now: Instant) -> Vec<(MacAddr, PortId, bool, Duration)> {
+        self.entries
+            .iter()
+            .filter_map(|(mac, e)| {
+                let age = now.saturating_duration_since(e.last_seen);
+                if e.fixed {
+                    Some((*mac, e.port, true, Duration::ZERO))
+                } else {
+                    (age < self.ageing).then_some((*mac, e.port, false, age))
+                }
+            })
+            .collect()
+    }
+
     /// Number of entries, aged or not.
     pub fn len(&self) -> usize {
         self.entries.len()

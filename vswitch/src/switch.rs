@@ -60,6 +60,30 @@ pub enum Decision {
     Drop(DropReason),
 }
 
+/// One entry of a network's forwarding table ([`Switch::fdb`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The MAC.
+    pub mac: MacAddr,
+    /// The port frames to it go to.
+    pub port: PortId,
+    /// How the switch knows it.
+    pub kind: FdbKind,
+    /// Since it was last seen (learned entries).
+    pub age: Duration,
+}
+
+/// How the switch knows a MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdbKind {
+    /// An endpoint's own MAC, pinned to its port.
+    Static,
+    /// Learned from a frame's source.
+    Learned,
+    /// A remote endpoint of an overlay network, from the cluster directory.
+    Remote,
+}
+
 /// Why a network or port could not be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
@@ -438,6 +462,43 @@ impl Switch {
             entries += network.macs.len();
         }
         self.next_sweep = (entries > 0).then(|| now + SWEEP_INTERVAL);
+    }
+
+    /// A network's forwarding table (for inspection): its learned and
+    /// static entries, then the remote endpoints of an overlay network.
+    pub fn fdb(&self, network: NetworkId, now: Instant) -> Vec<FdbEntry> {
+        let Some(net) = self.networks.get(&network) else {
+            return Vec::new();
+        };
+        let mut entries: Vec<FdbEntry> = net
+            .macs
+            .entries(now)
+            .into_iter()
+            .map(|(mac, port, fixed, age)| FdbEntry {
+                mac,
+                port,
+                kind: if fixed {
+                    FdbKind::Static
+                } else {
+                    FdbKind::Learned
+                },
+                age,
+            })
+            .collect();
+        let known: rustc_hash::FxHashSet<MacAddr> = entries.iter().map(|e| e.mac).collect();
+        entries.extend(
+            net.remote_macs
+                .iter()
+                .filter(|(mac, _)| !known.contains(mac))
+                .map(|(mac, port)| FdbEntry {
+                    mac: *mac,
+                    port: *port,
+                    kind: FdbKind::Remote,
+                    age: Duration::ZERO,
+                }),
+        );
+        entries.sort_by_key(|e| (e.port, e.mac.0));
+        entries
     }
 
     /// Number of MAC entries of a network (for inspection).

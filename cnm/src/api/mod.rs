@@ -103,6 +103,7 @@ type Shared = State<Arc<Controller>>;
 /// The API's routes over `controller`.
 pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/version", get(version))
         .route("/v1/peers", get(peers))
         .route("/v1/networks", get(list_networks).post(create_network))
@@ -110,6 +111,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/v1/networks/{name}",
             get(inspect_network).delete(delete_network),
         )
+        .route("/v1/networks/{name}/fdb", get(fdb))
         .route("/v1/networks/{name}/connect", post(connect))
         .route("/v1/networks/{name}/disconnect", post(disconnect))
         .fallback(not_found)
@@ -123,6 +125,38 @@ async fn version() -> impl IntoResponse {
         // /proc/PID/ns/user when the daemon runs in one of its own.
         "pid": std::process::id(),
     }))
+}
+
+async fn metrics(State(c): Shared) -> impl IntoResponse {
+    let text = crate::metrics::render(&crate::metrics::collect(&c).await);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// Serve only `GET /metrics` on a TCP listener (`weft daemon --metrics
+/// ADDR:PORT`, for Prometheus), without the rest of the API.
+///
+/// # Errors
+///
+/// When accepting fails for good.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    controller: Arc<Controller>,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(controller);
+    axum::serve(listener, router).await
+}
+
+async fn fdb(State(c): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(c.fdb(&name).await?))
 }
 
 async fn peers(State(c): Shared) -> Result<impl IntoResponse, ApiError> {

@@ -76,7 +76,9 @@ use weft_datapath::Datapath;
 
 use weft_overlay::ClusterNetworkId;
 
-use crate::api::types::{CreateNetworkRequest, EndpointDetails, NetworkDetails, PeersReport};
+use crate::api::types::{
+    CreateNetworkRequest, EndpointDetails, FdbRow, NetworkDetails, PeersReport,
+};
 use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
 use crate::error_chain::error_chain;
 use crate::model::{DriverKind, Endpoint, Network};
@@ -325,6 +327,34 @@ impl Controller {
             tunnel,
             docker_networks,
         })
+    }
+
+    /// `network fdb`: the network's forwarding table.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NetworkNotFound`], or the data path not answering.
+    pub async fn fdb(&self, name: &str) -> Result<Vec<FdbRow>, ControllerError> {
+        let (bridge, network, endpoints) = {
+            let inner = self.inner.lock().await;
+            let network = inner
+                .network(name)
+                .cloned()
+                .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+            let endpoints: Vec<Endpoint> = inner
+                .state
+                .endpoints
+                .iter()
+                .filter(|e| e.network == name)
+                .cloned()
+                .collect();
+            (Arc::clone(&inner.bridge), network, endpoints)
+        };
+        let driver = network.driver;
+        let rows = tokio::task::spawn_blocking(move || bridge.fdb(&network, &endpoints))
+            .await
+            .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?;
+        rows.map_err(|source| ControllerError::Driver { driver, source })
     }
 
     /// `weft peers`.
