@@ -44,8 +44,6 @@ use weft_vswitch::{
     FdbKind, GatewayConfig, MacAddr, NetworkId, PortCounters, PortId, PortIdentity,
 };
 
-use crate::api::types::FdbRow;
-
 use crate::attach::{
     run_helper, AttachAction, AttachError, AttachRequest, DockerTapConfig, TapConfig,
 };
@@ -60,6 +58,24 @@ pub struct TunnelPeerCounters {
     /// Its tunnel port's counters.
     #[serde(flatten)]
     pub counters: PortCountersSnapshot,
+}
+
+/// One entry of a network's forwarding table (`GET /v1/networks/NAME/fdb`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FdbRow {
+    /// The MAC.
+    pub mac: MacAddr,
+    /// `static` (an endpoint's own MAC, pinned), `learned`, or `remote` (an
+    /// overlay endpoint on another host, from the cluster directory).
+    pub kind: String,
+    /// The local endpoint frames to it go to (its DNS name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The other host frames to it go to (its tunnel address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<std::net::SocketAddr>,
+    /// Seconds since a learned entry was last seen (0 for the others).
+    pub age_seconds: f64,
 }
 
 /// Why a driver operation failed.

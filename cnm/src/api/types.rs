@@ -176,21 +176,3 @@ impl From<&TunnelCounters> for TunnelCountersSnapshot {
         }
     }
 }
-
-/// One entry of a network's forwarding table (`GET /v1/networks/NAME/fdb`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FdbRow {
-    /// The MAC.
-    pub mac: MacAddr,
-    /// `static` (an endpoint's own MAC, pinned), `learned`, or `remote` (an
-    /// overlay endpoint on another host, from the cluster directory).
-    pub kind: String,
-    /// The local endpoint frames to it go to (its DNS name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// The other host frames to it go to (its tunnel address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<std::net::SocketAddr>,
-    /// Seconds since a learned entry was last seen (0 for the others).
-    pub age_seconds: f64,
-}

@@ -76,10 +76,8 @@ use weft_datapath::Datapath;
 
 use weft_overlay::ClusterNetworkId;
 
-use crate::api::types::{
-    CreateNetworkRequest, EndpointDetails, FdbRow, NetworkDetails, PeersReport,
-};
-use crate::driver::{BridgeDriver, DriverError, HostDriver, NetworkDriver, NullDriver};
+use crate::api::types::{CreateNetworkRequest, EndpointDetails, NetworkDetails, PeersReport};
+use crate::driver::{BridgeDriver, DriverError, FdbRow, HostDriver, NetworkDriver, NullDriver};
 use crate::error_chain::error_chain;
 use crate::model::{DriverKind, Endpoint, Network};
 use crate::netns::{self, NotASandbox};
