@@ -297,7 +297,8 @@ impl GatewayServices {
             Some(TransportSlice::Tcp(tcp)) => {
                 let open = way_out(gateway, ours, dst)
                     .map(|ip| SocketAddr::new(ip, tcp.destination_port()));
-                self.tcp.handle_frame(now, network, gateway, frame, open)
+                self.tcp
+                    .handle_frame(now, (network, ingress), gateway, frame, open)
             }
             Some(TransportSlice::Icmpv6(_)) if ours || dst.is_multicast() => {
                 // Neighbour advertisements answering the stacks'

@@ -41,6 +41,7 @@
 
 pub mod dispatch;
 pub mod dns;
+pub mod flow_shares;
 pub mod nat;
 pub mod reassembly;
 mod smol_device;
