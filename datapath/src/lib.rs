@@ -48,6 +48,7 @@ pub mod command;
 pub mod event_loop;
 pub mod frames;
 pub mod handle;
+pub mod memory;
 pub mod nat;
 pub mod published;
 pub mod taps;

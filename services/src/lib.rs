@@ -47,4 +47,4 @@ pub mod reassembly;
 mod smol_device;
 pub mod tcp_nat;
 
-pub use dispatch::{Egress, GatewayServices};
+pub use dispatch::{Egress, GatewayServices, NatLimits, NatNetworkStats};
