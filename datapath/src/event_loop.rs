@@ -125,7 +125,8 @@ impl Loop {
                 self.plane.services.handle_timeout(now);
             }
             self.flush_gateway(now);
-            self.memory.after_turn(self.plane.services.tcp().buffer_bytes());
+            self.memory
+                .after_turn(self.plane.services.tcp().buffer_bytes());
         }
     }
 

@@ -172,7 +172,12 @@ impl GatewayServices {
     /// `socket_budget` (every outbound flow holds a host socket, so the
     /// two tables together never take more file descriptors than the
     /// budget).
-    pub fn with_limits(config: DnsConfig, limits: &NatLimits, now: Instant, seed: [u8; 32]) -> Self {
+    pub fn with_limits(
+        config: DnsConfig,
+        limits: &NatLimits,
+        now: Instant,
+        seed: [u8; 32],
+    ) -> Self {
         let mut rng = StdRng::from_seed(seed);
         let tcp_seed = rng.next_u64();
         let capacity = limits.max_flows.min(limits.socket_budget / 2).max(1);
@@ -344,10 +349,12 @@ impl GatewayServices {
                 && (protocol == etherparse::IpNumber::UDP || protocol == etherparse::IpNumber::ICMP)
             {
                 let open = way_out(gateway, ours, dst);
-                self.nat
-                    .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
+                let result = self
+                    .nat
+                    .handle_frame(now, network, ingress, gateway.mac, frame, open);
+                // A refusal queues an ICMP error for the sandbox too.
                 self.drain(now);
-                return Ok(());
+                return result;
             }
         }
         match &packet.transport {
@@ -387,10 +394,12 @@ impl GatewayServices {
                 TransportSlice::Udp(_) | TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_),
             ) => {
                 let open = way_out(gateway, ours, dst);
-                self.nat
-                    .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
+                let result = self
+                    .nat
+                    .handle_frame(now, network, ingress, gateway.mac, frame, open);
+                // A refusal queues an ICMP error for the sandbox too.
                 self.drain(now);
-                Ok(())
+                result
             }
             _ => Err(DropReason::NoRoute),
         }

@@ -142,10 +142,8 @@ impl Controller {
         let store = StateStore::open(&config.state_dir)?;
         let config_upstreams = config.dns_upstreams.clone();
         let state = store.load()?;
-        let datapath = Arc::new(
-            Datapath::spawn_with_limits(&config.nat)
-                .map_err(ControllerError::Datapath)?,
-        );
+        let datapath =
+            Arc::new(Datapath::spawn_with_limits(&config.nat).map_err(ControllerError::Datapath)?);
         let cluster = match config.cluster {
             Some(cluster_config) => {
                 let tunnel_addr = std::net::SocketAddr::new(

@@ -497,7 +497,10 @@ fn a_sandbox_over_its_share_is_told_and_others_still_open() {
     assert_eq!(nat.flow_count(), share + 1);
     nat.handle_timeout(t0 + Duration::from_secs(4));
     assert_eq!(nat.flow_count(), 0);
-    assert_eq!(nat.counters().flows_idled_out, u64::try_from(share).unwrap() + 1);
+    assert_eq!(
+        nat.counters().flows_idled_out,
+        u64::try_from(share).unwrap() + 1
+    );
 }
 
 /// A flow whose host socket cannot be opened ends at once, and the

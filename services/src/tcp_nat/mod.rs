@@ -82,10 +82,16 @@
 //! and nothing moving for [`HALF_CLOSED_IDLE`] (120 s, conntrack's
 //! `fin_wait`) is reset on both sides; an established flow idle for
 //! [`ESTABLISHED_IDLE`] (2 h 4 min, the least RFC 5382 REQ-5 allows a NAT)
-//! likewise. Activity is a segment from the sandbox or bytes moved on the
-//! host socket. A sandbox that resets a flow (also while its host connect
-//! is pending, or by answering the stack's SYN-ACK with a reset because it
-//! gave up) ends the host socket at once.
+//! likewise. Activity is a segment with data or a flag from the sandbox,
+//! or bytes moved on the host socket. A sandbox that resets a flow (also
+//! while its host connect is pending, or by answering the stack's SYN-ACK
+//! with a reset because it gave up) ends the host socket at once. Resets
+//! get lost (a sandbox that aborts a thousand connections at once
+//! overflows its TAP's queue), so the stack also probes a sandbox quiet
+//! for [`SANDBOX_KEEPALIVE`] (5 s; a keepalive on the local TAP): a
+//! sandbox whose socket is gone answers with a reset, one that is gone
+//! altogether answers nothing and the flow ends after
+//! [`SANDBOX_TIMEOUT`] (60 s).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -101,9 +107,9 @@ use crate::flow_shares::{FlowShares, RefusalCounters, ShareKey};
 use crate::nat::FlowId;
 use crate::smol_device::{arp_request, OneFrame};
 use segments::{raise_mss, reset_for, unreachable_for};
-pub use tuple::shown_client;
-use tuple::{gso_size_for, tcp_tuple};
 use stack::{new_socket, Stack, MAX_QUEUED_FRAMES};
+pub use tuple::shown_client;
+use tuple::{gso_size_for, tcp_tuple, Tuple};
 use weft_vswitch::wire::ethernet::MacAddr;
 use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::DropReason;
@@ -134,6 +140,17 @@ pub const HALF_CLOSED_IDLE: Duration = Duration::from_secs(120);
 /// least RFC 5382 (REQ-5) allows a NAT, so that TCP keepalives (2 h by
 /// default) keep a quiet flow alive.
 pub const ESTABLISHED_IDLE: Duration = Duration::from_secs(2 * 3600 + 4 * 60);
+
+/// A flow quiet for this long is probed toward the sandbox (a keepalive
+/// on the local TAP: one small frame and its answer).
+pub const SANDBOX_KEEPALIVE: Duration = Duration::from_secs(5);
+/// A sandbox that answers nothing (no ACK, not even to keepalives) for
+/// this long is gone: its flow ends.
+pub const SANDBOX_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn smol_duration(d: Duration) -> smoltcp::time::Duration {
+    smoltcp::time::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Limits and timers of the TCP NAT.
 #[derive(Debug, Clone)]
@@ -262,15 +279,6 @@ pub struct TcpNatCounters {
     pub bytes_in: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Tuple {
-    network: NetworkId,
-    /// The sandbox's address and port.
-    sandbox: SocketAddr,
-    /// The peer's address and port as the sandbox sees it.
-    peer: SocketAddr,
-}
-
 enum Phase {
     /// Outbound: the host socket is connecting; the sandbox's SYN waits.
     Connecting { syn: Vec<u8> },
@@ -392,7 +400,11 @@ impl TcpNat {
                 let Some(flow) = self.flows.get_mut(&flow_id) else {
                     return Ok(());
                 };
-                flow.last_active = now;
+                // Activity: data or a flag. Pure ACKs are not (the
+                // stack's keepalive probes get them as answers).
+                if !tcp.payload().is_empty() || tcp.syn() || tcp.fin() || tcp.rst() {
+                    flow.last_active = now;
+                }
                 match &mut flow.phase {
                     // The sandbox gave up while the host connects: so
                     // does the host socket.
@@ -595,9 +607,7 @@ impl TcpNat {
         let connect_timeout = self.config.connect_timeout;
         let stack = self.stack(network, gateway);
         let mut socket = new_socket(buffer);
-        socket.set_timeout(Some(smoltcp::time::Duration::from_millis(
-            u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX),
-        )));
+        socket.set_timeout(Some(smol_duration(connect_timeout)));
         let remote = smoltcp::wire::IpEndpoint::new(target.ip().into(), target.port());
         let local = smoltcp::wire::IpEndpoint::new(shown.ip().into(), shown.port());
         if socket
@@ -736,7 +746,13 @@ impl TcpNat {
         }
         while let Some(frame) = stack.device.tx.pop_front() {
             if self.frames.len() < MAX_QUEUED_FRAMES {
-                let gso_size = gso_size_for(&self.by_tuple, &self.flows, network, &frame);
+                let (by_tuple, flows) = (&self.by_tuple, &self.flows);
+                let gso_size = gso_size_for(network, &frame, |tuple| {
+                    by_tuple
+                        .get(tuple)
+                        .and_then(|f| flows.get(f))
+                        .map_or(0, |f| f.sandbox_mss)
+                });
                 self.frames.push_back((network, frame, gso_size));
             }
         }
@@ -764,8 +780,13 @@ impl TcpNat {
             {
                 flow.synchronized = true;
                 // The connect timeout of an inbound flow ends with the
-                // handshake: from here the relay's idle timers apply.
-                socket.set_timeout(None);
+                // handshake. From here the stack probes a quiet sandbox:
+                // a sandbox whose socket is gone answers with a reset
+                // (its own reset may have been lost: a burst of them
+                // overflows a TAP's queue), one that is gone altogether
+                // does not answer, and the flow ends either way.
+                socket.set_keep_alive(Some(smol_duration(SANDBOX_KEEPALIVE)));
+                socket.set_timeout(Some(smol_duration(SANDBOX_TIMEOUT)));
             }
             if socket.recv_queue() > 0 && !flow.send_announced {
                 flow.send_announced = true;
@@ -912,9 +933,9 @@ impl TcpNat {
 
 mod buffers;
 mod host_io;
-mod tuple;
 mod segments;
 mod stack;
-mod timers;
 #[cfg(test)]
 mod tests;
+mod timers;
+mod tuple;

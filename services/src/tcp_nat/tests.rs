@@ -355,7 +355,11 @@ fn idle_flows_are_reset_on_both_sides() {
     assert_eq!(last_action(&mut nat), Some(TcpAction::Reset { flow }));
     assert_eq!(nat.flow_count(), 0);
     sb.exchange(&mut nat, t50 + Duration::from_secs(61), None);
-    assert_eq!(sb.socket().state(), tcp::State::Closed, "no reset reached the sandbox");
+    assert_eq!(
+        sb.socket().state(),
+        tcp::State::Closed,
+        "no reset reached the sandbox"
+    );
 
     // Half-closed: the sandbox's FIN passed on, the host says nothing.
     let mut sb = Sandbox::new(remote(), 4096);
@@ -367,7 +371,10 @@ fn idle_flows_are_reset_on_both_sides() {
     sb.exchange(&mut nat, t0, Some(remote()));
     sb.socket().close();
     sb.exchange(&mut nat, t0, Some(remote()));
-    assert_eq!(last_action(&mut nat), Some(TcpAction::ShutdownWrite { flow }));
+    assert_eq!(
+        last_action(&mut nat),
+        Some(TcpAction::ShutdownWrite { flow })
+    );
     nat.handle_timeout(t0 + Duration::from_secs(11));
     assert_eq!(last_action(&mut nat), Some(TcpAction::Reset { flow }));
     assert_eq!(nat.flow_count(), 0);

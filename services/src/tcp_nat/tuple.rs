@@ -5,11 +5,18 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{SlicedPacket, TransportSlice};
-use rustc_hash::FxHashMap;
 use weft_vswitch::GatewayConfig;
 use weft_vswitch::NetworkId;
 
-use super::{Flow, FlowId, Tuple};
+/// A flow's 4-tuple, with its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Tuple {
+    pub(super) network: NetworkId,
+    /// The sandbox's address and port.
+    pub(super) sandbox: SocketAddr,
+    /// The peer's address and port as the sandbox sees it.
+    pub(super) peer: SocketAddr,
+}
 
 /// How a client of a published port is shown to a sandbox: itself, or the
 /// gateway when it is on the host's loopback. None when the network has no
@@ -42,12 +49,12 @@ pub(super) fn tcp_tuple(network: NetworkId, packet: &SlicedPacket<'_>) -> Option
 }
 
 /// The GSO segment size a frame from the stack needs: the flow's sandbox
-/// MSS when the frame's TCP payload is larger, else 0.
+/// MSS (`mss_of` its tuple, 0 when unknown) when the frame's TCP payload
+/// is larger, else 0.
 pub(super) fn gso_size_for(
-    by_tuple: &FxHashMap<Tuple, FlowId>,
-    flows: &FxHashMap<FlowId, Flow>,
     network: NetworkId,
     frame: &[u8],
+    mss_of: impl Fn(&Tuple) -> u16,
 ) -> u16 {
     // Frames that fit any Ethernet MTU are not worth a look.
     if frame.len() <= 14 + 40 + 20 + 536 {
@@ -67,14 +74,10 @@ pub(super) fn gso_size_for(
         sandbox: SocketAddr::new(dst, tcp.destination_port()),
         peer: SocketAddr::new(src, tcp.source_port()),
     };
-    let mss = by_tuple
-        .get(&tuple)
-        .and_then(|f| flows.get(f))
-        .map_or(0, |f| f.sandbox_mss);
+    let mss = mss_of(&tuple);
     if mss != 0 && tcp.payload().len() > usize::from(mss) {
         mss
     } else {
         0
     }
 }
-
