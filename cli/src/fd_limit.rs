@@ -39,6 +39,9 @@ fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The kernel's ceiling on a process's open files.
+const NR_OPEN: &str = "/proc/sys/fs/nr_open";
+
 /// The fd limits the daemon runs with, and what its NAT flows may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdBudget {
@@ -61,13 +64,22 @@ pub fn reserve(limit: u64) -> u64 {
 /// keeps the soft limit, logged) and split it into reserve and flows.
 pub fn raise() -> FdBudget {
     let limit = match nofile() {
-        Ok((soft, hard)) if soft < hard => match set_nofile(hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(soft, hard, error = %e, "could not raise the open files limit to the hard limit");
-                soft
+        Ok((soft, hard)) if soft < hard => {
+            // An unlimited hard limit cannot be a soft one: the kernel's
+            // ceiling is fs.nr_open.
+            let nr_open = std::fs::read_to_string(NR_OPEN)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(1 << 20);
+            let target = hard.min(nr_open).max(soft);
+            match set_nofile(target, hard) {
+                Ok(()) => target,
+                Err(e) => {
+                    tracing::warn!(soft, hard, error = %e, "could not raise the open files limit to the hard limit");
+                    soft
+                }
             }
-        },
+        }
         Ok((soft, _)) => soft,
         Err(e) => {
             tracing::warn!(error = %e, "could not read the open files limit; assuming 1024");

@@ -125,8 +125,9 @@ impl Loop {
                 self.plane.services.handle_timeout(now);
             }
             self.flush_gateway(now);
-            self.memory
-                .after_turn(self.plane.services.tcp().buffer_bytes());
+            let held = self.plane.services.tcp().buffer_bytes()
+                + self.plane.services.nat().flow_count() * crate::memory::UDP_FLOW_WEIGHT;
+            self.memory.after_turn(held);
         }
     }
 

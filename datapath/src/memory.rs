@@ -15,7 +15,9 @@
 //!   through them, and unmapped when their flow ends (frames, at most
 //!   64 KiB, stay below it: no mmap per frame);
 //! - after each turn of the loop, [`Trim::after_turn`] watches the bytes of
-//!   buffers the relay holds; when they fell by half and by at least
+//!   buffers the relay holds, plus [`UDP_FLOW_WEIGHT`] per UDP or ICMP
+//!   flow (what a flow's entries, socket bookkeeping and the frames of a
+//!   burst cost, roughly); when they fell by half and by at least
 //!   [`TRIM_STEP`] since their high-water mark, `malloc_trim(0)` returns the
 //!   free pages of every arena (the smaller buffers live there) and the
 //!   mark starts again from the current value. A trim costs a pass over
@@ -26,6 +28,10 @@
 /// How far the relay's buffers must fall before a trim: a burst, not the
 /// coming and going of a few flows.
 pub const TRIM_STEP: usize = 16 << 20;
+
+/// What one UDP or ICMP flow is counted as when deciding to trim: a
+/// burst of 4,096 flows ending is worth a trim, a few hundred are not.
+pub const UDP_FLOW_WEIGHT: usize = 16 << 10;
 
 /// glibc's mmap threshold while the daemon runs.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
