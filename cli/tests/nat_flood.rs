@@ -691,6 +691,7 @@ fn a_flood_from_one_sandbox_leaves_the_others_their_flows_and_memory() {
     assert_eq!(probe(&b, 1), (1, 1), "{}", w.daemon_log());
     assert_eq!(probe(&c, 1), (1, 1));
     let baseline = rss(w.pid);
+    let fds_before = fds(w.pid);
     let sampler = Sampler::start(w.pid);
 
     // TCP: 4,200 connects (the table holds 4,096), 64 KiB written on each
@@ -734,6 +735,17 @@ fn a_flood_from_one_sandbox_leaves_the_others_their_flows_and_memory() {
     assert!(
         net["nat"]["tcp_refused"]["sandbox_share"].as_u64() >= Some(1),
         "TCP refusals not counted: {net:#}"
+    );
+    // The flooder reset its flows: their host sockets close (the probes'
+    // 40 UDP flows stay within their idle timer).
+    let mut now_fds = 0;
+    let closed = w.eventually(Duration::from_secs(10), |w| {
+        now_fds = fds(w.pid);
+        now_fds <= fds_before + 64
+    });
+    assert!(
+        closed,
+        "{now_fds} fds 10 s after the TCP flood, {fds_before} before"
     );
 
     // UDP: 4,200 flows, one datagram each.
