@@ -31,7 +31,12 @@
 //!
 //! Capacities: the output queue holds [`MAX_QUEUED_FRAMES`] frames (more
 //! are dropped and counted: the asker retries); the DNS server, the NAT and
-//! the TCP stacks bound themselves (see their modules). Randomness (query
+//! the TCP stacks bound themselves (see their modules). The daemon sets the
+//! NAT's limits with [`NatLimits`]: each table holds at most `max_flows`
+//! flows and at most half the file descriptors the daemon can spare for
+//! flows (every outbound flow holds a host socket), shared out per sandbox
+//! and per network ([`crate::flow_shares`]); [`GatewayServices::nat_stats`]
+//! tells the control plane what a network holds and was refused. Randomness (query
 //! shuffling, upstream ids, TCP sequence numbers) comes from a ChaCha12
 //! stream (`rand`'s `StdRng`) whose 256-bit seed the driver draws from the
 //! OS's CSPRNG: an upstream DNS query id cannot be guessed from the ids
