@@ -15,6 +15,10 @@
 //!
 //! Ping sockets need the daemon's group in `net.ipv4.ping_group_range`;
 //! where it is not, the first refused echo is logged once as a warning.
+//! A socket that cannot be opened or registered (the daemon out of file
+//! descriptors, which the core's fd budget is there to prevent) ends its
+//! flow at once: the core counts it and tells a UDP sender with ICMP
+//! administratively prohibited. One receive buffer serves every read.
 
 use std::io;
 use std::net::SocketAddr;
