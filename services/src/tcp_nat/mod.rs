@@ -893,18 +893,6 @@ impl TcpNat {
         self.shares.remove_network(network);
     }
 
-    /// Lower (or raise) the table's capacity: the daemon's file descriptor
-    /// budget may allow fewer flows than `max_flows`. Flows over a new,
-    /// lower bound stay until they end.
-    pub fn set_capacity(&mut self, capacity: usize) {
-        self.config.max_flows = capacity;
-        let mut shares = FlowShares::new(capacity);
-        for flow in self.flows.values() {
-            let _ = shares.admit(flow.share);
-        }
-        self.shares = shares;
-    }
-
     /// The table's shares (capacity, and a sandbox's and a network's).
     pub fn shares(&self) -> &FlowShares {
         &self.shares
