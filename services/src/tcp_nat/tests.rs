@@ -432,3 +432,55 @@ fn a_sandbox_over_its_share_is_reset_and_others_still_connect() {
     feed(&mut nat, t0, PortId(2), &segment(20_001, true, false)).unwrap();
     assert_eq!(nat.flow_count(), share + 1);
 }
+
+/// A sandbox whose reset was lost (its socket is simply gone) is found by
+/// the stack's keepalive: its kernel answers the probe with a reset and
+/// the host socket goes; a sandbox that answers its keepalives is still
+/// idle for the established timer (their ACKs are not activity).
+#[test]
+fn keepalives_find_a_sandbox_that_is_gone_and_do_not_keep_an_idle_flow() {
+    let t0 = Instant::now();
+    let mut nat = TcpNat::new(short_timers(), t0, 1);
+    let mut sb = Sandbox::new(remote(), 4096);
+    sb.exchange(&mut nat, t0, Some(remote()));
+    let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
+        panic!("no connect")
+    };
+    nat.handle_connected(t0, flow);
+    sb.exchange(&mut nat, t0, Some(remote()));
+    assert_eq!(sb.socket().state(), tcp::State::Established);
+    let _ = last_action(&mut nat);
+    // Every few seconds the stack probes and the sandbox answers.
+    for s in 1..=59 {
+        let now = t0 + Duration::from_secs(s);
+        nat.handle_timeout(now);
+        sb.exchange(&mut nat, now, Some(remote()));
+    }
+    assert_eq!(nat.flow_count(), 1, "a live sandbox's flow ended");
+    let now = t0 + Duration::from_secs(61);
+    nat.handle_timeout(now);
+    assert_eq!(
+        last_action(&mut nat),
+        Some(TcpAction::Reset { flow }),
+        "keepalive answers kept an idle flow"
+    );
+
+    // Gone without a word: the next probe is answered with a reset.
+    let mut nat = TcpNat::new(short_timers(), t0, 1);
+    let mut sb = Sandbox::new(remote(), 4096);
+    sb.exchange(&mut nat, t0, Some(remote()));
+    let Some(TcpAction::Connect { flow, .. }) = nat.poll_action() else {
+        panic!("no connect")
+    };
+    nat.handle_connected(t0, flow);
+    sb.exchange(&mut nat, t0, Some(remote()));
+    let _ = last_action(&mut nat);
+    sb.sockets.remove(sb.handle);
+    for s in 1..=SANDBOX_KEEPALIVE.as_secs() + 2 {
+        let now = t0 + Duration::from_secs(s);
+        nat.handle_timeout(now);
+        sb.exchange(&mut nat, now, Some(remote()));
+    }
+    assert_eq!(last_action(&mut nat), Some(TcpAction::Reset { flow }));
+    assert_eq!(nat.flow_count(), 0);
+}
