@@ -20,6 +20,10 @@
 //! - `weft-bench cni [--iterations 200] [--runs 3] [--seconds 5]`: ADD and
 //!   DEL latency of `weft-cni` against the reference `bridge` +
 //!   `host-local` plugins, and pod-to-pod TCP on each (see `cni`).
+//! - `weft-bench flood [--flows 4200] [--probes 50] [--fill 0]`: one sandbox floods
+//!   the NAT with TCP, then UDP flows; the daemon's peak RSS and fds and
+//!   the other sandboxes' success rates (see `flood`); its section of
+//!   `--out` is replaced (or appended).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
@@ -32,6 +36,7 @@
 mod cni;
 mod docker;
 mod e2e;
+mod flood;
 mod lab;
 mod measure;
 mod nat;
@@ -125,6 +130,25 @@ enum Command {
     },
     /// weft-cni vs the reference bridge + host-local plugins: ADD/DEL latency, pod-to-pod TCP.
     Cni(CniArgs),
+    /// One sandbox floods the NAT (TCP, then UDP): peak RSS, fds, the others' success.
+    Flood(FloodArgs),
+}
+
+/// `flood` subcommand's arguments.
+#[derive(Debug, clap::Args)]
+struct FloodArgs {
+    /// Flows the flooding sandbox opens at once, per flood.
+    #[arg(long, default_value_t = 4200, value_parser = clap::value_parser!(u32).range(1..=20000))]
+    flows: u32,
+    /// TCP connects and UDP round trips each other sandbox tries.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    probes: u32,
+    /// Seconds the TCP flooder keeps writing on every flow (0: 64 KiB once).
+    #[arg(long = "fill", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=120))]
+    fill_secs: u32,
+    /// Markdown file whose flood section is replaced (appended if absent).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
 }
 
 /// `cni` subcommand's arguments (kept apart so the enum above stays as
@@ -230,6 +254,13 @@ fn run(cli: Cli) -> Result<()> {
             runs,
             seconds,
             out,
+            command,
+        }),
+        Command::Flood(args) => flood::run(&flood::FloodOptions {
+            flows: args.flows,
+            probes: args.probes,
+            fill_secs: args.fill_secs,
+            out: args.out,
             command,
         }),
         Command::Cni(args) => cni::run(&cni::CniOptions {

@@ -71,6 +71,15 @@ pub struct DaemonArgs {
     /// the API socket serves them too.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Seconds a UDP flow may idle before its host socket closes.
+    #[arg(long, value_name = "SECS", default_value_t = weft_services::nat::UDP_IDLE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub nat_udp_idle: u64,
+    /// Seconds an established TCP flow may idle before both its ends are
+    /// reset [default: 7440, 2 h 4 min, RFC 5382's least].
+    #[arg(long, value_name = "SECS", default_value_t = weft_services::tcp_nat::ESTABLISHED_IDLE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000), hide_default_value = true)]
+    pub nat_tcp_idle: u64,
     /// Also serve Docker's network and IPAM plugin protocol as NAME
     /// (`docker network create -d NAME --ipam-driver NAME`), on
     /// DIR/NAME.sock (see --docker-plugin-dir).
@@ -112,6 +121,13 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         .map(ownership::socket_group)
         .transpose()?;
     let _state_lock = ownership::lock_state_dir(&state_dir)?;
+    let fds = crate::fd_limit::raise();
+    tracing::info!(
+        limit = fds.limit,
+        reserve = fds.reserve,
+        nat_flows = fds.flows,
+        "open files: the NAT's flows may take what the reserve leaves"
+    );
     let helper_exe =
         std::env::current_exe().context("finding the weft binary for the attach helper")?;
     let dns_upstreams = if args.dns_upstream.is_empty() {
@@ -140,7 +156,12 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         netns_dir: PathBuf::from(NETNS_DIR),
         dns_upstreams,
         cluster,
-        nat_max_flows: usize::try_from(args.nat_max_flows).unwrap_or(usize::MAX),
+        nat: weft_services::NatLimits {
+            max_flows: usize::try_from(args.nat_max_flows).unwrap_or(usize::MAX),
+            socket_budget: usize::try_from(fds.flows).unwrap_or(usize::MAX),
+            udp_idle: std::time::Duration::from_secs(args.nat_udp_idle),
+            tcp_established_idle: std::time::Duration::from_secs(args.nat_tcp_idle),
+        },
     })
     .await
     .with_context(|| format!("starting with state directory {}", state_dir.display()))?;

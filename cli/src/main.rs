@@ -19,6 +19,7 @@
 
 mod client;
 mod daemon;
+mod fd_limit;
 mod helper;
 mod network;
 mod ownership;

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use weft_datapath::published::{HostListener, PublishError, PublishId, PublishTarget};
 use weft_datapath::{Datapath, DatapathError};
 use weft_services::dns::{Zone, ZoneEntry};
+use weft_services::NatNetworkStats;
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{
@@ -193,6 +194,12 @@ pub trait NetworkDriver: Send + Sync {
     /// carries frames to or from (overlay only).
     fn tunnel_counters(&self, _network: &Network) -> Vec<TunnelPeerCounters> {
         Vec::new()
+    }
+
+    /// What the NAT holds and refused for the network (networks with a
+    /// gateway in the data path).
+    fn nat_stats(&self, _network: &Network) -> Option<NatNetworkStats> {
+        None
     }
 
     /// The endpoints of a network changed: these are all of them now
@@ -729,6 +736,11 @@ impl NetworkDriver for BridgeDriver {
             .ports
             .get(&endpoint.id)
             .map(|(_, counters)| counters.snapshot())
+    }
+
+    fn nat_stats(&self, network: &Network) -> Option<NatNetworkStats> {
+        let id = self.switch_network(&network.name)?;
+        self.datapath.nat_stats(id).ok()
     }
 }
 

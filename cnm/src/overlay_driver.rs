@@ -180,6 +180,10 @@ impl NetworkDriver for OverlayDriver {
         self.bridge.counters(endpoint)
     }
 
+    fn nat_stats(&self, network: &Network) -> Option<weft_services::NatNetworkStats> {
+        self.bridge.nat_stats(network)
+    }
+
     fn tunnel_counters(&self, network: &Network) -> Vec<TunnelPeerCounters> {
         let Some(switch_id) = self.bridge.switch_network(&network.name) else {
             return Vec::new();

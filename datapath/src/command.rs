@@ -5,6 +5,7 @@ use std::sync::{mpsc, Arc};
 
 use weft_overlay::{OverlayTable, Transport};
 use weft_services::dns::Zone;
+use weft_services::NatNetworkStats;
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, NetworkId, PortCounters, PortId};
 
@@ -60,6 +61,13 @@ pub enum Command {
         limit: weft_vswitch::BandwidthLimit,
     },
     /// Detach a port and hand its TAP back.
+    /// Answer with what the NAT holds and refused for a network.
+    NatStats {
+        /// The network.
+        network: NetworkId,
+        /// Where the answer goes.
+        done: mpsc::Sender<NatNetworkStats>,
+    },
     RemovePort {
         /// The port.
         id: PortId,

@@ -29,6 +29,7 @@ use mio::{Events, Poll, Token};
 
 use crate::command::Command;
 use crate::frames::{Plane, Turn};
+use crate::memory::Trim;
 use crate::nat::NatSockets;
 use crate::published::{Context, PublishedPorts};
 use crate::tcp::TcpFlows;
@@ -53,6 +54,8 @@ pub struct Loop {
     upstreams: Upstreams,
     /// Sockets to read again next turn (their reader hit its bound).
     again: Vec<Token>,
+    /// Hands memory freed after a burst of flows back to the OS.
+    memory: Trim,
 }
 
 impl Loop {
@@ -70,6 +73,7 @@ impl Loop {
             published: PublishedPorts::default(),
             upstreams,
             again: Vec::new(),
+            memory: Trim::default(),
         }
     }
 
@@ -77,7 +81,10 @@ impl Loop {
     pub fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = if self.plane.taps.has_ready() || !self.again.is_empty() {
+            let busy = self.plane.taps.has_ready()
+                || !self.again.is_empty()
+                || self.plane.services.tcp().has_actions();
+            let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
                 let now = Instant::now();
@@ -119,6 +126,9 @@ impl Loop {
                 self.plane.taps.handle_timeout(now);
             }
             self.flush_gateway(now);
+            let held = self.plane.services.tcp().buffer_bytes()
+                + self.plane.services.nat().flow_count() * crate::memory::UDP_FLOW_WEIGHT;
+            self.memory.after_turn(held);
         }
     }
 
@@ -238,6 +248,9 @@ impl Loop {
                     {
                         plane.switch.remove_port(id);
                     }
+                }
+                Command::NatStats { network, done } => {
+                    let _ = done.send(plane.services.nat_stats(network));
                 }
                 Command::RemovePort { id, done } => {
                     let tap = self.detach(id);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mio::{Poll, Waker};
 use weft_overlay::{OverlayTable, Transport};
 use weft_services::dns::{DnsConfig, Zone};
-use weft_services::GatewayServices;
+use weft_services::{GatewayServices, NatLimits, NatNetworkStats};
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, NetworkId, PortCounters, PortId, Switch};
@@ -85,6 +85,19 @@ impl Datapath {
     ///
     /// As [`Datapath::spawn`].
     pub fn spawn_with_max_flows(max_flows: usize) -> io::Result<Datapath> {
+        Self::spawn_with_limits(&NatLimits {
+            max_flows,
+            ..NatLimits::default()
+        })
+    }
+
+    /// Start the data-path thread with these NAT limits and timers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Datapath::spawn`].
+    pub fn spawn_with_limits(limits: &NatLimits) -> io::Result<Datapath> {
+        crate::memory::return_freed_memory_promptly();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         // DNS query ids and TCP sequence numbers must not be guessable from
@@ -95,7 +108,7 @@ impl Datapath {
             max_udp_payload: DNS_MAX_UDP_PAYLOAD,
             ..DnsConfig::default()
         };
-        let services = GatewayServices::with_max_flows(dns, max_flows, Instant::now(), seed);
+        let services = GatewayServices::with_limits(dns, limits, Instant::now(), seed);
         let tunnel_counters = Arc::new(TunnelCounters::default());
         let tunnel_ports = TunnelPorts::default();
         let tunnel = Tunnel::new(Arc::clone(&tunnel_counters), tunnel_ports.clone());
@@ -284,6 +297,20 @@ impl Datapath {
     /// and bytes received from it (rx) and sent to it (tx).
     pub fn tunnel_port_counters(&self, network: NetworkId) -> Vec<(IpAddr, PortCountersSnapshot)> {
         self.tunnel_ports.snapshot(network)
+    }
+
+    /// What the NAT holds and refused for `network`. Blocks until the data
+    /// path answers.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn nat_stats(&self, network: NetworkId) -> Result<NatNetworkStats, DatapathError> {
+        let (done, answer) = mpsc::channel();
+        self.send(Command::NatStats { network, done })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
     }
 
     /// Detach a port and hand its TAP back (None if the port was unknown or

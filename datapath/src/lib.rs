@@ -20,6 +20,9 @@
 //! [`frames`] (read, ask, write), `weft_vswitch::switch` (the decision) and
 //! `weft_vswitch::sys::write_batch` (the batched writes).
 //!
+//! After each turn the loop hands memory the TCP relay freed after a burst
+//! of flows back to the OS ([`memory`]).
+//!
 //! The control plane talks to the thread only through [`Datapath`]
 //! ([`handle`]), which queues [`command::Command`]s and wakes the loop.
 //!
@@ -48,6 +51,7 @@ pub mod command;
 pub mod event_loop;
 pub mod frames;
 pub mod handle;
+pub mod memory;
 pub mod nat;
 pub mod published;
 pub mod shaper;

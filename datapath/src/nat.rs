@@ -15,6 +15,10 @@
 //!
 //! Ping sockets need the daemon's group in `net.ipv4.ping_group_range`;
 //! where it is not, the first refused echo is logged once as a warning.
+//! A socket that cannot be opened or registered (the daemon out of file
+//! descriptors, which the core's fd budget is there to prevent) ends its
+//! flow at once: the core counts it and tells a UDP sender with ICMP
+//! administratively prohibited. One receive buffer serves every read.
 
 use std::io;
 use std::net::SocketAddr;
@@ -77,6 +81,8 @@ impl NatSocket {
 pub struct NatSockets {
     sockets: FxHashMap<FlowId, NatSocket>,
     ping_refused_logged: bool,
+    /// The receive buffer, reused by every read.
+    buf: Vec<u8>,
 }
 
 impl NatSockets {
@@ -104,7 +110,7 @@ impl NatSockets {
                         self.sockets.insert(flow, NatSocket { fd, token });
                     } else {
                         tokens.remove(token);
-                        services.nat().close(flow);
+                        services.nat().open_failed(flow);
                     }
                 }
                 Err(e) => {
@@ -114,7 +120,9 @@ impl NatSockets {
                     } else {
                         tracing::debug!(%remote, error = %e, "NAT socket");
                     }
-                    services.nat().close(flow);
+                    // Out of fds (or refused by the kernel): the flow ends
+                    // now, counted, and a UDP sender is told.
+                    services.nat().open_failed(flow);
                 }
             },
             NatAction::Send { flow, data } => {
@@ -146,12 +154,20 @@ impl NatSockets {
     /// Read a flow's socket, bounded; true when it is drained (or gone),
     /// false when the bound stopped the reading.
     pub fn read(&mut self, services: &mut GatewayServices, flow: FlowId) -> bool {
-        let mut buf = vec![0u8; DATAGRAM_MAX];
+        // One buffer for every read, made on first use.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(DATAGRAM_MAX, 0);
+        let drained = self.read_into(services, flow, &mut buf);
+        self.buf = buf;
+        drained
+    }
+
+    fn read_into(&mut self, services: &mut GatewayServices, flow: FlowId, buf: &mut [u8]) -> bool {
         for _ in 0..IO_LOOP_BOUND {
             let Some(socket) = self.sockets.get(&flow) else {
                 return true;
             };
-            match recv(socket.raw_fd(), &mut buf, MsgFlags::empty()) {
+            match recv(socket.raw_fd(), buf, MsgFlags::empty()) {
                 Ok(len) => services.handle_nat_reply(Instant::now(), flow, &buf[..len]),
                 Err(nix::errno::Errno::EAGAIN) => return true,
                 Err(nix::errno::Errno::EINTR) => {}

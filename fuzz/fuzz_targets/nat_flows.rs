@@ -45,7 +45,9 @@ fuzz_target!(|steps: Vec<Step>| {
     let mut tcp = TcpNat::new(
         TcpNatConfig {
             max_flows: MAX_FLOWS,
-            buffer: 4096,
+            max_buffer: 4096,
+            min_buffer: 4096,
+            ..TcpNatConfig::default()
         },
         t0,
         7,
@@ -62,7 +64,7 @@ fuzz_target!(|steps: Vec<Step>| {
                 let frame = &bytes[..bytes.len().min(4096)];
                 let to: SocketAddr = "192.0.2.9:80".parse().unwrap();
                 if let Ok(parsed) = GatewayFrame::parse(frame) {
-                    let _ = tcp.handle_frame(now, NET, &gateway, &parsed, open.then_some(to));
+                    let _ = tcp.handle_frame(now, (NET, PortId(1)), &gateway, &parsed, open.then_some(to));
                     let _ = nat.handle_frame(now, NET, PortId(1), GW, &parsed, open.then_some(to.ip()));
                 }
             }

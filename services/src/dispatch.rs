@@ -31,7 +31,12 @@
 //!
 //! Capacities: the output queue holds [`MAX_QUEUED_FRAMES`] frames (more
 //! are dropped and counted: the asker retries); the DNS server, the NAT and
-//! the TCP stacks bound themselves (see their modules). Randomness (query
+//! the TCP stacks bound themselves (see their modules). The daemon sets the
+//! NAT's limits with [`NatLimits`]: each table holds at most `max_flows`
+//! flows and at most half the file descriptors the daemon can spare for
+//! flows (every outbound flow holds a host socket), shared out per sandbox
+//! and per network ([`crate::flow_shares`]); [`GatewayServices::nat_stats`]
+//! tells the control plane what a network holds and was refused. Randomness (query
 //! shuffling, upstream ids, TCP sequence numbers) comes from a ChaCha12
 //! stream (`rand`'s `StdRng`) whose 256-bit seed the driver draws from the
 //! OS's CSPRNG: an upstream DNS query id cannot be guessed from the ids
@@ -39,7 +44,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, TransportSlice};
 use rand::rngs::StdRng;
@@ -48,6 +53,7 @@ use rustc_hash::FxHashMap;
 
 use crate::dns::tcp::DnsTcp;
 use crate::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone};
+use crate::flow_shares::RefusalCounters;
 use crate::nat::{FlowId, Nat, NatConfig};
 use crate::tcp_nat::{TcpNat, TcpNatConfig};
 use weft_vswitch::wire::ethernet::{MacAddr, ETHERTYPE_ARP};
@@ -74,6 +80,51 @@ fn way_out(gateway: &GatewayConfig, ours: bool, dst: IpAddr) -> Option<IpAddr> {
     } else {
         gateway.outbound.then_some(dst)
     }
+}
+
+/// The NAT's limits and timers, as the daemon sets them.
+#[derive(Debug, Clone)]
+pub struct NatLimits {
+    /// Flows per table (UDP and ICMP echo; TCP).
+    pub max_flows: usize,
+    /// File descriptors the flows' host sockets may take, both tables
+    /// together.
+    pub socket_budget: usize,
+    /// Idle time after which a UDP flow closes.
+    pub udp_idle: Duration,
+    /// Idle time after which an established TCP flow is reset.
+    pub tcp_established_idle: Duration,
+}
+
+impl Default for NatLimits {
+    fn default() -> Self {
+        NatLimits {
+            max_flows: crate::nat::DEFAULT_MAX_FLOWS,
+            socket_budget: usize::MAX,
+            udp_idle: crate::nat::UDP_IDLE,
+            tcp_established_idle: crate::tcp_nat::ESTABLISHED_IDLE,
+        }
+    }
+}
+
+/// What the NAT holds and refused for one network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatNetworkStats {
+    /// UDP and ICMP echo flows open now.
+    pub udp_flows: usize,
+    /// TCP flows open or connecting now.
+    pub tcp_flows: usize,
+    /// New UDP and ICMP echo flows refused, by reason.
+    pub udp_refused: RefusalCounters,
+    /// New TCP flows refused, by reason.
+    pub tcp_refused: RefusalCounters,
+    /// A sandbox's share of each table, in flows.
+    pub sandbox_share: usize,
+    /// A network's share of each table, in flows.
+    pub network_share: usize,
+    /// Each table's capacity (its flow bound, or what the fd budget
+    /// allows).
+    pub capacity: usize,
 }
 
 /// Where a frame from the gateway goes.
@@ -114,17 +165,38 @@ impl GatewayServices {
         now: Instant,
         seed: [u8; 32],
     ) -> Self {
+        let limits = NatLimits {
+            max_flows,
+            ..NatLimits::default()
+        };
+        Self::with_limits(config, &limits, now, seed)
+    }
+
+    /// Services with these NAT limits and timers, made at `now`. Each
+    /// table holds at most `max_flows` flows, and at most half of
+    /// `socket_budget` (every outbound flow holds a host socket, so the
+    /// two tables together never take more file descriptors than the
+    /// budget).
+    pub fn with_limits(
+        config: DnsConfig,
+        limits: &NatLimits,
+        now: Instant,
+        seed: [u8; 32],
+    ) -> Self {
         let mut rng = StdRng::from_seed(seed);
         let tcp_seed = rng.next_u64();
+        let capacity = limits.max_flows.min(limits.socket_budget / 2).max(1);
         GatewayServices {
             dns: DnsServer::new(config),
             nat: Nat::new(NatConfig {
-                max_flows,
+                max_flows: capacity,
+                udp_idle: limits.udp_idle,
                 ..NatConfig::default()
             }),
             tcp: TcpNat::new(
                 TcpNatConfig {
-                    max_flows,
+                    max_flows: capacity,
+                    established_idle: limits.tcp_established_idle,
                     ..TcpNatConfig::default()
                 },
                 now,
@@ -150,6 +222,20 @@ impl GatewayServices {
     /// The outbound NAT.
     pub fn nat(&mut self) -> &mut Nat {
         &mut self.nat
+    }
+
+    /// What the NAT holds and refused for `network`.
+    pub fn nat_stats(&self, network: NetworkId) -> NatNetworkStats {
+        let shares = self.nat.shares();
+        NatNetworkStats {
+            udp_flows: self.nat.network_flows(network),
+            tcp_flows: self.tcp.shares().network_flows(network),
+            udp_refused: self.nat.refused(network),
+            tcp_refused: self.tcp.refused(network),
+            sandbox_share: shares.sandbox_share(),
+            network_share: shares.network_share(),
+            capacity: shares.capacity(),
+        }
     }
 
     /// The TCP relay (outbound TCP and published TCP ports).
@@ -268,10 +354,12 @@ impl GatewayServices {
                 && (protocol == etherparse::IpNumber::UDP || protocol == etherparse::IpNumber::ICMP)
             {
                 let open = way_out(gateway, ours, dst);
-                self.nat
-                    .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
+                let result = self
+                    .nat
+                    .handle_frame(now, network, ingress, gateway.mac, frame, open);
+                // A refusal queues an ICMP error for the sandbox too.
                 self.drain(now);
-                return Ok(());
+                return result;
             }
         }
         match &packet.transport {
@@ -297,7 +385,8 @@ impl GatewayServices {
             Some(TransportSlice::Tcp(tcp)) => {
                 let open = way_out(gateway, ours, dst)
                     .map(|ip| SocketAddr::new(ip, tcp.destination_port()));
-                self.tcp.handle_frame(now, network, gateway, frame, open)
+                self.tcp
+                    .handle_frame(now, (network, ingress), gateway, frame, open)
             }
             Some(TransportSlice::Icmpv6(_)) if ours || dst.is_multicast() => {
                 // Neighbour advertisements answering the stacks'
@@ -310,10 +399,12 @@ impl GatewayServices {
                 TransportSlice::Udp(_) | TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_),
             ) => {
                 let open = way_out(gateway, ours, dst);
-                self.nat
-                    .handle_frame(now, network, ingress, gateway.mac, frame, open)?;
+                let result = self
+                    .nat
+                    .handle_frame(now, network, ingress, gateway.mac, frame, open);
+                // A refusal queues an ICMP error for the sandbox too.
                 self.drain(now);
-                Ok(())
+                result
             }
             _ => Err(DropReason::NoRoute),
         }

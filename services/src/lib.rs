@@ -41,9 +41,10 @@
 
 pub mod dispatch;
 pub mod dns;
+pub mod flow_shares;
 pub mod nat;
 pub mod reassembly;
 mod smol_device;
 pub mod tcp_nat;
 
-pub use dispatch::{Egress, GatewayServices};
+pub use dispatch::{Egress, GatewayServices, NatLimits, NatNetworkStats};

@@ -123,6 +123,64 @@ pub struct NetworkDetails {
     /// joined through the Docker plugin.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub docker_networks: Vec<String>,
+    /// The NAT's flows and refusals for this network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatDetails>,
+}
+
+/// A network's share of the NAT, as `inspect` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NatDetails {
+    /// UDP and ICMP echo flows open now.
+    pub udp_flows: usize,
+    /// TCP flows open or connecting now.
+    pub tcp_flows: usize,
+    /// Flows each table holds at most (`--nat-max-flows`, or what the
+    /// daemon's file descriptor budget allows).
+    pub capacity: usize,
+    /// Flows of each table one sandbox may hold.
+    pub sandbox_share: usize,
+    /// Flows of each table one network may hold.
+    pub network_share: usize,
+    /// New UDP and ICMP echo flows refused, by reason.
+    pub udp_refused: RefusedFlows,
+    /// New TCP flows refused, by reason.
+    pub tcp_refused: RefusedFlows,
+}
+
+/// New flows refused, by reason.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RefusedFlows {
+    /// The table (or the fd budget) was full.
+    pub table_full: u64,
+    /// The network held its share.
+    pub network_share: u64,
+    /// The sandbox held its share.
+    pub sandbox_share: u64,
+}
+
+impl From<weft_services::flow_shares::RefusalCounters> for RefusedFlows {
+    fn from(c: weft_services::flow_shares::RefusalCounters) -> Self {
+        RefusedFlows {
+            table_full: c.table_full,
+            network_share: c.network_share,
+            sandbox_share: c.sandbox_share,
+        }
+    }
+}
+
+impl From<weft_services::NatNetworkStats> for NatDetails {
+    fn from(s: weft_services::NatNetworkStats) -> Self {
+        NatDetails {
+            udp_flows: s.udp_flows,
+            tcp_flows: s.tcp_flows,
+            capacity: s.capacity,
+            sandbox_share: s.sandbox_share,
+            network_share: s.network_share,
+            udp_refused: s.udp_refused.into(),
+            tcp_refused: s.tcp_refused.into(),
+        }
+    }
 }
 
 /// An endpoint with its counters.

@@ -73,6 +73,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use weft_datapath::Datapath;
+use weft_services::NatLimits;
 
 use weft_overlay::ClusterNetworkId;
 
@@ -106,8 +107,9 @@ pub struct ControllerConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// The gossip cluster to join (`--listen`); None: no overlay networks.
     pub cluster: Option<ClusterConfig>,
-    /// Flows the NAT holds at once, per table (UDP/ICMP, and TCP).
-    pub nat_max_flows: usize,
+    /// The NAT's limits and timers (flows per table, the file descriptors
+    /// its host sockets may take, idle timers).
+    pub nat: NatLimits,
 }
 
 /// See the module header.
@@ -140,10 +142,8 @@ impl Controller {
         let store = StateStore::open(&config.state_dir)?;
         let config_upstreams = config.dns_upstreams.clone();
         let state = store.load()?;
-        let datapath = Arc::new(
-            Datapath::spawn_with_max_flows(config.nat_max_flows)
-                .map_err(ControllerError::Datapath)?,
-        );
+        let datapath =
+            Arc::new(Datapath::spawn_with_limits(&config.nat).map_err(ControllerError::Datapath)?);
         let cluster = match config.cluster {
             Some(cluster_config) => {
                 let tunnel_addr = std::net::SocketAddr::new(
@@ -319,11 +319,13 @@ impl Controller {
             .collect();
         let tunnel = driver.tunnel_counters(&network);
         let docker_networks = inner.state.docker.networks_of(name);
+        let nat = driver.nat_stats(&network).map(Into::into);
         Ok(NetworkDetails {
             network,
             endpoints,
             tunnel,
             docker_networks,
+            nat,
         })
     }
 

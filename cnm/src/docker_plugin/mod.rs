@@ -335,7 +335,10 @@ mod tests {
             netns_dir: dir.join("netns"),
             dns_upstreams: Vec::new(),
             cluster: None,
-            nat_max_flows: 16,
+            nat: weft_services::NatLimits {
+                max_flows: 16,
+                ..weft_services::NatLimits::default()
+            },
         })
         .await
         .expect("controller");

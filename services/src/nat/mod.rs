@@ -25,11 +25,20 @@
 //! ICMP echo is dropped and counted.
 //!
 //! Capacities and timers: at most `max_flows` flows (default
-//! [`DEFAULT_MAX_FLOWS`]); when full, a new flow is refused (dropped and
-//! counted) rather than evicting a live one, so a sandbox cannot push out
-//! the flows of others. A flow idle for `udp_idle` (60 s: between Linux
-//! conntrack's 30 s for one-way UDP and 120 s for UDP streams) or
-//! `icmp_idle` (10 s) is closed ([`NatAction::Close`]). ICMP echo works for
+//! [`DEFAULT_MAX_FLOWS`], lowered by the daemon to what its file
+//! descriptor budget allows: every outbound flow holds a host socket),
+//! shared out by [`crate::flow_shares`]: a sandbox may hold a quarter of
+//! the table, a network half. A new flow over a bound is refused rather
+//! than evicting a live one, so a sandbox cannot push out the flows of
+//! others: a UDP datagram is answered with ICMP destination unreachable,
+//! administratively prohibited (ICMPv6: prohibited), an echo request is
+//! dropped; both counted by reason. A flow idle for `udp_idle`
+//! ([`UDP_IDLE`], 60 s: between Linux conntrack's 30 s for one-way UDP and
+//! 120 s for UDP streams) or `icmp_idle` ([`ICMP_IDLE`], 10 s) is closed
+//! ([`NatAction::Close`]) and its host socket with it; the timers are
+//! checked once a second, so a flow goes at most a second late. A host
+//! socket that cannot be opened (the daemon out of file descriptors)
+//! ends its flow at once ([`Nat::open_failed`]) with the same refusal. ICMP echo works for
 //! IPv4 and IPv6 alike (a ping socket of either family), and so does port
 //! unreachable for a refused UDP flow (ICMP or ICMPv6). IPv4 fragments
 //! are reassembled first ([`crate::reassembly`]): a host socket sends a
@@ -43,6 +52,7 @@ use std::time::{Duration, Instant};
 use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, TransportSlice};
 use rustc_hash::FxHashMap;
 
+use crate::flow_shares::{FlowShares, RefusalCounters, ShareKey};
 use crate::reassembly::{Fragment, Reassembly};
 use weft_vswitch::wire::ethernet::MacAddr;
 use weft_vswitch::wire::packet::GatewayFrame;
@@ -84,6 +94,12 @@ fn echo_reply_seq(data: &[u8], reply_type: u8) -> Option<u16> {
 
 /// Flows at once, all networks together.
 pub const DEFAULT_MAX_FLOWS: usize = 4096;
+/// Idle time after which a UDP flow closes.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
+/// Idle time after which an ICMP echo flow closes.
+pub const ICMP_IDLE: Duration = Duration::from_secs(10);
+/// How often idle flows are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// TTL of the frames the gateway puts into sandboxes.
 const TTL: u8 = 64;
 
@@ -154,8 +170,10 @@ pub struct NatConfig {
 pub struct NatCounters {
     /// Flows opened.
     pub flows_opened: u64,
-    /// New flows refused because the table was full.
+    /// New flows refused (the table full, a share reached, no socket).
     pub flows_refused: u64,
+    /// Flows closed by their idle timer.
+    pub flows_idled_out: u64,
     /// Frames sent out.
     pub packets_out: u64,
     /// Frames put back into sandboxes.
@@ -175,6 +193,8 @@ struct FlowKey {
 #[derive(Debug, Clone)]
 struct Flow {
     key: FlowKey,
+    /// Whose share the flow counts in.
+    share: ShareKey,
     /// For a flow from a published port: its socket and the real client.
     inbound: Option<(u32, SocketAddr)>,
     port: PortId,
@@ -195,14 +215,15 @@ pub struct Nat {
     counters: NatCounters,
     next_sweep: Option<Instant>,
     reassembly: Reassembly,
+    shares: FlowShares,
 }
 
 impl Default for NatConfig {
     fn default() -> Self {
         NatConfig {
             max_flows: DEFAULT_MAX_FLOWS,
-            udp_idle: Duration::from_secs(60),
-            icmp_idle: Duration::from_secs(10),
+            udp_idle: UDP_IDLE,
+            icmp_idle: ICMP_IDLE,
         }
     }
 }
@@ -211,6 +232,7 @@ impl Nat {
     /// An empty table.
     pub fn new(config: NatConfig) -> Self {
         Nat {
+            shares: FlowShares::new(config.max_flows),
             config,
             by_key: FxHashMap::default(),
             flows: FxHashMap::default(),
@@ -298,17 +320,25 @@ impl Nat {
                     return Err(DropReason::NoRoute);
                 };
                 let remote = SocketAddr::new(open, remote.port());
-                let flow = self.insert_flow(
-                    now,
-                    Flow {
-                        key,
-                        inbound: None,
-                        port: ingress,
-                        sandbox_mac: frame.source(),
-                        gateway_mac,
-                        last_active: now,
+                let new_flow = Flow {
+                    key,
+                    share: ShareKey {
+                        network,
+                        sandbox: Some(ingress),
                     },
-                )?;
+                    inbound: None,
+                    port: ingress,
+                    sandbox_mac: frame.source(),
+                    gateway_mac,
+                    last_active: now,
+                };
+                let flow = match self.insert_flow(now, new_flow.clone()) {
+                    Ok(flow) => flow,
+                    Err(e) => {
+                        self.refuse(&new_flow, Unreachable::Prohibited);
+                        return Err(e);
+                    }
+                };
                 self.actions.push_back(NatAction::Open {
                     flow,
                     proto,
@@ -368,6 +398,10 @@ impl Nat {
                 now,
                 Flow {
                     key,
+                    share: ShareKey {
+                        network,
+                        sandbox: None,
+                    },
                     inbound: Some((listener, client)),
                     port,
                     sandbox_mac,
@@ -382,7 +416,7 @@ impl Nat {
 
     /// Enter a new flow in the table, unless it is full.
     fn insert_flow(&mut self, now: Instant, flow: Flow) -> Result<FlowId, DropReason> {
-        if self.flows.len() >= self.config.max_flows {
+        if self.shares.admit(flow.share).is_err() {
             self.counters.flows_refused += 1;
             return Err(DropReason::NatFull);
         }
@@ -392,7 +426,7 @@ impl Nat {
         self.flows.insert(id, flow);
         self.counters.flows_opened += 1;
         if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + self.config.icmp_idle);
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
         }
         Ok(id)
     }
@@ -455,64 +489,30 @@ impl Nat {
     /// A UDP flow's remote refused (ICMP port unreachable reached the host
     /// socket): tell the sandbox the same way, in ICMP or ICMPv6.
     pub fn handle_refused(&mut self, flow: FlowId) {
-        let Some(f) = self.flows.get(&flow) else {
+        let Some(f) = self.flows.get(&flow).cloned() else {
             return;
         };
+        self.refuse(&f, Unreachable::Port);
+    }
+
+    /// The host socket of a new flow could not be opened (the daemon is
+    /// out of file descriptors, or the kernel refused): the flow ends and
+    /// the sandbox is told, as for a flow over its share.
+    pub fn open_failed(&mut self, flow: FlowId) {
+        let Some(f) = self.flows.get(&flow).cloned() else {
+            return;
+        };
+        self.counters.flows_refused += 1;
+        self.refuse(&f, Unreachable::Prohibited);
+        self.close(flow);
+    }
+
+    /// Answer a UDP datagram of `f` with ICMP destination unreachable.
+    fn refuse(&mut self, f: &Flow, why: Unreachable) {
         if f.key.proto != NatProto::Udp {
             return;
         }
-        // The quoted datagram: its IP header and the UDP header (RFC 792
-        // asks for 8 bytes beyond the IP header; RFC 4443 for as much as
-        // fits, and the header is what identifies the flow).
-        let mut udp_header = Vec::with_capacity(8);
-        udp_header.extend_from_slice(&f.key.local.port().to_be_bytes());
-        udp_header.extend_from_slice(&f.key.remote.port().to_be_bytes());
-        udp_header.extend_from_slice(&8u16.to_be_bytes());
-        udp_header.extend_from_slice(&[0, 0]);
-        let mut quoted = Vec::with_capacity(48);
-        let builder = PacketBuilder::ethernet2(f.gateway_mac.0, f.sandbox_mac.0);
-        let mut frame = Vec::new();
-        let ok = match (f.key.remote.ip(), f.key.local.ip()) {
-            (IpAddr::V4(remote), IpAddr::V4(local)) => {
-                let _ = etherparse::Ipv4Header::new(
-                    8,
-                    64,
-                    etherparse::IpNumber::UDP,
-                    local.octets(),
-                    remote.octets(),
-                )
-                .map(|h| h.write(&mut quoted));
-                quoted.extend_from_slice(&udp_header);
-                builder
-                    .ipv4(remote.octets(), local.octets(), TTL)
-                    .icmpv4(Icmpv4Type::DestinationUnreachable(
-                        etherparse::icmpv4::DestUnreachableHeader::Port,
-                    ))
-                    .write(&mut frame, &quoted)
-                    .is_ok()
-            }
-            (IpAddr::V6(remote), IpAddr::V6(local)) => {
-                let _ = etherparse::Ipv6Header {
-                    payload_length: 8,
-                    next_header: etherparse::IpNumber::UDP,
-                    hop_limit: 64,
-                    source: local.octets(),
-                    destination: remote.octets(),
-                    ..Default::default()
-                }
-                .write(&mut quoted);
-                quoted.extend_from_slice(&udp_header);
-                builder
-                    .ipv6(remote.octets(), local.octets(), TTL)
-                    .icmpv6(Icmpv6Type::DestinationUnreachable(
-                        etherparse::icmpv6::DestUnreachableCode::Port,
-                    ))
-                    .write(&mut frame, &quoted)
-                    .is_ok()
-            }
-            _ => false,
-        };
-        if ok {
+        if let Some(frame) = udp_unreachable(&f.key, f.sandbox_mac, f.gateway_mac, why) {
             self.frames.push_back((f.port, frame));
         }
     }
@@ -536,17 +536,18 @@ impl Nat {
             })
             .map(|(id, _)| *id)
             .collect();
+        self.counters.flows_idled_out += idle.len() as u64;
         for flow in idle {
             self.close(flow);
         }
-        self.next_sweep =
-            (!self.flows.is_empty()).then(|| now + self.config.icmp_idle.min(self.config.udp_idle));
+        self.next_sweep = (!self.flows.is_empty()).then(|| now + SWEEP_INTERVAL);
     }
 
     /// Forget a flow (and ask the driver to close its socket).
     pub fn close(&mut self, flow: FlowId) {
         if let Some(f) = self.flows.remove(&flow) {
             self.by_key.remove(&f.key);
+            self.shares.release(f.share);
             if f.inbound.is_none() {
                 self.actions.push_back(NatAction::Close { flow });
             }
@@ -564,6 +565,22 @@ impl Nat {
         for flow in flows {
             self.close(flow);
         }
+        self.shares.remove_network(network);
+    }
+
+    /// The table's shares (capacity, and a sandbox's and a network's).
+    pub fn shares(&self) -> &FlowShares {
+        &self.shares
+    }
+
+    /// New flows of `network` refused, by reason.
+    pub fn refused(&self, network: NetworkId) -> RefusalCounters {
+        self.shares.refused(network)
+    }
+
+    /// Flows of `network` open now.
+    pub fn network_flows(&self, network: NetworkId) -> usize {
+        self.shares.network_flows(network)
     }
 
     /// When [`Nat::handle_timeout`] wants to run.
@@ -593,6 +610,85 @@ impl Nat {
     pub fn counters(&self) -> NatCounters {
         self.counters
     }
+}
+
+/// Which ICMP destination unreachable a refused datagram gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unreachable {
+    /// The remote's port is closed (the remote said so).
+    Port,
+    /// The NAT refuses the flow (a share reached, no socket).
+    Prohibited,
+}
+
+/// ICMP (or ICMPv6) destination unreachable for a UDP datagram of the
+/// flow `key`, from its remote to the sandbox, quoting the datagram's IP
+/// and UDP headers (RFC 792 asks for 8 bytes beyond the IP header; RFC
+/// 4443 for as much as fits, and the headers are what identify the flow).
+fn udp_unreachable(
+    key: &FlowKey,
+    sandbox_mac: MacAddr,
+    gateway_mac: MacAddr,
+    why: Unreachable,
+) -> Option<Vec<u8>> {
+    let mut udp_header = Vec::with_capacity(8);
+    udp_header.extend_from_slice(&key.local.port().to_be_bytes());
+    udp_header.extend_from_slice(&key.remote.port().to_be_bytes());
+    udp_header.extend_from_slice(&8u16.to_be_bytes());
+    udp_header.extend_from_slice(&[0, 0]);
+    let mut quoted = Vec::with_capacity(48);
+    let builder = PacketBuilder::ethernet2(gateway_mac.0, sandbox_mac.0);
+    let mut frame = Vec::new();
+    match (key.remote.ip(), key.local.ip()) {
+        (IpAddr::V4(remote), IpAddr::V4(local)) => {
+            etherparse::Ipv4Header::new(
+                8,
+                64,
+                etherparse::IpNumber::UDP,
+                local.octets(),
+                remote.octets(),
+            )
+            .ok()?
+            .write(&mut quoted)
+            .ok()?;
+            quoted.extend_from_slice(&udp_header);
+            let code = match why {
+                Unreachable::Port => etherparse::icmpv4::DestUnreachableHeader::Port,
+                Unreachable::Prohibited => {
+                    etherparse::icmpv4::DestUnreachableHeader::FilterProhibited
+                }
+            };
+            builder
+                .ipv4(remote.octets(), local.octets(), TTL)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(code))
+                .write(&mut frame, &quoted)
+                .ok()?;
+        }
+        (IpAddr::V6(remote), IpAddr::V6(local)) => {
+            etherparse::Ipv6Header {
+                payload_length: 8,
+                next_header: etherparse::IpNumber::UDP,
+                hop_limit: 64,
+                source: local.octets(),
+                destination: remote.octets(),
+                ..Default::default()
+            }
+            .write(&mut quoted)
+            .ok()?;
+            quoted.extend_from_slice(&udp_header);
+            let code = match why {
+                Unreachable::Port => etherparse::icmpv6::DestUnreachableCode::Port,
+                Unreachable::Prohibited => etherparse::icmpv6::DestUnreachableCode::Prohibited,
+            };
+            builder
+                .ipv6(remote.octets(), local.octets(), TTL)
+                .icmpv6(Icmpv6Type::DestinationUnreachable(code))
+                .write(&mut frame, &quoted)
+                .ok()?;
+        }
+        _ => return None,
+    }
+    Some(frame)
 }
 
 #[cfg(test)]

@@ -447,3 +447,76 @@ fn handle(
     let parsed = GatewayFrame::parse(frame)?;
     nat.handle_frame(now, network, ingress, gateway_mac, &parsed, open)
 }
+
+/// The ICMP type and code of a frame for the sandbox, if it is ICMPv4.
+fn icmp_type_code(frame: &[u8]) -> Option<(u8, u8)> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        return None;
+    };
+    Some((icmp.type_u8(), icmp.code_u8()))
+}
+
+/// A sandbox over its share is refused with ICMP administratively
+/// prohibited (counted by reason); another sandbox still opens flows; an
+/// idle flow goes within a second of its timer and makes room.
+#[test]
+fn a_sandbox_over_its_share_is_told_and_others_still_open() {
+    let t0 = Instant::now();
+    let mut nat = Nat::new(NatConfig {
+        max_flows: 256,
+        udp_idle: Duration::from_secs(3),
+        ..NatConfig::default()
+    });
+    let to = Some(IpAddr::from([192, 0, 2, 9]));
+    let share = nat.shares().sandbox_share();
+    assert_eq!(share, 64);
+    for sport in 0..share {
+        let sport = 1000 + u16::try_from(sport).unwrap();
+        let frame = udp_frame(sport, [192, 0, 2, 9], 53, b"");
+        handle(&mut nat, t0, NetworkId(1), PortId(1), GW, &frame, to).unwrap();
+    }
+    let frame = udp_frame(9999, [192, 0, 2, 9], 53, b"");
+    assert_eq!(
+        handle(&mut nat, t0, NetworkId(1), PortId(1), GW, &frame, to),
+        Err(DropReason::NatFull)
+    );
+    let (port, refusal) = nat.poll_frame().expect("the sandbox is told");
+    assert_eq!(port, PortId(1));
+    assert_eq!(icmp_type_code(&refusal), Some((3, 13)));
+    assert_eq!(nat.refused(NetworkId(1)).sandbox_share, 1);
+    assert_eq!(nat.counters().flows_refused, 1);
+    let frame = udp_frame(9999, [192, 0, 2, 9], 53, b"");
+    handle(&mut nat, t0, NetworkId(1), PortId(2), GW, &frame, to).unwrap();
+    assert_eq!(nat.flow_count(), share + 1);
+
+    // The timer: 3 s idle, looked at once a second.
+    let due = nat.poll_timeout().unwrap();
+    assert!(due <= t0 + Duration::from_secs(1));
+    nat.handle_timeout(t0 + Duration::from_secs(1));
+    assert_eq!(nat.flow_count(), share + 1);
+    nat.handle_timeout(t0 + Duration::from_secs(4));
+    assert_eq!(nat.flow_count(), 0);
+    assert_eq!(
+        nat.counters().flows_idled_out,
+        u64::try_from(share).unwrap() + 1
+    );
+}
+
+/// A flow whose host socket cannot be opened ends at once, and the
+/// sandbox is told.
+#[test]
+fn a_socket_that_cannot_be_opened_ends_the_flow() {
+    let t0 = Instant::now();
+    let mut nat = Nat::new(NatConfig::default());
+    let frame = udp_frame(5000, [192, 0, 2, 9], 53, b"q");
+    let to = Some(IpAddr::from([192, 0, 2, 9]));
+    handle(&mut nat, t0, NetworkId(1), PortId(1), GW, &frame, to).unwrap();
+    let Some(NatAction::Open { flow, .. }) = nat.poll_action() else {
+        panic!("no open")
+    };
+    nat.open_failed(flow);
+    assert_eq!(nat.flow_count(), 0);
+    let (_, refusal) = nat.poll_frame().expect("the sandbox is told");
+    assert_eq!(icmp_type_code(&refusal), Some((3, 13)));
+}

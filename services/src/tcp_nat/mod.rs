@@ -58,58 +58,129 @@
 //! [`crate::dns::tcp`]); an inbound connection teaches it the target's MAC
 //! the same way before its SYN.
 //!
-//! Capacities: at most `max_flows` flows (all networks); when full, a new
-//! SYN is answered with RST and counted. Each flow has `buffer` bytes of
-//! receive and of send buffer (memory is touched only as data flows). The
-//! queues of frames are bounded; extra frames are dropped and TCP
-//! retransmits.
+//! Capacities: at most `max_flows` flows (all networks), shared out by
+//! [`crate::flow_shares`] (a sandbox a quarter, a network half); a SYN
+//! over a bound is answered with RST and counted by reason. The queues of
+//! frames are bounded; extra frames are dropped and TCP retransmits.
+//!
+//! Memory, bounded by design ([`buffers`]): each flow's stack socket has a
+//! receive and a send buffer of the same size, chosen when the flow opens
+//! from a budget of [`DEFAULT_BUFFER_BUDGET`] (256 MiB) for all flows
+//! together: the first flows get [`DEFAULT_BUFFER`] (1 MiB) each way, and
+//! as the budget fills new flows get smaller buffers, down to
+//! [`MIN_BUFFER`] (16 KiB), which is always kept in reserve for every flow
+//! the table may still take (4,096 x 2 x 16 KiB = 128 MiB). So the
+//! buffers of a full table never exceed 256 MiB at the default limits,
+//! whatever the sandboxes do; they are freed when their flow ends
+//! ([`TcpNat::buffer_bytes`] tells the driver how much is held, so that it
+//! can hand freed memory back to the OS after a burst).
+//!
+//! Timers ([`timers`]), so that no flow outlives both its ends: a host
+//! connect, or a handshake with the sandbox, that does not complete within
+//! [`CONNECT_TIMEOUT`] (20 s) is given up (ICMP unreachable or a reset to
+//! the sandbox, the host socket closed); a flow with one direction closed
+//! and nothing moving for [`HALF_CLOSED_IDLE`] (120 s, conntrack's
+//! `fin_wait`) is reset on both sides; an established flow idle for
+//! [`ESTABLISHED_IDLE`] (2 h 4 min, the least RFC 5382 REQ-5 allows a NAT)
+//! likewise. Activity is a segment with data or a flag from the sandbox,
+//! or bytes moved on the host socket. A sandbox that resets a flow (also
+//! while its host connect is pending, or by answering the stack's SYN-ACK
+//! with a reset because it gave up) ends the host socket at once. Resets
+//! get lost (a sandbox that aborts a thousand connections at once
+//! overflows its TAP's queue), so the stack also probes a sandbox quiet
+//! for [`SANDBOX_KEEPALIVE`] (5 s; a keepalive on the local TAP): a
+//! sandbox whose socket is gone answers with a reset, one that is gone
+//! altogether answers nothing and the flow ends after
+//! [`SANDBOX_TIMEOUT`] (60 s).
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use etherparse::{SlicedPacket, TransportSlice};
+use etherparse::TransportSlice;
 use rustc_hash::FxHashMap;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
 
+use crate::flow_shares::{FlowShares, RefusalCounters, ShareKey};
 use crate::nat::FlowId;
 use crate::smol_device::{arp_request, OneFrame};
 use segments::{raise_mss, reset_for, unreachable_for};
 use stack::{new_socket, Stack, MAX_QUEUED_FRAMES};
+pub use tuple::shown_client;
+use tuple::{gso_size_for, tcp_tuple, Tuple};
 use weft_vswitch::wire::ethernet::MacAddr;
 use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::DropReason;
 use weft_vswitch::GatewayConfig;
-use weft_vswitch::NetworkId;
+use weft_vswitch::{NetworkId, PortId};
 
 /// Flows at once, all networks together.
 pub const DEFAULT_MAX_FLOWS: usize = 4096;
-/// Receive and send buffer of each flow: enough window for a few
-/// gigabits per second at sub-millisecond round trips.
+/// Receive and send buffer of each flow while the budget allows: enough
+/// window for a few gigabits per second at sub-millisecond round trips.
 pub const DEFAULT_BUFFER: usize = 1 << 20;
+/// The smallest receive and send buffer of a flow, kept in reserve for
+/// every flow the table may still take: a window of a dozen 1500-byte
+/// segments.
+pub const MIN_BUFFER: usize = 16 << 10;
+/// Bytes of stack buffers all flows together may hold.
+pub const DEFAULT_BUFFER_BUDGET: usize = 256 << 20;
 /// TCP flow ids start here, apart from the UDP/ICMP NAT's ids.
 pub const FLOW_ID_BASE: u64 = 1 << 36;
-/// An inbound connection whose SYN the sandbox leaves unanswered for this
-/// long is given up (the client's connection is reset).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A host connect, or a handshake with the sandbox, that takes longer is
+/// given up (Linux gives a connect ~2 minutes of SYN retries; a sandbox
+/// that waits that long holds an fd and a table entry for nothing).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A flow with one direction closed and nothing moving this long is reset
+/// (Linux conntrack's `nf_conntrack_tcp_timeout_fin_wait`).
+pub const HALF_CLOSED_IDLE: Duration = Duration::from_secs(120);
+/// An established flow idle this long is reset: 2 hours 4 minutes, the
+/// least RFC 5382 (REQ-5) allows a NAT, so that TCP keepalives (2 h by
+/// default) keep a quiet flow alive.
+pub const ESTABLISHED_IDLE: Duration = Duration::from_secs(2 * 3600 + 4 * 60);
 
-/// Limits of the TCP NAT.
+/// A flow quiet for this long is probed toward the sandbox (a keepalive
+/// on the local TAP: one small frame and its answer).
+pub const SANDBOX_KEEPALIVE: Duration = Duration::from_secs(5);
+/// A sandbox that answers nothing (no ACK, not even to keepalives) for
+/// this long is gone: its flow ends.
+pub const SANDBOX_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn smol_duration(d: Duration) -> smoltcp::time::Duration {
+    smoltcp::time::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Limits and timers of the TCP NAT.
 #[derive(Debug, Clone)]
 pub struct TcpNatConfig {
     /// Flows at once.
     pub max_flows: usize,
-    /// Bytes of receive and of send buffer per flow.
-    pub buffer: usize,
+    /// Largest receive and send buffer of a flow.
+    pub max_buffer: usize,
+    /// Smallest receive and send buffer of a flow.
+    pub min_buffer: usize,
+    /// Bytes of buffers all flows together may hold.
+    pub buffer_budget: usize,
+    /// See [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`HALF_CLOSED_IDLE`].
+    pub half_closed_idle: Duration,
+    /// See [`ESTABLISHED_IDLE`].
+    pub established_idle: Duration,
 }
 
 impl Default for TcpNatConfig {
     fn default() -> Self {
         TcpNatConfig {
             max_flows: DEFAULT_MAX_FLOWS,
-            buffer: DEFAULT_BUFFER,
+            max_buffer: DEFAULT_BUFFER,
+            min_buffer: MIN_BUFFER,
+            buffer_budget: DEFAULT_BUFFER_BUDGET,
+            connect_timeout: CONNECT_TIMEOUT,
+            half_closed_idle: HALF_CLOSED_IDLE,
+            established_idle: ESTABLISHED_IDLE,
         }
     }
 }
@@ -198,21 +269,14 @@ pub struct TcpNatCounters {
     pub connect_failures: u64,
     /// Inbound flows from published ports.
     pub inbound: u64,
-    /// New flows refused because the table was full.
+    /// New flows refused (table full, a share reached), reset at once.
     pub flows_refused: u64,
+    /// Flows ended by a timer (connect, half-closed or established idle).
+    pub flows_timed_out: u64,
     /// Bytes from sandboxes to host sockets.
     pub bytes_out: u64,
     /// Bytes from host sockets to sandboxes.
     pub bytes_in: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Tuple {
-    network: NetworkId,
-    /// The sandbox's address and port.
-    sandbox: SocketAddr,
-    /// The peer's address and port as the sandbox sees it.
-    peer: SocketAddr,
 }
 
 enum Phase {
@@ -224,7 +288,15 @@ enum Phase {
 
 struct Flow {
     tuple: Tuple,
+    /// Whose share the flow counts in.
+    share: ShareKey,
     phase: Phase,
+    /// When a segment from the sandbox or bytes on the host socket last
+    /// moved (the idle timers count from here).
+    last_active: Instant,
+    /// Bytes of each of the stack socket's two buffers (0 while
+    /// connecting).
+    buffer: usize,
     /// A [`TcpAction::Send`] is out and not yet answered.
     send_announced: bool,
     /// The host socket stopped being read because the stack was full.
@@ -256,13 +328,19 @@ pub struct TcpNat {
     next_flow: u64,
     seed: u64,
     counters: TcpNatCounters,
+    shares: FlowShares,
+    /// Bytes of stack buffers the flows hold now, and how many flows hold
+    /// them.
+    buffer_bytes: usize,
+    buffered_flows: usize,
+    /// When the timers next look at the flows.
+    next_sweep: Option<Instant>,
 }
 
 impl TcpNat {
     /// A TCP NAT with these limits; `seed` seeds initial sequence numbers.
     pub fn new(config: TcpNatConfig, now: Instant, seed: u64) -> Self {
         TcpNat {
-            config,
             epoch: now,
             stacks: FxHashMap::default(),
             flows: FxHashMap::default(),
@@ -272,6 +350,11 @@ impl TcpNat {
             next_flow: FLOW_ID_BASE,
             seed,
             counters: TcpNatCounters::default(),
+            shares: FlowShares::new(config.max_flows),
+            buffer_bytes: 0,
+            buffered_flows: 0,
+            next_sweep: None,
+            config,
         }
     }
 
@@ -287,18 +370,20 @@ impl TcpNat {
             .or_insert_with(|| Stack::new(gateway, seed))
     }
 
-    /// A TCP frame a sandbox of `network` sent through the gateway. `open`
-    /// says whether a SYN may open a new flow to its destination, and
-    /// `host` where that flow's host socket connects (the destination
+    /// A TCP frame a sandbox of `network` sent through the gateway from
+    /// switch port `ingress`. `open` says whether a SYN may open a new
+    /// flow, and where that flow's host socket connects (the destination
     /// itself, or the host's loopback for the gateway's address).
     ///
     /// # Errors
     ///
-    /// [`DropReason::Malformed`] for a frame that is not TCP over IP.
+    /// [`DropReason::Malformed`] for a frame that is not TCP over IP,
+    /// [`DropReason::NatFull`] for a SYN over the table's or a share's
+    /// bound (answered with a reset).
     pub fn handle_frame(
         &mut self,
         now: Instant,
-        network: NetworkId,
+        (network, ingress): (NetworkId, PortId),
         gateway: &GatewayConfig,
         parsed: &GatewayFrame<'_>,
         open: Option<SocketAddr>,
@@ -315,7 +400,19 @@ impl TcpNat {
                 let Some(flow) = self.flows.get_mut(&flow_id) else {
                     return Ok(());
                 };
+                // Activity: data or a flag. Pure ACKs are not (the
+                // stack's keepalive probes get them as answers).
+                if !tcp.payload().is_empty() || tcp.syn() || tcp.fin() || tcp.rst() {
+                    flow.last_active = now;
+                }
                 match &mut flow.phase {
+                    // The sandbox gave up while the host connects: so
+                    // does the host socket.
+                    Phase::Connecting { .. } if tcp.rst() => {
+                        self.forget(flow_id);
+                        self.actions.push_back(TcpAction::Close { flow: flow_id });
+                        Ok(())
+                    }
                     // A retransmitted SYN: the first one is still held.
                     Phase::Connecting { syn } => {
                         if is_syn {
@@ -338,22 +435,24 @@ impl TcpNat {
                 }
             }
             None if is_syn => match open {
-                Some(remote) if self.flows.len() < self.config.max_flows => {
+                Some(remote) => {
+                    let share = ShareKey {
+                        network,
+                        sandbox: Some(ingress),
+                    };
+                    if self.shares.admit(share).is_err() {
+                        self.counters.flows_refused += 1;
+                        self.answer_refused(network, frame);
+                        return Err(DropReason::NatFull);
+                    }
                     self.stack(network, gateway);
-                    let flow = self.new_flow(
-                        tuple,
-                        Phase::Connecting {
-                            syn: frame.to_vec(),
-                        },
-                    );
+                    let phase = Phase::Connecting {
+                        syn: frame.to_vec(),
+                    };
+                    let flow = self.new_flow(now, tuple, share, phase);
                     self.counters.connects += 1;
                     self.actions.push_back(TcpAction::Connect { flow, remote });
                     Ok(())
-                }
-                Some(_) => {
-                    self.counters.flows_refused += 1;
-                    self.answer_refused(network, frame);
-                    Err(DropReason::NatFull)
                 }
                 None => {
                     self.answer_refused(network, frame);
@@ -371,9 +470,10 @@ impl TcpNat {
         }
     }
 
-    fn new_flow(&mut self, tuple: Tuple, phase: Phase) -> FlowId {
+    fn new_flow(&mut self, now: Instant, tuple: Tuple, share: ShareKey, phase: Phase) -> FlowId {
         let flow = FlowId(self.next_flow);
         self.next_flow += 1;
+        self.arm_sweep(now);
         self.by_tuple.insert(tuple, flow);
         if let Phase::Open { .. } = phase {
             if let Some(stack) = self.stacks.get_mut(&tuple.network) {
@@ -384,7 +484,10 @@ impl TcpNat {
             flow,
             Flow {
                 tuple,
+                share,
                 phase,
+                last_active: now,
+                buffer: 0,
                 send_announced: false,
                 wants_host_data: false,
                 host_eof: false,
@@ -407,10 +510,17 @@ impl TcpNat {
         };
         let syn = std::mem::take(syn);
         let tuple = flow.tuple;
-        let buffer = self.config.buffer;
-        let Some(stack) = self.stacks.get_mut(&tuple.network) else {
+        flow.last_active = now;
+        if !self.stacks.contains_key(&tuple.network) {
             self.forget(flow_id);
             self.actions.push_back(TcpAction::Reset { flow: flow_id });
+            return;
+        }
+        let buffer = self.take_buffer();
+        if let Some(flow) = self.flows.get_mut(&flow_id) {
+            flow.buffer = buffer;
+        }
+        let Some(stack) = self.stacks.get_mut(&tuple.network) else {
             return;
         };
         let mut socket = new_socket(buffer);
@@ -475,10 +585,6 @@ impl TcpNat {
         target: SocketAddr,
         target_mac: MacAddr,
     ) -> Option<FlowId> {
-        if self.flows.len() >= self.config.max_flows {
-            self.counters.flows_refused += 1;
-            return None;
-        }
         let shown = shown_client(client, gateway)?;
         let tuple = Tuple {
             network,
@@ -488,19 +594,28 @@ impl TcpNat {
         if self.by_tuple.contains_key(&tuple) {
             return None;
         }
-        let buffer = self.config.buffer;
+        let share = ShareKey {
+            network,
+            sandbox: None,
+        };
+        if self.shares.admit(share).is_err() {
+            self.counters.flows_refused += 1;
+            return None;
+        }
+        let buffer = self.take_buffer();
         let epoch = self.epoch;
+        let connect_timeout = self.config.connect_timeout;
         let stack = self.stack(network, gateway);
         let mut socket = new_socket(buffer);
-        socket.set_timeout(Some(smoltcp::time::Duration::from_secs(
-            CONNECT_TIMEOUT.as_secs(),
-        )));
+        socket.set_timeout(Some(smol_duration(connect_timeout)));
         let remote = smoltcp::wire::IpEndpoint::new(target.ip().into(), target.port());
         let local = smoltcp::wire::IpEndpoint::new(shown.ip().into(), shown.port());
         if socket
             .connect(stack.iface.context(), remote, local)
             .is_err()
         {
+            self.shares.release(share);
+            self.return_buffer(buffer);
             return None;
         }
         if let (IpAddr::V4(target_v4), IpAddr::V4(_)) = (target.ip(), shown.ip()) {
@@ -513,127 +628,13 @@ impl TcpNat {
             stack.learn(now, epoch, &arp);
         }
         let handle = stack.sockets.add(socket);
-        let flow = self.new_flow(tuple, Phase::Open { handle });
+        let flow = self.new_flow(now, tuple, share, Phase::Open { handle });
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.buffer = buffer;
+        }
         self.counters.inbound += 1;
         self.poll_stack(now, network);
         Some(flow)
-    }
-
-    /// Write what the sandbox sent on `flow` to its host socket through
-    /// `write` (which returns what `write(2)` would).
-    pub fn send_to_host(
-        &mut self,
-        now: Instant,
-        flow_id: FlowId,
-        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
-    ) -> HostWrite {
-        let Some((network, handle)) = self.open_flow(flow_id) else {
-            return HostWrite::Gone;
-        };
-        if let Some(flow) = self.flows.get_mut(&flow_id) {
-            flow.send_announced = false;
-        }
-        let Some(stack) = self.stacks.get_mut(&network) else {
-            return HostWrite::Gone;
-        };
-        let socket = stack.sockets.get_mut::<tcp::Socket>(handle);
-        let mut outcome = HostWrite::Done;
-        let mut written = 0u64;
-        // Bounded: each round empties the contiguous part of the ring.
-        for _ in 0..4 {
-            if socket.recv_queue() == 0 {
-                break;
-            }
-            let result = socket.recv(|data| match write(data) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match result {
-                Ok(Ok(n)) => written += n as u64,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    outcome = HostWrite::Blocked;
-                    break;
-                }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(_)) | Err(_) => {
-                    outcome = HostWrite::Gone;
-                    break;
-                }
-            }
-        }
-        self.counters.bytes_out += written;
-        if outcome == HostWrite::Gone {
-            self.host_failed(now, flow_id);
-            return HostWrite::Gone;
-        }
-        // The window opened: tell the sandbox.
-        self.poll_stack(now, network);
-        outcome
-    }
-
-    /// Read the host socket of `flow` into the stack through `read` (which
-    /// returns what `read(2)` would).
-    pub fn receive_from_host(
-        &mut self,
-        now: Instant,
-        flow_id: FlowId,
-        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
-    ) -> HostRead {
-        let Some((network, handle)) = self.open_flow(flow_id) else {
-            return HostRead::Gone;
-        };
-        let Some(stack) = self.stacks.get_mut(&network) else {
-            return HostRead::Gone;
-        };
-        let socket = stack.sockets.get_mut::<tcp::Socket>(handle);
-        let mut outcome = HostRead::StackFull;
-        let mut total = 0u64;
-        for _ in 0..8 {
-            if !socket.may_send() || socket.send_queue() >= socket.send_capacity() {
-                break;
-            }
-            let result = socket.send(|buf| match read(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match result {
-                Ok(Ok(0)) => {
-                    outcome = HostRead::Eof;
-                    break;
-                }
-                Ok(Ok(n)) => total += n as u64,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    outcome = HostRead::Drained;
-                    break;
-                }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(_)) | Err(_) => {
-                    outcome = HostRead::Gone;
-                    break;
-                }
-            }
-        }
-        self.counters.bytes_in += total;
-        match outcome {
-            HostRead::Gone => {
-                self.host_failed(now, flow_id);
-                return HostRead::Gone;
-            }
-            HostRead::Eof => {
-                socket.close();
-                if let Some(flow) = self.flows.get_mut(&flow_id) {
-                    flow.host_eof = true;
-                }
-            }
-            HostRead::StackFull => {
-                if let Some(flow) = self.flows.get_mut(&flow_id) {
-                    flow.wants_host_data = true;
-                }
-            }
-            HostRead::Drained => {}
-        }
-        self.poll_stack(now, network);
-        outcome
     }
 
     /// The host socket of `flow` failed (reset by the remote, or an I/O
@@ -643,7 +644,12 @@ impl TcpNat {
             self.forget(flow_id);
             return;
         };
+        let sandbox = self.flows.get(&flow_id).map(|f| f.tuple.sandbox.ip());
+        let epoch = self.epoch;
         if let Some(stack) = self.stacks.get_mut(&network) {
+            if let Some(sandbox) = sandbox {
+                stack.reteach(now, epoch, sandbox);
+            }
             stack.sockets.get_mut::<tcp::Socket>(handle).abort();
         }
         // The reset leaves with this poll; then the socket is gone.
@@ -665,6 +671,8 @@ impl TcpNat {
             return;
         };
         self.by_tuple.remove(&flow.tuple);
+        self.shares.release(flow.share);
+        self.return_buffer(flow.buffer);
         if let Some(stack) = self.stacks.get_mut(&flow.tuple.network) {
             stack.flows.retain(|f| *f != flow_id);
             if let Phase::Open { handle } = flow.phase {
@@ -738,7 +746,13 @@ impl TcpNat {
         }
         while let Some(frame) = stack.device.tx.pop_front() {
             if self.frames.len() < MAX_QUEUED_FRAMES {
-                let gso_size = gso_size_for(&self.by_tuple, &self.flows, network, &frame);
+                let (by_tuple, flows) = (&self.by_tuple, &self.flows);
+                let gso_size = gso_size_for(network, &frame, |tuple| {
+                    by_tuple
+                        .get(tuple)
+                        .and_then(|f| flows.get(f))
+                        .map_or(0, |f| f.sandbox_mss)
+                });
                 self.frames.push_back((network, frame, gso_size));
             }
         }
@@ -766,9 +780,13 @@ impl TcpNat {
             {
                 flow.synchronized = true;
                 // The connect timeout of an inbound flow ends with the
-                // handshake: established flows may idle for as long as
-                // their ends like.
-                socket.set_timeout(None);
+                // handshake. From here the stack probes a quiet sandbox:
+                // a sandbox whose socket is gone answers with a reset
+                // (its own reset may have been lost: a burst of them
+                // overflows a TAP's queue), one that is gone altogether
+                // does not answer, and the flow ends either way.
+                socket.set_keep_alive(Some(smol_duration(SANDBOX_KEEPALIVE)));
+                socket.set_timeout(Some(smol_duration(SANDBOX_TIMEOUT)));
             }
             if socket.recv_queue() > 0 && !flow.send_announced {
                 flow.send_announced = true;
@@ -795,7 +813,9 @@ impl TcpNat {
             }
             let reset = match state {
                 tcp::State::Closed => !(flow.host_eof && flow.shutdown_sent),
-                tcp::State::Listen => flow.synchronized,
+                // Back to listening: the sandbox reset the handshake (it
+                // gave up on its connect) or the flow.
+                tcp::State::Listen => true,
                 _ => false,
             };
             let clean = state == tcp::State::TimeWait || (state == tcp::State::Closed && !reset);
@@ -829,7 +849,7 @@ impl TcpNat {
     /// delayed ACKs, timeouts).
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         let smol_now = self.smol_now(now);
-        let mut due: Option<Instant> = None;
+        let mut due: Option<Instant> = self.next_sweep;
         for stack in self.stacks.values_mut() {
             if stack.flows.is_empty() {
                 continue;
@@ -843,8 +863,9 @@ impl TcpNat {
         due
     }
 
-    /// Run the stacks' timers.
+    /// Run the stacks' timers and the relay's idle timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.sweep(now);
         let networks: Vec<NetworkId> = self
             .stacks
             .iter()
@@ -869,6 +890,22 @@ impl TcpNat {
             self.actions.push_back(TcpAction::Reset { flow });
         }
         self.stacks.remove(&network);
+        self.shares.remove_network(network);
+    }
+
+    /// The table's shares (capacity, and a sandbox's and a network's).
+    pub fn shares(&self) -> &FlowShares {
+        &self.shares
+    }
+
+    /// New flows of `network` refused, by reason.
+    pub fn refused(&self, network: NetworkId) -> RefusalCounters {
+        self.shares.refused(network)
+    }
+
+    /// Whether socket actions are waiting for the driver.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
     }
 
     /// Flows open or connecting.
@@ -882,74 +919,11 @@ impl TcpNat {
     }
 }
 
-/// How a client of a published port is shown to a sandbox: itself, or the
-/// gateway when it is on the host's loopback. None when the network has no
-/// gateway address of the needed family.
-pub fn shown_client(client: SocketAddr, gateway: &GatewayConfig) -> Option<SocketAddr> {
-    let ip = match client.ip() {
-        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(*gateway.ipv4.first()?),
-        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(*gateway.ipv6.first()?),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) if v4.is_loopback() => IpAddr::V4(*gateway.ipv4.first()?),
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        ip => ip,
-    };
-    Some(SocketAddr::new(ip, client.port()))
-}
-
-/// The 4-tuple of a TCP frame from a sandbox.
-fn tcp_tuple(network: NetworkId, packet: &SlicedPacket<'_>) -> Option<Tuple> {
-    let (src, dst) = weft_vswitch::wire::ip_addresses(packet.net.as_ref())?;
-    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
-        return None;
-    };
-    Some(Tuple {
-        network,
-        sandbox: SocketAddr::new(src, tcp.source_port()),
-        peer: SocketAddr::new(dst, tcp.destination_port()),
-    })
-}
-
-/// The GSO segment size a frame from the stack needs: the flow's sandbox
-/// MSS when the frame's TCP payload is larger, else 0.
-fn gso_size_for(
-    by_tuple: &FxHashMap<Tuple, FlowId>,
-    flows: &FxHashMap<FlowId, Flow>,
-    network: NetworkId,
-    frame: &[u8],
-) -> u16 {
-    // Frames that fit any Ethernet MTU are not worth a look.
-    if frame.len() <= 14 + 40 + 20 + 536 {
-        return 0;
-    }
-    let Ok(packet) = SlicedPacket::from_ethernet(frame) else {
-        return 0;
-    };
-    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
-        return 0;
-    };
-    let Some((src, dst)) = weft_vswitch::wire::ip_addresses(packet.net.as_ref()) else {
-        return 0;
-    };
-    let tuple = Tuple {
-        network,
-        sandbox: SocketAddr::new(dst, tcp.destination_port()),
-        peer: SocketAddr::new(src, tcp.source_port()),
-    };
-    let mss = by_tuple
-        .get(&tuple)
-        .and_then(|f| flows.get(f))
-        .map_or(0, |f| f.sandbox_mss);
-    if mss != 0 && tcp.payload().len() > usize::from(mss) {
-        mss
-    } else {
-        0
-    }
-}
-
+mod buffers;
+mod host_io;
 mod segments;
 mod stack;
 #[cfg(test)]
 mod tests;
+mod timers;
+mod tuple;

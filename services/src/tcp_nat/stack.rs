@@ -88,6 +88,27 @@ impl Stack {
         self.device.tx.extend(extra);
     }
 
+    /// Teach the stack again the MAC of a sandbox it was taught before
+    /// (its neighbour entry lasts a minute): before a reset of a flow that
+    /// was quiet for longer, which would otherwise wait for an ARP answer
+    /// and be lost with the flow.
+    pub(super) fn reteach(&mut self, now: Instant, epoch: Instant, sandbox: IpAddr) {
+        let IpAddr::V4(ip) = sandbox else {
+            return;
+        };
+        let Some((mac, _)) = self.taught.get(&ip).copied() else {
+            return;
+        };
+        let arp = arp_request(
+            mac,
+            ip,
+            self.mac,
+            self.gateway_v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        );
+        self.learn(now, epoch, &arp);
+        self.taught.insert(ip, (mac, now));
+    }
+
     /// An ARP request from the sender of an IPv4 frame, unless the stack
     /// was taught this sender's MAC recently (smoltcp keeps a neighbour
     /// for a minute; teaching it every [`NEIGHBOUR_REFRESH`] keeps it
