@@ -656,15 +656,17 @@ fn idle_flows_and_their_sockets_go_on_their_timers() {
         .recv_timeout(Duration::from_secs(30))
         .expect("flows opened");
     assert_eq!((tcp, udp), (50, 200), "{}", w.daemon_log());
-    assert!(fds(w.pid) >= fds_before + 250, "the flows' sockets");
+    // (No count of the flows' sockets here: on a loaded machine the first
+    // flows may idle out before the last one opened. The 250 round trips
+    // and the resets below say they existed.)
     let mut last = (0, 0);
-    let gone = w.eventually(Duration::from_secs(10), |w| {
+    let gone = w.eventually(Duration::from_secs(20), |w| {
         last = (w.established(), fds(w.pid));
         last.0 == 0 && last.1 <= fds_before + 8
     });
     assert!(
         gone,
-        "10 s after the flows went quiet: {} host sockets ESTABLISHED, {} fds ({} before)",
+        "20 s after the flows went quiet: {} host sockets ESTABLISHED, {} fds ({} before)",
         last.0, last.1, fds_before
     );
     let reset = holder.join().expect("holder thread");
