@@ -79,6 +79,60 @@ impl Client {
         Ok((status, bytes))
     }
 
+    /// Send a request whose answer is a stream (`weft capture`): each
+    /// chunk of a success goes to `sink` as it arrives; an error answer
+    /// becomes an error carrying the daemon's message.
+    ///
+    /// # Errors
+    ///
+    /// The daemon is unreachable or refused, the stream broke, or `sink`
+    /// failed.
+    pub async fn stream<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+            format!(
+                "connecting to the weft daemon at {} (is `weft daemon` running? --socket or WEFT_SOCKET choose another)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the daemon")?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "weft")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending the request")?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(Refusal { status, message }.into());
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the daemon's stream")?;
+            if let Some(data) = frame.data_ref() {
+                sink(data)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Send a request; decode a success as `T`, turn an error answer into
     /// an error carrying the daemon's message.
     ///

@@ -22,6 +22,7 @@ mod daemon;
 mod fd_limit;
 mod helper;
 mod network;
+mod observe;
 mod ownership;
 mod paths;
 mod peers;
@@ -57,6 +58,10 @@ enum Command {
     Run(run::RunArgs),
     /// Show the cluster's members (alive, suspect, dead) and tunnel counters.
     Peers(peers::PeersArgs),
+    /// Capture a network's (or one endpoint's) frames as pcapng.
+    Capture(observe::CaptureArgs),
+    /// Show a network's forwarding table: MAC, kind, endpoint or host, age.
+    Fdb(observe::FdbArgs),
     /// The attach helper the daemon starts (internal).
     #[command(name = "__attach", hide = true)]
     Attach {
@@ -106,6 +111,14 @@ fn main() -> ExitCode {
         Command::Peers(args) => {
             let client = Client::new(&socket);
             report(block_on(async { peers::run(&client, args).await }))
+        }
+        Command::Capture(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { observe::capture(&client, args).await }))
+        }
+        Command::Fdb(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { observe::fdb(&client, args).await }))
         }
         Command::Run(args) => {
             let client = Client::new(&socket);

@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use common::{has_tool, require, stdout, World};
 use serde_json::Value;
 
@@ -108,4 +110,126 @@ fn fdb_and_metrics_show_the_network() {
         ],
     );
     assert_eq!(stdout(&out), "404", "the metrics port serves no API");
+}
+
+/// `weft capture`: a file that tcpdump reads with both directions of a
+/// ping between two sandboxes, a count and an endpoint filter that end the
+/// capture, a clear error for an endpoint that is not there.
+#[test]
+fn capture_writes_pcapng_that_tcpdump_reads() {
+    if !require(has_tool("tcpdump", "--version"), "needs tcpdump") {
+        return;
+    }
+    let Some(mut w) = World::new() else {
+        return;
+    };
+    let (a, b) = (w.sandbox("a"), w.sandbox("b"));
+    w.weft_ok(&["network", "create", "--subnet", "10.240.2.0/24", "cap"]);
+    w.weft_ok(&["network", "connect", "--name", "alpha", "cap", &a]);
+    w.weft_ok(&["network", "connect", "--name", "beta", "cap", &b]);
+    let (a_ip, b_ip) = (
+        World::address(&w.endpoint("cap", &a), false),
+        World::address(&w.endpoint("cap", &b), false),
+    );
+    w.ping_ok(&a, &["-c", "1", "-W", "2", &b_ip]);
+
+    let file = w.dir.join("cap.pcapng");
+    let file_arg = file.to_string_lossy().into_owned();
+    let socket = w.socket.to_string_lossy().into_owned();
+    let capture = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.host, "timeout", "-k", "2", "30"])
+        .args([
+            common::WEFT,
+            "--socket",
+            &socket,
+            "capture",
+            "cap",
+            "-w",
+            &file_arg,
+            "--duration",
+            "4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting weft capture");
+    // The section header arrives first: the session is on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    w.ping_ok(&a, &["-c", "3", "-i", "0.2", "-W", "2", &b_ip]);
+    let out = capture.wait_with_output().expect("weft capture");
+    let err = common::stderr(&out);
+    assert!(
+        out.status.success(),
+        "weft capture: {err}\n{}",
+        w.daemon_log()
+    );
+    assert!(err.contains("frames captured, 0 dropped"), "{err}");
+    let read = w.exec(&w.host, &["tcpdump", "-n", "-r", &file_arg]);
+    let text = stdout(&read);
+    let requests = text
+        .lines()
+        .filter(|l| l.contains(&format!("{a_ip} > {b_ip}: ICMP echo request")))
+        .count();
+    let replies = text
+        .lines()
+        .filter(|l| l.contains(&format!("{b_ip} > {a_ip}: ICMP echo reply")))
+        .count();
+    // Each frame crosses two ports (in at one, out at the other).
+    assert!(
+        requests >= 6 && replies >= 6,
+        "{requests} requests, {replies} replies:\n{text}"
+    );
+
+    // One endpoint, two frames: the capture ends by itself.
+    let mut pinger = w.spawn_in(&a, "20", &["ping", "-i", "0.2", &b_ip]);
+    let out = w.exec(
+        &w.host,
+        &[
+            common::WEFT,
+            "--socket",
+            &socket,
+            "capture",
+            "cap",
+            "--endpoint",
+            "beta",
+            "-c",
+            "2",
+            "-w",
+            &file_arg,
+        ],
+    );
+    common::kill_group(&mut pinger);
+    assert!(out.status.success(), "{}", common::show(&out));
+    assert!(
+        common::stderr(&out).contains("2 frames captured"),
+        "{}",
+        common::show(&out)
+    );
+
+    let out = w.exec(
+        &w.host,
+        &[
+            common::WEFT,
+            "--socket",
+            &socket,
+            "capture",
+            "cap",
+            "--endpoint",
+            "nosuch",
+            "-w",
+            &file_arg,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("no endpoint named \"nosuch\""),
+        "{}",
+        common::show(&out)
+    );
 }

@@ -356,6 +356,58 @@ impl BridgeDriver {
         Ok(rows)
     }
 
+    /// Start capturing a network's frames (every port, or `only` that
+    /// endpoint's), with its local ports named by their endpoints.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError`] when the network or endpoint has no port here, or
+    /// the data path is gone.
+    pub fn capture(
+        &self,
+        network: &Network,
+        endpoints: &[Endpoint],
+        only: Option<&Endpoint>,
+        snap_len: usize,
+        ring_bytes: usize,
+    ) -> Result<
+        (
+            weft_datapath::capture::CaptureHandle,
+            HashMap<PortId, String>,
+        ),
+        DriverError,
+    > {
+        use weft_datapath::capture::Filter;
+        let id = self
+            .switch_network(&network.name)
+            .ok_or_else(|| DriverError::UnknownNetwork(network.name.clone()))?;
+        let (names, filter) = {
+            let tables = self.tables();
+            let names: HashMap<PortId, String> = endpoints
+                .iter()
+                .filter_map(|e| {
+                    tables
+                        .ports
+                        .get(&e.id)
+                        .map(|(port, _)| (*port, e.name.clone()))
+                })
+                .collect();
+            let filter = match only {
+                None => Filter::Network(id),
+                Some(e) => {
+                    let (port, _) = tables
+                        .ports
+                        .get(&e.id)
+                        .ok_or_else(|| DriverError::UnknownNetwork(network.name.clone()))?;
+                    Filter::Ports([*port].into_iter().collect())
+                }
+            };
+            (names, filter)
+        };
+        let handle = self.datapath.start_capture(filter, snap_len, ring_bytes)?;
+        Ok((handle, names))
+    }
+
     /// The data path this driver feeds.
     pub fn datapath(&self) -> &Arc<Datapath> {
         &self.datapath

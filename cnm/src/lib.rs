@@ -45,6 +45,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod capture;
 pub mod controller;
 pub mod docker_plugin;
 pub mod driver;

@@ -38,6 +38,18 @@ pub enum Command {
         /// Its counters.
         counters: Arc<PortCounters>,
     },
+    /// Start a packet capture session.
+    StartCapture {
+        /// The session's id.
+        id: u64,
+        /// Its data-path end.
+        sink: crate::capture::CaptureSink,
+    },
+    /// Stop a packet capture session.
+    StopCapture {
+        /// The session's id.
+        id: u64,
+    },
     /// Read a network's forwarding table.
     Fdb {
         /// The network.

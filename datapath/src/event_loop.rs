@@ -256,6 +256,8 @@ impl Loop {
                     let tap = self.detach(id);
                     let _ = done.send(tap);
                 }
+                Command::StartCapture { id, sink } => plane.captures.add(id, sink),
+                Command::StopCapture { id } => plane.captures.remove(id),
                 Command::Fdb { network, reply } => {
                     let entries = plane.switch.fdb(network, std::time::Instant::now());
                     let with_hosts = entries

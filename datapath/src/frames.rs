@@ -45,6 +45,7 @@ use weft_vswitch::wire::packet::GatewayFrame;
 use weft_vswitch::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
 use weft_vswitch::{Decision, DropReason, PortId, Switch};
 
+use crate::capture::Captures;
 use crate::taps::{Taps, IO_LOOP_BOUND};
 use crate::tunnel::Tunnel;
 
@@ -70,6 +71,8 @@ pub struct Plane {
     pub taps: Taps,
     /// The overlay's tunnel.
     pub tunnel: Tunnel,
+    /// Packet captures (none: nothing is copied).
+    pub captures: Captures,
     batch: WriteBatch,
     flood_scratch: Vec<PortId>,
     reply: Vec<u8>,
@@ -94,6 +97,7 @@ impl Plane {
             services,
             taps: Taps::default(),
             tunnel,
+            captures: Captures::default(),
             batch: WriteBatch::new(),
             flood_scratch: Vec::new(),
             reply: vec![0; FRAME_BUFFER_LEN + REPLY_HEADROOM],
@@ -152,6 +156,11 @@ impl Plane {
             return;
         }
         counters.count_rx(len - VNET_HDR_LEN);
+        if !self.captures.is_empty() {
+            let network = self.switch.network_of(ingress);
+            let frame = &self.batch.current(len)[VNET_HDR_LEN..];
+            self.captures.offer(ingress, network, false, frame);
+        }
         let decision = {
             let frame = &self.batch.current(len)[VNET_HDR_LEN..];
             self.switch.handle_frame(now, ingress, frame)
@@ -197,6 +206,11 @@ impl Plane {
         let result = match self.switch.gateway_reply(ingress, &parsed, body) {
             Ok(reply_len) => {
                 header.copy_from_slice(&vnet::EMPTY);
+                if !self.captures.is_empty() {
+                    let network = self.switch.network_of(ingress);
+                    let reply = &self.reply[VNET_HDR_LEN..VNET_HDR_LEN + reply_len];
+                    self.captures.offer(ingress, network, true, reply);
+                }
                 self.taps
                     .send(ingress, &self.reply[..VNET_HDR_LEN + reply_len], now);
                 Ok(())
@@ -222,6 +236,11 @@ impl Plane {
     }
 
     fn queue_write(&mut self, egress: PortId, len: usize, now: Instant) {
+        if !self.captures.is_empty() {
+            let network = self.switch.network_of(egress);
+            let frame = &self.batch.current(len)[VNET_HDR_LEN..];
+            self.captures.offer(egress, network, true, frame);
+        }
         if self.taps.is_shaped(egress) {
             // A limited port: written (or queued) through its shaper, out
             // of the batch.
@@ -355,9 +374,18 @@ impl Plane {
                 port => port,
             };
             match egress {
-                Egress::Port(port) => self.taps.send_parts(port, &header, &frame, now),
+                Egress::Port(port) => {
+                    if !self.captures.is_empty() {
+                        let network = self.switch.network_of(port);
+                        self.captures.offer(port, network, true, &frame);
+                    }
+                    self.taps.send_parts(port, &header, &frame, now);
+                }
                 Egress::Flood(network) => {
                     for &port in self.switch.network_ports(network) {
+                        if !self.captures.is_empty() {
+                            self.captures.offer(port, Some(network), true, &frame);
+                        }
                         self.taps.send_parts(port, &header, &frame, now);
                     }
                 }

@@ -49,6 +49,7 @@ pub struct Datapath {
     thread: Option<JoinHandle<()>>,
     next_port: AtomicU32,
     next_publish: AtomicU32,
+    next_capture: std::sync::atomic::AtomicU64,
     tunnel_counters: Arc<TunnelCounters>,
     tunnel_ports: TunnelPorts,
 }
@@ -124,6 +125,7 @@ impl Datapath {
             thread: Some(thread),
             next_port: AtomicU32::new(1),
             next_publish: AtomicU32::new(1),
+            next_capture: std::sync::atomic::AtomicU64::new(1),
             tunnel_counters,
             tunnel_ports,
         })
@@ -325,6 +327,34 @@ impl Datapath {
         answer
             .recv_timeout(COMMAND_REPLY_TIMEOUT)
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
+
+    /// Start capturing the frames `filter` takes, cut to `snap_len`
+    /// bytes, with at most `ring_bytes` waiting for the reader (see
+    /// [`crate::capture`]); dropping the handle stops the capture.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn start_capture(
+        &self,
+        filter: crate::capture::Filter,
+        snap_len: usize,
+        ring_bytes: usize,
+    ) -> Result<crate::capture::CaptureHandle, DatapathError> {
+        let id = self.next_capture.fetch_add(1, Ordering::Relaxed);
+        let (sink, records, stats) = crate::capture::session(filter, snap_len, ring_bytes);
+        self.send(Command::StartCapture { id, sink })?;
+        let (commands, waker) = (self.commands.clone(), Arc::clone(&self.waker));
+        Ok(crate::capture::CaptureHandle {
+            records,
+            stats,
+            stop: Some(Box::new(move || {
+                if commands.send(Command::StopCapture { id }).is_ok() {
+                    let _ = waker.wake();
+                }
+            })),
+        })
     }
 
     /// A network's forwarding table (MAC → port), as the switch has it now;

@@ -16,6 +16,9 @@
 //! | published ports | [`published`] | `weft_services` (relay, NAT) |
 //! | DNS upstream sockets | [`upstreams`] | `weft_services::dns` |
 //!
+//! Packet captures ([`capture`]) copy frames of chosen ports off the frame
+//! plane to a reader, and cost one branch per frame when there are none.
+//!
 //! A frame's walk from a TAP read to a TAP write is in three files:
 //! [`frames`] (read, ask, write), `weft_vswitch::switch` (the decision) and
 //! `weft_vswitch::sys::write_batch` (the batched writes).
@@ -47,6 +50,7 @@
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+pub mod capture;
 pub mod command;
 pub mod event_loop;
 pub mod frames;

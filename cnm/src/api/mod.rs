@@ -112,6 +112,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(inspect_network).delete(delete_network),
         )
         .route("/v1/networks/{name}/fdb", get(fdb))
+        .route("/v1/networks/{name}/capture", post(capture))
         .route("/v1/networks/{name}/connect", post(connect))
         .route("/v1/networks/{name}/disconnect", post(disconnect))
         .fallback(not_found)
@@ -153,6 +154,34 @@ pub async fn serve_metrics(
         .fallback(not_found)
         .with_state(controller);
     axum::serve(listener, router).await
+}
+
+/// A capture: the pcapng stream of `crate::capture`, chunked, until the
+/// session ends or the client goes away.
+async fn capture(
+    State(c): Shared,
+    Path(name): Path<String>,
+    body: Result<Json<crate::capture::CaptureRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let (handle, names) = c.capture(&name, &request).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::task::spawn_blocking(move || {
+        let (frames, dropped) = crate::capture::pump(handle, &names, &request, |chunk| {
+            tx.blocking_send(chunk).is_ok()
+        });
+        tracing::info!(network = name, frames, dropped, "capture ended");
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-pcapng")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn fdb(State(c): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
@@ -238,7 +267,7 @@ pub async fn serve(
 pub fn status_of(error: &ControllerError) -> u16 {
     match error {
         ControllerError::NetworkNotFound { .. } | ControllerError::NotConnected { .. } => 404,
-        ControllerError::EndpointNotFound { .. } => 404,
+        ControllerError::EndpointNotFound { .. } | ControllerError::NoSuchEndpoint { .. } => 404,
         ControllerError::SandboxNotFound { .. } => 404,
         ControllerError::NetworkExists { .. }
         | ControllerError::NetworkInUse { .. }
@@ -252,6 +281,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         | ControllerError::InvalidOption { .. }
         | ControllerError::InvalidInterface { .. }
         | ControllerError::InvalidBandwidth(_)
+        | ControllerError::InvalidCapture(_)
         | ControllerError::BandwidthNotAllowed { .. }
         | ControllerError::PortsNotAllowed { .. }
         | ControllerError::InvalidPort(_) => 400,

@@ -137,6 +137,17 @@ pub enum ControllerError {
         /// What is wrong and what to write.
         reason: &'static str,
     },
+    /// A capture request that cannot be served.
+    #[error("capture: {0}")]
+    InvalidCapture(String),
+    /// No endpoint of that name on the network.
+    #[error("network {network:?} has no endpoint named {name:?}: `weft network inspect {network}` lists them")]
+    NoSuchEndpoint {
+        /// The network.
+        network: String,
+        /// The name asked for.
+        name: String,
+    },
     /// A connect's `bandwidth` that cannot be used.
     #[error("bandwidth: {0}")]
     InvalidBandwidth(#[from] weft_vswitch::rate::BandwidthError),

@@ -329,6 +329,72 @@ impl Controller {
         })
     }
 
+    /// `weft capture`: start a capture of the network's ports (or one
+    /// endpoint's); the session and the names of its ports.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::InvalidCapture`] for a bad request or a network
+    /// without interfaces, [`ControllerError::NetworkNotFound`],
+    /// [`ControllerError::NoSuchEndpoint`], or the data path being gone.
+    pub async fn capture(
+        &self,
+        name: &str,
+        request: &crate::capture::CaptureRequest,
+    ) -> Result<
+        (
+            weft_datapath::capture::CaptureHandle,
+            std::collections::HashMap<weft_vswitch::PortId, String>,
+        ),
+        ControllerError,
+    > {
+        if let Some(problem) = request.problem() {
+            return Err(ControllerError::InvalidCapture(problem));
+        }
+        let inner = self.inner.lock().await;
+        let network = inner
+            .network(name)
+            .cloned()
+            .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        if !network.driver.has_interfaces() {
+            return Err(ControllerError::InvalidCapture(format!(
+                "network {name:?} has driver {}, which switches no frames",
+                network.driver
+            )));
+        }
+        let endpoints: Vec<Endpoint> = inner
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == name)
+            .cloned()
+            .collect();
+        let only = match &request.endpoint {
+            Some(wanted) => Some(endpoints.iter().find(|e| &e.name == wanted).ok_or_else(
+                || ControllerError::NoSuchEndpoint {
+                    network: name.into(),
+                    name: wanted.clone(),
+                },
+            )?),
+            None => None,
+        };
+        let snap_len = request.snap_len.unwrap_or(crate::capture::MAX_SNAP_LEN);
+        let ring = request.ring_mib.unwrap_or(crate::capture::DEFAULT_RING_MIB);
+        inner
+            .bridge
+            .capture(
+                &network,
+                &endpoints,
+                only,
+                snap_len as usize,
+                ring as usize * 1024 * 1024,
+            )
+            .map_err(|source| ControllerError::Driver {
+                driver: network.driver,
+                source,
+            })
+    }
+
     /// `network fdb`: the network's forwarding table.
     ///
     /// # Errors
