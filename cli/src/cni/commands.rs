@@ -385,7 +385,8 @@ async fn ensure_network(daemon: &Daemon, conf: &NetConf) -> Result<NetworkView, 
 
 /// The published ports of `portMappings`.
 fn port_mappings(conf: &NetConf) -> Result<Vec<PortMapping>, CniError> {
-    if conf.port_publisher() == PortPublisher::Runtime {
+    let in_user_namespace = !crate::paths::in_initial_user_namespace();
+    if conf.port_publisher(in_user_namespace) == PortPublisher::Runtime {
         return Ok(Vec::new());
     }
     conf.runtime_config

@@ -352,15 +352,14 @@ impl NetConf {
     }
 
     /// Who publishes the port mappings: the config's `portPublisher`, else
-    /// the runtime when the plugin runs in a user namespace (a rootless
-    /// runtime, whose port handler binds the host ports itself), else weft.
-    pub fn port_publisher(&self) -> PortPublisher {
-        self.port_publisher.unwrap_or_else(|| {
-            if crate::paths::in_initial_user_namespace() {
-                PortPublisher::Weft
-            } else {
-                PortPublisher::Runtime
-            }
+    /// the runtime when the plugin runs under a rootless runtime
+    /// (`in_user_namespace`: its port handler binds the host ports
+    /// itself), else weft.
+    pub fn port_publisher(&self, in_user_namespace: bool) -> PortPublisher {
+        self.port_publisher.unwrap_or(if in_user_namespace {
+            PortPublisher::Runtime
+        } else {
+            PortPublisher::Weft
         })
     }
 
