@@ -8,5 +8,8 @@ fuzz_target!(|body: &[u8]| {
     let _ = serde_json::from_slice::<CreateNetworkRequest>(body);
     let _ = serde_json::from_slice::<ConnectRequest>(body);
     let _ = serde_json::from_slice::<DisconnectRequest>(body);
+    if let Ok(capture) = serde_json::from_slice::<weft_cnm::capture::CaptureRequest>(body) {
+        let _ = capture.problem();
+    }
     let _ = serde_json::from_slice::<weft_cnm::attach::AttachRequest>(body);
 });

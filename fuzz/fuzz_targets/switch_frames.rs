@@ -1,7 +1,9 @@
 //! Stateful: a sequence of frames from random ports into a switch with two
 //! networks. Invariants: a decision never leaves the ingress network, never
 //! forwards back to the ingress port, and a gateway reply fits its buffer
-//! and is a well-formed Ethernet frame from the gateway MAC.
+//! and is a well-formed Ethernet frame from the gateway MAC. Ports 0 and 2
+//! have port security on (port 1 has an identity without enforcement): a
+//! frame from them that is not dropped has their MAC as its source.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -12,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use weft_vswitch::gateway::REPLY_HEADROOM;
 use weft_vswitch::wire::ethernet::EthernetFrame;
 use weft_vswitch::wire::packet::GatewayFrame;
-use weft_vswitch::{Decision, GatewayConfig, MacAddr, NetworkId, PortId, Switch};
+use weft_vswitch::{Decision, GatewayConfig, MacAddr, NetworkId, PortId, PortIdentity, Switch};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -40,12 +42,26 @@ fuzz_target!(|input: Input| {
         sw.add_port(PortId(p), NetworkId(1 + p % 2)).unwrap();
     }
     let t0 = Instant::now();
+    let identity = |p: u8| PortIdentity {
+        mac: MacAddr([0x02, 0x42, 10, 0, 0, 10 + p]),
+        ipv4: vec![Ipv4Addr::new(10, 0, 1 + p % 2, 10 + p)],
+        ipv6: vec![],
+        enforce: p != 1,
+    };
+    for p in 0..3u8 {
+        sw.set_port_identity(PortId(u32::from(p)), identity(p), t0);
+    }
     let mut out = vec![0u8; 2048 + REPLY_HEADROOM];
     for (port, millis, frame) in input.frames.iter().take(256) {
         let ingress = PortId(u32::from(*port % 5));
         let now = t0 + Duration::from_millis(u64::from(*millis) * 100);
         let frame = &frame[..frame.len().min(2048)];
-        match sw.handle_frame(now, ingress, frame) {
+        let decision = sw.handle_frame(now, ingress, frame);
+        if matches!(ingress.0, 0 | 2) && !matches!(decision, Decision::Drop(_)) {
+            let source = EthernetFrame::new_checked(frame).unwrap().source();
+            assert_eq!(source, identity(ingress.0 as u8).mac);
+        }
+        match decision {
             Decision::Forward(p) => {
                 assert_ne!(p, ingress);
                 assert_eq!(sw.network_of(p), sw.network_of(ingress));
