@@ -37,6 +37,10 @@ pub struct NetworkFigures {
     pub fdb: Vec<(String, usize)>,
     /// Its tunnel ports' counters, by remote host.
     pub tunnel: Vec<(String, PortCountersSnapshot)>,
+    /// Its NAT flows open now, by protocol (`udp` for UDP and ICMP echo).
+    pub nat_flows: Vec<(String, usize)>,
+    /// New NAT flows refused, by protocol and reason.
+    pub nat_refused: Vec<(String, String, u64)>,
 }
 
 /// Everything one scrape shows.
@@ -73,6 +77,20 @@ pub async fn collect(controller: &Controller) -> Snapshot {
             .iter()
             .map(|e| (e.endpoint.name.clone(), e.counters.clone()))
             .collect();
+        if let Some(nat) = &details.nat {
+            figures.nat_flows = vec![("udp".into(), nat.udp_flows), ("tcp".into(), nat.tcp_flows)];
+            for (proto, refused) in [("udp", nat.udp_refused), ("tcp", nat.tcp_refused)] {
+                for (reason, count) in [
+                    ("table_full", refused.table_full),
+                    ("network_share", refused.network_share),
+                    ("sandbox_share", refused.sandbox_share),
+                ] {
+                    figures
+                        .nat_refused
+                        .push((proto.into(), reason.into(), count));
+                }
+            }
+        }
         figures.tunnel = details
             .tunnel
             .iter()
@@ -297,6 +315,40 @@ pub fn render(s: &Snapshot) -> String {
     }
     let mut f = Family::new(
         &mut out,
+        "weft_nat_flows",
+        "gauge",
+        "NAT flows open now, by protocol (udp: UDP and ICMP echo).",
+    );
+    for n in &s.networks {
+        for (proto, count) in &n.nat_flows {
+            f.sample(
+                "weft_nat_flows",
+                &[("network", &n.name), ("protocol", proto)],
+                count,
+            );
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "weft_nat_refused_total",
+        "counter",
+        "New NAT flows refused, by protocol and reason (table_full, network_share, sandbox_share).",
+    );
+    for n in &s.networks {
+        for (proto, reason, count) in &n.nat_refused {
+            f.sample(
+                "weft_nat_refused_total",
+                &[
+                    ("network", &n.name),
+                    ("protocol", proto),
+                    ("reason", reason),
+                ],
+                count,
+            );
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
         "weft_cluster_members",
         "gauge",
         "Other members of the cluster, by state.",
@@ -365,6 +417,8 @@ mod tests {
                 )],
                 fdb: vec![("static".into(), 1), ("learned".into(), 2)],
                 tunnel: vec![],
+                nat_flows: vec![("tcp".into(), 4)],
+                nat_refused: vec![("udp".into(), "sandbox_share".into(), 9)],
             }],
             members: vec![("alive".into(), 2)],
             resident_bytes: Some(4096),
@@ -379,6 +433,8 @@ mod tests {
             "weft_network_fdb_entries{network=\"n\\\"1\",kind=\"learned\"} 2",
             "weft_network_endpoints{network=\"n\\\"1\",driver=\"bridge\"} 1",
             "weft_cluster_members{state=\"alive\"} 2",
+            "weft_nat_flows{network=\"n\\\"1\",protocol=\"tcp\"} 4",
+            "weft_nat_refused_total{network=\"n\\\"1\",protocol=\"udp\",reason=\"sandbox_share\"} 9",
             "weft_process_resident_memory_bytes 4096",
         ] {
             assert!(
