@@ -50,6 +50,7 @@ pub mod controller;
 pub mod docker_plugin;
 pub mod driver;
 pub mod error_chain;
+pub mod events;
 pub mod host_routes;
 pub mod metrics;
 pub mod model;

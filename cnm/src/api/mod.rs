@@ -106,6 +106,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/version", get(version))
         .route("/v1/peers", get(peers))
+        .route("/v1/events", get(events))
         .route("/v1/networks", get(list_networks).post(create_network))
         .route(
             "/v1/networks/{name}",
@@ -186,6 +187,23 @@ async fn capture(
 
 async fn fdb(State(c): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.fdb(&name).await?))
+}
+
+/// Events as they happen, one JSON object per line, until the client goes
+/// away (see `crate::events`).
+async fn events(State(c): Shared) -> Response {
+    let rx = c.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = crate::events::next(&mut rx).await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn peers(State(c): Shared) -> Result<impl IntoResponse, ApiError> {

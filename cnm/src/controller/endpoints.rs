@@ -193,6 +193,11 @@ impl Controller {
         self.publish_endpoint(&network, &endpoint);
         inner.publish_names(&network);
         tracing::info!(network = network.name, sandbox = %endpoint.sandbox.display(), ifname = endpoint.ifname, addresses = ?endpoint.addresses, "endpoint joined");
+        let mut event = crate::events::Event::new("endpoint", "connect", &network.name);
+        event.endpoint = Some(endpoint.name.clone());
+        event.sandbox = Some(endpoint.sandbox.display().to_string());
+        event.addresses = endpoint.addresses.iter().map(ToString::to_string).collect();
+        self.events.emit(event);
         Ok(endpoint)
     }
 
@@ -262,6 +267,10 @@ impl Controller {
         inner.publish_names(&network);
         inner.save()?;
         tracing::info!(network = network.name, sandbox = %sandbox.display(), "endpoint left");
+        let mut event = crate::events::Event::new("endpoint", "disconnect", &network.name);
+        event.endpoint = Some(endpoint.name.clone());
+        event.sandbox = Some(sandbox.display().to_string());
+        self.events.emit(event);
         Ok(())
     }
 

@@ -115,6 +115,8 @@ pub struct ControllerConfig {
 /// See the module header.
 pub struct Controller {
     inner: Mutex<Inner>,
+    /// Changes as they happen (`weft events`).
+    pub events: crate::events::Events,
     netns_dir: PathBuf,
     cluster: Option<Arc<Cluster>>,
     datapath: Arc<Datapath>,
@@ -177,6 +179,7 @@ impl Controller {
             Arc::clone(&datapath),
         ));
         let controller = Controller {
+            events: crate::events::Events::default(),
             inner: Mutex::new(Inner {
                 state,
                 store,

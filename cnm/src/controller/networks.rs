@@ -95,6 +95,13 @@ impl Controller {
             return Err(e);
         }
         tracing::info!(network = name, driver = %driver, subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "network created");
+        let mut event = crate::events::Event::new("network", "create", &name);
+        event.addresses = network
+            .subnets
+            .iter()
+            .map(|s| s.subnet.to_string())
+            .collect();
+        self.events.emit(event);
         Ok(network)
     }
 
@@ -231,6 +238,8 @@ impl Controller {
         inner.state.ipam.remove_network(name);
         inner.save()?;
         tracing::info!(network = name, "network removed");
+        self.events
+            .emit(crate::events::Event::new("network", "remove", name));
         Ok(())
     }
 }

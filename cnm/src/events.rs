@@ -1,0 +1,128 @@
+//! What happens to networks and endpoints, as it happens (`weft events`,
+//! `GET /v1/events`), like `docker events`.
+//!
+//! # Theory of operation
+//!
+//! The controller emits an [`Event`] after each change it has made durable
+//! (the state file saved): a network created or removed, an endpoint
+//! connected or disconnected. Events go to a broadcast channel; every
+//! `GET /v1/events` subscribes and streams them as JSON lines. Nothing is
+//! kept: a subscriber sees what happens after it subscribed, and one that
+//! falls more than [`BACKLOG`] events behind is told how many it missed
+//! (an event of type `lagged`) rather than stalling the controller.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Events a slow subscriber may fall behind before it misses some.
+pub const BACKLOG: usize = 1024;
+
+/// One change. See the module header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When (RFC 3339, UTC, milliseconds).
+    pub time: String,
+    /// `network`, `endpoint`, or `lagged` (events were missed).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `create`, `remove` (networks); `connect`, `disconnect` (endpoints).
+    pub action: String,
+    /// The network.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    /// The endpoint's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The endpoint's sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// The endpoint's addresses, or the network's subnets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+}
+
+impl Event {
+    /// An event of `kind` and `action` on `network`, now.
+    pub fn new(kind: &str, action: &str, network: &str) -> Self {
+        Event {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            kind: kind.into(),
+            action: action.into(),
+            network: network.into(),
+            endpoint: None,
+            sandbox: None,
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// The controller's event channel.
+#[derive(Debug, Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Events {
+    /// Tell every subscriber (none listening is fine).
+    pub fn emit(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    /// A new subscriber.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+/// The next event for a subscriber: a `lagged` event when it fell behind,
+/// None when the channel is closed.
+pub async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
+    match rx.recv().await {
+        Ok(event) => Some(event),
+        Err(broadcast::error::RecvError::Lagged(missed)) => {
+            let mut event = Event::new("lagged", &missed.to_string(), "");
+            event.action = format!("missed {missed}");
+            Some(event)
+        }
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_see_what_follows_and_are_told_what_they_missed() {
+        let events = Events::default();
+        events.emit(Event::new("network", "create", "before"));
+        let mut rx = events.subscribe();
+        events.emit(Event::new("network", "create", "n1"));
+        let first = next(&mut rx).await.expect("an event");
+        assert_eq!(
+            (first.kind.as_str(), first.network.as_str()),
+            ("network", "n1")
+        );
+        for i in 0..BACKLOG + 5 {
+            events.emit(Event::new("network", "remove", &format!("n{i}")));
+        }
+        let lagged = next(&mut rx).await.expect("an event");
+        assert_eq!(lagged.kind, "lagged");
+        assert_eq!(lagged.action, "missed 5");
+        let json = serde_json::to_string(&first).unwrap();
+        assert!(
+            json.contains("\"type\":\"network\"") && !json.contains("endpoint"),
+            "{json}"
+        );
+    }
+}
