@@ -155,6 +155,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                     Some(&request),
                 )
                 .await?;
+            println!("{}", endpoint_line(&endpoint));
             for line in port_lines(&endpoint) {
                 println!("{line}");
             }
@@ -254,17 +255,40 @@ fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
 
 /// Published ports of an endpoint the way `docker port` shows them:
 /// `80/tcp -> 0.0.0.0:8080`.
+/// A dual-stack port has one line per family, as `docker port` shows it.
 pub fn port_lines(endpoint: &Endpoint) -> Vec<String> {
     endpoint
         .ports
         .iter()
-        .map(|m| {
-            let host = endpoint
-                .publish_addrs(m)
-                .map_or_else(|| m.to_string(), |(host, _)| host.to_string());
-            format!("{}/{} -> {host}", m.container_port, m.proto.as_str())
+        .flat_map(|m| {
+            let listens = endpoint.publish_listens(m);
+            let hosts: Vec<String> = if listens.is_empty() {
+                vec![m.to_string()]
+            } else {
+                listens.iter().map(|(host, _)| host.to_string()).collect()
+            };
+            hosts
+                .into_iter()
+                .map(move |host| format!("{}/{} -> {host}", m.container_port, m.proto.as_str()))
         })
         .collect()
+}
+
+/// What a sandbox got from `network connect`, on one line: its interface,
+/// DNS name, addresses and MAC.
+pub fn endpoint_line(endpoint: &Endpoint) -> String {
+    let mut line = format!("{}: {}", endpoint.network, endpoint.sandbox.display());
+    if !endpoint.ifname.is_empty() {
+        line.push_str(&format!(" {}", endpoint.ifname));
+    }
+    line.push_str(&format!(" name {}", endpoint.name));
+    for address in &endpoint.addresses {
+        line.push_str(&format!(" {address}"));
+    }
+    if let Some(mac) = endpoint.mac {
+        line.push_str(&format!(" mac {mac}"));
+    }
+    line
 }
 
 fn print_table(networks: &[Network]) {
@@ -326,6 +350,7 @@ mod tests {
             port_lines(&endpoint),
             [
                 "80/tcp -> 0.0.0.0:8080",
+                "80/tcp -> [::]:8080",
                 "53/udp -> [::1]:5353",
                 "80/tcp -> 127.0.0.1:81"
             ]

@@ -37,10 +37,10 @@ use nix::sched::CloneFlags;
 use serde_json::Value;
 use std::os::unix::ffi::OsStringExt;
 use weft_cnm::api::types::{ConnectRequest, DisconnectRequest};
-use weft_cnm::model::PortMapping;
+use weft_cnm::model::{Endpoint, PortMapping};
 
 use crate::client::Client;
-use crate::network::network_path;
+use crate::network::{network_path, port_lines};
 
 /// The hidden subcommand of the sandbox child.
 pub const SANDBOX_SUBCOMMAND: &str = "__sandbox";
@@ -73,8 +73,15 @@ pub struct RunArgs {
     /// (repeatable; host port 0 lets the kernel pick one).
     #[arg(long = "publish", short = 'p', value_name = "SPEC")]
     pub publish: Vec<PortMapping>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (`--` before it is optional, as with
+    /// `docker run`: everything from the first word that is not an option
+    /// of `weft run` is the command's).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = false,
+        required = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -152,7 +159,15 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             )
             .await
         {
-            Ok(_) => connected.push(network.clone()),
+            Ok(endpoint) => {
+                // Port 0 or `-p 80`: say which host port the kernel gave.
+                if let Ok(endpoint) = serde_json::from_value::<Endpoint>(endpoint) {
+                    for line in port_lines(&endpoint) {
+                        eprintln!("weft: published {line}");
+                    }
+                }
+                connected.push(network.clone());
+            }
             Err(e) => {
                 failure = Some(e.context(format!("connecting to network {network}")));
                 break;

@@ -593,3 +593,39 @@ fn rootless_daemons_carry_an_overlay_across_hosts() {
     w.daemon = None;
     drop(underlay);
 }
+
+/// A namespace root made (`ip netns add`) is not a rootless daemon's to
+/// attach: the refusal says why (whose namespace it is) and what to do,
+/// not a bare EPERM.
+#[test]
+fn a_rootless_daemon_explains_a_namespace_it_may_not_enter() {
+    let Some(mut w) = RootlessWorld::new() else {
+        return;
+    };
+    if !require(has_tool("ip", "-V"), "needs `ip` (iproute2)") {
+        return;
+    }
+    w.start_daemon();
+    /// Deletes the root-made namespace, also when an assertion fails.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            common::delete_namespace(&self.0);
+        }
+    }
+    let ns = Netns(format!("wtr-{}-root", std::process::id()));
+    run_ok(Command::new("timeout").args([CMD_TIMEOUT, "ip", "netns", "add", &ns.0]));
+    let out = w.weft(&["network", "connect", "bridge", &ns.0]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = common::stderr(&out);
+    assert!(
+        text.contains("Operation not permitted"),
+        "the cause is kept:\n{text}"
+    );
+    assert!(
+        text.contains("has no CAP_NET_ADMIN over the namespace")
+            && text.contains("the host's")
+            && text.contains("run the daemon as root"),
+        "the refusal says why and what to do:\n{text}"
+    );
+}

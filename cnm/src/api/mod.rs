@@ -222,6 +222,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::InvalidName { .. }
         | ControllerError::UnknownDriver(_)
         | ControllerError::SubnetsNotAllowed { .. }
+        | ControllerError::HostBitsSet { .. }
         | ControllerError::MtuOutOfRange { .. }
         | ControllerError::Subnet(_)
         | ControllerError::Address(_)

@@ -43,6 +43,17 @@ pub enum ControllerError {
         /// The driver.
         driver: DriverKind,
     },
+    /// A `--subnet` or `--ip-range` with host bits set (Docker refuses it
+    /// too rather than guess which was meant).
+    #[error("invalid {what} {given}: it has host bits set; it should be {network}")]
+    HostBitsSet {
+        /// `--subnet` or `--ip-range`.
+        what: &'static str,
+        /// As given.
+        given: ipnet::IpNet,
+        /// The network it lies in.
+        network: ipnet::IpNet,
+    },
     /// An MTU out of range.
     #[error("MTU {mtu} is out of range: use {min} to {max}")]
     MtuOutOfRange {

@@ -48,6 +48,18 @@ impl Controller {
                 max: MAX_MTU,
             });
         }
+        for s in &request.subnets {
+            let ranges = [("--subnet", Some(s.subnet)), ("--ip-range", s.ip_range)];
+            for (what, given) in ranges {
+                if let Some(given) = given.filter(|g| *g != g.trunc()) {
+                    return Err(ControllerError::HostBitsSet {
+                        what,
+                        given,
+                        network: given.trunc(),
+                    });
+                }
+            }
+        }
         if !driver.has_interfaces() && !request.subnets.is_empty() {
             return Err(ControllerError::SubnetsNotAllowed { driver });
         }
