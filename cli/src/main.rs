@@ -20,10 +20,13 @@
 mod client;
 mod daemon;
 mod helper;
+mod info;
+mod listing;
 mod network;
 mod ownership;
 mod paths;
 mod peers;
+mod ps;
 mod run;
 
 use std::path::PathBuf;
@@ -56,6 +59,13 @@ enum Command {
     Run(run::RunArgs),
     /// Show the cluster's members (alive, suspect, dead) and tunnel counters.
     Peers(peers::PeersArgs),
+    /// List the sandboxes `weft run` started that still run.
+    Ps(ps::PsArgs),
+    /// Show the client's and the daemon's versions.
+    Version(info::InfoArgs),
+    /// Show what the daemon is doing: version, uptime, state directory,
+    /// counts, cluster.
+    Info(info::InfoArgs),
     /// The attach helper the daemon starts (internal).
     #[command(name = "__attach", hide = true)]
     Attach {
@@ -106,6 +116,18 @@ fn main() -> ExitCode {
             let client = Client::new(&socket);
             report(block_on(async { peers::run(&client, args).await }))
         }
+        Command::Ps(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { ps::run(&client, args).await }))
+        }
+        Command::Version(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { info::version(&client, args).await }))
+        }
+        Command::Info(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { info::info(&client, &socket, args).await }))
+        }
         Command::Run(args) => {
             let client = Client::new(&socket);
             match block_on(async { Ok(run::run(&client, args).await) }) {
@@ -136,6 +158,8 @@ fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T
 fn report(result: Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
+        // `network exists`: the exit code is the answer.
+        Err(e) if e.is::<network::NoSuchNetwork>() => 1,
         Err(e) => {
             eprintln!("weft: {e:#}");
             1

@@ -136,6 +136,18 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
         bail!("the sandbox could not be made (exit status {status})");
     }
     let sandbox = format!("/proc/{}/ns/net", child.id());
+    // `weft ps` finds the sandboxes of `weft run` by these labels.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let labels: std::collections::BTreeMap<String, String> = [
+        (crate::ps::LABEL_PID, child.id().to_string()),
+        (crate::ps::LABEL_COMMAND, args.command.join(" ")),
+        (crate::ps::LABEL_STARTED, started.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
     let mut connected = Vec::new();
     let mut failure = None;
     for (i, network) in networks.iter().enumerate() {
@@ -149,6 +161,7 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             } else {
                 Vec::new()
             },
+            labels: labels.clone(),
             ..ConnectRequest::default()
         };
         match client

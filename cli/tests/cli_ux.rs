@@ -134,3 +134,251 @@ fn unknown_names_in_a_networks_domain_are_nxdomain() {
     let elsewhere = dig("nosuch.example");
     assert!(elsewhere.contains("status: SERVFAIL"), "{elsewhere}");
 }
+
+/// `network ls -q`, `--filter` (driver, name, label, scope, bad keys),
+/// `--format` (json, a template, a table template) and `--label` on
+/// create, kept and shown by inspect.
+#[test]
+fn ls_filters_and_formats_like_docker() {
+    let Some(w) = World::new() else {
+        return;
+    };
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.233.5.0/24",
+        "--label",
+        "env=prod",
+        "--label",
+        "tier",
+        "front",
+    ]);
+    w.weft_ok(&["network", "create", "--subnet", "10.233.6.0/24", "back"]);
+    w.weft_ok(&["network", "create", "--driver", "null", "nothing"]);
+    let labels = &w.inspect("front")["labels"];
+    assert_eq!(labels, &serde_json::json!({"env": "prod", "tier": ""}));
+    let lines = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["network", "ls"];
+        all.extend_from_slice(args);
+        let mut v: Vec<String> = w.weft_ok(&all).lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lines(&["-q"]), ["back", "front", "nothing"]);
+    assert_eq!(
+        lines(&["-q", "--filter", "driver=bridge"]),
+        ["back", "front"]
+    );
+    assert_eq!(lines(&["-q", "--filter", "label=env=prod"]), ["front"]);
+    assert_eq!(lines(&["-q", "--filter", "label=tier"]), ["front"]);
+    assert_eq!(
+        lines(&["-q", "-f", "name=ack", "-f", "name=oth"]),
+        ["back", "nothing"]
+    );
+    assert_eq!(
+        lines(&["-q", "--filter", "scope=cluster"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        lines(&["--format", "{{.Name}}:{{.Driver}}:{{.Label \"env\"}}"]),
+        ["back:bridge:", "front:bridge:prod", "nothing:null:"]
+    );
+    let table = w.weft_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "name=front",
+        "--format",
+        "table {{.Name}}\\t{{.Subnet}}",
+    ]);
+    assert_eq!(table, "NAME    SUBNET\nfront   10.233.5.0/24\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&w.weft_ok(&["network", "ls", "--format", "json"])).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(3), "{json:#}");
+    let err = w.weft_err(&["network", "ls", "--filter", "colour=red"]);
+    assert!(err.contains("unknown key \"colour\""), "{err}");
+    let err = w.weft_err(&["network", "ls", "--format", "{{.Colour}}"]);
+    assert!(err.contains("unknown field {{.Colour}}"), "{err}");
+    let err = w.weft_err(&["network", "create", "--label", "=x", "bad"]);
+    assert!(err.contains("the key is empty"), "{err}");
+}
+
+/// `network prune` removes the networks without endpoints, never the
+/// default `bridge`, and only with `-f` or a yes.
+#[test]
+fn prune_removes_unused_networks_and_exists_answers_by_exit_code() {
+    let Some(mut w) = World::with_default_network() else {
+        return;
+    };
+    w.weft_ok(&["network", "create", "--subnet", "10.233.7.0/24", "used"]);
+    w.weft_ok(&["network", "create", "--subnet", "10.233.8.0/24", "unused"]);
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.233.9.0/24",
+        "--label",
+        "keep",
+        "kept",
+    ]);
+    let a = w.sandbox("a");
+    w.weft_ok(&["network", "connect", "used", &a]);
+    // No answer on stdin (EOF): nothing goes.
+    let out = w.weft(&["network", "prune"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(stderr(&out).contains("nothing removed"), "{}", show(&out));
+    assert_eq!(w.network_names().len(), 4);
+    let printed = w.weft_ok(&["network", "prune", "-f", "--filter", "label!=keep"]);
+    assert_eq!(printed, "Deleted Networks:\nunused\n");
+    assert_eq!(w.network_names(), ["bridge", "kept", "used"]);
+    for (name, code) in [("used", 0), ("unused", 1), ("bridge", 0)] {
+        let out = w.weft(&["network", "exists", name]);
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", show(&out));
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{}",
+            show(&out)
+        );
+    }
+}
+
+/// `weft version` shows both versions (and fails, after the client's,
+/// without a daemon); `weft info` shows the state directory and counts
+/// that match what the test made.
+#[test]
+fn version_and_info_describe_client_and_daemon() {
+    let Some(mut w) = World::new() else {
+        return;
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let out = w.weft_ok(&["version"]);
+    assert!(
+        out.starts_with(&format!(
+            "Client:\n Version:  {version}\nServer:\n Version:  {version}\n"
+        )),
+        "{out}"
+    );
+    w.weft_ok(&["network", "create", "--subnet", "10.233.10.0/24", "i1"]);
+    w.weft_ok(&["network", "create", "--subnet", "10.233.11.0/24", "i2"]);
+    let a = w.sandbox("a");
+    w.weft_ok(&["network", "connect", "i1", &a]);
+    w.weft_ok(&["network", "connect", "i2", &a]);
+    let text = w.weft_ok(&["info"]);
+    for line in [
+        format!("Server Version: {version}"),
+        format!("State Dir: {}", w.state_dir.display()),
+        format!("Socket: {}", w.socket.display()),
+        "DNS Upstreams: 127.0.0.1:9".to_owned(),
+        "Networks: 2".to_owned(),
+        "Endpoints: 2".to_owned(),
+        "Sandboxes: 1".to_owned(),
+        "Cluster: none".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)),
+            "no {line:?} in:\n{text}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&w.weft_ok(&["info", "--format", "json"]))
+        .expect("info --format json");
+    assert_eq!(json["endpoints"], 2, "{json:#}");
+    assert!(json["uptime_seconds"].as_u64().is_some(), "{json:#}");
+    w.kill_daemon();
+    let out = w.weft(&["version"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(stdout(&out).starts_with("Client:"), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("is `weft daemon` running?"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// `weft ps` lists a running `weft run` sandbox (pid, name, network,
+/// address, command) and forgets it when the command ends.
+#[test]
+fn ps_lists_the_sandboxes_of_weft_run() {
+    let Some(w) = World::new() else {
+        return;
+    };
+    w.weft_ok(&["network", "create", "--subnet", "10.233.12.0/24", "p1"]);
+    let go = w.dir.join("go");
+    let script = format!("until [ -e {} ]; do sleep 0.1; done", go.display());
+    let log = w.dir.join("run.err");
+    let mut command = std::process::Command::new("ip");
+    command
+        .args(["netns", "exec", &w.host, "timeout", "-s", "KILL", "60"])
+        .arg(common::WEFT)
+        .args(["run", "--name", "job", "--network", "p1", "-p", "8090:80"])
+        .args(["sh", "-c", &script])
+        .env("WEFT_SOCKET", &w.socket);
+    let mut child = common::spawn_background(&mut command, None, &log);
+    /// Kills the background `weft run` whatever happens.
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            common::kill_group(&mut self.0);
+        }
+    }
+    let ps = |w: &World| -> serde_json::Value {
+        serde_json::from_str(&w.weft_ok(&["ps", "--format", "json"])).expect("ps json")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let listed = loop {
+        let list = ps(&w);
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            break list;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "weft run ended early ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weft run never showed in ps"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let child_pid = child.id();
+    let guard = Group(child);
+    let s = &listed[0];
+    assert_eq!(s["name"], "job", "{listed:#}");
+    assert_eq!(s["networks"], serde_json::json!(["p1"]), "{listed:#}");
+    assert_eq!(
+        s["addresses"],
+        serde_json::json!(["10.233.12.2"]),
+        "{listed:#}"
+    );
+    assert_eq!(
+        s["ports"],
+        serde_json::json!(["80/tcp -> 0.0.0.0:8090"]),
+        "{listed:#}"
+    );
+    assert_eq!(s["command"], format!("sh -c {script}"), "{listed:#}");
+    let pid: u32 = s["pid"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    assert_ne!(pid, child_pid, "the sandbox's pid, not the client's");
+    let table = w.weft_ok(&["ps"]);
+    assert!(
+        table.starts_with("PID ") && table.contains(" job "),
+        "{table}"
+    );
+    assert_eq!(w.weft_ok(&["ps", "-q"]).trim(), pid.to_string());
+    std::fs::write(&go, "").expect("writing the go file");
+    let mut guard = guard;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Ok(Some(status)) = guard.0.try_wait() {
+            assert!(status.success(), "weft run: {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "weft run did not end");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(ps(&w), serde_json::json!([]));
+}

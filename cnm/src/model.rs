@@ -93,6 +93,10 @@ pub struct Network {
     /// Driver options (`--opt K=V`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Labels (`--label K=V`), the creating host's only: an overlay
+    /// network's record does not carry them to other hosts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// When it was created (RFC 3339, UTC).
     pub created: String,
     /// The VXLAN network identifier of an overlay network.

@@ -10,6 +10,7 @@
 //! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
 //! | `GET /v1/peers` | | `PeersReport` (400 without `--listen`) |
 //! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
+//! | `GET /v1/info` | | `Info`: version, uptime, state directory, counts, cluster |
 //!
 //! A `ConnectRequest` may carry `ports`, the published ports: each the
 //! `-p` text (`"127.0.0.1:8080:80/tcp"`) or an object (`{"host_ip":
@@ -104,6 +105,7 @@ type Shared = State<Arc<Controller>>;
 pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
         .route("/v1/version", get(version))
+        .route("/v1/info", get(info))
         .route("/v1/peers", get(peers))
         .route("/v1/networks", get(list_networks).post(create_network))
         .route(
@@ -123,6 +125,10 @@ async fn version() -> impl IntoResponse {
         // /proc/PID/ns/user when the daemon runs in one of its own.
         "pid": std::process::id(),
     }))
+}
+
+async fn info(State(c): Shared) -> impl IntoResponse {
+    Json(c.info().await)
 }
 
 async fn peers(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
@@ -216,6 +222,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::Publish(PublishError::Privileged { .. })
         | ControllerError::Publish(PublishError::NoSuchAddress(_))
         | ControllerError::InvalidOption { .. }
+        | ControllerError::InvalidLabel { .. }
         | ControllerError::InvalidInterface { .. }
         | ControllerError::PortsNotAllowed { .. }
         | ControllerError::InvalidPort(_) => 400,

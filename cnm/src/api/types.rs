@@ -36,6 +36,11 @@ pub struct CreateNetworkRequest {
     /// Driver options.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Labels (`--label KEY=VALUE`): kept with the network, shown by
+    /// `inspect`, matched by `network ls --filter label=...`; weft gives
+    /// them no meaning.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One `--subnet` with its `--gateway` and `--ip-range`.

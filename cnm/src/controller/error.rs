@@ -156,6 +156,14 @@ pub enum ControllerError {
         /// What is wrong and what to write.
         reason: String,
     },
+    /// A label with an empty key, or too many or too long labels.
+    #[error("--label {key:?}: {reason}")]
+    InvalidLabel {
+        /// The label's key.
+        key: String,
+        /// What is wrong and what to write.
+        reason: String,
+    },
     /// `-p` on a network whose driver has no interfaces.
     #[error("the {driver} driver has no interfaces to publish ports to: drop -p, or use a bridge network")]
     PortsNotAllowed {

@@ -93,6 +93,42 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
 
+/// `weft info` (`GET /v1/info`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    /// The daemon's version.
+    pub version: &'static str,
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its upstream resolvers.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Networks it knows.
+    pub networks: usize,
+    /// Endpoints on them.
+    pub endpoints: usize,
+    /// Distinct sandboxes those endpoints are in.
+    pub sandboxes: usize,
+    /// The gossip cluster (None without `--listen`).
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// The cluster part of [`Info`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterInfo {
+    /// This host's `--node-name`.
+    pub name: String,
+    /// Its gossip address.
+    pub address: std::net::SocketAddr,
+    /// The other members, any state.
+    pub members: usize,
+    /// Of those, the alive ones.
+    pub alive: usize,
+}
+
 /// What the controller needs to start.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -116,6 +152,12 @@ pub struct Controller {
     netns_dir: PathBuf,
     cluster: Option<Arc<Cluster>>,
     datapath: Arc<Datapath>,
+    /// When the controller started (`weft info`'s uptime).
+    started: std::time::Instant,
+    /// Where the state file is (`weft info`).
+    state_dir: PathBuf,
+    /// Where unknown names go (`weft info`).
+    dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 struct Inner {
@@ -188,6 +230,9 @@ impl Controller {
             netns_dir: config.netns_dir,
             cluster,
             datapath,
+            started: std::time::Instant::now(),
+            state_dir: config.state_dir.clone(),
+            dns_upstreams: config.dns_upstreams.clone(),
         };
         {
             let inner = controller.inner.lock().await;
@@ -324,6 +369,35 @@ impl Controller {
             tunnel,
             docker_networks,
         })
+    }
+
+    /// `weft info`: this daemon at a glance.
+    pub async fn info(&self) -> Info {
+        let inner = self.inner.lock().await;
+        let mut sandboxes: Vec<&std::path::Path> = inner
+            .state
+            .endpoints
+            .iter()
+            .map(|e| e.sandbox.as_path())
+            .collect();
+        sandboxes.sort_unstable();
+        sandboxes.dedup();
+        Info {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            state_dir: self.state_dir.clone(),
+            dns_upstreams: self.dns_upstreams.clone(),
+            networks: inner.state.networks.len(),
+            endpoints: inner.state.endpoints.len(),
+            sandboxes: sandboxes.len(),
+            cluster: self.cluster.as_ref().map(|c| ClusterInfo {
+                name: c.name().to_owned(),
+                address: c.listen(),
+                members: c.members().len(),
+                alive: c.members().iter().filter(|m| m.state == "alive").count(),
+            }),
+        }
     }
 
     /// `weft peers`.
