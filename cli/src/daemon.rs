@@ -154,9 +154,15 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         None => Vec::new(),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
-    let result = api::serve(listener, controller, shutdown_signal())
-        .await
-        .context("serving the API");
+    // The socket is bound and listening: connections wait in its backlog
+    // until serve accepts them, so systemd may start what depends on us.
+    crate::notify::notify("READY=1");
+    let result = api::serve(listener, controller, async {
+        shutdown_signal().await;
+        crate::notify::notify("STOPPING=1");
+    })
+    .await
+    .context("serving the API");
     let _ = std::fs::remove_file(socket);
     for path in plugin_files {
         let _ = std::fs::remove_file(path);

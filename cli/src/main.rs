@@ -13,6 +13,9 @@
 //!   stream.
 //! - `rtnetlink` configures interfaces inside a sandbox from the attach
 //!   helper (its socket belongs to the namespace the helper entered).
+//! - `clap_complete` and `clap_mangen` make the completion scripts and man
+//!   pages from the same clap definition (`weft completion`, `weft man`),
+//!   so they cannot drift from the command line.
 
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -22,7 +25,9 @@ mod daemon;
 mod helper;
 mod info;
 mod listing;
+mod manuals;
 mod network;
+mod notify;
 mod ownership;
 mod paths;
 mod peers;
@@ -66,6 +71,10 @@ enum Command {
     /// Show what the daemon is doing: version, uptime, state directory,
     /// counts, cluster.
     Info(info::InfoArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(manuals::CompletionArgs),
+    /// Print the man page weft(1), or write every page with --dir.
+    Man(manuals::ManArgs),
     /// The attach helper the daemon starts (internal).
     #[command(name = "__attach", hide = true)]
     Attach {
@@ -104,6 +113,8 @@ fn main() -> ExitCode {
             };
             run::sandbox_main(&userns, &command)
         }
+        Command::Completion(args) => report(manuals::completion::<Cli>(&args)),
+        Command::Man(args) => report(manuals::man::<Cli>(&args)),
         Command::Daemon(args) => {
             init_logging();
             report(daemon::run(&socket, args))
@@ -142,8 +153,13 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: not in journald, files or
+    // pipes, and never with NO_COLOR (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }
