@@ -92,7 +92,7 @@ fn render(info: &Value, socket: &std::path::Path) -> String {
         }
     }
     if let Some(icmp) = info.get("icmp_echo").and_then(Value::as_str) {
-        out.push_str(&format!("Outbound ICMP echo: {icmp}\n"));
+        out.push_str(&format!("Outbound ICMP Echo: {icmp}\n"));
     }
     out
 }

@@ -122,6 +122,11 @@ pub struct NetworkDetails {
     /// joined through the Docker plugin.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub docker_networks: Vec<String>,
+    /// How ICMP echo from its sandboxes leaves the host (a network with a
+    /// way out only): through a ping socket, a raw socket, or not at all
+    /// and the sysctl that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_icmp_echo: Option<&'static str>,
 }
 
 /// An endpoint with its counters.

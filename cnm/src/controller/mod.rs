@@ -112,6 +112,9 @@ pub struct Info {
     pub endpoints: usize,
     /// Distinct sandboxes those endpoints are in.
     pub sandboxes: usize,
+    /// How ICMP echo from sandboxes leaves the host (see
+    /// `weft_datapath::nat::icmp_echo_support`).
+    pub icmp_echo: &'static str,
     /// The gossip cluster (None without `--listen`).
     pub cluster: Option<ClusterInfo>,
 }
@@ -218,6 +221,18 @@ impl Controller {
             config.helper_exe.clone(),
             Arc::clone(&datapath),
         ));
+        // Said once here rather than at every refused ping.
+        let icmp = weft_datapath::nat::icmp_echo_support();
+        if icmp == weft_datapath::nat::IcmpEchoSupport::Unavailable {
+            tracing::warn!(
+                gid = nix::unistd::getegid().as_raw(),
+                "outbound ping from sandboxes will fail: ping sockets are not allowed for this daemon's group \
+                 (net.ipv4.ping_group_range) and it has no CAP_NET_RAW for a raw socket; \
+                 fix: sysctl -w net.ipv4.ping_group_range='0 2147483647' in the daemon's network namespace"
+            );
+        } else {
+            tracing::info!(via = icmp.describe(), "outbound ICMP echo");
+        }
         let controller = Controller {
             inner: Mutex::new(Inner {
                 state,
@@ -363,11 +378,14 @@ impl Controller {
             .collect();
         let tunnel = driver.tunnel_counters(&network);
         let docker_networks = inner.state.docker.networks_of(name);
+        let outbound_icmp_echo = (network.driver.has_interfaces() && !network.internal)
+            .then(|| weft_datapath::nat::icmp_echo_support().describe());
         Ok(NetworkDetails {
             network,
             endpoints,
             tunnel,
             docker_networks,
+            outbound_icmp_echo,
         })
     }
 
@@ -391,6 +409,7 @@ impl Controller {
             networks: inner.state.networks.len(),
             endpoints: inner.state.endpoints.len(),
             sandboxes: sandboxes.len(),
+            icmp_echo: weft_datapath::nat::icmp_echo_support().describe(),
             cluster: self.cluster.as_ref().map(|c| ClusterInfo {
                 name: c.name().to_owned(),
                 address: c.listen(),
