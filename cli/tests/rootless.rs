@@ -184,11 +184,26 @@ impl Drop for RootlessWorld {
         if let Some(mode) = self.tun_mode {
             let _ = std::fs::set_permissions(TUN, std::fs::Permissions::from_mode(mode));
         }
-        let _ = Command::new("userdel")
-            .arg(&self.user)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // SIGKILL is asynchronous and userdel refuses a user that still
+        // has processes (the next test of this binary, same user name,
+        // would then find it): wait, bounded, until they are gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..100 {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u", &self.user])
+                .status();
+            let deleted = Command::new("userdel")
+                .arg(&self.user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                // 6: no such user (already gone, or never made).
+                .is_ok_and(|s| s.success() || s.code() == Some(6));
+            if deleted || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
