@@ -209,6 +209,13 @@ fn systemd_units_pass_verify() {
         ("weft.service", "/usr/local/bin/weft", false),
         ("user/weft.service", "%h/.cargo/bin/weft", true),
     ] {
+        let system = dir.0.join("system");
+        if !user {
+            // The socket unit beside its service, verified with it.
+            std::fs::create_dir_all(&system).expect("dir");
+            std::fs::copy(contrib.join("weft.socket"), system.join("weft.socket"))
+                .expect("socket unit");
+        }
         let text = std::fs::read_to_string(contrib.join(unit)).expect("unit file");
         assert!(text.contains("Type=notify"), "{unit}: {text}");
         assert!(
@@ -229,6 +236,9 @@ fn systemd_units_pass_verify() {
             .env("MANPATH", &man)
             .env("XDG_RUNTIME_DIR", &runtime)
             .env("SYSTEMD_LOG_COLOR", "0");
+        if !user {
+            cmd.arg(system.join("weft.socket"));
+        }
         let out = run(&mut cmd);
         assert!(
             out.status.success() && stderr(&out).trim().is_empty(),
@@ -310,6 +320,96 @@ fn daemon_notifies_systemd_and_logs_plainly() {
     assert!(
         !text.contains('\u{1b}'),
         "colour codes in a log file:\n{text:?}"
+    );
+    w.kill_daemon();
+}
+
+/// Socket activation, as `weft.socket` does it (`systemd-socket-activate`
+/// binds the socket and starts the daemon on the first connection): the
+/// daemon serves on the socket it was given, and leaves the file when it
+/// stops.
+#[test]
+fn daemon_serves_an_activated_socket() {
+    if !require(
+        has_tool("systemd-socket-activate", "--version"),
+        "needs systemd-socket-activate (systemd)",
+    ) {
+        return;
+    }
+    let Some(mut w) = common::World::prepared_with_daemon_args(&[]) else {
+        return;
+    };
+    let log = w.dir.join("activated-daemon.log");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &w.host, "timeout", "-s", "KILL", "120"])
+        .arg("systemd-socket-activate")
+        .arg("-l")
+        .arg(&w.socket)
+        .args(["-E", "WEFT_LOG=info", WEFT])
+        .args([
+            "daemon",
+            "--no-default-network",
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ])
+        .arg("--state-dir")
+        .arg(&w.state_dir);
+    let child = common::spawn_background(&mut cmd, None, &log);
+    /// Kills the activator and the daemon whatever happens.
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            common::kill_group(&mut self.0);
+        }
+    }
+    let mut activator = Group(child);
+    // Bounded wait for the activator's socket; the first client starts
+    // the daemon, which answers it on that very connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !w.socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no activation socket: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = common::weft_in(
+        &w.host,
+        &w.socket,
+        &["network", "create", "--subnet", "10.233.30.0/24", "act"],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        show(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let listed = common::weft_in(&w.host, &w.socket, &["network", "ls", "-q"]);
+    assert_eq!(stdout(&listed).trim(), "act", "{}", show(&listed));
+    let pid = i32::try_from(activator.0.id()).expect("pid");
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while activator.0.try_wait().ok().flatten().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        w.socket.exists(),
+        "the activated socket's file is systemd's: it stays"
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains(&format!("socket={}", w.socket.display()))
+            && text.contains("weft daemon listening"),
+        "{text}"
     );
     w.kill_daemon();
 }
