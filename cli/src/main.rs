@@ -44,7 +44,11 @@ use crate::client::Client;
 
 /// weft: userspace container networking.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about)]
+#[command(
+    name = "weft",
+    version,
+    about = "A userspace virtual switch and overlay router for containers"
+)]
 struct Cli {
     /// The daemon's API socket [default: /run/weft/weft.sock as root, else $XDG_RUNTIME_DIR/weft/weft.sock].
     #[arg(long, global = true, env = "WEFT_SOCKET", value_name = "PATH")]
