@@ -23,8 +23,7 @@ pub struct Client {
 /// shows.
 #[derive(Debug)]
 pub struct Refusal {
-    /// The HTTP status.
-    #[allow(dead_code)] // read by weft-cni, not by the weft CLI
+    /// The HTTP status (`network exists` and weft-cni tell 404 apart).
     pub status: StatusCode,
     /// The daemon's message.
     pub message: String,

@@ -99,22 +99,30 @@ const VXLAN_PORT: u16 = weft_overlay::DEFAULT_PORT;
 
 /// Run the daemon until a signal stops it.
 pub fn run(socket: &Path, args: DaemonArgs) -> Result<()> {
+    // Before the runtime's threads: it edits the environment.
+    let activated = crate::notify::activated_listener()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(socket, args))
+    runtime.block_on(serve(socket, args, activated))
 }
 
-async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
+async fn serve(
+    socket: &Path,
+    args: DaemonArgs,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> Result<()> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(crate::paths::default_state_dir);
     // Before anything is restored: a live daemon on the socket, a path
     // that is not a socket, or another daemon on the state directory stops
     // this one here, having touched nothing.
-    ownership::check_socket_path(socket).await?;
+    if activated.is_none() {
+        ownership::check_socket_path(socket).await?;
+    }
     let group = args
         .group
         .as_deref()
@@ -173,7 +181,21 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .await
             .context("creating the default network `bridge`")?;
     }
-    let listener = bind(socket, group).await?;
+    // Activated: systemd's socket (its path, mode and group are the
+    // socket unit's, and the file stays when we stop); else our own.
+    let owns_socket = activated.is_none();
+    let (listener, socket) = match activated {
+        Some(listener) => {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+            let listener =
+                UnixListener::from_std(listener).context("serving the activated socket")?;
+            (listener, path.unwrap_or_else(|| socket.to_path_buf()))
+        }
+        None => (bind(socket, group).await?, socket.to_path_buf()),
+    };
     if let Some(addr) = args.metrics {
         serve_metrics(addr, &controller).await?;
     }
@@ -182,10 +204,18 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         None => Vec::new(),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
-    let result = api::serve(listener, controller, shutdown_signal())
-        .await
-        .context("serving the API");
-    let _ = std::fs::remove_file(socket);
+    // The socket is bound and listening: connections wait in its backlog
+    // until serve accepts them, so systemd may start what depends on us.
+    crate::notify::notify("READY=1");
+    let result = api::serve(listener, controller, async {
+        shutdown_signal().await;
+        crate::notify::notify("STOPPING=1");
+    })
+    .await
+    .context("serving the API");
+    if owns_socket {
+        let _ = std::fs::remove_file(&socket);
+    }
     for path in plugin_files {
         let _ = std::fs::remove_file(path);
     }

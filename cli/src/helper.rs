@@ -80,8 +80,17 @@ fn attach(request: &AttachRequest) -> Result<(String, Option<Tap>)> {
             request.sandbox.display()
         )
     })?;
-    nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {}", request.sandbox.display()))?;
+    nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+        let hint = if e == nix::errno::Errno::EPERM {
+            not_ours_hint(&netns)
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!(
+            "entering network namespace {}: {e}{hint}",
+            request.sandbox.display()
+        )
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -256,7 +265,13 @@ fn enter_owning_user_namespace(netns: &File) -> Result<()> {
     // for the user namespace that owns the namespace behind `netns`.
     let raw = unsafe { libc::ioctl(netns.as_raw_fd(), libc::NS_GET_USERNS) };
     if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("NS_GET_USERNS");
+        let e = std::io::Error::last_os_error();
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            not_ours_hint(netns)
+        } else {
+            String::new()
+        };
+        bail!("NS_GET_USERNS: {e}{hint}");
     }
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
@@ -269,10 +284,43 @@ fn enter_owning_user_namespace(netns: &File) -> Result<()> {
     if (ours.dev(), ours.ino()) == (theirs_meta.dev(), theirs_meta.ino()) {
         return Ok(());
     }
-    nix::sched::setns(theirs.as_fd(), CloneFlags::CLONE_NEWUSER).context(
-        "setns: the sandbox belongs to a user namespace this user does not own (run the daemon as the container's user)",
-    )?;
+    nix::sched::setns(theirs.as_fd(), CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| anyhow::anyhow!("setns: {e}{}", not_ours_hint(netns)))?;
     Ok(())
+}
+
+/// Why a daemon may not enter a network namespace (EPERM from setns):
+/// the namespace belongs to a user namespace in which this daemon has no
+/// `CAP_NET_ADMIN`, typically a root-made namespace (`ip netns add`) and a
+/// rootless daemon. Names the owner when the kernel tells it.
+fn not_ours_hint(netns: &File) -> String {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd (or -1).
+    let raw = unsafe { libc::ioctl(netns.as_raw_fd(), libc::NS_GET_USERNS) };
+    // EPERM here: the owner is outside (above) this daemon's user
+    // namespace, which the kernel does not let it name.
+    let owner = if raw >= 0 {
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        let userns = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut uid: libc::uid_t = 0;
+        // SAFETY: NS_GET_OWNER_UID writes one uid_t to the pointer given,
+        // which points at `uid`, alive for the call.
+        let got = unsafe { libc::ioctl(userns.as_raw_fd(), libc::NS_GET_OWNER_UID, &mut uid) };
+        (got == 0).then_some(uid)
+    } else {
+        None
+    };
+    let me = nix::unistd::geteuid();
+    let whose = match owner {
+        Some(uid) => format!("a user namespace owned by uid {uid}"),
+        None => "a user namespace outside this daemon's (the host's, for a namespace root made)"
+            .to_owned(),
+    };
+    format!(
+        ": this daemon (uid {me}) has no CAP_NET_ADMIN over the namespace; it belongs to {whose}. \
+         A rootless daemon attaches only namespaces of its own user or user namespace \
+         (`weft run` as that user, `unshare -rn`): run the daemon as root for namespaces root made \
+         (`ip netns add`), or as the namespace's owner"
+    )
 }
 
 /// Say what to do when the host forbids TAPs.

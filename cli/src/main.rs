@@ -13,6 +13,9 @@
 //!   stream.
 //! - `rtnetlink` configures interfaces inside a sandbox from the attach
 //!   helper (its socket belongs to the namespace the helper entered).
+//! - `clap_complete` and `clap_mangen` make the completion scripts and man
+//!   pages from the same clap definition (`weft completion`, `weft man`),
+//!   so they cannot drift from the command line.
 
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -21,11 +24,16 @@ mod client;
 mod daemon;
 mod fd_limit;
 mod helper;
+mod info;
+mod listing;
+mod manuals;
 mod network;
+mod notify;
 mod observe;
 mod ownership;
 mod paths;
 mod peers;
+mod ps;
 mod run;
 
 use std::path::PathBuf;
@@ -38,7 +46,11 @@ use crate::client::Client;
 
 /// weft: userspace container networking.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about)]
+#[command(
+    name = "weft",
+    version,
+    about = "A userspace virtual switch and overlay router for containers"
+)]
 struct Cli {
     /// The daemon's API socket [default: /run/weft/weft.sock as root, else $XDG_RUNTIME_DIR/weft/weft.sock].
     #[arg(long, global = true, env = "WEFT_SOCKET", value_name = "PATH")]
@@ -62,6 +74,17 @@ enum Command {
     Capture(observe::CaptureArgs),
     /// Show a network's forwarding table: MAC, kind, endpoint or host, age.
     Fdb(observe::FdbArgs),
+    /// List the sandboxes `weft run` started that still run.
+    Ps(ps::PsArgs),
+    /// Show the client's and the daemon's versions.
+    Version(info::InfoArgs),
+    /// Show what the daemon is doing: version, uptime, state directory,
+    /// counts, cluster.
+    Info(info::InfoArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(manuals::CompletionArgs),
+    /// Print the man page weft(1), or write every page with --dir.
+    Man(manuals::ManArgs),
     /// The attach helper the daemon starts (internal).
     #[command(name = "__attach", hide = true)]
     Attach {
@@ -100,6 +123,8 @@ fn main() -> ExitCode {
             };
             run::sandbox_main(&userns, &command)
         }
+        Command::Completion(args) => report(manuals::completion::<Cli>(&args)),
+        Command::Man(args) => report(manuals::man::<Cli>(&args)),
         Command::Daemon(args) => {
             init_logging();
             report(daemon::run(&socket, args))
@@ -120,6 +145,18 @@ fn main() -> ExitCode {
             let client = Client::new(&socket);
             report(block_on(async { observe::fdb(&client, args).await }))
         }
+        Command::Ps(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { ps::run(&client, args).await }))
+        }
+        Command::Version(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { info::version(&client, args).await }))
+        }
+        Command::Info(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { info::info(&client, &socket, args).await }))
+        }
         Command::Run(args) => {
             let client = Client::new(&socket);
             match block_on(async { Ok(run::run(&client, args).await) }) {
@@ -134,8 +171,13 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: not in journald, files or
+    // pipes, and never with NO_COLOR (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -150,6 +192,8 @@ fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T
 fn report(result: Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
+        // `network exists`: the exit code is the answer.
+        Err(e) if e.is::<network::NoSuchNetwork>() => 1,
         Err(e) => {
             eprintln!("weft: {e:#}");
             1

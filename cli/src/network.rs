@@ -12,7 +12,8 @@ use weft_cnm::api::types::{
 };
 use weft_cnm::model::{Endpoint, Network, PortMapping};
 
-use crate::client::Client;
+use crate::client::{Client, Refusal};
+use crate::listing::{Facts, Filters, Format};
 
 /// `weft network` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -21,10 +22,21 @@ pub enum NetworkCommand {
     Create(CreateArgs),
     /// List networks.
     #[command(alias = "list")]
-    Ls {
-        /// Output format.
-        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
-        format: String,
+    Ls(LsArgs),
+    /// Remove every network without endpoints (not the default `bridge`).
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Only networks that match (driver=, name=, label=, label!=,
+        /// scope=, id=).
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+    },
+    /// Exit 0 if the network exists, 1 if not (as `podman network exists`).
+    Exists {
+        /// The network's name.
+        name: String,
     },
     /// Show networks and their endpoints as JSON.
     Inspect {
@@ -48,6 +60,24 @@ pub enum NetworkCommand {
         /// Namespace path, or a name under /var/run/netns.
         netns: String,
     },
+}
+
+/// `weft network ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Output: table, json, or a template such as '{{.Name}}' or
+    /// 'table {{.Name}}\t{{.Driver}}' (fields: .Name .ID .Driver .Scope
+    /// .Subnet .Internal .IPv6 .Labels .CreatedAt, .Label "KEY", json .).
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Only names, one a line (names are what every weft command takes).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Only networks that match KEY=VALUE: driver, scope, name (part of
+    /// it), id (prefix), label (KEY or KEY=VALUE), dangling (true: no
+    /// endpoints). Repeatable: one key's values OR, different keys AND.
+    #[arg(long, short = 'f', value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
 }
 
 /// `weft network create`.
@@ -74,6 +104,10 @@ pub struct CreateArgs {
     /// Driver option KEY=VALUE (repeatable).
     #[arg(long, short = 'o', value_name = "KEY=VALUE")]
     pub opt: Vec<String>,
+    /// Label KEY=VALUE or KEY (repeatable): kept, shown by inspect, matched
+    /// by `ls --filter label=...`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
     /// The network's name.
     pub name: String,
 }
@@ -111,14 +145,31 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 .await?;
             println!("{}", network.id);
         }
-        NetworkCommand::Ls { format } => {
-            let networks: Vec<Network> = client
-                .call(Method::GET, "/v1/networks", None::<&()>)
-                .await?;
-            if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&networks)?);
+        NetworkCommand::Ls(args) => {
+            let format = Format::parse(&args.format)?;
+            let filters = Filters::parse(&args.filter)?;
+            let networks = matching_networks(client, &filters).await?;
+            if args.quiet {
+                for network in &networks {
+                    println!("{}", network.name);
+                }
             } else {
-                print_table(&networks);
+                print!("{}", format.render(&networks)?);
+            }
+        }
+        NetworkCommand::Prune { force, filter } => prune(client, force, &filter).await?,
+        NetworkCommand::Exists { name } => {
+            let found = client
+                .call::<(), Value>(Method::GET, &network_path(&name, ""), None)
+                .await;
+            match found {
+                Ok(_) => {}
+                Err(e) => match e.downcast_ref::<Refusal>() {
+                    Some(r) if r.status == hyper::StatusCode::NOT_FOUND => {
+                        return Err(NoSuchNetwork.into())
+                    }
+                    _ => return Err(e),
+                },
             }
         }
         NetworkCommand::Inspect { names } => {
@@ -155,6 +206,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                     Some(&request),
                 )
                 .await?;
+            println!("{}", endpoint_line(&endpoint));
             for line in port_lines(&endpoint) {
                 println!("{line}");
             }
@@ -170,6 +222,87 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                     Some(&request),
                 )
                 .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `network exists` of a network that does not: exit 1 without a word.
+#[derive(Debug)]
+pub struct NoSuchNetwork;
+
+impl std::fmt::Display for NoSuchNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no such network")
+    }
+}
+
+impl std::error::Error for NoSuchNetwork {}
+
+/// The networks that pass `filters` (with an inspect of each when a filter
+/// needs its endpoints).
+async fn matching_networks(client: &Client, filters: &Filters) -> Result<Vec<Network>> {
+    let networks: Vec<Network> = client
+        .call(Method::GET, "/v1/networks", None::<&()>)
+        .await?;
+    let mut kept = Vec::with_capacity(networks.len());
+    for network in networks {
+        let facts = if filters.needs_facts() {
+            Some(facts_of(client, &network.name).await?)
+        } else {
+            None
+        };
+        if filters.matches(&network, facts) {
+            kept.push(network);
+        }
+    }
+    Ok(kept)
+}
+
+async fn facts_of(client: &Client, name: &str) -> Result<Facts> {
+    let details: Value = client
+        .call(Method::GET, &network_path(name, ""), None::<&()>)
+        .await?;
+    Ok(Facts {
+        endpoints: details["endpoints"].as_array().map_or(0, Vec::len),
+    })
+}
+
+/// `network prune`: every network without endpoints, but the default
+/// `bridge` (Docker keeps its predefined networks too); asks first unless
+/// `--force`. Prints what it removed under Docker's heading.
+async fn prune(client: &Client, force: bool, filter: &[String]) -> Result<()> {
+    let mut filters = filter.to_vec();
+    filters.push("dangling=true".to_owned());
+    let filters = Filters::parse(&filters)?;
+    if !force {
+        eprint!("WARNING! This will remove all weft networks not used by at least one sandbox.\nAre you sure you want to continue? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).ok();
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing removed");
+            return Ok(());
+        }
+    }
+    let mut removed = Vec::new();
+    for network in matching_networks(client, &filters).await? {
+        if network.name == weft_cnm::controller::DEFAULT_NETWORK {
+            continue;
+        }
+        // An endpoint may have come meanwhile: the daemon refuses then, and
+        // that network stays.
+        match client
+            .call::<(), ()>(Method::DELETE, &network_path(&network.name, ""), None)
+            .await
+        {
+            Ok(()) => removed.push(network.name),
+            Err(e) => eprintln!("weft: keeping {}: {e:#}", network.name),
+        }
+    }
+    if !removed.is_empty() {
+        println!("Deleted Networks:");
+        for name in removed {
+            println!("{name}");
         }
     }
     Ok(())
@@ -242,6 +375,15 @@ fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
         };
         options.insert(k.to_owned(), v.to_owned());
     }
+    // Docker's `--label KEY` is KEY with an empty value.
+    let labels = args
+        .label
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l.clone(), String::new()),
+        })
+        .collect();
     Ok(CreateNetworkRequest {
         name: args.name,
         driver: Some(args.driver),
@@ -249,43 +391,46 @@ fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
         internal: args.internal,
         mtu: args.mtu,
         options,
+        labels,
     })
 }
 
 /// Published ports of an endpoint the way `docker port` shows them:
 /// `80/tcp -> 0.0.0.0:8080`.
+/// A dual-stack port has one line per family, as `docker port` shows it.
 pub fn port_lines(endpoint: &Endpoint) -> Vec<String> {
     endpoint
         .ports
         .iter()
-        .map(|m| {
-            let host = endpoint
-                .publish_addrs(m)
-                .map_or_else(|| m.to_string(), |(host, _)| host.to_string());
-            format!("{}/{} -> {host}", m.container_port, m.proto.as_str())
+        .flat_map(|m| {
+            let listens = endpoint.publish_listens(m);
+            let hosts: Vec<String> = if listens.is_empty() {
+                vec![m.to_string()]
+            } else {
+                listens.iter().map(|(host, _)| host.to_string()).collect()
+            };
+            hosts
+                .into_iter()
+                .map(move |host| format!("{}/{} -> {host}", m.container_port, m.proto.as_str()))
         })
         .collect()
 }
 
-fn print_table(networks: &[Network]) {
-    let rows: Vec<[String; 5]> = networks
-        .iter()
-        .map(|n| {
-            [
-                n.short_id().to_owned(),
-                n.name.clone(),
-                n.driver.to_string(),
-                n.scope.as_str().to_owned(),
-                n.subnets
-                    .iter()
-                    .map(|s| s.subnet.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ]
-        })
-        .collect();
-    let header = ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"].map(str::to_owned);
-    print!("{}", render_table(&header, &rows));
+/// What a sandbox got from `network connect`, on one line: its interface,
+/// DNS name, addresses and MAC.
+pub fn endpoint_line(endpoint: &Endpoint) -> String {
+    let mut line = format!("{}: {}", endpoint.network, endpoint.sandbox.display());
+    if !endpoint.ifname.is_empty() {
+        line.push_str(&format!(" {}", endpoint.ifname));
+    }
+    line.push_str(&format!(" name {}", endpoint.name));
+    for address in &endpoint.addresses {
+        line.push_str(&format!(" {address}"));
+    }
+    if let Some(mac) = endpoint.mac {
+        line.push_str(&format!(" mac {mac}"));
+    }
+    line
 }
 
 /// Columns padded to their widest cell, three spaces apart, one line per
@@ -326,6 +471,7 @@ mod tests {
             port_lines(&endpoint),
             [
                 "80/tcp -> 0.0.0.0:8080",
+                "80/tcp -> [::]:8080",
                 "53/udp -> [::1]:5353",
                 "80/tcp -> 127.0.0.1:81"
             ]
@@ -367,6 +513,7 @@ mod tests {
             internal: false,
             mtu: None,
             opt: vec!["a=b".into()],
+            label: vec!["k=v".into(), "bare".into()],
             name: "n".into(),
         };
         let request = create_request(args).unwrap();
@@ -379,6 +526,8 @@ mod tests {
             Some("fd00::fe".parse().unwrap())
         );
         assert_eq!(request.options.get("a").map(String::as_str), Some("b"));
+        assert_eq!(request.labels.get("k").map(String::as_str), Some("v"));
+        assert_eq!(request.labels.get("bare").map(String::as_str), Some(""));
         let bad = CreateArgs {
             driver: "bridge".into(),
             subnet: vec!["10.1.0.0/24".parse().unwrap()],
@@ -387,6 +536,7 @@ mod tests {
             internal: false,
             mtu: None,
             opt: vec![],
+            label: vec![],
             name: "n".into(),
         };
         assert!(create_request(bad).is_err());

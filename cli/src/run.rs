@@ -37,10 +37,10 @@ use nix::sched::CloneFlags;
 use serde_json::Value;
 use std::os::unix::ffi::OsStringExt;
 use weft_cnm::api::types::{ConnectRequest, DisconnectRequest};
-use weft_cnm::model::PortMapping;
+use weft_cnm::model::{Endpoint, PortMapping};
 
 use crate::client::Client;
-use crate::network::network_path;
+use crate::network::{network_path, port_lines};
 
 /// The hidden subcommand of the sandbox child.
 pub const SANDBOX_SUBCOMMAND: &str = "__sandbox";
@@ -73,8 +73,15 @@ pub struct RunArgs {
     /// (repeatable; host port 0 lets the kernel pick one).
     #[arg(long = "publish", short = 'p', value_name = "SPEC")]
     pub publish: Vec<PortMapping>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (`--` before it is optional, as with
+    /// `docker run`: everything from the first word that is not an option
+    /// of `weft run` is the command's).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = false,
+        required = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -129,6 +136,18 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
         bail!("the sandbox could not be made (exit status {status})");
     }
     let sandbox = format!("/proc/{}/ns/net", child.id());
+    // `weft ps` finds the sandboxes of `weft run` by these labels.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let labels: std::collections::BTreeMap<String, String> = [
+        (crate::ps::LABEL_PID, child.id().to_string()),
+        (crate::ps::LABEL_COMMAND, args.command.join(" ")),
+        (crate::ps::LABEL_STARTED, started.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
     let mut connected = Vec::new();
     let mut failure = None;
     for (i, network) in networks.iter().enumerate() {
@@ -142,6 +161,7 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             } else {
                 Vec::new()
             },
+            labels: labels.clone(),
             ..ConnectRequest::default()
         };
         match client
@@ -152,7 +172,15 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
             )
             .await
         {
-            Ok(_) => connected.push(network.clone()),
+            Ok(endpoint) => {
+                // Port 0 or `-p 80`: say which host port the kernel gave.
+                if let Ok(endpoint) = serde_json::from_value::<Endpoint>(endpoint) {
+                    for line in port_lines(&endpoint) {
+                        eprintln!("weft: published {line}");
+                    }
+                }
+                connected.push(network.clone());
+            }
             Err(e) => {
                 failure = Some(e.context(format!("connecting to network {network}")));
                 break;

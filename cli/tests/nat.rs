@@ -91,6 +91,8 @@ struct NatWorld {
     daemon: Option<Child>,
     /// The servers and captures in INET.
     background: Vec<Child>,
+    /// Whether the daemon keeps CAP_NET_RAW (raw ICMP sockets).
+    net_raw: bool,
 }
 
 impl NatWorld {
@@ -103,6 +105,22 @@ impl NatWorld {
 
     /// A world whose daemon gets `extra` arguments.
     fn with_daemon_args(ping_allowed: bool, extra: &[&str]) -> Option<NatWorld> {
+        Self::make(ping_allowed, extra, true)
+    }
+
+    /// A world whose daemon may open neither ping sockets (HOST's
+    /// ping_group_range left at "1 0") nor raw ones (no CAP_NET_RAW).
+    fn without_ping_or_raw_sockets() -> Option<NatWorld> {
+        if !require(
+            has_tool("setpriv", "--help"),
+            "needs `setpriv` (util-linux)",
+        ) {
+            return None;
+        }
+        Self::make(false, &[], false)
+    }
+
+    fn make(ping_allowed: bool, extra: &[&str], net_raw: bool) -> Option<NatWorld> {
         if !require(
             nix::unistd::geteuid().is_root(),
             "needs root (network namespaces, TAPs)",
@@ -125,6 +143,7 @@ impl NatWorld {
             namespaces: Vec::new(),
             daemon: None,
             background: Vec::new(),
+            net_raw,
         };
         // From here on, Drop cleans up whatever was made.
         w.host = w.sandbox("host");
@@ -254,17 +273,22 @@ impl NatWorld {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let mut cmd = Command::new("ip");
         cmd.args([
-            "netns", "exec", &self.host, "timeout", "-s", "KILL", LIFETIME, WEFT,
-        ])
-        .arg("--socket")
-        .arg(&self.socket)
-        .arg("daemon")
-        .arg("--state-dir")
-        .arg(&self.state_dir)
-        .args(["--no-default-network", "--dns-upstream", DNS_UPSTREAM])
-        .args(extra)
-        .env("WEFT_LOG", "info")
-        .env("NO_COLOR", "1");
+            "netns", "exec", &self.host, "timeout", "-s", "KILL", LIFETIME,
+        ]);
+        if !self.net_raw {
+            // Root without CAP_NET_RAW: no raw sockets.
+            cmd.args(["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw"]);
+        }
+        cmd.arg(WEFT)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--no-default-network", "--dns-upstream", DNS_UPSTREAM])
+            .args(extra)
+            .env("WEFT_LOG", "info")
+            .env("NO_COLOR", "1");
         let log = self.dir.join("daemon.log");
         self.daemon = Some(spawn_background(&mut cmd, None, &log));
         wait_for_daemon(&mut self.daemon, &self.host, &self.socket, || {
@@ -1030,12 +1054,13 @@ fn internal_network_has_no_way_out() {
 }
 
 /// (6) Without `net.ipv4.ping_group_range` for the daemon's group (HOST
-/// left at the default "1 0"), ICMP echo to the internet is dropped, and
-/// the daemon says why once, however many pings; the gateway still answers
-/// and UDP still gets out.
+/// left at the default "1 0") and without CAP_NET_RAW, ICMP echo to the
+/// internet is dropped, and the daemon says why once, at start, with the
+/// sysctl that fixes it; `network inspect` says it too; the gateway still
+/// answers and UDP still gets out.
 #[test]
-fn without_ping_group_range_ping_is_dropped_and_logged_once() {
-    let Some(mut w) = NatWorld::new(false) else {
+fn without_ping_or_raw_sockets_ping_is_dropped_and_said_once() {
+    let Some(mut w) = NatWorld::without_ping_or_raw_sockets() else {
         return;
     };
     let range = stdout(&w.exec(&w.host, &["sysctl", "-n", "net.ipv4.ping_group_range"]));
@@ -1061,9 +1086,88 @@ fn without_ping_group_range_ping_is_dropped_and_logged_once() {
     assert_eq!(stdout(&out), "udp is fine\n", "{}", show(&out));
 
     let log = w.daemon_log();
-    let count = log.matches("ping_group_range").count();
+    let warning = "outbound ping from sandboxes will fail";
+    let count = log.matches(warning).count();
     assert_eq!(
         count, 1,
-        "\"ping_group_range\" in the daemon's log {count} times:\n{log}"
+        "{warning:?} in the daemon's log {count} times:\n{log}"
+    );
+    assert!(
+        log.contains("sysctl -w net.ipv4.ping_group_range='0 2147483647'"),
+        "the warning gives the fix:\n{log}"
+    );
+    let shown = w.inspect("np")["outbound_icmp_echo"].clone();
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|s| s.starts_with("unavailable") && s.contains("sysctl -w")),
+        "inspect: {shown}"
+    );
+}
+
+/// (6b) The same HOST without ping_group_range, but a daemon with
+/// CAP_NET_RAW (root's default): pings leave through raw ICMP sockets, each
+/// answered, INET sees HOST's address, and two sandboxes pinging at once
+/// get their own replies; inspect says "raw socket".
+#[test]
+fn without_ping_group_range_a_daemon_with_net_raw_pings_through_raw_sockets() {
+    let Some(mut w) = NatWorld::new(false) else {
+        return;
+    };
+    let a = w.sandbox("a");
+    let b = w.sandbox("b");
+    w.network("nr", "10.236.8.0/24", false);
+    w.connect("nr", &a);
+    w.connect("nr", &b);
+    let shown = w.inspect("nr")["outbound_icmp_echo"].clone();
+    assert_eq!(shown, "raw socket (CAP_NET_RAW)", "inspect");
+    let capture = w.capture("raw-icmp", Some("1"), "icmp[icmptype] == icmp-echo");
+    // Both at once: each raw socket sees the other's replies too, and
+    // must keep only its own.
+    let (ra, rb) = std::thread::scope(|s| {
+        let pa = s.spawn(|| w.ping(&a, &["-n", "-c", "5", "-i", "0.2", "-W", "2", INET_ADDR]));
+        let pb = s.spawn(|| w.ping(&b, &["-n", "-c", "5", "-i", "0.2", "-W", "2", INET_ADDR]));
+        (pa.join().expect("ping a"), pb.join().expect("ping b"))
+    });
+    for (who, out) in [("a", &ra), ("b", &rb)] {
+        let text = stdout(out);
+        assert!(
+            out.status.success() && text.contains("5 received") && !text.contains("DUP"),
+            "{who}: {}\n{}",
+            show(out),
+            w.diagnostics(&a)
+        );
+    }
+    let seen = w.capture_wait(&capture, None, Duration::from_secs(5));
+    assert!(
+        seen.contains(&format!("{HOST_ADDR} > {INET_ADDR}")),
+        "INET sees HOST's address:\n{seen}"
+    );
+    // IPv6: a raw ICMPv6 socket (the kernel computes that checksum).
+    const HOST_V6: &str = "2001:db8:236:8::1";
+    const INET_V6: &str = "2001:db8:236:8::10";
+    let (host, inet) = (w.host.clone(), w.inet.clone());
+    for (ns, cidr, dev) in [
+        (&host, format!("{HOST_V6}/64"), HOST_VETH),
+        (&inet, format!("{INET_V6}/64"), INET_VETH),
+    ] {
+        let out = w.exec(ns, &["ip", "addr", "add", &cidr, "dev", dev, "nodad"]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let c = w.sandbox("c");
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.236.9.0/24",
+        "--subnet",
+        "fd00:236:9::/64",
+        "nr6",
+    ]);
+    w.connect("nr6", &c);
+    let text = w.ping_all(&c, "3", INET_V6);
+    assert!(
+        text.contains(&format!("bytes from {INET_V6}: icmp_seq=1")),
+        "{text}"
     );
 }

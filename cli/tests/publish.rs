@@ -278,7 +278,19 @@ fn published_tcp_port_shows_the_real_client_address() {
     let s = p.sandbox_with_servers("web");
     let printed =
         p.w.weft_ok(&["network", "connect", "-p", "8080:80", "pt", &s]);
-    assert_eq!(printed.trim(), "80/tcp -> 0.0.0.0:8080", "{printed}");
+    // First what the sandbox got, then the port as `docker port` shows it.
+    assert!(
+        printed
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("10.237.1.")),
+        "{printed}"
+    );
+    assert_eq!(
+        printed.lines().nth(1),
+        Some("80/tcp -> 0.0.0.0:8080"),
+        "{printed}"
+    );
     assert!(
         has_port(&p.host_sockets(false), 8080),
         "HOST does not listen on 8080: {}",
@@ -312,7 +324,11 @@ fn published_udp_port_shows_the_real_client_address() {
     let s = p.sandbox_with_servers("dns");
     let printed =
         p.w.weft_ok(&["network", "connect", "--publish", "5353:80/udp", "pu", &s]);
-    assert_eq!(printed.trim(), "80/udp -> 0.0.0.0:5353", "{printed}");
+    assert_eq!(
+        printed.lines().nth(1),
+        Some("80/udp -> 0.0.0.0:5353"),
+        "{printed}"
+    );
     assert!(
         has_port(&p.host_sockets(true), 5353),
         "HOST has no UDP socket on 5353: {}",
@@ -517,7 +533,7 @@ fn inspect_shows_mappings_and_a_restart_publishes_them_again() {
     let chosen = ports[1]["host_port"].as_u64().expect("host_port") as u16;
     assert_ne!(chosen, 0, "the kernel's port is stored: {endpoint:#}");
     assert_eq!(
-        printed.lines().collect::<Vec<_>>(),
+        printed.lines().skip(1).collect::<Vec<_>>(),
         [
             format!("80/tcp -> {HOST_ADDR}:8085"),
             format!("80/udp -> 0.0.0.0:{chosen}")
@@ -809,5 +825,76 @@ fn restart_with_a_taken_port_keeps_the_endpoint_and_the_rest() {
     assert!(
         log.contains("published port dropped") && log.contains("8087"),
         "the dropped port is logged: {log}"
+    );
+}
+
+/// A port published without a host address on a dual-stack network
+/// listens on `0.0.0.0` and `[::]` with one port (`-p 80`: the kernel's
+/// choice, printed for both families); an IPv6 client reaches the sandbox's
+/// IPv6 address and is seen there as itself.
+#[test]
+fn dual_stack_published_port_listens_on_both_families() {
+    let Some(mut p) = PublishWorld::new() else {
+        return;
+    };
+    let (host, client) = (p.w.host.clone(), p.client.clone());
+    for (ns, dev, cidr) in [
+        (&host, HOST_VETH, "fd00:99::1/64"),
+        (&client, CLIENT_VETH, "fd00:99::10/64"),
+    ] {
+        let out =
+            p.w.exec(ns, &["ip", "addr", "add", cidr, "dev", dev, "nodad"]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    p.w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.237.9.0/24",
+        "--subnet",
+        "fd00:237:9::/64",
+        "pd",
+    ]);
+    let s = p.w.sandbox("web");
+    p.server(
+        &s,
+        false,
+        ":80 ",
+        &[
+            "socat",
+            "TCP6-LISTEN:80,reuseaddr,fork,ipv6only=0",
+            WHO_ASKED,
+        ],
+    );
+    let printed = p.w.weft_ok(&["network", "connect", "-p", "80", "pd", &s]);
+    let lines: Vec<&str> = printed.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "one line per family: {printed}");
+    let port = lines[0]
+        .strip_prefix("80/tcp -> 0.0.0.0:")
+        .unwrap_or_else(|| panic!("IPv4 first: {printed}"));
+    assert_ne!(port, "0", "the kernel's port is printed: {printed}");
+    assert_eq!(lines[1], format!("80/tcp -> [::]:{port}"), "{printed}");
+    let ss = p.host_sockets(false);
+    assert!(
+        ss.contains(&format!("0.0.0.0:{port} ")) && ss.contains(&format!("[::]:{port} ")),
+        "HOST listens on both families: {ss}"
+    );
+    let mut tries = Vec::new();
+    for attempt in 0..3u16 {
+        let target = format!("TCP6:[fd00:99::1]:{port},connect-timeout=5");
+        let out =
+            p.w.exec(&client, &["socat", "-T", "5", "-u", &target, "STDOUT"]);
+        // socat writes IPv6 peers in full: [fd00:0099:...:0010].
+        let answer = stdout(&out);
+        if answer.starts_with("[fd00:0099:0000:0000:0000:0000:0000:0010] ") {
+            return;
+        }
+        tries.push(format!("try {attempt}: {}", show(&out)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "the IPv6 client was not seen as itself:\n{}\n{}",
+        tries.join("\n"),
+        p.diagnostics(&s)
     );
 }

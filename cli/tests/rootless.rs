@@ -184,11 +184,26 @@ impl Drop for RootlessWorld {
         if let Some(mode) = self.tun_mode {
             let _ = std::fs::set_permissions(TUN, std::fs::Permissions::from_mode(mode));
         }
-        let _ = Command::new("userdel")
-            .arg(&self.user)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // SIGKILL is asynchronous and userdel refuses a user that still
+        // has processes (the next test of this binary, same user name,
+        // would then find it): wait, bounded, until they are gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..100 {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u", &self.user])
+                .status();
+            let deleted = Command::new("userdel")
+                .arg(&self.user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                // 6: no such user (already gone, or never made).
+                .is_ok_and(|s| s.success() || s.code() == Some(6));
+            if deleted || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -592,4 +607,40 @@ fn rootless_daemons_carry_an_overlay_across_hosts() {
     assert!(stdout(&out).contains("2 received"), "{}", show(&out));
     w.daemon = None;
     drop(underlay);
+}
+
+/// A namespace root made (`ip netns add`) is not a rootless daemon's to
+/// attach: the refusal says why (whose namespace it is) and what to do,
+/// not a bare EPERM.
+#[test]
+fn a_rootless_daemon_explains_a_namespace_it_may_not_enter() {
+    let Some(mut w) = RootlessWorld::new() else {
+        return;
+    };
+    if !require(has_tool("ip", "-V"), "needs `ip` (iproute2)") {
+        return;
+    }
+    w.start_daemon();
+    /// Deletes the root-made namespace, also when an assertion fails.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            common::delete_namespace(&self.0);
+        }
+    }
+    let ns = Netns(format!("wtr-{}-root", std::process::id()));
+    run_ok(Command::new("timeout").args([CMD_TIMEOUT, "ip", "netns", "add", &ns.0]));
+    let out = w.weft(&["network", "connect", "bridge", &ns.0]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = common::stderr(&out);
+    assert!(
+        text.contains("Operation not permitted"),
+        "the cause is kept:\n{text}"
+    );
+    assert!(
+        text.contains("has no CAP_NET_ADMIN over the namespace")
+            && text.contains("the host's")
+            && text.contains("run the daemon as root"),
+        "the refusal says why and what to do:\n{text}"
+    );
 }

@@ -807,7 +807,9 @@ pub fn zone_entry(endpoint: &Endpoint) -> ZoneEntry {
 
 /// Bind the host sockets of `endpoint.ports` (see the module header) and
 /// write the bound host ports back; each with the sandbox address it leads
-/// to. When `restoring`, a port that cannot be bound is logged and dropped
+/// to. A mapping without a host address on a dual-stack endpoint listens
+/// on `0.0.0.0` and `[::]` with one port ([`Endpoint::publish_listens`]).
+/// When `restoring`, a port that cannot be bound is logged and dropped
 /// from the endpoint; otherwise it is the error (and the sockets bound so
 /// far close).
 fn bind_published_ports(
@@ -817,26 +819,10 @@ fn bind_published_ports(
     let mut listeners = Vec::with_capacity(endpoint.ports.len());
     let mut kept = Vec::with_capacity(endpoint.ports.len());
     for mapping in &endpoint.ports {
-        let bound = endpoint
-            .publish_addrs(mapping)
-            .ok_or_else(|| DriverError::NoAddressFor {
-                mapping: mapping.to_string(),
-            })
-            .and_then(|(host, target)| {
-                let listener = HostListener::bind(mapping.proto.into(), host)?;
-                let port = listener
-                    .local_addr()
-                    .map_err(|source| PublishError::Bind {
-                        addr: host,
-                        proto: mapping.proto.into(),
-                        source,
-                    })?
-                    .port();
-                Ok((listener, target, port))
-            });
+        let bound = bind_one_mapping(endpoint, mapping);
         match bound {
-            Ok((listener, target, port)) => {
-                listeners.push((listener, target));
+            Ok((bound, port)) => {
+                listeners.extend(bound);
                 kept.push(PortMapping {
                     host_port: port,
                     ..*mapping
@@ -850,4 +836,77 @@ fn bind_published_ports(
     }
     endpoint.ports = kept;
     Ok(listeners)
+}
+
+/// Whether a bind failed because the host has no IPv6 at all.
+fn ipv6_is_off(e: &PublishError) -> bool {
+    match e {
+        PublishError::NoSuchAddress(_) => true,
+        PublishError::Bind { source, .. } => source.raw_os_error() == Some(libc::EAFNOSUPPORT),
+        _ => false,
+    }
+}
+
+/// Tries at a host port the kernel picks for the first family that is
+/// also free in the second (another program may hold it there).
+const DUAL_STACK_PICKS: usize = 8;
+
+/// Bind every host socket of one mapping on one port; the sockets with
+/// their targets, and the port.
+fn bind_one_mapping(
+    endpoint: &Endpoint,
+    mapping: &PortMapping,
+) -> Result<(Vec<(HostListener, SocketAddr)>, u16), DriverError> {
+    let plan = endpoint.publish_listens(mapping);
+    if plan.is_empty() {
+        return Err(DriverError::NoAddressFor {
+            mapping: mapping.to_string(),
+        });
+    }
+    let proto = mapping.proto.into();
+    let mut last_error = None;
+    for _ in 0..DUAL_STACK_PICKS {
+        let mut bound = Vec::with_capacity(plan.len());
+        let mut port = mapping.host_port;
+        let mut failed = None;
+        for (i, (host, target)) in plan.iter().enumerate() {
+            let host = SocketAddr::new(host.ip(), port);
+            match HostListener::bind(proto, host) {
+                Ok(listener) => {
+                    if i == 0 {
+                        port = listener
+                            .local_addr()
+                            .map_err(|source| PublishError::Bind {
+                                addr: host,
+                                proto,
+                                source,
+                            })?
+                            .port();
+                    }
+                    bound.push((listener, *target));
+                }
+                // A host whose kernel has IPv6 off: the IPv4 socket alone.
+                Err(e) if i > 0 && ipv6_is_off(&e) => {
+                    tracing::debug!(%host, "no IPv6 on this host: published port on IPv4 only");
+                }
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => return Ok((bound, port)),
+            // The kernel's pick for IPv4 is taken on IPv6: pick again.
+            Some((i, e @ PublishError::InUse { .. })) if i > 0 && mapping.host_port == 0 => {
+                last_error = Some(e);
+            }
+            Some((_, e)) => return Err(e.into()),
+        }
+    }
+    Err(last_error
+        .map(DriverError::from)
+        .unwrap_or_else(|| DriverError::NoAddressFor {
+            mapping: mapping.to_string(),
+        }))
 }

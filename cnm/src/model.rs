@@ -93,6 +93,10 @@ pub struct Network {
     /// Driver options (`--opt K=V`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Labels (`--label K=V`), the creating host's only: an overlay
+    /// network's record does not carry them to other hosts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// When it was created (RFC 3339, UTC).
     pub created: String,
     /// The VXLAN network identifier of an overlay network.
@@ -285,6 +289,28 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Every host socket a published port listens on, each with where it
+    /// leads: [`Endpoint::publish_addrs`], and for a mapping without a
+    /// host address on an endpoint with both families, also `[::]` (bound
+    /// IPv6-only) leading to its IPv6 address, so the port is dual-stack
+    /// and each client still reaches the sandbox from its own address.
+    /// Empty when the endpoint has no address of the mapping's family.
+    pub fn publish_listens(&self, mapping: &PortMapping) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut all: Vec<_> = self.publish_addrs(mapping).into_iter().collect();
+        if let (None, Some(_), Some(v6)) = (mapping.host_ip, self.ipv4(), self.ipv6()) {
+            all.push((
+                SocketAddr::new(
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                    mapping.host_port,
+                ),
+                SocketAddr::new(IpAddr::V6(v6), mapping.container_port),
+            ));
+        }
+        all
+    }
+}
+
 /// The transport of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -439,10 +465,16 @@ impl FromStr for PortMapping {
                 }
             }
         };
-        let Some((host, container)) = rest.split_once(':') else {
-            return Err(fail(format!(
-                "both the host port and the container port are needed (use host port 0 to let the kernel pick one); {PORT_SYNTAX}"
-            )));
+        // `-p 80` (Docker's syntax too): the kernel picks the host port.
+        // With a host address the host port is needed (`IP:HOSTPORT:PORT`).
+        let (host, container) = match rest.split_once(':') {
+            Some(pair) => pair,
+            None if host_ip.is_none() => ("0", rest),
+            None => {
+                return Err(fail(format!(
+                    "both the host port and the container port are needed after a host address (use host port 0 to let the kernel pick one); {PORT_SYNTAX}"
+                )))
+            }
         };
         if container.contains(':') {
             return Err(fail(format!("too many ':'; {PORT_SYNTAX}")));
@@ -556,6 +588,10 @@ mod tests {
         assert_eq!((m.host_port, m.container_port), (8080, 80));
         assert_eq!(parse("0:53/udp").host_port, 0);
         assert_eq!(parse("65535:65535").host_port, 65535);
+        // Docker's `-p 80`: a host port the kernel picks.
+        let m = parse("80");
+        assert_eq!((m.host_ip, m.host_port, m.container_port), (None, 0, 80));
+        assert_eq!(parse("53/udp").proto, PortProto::Udp);
     }
 
     #[test]
@@ -586,7 +622,7 @@ mod tests {
         assert!(e.contains("container port"), "{e}");
         let e = error("65536:80");
         assert!(e.contains("host port"), "{e}");
-        let e = error("80");
+        let e = error("[::1]:80");
         assert!(
             e.contains("both the host port and the container port"),
             "{e}"
@@ -603,7 +639,7 @@ mod tests {
         assert!(e.contains("not an IPv6 address"), "{e}");
         assert!(error("+80:80").contains("host port"));
         assert!(error(":80").contains("host port"));
-        assert!(error("").contains("both"));
+        assert!(error("").contains("container port"));
     }
 
     #[test]
@@ -643,7 +679,22 @@ mod tests {
             addrs(&endpoint, "[::1]:8080:80/udp"),
             Some(("[::1]:8080".into(), "[fd00::2]:80".into()))
         );
+        let listens = |e: &Endpoint, spec: &str| -> Vec<String> {
+            e.publish_listens(&parse(spec))
+                .iter()
+                .map(|(h, t)| format!("{h}>{t}"))
+                .collect()
+        };
+        assert_eq!(
+            listens(&endpoint, "8080:80"),
+            ["0.0.0.0:8080>10.1.0.2:80", "[::]:8080>[fd00::2]:80"]
+        );
+        assert_eq!(
+            listens(&endpoint, "127.0.0.1:8080:80"),
+            ["127.0.0.1:8080>10.1.0.2:80"]
+        );
         endpoint.addresses.truncate(1);
+        assert_eq!(listens(&endpoint, "8080:80"), ["0.0.0.0:8080>10.1.0.2:80"]);
         assert_eq!(addrs(&endpoint, "[::1]:8080:80"), None);
         endpoint.addresses = vec!["fd00::2/64".parse().unwrap()];
         assert_eq!(

@@ -451,6 +451,7 @@ mod tests {
             options: Default::default(),
             created: String::new(),
             vni: None,
+            labels: Default::default(),
         }
     }
 

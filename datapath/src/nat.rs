@@ -13,8 +13,19 @@
 //! from an ICMP port unreachable) is reported so the sandbox gets its own
 //! ICMP error.
 //!
-//! Ping sockets need the daemon's group in `net.ipv4.ping_group_range`;
-//! where it is not, the first refused echo is logged once as a warning.
+//! ICMP echo leaves through a ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`)
+//! where the daemon's group is in `net.ipv4.ping_group_range` (it is not
+//! by default in a new network namespace, for root neither). Otherwise a
+//! daemon with `CAP_NET_RAW` uses a raw ICMP socket per flow, connected to
+//! the remote, and does by hand what the kernel does for a ping socket:
+//! it writes an echo identifier of its own (derived from the flow id, so
+//! two sandboxes pinging one remote stay apart), the ICMPv4 checksum (the
+//! kernel computes ICMPv6's), and on receive strips the IPv4 header and
+//! keeps only echo replies with that identifier (a raw socket sees every
+//! ICMP message from its remote). With neither, [`icmp_echo_support`]
+//! says so, the daemon warns once at start with the sysctl that fixes it,
+//! and `network inspect` shows it; each refused echo is only a debug line.
+//!
 //! A socket that cannot be opened or registered (the daemon out of file
 //! descriptors, which the core's fd budget is there to prevent) ends its
 //! flow at once: the core counts it and tells a UDP sender with ICMP
@@ -47,28 +58,113 @@ const DATAGRAM_MAX: usize = 65536;
 struct NatSocket {
     fd: OwnedFd,
     token: Token,
+    /// A raw ICMP socket's echo identifier (None: UDP or a ping socket).
+    raw: Option<RawEcho>,
 }
 
+/// What a raw ICMP socket of one flow needs (see the module header).
+#[derive(Debug, Clone, Copy)]
+struct RawEcho {
+    id: u16,
+    v4: bool,
+}
+
+/// How ICMP echo from sandboxes can leave this daemon's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpEchoSupport {
+    /// Ping sockets (`net.ipv4.ping_group_range` includes the daemon).
+    PingSocket,
+    /// Raw ICMP sockets (`CAP_NET_RAW`).
+    RawSocket,
+    /// Neither: echo requests to the outside are dropped.
+    Unavailable,
+}
+
+impl IcmpEchoSupport {
+    /// How `network inspect` and `weft info` show it.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            IcmpEchoSupport::PingSocket => "ping socket",
+            IcmpEchoSupport::RawSocket => "raw socket (CAP_NET_RAW)",
+            IcmpEchoSupport::Unavailable => {
+                "unavailable: the daemon's group is not in net.ipv4.ping_group_range and it has no CAP_NET_RAW; \
+                 fix: sysctl -w net.ipv4.ping_group_range='0 2147483647' (in the daemon's network namespace)"
+            }
+        }
+    }
+}
+
+/// Probe (IPv4) which socket ICMP echo would leave through now: two
+/// `socket()` calls, nothing sent. The sysctl may change while the daemon
+/// runs; every flow tries a ping socket first anyway.
+pub fn icmp_echo_support() -> IcmpEchoSupport {
+    let open = |kind| {
+        socket(
+            AddressFamily::Inet,
+            kind,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Icmp,
+        )
+        .is_ok()
+    };
+    if open(SockType::Datagram) {
+        IcmpEchoSupport::PingSocket
+    } else if open(SockType::Raw) {
+        IcmpEchoSupport::RawSocket
+    } else {
+        IcmpEchoSupport::Unavailable
+    }
+}
+
+/// ICMPv4's type of an echo reply, and where the identifier sits.
+const ECHO_REPLY_V4: u8 = 0;
+/// ICMPv6's type of an echo reply.
+const ECHO_REPLY_V6: u8 = 129;
+
 impl NatSocket {
-    fn open(proto: NatProto, remote: SocketAddr) -> io::Result<OwnedFd> {
-        let family = if remote.is_ipv4() {
+    /// Open a flow's socket: UDP, or a ping socket, or (refused) a raw
+    /// ICMP socket with an identifier of its own.
+    fn open(
+        proto: NatProto,
+        remote: SocketAddr,
+        flow: FlowId,
+    ) -> io::Result<(OwnedFd, Option<RawEcho>)> {
+        let v4 = remote.is_ipv4();
+        let family = if v4 {
             AddressFamily::Inet
         } else {
             AddressFamily::Inet6
         };
-        let protocol = match (proto, remote.is_ipv4()) {
+        let protocol = match (proto, v4) {
             (NatProto::Udp, _) => SockProtocol::Udp,
             (NatProto::IcmpEcho, true) => SockProtocol::Icmp,
             (NatProto::IcmpEcho, false) => SockProtocol::IcmpV6,
         };
-        let fd = socket(
-            family,
-            SockType::Datagram,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            protocol,
-        )?;
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let (fd, raw) = match socket(family, SockType::Datagram, flags, protocol) {
+            Ok(fd) => (fd, None),
+            // EACCES: not in ping_group_range; a raw socket may do.
+            Err(nix::errno::Errno::EACCES) if proto == NatProto::IcmpEcho => {
+                let fd = socket(family, SockType::Raw, flags, protocol)?;
+                let [a, b, ..] = flow.0.to_le_bytes();
+                (
+                    fd,
+                    Some(RawEcho {
+                        id: u16::from_le_bytes([a, b]),
+                        v4,
+                    }),
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // A raw socket's remote is an address only (port 0).
+        let remote = if raw.is_some() {
+            SocketAddr::new(remote.ip(), 0)
+        } else {
+            remote
+        };
         connect(fd.as_raw_fd(), &SockaddrStorage::from(remote))?;
-        Ok(fd)
+        Ok((fd, raw))
     }
 
     fn raw_fd(&self) -> RawFd {
@@ -76,11 +172,61 @@ impl NatSocket {
     }
 }
 
+impl RawEcho {
+    /// The echo request a ping socket would have completed: our
+    /// identifier, and for ICMPv4 the checksum (RFC 792).
+    fn complete(self, data: &mut [u8]) {
+        if data.len() < 8 {
+            return;
+        }
+        data[4..6].copy_from_slice(&self.id.to_be_bytes());
+        data[2..4].fill(0);
+        if self.v4 {
+            let sum = internet_checksum(data);
+            data[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+    }
+
+    /// The ICMP message of what the raw socket received when it is an
+    /// echo reply to this flow (IPv4's header stripped); None otherwise.
+    fn reply(self, received: &[u8]) -> Option<&[u8]> {
+        let message = if self.v4 {
+            let ihl = usize::from(received.first()? & 0x0f) * 4;
+            received.get(ihl..)?
+        } else {
+            received
+        };
+        let reply_type = if self.v4 {
+            ECHO_REPLY_V4
+        } else {
+            ECHO_REPLY_V6
+        };
+        (message.len() >= 8 && message[0] == reply_type && message[4..6] == self.id.to_be_bytes())
+            .then_some(message)
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        let word = match pair {
+            [a, b] => u16::from_be_bytes([*a, *b]),
+            [a] => u16::from_be_bytes([*a, 0]),
+            _ => 0,
+        };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0xffff)
+}
+
 /// See the module header.
 #[derive(Debug, Default)]
 pub struct NatSockets {
     sockets: FxHashMap<FlowId, NatSocket>,
-    ping_refused_logged: bool,
     /// The receive buffer, reused by every read.
     buf: Vec<u8>,
 }
@@ -99,29 +245,33 @@ impl NatSockets {
                 flow,
                 proto,
                 remote,
-            } => match NatSocket::open(proto, remote) {
-                Ok(fd) => {
+            } => match NatSocket::open(proto, remote, flow) {
+                Ok((fd, echo)) => {
                     let token = tokens.insert(Source::Nat(flow));
                     let raw = fd.as_raw_fd();
                     if registry
                         .register(&mut SourceFd(&raw), token, Interest::READABLE)
                         .is_ok()
                     {
-                        self.sockets.insert(flow, NatSocket { fd, token });
+                        self.sockets.insert(
+                            flow,
+                            NatSocket {
+                                fd,
+                                token,
+                                raw: echo,
+                            },
+                        );
                     } else {
                         tokens.remove(token);
                         services.nat().open_failed(flow);
                     }
                 }
                 Err(e) => {
-                    if proto == NatProto::IcmpEcho && !self.ping_refused_logged {
-                        self.ping_refused_logged = true;
-                        tracing::warn!(error = %e, "ICMP echo cannot leave: ping sockets are not allowed for this daemon's group (net.ipv4.ping_group_range)");
-                    } else {
-                        tracing::debug!(%remote, error = %e, "NAT socket");
-                    }
-                    // Out of fds (or refused by the kernel): the flow ends
-                    // now, counted, and a UDP sender is told.
+                    // ICMP echo without ping nor raw sockets was said once
+                    // at start (icmp_echo_support). Out of fds (or refused
+                    // by the kernel): the flow ends now, counted, and a UDP
+                    // sender is told.
+                    tracing::debug!(%remote, ?proto, error = %e, "NAT socket");
                     services.nat().open_failed(flow);
                 }
             },
@@ -129,6 +279,10 @@ impl NatSockets {
                 let Some(socket) = self.sockets.get(&flow) else {
                     return;
                 };
+                let mut data = data;
+                if let Some(echo) = socket.raw {
+                    echo.complete(&mut data);
+                }
                 if let Err(e) = send(socket.raw_fd(), &data, MsgFlags::empty()) {
                     if e == nix::errno::Errno::ECONNREFUSED {
                         services.handle_nat_refused(Instant::now(), flow);
@@ -167,8 +321,16 @@ impl NatSockets {
             let Some(socket) = self.sockets.get(&flow) else {
                 return true;
             };
+            let raw = socket.raw;
             match recv(socket.raw_fd(), buf, MsgFlags::empty()) {
-                Ok(len) => services.handle_nat_reply(Instant::now(), flow, &buf[..len]),
+                Ok(len) => match raw {
+                    None => services.handle_nat_reply(Instant::now(), flow, &buf[..len]),
+                    Some(echo) => {
+                        if let Some(reply) = echo.reply(&buf[..len]) {
+                            services.handle_nat_reply(Instant::now(), flow, reply);
+                        }
+                    }
+                },
                 Err(nix::errno::Errno::EAGAIN) => return true,
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::ECONNREFUSED) => {
@@ -181,5 +343,53 @@ impl NatSockets {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_echo_requests_get_our_id_and_a_valid_checksum() {
+        // An echo request as the NAT core hands it to a ping socket.
+        let mut data = vec![8, 0, 0, 0, 0, 0, 0, 7, b'h', b'i', b'!'];
+        let echo = RawEcho {
+            id: 0x1234,
+            v4: true,
+        };
+        echo.complete(&mut data);
+        assert_eq!(&data[4..6], &[0x12, 0x34]);
+        // A correct checksum sums, with itself, to 0xffff: complement 0.
+        assert_eq!(internet_checksum(&data), 0);
+        // RFC 1071's example, as 16-bit words 0001 f203 f4f5 f6f7.
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
+    }
+
+    #[test]
+    fn raw_replies_are_kept_only_for_this_flow() {
+        let echo = RawEcho {
+            id: 0x1234,
+            v4: true,
+        };
+        let mut ip = vec![0x45u8];
+        ip.resize(20, 0);
+        let reply = [0u8, 0, 0xaa, 0xbb, 0x12, 0x34, 0, 7, b'x'];
+        let other = [0u8, 0, 0xaa, 0xbb, 0x99, 0x99, 0, 7];
+        let request = [8u8, 0, 0xaa, 0xbb, 0x12, 0x34, 0, 7];
+        let framed = |icmp: &[u8]| [ip.as_slice(), icmp].concat();
+        assert_eq!(echo.reply(&framed(&reply)), Some(&reply[..]));
+        assert_eq!(echo.reply(&framed(&other)), None);
+        assert_eq!(echo.reply(&framed(&request)), None);
+        assert_eq!(echo.reply(&[0x45, 0]), None);
+        let v6 = RawEcho {
+            id: 0x1234,
+            v4: false,
+        };
+        let reply6 = [129u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+        assert_eq!(v6.reply(&reply6), Some(&reply6[..]));
     }
 }

@@ -136,9 +136,14 @@ impl HostListener {
     ///
     /// [`PublishError`] saying what to change.
     pub fn bind(proto: L4Proto, addr: SocketAddr) -> Result<HostListener, PublishError> {
-        let result = match proto {
-            L4Proto::Tcp => std::net::TcpListener::bind(addr).map(HostListener::Tcp),
-            L4Proto::Udp => std::net::UdpSocket::bind(addr).map(HostListener::Udp),
+        let result = match (proto, addr) {
+            (L4Proto::Tcp, SocketAddr::V4(_)) => {
+                std::net::TcpListener::bind(addr).map(HostListener::Tcp)
+            }
+            (L4Proto::Udp, SocketAddr::V4(_)) => {
+                std::net::UdpSocket::bind(addr).map(HostListener::Udp)
+            }
+            (_, SocketAddr::V6(v6)) => bind_v6_only(proto, v6),
         };
         let listener = result.map_err(|source| match source.raw_os_error() {
             Some(libc::EADDRINUSE) => PublishError::InUse { addr, proto },
@@ -184,6 +189,32 @@ impl HostListener {
             HostListener::Udp(s) => s.as_raw_fd(),
         }
     }
+}
+
+/// Bind an IPv6 socket with `IPV6_V6ONLY`: `[::]:P` then takes only IPv6
+/// clients and leaves `0.0.0.0:P` to the IPv4 socket of the same mapping
+/// (dual-stack publishing binds both; without the option the IPv6 bind
+/// would clash with it, or take IPv4 clients as v4-mapped addresses).
+fn bind_v6_only(proto: L4Proto, addr: std::net::SocketAddrV6) -> io::Result<HostListener> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn6};
+    let kind = match proto {
+        L4Proto::Tcp => SockType::Stream,
+        L4Proto::Udp => SockType::Datagram,
+    };
+    let fd = socket::socket(AddressFamily::Inet6, kind, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    if proto == L4Proto::Tcp {
+        // As std's TcpListener::bind: a port in TIME_WAIT can be taken.
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(addr))?;
+    Ok(match proto {
+        L4Proto::Tcp => {
+            socket::listen(&fd, socket::Backlog::MAXCONN)?;
+            HostListener::Tcp(std::net::TcpListener::from(fd))
+        }
+        L4Proto::Udp => HostListener::Udp(std::net::UdpSocket::from(fd)),
+    })
 }
 
 /// `net.ipv4.ip_unprivileged_port_start` of the daemon's namespace (1024

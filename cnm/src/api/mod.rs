@@ -10,6 +10,7 @@
 //! | `POST /v1/networks/{name}/disconnect` | `DisconnectRequest` | `204` |
 //! | `GET /v1/peers` | | `PeersReport` (400 without `--listen`) |
 //! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
+//! | `GET /v1/info` | | `Info`: version, uptime, state directory, counts, cluster |
 //!
 //! A `ConnectRequest` may carry `ports`, the published ports: each the
 //! `-p` text (`"127.0.0.1:8080:80/tcp"`) or an object (`{"host_ip":
@@ -105,6 +106,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/version", get(version))
+        .route("/v1/info", get(info))
         .route("/v1/peers", get(peers))
         .route("/v1/events", get(events))
         .route("/v1/networks", get(list_networks).post(create_network))
@@ -206,6 +208,10 @@ async fn events(State(c): Shared) -> Response {
         .into_response()
 }
 
+async fn info(State(c): Shared) -> impl IntoResponse {
+    Json(c.info().await)
+}
+
 async fn peers(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.peers()?))
 }
@@ -297,6 +303,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::Publish(PublishError::Privileged { .. })
         | ControllerError::Publish(PublishError::NoSuchAddress(_))
         | ControllerError::InvalidOption { .. }
+        | ControllerError::InvalidLabel { .. }
         | ControllerError::InvalidInterface { .. }
         | ControllerError::InvalidBandwidth(_)
         | ControllerError::InvalidCapture(_)
@@ -306,6 +313,7 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::InvalidName { .. }
         | ControllerError::UnknownDriver(_)
         | ControllerError::SubnetsNotAllowed { .. }
+        | ControllerError::HostBitsSet { .. }
         | ControllerError::MtuOutOfRange { .. }
         | ControllerError::Subnet(_)
         | ControllerError::Address(_)

@@ -36,6 +36,11 @@ pub struct CreateNetworkRequest {
     /// Driver options.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Labels (`--label KEY=VALUE`): kept with the network, shown by
+    /// `inspect`, matched by `network ls --filter label=...`; weft gives
+    /// them no meaning.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One `--subnet` with its `--gateway` and `--ip-range`.
@@ -126,6 +131,11 @@ pub struct NetworkDetails {
     /// The NAT's flows and refusals for this network.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatDetails>,
+    /// How ICMP echo from its sandboxes leaves the host (a network with a
+    /// way out only): through a ping socket, a raw socket, or not at all
+    /// and the sysctl that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_icmp_echo: Option<&'static str>,
 }
 
 /// A network's share of the NAT, as `inspect` shows it.

@@ -43,6 +43,17 @@ pub enum ControllerError {
         /// The driver.
         driver: DriverKind,
     },
+    /// A `--subnet` or `--ip-range` with host bits set (Docker refuses it
+    /// too rather than guess which was meant).
+    #[error("invalid {what} {given}: it has host bits set; it should be {network}")]
+    HostBitsSet {
+        /// `--subnet` or `--ip-range`.
+        what: &'static str,
+        /// As given.
+        given: ipnet::IpNet,
+        /// The network it lies in.
+        network: ipnet::IpNet,
+    },
     /// An MTU out of range.
     #[error("MTU {mtu} is out of range: use {min} to {max}")]
     MtuOutOfRange {
@@ -161,6 +172,14 @@ pub enum ControllerError {
     #[error("--opt {key}: {reason}")]
     InvalidOption {
         /// The option's key.
+        key: String,
+        /// What is wrong and what to write.
+        reason: String,
+    },
+    /// A label with an empty key, or too many or too long labels.
+    #[error("--label {key:?}: {reason}")]
+    InvalidLabel {
+        /// The label's key.
         key: String,
         /// What is wrong and what to write.
         reason: String,

@@ -94,6 +94,45 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
 
+/// `weft info` (`GET /v1/info`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    /// The daemon's version.
+    pub version: &'static str,
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its upstream resolvers.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Networks it knows.
+    pub networks: usize,
+    /// Endpoints on them.
+    pub endpoints: usize,
+    /// Distinct sandboxes those endpoints are in.
+    pub sandboxes: usize,
+    /// How ICMP echo from sandboxes leaves the host (see
+    /// `weft_datapath::nat::icmp_echo_support`).
+    pub icmp_echo: &'static str,
+    /// The gossip cluster (None without `--listen`).
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// The cluster part of [`Info`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterInfo {
+    /// This host's `--node-name`.
+    pub name: String,
+    /// Its gossip address.
+    pub address: std::net::SocketAddr,
+    /// The other members, any state.
+    pub members: usize,
+    /// Of those, the alive ones.
+    pub alive: usize,
+}
+
 /// What the controller needs to start.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -120,6 +159,12 @@ pub struct Controller {
     netns_dir: PathBuf,
     cluster: Option<Arc<Cluster>>,
     datapath: Arc<Datapath>,
+    /// When the controller started (`weft info`'s uptime).
+    started: std::time::Instant,
+    /// Where the state file is (`weft info`).
+    state_dir: PathBuf,
+    /// Where unknown names go (`weft info`).
+    dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 struct Inner {
@@ -178,6 +223,18 @@ impl Controller {
             config.helper_exe.clone(),
             Arc::clone(&datapath),
         ));
+        // Said once here rather than at every refused ping.
+        let icmp = weft_datapath::nat::icmp_echo_support();
+        if icmp == weft_datapath::nat::IcmpEchoSupport::Unavailable {
+            tracing::warn!(
+                gid = nix::unistd::getegid().as_raw(),
+                "outbound ping from sandboxes will fail: ping sockets are not allowed for this daemon's group \
+                 (net.ipv4.ping_group_range) and it has no CAP_NET_RAW for a raw socket; \
+                 fix: sysctl -w net.ipv4.ping_group_range='0 2147483647' in the daemon's network namespace"
+            );
+        } else {
+            tracing::info!(via = icmp.describe(), "outbound ICMP echo");
+        }
         let controller = Controller {
             events: crate::events::Events::default(),
             inner: Mutex::new(Inner {
@@ -191,6 +248,9 @@ impl Controller {
             netns_dir: config.netns_dir,
             cluster,
             datapath,
+            started: std::time::Instant::now(),
+            state_dir: config.state_dir.clone(),
+            dns_upstreams: config.dns_upstreams.clone(),
         };
         {
             let inner = controller.inner.lock().await;
@@ -323,12 +383,15 @@ impl Controller {
         let tunnel = driver.tunnel_counters(&network);
         let docker_networks = inner.state.docker.networks_of(name);
         let nat = driver.nat_stats(&network).map(Into::into);
+        let outbound_icmp_echo = (network.driver.has_interfaces() && !network.internal)
+            .then(|| weft_datapath::nat::icmp_echo_support().describe());
         Ok(NetworkDetails {
             network,
             endpoints,
             tunnel,
             docker_networks,
             nat,
+            outbound_icmp_echo,
         })
     }
 
@@ -424,6 +487,36 @@ impl Controller {
             .await
             .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?;
         rows.map_err(|source| ControllerError::Driver { driver, source })
+    }
+
+    /// `weft info`: this daemon at a glance.
+    pub async fn info(&self) -> Info {
+        let inner = self.inner.lock().await;
+        let mut sandboxes: Vec<&std::path::Path> = inner
+            .state
+            .endpoints
+            .iter()
+            .map(|e| e.sandbox.as_path())
+            .collect();
+        sandboxes.sort_unstable();
+        sandboxes.dedup();
+        Info {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            state_dir: self.state_dir.clone(),
+            dns_upstreams: self.dns_upstreams.clone(),
+            networks: inner.state.networks.len(),
+            endpoints: inner.state.endpoints.len(),
+            sandboxes: sandboxes.len(),
+            icmp_echo: weft_datapath::nat::icmp_echo_support().describe(),
+            cluster: self.cluster.as_ref().map(|c| ClusterInfo {
+                name: c.name().to_owned(),
+                address: c.listen(),
+                members: c.members().len(),
+                alive: c.members().iter().filter(|m| m.state == "alive").count(),
+            }),
+        }
     }
 
     /// `weft peers`.

@@ -15,7 +15,7 @@ use crate::overlay_driver::VNI_OPTION;
 
 use super::error::ControllerError;
 use super::records::{network_record, random_vni, RANDOM_VNI_MIN};
-use super::validation::{random_id, validate_name, validate_options};
+use super::validation::{random_id, validate_labels, validate_name, validate_options};
 use super::{Controller, Inner};
 
 impl Controller {
@@ -30,6 +30,7 @@ impl Controller {
         request: CreateNetworkRequest,
     ) -> Result<Network, ControllerError> {
         validate_name("network name", &request.name)?;
+        validate_labels(&request.labels)?;
         let driver = match &request.driver {
             Some(name) => name.parse::<DriverKind>()?,
             None => DriverKind::Bridge,
@@ -47,6 +48,18 @@ impl Controller {
                 min,
                 max: MAX_MTU,
             });
+        }
+        for s in &request.subnets {
+            let ranges = [("--subnet", Some(s.subnet)), ("--ip-range", s.ip_range)];
+            for (what, given) in ranges {
+                if let Some(given) = given.filter(|g| *g != g.trunc()) {
+                    return Err(ControllerError::HostBitsSet {
+                        what,
+                        given,
+                        network: given.trunc(),
+                    });
+                }
+            }
         }
         if !driver.has_interfaces() && !request.subnets.is_empty() {
             return Err(ControllerError::SubnetsNotAllowed { driver });
@@ -80,6 +93,7 @@ impl Controller {
             internal: request.internal,
             mtu,
             options: request.options,
+            labels: request.labels,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             vni: None,
         };
@@ -158,6 +172,7 @@ impl Controller {
             internal: request.internal,
             mtu,
             options: request.options,
+            labels: request.labels,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             vni: Some(vni),
         };

@@ -2,6 +2,7 @@
 //! of a network made here, a network made from another host's record,
 //! and a VNI no cluster network uses.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use weft_overlay::driver::gossip::Cluster;
@@ -69,6 +70,7 @@ pub(super) fn network_from_record(id: &ClusterNetworkId, record: &NetworkRecord)
         internal,
         mtu,
         options,
+        labels: BTreeMap::new(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         vni: Some(record.vni),
     }

@@ -98,6 +98,7 @@ fn overlay_networks_travel_as_records_and_come_back_the_same() {
         internal: true,
         mtu: 1400,
         options: [("vni".to_owned(), "7".to_owned())].into(),
+        labels: Default::default(),
         created: String::new(),
         vni: Some(Vni::new(7).unwrap()),
     };

@@ -101,6 +101,40 @@ pub(super) fn validate_overlay_options(
     Ok(())
 }
 
+/// Most labels one network keeps: they live in the state file and every
+/// `network ls` answer.
+const MAX_LABELS: usize = 64;
+
+/// Longest label, key and value together, in bytes.
+const MAX_LABEL_LEN: usize = 1024;
+
+/// Labels are free text (Docker's are), but a key is never empty and the
+/// whole stays small: see [`MAX_LABELS`], [`MAX_LABEL_LEN`].
+pub(super) fn validate_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ControllerError::InvalidLabel {
+            key: labels.keys().nth(MAX_LABELS).cloned().unwrap_or_default(),
+            reason: format!("at most {MAX_LABELS} labels per network"),
+        });
+    }
+    for (key, value) in labels {
+        let reason = if key.is_empty() {
+            "the key is empty: write KEY=VALUE"
+        } else if key.len() + value.len() > MAX_LABEL_LEN {
+            "longer than 1024 bytes: shorten it"
+        } else {
+            continue;
+        };
+        return Err(ControllerError::InvalidLabel {
+            key: key.clone(),
+            reason: reason.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn validate_name(what: &'static str, name: &str) -> Result<(), ControllerError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN

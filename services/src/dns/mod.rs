@@ -443,7 +443,7 @@ impl DnsServer {
                 ResponseCode::NoError
             }
             Lookup::Addresses(_) | Lookup::Pointers(_) | Lookup::NotLocal => ResponseCode::NoError,
-            Lookup::OtherNetwork => ResponseCode::NXDomain,
+            Lookup::OtherNetwork | Lookup::NoSuchName => ResponseCode::NXDomain,
         };
         let mut reply = self.response(request, rcode);
         reply.metadata.authoritative = true;

@@ -30,9 +30,14 @@
 //! endpoint; the controller bounds endpoints per network, so no eviction is
 //! needed here.
 //!
-//! Not implemented: wildcards, CNAMEs, names under a network's name that no
-//! endpoint has (`nosuch.frontnet` is forwarded like any unknown name,
-//! because a network called `com` must not swallow the Internet).
+//! A name one label under the asker's own network's name that no endpoint
+//! there has (`nosuch.frontnet`) is NXDOMAIN, answered here: it is in the
+//! network's domain, so no upstream can know it. Only the asker's own
+//! network, and only one label deep: a network called `com` shadows
+//! `example.com` for its own sandboxes (their choice of name), never for
+//! anyone else's, and `www.example.com` is still forwarded.
+//!
+//! Not implemented: wildcards, CNAMEs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -92,6 +97,9 @@ pub(crate) enum Lookup<'a> {
     Pointers(&'a [Name]),
     /// Local to another network only: NXDOMAIN for this asker.
     OtherNetwork,
+    /// One label under the asker's network's name, and no endpoint's:
+    /// NXDOMAIN.
+    NoSuchName,
     /// Not ours anywhere: forward it.
     NotLocal,
 }
@@ -99,6 +107,8 @@ pub(crate) enum Lookup<'a> {
 /// One network's compiled tables. See the module header.
 #[derive(Debug, Default)]
 struct CompiledZone {
+    /// The network's name as a domain (None when it is not a DNS name).
+    domain: Option<Name>,
     names: HashMap<Name, Vec<IpAddr>>,
     ptrs: HashMap<IpAddr, Vec<Name>>,
 }
@@ -158,6 +168,10 @@ impl Zones {
         if self.names_anywhere.contains_key(qname) {
             return Lookup::OtherNetwork;
         }
+        let domain = zone.and_then(|z| z.domain.as_ref());
+        if domain.is_some_and(|d| qname.num_labels() == d.num_labels() + 1 && d.zone_of(qname)) {
+            return Lookup::NoSuchName;
+        }
         Lookup::NotLocal
     }
 }
@@ -181,7 +195,10 @@ impl CompiledZone {
             }
         };
         let network = valid(&zone.network_name, parse_name(&zone.network_name));
-        let mut compiled = CompiledZone::default();
+        let mut compiled = CompiledZone {
+            domain: network.clone(),
+            ..CompiledZone::default()
+        };
         for entry in &zone.entries {
             let mut primary = None;
             for (i, raw) in std::iter::once(&entry.name)
@@ -353,8 +370,18 @@ mod tests {
             panic!("pool is local");
         };
         assert_eq!(pool.len(), 3);
+        // In the network's domain but nobody's: NXDOMAIN, for its own
+        // sandboxes; deeper names and other networks' askers forward.
         assert_eq!(
             zones.lookup(NetworkId(1), &name("nosuch.frontnet.")),
+            Lookup::NoSuchName
+        );
+        assert_eq!(
+            zones.lookup(NetworkId(1), &name("a.nosuch.frontnet.")),
+            Lookup::NotLocal
+        );
+        assert_eq!(
+            zones.lookup(NetworkId(7), &name("nosuch.frontnet.")),
             Lookup::NotLocal
         );
     }

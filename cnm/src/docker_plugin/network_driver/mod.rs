@@ -286,6 +286,7 @@ impl Plugin {
                         internal: options.internal,
                         mtu: options.mtu,
                         options: options.driver_options.clone(),
+                        labels: Default::default(),
                     })
                     .await;
                 if let Err(e) = made {
