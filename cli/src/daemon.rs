@@ -7,7 +7,13 @@
 //!
 //! With `--listen IP:PORT` the daemon is a member of a gossip cluster
 //! (`--join` any member), overlay networks work, and VXLAN is received on
-//! `IP:--vxlan-port`; see `weft_overlay::driver::gossip`.
+//! `IP:--vxlan-port`; see `weft_overlay::driver::gossip`. The cluster knows
+//! the host by a random node id kept in the state directory (`node-id`,
+//! made on first start); `--node-name` (default the hostname, read from
+//! [`HOSTNAME`]: the daemon's UTS namespace) is only its display name, so
+//! hosts that share a hostname still form one cluster. An explicit
+//! `--node-name` that a live member already uses makes the daemon leave
+//! the cluster and exit with that error.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,7 +58,10 @@ pub struct DaemonArgs {
     /// A cluster member to join through (repeatable; any member will do).
     #[arg(long, value_name = "IP:PORT", requires = "listen")]
     pub join: Vec<SocketAddr>,
-    /// This host's name in the cluster, unique [default: the hostname].
+    /// This host's display name in the cluster [default: the hostname].
+    /// Given explicitly, it must be unique: a daemon joining with the name
+    /// of a live member is refused and exits. The cluster itself knows the
+    /// host by a random id kept in STATE_DIR/node-id.
     #[arg(long, value_name = "NAME", requires = "listen")]
     pub node_name: Option<String>,
     /// File whose contents (trimmed) are the cluster's shared secret:
@@ -124,6 +133,7 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .collect::<Result<Vec<_>, _>>()?
     };
     let cluster = cluster_config(
+        &state_dir,
         &args.listen,
         &args.join,
         args.node_name,
@@ -149,12 +159,31 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
             .context("creating the default network `bridge`")?;
     }
     let listener = bind(socket, group).await?;
+    let refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let stop = {
+        let refusal = Arc::clone(&refusal);
+        let cluster = controller.cluster();
+        async move {
+            let refused = async move {
+                match cluster {
+                    Some(cluster) => cluster.refused().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown_signal() => {}
+                reason = refused => {
+                    *refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                }
+            }
+        }
+    };
     let plugin_files = match &args.docker_plugin {
         Some(name) => serve_docker_plugin(name, args.docker_plugin_dir, &controller).await?,
         None => Vec::new(),
     };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "weft daemon listening");
-    let result = api::serve(listener, controller, shutdown_signal())
+    let result = api::serve(listener, controller, stop)
         .await
         .context("serving the API");
     let _ = std::fs::remove_file(socket);
@@ -162,11 +191,20 @@ async fn serve(socket: &Path, args: DaemonArgs) -> Result<()> {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("weft daemon stopped; TAPs stay for the next start");
-    result
+    result?;
+    let refused = refusal
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match refused {
+        Some(reason) => bail!("left the cluster: {reason}"),
+        None => Ok(()),
+    }
 }
 
 /// The cluster part of the options; None without `--listen`.
 fn cluster_config(
+    state_dir: &Path,
     listen: &Option<SocketAddr>,
     join: &[SocketAddr],
     node_name: Option<String>,
@@ -179,6 +217,7 @@ fn cluster_config(
     if listen.ip().is_unspecified() {
         bail!("--listen {listen}: give this host's own address, the one other hosts reach it at (it is also its VXLAN address)");
     }
+    let explicit_name = node_name.is_some();
     let node_name = match node_name {
         Some(name) => name,
         None => std::fs::read_to_string(HOSTNAME)
@@ -191,6 +230,10 @@ fn cluster_config(
     };
     if node_name.is_empty() || node_name.len() > 253 || node_name.chars().any(char::is_whitespace) {
         bail!("--node-name {node_name:?}: give 1 to 253 characters without blanks, unique in the cluster");
+    }
+    let (node_id, made) = weft_overlay::driver::node_id::load_or_create(state_dir)?;
+    if made {
+        tracing::info!(id = %node_id, "this host's node id was made (kept in the state directory)");
     }
     let secret = match cluster_key {
         Some(path) => {
@@ -210,7 +253,9 @@ fn cluster_config(
     Ok(Some(ClusterConfig {
         listen,
         join: join.to_vec(),
+        node_id,
         node_name,
+        explicit_name,
         secret,
         vxlan_port,
     }))

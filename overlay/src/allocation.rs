@@ -36,9 +36,19 @@
 //! commits fails. The simulation checks it with 50 hosts allocating at the
 //! same instant in a subnet with few blocks.
 //!
-//! A lease lasts as long as its holder is a live member: when the
-//! membership declares a holder dead, the directory drops its leases and the
-//! blocks become free again.
+//! A lease lasts as long as its holder is a live member, and then
+//! [`crate::directory::LEASE_GRACE`] longer: when the membership declares a
+//! holder dead, the directory keeps its leases as *held* for its node id.
+//! A held block is taken for every claimer but that node id: the holder
+//! back from a pause or a partition still has its blocks (its own table
+//! kept them); a holder restarted with the same node id but a fresh
+//! allocator is sent the leases held for it (`Returned` in
+//! [`crate::message`]) and takes them back without a claim
+//! ([`Allocator::adopt`]): every member that saw the lease holds the block
+//! for it. A host restarted with a new node id (its state directory wiped)
+//! is a stranger to those blocks; they are free once the grace ends.
+//! Addresses are never handed out when an endpoint in the directory holds
+//! them, this host's own (restored after a restart) included.
 //!
 //! # Limits
 //!
@@ -294,7 +304,7 @@ impl Allocator {
         rng: &mut impl Rng,
     ) -> Result<Allocation, AllocateError> {
         let plan = plan_of(directory, network)?;
-        let elsewhere = addresses_on_other_hosts(directory, network);
+        let elsewhere = addresses_of_endpoints(directory, network);
         if let Some(ip) = self.take_free_address(&plan, network, &elsewhere) {
             return Ok(Allocation::Ready(ip));
         }
@@ -371,6 +381,40 @@ impl Allocator {
         }
     }
 
+    /// Takes back `leases`, held for this host's node id by a member while
+    /// this host was down (see the module header): no claim, because every
+    /// member that saw the lease refuses the block to anyone else. A block
+    /// of a network that is gone, outside its plan, already ours or leased
+    /// by a live member (the hold ended and another host took it) is
+    /// skipped. Returns how many blocks were taken back.
+    pub(crate) fn adopt(&mut self, directory: &mut Directory, leases: Vec<LeaseRecord>) -> usize {
+        let mut adopted = 0;
+        for lease in leases {
+            let Ok(plan) = plan_of(directory, &lease.network) else {
+                continue;
+            };
+            let mine = self.own_blocks(&lease.network).any(|b| b == lease.block);
+            let taken = directory
+                .leases(&lease.network)
+                .iter()
+                .any(|(_, block)| *block == lease.block);
+            if mine || taken || lease.block >= plan.blocks() {
+                continue;
+            }
+            self.own_blocks
+                .entry(lease.network.clone())
+                .or_default()
+                .insert(lease.block);
+            directory.write_own(
+                RecordKey::Lease(lease.network.clone(), lease.block),
+                Some(Record::Lease(lease)),
+            );
+            self.outcomes.push(AllocationOutcome::LeaseWritten);
+            adopted += 1;
+        }
+        adopted
+    }
+
     /// A member died: its promises go, and its grants are no longer awaited.
     pub(crate) fn owner_down(
         &mut self,
@@ -444,7 +488,7 @@ impl Allocator {
                 claimer,
                 claim_id,
             } => {
-                if claimer.name == directory.me().name {
+                if claimer.id == directory.me().id {
                     return;
                 }
                 let granted =
@@ -536,6 +580,14 @@ impl Allocator {
             .leases(network)
             .iter()
             .any(|(holder, leased)| *leased == block && *holder != claimer)
+        {
+            return false;
+        }
+        // Held for a member declared dead: only that node id may have it.
+        if directory
+            .held_leases(network)
+            .iter()
+            .any(|(held, lease)| *held == block && lease.holder != claimer.id)
         {
             return false;
         }
@@ -655,6 +707,12 @@ impl Allocator {
         );
         taken.extend(self.own_blocks(network));
         taken.extend(
+            directory
+                .held_leases(network)
+                .into_iter()
+                .map(|(block, _)| block),
+        );
+        taken.extend(
             self.promises
                 .iter()
                 .filter(|((promised_network, _), promise)| {
@@ -740,7 +798,7 @@ impl Allocator {
             }
         };
         // The directory does not change while the queue is served.
-        let elsewhere = addresses_on_other_hosts(directory, network);
+        let elsewhere = addresses_of_endpoints(directory, network);
         while let Some(&ticket) = self.waiting.get(network).and_then(VecDeque::front) {
             let Some(ip) = self.take_free_address(&plan, network, &elsewhere) else {
                 self.start_claim(directory, network, &plan, 1, BTreeSet::new(), now, rng);
@@ -832,6 +890,17 @@ impl Allocator {
             });
         }
     }
+}
+
+/// Addresses of `network` that endpoints hold, this host's included (an
+/// endpoint restored after a restart holds its address before this host's
+/// allocator knows it), as the directory shows them.
+fn addresses_of_endpoints(directory: &Directory, network: &ClusterNetworkId) -> BTreeSet<IpAddr> {
+    directory
+        .endpoints()
+        .filter(|location| location.endpoint.network == *network)
+        .flat_map(|location| location.endpoint.ips.iter().copied())
+        .collect()
 }
 
 /// Addresses of `network` that endpoints of other hosts hold, as the

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use weft_overlay::{
     AllocateError, Allocation, ClusterKey, ClusterNetworkId, EndpointRecord, Event, MacAddr,
-    MemberState, NetworkRecord, Node, NodeConfig, NodeIdentity, Vni,
+    MemberState, NetworkRecord, Node, NodeConfig, NodeId, NodeIdentity, Vni,
 };
 
 const TICK: Duration = Duration::from_millis(5);
@@ -64,6 +64,16 @@ fn underlay_addr(index: usize) -> SocketAddr {
     SocketAddr::new(gossip_addr(index).ip(), 4789)
 }
 
+/// Host `index`'s node id: ordered like the hosts (ties break the same).
+fn node_id(index: usize) -> NodeId {
+    NodeId(index as u128 + 1)
+}
+
+/// The name of the host whose owner id this is.
+fn name_of(owner: &weft_overlay::OwnerId) -> String {
+    name(usize::try_from(owner.id.0 - 1).unwrap_or(usize::MAX))
+}
+
 fn name(index: usize) -> String {
     format!("host-{index:03}")
 }
@@ -74,7 +84,9 @@ impl Sim {
         let nodes: Vec<Node> = (0..count)
             .map(|index| {
                 let identity = NodeIdentity {
+                    id: node_id(index),
                     name: name(index),
+                    explicit_name: true,
                     gossip: gossip_addr(index),
                     boot: 1,
                     renewal: 0,
@@ -236,13 +248,13 @@ impl Sim {
         let hosts = directory
             .hosts()
             .into_iter()
-            .map(|(owner, addr)| (owner.name.clone(), addr))
+            .map(|(owner, addr)| (name_of(owner), addr))
             .collect();
         let endpoints = directory
             .endpoints()
             .map(|location| {
                 (
-                    location.owner.name.clone(),
+                    name_of(location.owner),
                     location.endpoint.mac,
                     location.endpoint.ips.clone(),
                 )
@@ -392,11 +404,11 @@ fn cluster_of_120_converges_detects_death_and_heals() {
                     .directory()
                     .hosts()
                     .iter()
-                    .all(|(owner, _)| owner.name != victim_name)
+                    .all(|(owner, _)| name_of(owner) != victim_name)
                     && node
                         .directory()
                         .endpoints()
-                        .all(|location| location.owner.name != victim_name);
+                        .all(|location| name_of(location.owner) != victim_name);
                 gone_from_members && gone_from_directory
             })
         })
@@ -462,7 +474,7 @@ fn halves_see_each_other_dead(sim: &Sim) -> bool {
                 .directory()
                 .hosts()
                 .iter()
-                .all(|(owner, _)| !others.contains(&owner.name))
+                .all(|(owner, _)| !others.contains(&name_of(owner)))
     })
 }
 
@@ -641,7 +653,9 @@ fn cluster_key_keeps_strangers_out() {
     // Host 4 has the wrong key, host 5 none.
     sim.nodes[4] = Node::new(
         NodeIdentity {
+            id: node_id(4),
             name: name(4),
+            explicit_name: true,
             gossip: gossip_addr(4),
             boot: 1,
             renewal: 0,
@@ -652,7 +666,9 @@ fn cluster_key_keeps_strangers_out() {
     );
     sim.nodes[5] = Node::new(
         NodeIdentity {
+            id: node_id(5),
             name: name(5),
+            explicit_name: true,
             gossip: gossip_addr(5),
             boot: 1,
             renewal: 0,
@@ -794,7 +810,7 @@ fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
         .run_until(Duration::from_secs(30), |sim| {
             (0..HOSTS).all(|index| {
                 let leases = sim.nodes[index].directory().leases(&network);
-                leases.len() == 1 && leases[0].0.name == name(0)
+                leases.len() == 1 && leases[0].0.id == node_id(0)
             })
         })
         .expect("every directory shows one holder of the block: host 0");
@@ -809,7 +825,7 @@ fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
                 winner,
                 duplicates,
                 ..
-            } if winner.name == name(0) => Some(duplicates.clone()),
+            } if winner.id == node_id(0) => Some(duplicates.clone()),
             _ => None,
         })
         .collect();
