@@ -845,6 +845,57 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_owners_leases_are_held_until_the_grace_ends_or_it_withdraws_them() {
+        let a = owner("a", 1);
+        let mut at_a = Directory::new(a.clone());
+        let mut at_b = Directory::new(owner("b", 1));
+        let network = ClusterNetworkId("n".into());
+        for block in [3, 5] {
+            let lease = LeaseRecord {
+                network: network.clone(),
+                block,
+            };
+            at_a.write_own(
+                RecordKey::Lease(network.clone(), block),
+                Some(Record::Lease(lease)),
+            );
+        }
+        at_b.owner_up(&a);
+        at_b.merge_records(&a, 0, 2, at_a.records_since(&a, 0));
+        assert_eq!(at_b.leases(&network).len(), 2);
+        let t0 = t0();
+        at_b.owner_down(&a, t0);
+        assert!(at_b.leases(&network).is_empty(), "the records left");
+        let held = at_b.held_leases(&network);
+        assert_eq!(
+            held.iter()
+                .map(|(block, held)| (*block, held.holder))
+                .collect::<Vec<_>>(),
+            vec![(3, a.id), (5, a.id)]
+        );
+        assert_eq!(at_b.held_for(a.id).len(), 2);
+        assert_eq!(at_b.next_held_expiry(), Some(t0 + LEASE_GRACE));
+        // Back (a new boot of the same node id), it withdraws block 5.
+        let back = owner("a", 2);
+        at_b.owner_up(&back);
+        let tombstone = VersionedRecord {
+            key: RecordKey::Lease(network.clone(), 5),
+            version: 1,
+            record: None,
+        };
+        at_b.merge_records(&back, 0, 1, vec![tombstone]);
+        assert_eq!(at_b.held_leases(&network).len(), 1);
+        // Nothing expires before the grace ends; then it is free.
+        assert!(at_b
+            .expire_held(t0 + LEASE_GRACE - Duration::from_secs(1))
+            .is_empty());
+        let expired = at_b.expire_held(t0 + LEASE_GRACE);
+        assert_eq!(expired.len(), 1);
+        assert!(at_b.held_leases(&network).is_empty());
+        assert_eq!(at_b.next_held_expiry(), None);
+    }
+
+    #[test]
     fn networks_are_last_writer_wins_with_tombstones() {
         let mut at_a = Directory::new(owner("a", 1));
         let mut at_b = Directory::new(owner("b", 1));

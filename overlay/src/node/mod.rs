@@ -830,6 +830,13 @@ impl Node {
                         duplicates,
                     });
                 }
+                AllocationOutcome::LeasesReturned(blocks) => {
+                    tracing::info!(
+                        blocks,
+                        "address blocks held for this host while it was away: taken back"
+                    );
+                    self.events.push_back(Event::LeasesReturned { blocks });
+                }
                 AllocationOutcome::LeaseWritten => {
                     let me = self.directory.me().clone();
                     let upto = self.directory.version_of(&me);

@@ -14,7 +14,7 @@ use rand::RngExt;
 use crate::directory::{Digest, OwnerId};
 use crate::message::{chunk_by_size, GossipMessage};
 
-use super::{Event, Node};
+use super::Node;
 use crate::identity::{NodeId, NodeIdentity};
 
 impl Node {
@@ -115,14 +115,7 @@ impl Node {
                 if holder != self.identity.id {
                     return;
                 }
-                let blocks = self.allocator.adopt(&mut self.directory, leases);
-                if blocks > 0 {
-                    tracing::info!(
-                        blocks,
-                        "address blocks held for this host while it was away: taken back"
-                    );
-                    self.events.push_back(Event::LeasesReturned { blocks });
-                }
+                self.allocator.adopt(&mut self.directory, leases, now);
             }
             GossipMessage::Members(members) => {
                 self.runtime.now = Some(now);
