@@ -1201,3 +1201,106 @@ fn scopeguard_cont(c: &Cluster) -> impl Drop + '_ {
     }
     Cont(c)
 }
+
+/// Issue 19, cluster identity (3b): the same with a restart. Host 1 is
+/// killed; while it is dead, host 2 (its own block full) is refused host
+/// 1's block. Restarted with its state directory (its node id), host 1
+/// gets its block back: its restored endpoint answers and a new endpoint
+/// there gets an address of the block. Killed again and restarted with a
+/// wiped state directory (a new node id), it is a new member and does not
+/// get the block: no free block for it.
+#[test]
+fn a_restarted_host_gets_its_blocks_back_and_a_new_id_does_not() {
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    c.wait_converged();
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.24.0/27",
+        "ov",
+    ]);
+    c.wait_for("the network reaches h2", CONVERGE, || {
+        c.hosts[1].listed_network("ov").is_some()
+    });
+    let s1 = c.sandbox("s1");
+    let a1 = c.hosts[0].connect("ov", &s1, "one");
+    let block_of = |addr: &str| -> u8 {
+        addr.rsplit('.')
+            .next()
+            .and_then(|o| o.parse::<u8>().ok())
+            .unwrap_or(0)
+            / 16
+    };
+    let h1_block = block_of(&a1);
+    let mut addrs = vec![a1.clone()];
+    let mut h2_sandboxes = Vec::new();
+    for k in 0..if h1_block == 0 { 15 } else { 14 } {
+        let sandbox = c.sandbox(&format!("t{k}"));
+        addrs.push(c.hosts[1].connect("ov", &sandbox, &format!("t{k}")));
+        h2_sandboxes.push(sandbox);
+    }
+    let extra = c.sandbox("extra");
+    let s1b = c.sandbox("s1b");
+    let s1c = c.sandbox("s1c");
+
+    c.kill(0);
+    c.wait_for("h2 declares h1 dead", Duration::from_secs(10), || {
+        c.hosts[1].member_state("h1").as_deref() == Some("dead")
+    });
+    let out = c.hosts[1].weft(&["network", "connect", "--name", "extra", "ov", &extra]);
+    assert!(
+        !out.status.success(),
+        "h2 was handed h1's held block: {}\n{}",
+        stdout(&c.hosts[1].weft(&["network", "inspect", "ov"])),
+        c.logs()
+    );
+    assert!(
+        stderr(&out).contains("no free address block"),
+        "{}",
+        show(&out)
+    );
+
+    c.start_daemon(0, None);
+    c.wait_converged();
+    c.ping_ok(&h2_sandboxes[0], &a1);
+    let a1b = c.hosts[0].connect("ov", &s1b, "one-b");
+    assert_eq!(
+        block_of(&a1b),
+        h1_block,
+        "{a1b}: h1 did not get its block back"
+    );
+    addrs.push(a1b);
+    let mut distinct = addrs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), addrs.len(), "an address twice: {addrs:?}");
+
+    // A wiped state directory: a new node id, a stranger to the block.
+    c.kill(0);
+    c.wait_for("h2 declares h1 dead again", Duration::from_secs(10), || {
+        c.hosts[1].member_state("h1").as_deref() == Some("dead")
+    });
+    let state_dir = c.hosts[0].state_dir.clone();
+    std::fs::remove_dir_all(&state_dir).expect("wiping h1's state directory");
+    c.start_daemon(0, None);
+    c.wait_for("the new h1 sees h2 and the network", CONVERGE, || {
+        c.hosts[0].member_state("h2").as_deref() == Some("alive")
+            && c.hosts[0].listed_network("ov").is_some()
+    });
+    let out = c.hosts[0].weft(&["network", "connect", "--name", "one-c", "ov", &s1c]);
+    assert!(
+        !out.status.success(),
+        "the new h1 got a block held for the old one:\n{}",
+        stdout(&c.hosts[0].weft(&["network", "inspect", "ov"]))
+    );
+    assert!(
+        stderr(&out).contains("no free address block"),
+        "{}",
+        show(&out)
+    );
+}

@@ -39,18 +39,20 @@ impl Node {
             OwnedNotification::Rename(old, new) => {
                 if self.peers.get(&old.id).is_some_and(|known| *known == old) {
                     self.peers.remove(&old.id);
-                    if old.boot != new.boot || old.id != new.id {
-                        self.member_gone(&old, now);
-                    }
-                    if old.id == new.id {
+                    if old.boot == new.boot && old.id == new.id {
+                        // A renewal of the same life.
                         self.peers.insert(new.id, new.clone());
                         self.directory.owner_up(&OwnerId {
                             id: new.id,
                             boot: new.boot,
                         });
                     } else {
-                        // Another host at the old one's address (its state
-                        // directory wiped): a newcomer.
+                        // A restart (new boot) before it was declared dead,
+                        // or another host at its address (state directory
+                        // wiped): the old life's records go, its leases are
+                        // held; the new one is a member coming up (and gets
+                        // back what is held for its node id).
+                        self.member_gone(&old, now);
                         self.member_up(new);
                     }
                 }
@@ -63,7 +65,15 @@ impl Node {
                 self.identity = new;
                 self.events.push_back(Event::Rejoined);
             }
-            OwnedNotification::Active | OwnedNotification::Idle | OwnedNotification::Defunct => {}
+            OwnedNotification::Idle => {
+                // Every member is gone (a two-host cluster whose other host
+                // restarted): ask the `--join` seeds again, as at start; a
+                // seed that restarted knows nobody and would not come back.
+                if !self.seeds.is_empty() {
+                    self.next_join_retry = Some(now + super::JOIN_RETRY);
+                }
+            }
+            OwnedNotification::Active | OwnedNotification::Defunct => {}
         }
     }
 

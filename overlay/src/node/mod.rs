@@ -46,7 +46,10 @@
 //!   joiner learns the whole cluster in about a second, not one random feed
 //!   every `announce_period`);
 //! - `join` is retried every second while no member is known, so a
-//!   lost announce (or seeds that are down) does not leave a host alone.
+//!   lost announce (or seeds that are down) does not leave a host alone;
+//!   also when every member died later (foca stops announcing to down
+//!   members once it has no live one, so a restarted seed that knows
+//!   nobody would otherwise never be found again).
 //!
 //! Names: when a member comes up with this host's name and another node
 //! id, the newer of the two (by boot id, then node id) decides: if its name
