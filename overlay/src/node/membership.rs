@@ -3,7 +3,7 @@
 //! hostname is a warning, an explicit `--node-name` a live member already
 //! uses is refused; see the module header of [`super`]), the leases held
 //! for a member that comes back, and suspicions timed out by every member
-//! that hears of them.
+//! that hears of them. The name events are logged by the driver, once.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -130,7 +130,6 @@ impl Node {
         };
         let name = other.name.clone();
         if !newer_explicit {
-            tracing::warn!(name, other = %other.id, addr = %other.gossip, "another member has this host's name: told apart by node id (give each host its own --node-name)");
             self.events.push_back(Event::NameShared {
                 name,
                 id: other.id,
@@ -139,7 +138,6 @@ impl Node {
             return false;
         }
         if i_am_newer {
-            tracing::error!(name, addr = %other.gossip, "--node-name already used by a live member: leaving the cluster");
             self.runtime.now = None;
             if self.foca.leave_cluster(&mut self.runtime).is_err() {
                 self.counters.swim_errors += 1;
@@ -160,7 +158,6 @@ impl Node {
                 addr: other.gossip,
             });
         } else {
-            tracing::error!(name, addr = %other.gossip, other = %other.id, "a host joined with this host's --node-name: refused");
             self.events.push_back(Event::NameClash {
                 name,
                 id: other.id,
