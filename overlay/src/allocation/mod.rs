@@ -52,6 +52,15 @@
 //!
 //! # Limits
 //!
+//! Held leases live in the memory of the members that saw the lease, not
+//! in the replicated records: a member that joins during another's grace
+//! period does not know the held blocks. A claim still needs the grant of
+//! every live member, and each member that holds the block refuses it, so
+//! the block stays safe while one of them lives; it is exposed only when
+//! every member that saw the lease is gone (or restarted) too. A paused
+//! host comes back as the same boot: nothing to take back, its own table
+//! kept its leases; for that host too the grace period bounds the pause.
+//!
 //! During a partition each side sees the other dead, so both may lease the
 //! same block (the directory is available, not consistent, under
 //! partition). When the partition heals and both leases are visible, the
