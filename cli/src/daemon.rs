@@ -7,7 +7,13 @@
 //!
 //! With `--listen IP:PORT` the daemon is a member of a gossip cluster
 //! (`--join` any member), overlay networks work, and VXLAN is received on
-//! `IP:--vxlan-port`; see `weft_overlay::driver::gossip`.
+//! `IP:--vxlan-port`; see `weft_overlay::driver::gossip`. The cluster knows
+//! the host by a random node id kept in the state directory (`node-id`,
+//! made on first start); `--node-name` (default the hostname, read from
+//! [`HOSTNAME`]: the daemon's UTS namespace) is only its display name, so
+//! hosts that share a hostname still form one cluster. An explicit
+//! `--node-name` that a live member already uses makes the daemon leave
+//! the cluster and exit with that error.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,7 +58,10 @@ pub struct DaemonArgs {
     /// A cluster member to join through (repeatable; any member will do).
     #[arg(long, value_name = "IP:PORT", requires = "listen")]
     pub join: Vec<SocketAddr>,
-    /// This host's name in the cluster, unique [default: the hostname].
+    /// This host's display name in the cluster [default: the hostname].
+    /// Given explicitly, it must be unique: a daemon joining with the name
+    /// of a live member is refused and exits. The cluster itself knows the
+    /// host by a random id kept in STATE_DIR/node-id.
     #[arg(long, value_name = "NAME", requires = "listen")]
     pub node_name: Option<String>,
     /// File whose contents (trimmed) are the cluster's shared secret:
@@ -152,6 +161,7 @@ async fn serve(
             .collect::<Result<Vec<_>, _>>()?
     };
     let cluster = cluster_config(
+        &state_dir,
         &args.listen,
         &args.join,
         args.node_name,
@@ -199,6 +209,25 @@ async fn serve(
     if let Some(addr) = args.metrics {
         serve_metrics(addr, &controller).await?;
     }
+    let refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let stop = {
+        let refusal = Arc::clone(&refusal);
+        let cluster = controller.cluster();
+        async move {
+            let refused = async move {
+                match cluster {
+                    Some(cluster) => cluster.refused().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown_signal() => {}
+                reason = refused => {
+                    *refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                }
+            }
+        }
+    };
     let plugin_files = match &args.docker_plugin {
         Some(name) => serve_docker_plugin(name, args.docker_plugin_dir, &controller).await?,
         None => Vec::new(),
@@ -208,7 +237,7 @@ async fn serve(
     // until serve accepts them, so systemd may start what depends on us.
     crate::notify::notify("READY=1");
     let result = api::serve(listener, controller, async {
-        shutdown_signal().await;
+        stop.await;
         crate::notify::notify("STOPPING=1");
     })
     .await
@@ -220,11 +249,20 @@ async fn serve(
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("weft daemon stopped; TAPs stay for the next start");
-    result
+    result?;
+    let refused = refusal
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match refused {
+        Some(reason) => bail!("left the cluster: {reason}"),
+        None => Ok(()),
+    }
 }
 
 /// The cluster part of the options; None without `--listen`.
 fn cluster_config(
+    state_dir: &Path,
     listen: &Option<SocketAddr>,
     join: &[SocketAddr],
     node_name: Option<String>,
@@ -237,6 +275,7 @@ fn cluster_config(
     if listen.ip().is_unspecified() {
         bail!("--listen {listen}: give this host's own address, the one other hosts reach it at (it is also its VXLAN address)");
     }
+    let explicit_name = node_name.is_some();
     let node_name = match node_name {
         Some(name) => name,
         None => std::fs::read_to_string(HOSTNAME)
@@ -249,6 +288,10 @@ fn cluster_config(
     };
     if node_name.is_empty() || node_name.len() > 253 || node_name.chars().any(char::is_whitespace) {
         bail!("--node-name {node_name:?}: give 1 to 253 characters without blanks, unique in the cluster");
+    }
+    let (node_id, made) = weft_overlay::driver::node_id::load_or_create(state_dir)?;
+    if made {
+        tracing::info!(id = %node_id, "this host's node id was made (kept in the state directory)");
     }
     let secret = match cluster_key {
         Some(path) => {
@@ -268,7 +311,9 @@ fn cluster_config(
     Ok(Some(ClusterConfig {
         listen,
         join: join.to_vec(),
+        node_id,
         node_name,
+        explicit_name,
         secret,
         vxlan_port,
     }))

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     daemon_logs, exec_in, expect_weft_ok, has_tool, kill_group, one_network, require, run, show,
-    spawn_background, stdout, unique_name_with, wait_for_daemon, weft_in, CMD_TIMEOUT, WEFT,
+    spawn_background, stderr, stdout, unique_name_with, wait_for_daemon, weft_in, CMD_TIMEOUT,
+    WEFT,
 };
 use serde_json::Value;
 
@@ -55,8 +56,12 @@ fn host_ip(n: usize) -> String {
 
 /// One weft host of the cluster.
 struct Host {
-    /// `hN`, its `--node-name`.
+    /// `hN`: its `--node-name` unless `node_name` says otherwise, and its
+    /// label in the logs.
     name: String,
+    /// Its `--node-name`; None: none given (the daemon takes the hostname,
+    /// which every host of a test shares: they run in one UTS namespace).
+    node_name: Option<String>,
     /// Its namespace.
     ns: String,
     socket: PathBuf,
@@ -138,6 +143,15 @@ impl Cluster {
     /// `key(n)`: the cluster-key contents of host n, if any. None (skip)
     /// when a requirement is missing.
     fn new(hosts: usize, key: impl Fn(usize) -> Option<&'static str>) -> Option<Cluster> {
+        Self::with_names(hosts, key, |n| Some(format!("h{n}")))
+    }
+
+    /// As [`Cluster::new`], host n's `--node-name` from `node_name(n)`.
+    fn with_names(
+        hosts: usize,
+        key: impl Fn(usize) -> Option<&'static str>,
+        node_name: impl Fn(usize) -> Option<String>,
+    ) -> Option<Cluster> {
         if !require(
             nix::unistd::geteuid().is_root(),
             "needs root (network namespaces, TAPs)",
@@ -165,17 +179,34 @@ impl Cluster {
         c.sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"]);
         c.sh(&["ip", "-n", &u, "link", "set", "br0", "up"]);
         for n in 1..=hosts {
+            let key_file = c.add_host(n, key(n), node_name(n));
+            c.start_daemon(n - 1, key_file.as_deref());
+        }
+        Some(c)
+    }
+
+    /// Host n (1-based): its namespace and directory; its key file. The
+    /// daemon is not started.
+    fn add_host(
+        &mut self,
+        n: usize,
+        key: Option<&str>,
+        node_name: Option<String>,
+    ) -> Option<PathBuf> {
+        let c = self;
+        {
             let ns = c.plain_host(n);
             let name = format!("h{n}");
             let host_dir = c.dir.join(&name);
             std::fs::create_dir_all(&host_dir).expect("host directory");
-            let key_file = key(n).map(|secret| {
+            let key_file = key.map(|secret| {
                 let path = host_dir.join("cluster.key");
                 std::fs::write(&path, format!("  {secret}\n")).expect("key file");
                 path
             });
             c.hosts.push(Host {
                 name,
+                node_name,
                 ns,
                 socket: host_dir.join("weft.sock"),
                 state_dir: host_dir.join("state"),
@@ -184,9 +215,8 @@ impl Cluster {
                 starts: 0,
                 dir: host_dir,
             });
-            c.start_daemon(n - 1, key_file.as_deref());
+            key_file
         }
-        Some(c)
     }
 
     /// Run a command (under `timeout`) that must succeed.
@@ -283,8 +313,21 @@ impl Cluster {
         );
     }
 
-    /// Start (again) the daemon of host index `i`.
+    /// Start (again) the daemon of host index `i` and wait until it answers.
     fn start_daemon(&mut self, i: usize, key_file: Option<&std::path::Path>) {
+        self.spawn_daemon(i, key_file);
+        let host = &mut self.hosts[i];
+        let (dir, starts, ns, socket) = (
+            host.dir.clone(),
+            host.starts,
+            host.ns.clone(),
+            host.socket.clone(),
+        );
+        wait_for_daemon(&mut host.daemon, &ns, &socket, || daemon_logs(&dir, starts));
+    }
+
+    /// Start (again) the daemon of host index `i`; do not wait for it.
+    fn spawn_daemon(&mut self, i: usize, key_file: Option<&std::path::Path>) {
         let listen = format!("{}:{GOSSIP_PORT}", host_ip(i + 1));
         let seed = format!("{}:{GOSSIP_PORT}", host_ip(1));
         let host = &mut self.hosts[i];
@@ -301,7 +344,10 @@ impl Cluster {
         .arg(&host.state_dir)
         // A closed port on the host namespace's own loopback.
         .args(["--dns-upstream", "127.0.0.1:9", "--no-default-network"])
-        .args(["--listen", &listen, "--node-name", &host.name]);
+        .args(["--listen", &listen]);
+        if let Some(name) = &host.node_name {
+            cmd.args(["--node-name", name]);
+        }
         if i > 0 {
             cmd.args(["--join", &seed]);
         }
@@ -312,13 +358,13 @@ impl Cluster {
             .env("NO_COLOR", "1");
         let log = host.log.clone();
         host.daemon = Some(spawn_background(&mut cmd, None, &log));
-        let (dir, starts, ns, socket) = (
-            host.dir.clone(),
-            host.starts,
-            host.ns.clone(),
-            host.socket.clone(),
-        );
-        wait_for_daemon(&mut host.daemon, &ns, &socket, || daemon_logs(&dir, starts));
+    }
+
+    /// Send `signal` to host index `i`'s daemon (its whole process group).
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let child = self.hosts[i].daemon.as_ref().expect("a running daemon");
+        let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        nix::sys::signal::killpg(group, signal).expect("signalling the daemon's group");
     }
 
     /// SIGKILL host index `i`'s daemon.
@@ -893,4 +939,368 @@ fn overlay_networks_need_listen() {
     assert!(err.contains("start the daemon with --listen"), "{err}");
     let err = w.weft_err(&["peers"]);
     assert!(err.contains("--listen"), "{err}");
+}
+
+/// The members `host` sees alive, as `(name, id)`.
+fn alive_members(host: &Host) -> Vec<(String, String)> {
+    host.peers()["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["state"] == "alive")
+        .map(|m| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (text(&m["name"]), text(&m["id"]))
+        })
+        .collect()
+}
+
+/// Issue 19, cluster identity (1): two hosts that share a hostname and
+/// give no `--node-name` (every daemon of the test reads the one hostname
+/// of the test's UTS namespace) form one cluster, are told apart by node
+/// id, and share overlay networks both ways with traffic across.
+#[test]
+fn hosts_that_share_a_hostname_form_one_cluster() {
+    let Some(mut c) = Cluster::with_names(2, |_| None, |_| None) else {
+        return;
+    };
+    for i in 0..2 {
+        c.wait_for("each host sees the other alive", CONVERGE, || {
+            alive_members(&c.hosts[i]).len() == 1
+        });
+    }
+    // Both ways: a network made on each host appears on the other.
+    for (i, net, subnet) in [(0, "ov", "10.232.20.0/24"), (1, "ov2", "10.232.21.0/24")] {
+        c.hosts[i].weft_ok(&[
+            "network", "create", "--driver", "overlay", "--subnet", subnet, net,
+        ]);
+        c.wait_for("the network appears on the other host", CONVERGE, || {
+            c.hosts[1 - i].listed_network(net).is_some()
+        });
+    }
+    let s1 = c.sandbox("s1");
+    let s2 = c.sandbox("s2");
+    let a1 = c.hosts[0].connect("ov", &s1, "one");
+    let a2 = c.hosts[1].connect("ov", &s2, "two");
+    assert_ne!(a1, a2);
+    c.ping_ok(&s1, &a2);
+    c.ping_ok(&s2, &a1);
+    let s3 = c.sandbox("s3");
+    let s4 = c.sandbox("s4");
+    let b3 = c.hosts[1].connect("ov2", &s3, "three");
+    let b4 = c.hosts[0].connect("ov2", &s4, "four");
+    assert_ne!(b3, b4);
+    c.ping_ok(&s3, &b4);
+    c.ping_ok(&s4, &b3);
+    // Told apart: one name, two ids, each member with its own underlay.
+    let ids: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| h.peers()["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        ids[0].len() == 32 && ids[0] != ids[1],
+        "each host has its own node id: {ids:?}"
+    );
+    let names: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| h.peers()["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names[0], names[1], "both took the hostname");
+    for i in 0..2 {
+        assert_eq!(
+            alive_members(&c.hosts[i]),
+            vec![(names[0].clone(), ids[1 - i].clone())]
+        );
+        let peers = c.hosts[i].peers();
+        let member = &peers["members"][0];
+        assert_eq!(
+            member["underlay"].as_str().unwrap_or_default(),
+            format!("{}:4789", host_ip(2 - i)),
+            "the other host's own underlay address: {peers:#}"
+        );
+        let table = c.hosts[i].weft_ok(&["peers"]);
+        eprintln!("weft peers on host {}:\n{table}", i + 1);
+        assert!(
+            table.contains(&ids[0][..8]) && table.contains(&ids[1][..8]),
+            "the table tells the two apart by short id:\n{table}"
+        );
+    }
+    for host in &c.hosts {
+        let log = host.log_text();
+        assert!(
+            log.contains("another cluster member has this host's name"),
+            "a warning in the log:\n{log}"
+        );
+    }
+}
+
+/// Issue 19, cluster identity (2): a daemon started with an explicit
+/// `--node-name` that a live member already uses is refused: it leaves the
+/// cluster and exits with a one-line error naming the member; the member
+/// logs an error naming the newcomer's address, and keeps working.
+#[test]
+fn an_explicit_node_name_in_use_is_refused() {
+    let Some(mut c) = Cluster::new(1, |_| None) else {
+        return;
+    };
+    c.add_host(2, None, Some("h1".to_owned()));
+    c.spawn_daemon(1, None);
+    let started = Instant::now();
+    let status = loop {
+        let child = c.hosts[1].daemon.as_mut().expect("the second daemon");
+        if let Ok(Some(status)) = child.try_wait() {
+            c.hosts[1].daemon = None;
+            break status;
+        }
+        assert!(
+            started.elapsed() < CONVERGE,
+            "the daemon with a name in use did not exit:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "refused daemon exited ({status}) after {:?}",
+        started.elapsed()
+    );
+    assert!(!status.success(), "{status}");
+    let refused_log = c.hosts[1].log_text();
+    let line = format!(
+        "--node-name \"h1\" is already used by the live cluster member at {}:{GOSSIP_PORT}",
+        host_ip(1)
+    );
+    assert!(refused_log.contains(&line), "{line}:\n{refused_log}");
+    c.wait_for("the first host logs the refusal", CONVERGE, || {
+        let log = c.hosts[0].log_text();
+        log.contains("joined with this host's --node-name") && log.contains(&host_ip(2))
+    });
+    // The first host keeps working: the newcomer is no live member, and
+    // overlay networks are made and connected.
+    c.wait_for("the refused host is not alive on h1", CONVERGE, || {
+        alive_members(&c.hosts[0]).is_empty()
+    });
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.22.0/24",
+        "ov",
+    ]);
+    let s1 = c.sandbox("s1");
+    let a1 = c.hosts[0].connect("ov", &s1, "one");
+    assert!(a1.starts_with("10.232.22."), "{a1}");
+}
+
+/// Issue 19, cluster identity (3): a host paused for 10 s (SIGSTOP, longer
+/// than failure detection) keeps its address block and its endpoint's
+/// address: while it is down, the other host, out of addresses in its own
+/// block, is not handed the paused host's block (the only other one of
+/// the /27) and fails to allocate instead; once back, the paused host's
+/// endpoint answers and resolves again, it hands out addresses from its
+/// block, and no address was ever handed out twice.
+#[test]
+fn a_host_down_ten_seconds_keeps_its_blocks_and_addresses() {
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    c.wait_converged();
+    // 10.232.23.0/27: block 0 holds .2-.15 (14 addresses: not .0, not the
+    // gateway .1), block 1 holds .16-.30 (15: not the broadcast .31).
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.23.0/27",
+        "ov",
+    ]);
+    c.wait_for("the network reaches h2", CONVERGE, || {
+        c.hosts[1].listed_network("ov").is_some()
+    });
+    let s1 = c.sandbox("s1");
+    let a1 = c.hosts[0].connect("ov", &s1, "one");
+    let last_octet = |addr: &str| -> u8 {
+        addr.rsplit('.')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0)
+    };
+    let block_of = |addr: &str| last_octet(addr) / 16;
+    let h1_block = block_of(&a1);
+    let h2_block_size = if h1_block == 0 { 15 } else { 14 };
+    // h2 fills the other block.
+    let mut addrs = vec![a1.clone()];
+    let mut h2_sandboxes = Vec::new();
+    for k in 0..h2_block_size {
+        let sandbox = c.sandbox(&format!("t{k}"));
+        let addr = c.hosts[1].connect("ov", &sandbox, &format!("t{k}"));
+        assert_ne!(block_of(&addr), h1_block, "{addr} is in h1's block");
+        addrs.push(addr);
+        h2_sandboxes.push(sandbox);
+    }
+    c.ping_ok(&h2_sandboxes[0], &a1);
+    let extra = c.sandbox("extra");
+    let s1b = c.sandbox("s1b");
+
+    c.signal(0, nix::sys::signal::Signal::SIGSTOP);
+    let stopped = Instant::now();
+    let resume = scopeguard_cont(&c);
+    c.wait_for("h2 declares h1 dead", Duration::from_secs(9), || {
+        c.hosts[1].member_state("h1").as_deref() == Some("dead")
+    });
+    // h2 needs a new block now; the only other one is h1's.
+    let out = c.hosts[1].weft(&["network", "connect", "--name", "extra", "ov", &extra]);
+    if out.status.success() {
+        let details = c.hosts[1].inspect("ov");
+        panic!(
+            "h2 connected an endpoint while h1 was down and its block is h1's (held): {details:#}\n{}",
+            c.logs()
+        );
+    }
+    let err = stderr(&out);
+    assert!(err.contains("no free address block"), "{err}");
+    let elapsed = stopped.elapsed();
+    if elapsed < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_secs(10) - elapsed);
+    }
+    drop(resume);
+    eprintln!("h1 resumed after {:?}", stopped.elapsed());
+    c.wait_converged();
+    c.wait_for("h1's endpoint resolves on h2 again", CONVERGE, || {
+        exec_in(&h2_sandboxes[0], &["getent", "hosts", "one"])
+            .status
+            .success()
+    });
+    c.ping_ok(&h2_sandboxes[0], &a1);
+    c.ping_ok(&s1, &addrs[1]);
+    // h1 still leases its block: a new endpoint there gets an address of it.
+    let a1b = c.hosts[0].connect("ov", &s1b, "one-b");
+    assert_eq!(block_of(&a1b), h1_block, "{a1b}: h1 lost its block");
+    addrs.push(a1b);
+    let mut distinct = addrs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), addrs.len(), "an address twice: {addrs:?}");
+}
+
+/// SIGCONT host 0's daemon when dropped, so a failing assertion during the
+/// pause does not leave it stopped (Drop of the cluster kills it anyway).
+fn scopeguard_cont(c: &Cluster) -> impl Drop + '_ {
+    struct Cont<'a>(&'a Cluster);
+    impl Drop for Cont<'_> {
+        fn drop(&mut self) {
+            if self.0.hosts[0].daemon.is_some() {
+                self.0.signal(0, nix::sys::signal::Signal::SIGCONT);
+            }
+        }
+    }
+    Cont(c)
+}
+
+/// Issue 19, cluster identity (3b): the same with a restart. Host 1 is
+/// killed; while it is dead, host 2 (its own block full) is refused host
+/// 1's block. Restarted with its state directory (its node id), host 1
+/// gets its block back: its restored endpoint answers and a new endpoint
+/// there gets an address of the block. Killed again and restarted with a
+/// wiped state directory (a new node id), it is a new member and does not
+/// get the block: no free block for it.
+#[test]
+fn a_restarted_host_gets_its_blocks_back_and_a_new_id_does_not() {
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    c.wait_converged();
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.24.0/27",
+        "ov",
+    ]);
+    c.wait_for("the network reaches h2", CONVERGE, || {
+        c.hosts[1].listed_network("ov").is_some()
+    });
+    let s1 = c.sandbox("s1");
+    let a1 = c.hosts[0].connect("ov", &s1, "one");
+    let block_of = |addr: &str| -> u8 {
+        addr.rsplit('.')
+            .next()
+            .and_then(|o| o.parse::<u8>().ok())
+            .unwrap_or(0)
+            / 16
+    };
+    let h1_block = block_of(&a1);
+    let mut addrs = vec![a1.clone()];
+    let mut h2_sandboxes = Vec::new();
+    for k in 0..if h1_block == 0 { 15 } else { 14 } {
+        let sandbox = c.sandbox(&format!("t{k}"));
+        addrs.push(c.hosts[1].connect("ov", &sandbox, &format!("t{k}")));
+        h2_sandboxes.push(sandbox);
+    }
+    let extra = c.sandbox("extra");
+    let s1b = c.sandbox("s1b");
+    let s1c = c.sandbox("s1c");
+
+    c.kill(0);
+    c.wait_for("h2 declares h1 dead", Duration::from_secs(10), || {
+        c.hosts[1].member_state("h1").as_deref() == Some("dead")
+    });
+    let out = c.hosts[1].weft(&["network", "connect", "--name", "extra", "ov", &extra]);
+    assert!(
+        !out.status.success(),
+        "h2 was handed h1's held block: {}\n{}",
+        stdout(&c.hosts[1].weft(&["network", "inspect", "ov"])),
+        c.logs()
+    );
+    assert!(
+        stderr(&out).contains("no free address block"),
+        "{}",
+        show(&out)
+    );
+
+    c.start_daemon(0, None);
+    c.wait_converged();
+    c.ping_ok(&h2_sandboxes[0], &a1);
+    let a1b = c.hosts[0].connect("ov", &s1b, "one-b");
+    assert_eq!(
+        block_of(&a1b),
+        h1_block,
+        "{a1b}: h1 did not get its block back"
+    );
+    addrs.push(a1b);
+    let mut distinct = addrs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), addrs.len(), "an address twice: {addrs:?}");
+
+    // A wiped state directory: a new node id, a stranger to the block.
+    c.kill(0);
+    c.wait_for("h2 declares h1 dead again", Duration::from_secs(10), || {
+        c.hosts[1].member_state("h1").as_deref() == Some("dead")
+    });
+    let state_dir = c.hosts[0].state_dir.clone();
+    std::fs::remove_dir_all(&state_dir).expect("wiping h1's state directory");
+    c.start_daemon(0, None);
+    c.wait_for("the new h1 sees h2 and the network", CONVERGE, || {
+        c.hosts[0].member_state("h2").as_deref() == Some("alive")
+            && c.hosts[0].listed_network("ov").is_some()
+    });
+    let out = c.hosts[0].weft(&["network", "connect", "--name", "one-c", "ov", &s1c]);
+    assert!(
+        !out.status.success(),
+        "the new h1 got a block held for the old one:\n{}",
+        stdout(&c.hosts[0].weft(&["network", "inspect", "ov"]))
+    );
+    assert!(
+        stderr(&out).contains("no free address block"),
+        "{}",
+        show(&out)
+    );
 }

@@ -30,7 +30,9 @@ enum Op {
 
 fn node(name: &str, key: Option<ClusterKey>) -> Node {
     let identity = NodeIdentity {
+        id: weft_overlay::NodeId(u128::from(name.as_bytes().first().copied().unwrap_or(0))),
         name: name.into(),
+        explicit_name: true,
         gossip: "192.0.2.1:7946".parse().unwrap(),
         boot: 1,
         renewal: 0,

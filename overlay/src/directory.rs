@@ -4,22 +4,31 @@
 //!
 //! Two kinds of state, replicated differently because they die differently:
 //!
-//! **Owned records** belong to one host (an [`OwnerId`]: node name and boot
-//! id) and only that host writes them: its [`HostRecord`] (underlay address
+//! **Owned records** belong to one host (an [`OwnerId`]: node id and boot
+//! id; the node id is random and kept in the state directory, see
+//! [`crate::identity`], never the node name, which two hosts may share) and
+//! only that host writes them: its [`HostRecord`] (underlay address
 //! for VXLAN), its [`EndpointRecord`]s and its address-block [`LeaseRecord`]s.
 //! Every write bumps the owner's version counter and stamps the record with
 //! it; a deletion leaves a tombstone with its version. So an owner's state is
 //! a log summarised by one number: "I have everything of X up to version V".
 //! When the owner is declared dead by the membership, its whole table is
 //! dropped on every host (and records of owners not currently alive are not
-//! accepted), so a dead host's endpoints and leases leave every table. A
-//! restarted host has a new boot id: records of the old boot are discarded
-//! when the new one appears.
+//! accepted), so a dead host's endpoints leave every table. Its leases do
+//! not free their blocks at once: each becomes a *held* lease for
+//! [`LEASE_GRACE`] (10 minutes), still counted as taken by the allocator
+//! and granted to no other node id, so a host that was only paused,
+//! partitioned or restarted (same node id, kept in its state directory)
+//! finds its blocks, and the addresses its endpoints hold, where it left
+//! them. A host restarted with a new id (state directory wiped) does not
+//! get them: they stay held until the grace period ends. A restarted host
+//! has a new boot id: records of the old boot are discarded when the new
+//! one appears.
 //!
 //! **Networks** are cluster-scoped: a network created on any host exists on
 //! all and must outlive its creator. They form a last-writer-wins map keyed
-//! by [`ClusterNetworkId`], stamped with a Lamport clock and the writer's name
-//! ([`Stamp`]); deletion is a tombstone, kept so a late copy cannot
+//! by [`ClusterNetworkId`], stamped with a Lamport clock and the writer's
+//! node id ([`Stamp`]); deletion is a tombstone, kept so a late copy cannot
 //! resurrect the network.
 //!
 //! Replication (driven by [`crate::Node`]): a local change is pushed at once
@@ -37,7 +46,9 @@
 //! One table per live member; per owner, one entry per key ever written
 //! (tombstones are kept for the owner's lifetime: an owner that churns
 //! endpoints grows by one small tombstone per distinct MAC, reclaimed when it
-//! restarts). Network tombstones are kept forever. [`MAX_ALIASES`] and
+//! restarts). Held leases: at most the leases of the members that died in
+//! the last [`LEASE_GRACE`], each dropped when its grace ends or its holder
+//! withdraws it. Network tombstones are kept forever. [`MAX_ALIASES`] and
 //! [`MAX_NAME_LEN`] bound one endpoint record so it fits in a datagram.
 //!
 //! # Limits
@@ -50,10 +61,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::NodeId;
 use crate::vxlan::Vni;
 
 /// Most aliases one endpoint may have.
@@ -62,13 +75,17 @@ pub const MAX_ALIASES: usize = 16;
 pub const MAX_NAME_LEN: usize = 253;
 /// Most IP addresses one endpoint may have.
 pub const MAX_ENDPOINT_IPS: usize = 8;
+/// How long the leases of a member declared dead stay held for it: longer
+/// than a reboot or a maintenance restart takes, short enough that a host
+/// gone for good gives its address blocks back the same day.
+pub const LEASE_GRACE: Duration = Duration::from_secs(600);
 
-/// A host incarnation: its node name and the boot id it started with.
-/// Ordered by name then boot: the order that breaks allocation ties.
+/// A host incarnation: its node id and the boot id it started with.
+/// Ordered by id then boot: the order that breaks allocation ties.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OwnerId {
-    /// The `--node-name`, unique in the cluster.
-    pub name: String,
+    /// The node id, random and kept in the state directory: unique.
+    pub id: NodeId,
     /// Chosen at daemon start, larger on every restart (e.g. start time in
     /// milliseconds since the epoch).
     pub boot: u64,
@@ -160,13 +177,13 @@ pub struct VersionedRecord {
 }
 
 /// A last-writer-wins stamp for network records: Lamport counter, then
-/// writer name as tie-break.
+/// writer's node id as tie-break.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// Lamport clock value.
     pub counter: u64,
-    /// Name of the writer.
-    pub writer: String,
+    /// Node id of the writer.
+    pub writer: NodeId,
 }
 
 /// A network (or its tombstone) with its stamp.
@@ -183,10 +200,10 @@ pub struct NetworkEntry {
 /// Summary of what a host knows: sent in anti-entropy rounds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
-    /// First owner name covered by this digest (inclusive).
-    pub covers_from: String,
-    /// Last owner name covered (inclusive); `None`: to the end.
-    pub covers_to: Option<String>,
+    /// First owner id covered by this digest (inclusive).
+    pub covers_from: NodeId,
+    /// Last owner id covered (inclusive); `None`: to the end.
+    pub covers_to: Option<NodeId>,
     /// `(owner, version)` for every owner the sender has in that range.
     pub owners: Vec<(OwnerId, u64)>,
     /// Hash of the sender's whole network map.
@@ -213,13 +230,24 @@ struct OwnerTable {
     entries: BTreeMap<RecordKey, (u64, Option<Record>)>,
 }
 
+/// A lease of a member declared dead, held for its node id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldLease {
+    /// The node id the block is kept for.
+    pub holder: NodeId,
+    /// When the grace period ends and the block is free.
+    pub until: Instant,
+}
+
 /// The replicated directory as one host sees it.
 #[derive(Debug)]
 pub struct Directory {
     me: OwnerId,
     owners: BTreeMap<OwnerId, OwnerTable>,
     /// Boot id of every member the membership says is alive (or suspect).
-    live: BTreeMap<String, u64>,
+    live: BTreeMap<NodeId, u64>,
+    /// Leases of members declared dead, by network and block.
+    held: BTreeMap<(ClusterNetworkId, u64), HeldLease>,
     networks: BTreeMap<ClusterNetworkId, NetworkEntry>,
     lamport: u64,
     generation: u64,
@@ -265,11 +293,12 @@ impl Directory {
         let mut owners = BTreeMap::new();
         owners.insert(me.clone(), OwnerTable::default());
         let mut live = BTreeMap::new();
-        live.insert(me.name.clone(), me.boot);
+        live.insert(me.id, me.boot);
         Self {
             me,
             owners,
             live,
+            held: BTreeMap::new(),
             networks: BTreeMap::new(),
             lamport: 0,
             generation: 0,
@@ -292,19 +321,19 @@ impl Directory {
     /// The membership says `owner` is alive: accept its records from now on.
     /// Records of an older boot of the same name are dropped.
     pub(crate) fn owner_up(&mut self, owner: &OwnerId) {
-        if owner.name == self.me.name {
+        if owner.id == self.me.id {
             return;
         }
-        if let Some(&boot) = self.live.get(&owner.name) {
+        if let Some(&boot) = self.live.get(&owner.id) {
             if boot > owner.boot {
                 return;
             }
         }
-        self.live.insert(owner.name.clone(), owner.boot);
+        self.live.insert(owner.id, owner.boot);
         let stale: Vec<OwnerId> = self
             .owners
             .keys()
-            .filter(|known| known.name == owner.name && known.boot < owner.boot)
+            .filter(|known| known.id == owner.id && known.boot < owner.boot)
             .cloned()
             .collect();
         for known in stale {
@@ -313,33 +342,92 @@ impl Directory {
         }
     }
 
-    /// The membership declared `owner` dead: its records leave the table.
-    pub(crate) fn owner_down(&mut self, owner: &OwnerId) {
-        if owner.name == self.me.name {
+    /// The membership declared `owner` dead at `now`: its records leave the
+    /// table, and its leases are held for its node id until
+    /// `now + LEASE_GRACE`.
+    pub(crate) fn owner_down(&mut self, owner: &OwnerId, now: Instant) {
+        if owner.id == self.me.id {
             return;
         }
-        if self.live.get(&owner.name) == Some(&owner.boot) {
-            self.live.remove(&owner.name);
+        if self.live.get(&owner.id) == Some(&owner.boot) {
+            self.live.remove(&owner.id);
         }
-        if self.owners.remove(owner).is_some() {
+        if let Some(table) = self.owners.remove(owner) {
+            for record in table.live_records() {
+                if let Record::Lease(lease) = record {
+                    let held = HeldLease {
+                        holder: owner.id,
+                        until: now + LEASE_GRACE,
+                    };
+                    self.held.insert((lease.network.clone(), lease.block), held);
+                }
+            }
             self.generation += 1;
         }
     }
 
     /// Whether records of `owner` are accepted (alive in the membership).
     pub fn is_live(&self, owner: &OwnerId) -> bool {
-        self.live.get(&owner.name) == Some(&owner.boot)
+        self.live.get(&owner.id) == Some(&owner.boot)
     }
 
     /// Live owners other than this host.
     pub fn live_peers(&self) -> impl Iterator<Item = OwnerId> + '_ {
         self.live
             .iter()
-            .filter(|(name, _)| **name != self.me.name)
-            .map(|(name, boot)| OwnerId {
-                name: name.clone(),
+            .filter(|(id, _)| **id != self.me.id)
+            .map(|(id, boot)| OwnerId {
+                id: *id,
                 boot: *boot,
             })
+    }
+
+    // ---- held leases --------------------------------------------------------
+
+    /// Blocks of `network` held for members declared dead, with the node
+    /// id each is held for.
+    pub fn held_leases(&self, network: &ClusterNetworkId) -> Vec<(u64, HeldLease)> {
+        self.held
+            .range((network.clone(), 0)..=(network.clone(), u64::MAX))
+            .map(|((_, block), held)| (*block, *held))
+            .collect()
+    }
+
+    /// Every lease held for node `holder`.
+    pub(crate) fn held_for(&self, holder: NodeId) -> Vec<LeaseRecord> {
+        self.held
+            .iter()
+            .filter(|(_, held)| held.holder == holder)
+            .map(|((network, block), _)| LeaseRecord {
+                network: network.clone(),
+                block: *block,
+            })
+            .collect()
+    }
+
+    /// Drops held leases whose grace period ended by `now`; returns them.
+    pub(crate) fn expire_held(&mut self, now: Instant) -> Vec<(LeaseRecord, NodeId)> {
+        let mut expired = Vec::new();
+        self.held.retain(|(network, block), held| {
+            let keep = held.until > now;
+            if !keep {
+                let lease = LeaseRecord {
+                    network: network.clone(),
+                    block: *block,
+                };
+                expired.push((lease, held.holder));
+            }
+            keep
+        });
+        if !expired.is_empty() {
+            self.generation += 1;
+        }
+        expired
+    }
+
+    /// When the next held lease ends.
+    pub(crate) fn next_held_expiry(&self) -> Option<Instant> {
+        self.held.values().map(|held| held.until).min()
     }
 
     // ---- local writes -----------------------------------------------------
@@ -381,7 +469,7 @@ impl Directory {
             id: id.clone(),
             stamp: Stamp {
                 counter: self.lamport,
-                writer: self.me.name.clone(),
+                writer: self.me.id,
             },
             record,
         };
@@ -402,15 +490,29 @@ impl Directory {
         upto: u64,
         records: Vec<VersionedRecord>,
     ) -> bool {
-        if owner.name == self.me.name || !self.is_live(owner) {
+        if owner.id == self.me.id || !self.is_live(owner) {
             return false;
         }
         let table = self.owners.entry(owner.clone()).or_default();
         let mut changed = false;
         for entry in records {
-            if entry.version <= upto {
-                changed |= table.apply(entry);
+            if entry.version > upto {
+                continue;
             }
+            // The holder is back and withdrew a lease held for it: the
+            // block is free.
+            if let (RecordKey::Lease(network, block), None) = (&entry.key, &entry.record) {
+                let key = (network.clone(), *block);
+                if self
+                    .held
+                    .get(&key)
+                    .is_some_and(|held| held.holder == owner.id)
+                {
+                    self.held.remove(&key);
+                    changed = true;
+                }
+            }
+            changed |= table.apply(entry);
         }
         if base <= table.version && upto > table.version {
             table.version = upto;
@@ -462,14 +564,12 @@ impl Directory {
             .collect()
     }
 
-    /// Owners we hold with a name in `from..=to` (`to: None`: no upper end).
-    pub(crate) fn owners_in_range(&self, from: &str, to: Option<&str>) -> Vec<OwnerId> {
+    /// Owners we hold with an id in `from..=to` (`to: None`: no upper end).
+    pub(crate) fn owners_in_range(&self, from: NodeId, to: Option<NodeId>) -> Vec<OwnerId> {
         self.owner_versions()
             .into_iter()
             .map(|(owner, _)| owner)
-            .filter(|owner| {
-                owner.name.as_str() >= from && to.is_none_or(|to| owner.name.as_str() <= to)
-            })
+            .filter(|owner| owner.id >= from && to.is_none_or(|to| owner.id <= to))
             .collect()
     }
 
@@ -490,8 +590,7 @@ impl Directory {
             feed(entry.id.0.as_bytes());
             feed(&[0]);
             feed(&entry.stamp.counter.to_le_bytes());
-            feed(entry.stamp.writer.as_bytes());
-            feed(&[0]);
+            feed(&entry.stamp.writer.0.to_le_bytes());
         }
         hash
     }
@@ -618,9 +717,16 @@ impl Directory {
 mod tests {
     use super::*;
 
+    /// An origin for the tests' clock (the core itself never reads one).
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    /// The owner called `name` (its first byte is its node id).
     fn owner(name: &str, boot: u64) -> OwnerId {
         OwnerId {
-            name: name.to_owned(),
+            id: NodeId(u128::from(name.as_bytes()[0])),
             boot,
         }
     }
@@ -685,8 +791,8 @@ mod tests {
             .endpoint_by_mac(&network, MacAddr([2, 0, 0, 0, 0, 1]))
             .is_none());
 
-        at_b.owner_down(&a);
-        assert!(at_b.hosts().iter().all(|(owner, _)| owner.name != "a"));
+        at_b.owner_down(&a, t0());
+        assert!(at_b.hosts().iter().all(|(owner, _)| owner.id != a.id));
         assert_eq!(at_b.version_of(&a), 0);
     }
 
@@ -736,6 +842,57 @@ mod tests {
             !at_b.merge_records(&old, 0, 1, at_a.records_since(&old, 0)),
             "old boot refused"
         );
+    }
+
+    #[test]
+    fn a_dead_owners_leases_are_held_until_the_grace_ends_or_it_withdraws_them() {
+        let a = owner("a", 1);
+        let mut at_a = Directory::new(a.clone());
+        let mut at_b = Directory::new(owner("b", 1));
+        let network = ClusterNetworkId("n".into());
+        for block in [3, 5] {
+            let lease = LeaseRecord {
+                network: network.clone(),
+                block,
+            };
+            at_a.write_own(
+                RecordKey::Lease(network.clone(), block),
+                Some(Record::Lease(lease)),
+            );
+        }
+        at_b.owner_up(&a);
+        at_b.merge_records(&a, 0, 2, at_a.records_since(&a, 0));
+        assert_eq!(at_b.leases(&network).len(), 2);
+        let t0 = t0();
+        at_b.owner_down(&a, t0);
+        assert!(at_b.leases(&network).is_empty(), "the records left");
+        let held = at_b.held_leases(&network);
+        assert_eq!(
+            held.iter()
+                .map(|(block, held)| (*block, held.holder))
+                .collect::<Vec<_>>(),
+            vec![(3, a.id), (5, a.id)]
+        );
+        assert_eq!(at_b.held_for(a.id).len(), 2);
+        assert_eq!(at_b.next_held_expiry(), Some(t0 + LEASE_GRACE));
+        // Back (a new boot of the same node id), it withdraws block 5.
+        let back = owner("a", 2);
+        at_b.owner_up(&back);
+        let tombstone = VersionedRecord {
+            key: RecordKey::Lease(network.clone(), 5),
+            version: 1,
+            record: None,
+        };
+        at_b.merge_records(&back, 0, 1, vec![tombstone]);
+        assert_eq!(at_b.held_leases(&network).len(), 1);
+        // Nothing expires before the grace ends; then it is free.
+        assert!(at_b
+            .expire_held(t0 + LEASE_GRACE - Duration::from_secs(1))
+            .is_empty());
+        let expired = at_b.expire_held(t0 + LEASE_GRACE);
+        assert_eq!(expired.len(), 1);
+        assert!(at_b.held_leases(&network).is_empty());
+        assert_eq!(at_b.next_held_expiry(), None);
     }
 
     #[test]

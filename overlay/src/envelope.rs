@@ -11,7 +11,13 @@
 //! sealed: [FORMAT_SEALED = 2][nonce: 24 bytes][XChaCha20-Poly1305( [kind][payload ...] ) + tag: 16 bytes]
 //! ```
 //!
-//! `kind` separates SWIM from directory messages ([`PayloadKind`]). A
+//! `kind` separates SWIM from directory messages ([`PayloadKind`]) and
+//! carries the protocol version: protocol 2 (identities keyed on a random
+//! node id, [`crate::identity`]) uses kinds 3 (SWIM) and 4 (directory).
+//! Protocol 1 (kinds 1 and 2, identities keyed on the node name) cannot be
+//! read by protocol 2 nor the other way round; such a datagram is dropped
+//! and counted as [`OpenError::OtherProtocol`], so a cluster with daemons of
+//! both versions stays two clusters rather than misreading each other. A
 //! sealed envelope authenticates the format byte as associated data, so it
 //! cannot be downgraded. The nonce is 24 random bytes (XChaCha20's extended
 //! nonce makes random nonces safe: a collision needs about 2^96 messages).
@@ -48,6 +54,13 @@ const TAG_LEN: usize = 16;
 const KDF_SALT: &[u8] = b"weft overlay cluster key v1";
 /// HKDF info: what the derived key is for.
 const KDF_INFO: &[u8] = b"weft overlay gossip AEAD (XChaCha20-Poly1305)";
+
+/// The gossip protocol version: its kind bytes are below.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// Kind byte of SWIM in protocol 2.
+const KIND_SWIM: u8 = 3;
+/// Kind byte of directory messages in protocol 2.
+const KIND_DIRECTORY: u8 = 4;
 
 /// Bytes an envelope adds around a payload: the most it can add (sealed).
 pub const MAX_ENVELOPE_OVERHEAD: usize = 1 + NONCE_LEN + 1 + TAG_LEN;
@@ -88,6 +101,10 @@ pub enum OpenError {
     /// The kind byte is not known.
     #[error("unknown payload kind {0}")]
     UnknownKind(u8),
+    /// A datagram of another gossip protocol version (a weft daemon of
+    /// another release): see the module header.
+    #[error("gossip of protocol version {0}; this daemon speaks version {PROTOCOL_VERSION}")]
+    OtherProtocol(u8),
 }
 
 impl ClusterKey {
@@ -116,15 +133,16 @@ impl std::fmt::Debug for ClusterKey {
 impl PayloadKind {
     fn to_byte(self) -> u8 {
         match self {
-            Self::Swim => 1,
-            Self::Directory => 2,
+            Self::Swim => KIND_SWIM,
+            Self::Directory => KIND_DIRECTORY,
         }
     }
 
     fn from_byte(byte: u8) -> Result<Self, OpenError> {
         match byte {
-            1 => Ok(Self::Swim),
-            2 => Ok(Self::Directory),
+            KIND_SWIM => Ok(Self::Swim),
+            KIND_DIRECTORY => Ok(Self::Directory),
+            1 | 2 => Err(OpenError::OtherProtocol(1)),
             other => Err(OpenError::UnknownKind(other)),
         }
     }
@@ -269,5 +287,13 @@ mod tests {
             assert!(open(Some(&key), datagram).is_err());
             assert!(open(None, datagram).is_err());
         }
+    }
+
+    #[test]
+    fn protocol_one_is_told_apart() {
+        // A protocol-1 plain SWIM datagram: format 1, kind 1.
+        assert_eq!(open(None, &[1, 1, 0]), Err(OpenError::OtherProtocol(1)));
+        assert_eq!(open(None, &[1, 2, 0]), Err(OpenError::OtherProtocol(1)));
+        assert_eq!(seal(None, PayloadKind::Swim, b"", &mut rng()), vec![1, 3]);
     }
 }

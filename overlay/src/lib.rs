@@ -13,7 +13,10 @@
 //!   way frames travel (VXLAN over UDP, [`driver::udp`]; QUIC);
 //! - [`vtep`]: which tunnel port leads to which host of which overlay
 //!   network, and the diff the switch applies when that changes;
-//! - [`envelope`]: gossip framing and AEAD sealing with the cluster key;
+//! - [`identity`]: what a host is in the cluster: a random node id kept
+//!   in its state directory (everything keys on it) and a display name;
+//! - [`envelope`]: gossip framing, protocol version and AEAD sealing with
+//!   the cluster key;
 //! - [`directory`]: the replicated records (hosts, networks, endpoints, leases);
 //! - [`allocation`]: address blocks leased across hosts without duplicates;
 //! - [`message`]: the directory's datagrams;
@@ -67,6 +70,7 @@ pub mod vxlan;
 pub use allocation::{AllocateError, Allocation, AllocationTicket};
 pub use directory::{ClusterNetworkId, Directory, EndpointRecord, MacAddr, NetworkRecord, OwnerId};
 pub use envelope::ClusterKey;
+pub use identity::NodeId;
 pub use node::{
     Counters, Event, MemberInfo, MemberState, Node, NodeConfig, NodeIdentity, PublishError,
 };

@@ -15,8 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::allocation::AllocationMessage;
-use crate::directory::{Digest, NetworkEntry, OwnerId, VersionedRecord};
-use crate::identity::NodeIdentity;
+use crate::directory::{Digest, LeaseRecord, NetworkEntry, OwnerId, VersionedRecord};
+use crate::identity::{NodeId, NodeIdentity};
 
 /// Every message of the directory protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,15 @@ pub enum GossipMessage {
     /// sync, as memberlist's periodic state exchange): applied to foca
     /// like SWIM updates, so a joiner learns the whole cluster at once.
     Members(Vec<foca::Member<NodeIdentity>>),
+    /// "While you were down I held these leases for your node id": sent to
+    /// a member that comes back (a new boot or a renewed identity), which
+    /// takes back the blocks its allocator no longer knows.
+    Returned {
+        /// The node id the leases are held for (the receiver's).
+        holder: NodeId,
+        /// The held leases.
+        leases: Vec<LeaseRecord>,
+    },
 }
 
 /// Why a directory datagram was not understood.
@@ -114,7 +123,7 @@ mod tests {
     fn round_trip_and_garbage() {
         let message = GossipMessage::Request {
             owner: OwnerId {
-                name: "a".into(),
+                id: NodeId(0xa),
                 boot: 9,
             },
             since: 3,

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use weft_overlay::{
     AllocateError, Allocation, ClusterKey, ClusterNetworkId, EndpointRecord, Event, MacAddr,
-    MemberState, NetworkRecord, Node, NodeConfig, NodeIdentity, Vni,
+    MemberState, NetworkRecord, Node, NodeConfig, NodeId, NodeIdentity, Vni,
 };
 
 const TICK: Duration = Duration::from_millis(5);
@@ -64,6 +64,16 @@ fn underlay_addr(index: usize) -> SocketAddr {
     SocketAddr::new(gossip_addr(index).ip(), 4789)
 }
 
+/// Host `index`'s node id: ordered like the hosts (ties break the same).
+fn node_id(index: usize) -> NodeId {
+    NodeId(index as u128 + 1)
+}
+
+/// The name of the host whose owner id this is.
+fn name_of(owner: &weft_overlay::OwnerId) -> String {
+    name(usize::try_from(owner.id.0 - 1).unwrap_or(usize::MAX))
+}
+
 fn name(index: usize) -> String {
     format!("host-{index:03}")
 }
@@ -74,7 +84,9 @@ impl Sim {
         let nodes: Vec<Node> = (0..count)
             .map(|index| {
                 let identity = NodeIdentity {
+                    id: node_id(index),
                     name: name(index),
+                    explicit_name: true,
                     gossip: gossip_addr(index),
                     boot: 1,
                     renewal: 0,
@@ -236,13 +248,13 @@ impl Sim {
         let hosts = directory
             .hosts()
             .into_iter()
-            .map(|(owner, addr)| (owner.name.clone(), addr))
+            .map(|(owner, addr)| (name_of(owner), addr))
             .collect();
         let endpoints = directory
             .endpoints()
             .map(|location| {
                 (
-                    location.owner.name.clone(),
+                    name_of(location.owner),
                     location.endpoint.mac,
                     location.endpoint.ips.clone(),
                 )
@@ -392,11 +404,11 @@ fn cluster_of_120_converges_detects_death_and_heals() {
                     .directory()
                     .hosts()
                     .iter()
-                    .all(|(owner, _)| owner.name != victim_name)
+                    .all(|(owner, _)| name_of(owner) != victim_name)
                     && node
                         .directory()
                         .endpoints()
-                        .all(|location| location.owner.name != victim_name);
+                        .all(|location| name_of(location.owner) != victim_name);
                 gone_from_members && gone_from_directory
             })
         })
@@ -462,7 +474,7 @@ fn halves_see_each_other_dead(sim: &Sim) -> bool {
                 .directory()
                 .hosts()
                 .iter()
-                .all(|(owner, _)| !others.contains(&owner.name))
+                .all(|(owner, _)| !others.contains(&name_of(owner)))
     })
 }
 
@@ -641,7 +653,9 @@ fn cluster_key_keeps_strangers_out() {
     // Host 4 has the wrong key, host 5 none.
     sim.nodes[4] = Node::new(
         NodeIdentity {
+            id: node_id(4),
             name: name(4),
+            explicit_name: true,
             gossip: gossip_addr(4),
             boot: 1,
             renewal: 0,
@@ -652,7 +666,9 @@ fn cluster_key_keeps_strangers_out() {
     );
     sim.nodes[5] = Node::new(
         NodeIdentity {
+            id: node_id(5),
             name: name(5),
+            explicit_name: true,
             gossip: gossip_addr(5),
             boot: 1,
             renewal: 0,
@@ -794,7 +810,7 @@ fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
         .run_until(Duration::from_secs(30), |sim| {
             (0..HOSTS).all(|index| {
                 let leases = sim.nodes[index].directory().leases(&network);
-                leases.len() == 1 && leases[0].0.name == name(0)
+                leases.len() == 1 && leases[0].0.id == node_id(0)
             })
         })
         .expect("every directory shows one holder of the block: host 0");
@@ -809,7 +825,7 @@ fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
                 winner,
                 duplicates,
                 ..
-            } if winner.name == name(0) => Some(duplicates.clone()),
+            } if winner.id == node_id(0) => Some(duplicates.clone()),
             _ => None,
         })
         .collect();
@@ -837,4 +853,232 @@ fn a_healed_partition_leaves_one_holder_and_no_new_duplicates() {
     }
     let gateway: IpAddr = "10.40.0.1".parse().unwrap();
     assert!(!after.contains(&gateway));
+}
+
+/// Node `index` rebuilt with this identity (a restart, or another host).
+fn restart(sim: &mut Sim, index: usize, id: NodeId, name: &str, explicit: bool, boot: u64) {
+    let identity = NodeIdentity {
+        id,
+        name: name.to_owned(),
+        explicit_name: explicit,
+        gossip: gossip_addr(index),
+        boot,
+        renewal: 0,
+    };
+    sim.nodes[index] = Node::new(
+        identity,
+        NodeConfig::new(underlay_addr(index)),
+        None,
+        boot.wrapping_mul(31).wrapping_add(index as u64),
+    );
+    sim.dead[index] = false;
+    sim.events[index].clear();
+}
+
+/// One address of `network` for node `index`, waiting (bounded) for a
+/// block lease; the error if the allocation fails.
+fn allocate_one(
+    sim: &mut Sim,
+    index: usize,
+    network: &ClusterNetworkId,
+) -> Result<IpAddr, AllocateError> {
+    let now = sim.now;
+    let ticket = match sim.nodes[index].allocate(network, now)? {
+        Allocation::Ready(ip) => return Ok(ip),
+        Allocation::Pending(ticket) => ticket,
+    };
+    sim.collect(index);
+    for _ in 0..400 {
+        sim.run_for(Duration::from_millis(50));
+        for event in std::mem::take(&mut sim.events[index]) {
+            match event {
+                Event::AddressAllocated { ticket: t, ip, .. } if t == ticket => return Ok(ip),
+                Event::AllocationFailed { ticket: t, error } if t == ticket => return Err(error),
+                _ => {}
+            }
+        }
+    }
+    panic!("allocation on node {index} still pending after 20 s");
+}
+
+/// Hosts 0 and 1 share the name "lab" (their hostname: not explicit) and
+/// still form one cluster: each sees the other alive, a network published
+/// on one and an endpoint published on the other reach both, and each
+/// reports the shared name. Host 2 joins later with "lab" given
+/// explicitly: it is refused (it reports `NameRefused` and leaves), the
+/// members report `NameClash` with its address, and it is no live member.
+#[test]
+fn one_name_two_hosts_and_an_explicit_clash_refused() {
+    let mut sim = Sim::new(3, seed(0x1d_0001), None);
+    restart(&mut sim, 0, NodeId(0xa0), "lab", false, 1);
+    restart(&mut sim, 1, NodeId(0xb0), "lab", false, 1);
+    restart(&mut sim, 2, NodeId(0xc0), "lab", true, 2);
+    let (network, record) = overlay_network();
+    let now = sim.now;
+    sim.nodes[1].publish_network(network.clone(), record);
+    sim.nodes[1].handle_timeout(now);
+    sim.collect(1);
+    let now = sim.now;
+    sim.nodes[1].join(gossip_addr(0), now);
+    sim.collect(1);
+    sim.run_until(Duration::from_secs(10), |sim| {
+        sim.nodes[0].directory().network(&network).is_some()
+    })
+    .expect("the network of one 'lab' reaches the other");
+    sim.nodes[0]
+        .publish_endpoint(endpoint_of(0, &network))
+        .expect("publish");
+    sim.collect(0);
+    sim.run_until(Duration::from_secs(10), |sim| {
+        sim.nodes[1].directory().endpoints().count() == 1
+    })
+    .expect("the endpoint of one 'lab' reaches the other");
+    for index in [0, 1] {
+        let alive: Vec<NodeId> = sim.nodes[index]
+            .members()
+            .into_iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(alive, vec![NodeId(if index == 0 { 0xb0 } else { 0xa0 })]);
+        assert!(
+            sim.events[index]
+                .iter()
+                .any(|e| matches!(e, Event::NameShared { name, .. } if name == "lab")),
+            "host {index} reports the shared name: {:?}",
+            sim.events[index]
+        );
+    }
+
+    let now = sim.now;
+    sim.nodes[2].join(gossip_addr(0), now);
+    sim.collect(2);
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        sim.events[2]
+            .iter()
+            .any(|e| matches!(e, Event::NameRefused { name, .. } if name == "lab")),
+        "the newcomer is refused: {:?}",
+        sim.events[2]
+    );
+    assert_eq!(sim.nodes[2].poll_timeout(), None, "it stopped");
+    for index in [0, 1] {
+        assert!(
+            sim.events[index].iter().any(|e| matches!(
+                e,
+                Event::NameClash { id, addr, .. } if *id == NodeId(0xc0) && *addr == gossip_addr(2)
+            )),
+            "host {index} reports the newcomer: {:?}",
+            sim.events[index]
+        );
+        assert!(
+            sim.nodes[index]
+                .members()
+                .iter()
+                .all(|m| m.id != NodeId(0xc0) || m.state != MemberState::Alive),
+            "the newcomer is no live member of host {index}"
+        );
+        assert!(sim.nodes[index]
+            .directory()
+            .live_peers()
+            .all(|owner| owner.id != NodeId(0xc0)));
+    }
+}
+
+/// A host declared dead keeps its address block for `LEASE_GRACE`: the
+/// others, short of blocks, are refused it. Restarted with its node id
+/// (a new boot, a fresh allocator) it is sent the block and takes it back.
+/// Dead again and replaced by a host with a new id at its address (state
+/// directory wiped), the newcomer does not get the block; once the grace
+/// ends the block is free and can be leased.
+#[test]
+fn a_dead_hosts_blocks_are_held_returned_and_freed_after_the_grace() {
+    let (network, mut record) = overlay_network();
+    // Two blocks: .2-.15 and .16-.30.
+    record.subnet = "10.20.0.0/27".parse().unwrap();
+    let mut sim = converged_with_network(2, seed(0x1d_0002), &network, record);
+    let first = allocate_one(&mut sim, 1, &network).expect("host 1 leases a block");
+    let held_block = sim.nodes[1].leased_blocks(&network);
+    assert_eq!(held_block.len(), 1);
+    let held_block = held_block[0];
+    allocate_one(&mut sim, 0, &network).expect("host 0 leases the other");
+    sim.run_for(Duration::from_secs(2));
+
+    sim.dead[1] = true;
+    sim.run_until(Duration::from_secs(10), |sim| {
+        sim.nodes[0]
+            .members()
+            .iter()
+            .any(|m| m.id == node_id(1) && m.state == MemberState::Dead)
+    })
+    .expect("host 1 declared dead");
+    let held = sim.nodes[0].directory().held_leases(&network);
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].0, held[0].1.holder), (held_block, node_id(1)));
+    // Host 0 uses up its own block, then is refused host 1's.
+    let mut error = None;
+    for _ in 0..20 {
+        match allocate_one(&mut sim, 0, &network) {
+            Ok(ip) => assert_ne!(ip, first, "host 1's address handed out"),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(error, Some(AllocateError::Exhausted(_))),
+        "{error:?}"
+    );
+    assert!(!sim.nodes[0].leased_blocks(&network).contains(&held_block));
+
+    // Back with its node id and a fresh allocator: the block comes back.
+    restart(&mut sim, 1, node_id(1), &name(1), true, 2);
+    let now = sim.now;
+    sim.nodes[1].join(gossip_addr(0), now);
+    sim.collect(1);
+    sim.run_until(Duration::from_secs(10), |sim| {
+        sim.nodes[1].leased_blocks(&network) == vec![held_block]
+    })
+    .expect("the restarted host takes its block back");
+    assert!(sim.events[1]
+        .iter()
+        .any(|e| matches!(e, Event::LeasesReturned { blocks: 1 })));
+    let again = allocate_one(&mut sim, 1, &network).expect("from its block");
+    assert_eq!(u32::from(octets(again)) / 16, u32::from(octets(first)) / 16);
+
+    // Dead again; a stranger (new node id) takes its address.
+    sim.dead[1] = true;
+    sim.run_until(Duration::from_secs(10), |sim| {
+        sim.nodes[0].directory().held_leases(&network).len() == 1
+    })
+    .expect("held again");
+    restart(&mut sim, 1, NodeId(0x5_0000), "stranger", true, 3);
+    let now = sim.now;
+    sim.nodes[1].join(gossip_addr(0), now);
+    sim.collect(1);
+    sim.run_for(Duration::from_secs(5));
+    assert!(
+        matches!(
+            allocate_one(&mut sim, 1, &network),
+            Err(AllocateError::Exhausted(_))
+        ),
+        "the stranger must not get the held block"
+    );
+    // The grace ends: the block is free for anyone.
+    sim.run_for(weft_overlay::directory::LEASE_GRACE);
+    assert!(sim.nodes[0].directory().held_leases(&network).is_empty());
+    assert!(sim.events[0].iter().any(
+        |e| matches!(e, Event::HeldLeasesExpired { holder, blocks: 1 } if *holder == node_id(1))
+    ));
+    allocate_one(&mut sim, 1, &network).expect("the block is free after the grace");
+    assert_eq!(sim.nodes[1].leased_blocks(&network), vec![held_block]);
+}
+
+/// The last octet of an IPv4 address.
+fn octets(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(_) => 0,
+    }
 }

@@ -207,7 +207,9 @@ pub struct EndpointDetails {
 /// `weft peers`: this host, the other members and the tunnel's counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeersReport {
-    /// This host's `--node-name`.
+    /// This host's node id (32 hex digits, kept in the state directory).
+    pub id: String,
+    /// This host's `--node-name` (or hostname).
     pub name: String,
     /// This host's gossip address.
     pub address: std::net::SocketAddr,

@@ -51,8 +51,10 @@
 //! out an address the directory shows on another host's endpoint, and the
 //! restored records appear as soon as the daemon is back. Limit: while the
 //! daemon is down for longer than failure detection takes (~3 s), its
-//! records are gone, and another host could hand out one of its
-//! addresses before it comes back.
+//! records are gone, but its address blocks are held for its node id (kept
+//! in the state directory) for `weft_overlay::directory::LEASE_GRACE`: no
+//! other host hands out its addresses, and when it comes back the members
+//! send it the blocks they held and it leases them again.
 
 mod cluster_sync;
 mod docker;
@@ -519,6 +521,11 @@ impl Controller {
         }
     }
 
+    /// The cluster runtime, with `--listen`.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
+    }
+
     /// `weft peers`.
     ///
     /// # Errors
@@ -530,6 +537,7 @@ impl Controller {
             .as_ref()
             .ok_or(ControllerError::OverlayNeedsCluster)?;
         Ok(PeersReport {
+            id: cluster.id().to_string(),
             name: cluster.name().to_owned(),
             address: cluster.listen(),
             members: cluster.members(),

@@ -33,6 +33,16 @@
 //! (bounded by the caller's timeout; the allocator's own worst case is
 //! `MAX_ATTEMPTS * CLAIM_TIMEOUT`, 16 s).
 //!
+//! # Identity
+//!
+//! The node is keyed on the node id the daemon keeps in its state directory
+//! ([`super::node_id`]); `--node-name` is its display name. When the node
+//! reports that this host joined with an explicit name another live member
+//! already has (`Event::NameRefused`), the node has left the cluster and
+//! [`Cluster::refused`] resolves with a one-line reason: the daemon exits
+//! with it. A member refused the other way round, or sharing a hostname, is
+//! logged (error, warning).
+//!
 //! # Timers
 //!
 //! The task sleeps until the node's `poll_timeout()`, at most
@@ -52,7 +62,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::{
     AllocateError, Allocation, AllocationTicket, ClusterKey, ClusterNetworkId, EndpointRecord,
-    Event, MacAddr, MemberState, NetworkRecord, Node, NodeConfig, NodeIdentity, PublishError, Vni,
+    Event, MacAddr, MemberState, NetworkRecord, Node, NodeConfig, NodeId, NodeIdentity,
+    PublishError, Vni,
 };
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -72,8 +83,13 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// Members to ask for admission (`--join`, any member will do).
     pub join: Vec<SocketAddr>,
-    /// This host's name in the cluster (`--node-name`), unique.
+    /// This host's id in the cluster, from the state directory.
+    pub node_id: NodeId,
+    /// This host's display name (`--node-name`, or the hostname).
     pub node_name: String,
+    /// The name was given with `--node-name`: another member with it is a
+    /// clash, refused at join.
+    pub explicit_name: bool,
     /// The shared secret (`--cluster-key FILE`, trimmed); None: gossip is
     /// neither encrypted nor authenticated.
     pub secret: Option<Vec<u8>>,
@@ -115,7 +131,9 @@ pub enum ClusterAllocError {
 /// One member as `weft peers` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerInfo {
-    /// Its `--node-name`.
+    /// Its node id (32 hex digits).
+    pub id: String,
+    /// Its `--node-name` (or hostname): several members may share one.
     pub name: String,
     /// Its gossip address.
     pub address: SocketAddr,
@@ -158,6 +176,9 @@ pub struct Cluster {
     state: Mutex<ClusterState>,
     wake: Notify,
     changes: watch::Sender<u64>,
+    /// Set once this host was refused at join (a one-line reason).
+    refusal: watch::Sender<Option<String>>,
+    id: NodeId,
     name: String,
     listen: SocketAddr,
     vxlan_port: u16,
@@ -191,7 +212,9 @@ impl Cluster {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let identity = NodeIdentity {
+            id: config.node_id,
             name: config.node_name.clone(),
+            explicit_name: config.explicit_name,
             gossip: config.listen,
             boot,
             renewal: 0,
@@ -206,6 +229,7 @@ impl Cluster {
             node.join(*seed_addr, now);
         }
         let (changes, _) = watch::channel(0);
+        let (refusal, _) = watch::channel(None);
         let cluster = Arc::new(Cluster {
             state: Mutex::new(ClusterState {
                 node,
@@ -213,11 +237,13 @@ impl Cluster {
             }),
             wake: Notify::new(),
             changes,
+            refusal,
+            id: config.node_id,
             name: config.node_name,
             listen: config.listen,
             vxlan_port: config.vxlan_port,
         });
-        tracing::info!(name = cluster.name, listen = %config.listen, join = ?config.join, vxlan = %underlay, authenticated = config.secret.is_some(), "overlay gossip started");
+        tracing::info!(name = cluster.name, id = %cluster.id, listen = %config.listen, join = ?config.join, vxlan = %underlay, authenticated = config.secret.is_some(), "overlay gossip started");
         tokio::spawn(drive(Arc::clone(&cluster), socket));
         Ok(cluster)
     }
@@ -230,6 +256,25 @@ impl Cluster {
     /// This host's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This host's node id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Resolves when this host was refused at join (its `--node-name` is
+    /// another live member's), with a one-line reason; never otherwise.
+    pub async fn refused(&self) -> String {
+        let mut refusal = self.refusal.subscribe();
+        loop {
+            if let Some(reason) = refusal.borrow_and_update().clone() {
+                return reason;
+            }
+            if refusal.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// The gossip address.
@@ -251,19 +296,20 @@ impl Cluster {
     /// Every member but this host, with its state.
     pub fn members(&self) -> Vec<PeerInfo> {
         let state = self.lock();
-        let hosts: HashMap<String, SocketAddr> = state
+        let hosts: HashMap<NodeId, SocketAddr> = state
             .node
             .directory()
             .hosts()
             .into_iter()
-            .map(|(owner, addr)| (owner.name.clone(), addr))
+            .map(|(owner, addr)| (owner.id, addr))
             .collect();
         let mut members: Vec<PeerInfo> = state
             .node
             .members()
             .into_iter()
             .map(|m| PeerInfo {
-                underlay: hosts.get(&m.name).copied(),
+                underlay: hosts.get(&m.id).copied(),
+                id: m.id.to_string(),
                 name: m.name,
                 address: m.addr,
                 state: match m.state {
@@ -273,7 +319,7 @@ impl Cluster {
                 },
             })
             .collect();
-        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         members
     }
 
@@ -467,17 +513,39 @@ impl Cluster {
                     duplicates,
                 } => {
                     if duplicates.is_empty() {
-                        tracing::warn!(network = network.0, block, winner = winner.name, "after a partition another host also leased one of this host's address blocks: this host gave it up; its endpoints keep their addresses");
+                        tracing::warn!(network = network.0, block, winner = %winner.id, "after a partition another host also leased one of this host's address blocks: this host gave it up; its endpoints keep their addresses");
                     } else {
-                        tracing::warn!(network = network.0, block, winner = winner.name, ?duplicates, "after a partition another host also leased one of this host's address blocks and handed out the same addresses: reconnect this host's endpoints with these addresses");
+                        tracing::warn!(network = network.0, block, winner = %winner.id, ?duplicates, "after a partition another host also leased one of this host's address blocks and handed out the same addresses: reconnect this host's endpoints with these addresses");
                     }
                 }
-                Event::MemberUp { name, addr } => {
-                    tracing::info!(name, %addr, "cluster member up");
+                Event::MemberUp { id, name, addr } => {
+                    tracing::info!(name, %id, %addr, "cluster member up");
                     changed = true;
                 }
-                Event::MemberDown { name, addr } => {
-                    tracing::info!(name, %addr, "cluster member down");
+                Event::MemberDown { id, name, addr } => {
+                    tracing::info!(name, %id, %addr, "cluster member down; its address blocks are held for it");
+                    changed = true;
+                }
+                Event::NameShared { name, id, addr } => {
+                    tracing::warn!(name, other = %id, %addr, "another cluster member has this host's name (its hostname): both work, told apart by node id in `weft peers`; give each host its own --node-name");
+                }
+                Event::NameClash { name, id, addr } => {
+                    tracing::error!(name, other = %id, %addr, "a host at {addr} joined with this host's --node-name {name:?}: refused, it leaves the cluster");
+                }
+                Event::NameRefused { name, addr } => {
+                    let reason = format!("--node-name {name:?} is already used by the live cluster member at {addr}: give this host another name");
+                    tracing::error!(name, %addr, "{reason}");
+                    self.refusal.send_replace(Some(reason));
+                }
+                Event::HeldLeasesExpired { holder, blocks } => {
+                    tracing::info!(%holder, blocks, "address blocks held for a member that did not come back are free");
+                    changed = true;
+                }
+                Event::LeasesReturned { blocks } => {
+                    tracing::info!(
+                        blocks,
+                        "address blocks held for this host while it was away: taken back"
+                    );
                     changed = true;
                 }
                 Event::Rejoined => {

@@ -21,8 +21,10 @@
 //!
 //! # Membership (SWIM via foca)
 //!
-//! A member's identity is its node name, gossip address, boot id and a
-//! renewal counter ([`NodeIdentity`]). foca probes one member per
+//! A member's identity is its node id (random, kept in the state
+//! directory: what the directory, the allocator and every tie-break key
+//! on), its display name, gossip address, boot id and a renewal counter
+//! ([`NodeIdentity`], see [`crate::identity`]). foca probes one member per
 //! `probe_period`, asks `num_indirect_probes` others to probe when the direct
 //! probe goes unanswered for `probe_rtt`, marks it suspect at the end of the
 //! period, and declares it down `suspect_to_down_after` later unless it
@@ -44,7 +46,24 @@
 //!   joiner learns the whole cluster in about a second, not one random feed
 //!   every `announce_period`);
 //! - `join` is retried every second while no member is known, so a
-//!   lost announce (or seeds that are down) does not leave a host alone.
+//!   lost announce (or seeds that are down) does not leave a host alone;
+//!   also when every member died later (foca stops announcing to down
+//!   members once it has no live one, so a restarted seed that knows
+//!   nobody would otherwise never be found again).
+//!
+//! Names: when a member comes up with this host's name and another node
+//! id, the newer of the two (by boot id, then node id) decides: if its name
+//! was given explicitly (`--node-name`) it is refused; the newer host
+//! leaves the cluster and reports [`Event::NameRefused`] (the daemon exits),
+//! the older reports [`Event::NameClash`] with the newcomer's address.
+//! Otherwise (a shared hostname) both report [`Event::NameShared`] and work
+//! on, told apart by their ids.
+//!
+//! Returning members: the directory holds a dead member's leases for
+//! [`crate::directory::LEASE_GRACE`]; when a member with that node id comes
+//! up again, this host sends it the leases it holds for it
+//! ([`GossipMessage::Returned`]) and the member takes back those its
+//! allocator lost in a restart.
 //!
 //! A member that learns it was declared down (after a partition) renews its
 //! identity (renewal + 1) and rejoins; members periodically announce to
@@ -65,7 +84,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 
-use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use foca::{Foca, NoCustomBroadcast, PostcardCodec};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -77,8 +96,10 @@ use crate::directory::{
     Record, RecordKey, MAX_ALIASES, MAX_ENDPOINT_IPS, MAX_NAME_LEN,
 };
 use crate::envelope::{self, ClusterKey, PayloadKind, MAX_ENVELOPE_OVERHEAD};
+use crate::identity::NodeId;
 use crate::message::GossipMessage;
 
+mod membership;
 mod replication;
 mod runtime;
 
@@ -124,7 +145,9 @@ pub struct NodeConfig {
 /// A member as [`Node::members`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberInfo {
-    /// Node name.
+    /// Node id.
+    pub id: NodeId,
+    /// Node name (display).
     pub name: String,
     /// Gossip address.
     pub addr: SocketAddr,
@@ -150,17 +173,65 @@ pub enum MemberState {
 pub enum Event {
     /// A member joined or came back.
     MemberUp {
+        /// Its node id.
+        id: NodeId,
         /// Its name.
         name: String,
         /// Its gossip address.
         addr: SocketAddr,
     },
-    /// A member was declared dead; its records left the directory.
+    /// A member was declared dead; its records left the directory (its
+    /// leases are held for it, see [`crate::directory::LEASE_GRACE`]).
     MemberDown {
+        /// Its node id.
+        id: NodeId,
         /// Its name.
         name: String,
         /// Its gossip address.
         addr: SocketAddr,
+    },
+    /// Another member has this host's name, which neither gave explicitly
+    /// (a shared hostname): both work on, told apart by node id.
+    NameShared {
+        /// The shared name.
+        name: String,
+        /// The other member's node id.
+        id: NodeId,
+        /// The other member's gossip address.
+        addr: SocketAddr,
+    },
+    /// This host joined with an explicit `--node-name` that an older live
+    /// member already uses: it left the cluster and handles nothing more.
+    NameRefused {
+        /// The name.
+        name: String,
+        /// The older member's gossip address.
+        addr: SocketAddr,
+    },
+    /// A newer member joined with this host's name, explicitly: it was
+    /// refused (it leaves the cluster by itself).
+    NameClash {
+        /// The name.
+        name: String,
+        /// The newcomer's node id.
+        id: NodeId,
+        /// The newcomer's gossip address.
+        addr: SocketAddr,
+    },
+    /// Address-block leases of a member declared dead were held for
+    /// [`crate::directory::LEASE_GRACE`] and it did not come back: the
+    /// blocks are free.
+    HeldLeasesExpired {
+        /// The node id they were held for.
+        holder: NodeId,
+        /// How many blocks.
+        blocks: usize,
+    },
+    /// This host came back and took back the address blocks a member held
+    /// for it.
+    LeasesReturned {
+        /// How many blocks.
+        blocks: usize,
     },
     /// The directory changed: re-read what the data path caches.
     DirectoryChanged {
@@ -233,8 +304,11 @@ pub struct Node {
     runtime: FocaRuntime,
     rng: StdRng,
     nonce_rng: StdRng,
-    /// Latest identity of every member foca reports up, by name.
-    peers: BTreeMap<String, NodeIdentity>,
+    /// Latest identity of every member foca reports up, by node id.
+    peers: BTreeMap<NodeId, NodeIdentity>,
+    /// Refused at join (see [`Event::NameRefused`]): out of the cluster,
+    /// every input ignored.
+    refused: bool,
     directory: Directory,
     allocator: Allocator,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -308,14 +382,20 @@ impl Node {
         rng_seed: u64,
     ) -> Self {
         let mix = |salt: u64| {
-            let mut state = rng_seed ^ salt ^ identity.boot.rotate_left(17);
-            for byte in identity.name.bytes() {
-                state = (state ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            // Each input through the finaliser before they are combined:
+            // seeds and ids that differ by small, related amounts (as in
+            // simulations) must not give equal streams.
+            let id = identity.id.0.to_le_bytes();
+            let (low, high) = id.split_at(8);
+            let half = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+            let state = splitmix64(rng_seed ^ salt)
+                ^ splitmix64(identity.boot.rotate_left(17) ^ salt).rotate_left(11)
+                ^ splitmix64(half(low)).rotate_left(23)
+                ^ splitmix64(half(high) ^ 0x5bd1_e995).rotate_left(37);
             splitmix64(state)
         };
         let me = OwnerId {
-            name: identity.name.clone(),
+            id: identity.id,
             boot: identity.boot,
         };
         let mut directory = Directory::new(me);
@@ -341,6 +421,7 @@ impl Node {
             rng,
             nonce_rng,
             peers: BTreeMap::new(),
+            refused: false,
             reported_generation: directory.generation(),
             directory,
             allocator: Allocator::default(),
@@ -376,7 +457,9 @@ impl Node {
         // foca accepts an announce whose destination has the member's
         // address, whatever the rest of the identity.
         let placeholder = NodeIdentity {
+            id: NodeId(0),
             name: String::new(),
+            explicit_name: false,
             gossip: addr,
             boot: 0,
             renewal: 0,
@@ -406,6 +489,9 @@ impl Node {
 
     /// Handles a gossip datagram from `from`.
     pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        if self.refused {
+            return;
+        }
         self.start_clock(now);
         let (kind, payload) = match envelope::open(self.key.as_ref(), datagram) {
             Ok(opened) => opened,
@@ -438,6 +524,9 @@ impl Node {
 
     /// Runs whatever is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.refused {
+            return;
+        }
         self.start_clock(now);
         self.runtime.now = Some(now);
         for _ in 0..MAX_TIMERS_PER_CALL {
@@ -465,12 +554,28 @@ impl Node {
         }
         self.allocator
             .handle_timeout(&mut self.directory, now, &mut self.rng);
+        self.expire_held_leases(now);
         self.after_allocation(now);
         self.report_directory_changes();
     }
 
+    fn expire_held_leases(&mut self, now: Instant) {
+        let mut per_holder: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (_, holder) in self.directory.expire_held(now) {
+            *per_holder.entry(holder).or_default() += 1;
+        }
+        for (holder, blocks) in per_holder {
+            tracing::info!(%holder, blocks, "address blocks of a member gone longer than the grace period are free");
+            self.events
+                .push_back(Event::HeldLeasesExpired { holder, blocks });
+        }
+    }
+
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.refused {
+            return None;
+        }
         let timers = self.runtime.timers.peek().map(|Reverse(timer)| timer.due);
         let suspicion_check = self
             .next_suspicion_check
@@ -481,6 +586,7 @@ impl Node {
             suspicion_check,
             self.next_join_retry,
             self.allocator.poll_timeout(),
+            self.directory.next_held_expiry(),
         ]
         .into_iter()
         .flatten()
@@ -509,6 +615,7 @@ impl Node {
                     foca::State::Down => MemberState::Dead,
                 };
                 MemberInfo {
+                    id: id.id,
                     name: id.name.clone(),
                     addr: id.gossip,
                     boot: id.boot,
@@ -652,7 +759,7 @@ impl Node {
     fn live_peer_addresses(&self) -> Vec<SocketAddr> {
         self.directory
             .live_peers()
-            .filter_map(|owner| self.peers.get(&owner.name).map(|peer| peer.gossip))
+            .filter_map(|owner| self.peers.get(&owner.id).map(|peer| peer.gossip))
             .collect()
     }
 
@@ -688,121 +795,10 @@ impl Node {
         }
     }
 
-    fn handle_notification(&mut self, notification: OwnedNotification<NodeIdentity>, now: Instant) {
-        match notification {
-            OwnedNotification::MemberUp(id) => {
-                let owner = OwnerId {
-                    name: id.name.clone(),
-                    boot: id.boot,
-                };
-                let newer = self
-                    .peers
-                    .get(&id.name)
-                    .is_none_or(|known| known.boot <= id.boot);
-                if newer {
-                    self.peers.insert(id.name.clone(), id.clone());
-                    self.directory.owner_up(&owner);
-                    tracing::info!(name = %id.name, addr = %id.gossip, "overlay member up");
-                    self.events.push_back(Event::MemberUp {
-                        name: id.name.clone(),
-                        addr: id.gossip,
-                    });
-                    // Fetch the newcomer's own records at once; the rest
-                    // of the directory follows in anti-entropy rounds.
-                    let since = self.directory.version_of(&owner);
-                    self.send(id.gossip, &GossipMessage::Request { owner, since });
-                }
-            }
-            OwnedNotification::MemberDown(id) => {
-                if self.peers.get(&id.name).is_some_and(|known| *known == id) {
-                    self.peers.remove(&id.name);
-                    let owner = OwnerId {
-                        name: id.name.clone(),
-                        boot: id.boot,
-                    };
-                    self.directory.owner_down(&owner);
-                    self.allocator
-                        .owner_down(&mut self.directory, &owner, now, &mut self.rng);
-                    tracing::info!(name = %id.name, addr = %id.gossip, "overlay member down");
-                    self.events.push_back(Event::MemberDown {
-                        name: id.name,
-                        addr: id.gossip,
-                    });
-                }
-            }
-            OwnedNotification::Rename(old, new) => {
-                if self.peers.get(&old.name).is_some_and(|known| *known == old) {
-                    if old.boot != new.boot || old.name != new.name {
-                        let owner = OwnerId {
-                            name: old.name.clone(),
-                            boot: old.boot,
-                        };
-                        self.directory.owner_down(&owner);
-                        self.allocator
-                            .owner_down(&mut self.directory, &owner, now, &mut self.rng);
-                    }
-                    self.peers.remove(&old.name);
-                    self.peers.insert(new.name.clone(), new.clone());
-                    self.directory.owner_up(&OwnerId {
-                        name: new.name,
-                        boot: new.boot,
-                    });
-                }
-            }
-            OwnedNotification::Rejoin(new) => {
-                tracing::info!(
-                    renewal = new.renewal,
-                    "declared down by the cluster; rejoined"
-                );
-                self.identity = new;
-                self.events.push_back(Event::Rejoined);
-            }
-            OwnedNotification::Active | OwnedNotification::Idle | OwnedNotification::Defunct => {}
-        }
-    }
-
-    /// foca starts the suspect-to-down timer only on the member whose probe
-    /// failed; members that hear of the suspicion by gossip wait for the
-    /// Down update, which a lossy network or a partition can lose for good.
-    /// SWIM's suspicion subprotocol (and memberlist) has every member that
-    /// learns of a suspicion time it out itself: done here.
-    fn expire_suspicions(&mut self, now: Instant) {
-        let mut current = BTreeMap::new();
-        let mut expired = Vec::new();
-        for member in self.foca.iter_membership_state() {
-            if member.state() != foca::State::Suspect {
-                continue;
-            }
-            let id = member.id();
-            let key = (id.name.clone(), id.boot, id.renewal, member.incarnation());
-            let since = self.suspicions.get(&key).copied().unwrap_or(now);
-            if now.saturating_duration_since(since) >= self.config.suspect_to_down_after {
-                expired.push(foca::Member::new(
-                    id.clone(),
-                    member.incarnation(),
-                    foca::State::Down,
-                ));
-            } else {
-                current.insert(key, since);
-            }
-        }
-        self.suspicions = current;
-        if !expired.is_empty() {
-            self.runtime.now = Some(now);
-            let applied = self
-                .foca
-                .apply_many(expired.into_iter(), true, &mut self.runtime);
-            if applied.is_err() {
-                self.counters.swim_errors += 1;
-            }
-            self.after_foca(now);
-        }
-    }
-
     fn after_allocation(&mut self, now: Instant) {
         let _ = now;
         for (owner, message) in std::mem::take(&mut self.allocator.outbox) {
-            if let Some(addr) = self.peers.get(&owner.name).map(|peer| peer.gossip) {
+            if let Some(addr) = self.peers.get(&owner.id).map(|peer| peer.gossip) {
                 self.send(addr, &GossipMessage::Allocation(message));
             }
         }
@@ -829,13 +825,20 @@ impl Node {
                     winner,
                     duplicates,
                 } => {
-                    tracing::warn!(?network, block, winner = %winner.name, ?duplicates, "address block leased twice after a partition: given up");
+                    tracing::warn!(?network, block, winner = %winner.id, ?duplicates, "address block leased twice after a partition: given up");
                     self.events.push_back(Event::LeaseConflict {
                         network,
                         block,
                         winner,
                         duplicates,
                     });
+                }
+                AllocationOutcome::LeasesReturned(blocks) => {
+                    tracing::info!(
+                        blocks,
+                        "address blocks held for this host while it was away: taken back"
+                    );
+                    self.events.push_back(Event::LeasesReturned { blocks });
                 }
                 AllocationOutcome::LeaseWritten => {
                     let me = self.directory.me().clone();

@@ -15,7 +15,7 @@ use crate::directory::{Digest, OwnerId};
 use crate::message::{chunk_by_size, GossipMessage};
 
 use super::Node;
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeId, NodeIdentity};
 
 impl Node {
     pub(super) fn anti_entropy_round(&mut self) {
@@ -33,17 +33,14 @@ impl Node {
         let count = chunks.len();
         for (index, owners) in chunks.into_iter().enumerate() {
             let covers_from = if index == 0 {
-                String::new()
+                NodeId(0)
             } else {
-                owners
-                    .first()
-                    .map(|(owner, _)| owner.name.clone())
-                    .unwrap_or_default()
+                owners.first().map_or(NodeId(0), |(owner, _)| owner.id)
             };
             let covers_to = if index + 1 == count {
                 None
             } else {
-                owners.last().map(|(owner, _)| owner.name.clone())
+                owners.last().map(|(owner, _)| owner.id)
             };
             let digest = Digest {
                 covers_from,
@@ -114,6 +111,12 @@ impl Node {
                 self.allocator
                     .handle_message(&mut self.directory, message, now, &mut self.rng);
             }
+            GossipMessage::Returned { holder, leases } => {
+                if holder != self.identity.id {
+                    return;
+                }
+                self.allocator.adopt(&mut self.directory, leases, now);
+            }
             GossipMessage::Members(members) => {
                 self.runtime.now = Some(now);
                 let applied = self
@@ -132,12 +135,12 @@ impl Node {
         for (owner, their_version) in &digest.owners {
             listed.insert(owner.clone(), *their_version);
         }
-        let mut stale: BTreeSet<(String, u64)> = BTreeSet::new();
+        let mut stale: BTreeSet<(NodeId, u64)> = BTreeSet::new();
         for (owner, their_version) in listed.iter() {
             if !self.directory.is_live(owner) {
                 // Unknown, dead, or another boot: records are exchanged for
                 // the current boot only. If we know it dead, tell them below.
-                stale.insert((owner.name.clone(), owner.boot));
+                stale.insert((owner.id, owner.boot));
                 continue;
             }
             let ours = self.directory.version_of(owner);
@@ -154,13 +157,13 @@ impl Node {
             }
         }
         let mut unknown_to_them = BTreeSet::new();
-        let range_end = digest.covers_to.as_deref();
+        let range_end = digest.covers_to;
         for owner in self
             .directory
-            .owners_in_range(&digest.covers_from, range_end)
+            .owners_in_range(digest.covers_from, range_end)
         {
             if !listed.contains_key(&owner) {
-                unknown_to_them.insert(owner.name.clone());
+                unknown_to_them.insert(owner.id);
                 self.send_records(from, &owner, 0);
             }
         }
@@ -173,8 +176,8 @@ impl Node {
             .iter_membership_state()
             .filter(|member| member.id().gossip != from)
             .filter(|member| match member.state() {
-                foca::State::Alive => unknown_to_them.contains(&member.id().name),
-                foca::State::Down => stale.contains(&(member.id().name.clone(), member.id().boot)),
+                foca::State::Alive => unknown_to_them.contains(&member.id().id),
+                foca::State::Down => stale.contains(&(member.id().id, member.id().boot)),
                 foca::State::Suspect => false,
             })
             .cloned()

@@ -36,11 +36,30 @@
 //! commits fails. The simulation checks it with 50 hosts allocating at the
 //! same instant in a subnet with few blocks.
 //!
-//! A lease lasts as long as its holder is a live member: when the
-//! membership declares a holder dead, the directory drops its leases and the
-//! blocks become free again.
+//! A lease lasts as long as its holder is a live member, and then
+//! [`crate::directory::LEASE_GRACE`] longer: when the membership declares a
+//! holder dead, the directory keeps its leases as *held* for its node id.
+//! A held block is taken for every claimer but that node id: the holder
+//! back from a pause or a partition still has its blocks (its own table
+//! kept them); a holder restarted with the same node id but a fresh
+//! allocator is sent the leases held for it (`Returned` in
+//! [`crate::message`]) and takes them back without a claim
+//! ([`Allocator::adopt`]): every member that saw the lease holds the block
+//! for it. A host restarted with a new node id (its state directory wiped)
+//! is a stranger to those blocks; they are free once the grace ends.
+//! Addresses are never handed out when an endpoint in the directory holds
+//! them, this host's own (restored after a restart) included.
 //!
 //! # Limits
+//!
+//! Held leases live in the memory of the members that saw the lease, not
+//! in the replicated records: a member that joins during another's grace
+//! period does not know the held blocks. A claim still needs the grant of
+//! every live member, and each member that holds the block refuses it, so
+//! the block stays safe while one of them lives; it is exposed only when
+//! every member that saw the lease is gone (or restarted) too. A paused
+//! host comes back as the same boot: nothing to take back, its own table
+//! kept its leases; for that host too the grace period bounds the pause.
 //!
 //! During a partition each side sees the other dead, so both may lease the
 //! same block (the directory is available, not consistent, under
@@ -57,17 +76,17 @@
 //! promises are bounded by the number of members times networks.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::directory::{ClusterNetworkId, Directory, LeaseRecord, OwnerId, Record, RecordKey};
 
-/// Addresses per block (a /28 of IPv4).
-pub const BLOCK_LEN: u128 = 16;
+mod plan;
+pub use plan::{BlockPlan, BLOCK_LEN};
+
 /// How long a claim attempt waits for all grants before trying again.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Interval between resends of a claim to members that have not answered.
@@ -77,18 +96,11 @@ pub const MAX_ATTEMPTS: u32 = 8;
 /// How long a grant binds before the claimer commits; longer than a claim
 /// attempt can take, so a claim never outlives its promises.
 pub const PROMISE_TTL: Duration = Duration::from_secs(10);
-/// Most blocks counted in a plan: the first 2^40 blocks of a huge IPv6
-/// subnet are more than enough.
-const MAX_BLOCKS: u128 = 1 << 40;
-
-/// How a subnet is cut into blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockPlan {
-    subnet: IpNet,
-    gateway: Option<IpAddr>,
-    block_len: u128,
-    blocks: u64,
-}
+/// How long a returned lease of a network not yet known here waits for the
+/// network's entry (anti-entropy brings it within a few rounds).
+pub const RETURN_WAIT: Duration = Duration::from_secs(60);
+/// Most returned leases waiting for their network.
+const MAX_RETURNED_WAITING: usize = 4096;
 
 /// A request for an address that waits for a block lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,6 +208,8 @@ pub(crate) enum AllocationOutcome {
     },
     /// A lease record was written: push it to peers.
     LeaseWritten,
+    /// Blocks held for this host while it was away were taken back.
+    LeasesReturned(usize),
 }
 
 #[derive(Debug)]
@@ -228,60 +242,12 @@ pub(crate) struct Allocator {
     used: BTreeMap<ClusterNetworkId, BTreeSet<IpAddr>>,
     waiting: BTreeMap<ClusterNetworkId, VecDeque<AllocationTicket>>,
     reported_conflicts: BTreeSet<(ClusterNetworkId, u64)>,
+    /// Returned leases of networks this host does not know yet (the
+    /// network entry travels apart), retried until their deadline.
+    returned: Vec<(LeaseRecord, Instant)>,
     next_ticket: u64,
     pub(crate) outbox: Vec<(OwnerId, AllocationMessage)>,
     pub(crate) outcomes: Vec<AllocationOutcome>,
-}
-
-impl BlockPlan {
-    /// The plan for `subnet`, never handing out `gateway`.
-    pub fn new(subnet: IpNet, gateway: Option<IpAddr>) -> Self {
-        let host_bits = u32::from(subnet.max_prefix_len() - subnet.prefix_len()).min(64);
-        let size = 1u128 << host_bits;
-        let block_len = BLOCK_LEN.min(size);
-        let blocks = (size / block_len).min(MAX_BLOCKS);
-        Self {
-            subnet: subnet.trunc(),
-            gateway,
-            block_len,
-            blocks: u64::try_from(blocks).unwrap_or(u64::MAX),
-        }
-    }
-
-    /// How many blocks the subnet has.
-    pub fn blocks(&self) -> u64 {
-        self.blocks
-    }
-
-    /// The assignable addresses of `block`: not the subnet's own address,
-    /// not the IPv4 broadcast address, not the gateway.
-    pub fn addresses(&self, block: u64) -> impl Iterator<Item = IpAddr> + '_ {
-        let host_bits = u32::from(self.subnet.max_prefix_len() - self.subnet.prefix_len());
-        let start = u128::from(block) * self.block_len;
-        (start..start + self.block_len).filter_map(move |offset| {
-            let last = host_bits <= 64 && offset == (1u128 << host_bits) - 1;
-            let ip = match self.subnet {
-                IpNet::V4(net) => {
-                    if offset == 0 || (last && net.prefix_len() < 31) {
-                        return None;
-                    }
-                    let base = u32::from(net.network());
-                    IpAddr::V4(Ipv4Addr::from(
-                        base.checked_add(u32::try_from(offset).ok()?)?,
-                    ))
-                }
-                IpNet::V6(net) => {
-                    if offset == 0 {
-                        return None;
-                    }
-                    IpAddr::V6(Ipv6Addr::from(
-                        u128::from(net.network()).checked_add(offset)?,
-                    ))
-                }
-            };
-            (Some(ip) != self.gateway).then_some(ip)
-        })
-    }
 }
 
 impl Allocator {
@@ -294,7 +260,7 @@ impl Allocator {
         rng: &mut impl Rng,
     ) -> Result<Allocation, AllocateError> {
         let plan = plan_of(directory, network)?;
-        let elsewhere = addresses_on_other_hosts(directory, network);
+        let elsewhere = addresses_of_endpoints(directory, network);
         if let Some(ip) = self.take_free_address(&plan, network, &elsewhere) {
             return Ok(Allocation::Ready(ip));
         }
@@ -341,6 +307,7 @@ impl Allocator {
     ) {
         self.promises
             .retain(|_, promise| promise.expires.is_none_or(|at| at > now));
+        self.retry_returned(directory, now);
         let networks: Vec<ClusterNetworkId> = self.claims.keys().cloned().collect();
         for network in networks {
             let Some(claim) = self.claims.get_mut(&network) else {
@@ -369,6 +336,81 @@ impl Allocator {
                 }
             }
         }
+    }
+
+    /// Takes back `leases`, held for this host's node id by a member while
+    /// this host was down (see the module header): no claim, because every
+    /// member that saw the lease refuses the block to anyone else. A block
+    /// of a network that is gone, outside its plan, already ours or leased
+    /// by a live member (the hold ended and another host took it) is
+    /// skipped; one of a network not known here yet waits for it (at most
+    /// [`RETURN_WAIT`]).
+    pub(crate) fn adopt(
+        &mut self,
+        directory: &mut Directory,
+        leases: Vec<LeaseRecord>,
+        now: Instant,
+    ) {
+        let mut adopted = 0;
+        for lease in leases {
+            match self.take_back(directory, &lease) {
+                Some(true) => adopted += 1,
+                Some(false) => {}
+                None => {
+                    if self.returned.len() < MAX_RETURNED_WAITING {
+                        self.returned.push((lease, now + RETURN_WAIT));
+                    }
+                }
+            }
+        }
+        self.report_returned(adopted);
+    }
+
+    /// Retries the returned leases that waited for their network.
+    fn retry_returned(&mut self, directory: &mut Directory, now: Instant) {
+        let mut adopted = 0;
+        for (lease, deadline) in std::mem::take(&mut self.returned) {
+            if deadline <= now {
+                continue;
+            }
+            match self.take_back(directory, &lease) {
+                Some(true) => adopted += 1,
+                Some(false) => {}
+                None => self.returned.push((lease, deadline)),
+            }
+        }
+        self.report_returned(adopted);
+    }
+
+    fn report_returned(&mut self, adopted: usize) {
+        if adopted > 0 {
+            self.outcomes
+                .push(AllocationOutcome::LeasesReturned(adopted));
+        }
+    }
+
+    /// Takes one returned lease back: whether it was; None while its
+    /// network is unknown here.
+    fn take_back(&mut self, directory: &mut Directory, lease: &LeaseRecord) -> Option<bool> {
+        let plan = plan_of(directory, &lease.network).ok()?;
+        let mine = self.own_blocks(&lease.network).any(|b| b == lease.block);
+        let taken = directory
+            .leases(&lease.network)
+            .iter()
+            .any(|(_, block)| *block == lease.block);
+        if mine || taken || lease.block >= plan.blocks() {
+            return Some(false);
+        }
+        self.own_blocks
+            .entry(lease.network.clone())
+            .or_default()
+            .insert(lease.block);
+        directory.write_own(
+            RecordKey::Lease(lease.network.clone(), lease.block),
+            Some(Record::Lease(lease.clone())),
+        );
+        self.outcomes.push(AllocationOutcome::LeaseWritten);
+        Some(true)
     }
 
     /// A member died: its promises go, and its grants are no longer awaited.
@@ -444,7 +486,7 @@ impl Allocator {
                 claimer,
                 claim_id,
             } => {
-                if claimer.name == directory.me().name {
+                if claimer.id == directory.me().id {
                     return;
                 }
                 let granted =
@@ -536,6 +578,14 @@ impl Allocator {
             .leases(network)
             .iter()
             .any(|(holder, leased)| *leased == block && *holder != claimer)
+        {
+            return false;
+        }
+        // Held for a member declared dead: only that node id may have it.
+        if directory
+            .held_leases(network)
+            .iter()
+            .any(|(held, lease)| *held == block && lease.holder != claimer.id)
         {
             return false;
         }
@@ -655,6 +705,12 @@ impl Allocator {
         );
         taken.extend(self.own_blocks(network));
         taken.extend(
+            directory
+                .held_leases(network)
+                .into_iter()
+                .map(|(block, _)| block),
+        );
+        taken.extend(
             self.promises
                 .iter()
                 .filter(|((promised_network, _), promise)| {
@@ -740,7 +796,7 @@ impl Allocator {
             }
         };
         // The directory does not change while the queue is served.
-        let elsewhere = addresses_on_other_hosts(directory, network);
+        let elsewhere = addresses_of_endpoints(directory, network);
         while let Some(&ticket) = self.waiting.get(network).and_then(VecDeque::front) {
             let Some(ip) = self.take_free_address(&plan, network, &elsewhere) else {
                 self.start_claim(directory, network, &plan, 1, BTreeSet::new(), now, rng);
@@ -834,6 +890,17 @@ impl Allocator {
     }
 }
 
+/// Addresses of `network` that endpoints hold, this host's included (an
+/// endpoint restored after a restart holds its address before this host's
+/// allocator knows it), as the directory shows them.
+fn addresses_of_endpoints(directory: &Directory, network: &ClusterNetworkId) -> BTreeSet<IpAddr> {
+    directory
+        .endpoints()
+        .filter(|location| location.endpoint.network == *network)
+        .flat_map(|location| location.endpoint.ips.iter().copied())
+        .collect()
+}
+
 /// Addresses of `network` that endpoints of other hosts hold, as the
 /// directory shows them.
 fn addresses_on_other_hosts(directory: &Directory, network: &ClusterNetworkId) -> BTreeSet<IpAddr> {
@@ -851,43 +918,4 @@ fn plan_of(directory: &Directory, network: &ClusterNetworkId) -> Result<BlockPla
         .network(network)
         .ok_or_else(|| AllocateError::UnknownNetwork(network.clone()))?;
     Ok(BlockPlan::new(record.subnet, record.gateway))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_of_an_ipv4_slash_24() {
-        let plan = BlockPlan::new(
-            "10.0.0.0/24".parse().unwrap(),
-            Some("10.0.0.1".parse().unwrap()),
-        );
-        assert_eq!(plan.blocks(), 16);
-        let first: Vec<IpAddr> = plan.addresses(0).collect();
-        assert_eq!(first.len(), 14, "no .0, no gateway .1");
-        assert_eq!(first[0], "10.0.0.2".parse::<IpAddr>().unwrap());
-        let last: Vec<IpAddr> = plan.addresses(15).collect();
-        assert_eq!(last.len(), 15, "no broadcast .255");
-        assert_eq!(
-            *last.last().unwrap(),
-            "10.0.0.254".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            plan.addresses(16).count(),
-            16,
-            "beyond the plan, callers never ask"
-        );
-    }
-
-    #[test]
-    fn plan_of_small_and_ipv6_subnets() {
-        let tiny = BlockPlan::new("10.0.0.0/30".parse().unwrap(), None);
-        assert_eq!(tiny.blocks(), 1);
-        assert_eq!(tiny.addresses(0).count(), 2);
-        let v6 = BlockPlan::new("fd00::/64".parse().unwrap(), None);
-        assert_eq!(v6.blocks(), MAX_BLOCKS as u64);
-        assert_eq!(v6.addresses(0).count(), 15);
-        assert_eq!(v6.addresses(1).next(), Some("fd00::10".parse().unwrap()));
-    }
 }
