@@ -200,14 +200,22 @@ pub fn spawn_background(cmd: &mut Command, out: Option<&Path>, err: &Path) -> Ch
 
 /// SIGKILL a child's process group and reap it.
 pub fn kill_group(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    let group = i32::try_from(child.id())
+        .ok()
+        .map(nix::unistd::Pid::from_raw);
+    if let Some(group) = group {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = child.kill();
     let _ = child.wait();
+    // The group's other processes (what `timeout` ran) may still be dying
+    // with their sockets and ports: wait, bounded, until none is left.
+    if let Some(group) = group {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nix::sys::signal::killpg(group, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// The logs of every start of a daemon, `daemon-N.log` in `dir`.
@@ -714,14 +722,23 @@ impl World {
     /// SIGKILL the daemon (and its process group) and reap it.
     pub fn kill_daemon(&mut self) {
         if let Some(mut child) = self.daemon.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            let group = i32::try_from(child.id())
+                .ok()
+                .map(nix::unistd::Pid::from_raw);
+            if let Some(group) = group {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.kill();
             let _ = child.wait();
+            // `timeout` is reaped; the daemon under it may still be dying
+            // with its socket open (a new daemon would find it "live"):
+            // wait, bounded, until no process of the group is left.
+            if let Some(group) = group {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while nix::sys::signal::killpg(group, None).is_ok() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 
