@@ -74,6 +74,10 @@ enum Command {
     Capture(observe::CaptureArgs),
     /// Show a network's forwarding table: MAC, kind, endpoint or host, age.
     Fdb(observe::FdbArgs),
+    /// Print network and endpoint events as they happen.
+    Events(observe::EventsArgs),
+    /// Show live per-endpoint rates (like docker stats).
+    Stats(observe::StatsArgs),
     /// List the sandboxes `weft run` started that still run.
     Ps(ps::PsArgs),
     /// Show the client's and the daemon's versions.
@@ -144,6 +148,14 @@ fn main() -> ExitCode {
         Command::Fdb(args) => {
             let client = Client::new(&socket);
             report(block_on(async { observe::fdb(&client, args).await }))
+        }
+        Command::Events(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { observe::events(&client, args).await }))
+        }
+        Command::Stats(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { observe::stats(&client, args).await }))
         }
         Command::Ps(args) => {
             let client = Client::new(&socket);

@@ -150,3 +150,184 @@ pub async fn fdb(client: &Client, args: FdbArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `weft events` options.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// One JSON object per line, as the daemon sends them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Print events as they happen, until stopped (like `docker events`).
+pub async fn events(client: &Client, args: EventsArgs) -> Result<()> {
+    let mut pending = Vec::new();
+    client
+        .stream(Method::GET, "/v1/events", &(), |chunk| {
+            pending.extend_from_slice(chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let mut out = std::io::stdout().lock();
+                if args.json {
+                    out.write_all(&line)?;
+                } else if let Ok(event) = serde_json::from_slice::<Value>(&line) {
+                    writeln!(out, "{}", event_line(&event))?;
+                }
+                out.flush()?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// `TIME TYPE ACTION NETWORK [ENDPOINT SANDBOX ADDRESSES]`, as `docker
+/// events` prints.
+fn event_line(event: &Value) -> String {
+    let text = |k: &str| event[k].as_str().unwrap_or("").to_owned();
+    let mut line = format!(
+        "{} {} {} {}",
+        text("time"),
+        text("type"),
+        text("action"),
+        text("network")
+    );
+    for key in ["endpoint", "sandbox"] {
+        if let Some(v) = event[key].as_str() {
+            line.push_str(&format!(" {key}={v}"));
+        }
+    }
+    if let Some(addresses) = event["addresses"].as_array() {
+        let list: Vec<&str> = addresses.iter().filter_map(Value::as_str).collect();
+        if !list.is_empty() {
+            line.push_str(&format!(" addresses={}", list.join(",")));
+        }
+    }
+    line
+}
+
+/// `weft stats` options.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print one sample (over one second) and exit.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Only these networks (default: all).
+    pub networks: Vec<String>,
+}
+
+/// One endpoint's counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rx_frames: u64,
+    rx_bytes: u64,
+    tx_frames: u64,
+    tx_bytes: u64,
+    drops: u64,
+}
+
+async fn sample_all(client: &Client, only: &[String]) -> Result<Vec<((String, String), Sample)>> {
+    let networks: Vec<Value> = client
+        .call(Method::GET, "/v1/networks", None::<&()>)
+        .await?;
+    let mut samples = Vec::new();
+    for network in networks {
+        let name = network["name"].as_str().unwrap_or("").to_owned();
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
+        let details: Value = client
+            .call(Method::GET, &format!("/v1/networks/{name}"), None::<&()>)
+            .await?;
+        for e in details["endpoints"].as_array().cloned().unwrap_or_default() {
+            let c = &e["counters"];
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let drops = c["drops"]
+                .as_object()
+                .map(|d| d.values().filter_map(Value::as_u64).sum())
+                .unwrap_or(0);
+            let endpoint = e["name"].as_str().unwrap_or("").to_owned();
+            samples.push((
+                (name.clone(), endpoint),
+                Sample {
+                    rx_frames: n("rx_frames"),
+                    rx_bytes: n("rx_bytes"),
+                    tx_frames: n("tx_frames"),
+                    tx_bytes: n("tx_bytes"),
+                    drops,
+                },
+            ));
+        }
+    }
+    Ok(samples)
+}
+
+/// `1.2 MB/s` style, bytes per second.
+fn rate(bytes_per_second: f64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut value = bytes_per_second;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}/s", UNITS[unit])
+}
+
+/// Live per-endpoint rates, like `docker stats`: a sample each second
+/// (`--no-stream`: one, then exit). "OUT" is what the sandbox sent (the
+/// switch read it from its port), "IN" what it received.
+pub async fn stats(client: &Client, args: StatsArgs) -> Result<()> {
+    let mut before = sample_all(client, &args.networks).await?;
+    let mut at = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = sample_all(client, &args.networks).await?;
+        let seconds = at.elapsed().as_secs_f64().max(0.001);
+        at = std::time::Instant::now();
+        let previous: std::collections::HashMap<_, _> = before.iter().cloned().collect();
+        let mut rows = vec![[
+            "NETWORK".to_owned(),
+            "ENDPOINT".to_owned(),
+            "OUT".to_owned(),
+            "OUT FRAMES".to_owned(),
+            "IN".to_owned(),
+            "IN FRAMES".to_owned(),
+            "DROPS".to_owned(),
+        ]];
+        for (key, s) in &now {
+            let p = previous.get(key).copied().unwrap_or_default();
+            let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / seconds;
+            rows.push([
+                key.0.clone(),
+                key.1.clone(),
+                rate(per(s.rx_bytes, p.rx_bytes)),
+                format!("{:.0}/s", per(s.rx_frames, p.rx_frames)),
+                rate(per(s.tx_bytes, p.tx_bytes)),
+                format!("{:.0}/s", per(s.tx_frames, p.tx_frames)),
+                s.drops.to_string(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..7)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        let mut text = String::new();
+        if !args.no_stream && std::io::stdout().is_terminal() {
+            text.push_str("\x1b[2J\x1b[H");
+        }
+        for row in rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            text.push_str(cells.join("  ").trim_end());
+            text.push('\n');
+        }
+        print!("{text}");
+        std::io::stdout().flush()?;
+        if args.no_stream {
+            return Ok(());
+        }
+        before = now;
+    }
+}

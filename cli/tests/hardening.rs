@@ -397,3 +397,91 @@ fn a_connect_killed_at_any_moment_leaves_a_clean_sandbox() {
     }
     eprintln!("connects cut short: {cut_short} of 14");
 }
+
+/// A MAC flood (a guest on a `port_security=false` network sending from
+/// thousands of made-up MACs) fills only the flooder's share of the MAC
+/// table: its extra frames are dropped and counted `mac_limit`, and the
+/// other sandboxes' unicast keeps going to its one port, not flooded.
+#[test]
+fn a_mac_flood_degrades_only_the_flooder() {
+    if !common::require(common::has_tool("python3", "--version"), "needs python3") {
+        return;
+    }
+    let Some(mut w) = World::new() else { return };
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.239.11.0/24",
+        "-o",
+        "port_security=false",
+        "flood",
+    ]);
+    let (f, a, b, c) = (
+        w.sandbox("f"),
+        w.sandbox("a"),
+        w.sandbox("b"),
+        w.sandbox("c"),
+    );
+    for ns in [&f, &a, &b, &c] {
+        // Quiet sandboxes: no IPv6 (no MLD or router solicitations).
+        w.exec_ok(
+            ns,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        );
+        w.weft_ok(&["network", "connect", "flood", ns]);
+    }
+    let b_ip = World::address(&w.endpoint("flood", &b), false);
+    w.ping_ok(&a, &["-c", "1", "-W", "2", &b_ip]);
+    // 3,000 frames from 3,000 source MACs, through an AF_PACKET socket.
+    let script = r#"
+import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for i in range(3000):
+    src = bytes([0x02, 0xee, 0, (i >> 16) & 255, (i >> 8) & 255, i & 255])
+    s.send(b"\xff" * 6 + src + b"\x88\xb5" + bytes(46))
+"#;
+    let rx = |w: &World| {
+        w.endpoint("flood", &f)["counters"]["rx_frames"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let rx_before = rx(&w);
+    w.exec_ok(&f, &["python3", "-c", script]);
+    let fdb: Vec<serde_json::Value> =
+        serde_json::from_str(&w.http("GET", "/v1/networks/flood/fdb", None).body).expect("fdb");
+    let learned = fdb.iter().filter(|r| r["kind"] == "learned").count();
+    assert!(
+        learned <= 256,
+        "{learned} MACs learned from the flood (the share is 256)"
+    );
+    // (The sandbox's own queue drops some of the burst: count what the
+    // switch read.)
+    let read = rx(&w) - rx_before;
+    let limited = w.endpoint("flood", &f)["counters"]["drops"]["mac_limit"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(read > 300, "the switch read only {read} of the flood");
+    assert!(
+        limited + 256 >= read && limited > 0,
+        "{limited} of {read} frames counted mac_limit"
+    );
+    // a → b is known unicast still: c sees none of it.
+    let before = w.endpoint("flood", &c)["counters"]["tx_frames"]
+        .as_u64()
+        .unwrap_or(0);
+    w.ping_ok(&a, &["-c", "5", "-i", "0.2", "-W", "2", &b_ip]);
+    let after = w.endpoint("flood", &c)["counters"]["tx_frames"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        after, before,
+        "a's unicast to b was flooded to c after the MAC flood"
+    );
+}

@@ -233,3 +233,107 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
         common::show(&out)
     );
 }
+
+/// `weft events --json`: network and endpoint changes, in order, as they
+/// happen; `weft stats --no-stream`: a row per endpoint with its rates.
+#[test]
+fn events_and_stats_follow_the_network() {
+    let Some(mut w) = World::new() else {
+        return;
+    };
+    let socket = w.socket.to_string_lossy().into_owned();
+    let mut events = w.spawn_in(
+        &w.host,
+        "60",
+        &[common::WEFT, "--socket", &socket, "events", "--json"],
+    );
+    let stdout_pipe = events.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The subscription is on once a first event gets through: create
+    // throwaway networks until one is seen (bounded).
+    let mut seen = Vec::new();
+    for i in 0..50 {
+        let name = format!("probe{i}");
+        w.weft_ok(&[
+            "network",
+            "create",
+            "--subnet",
+            &format!("10.240.{}.0/24", 100 + i),
+            &name,
+        ]);
+        w.weft_ok(&["network", "rm", &name]);
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(line);
+            break;
+        }
+    }
+    assert!(!seen.is_empty(), "weft events printed nothing");
+    while rx
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_ok()
+    {}
+    let a = w.sandbox("a");
+    let b = w.sandbox("b");
+    w.weft_ok(&["network", "create", "--subnet", "10.240.3.0/24", "ev"]);
+    w.weft_ok(&["network", "connect", "--name", "alpha", "ev", &a]);
+    w.weft_ok(&["network", "connect", "--name", "beta", "ev", &b]);
+    let b_ip = World::address(&w.endpoint("ev", &b), false);
+
+    let mut pinger = w.spawn_in(&a, "20", &["ping", "-i", "0.05", &b_ip]);
+    let out = w.weft_ok(&["stats", "--no-stream", "ev"]);
+    common::kill_group(&mut pinger);
+    let alpha = out
+        .lines()
+        .find(|l| l.starts_with("ev") && l.contains("alpha"))
+        .unwrap_or_else(|| panic!("no row for alpha:\n{out}"));
+    let frames: f64 = alpha
+        .split_whitespace()
+        .nth(4)
+        .and_then(|f| f.trim_end_matches("/s").parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        frames >= 5.0,
+        "alpha's OUT FRAMES while pinging: {alpha}\n{out}"
+    );
+
+    w.weft_ok(&["network", "disconnect", "ev", &a]);
+    w.weft_ok(&["network", "disconnect", "ev", &b]);
+    w.weft_ok(&["network", "rm", "ev"]);
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.len() < 6 && std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&line).expect("a JSON line");
+            got.push(format!(
+                "{} {} {} {}",
+                v["type"].as_str().unwrap_or(""),
+                v["action"].as_str().unwrap_or(""),
+                v["network"].as_str().unwrap_or(""),
+                v["endpoint"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    common::kill_group(&mut events);
+    assert_eq!(
+        got,
+        [
+            "network create ev ",
+            "endpoint connect ev alpha",
+            "endpoint connect ev beta",
+            "endpoint disconnect ev alpha",
+            "endpoint disconnect ev beta",
+            "network remove ev ",
+        ]
+    );
+}
