@@ -45,12 +45,14 @@ impl Client {
         }
     }
 
-    async fn send(
+    /// Connect, send one request, and return the daemon's answer (its
+    /// body not read yet).
+    async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes)> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
                 "connecting to the weft daemon at {} (is `weft daemon` running? --socket or WEFT_SOCKET choose another)",
@@ -69,10 +71,19 @@ impl Client {
             builder = builder.header("content-type", "application/json");
         }
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .context("sending the request")?;
+            .context("sending the request")
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let response = self.request(method, path, body).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
@@ -93,35 +104,14 @@ impl Client {
         body: &B,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-            format!(
-                "connecting to the weft daemon at {} (is `weft daemon` running? --socket or WEFT_SOCKET choose another)",
-                self.socket.display()
-            )
-        })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with the daemon")?;
-        tokio::spawn(connection);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "weft")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("sending the request")?;
+        let response = self
+            .request(method, path, Some(serde_json::to_vec(body)?))
+            .await?;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {
             let bytes = body.collect().await?.to_bytes();
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Refusal { status, message }.into());
+            return Err(refusal(status, &bytes).into());
         }
         while let Some(frame) = body.frame().await {
             let frame = frame.context("reading the daemon's stream")?;
@@ -148,11 +138,7 @@ impl Client {
         let body = body.map(serde_json::to_vec).transpose()?;
         let (status, bytes) = self.send(method, path, body).await?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Refusal { status, message }.into());
+            return Err(refusal(status, &bytes).into());
         }
         let bytes = if bytes.is_empty() {
             Bytes::from_static(b"null")
@@ -161,4 +147,13 @@ impl Client {
         };
         serde_json::from_slice(&bytes).context("decoding the daemon's answer")
     }
+}
+
+/// The daemon's error answer: its message, or the body as text.
+fn refusal(status: StatusCode, bytes: &[u8]) -> Refusal {
+    let message = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned());
+    Refusal { status, message }
 }

@@ -25,17 +25,12 @@ mod common;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{has_tool, require, run, show, spawn_background, stdout, World, CMD_TIMEOUT};
+// HOST's and CLIENT's ends of their veth: `World::client_namespace`.
+use common::{
+    has_tool, require, show, spawn_background, stdout, World, CLIENT_ADDR, CLIENT_VETH, HOST_ADDR,
+    HOST_VETH,
+};
 use serde_json::Value;
-
-/// HOST's end of the veth to CLIENT: where clients connect.
-const HOST_ADDR: &str = "192.0.2.1";
-const HOST_CIDR: &str = "192.0.2.1/24";
-/// CLIENT's end: the source address the sandbox must see.
-const CLIENT_ADDR: &str = "192.0.2.10";
-const CLIENT_CIDR: &str = "192.0.2.10/24";
-const HOST_VETH: &str = "client0";
-const CLIENT_VETH: &str = "host0";
 
 /// Ceiling on the life of every server this file starts.
 const SERVER_LIFETIME: &str = "300";
@@ -61,56 +56,12 @@ impl PublishWorld {
             return None;
         }
         let mut w = World::new()?;
-        let client = w.sandbox("client");
-        let host = w.host.clone();
+        let client = w.client_namespace();
         let p = PublishWorld {
             w,
-            client: client.clone(),
+            client,
             servers: Vec::new(),
         };
-        for cmd in [
-            vec!["ip", "-n", &client, "link", "set", "lo", "up"],
-            // Made from inside HOST, the peer goes straight into CLIENT.
-            vec![
-                "ip",
-                "-n",
-                &host,
-                "link",
-                "add",
-                HOST_VETH,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                CLIENT_VETH,
-                "netns",
-                &client,
-            ],
-            vec![
-                "ip", "-n", &host, "addr", "add", HOST_CIDR, "dev", HOST_VETH,
-            ],
-            vec![
-                "ip",
-                "-n",
-                &client,
-                "addr",
-                "add",
-                CLIENT_CIDR,
-                "dev",
-                CLIENT_VETH,
-            ],
-            vec!["ip", "-n", &host, "link", "set", HOST_VETH, "up"],
-            vec!["ip", "-n", &client, "link", "set", CLIENT_VETH, "up"],
-        ] {
-            let out = run(Command::new("timeout").arg(CMD_TIMEOUT).args(&cmd));
-            assert!(out.status.success(), "{cmd:?}: {}", show(&out));
-        }
-        // The veth answers at once (no DAD on IPv4, but the link takes a
-        // moment to come up): bounded wait for a ping across it.
-        assert!(
-            p.w.ping_eventually(&p.client, HOST_ADDR, Duration::from_secs(10)),
-            "CLIENT cannot reach HOST over the veth"
-        );
         Some(p)
     }
 

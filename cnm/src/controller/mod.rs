@@ -419,24 +419,13 @@ impl Controller {
         if let Some(problem) = request.problem() {
             return Err(ControllerError::InvalidCapture(problem));
         }
-        let inner = self.inner.lock().await;
-        let network = inner
-            .network(name)
-            .cloned()
-            .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        let (bridge, network, endpoints) = self.network_with_endpoints(name).await?;
         if !network.driver.has_interfaces() {
             return Err(ControllerError::InvalidCapture(format!(
                 "network {name:?} has driver {}, which switches no frames",
                 network.driver
             )));
         }
-        let endpoints: Vec<Endpoint> = inner
-            .state
-            .endpoints
-            .iter()
-            .filter(|e| e.network == name)
-            .cloned()
-            .collect();
         let only = match &request.endpoint {
             Some(wanted) => Some(endpoints.iter().find(|e| &e.name == wanted).ok_or_else(
                 || ControllerError::NoSuchEndpoint {
@@ -448,8 +437,7 @@ impl Controller {
         };
         let snap_len = request.snap_len.unwrap_or(crate::capture::MAX_SNAP_LEN);
         let ring = request.ring_mib.unwrap_or(crate::capture::DEFAULT_RING_MIB);
-        inner
-            .bridge
+        bridge
             .capture(
                 &network,
                 &endpoints,
@@ -463,27 +451,34 @@ impl Controller {
             })
     }
 
+    /// A network, its endpoints on this host, and the driver that attaches
+    /// them (a copy: the lock is not held after).
+    async fn network_with_endpoints(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<BridgeDriver>, Network, Vec<Endpoint>), ControllerError> {
+        let inner = self.inner.lock().await;
+        let network = inner
+            .network(name)
+            .cloned()
+            .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
+        let endpoints = inner
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network == name)
+            .cloned()
+            .collect();
+        Ok((Arc::clone(&inner.bridge), network, endpoints))
+    }
+
     /// `network fdb`: the network's forwarding table.
     ///
     /// # Errors
     ///
     /// [`ControllerError::NetworkNotFound`], or the data path not answering.
     pub async fn fdb(&self, name: &str) -> Result<Vec<FdbRow>, ControllerError> {
-        let (bridge, network, endpoints) = {
-            let inner = self.inner.lock().await;
-            let network = inner
-                .network(name)
-                .cloned()
-                .ok_or_else(|| ControllerError::NetworkNotFound { name: name.into() })?;
-            let endpoints: Vec<Endpoint> = inner
-                .state
-                .endpoints
-                .iter()
-                .filter(|e| e.network == name)
-                .cloned()
-                .collect();
-            (Arc::clone(&inner.bridge), network, endpoints)
-        };
+        let (bridge, network, endpoints) = self.network_with_endpoints(name).await?;
         let driver = network.driver;
         let rows = tokio::task::spawn_blocking(move || bridge.fdb(&network, &endpoints))
             .await
