@@ -25,7 +25,9 @@ fn sample(text: &str, line_start: &str) -> Option<f64> {
 
 #[test]
 fn fdb_and_metrics_show_the_network() {
-    if !require(has_tool("curl", "--version"), "needs curl") {
+    if !require(has_tool("curl", "--version"), "needs curl")
+        || !require(has_tool("dig", "-v"), "needs dig (bind9-dnsutils)")
+    {
         return;
     }
     let Some(mut w) = World::with_daemon_args(&["--metrics", METRICS]) else {
@@ -51,6 +53,20 @@ fn fdb_and_metrics_show_the_network() {
         );
     }
     assert_eq!(w.http("GET", "/v1/networks/nosuch/fdb", None).status, 404);
+
+    // A name asked of the gateway's DNS, for the DNS families.
+    let dig = w.exec(
+        &a,
+        &[
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=2",
+            "@10.240.1.1",
+            "beta",
+        ],
+    );
+    assert_eq!(stdout(&dig).trim(), b_ip, "{}", common::show(&dig));
 
     // Metrics on the API socket.
     let answer = w.http("GET", "/metrics", None);
@@ -84,6 +100,11 @@ fn fdb_and_metrics_show_the_network() {
         Some(2.0)
     );
     assert!(sample(&text, "weft_process_resident_memory_bytes").is_some_and(|b| b > 0.0));
+    assert!(sample(&text, "weft_dns_queries_total").is_some_and(|n| n >= 1.0));
+    assert!(
+        sample(&text, "weft_dns_answers_total{kind=\"local\"}").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     assert!(sample(&text, "weft_datapath_cpu_seconds_total").is_some());
 
     // And on --metrics, for Prometheus: the same families, nothing else.

@@ -54,6 +54,12 @@ pub struct Snapshot {
     pub gossip_rejected: u64,
     /// Gossip datagrams that opened but did not decode.
     pub gossip_malformed: u64,
+    /// The embedded DNS server's answers, by kind.
+    pub dns: Vec<(String, u64)>,
+    /// Queries it was asked.
+    pub dns_queries: Option<u64>,
+    /// Queries it tried again at the next upstream.
+    pub dns_upstream_retries: Option<u64>,
     /// Resident memory of the daemon, bytes.
     pub resident_bytes: Option<u64>,
     /// CPU time of the data-path thread, seconds.
@@ -113,6 +119,19 @@ pub async fn collect(controller: &Controller) -> Snapshot {
         }
         snapshot.gossip_rejected = peers.gossip.rejected;
         snapshot.gossip_malformed = peers.gossip.malformed;
+    }
+    if let Ok(c) = controller.dns_counters().await {
+        snapshot.dns = vec![
+            ("local".into(), c.local_answers.saturating_sub(c.nxdomain)),
+            ("nxdomain".into(), c.nxdomain),
+            ("forwarded".into(), c.forwarded_answers),
+            ("servfail".into(), c.servfail),
+            ("formerr".into(), c.formerr),
+            ("notimp".into(), c.notimp),
+            ("dropped".into(), c.dropped_queries),
+        ];
+        snapshot.dns_queries = Some(c.queries);
+        snapshot.dns_upstream_retries = Some(c.upstream_retries);
     }
     snapshot.resident_bytes = resident_bytes();
     snapshot.datapath_cpu_seconds = thread_cpu_seconds("weft-datapath");
@@ -346,6 +365,33 @@ pub fn render(s: &Snapshot) -> String {
                 count,
             );
         }
+    }
+    if let Some(queries) = s.dns_queries {
+        let mut f = Family::new(
+            &mut out,
+            "weft_dns_queries_total",
+            "counter",
+            "Queries the embedded DNS server was asked (UDP and TCP, every network).",
+        );
+        f.sample("weft_dns_queries_total", &[], queries);
+    }
+    let mut f = Family::new(
+        &mut out,
+        "weft_dns_answers_total",
+        "counter",
+        "The embedded DNS server's answers by kind (local: from the networks' names; forwarded: an upstream's answer relayed; dropped: no answer).",
+    );
+    for (kind, count) in &s.dns {
+        f.sample("weft_dns_answers_total", &[("kind", kind)], count);
+    }
+    if let Some(retries) = s.dns_upstream_retries {
+        let mut f = Family::new(
+            &mut out,
+            "weft_dns_upstream_retries_total",
+            "counter",
+            "Queries tried again at the next upstream resolver.",
+        );
+        f.sample("weft_dns_upstream_retries_total", &[], retries);
     }
     let mut f = Family::new(
         &mut out,

@@ -50,6 +50,11 @@ pub enum Command {
         /// The session's id.
         id: u64,
     },
+    /// Read the embedded DNS server's counters.
+    DnsCounters {
+        /// Where they go.
+        reply: std::sync::mpsc::Sender<weft_services::dns::DnsCounters>,
+    },
     /// Read a network's forwarding table.
     Fdb {
         /// The network.

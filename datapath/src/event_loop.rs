@@ -258,6 +258,9 @@ impl Loop {
                 }
                 Command::StartCapture { id, sink } => plane.captures.add(id, sink),
                 Command::StopCapture { id } => plane.captures.remove(id),
+                Command::DnsCounters { reply } => {
+                    let _ = reply.send(plane.services.dns().counters());
+                }
                 Command::Fdb { network, reply } => {
                     let entries = plane.switch.fdb(network, std::time::Instant::now());
                     let with_hosts = entries

@@ -357,6 +357,19 @@ impl Datapath {
         })
     }
 
+    /// The embedded DNS server's counters (every network's).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn dns_counters(&self) -> Result<weft_services::dns::DnsCounters, DatapathError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::DnsCounters { reply })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
+
     /// A network's forwarding table (MAC → port), as the switch has it now;
     /// with each entry of a tunnel port, the remote host's tunnel address.
     ///

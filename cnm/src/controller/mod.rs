@@ -451,6 +451,19 @@ impl Controller {
             })
     }
 
+    /// The embedded DNS server's counters (for metrics).
+    ///
+    /// # Errors
+    ///
+    /// The data path not answering.
+    pub async fn dns_counters(&self) -> Result<weft_services::dns::DnsCounters, ControllerError> {
+        let datapath = Arc::clone(&self.datapath);
+        tokio::task::spawn_blocking(move || datapath.dns_counters())
+            .await
+            .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?
+            .map_err(|e| ControllerError::Datapath(std::io::Error::other(e.to_string())))
+    }
+
     /// A network, its endpoints on this host, and the driver that attaches
     /// them (a copy: the lock is not held after).
     async fn network_with_endpoints(
