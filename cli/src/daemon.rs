@@ -80,6 +80,10 @@ pub struct DaemonArgs {
     /// the API socket serves them too.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Also serve a live topology page (networks, endpoints, cluster
+    /// members) and the read-only API it reads on this TCP address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub web: Option<SocketAddr>,
     /// Seconds a UDP flow may idle before its host socket closes.
     #[arg(long, value_name = "SECS", default_value_t = weft_services::nat::UDP_IDLE.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -208,6 +212,9 @@ async fn serve(
     };
     if let Some(addr) = args.metrics {
         serve_metrics(addr, &controller).await?;
+    }
+    if let Some(addr) = args.web {
+        serve_web(addr, &controller).await?;
     }
     let refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let stop = {
@@ -386,6 +393,21 @@ async fn serve_metrics(addr: SocketAddr, controller: &Arc<Controller>) -> Result
         }
     });
     tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
+}
+
+/// Serve the topology page and the read-only API on a TCP address.
+async fn serve_web(addr: SocketAddr, controller: &Arc<Controller>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--web {addr}: binding"))?;
+    let controller = Arc::clone(controller);
+    tokio::spawn(async move {
+        if let Err(e) = api::serve_web(listener, controller).await {
+            tracing::error!(error = %e, "the web listener stopped");
+        }
+    });
+    tracing::info!(%addr, "serving the topology page");
     Ok(())
 }
 

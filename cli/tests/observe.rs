@@ -358,3 +358,68 @@ fn events_and_stats_follow_the_network() {
         ]
     );
 }
+
+/// `--web IP:PORT`: the topology page, and beside it only the read-only
+/// API it reads (no way to change anything from there).
+#[test]
+fn the_topology_page_and_its_read_only_api() {
+    if !require(has_tool("curl", "--version"), "needs curl") {
+        return;
+    }
+    let Some(mut w) = World::with_daemon_args(&["--web", "127.0.0.1:8099"]) else {
+        return;
+    };
+    let a = w.sandbox("a");
+    w.weft_ok(&["network", "create", "--subnet", "10.240.4.0/24", "topo"]);
+    w.weft_ok(&["network", "connect", "--name", "alpha", "topo", &a]);
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:8099{path}");
+        let out = w.exec(
+            &w.host,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        );
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (body.to_owned(), code.to_owned())
+    };
+    let (page, code) = get("/");
+    assert_eq!(code, "200");
+    assert!(
+        page.contains("<svg") && page.contains("/v1/networks"),
+        "{page}"
+    );
+    let (list, code) = get("/v1/networks");
+    assert_eq!(code, "200");
+    assert!(list.contains("\"topo\""), "{list}");
+    let (details, _) = get("/v1/networks/topo");
+    assert!(details.contains("\"alpha\""), "{details}");
+    let url = "http://127.0.0.1:8099/v1/networks/topo/disconnect";
+    let out = w.exec(
+        &w.host,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+            url,
+        ],
+    );
+    assert_eq!(stdout(&out), "404", "the page's listener changes nothing");
+    assert_eq!(w.endpoints("topo").len(), 1);
+}

@@ -142,6 +142,40 @@ async fn metrics(State(c): Shared) -> impl IntoResponse {
     )
 }
 
+/// The topology page (`weft daemon --web IP:PORT`): one HTML page whose
+/// script reads the read-only part of the API from the same listener.
+const WEB_PAGE: &str = include_str!("../web.html");
+
+/// Serve the topology page and the read-only API it reads (`GET
+/// /v1/networks`, `/v1/networks/NAME`, `/v1/peers`, `/metrics`) on a TCP
+/// listener; nothing there changes anything.
+///
+/// # Errors
+///
+/// When accepting fails for good.
+pub async fn serve_web(
+    listener: tokio::net::TcpListener,
+    controller: Arc<Controller>,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    WEB_PAGE,
+                )
+            }),
+        )
+        .route("/v1/networks", get(list_networks))
+        .route("/v1/networks/{name}", get(inspect_network))
+        .route("/v1/peers", get(peers))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(controller);
+    axum::serve(listener, router).await
+}
+
 /// Serve only `GET /metrics` on a TCP listener (`weft daemon --metrics
 /// ADDR:PORT`, for Prometheus), without the rest of the API.
 ///
