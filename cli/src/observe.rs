@@ -191,7 +191,7 @@ fn event_line(event: &Value) -> String {
         text("action"),
         text("network")
     );
-    for key in ["endpoint", "sandbox"] {
+    for key in ["endpoint", "sandbox", "peer"] {
         if let Some(v) = event[key].as_str() {
             line.push_str(&format!(" {key}={v}"));
         }

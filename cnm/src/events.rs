@@ -5,7 +5,9 @@
 //!
 //! The controller emits an [`Event`] after each change it has made durable
 //! (the state file saved): a network created or removed, an endpoint
-//! connected or disconnected. Events go to a broadcast channel; every
+//! connected or disconnected; and, with a cluster, a member that joined,
+//! became suspect, went down or left ([`member_changes`], from the
+//! membership the controller follows). Events go to a broadcast channel; every
 //! `GET /v1/events` subscribes and streams them as JSON lines. Nothing is
 //! kept: a subscriber sees what happens after it subscribed, and one that
 //! falls more than [`BACKLOG`] events behind is told how many it missed
@@ -24,10 +26,11 @@ pub const BACKLOG: usize = 1024;
 pub struct Event {
     /// When (RFC 3339, UTC, milliseconds).
     pub time: String,
-    /// `network`, `endpoint`, or `lagged` (events were missed).
+    /// `network`, `endpoint`, `peer`, or `lagged` (events were missed).
     #[serde(rename = "type")]
     pub kind: String,
-    /// `create`, `remove` (networks); `connect`, `disconnect` (endpoints).
+    /// `create`, `remove` (networks); `connect`, `disconnect` (endpoints);
+    /// `join`, `alive`, `suspect`, `dead`, `leave` (peers).
     pub action: String,
     /// The network.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -38,6 +41,9 @@ pub struct Event {
     /// The endpoint's sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// A peer: its name, node id and gossip address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// The endpoint's addresses, or the network's subnets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
@@ -53,6 +59,7 @@ impl Event {
             network: network.into(),
             endpoint: None,
             sandbox: None,
+            peer: None,
             addresses: Vec::new(),
         }
     }
@@ -84,6 +91,35 @@ impl Events {
     }
 }
 
+/// The peer events between two views of the membership (member key →
+/// (description, state)): a new member `join`s (or shows up `suspect` or
+/// `dead`), a changed state is that state, a vanished member `leave`s.
+pub fn member_changes(
+    before: &std::collections::BTreeMap<String, (String, String)>,
+    now: &std::collections::BTreeMap<String, (String, String)>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut peer = |action: &str, description: &str| {
+        let mut event = Event::new("peer", action, "");
+        event.peer = Some(description.to_owned());
+        events.push(event);
+    };
+    for (key, (description, state)) in now {
+        match before.get(key) {
+            None if state == "alive" => peer("join", description),
+            None => peer(state, description),
+            Some((_, old)) if old != state => peer(state, description),
+            Some(_) => {}
+        }
+    }
+    for (key, (description, _)) in before {
+        if !now.contains_key(key) {
+            peer("leave", description);
+        }
+    }
+    events
+}
+
 /// The next event for a subscriber: a `lagged` event when it fell behind,
 /// None when the channel is closed.
 pub async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
@@ -101,6 +137,31 @@ pub async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_changes_say_join_state_changes_and_leave() {
+        let view = |members: &[(&str, &str)]| {
+            members
+                .iter()
+                .map(|(id, state)| ((*id).to_owned(), (format!("h {id}"), (*state).to_owned())))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let before = view(&[("a", "alive"), ("b", "alive"), ("c", "suspect")]);
+        let now = view(&[("a", "alive"), ("b", "suspect"), ("d", "alive")]);
+        let events: Vec<(String, String)> = member_changes(&before, &now)
+            .into_iter()
+            .map(|e| (e.action, e.peer.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("suspect".to_owned(), "h b".to_owned()),
+                ("join".to_owned(), "h d".to_owned()),
+                ("leave".to_owned(), "h c".to_owned()),
+            ]
+        );
+        assert!(member_changes(&now, &now).is_empty());
+    }
 
     #[tokio::test]
     async fn subscribers_see_what_follows_and_are_told_what_they_missed() {

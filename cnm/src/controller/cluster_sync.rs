@@ -26,8 +26,22 @@ impl Controller {
             return;
         };
         let mut changes = cluster.subscribe();
+        let mut members = std::collections::BTreeMap::new();
         loop {
             self.sync_cluster().await;
+            // Membership as events (`weft events`).
+            let now: std::collections::BTreeMap<String, (String, String)> = cluster
+                .members()
+                .into_iter()
+                .map(|m| {
+                    let description = format!("{} {} {}", m.name, m.id, m.address);
+                    (m.id, (description, m.state.to_owned()))
+                })
+                .collect();
+            for event in crate::events::member_changes(&members, &now) {
+                self.events.emit(event);
+            }
+            members = now;
             if changes.changed().await.is_err() {
                 return;
             }
