@@ -102,6 +102,56 @@ pub struct DaemonArgs {
     /// as root, else $XDG_RUNTIME_DIR/docker/plugins, a rootless dockerd's].
     #[arg(long, value_name = "DIR", requires = "docker_plugin")]
     pub docker_plugin_dir: Option<PathBuf>,
+    /// What to log: a level (error, warn, info, debug, trace) or
+    /// per-module directives such as `info,weft_overlay=debug`.
+    #[arg(long, value_name = "FILTER", env = "WEFT_LOG", default_value = "info")]
+    pub log_level: String,
+    /// How to log on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "WEFT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The daemon's log format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people; coloured only on a terminal.
+    Text,
+    /// One JSON object per line: time, level, target, message, fields.
+    Json,
+}
+
+/// Start logging to stderr as `--log-level` and `--log-format` say.
+///
+/// # Errors
+///
+/// A filter that does not parse.
+pub fn init_logging(args: &DaemonArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).with_context(|| {
+        format!(
+            "--log-level {:?}: not a level or filter (try info, debug, or info,weft_overlay=debug)",
+            args.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            // Colour only for a person at a terminal: not in journald,
+            // files or pipes, and never with NO_COLOR (https://no-color.org).
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+    }
+    Ok(())
 }
 
 /// The NAT's default flow bound, as the flag's type (it fits: 4096).

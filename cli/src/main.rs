@@ -130,8 +130,7 @@ fn main() -> ExitCode {
         Command::Completion(args) => report(manuals::completion::<Cli>(&args)),
         Command::Man(args) => report(manuals::man::<Cli>(&args)),
         Command::Daemon(args) => {
-            init_logging();
-            report(daemon::run(&socket, args))
+            report(daemon::init_logging(&args).and_then(|()| daemon::run(&socket, args)))
         }
         Command::Network(command) => {
             let client = Client::new(&socket);
@@ -178,20 +177,6 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal: not in journald, files or
-    // pipes, and never with NO_COLOR (https://no-color.org).
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {

@@ -60,6 +60,8 @@ pub enum NetworkCommand {
         /// Namespace path, or a name under /var/run/netns.
         netns: String,
     },
+    /// Show a network's forwarding table (the same as `weft fdb`).
+    Fdb(crate::observe::FdbArgs),
 }
 
 /// `weft network ls`.
@@ -223,6 +225,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 )
                 .await?;
         }
+        NetworkCommand::Fdb(args) => crate::observe::fdb(client, args).await?,
     }
     Ok(())
 }

@@ -17,10 +17,15 @@ use crate::client::Client;
 #[derive(Debug, clap::Args)]
 pub struct CaptureArgs {
     /// The network.
-    pub network: String,
+    #[arg(required_unless_present = "overlay")]
+    pub network: Option<String>,
     /// Only this endpoint (its name in the network).
     #[arg(long, value_name = "NAME")]
     pub endpoint: Option<String>,
+    /// The tunnel instead of a network: the encapsulated datagrams (VXLAN
+    /// over UDP) between this host and the other hosts of the cluster.
+    #[arg(long, conflicts_with_all = ["network", "endpoint"])]
+    pub overlay: bool,
     /// Write the pcapng here (`-`: stdout, for `| tshark -r -`).
     #[arg(short = 'w', long = "write", value_name = "FILE", default_value = "-")]
     pub write: String,
@@ -59,7 +64,10 @@ pub async fn capture(client: &Client, args: CaptureArgs) -> Result<()> {
     } else {
         Box::new(File::create(&args.write).with_context(|| format!("creating {}", args.write))?)
     };
-    let path = format!("/v1/networks/{}/capture", args.network);
+    let path = match &args.network {
+        Some(network) if !args.overlay => format!("/v1/networks/{network}/capture"),
+        _ => "/v1/capture/overlay".to_owned(),
+    };
     client
         .stream(Method::POST, &path, &request, |chunk| {
             out.write_all(chunk)?;
@@ -157,13 +165,42 @@ pub struct EventsArgs {
     /// One JSON object per line, as the daemon sends them.
     #[arg(long)]
     pub json: bool,
+    /// First show the kept events (the daemon keeps the last 1000) since
+    /// this time: a duration ago (`10m`, `1h30m`), RFC 3339
+    /// (`2026-12-03T15:00:00Z`) or Unix seconds.
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<f64>,
+}
+
+/// `--since` as Unix seconds.
+fn parse_since(text: &str) -> Result<f64, String> {
+    let now = std::time::SystemTime::now();
+    let at = if let Ok(seconds) = text.parse::<f64>() {
+        return Ok(seconds);
+    } else if let Ok(ago) = humantime::parse_duration(text) {
+        now.checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH)
+    } else if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        at
+    } else {
+        return Err(
+            "give a duration ago (10m, 1h30m), RFC 3339 (2026-12-03T15:00:00Z) or Unix seconds"
+                .into(),
+        );
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64()))
 }
 
 /// Print events as they happen, until stopped (like `docker events`).
 pub async fn events(client: &Client, args: EventsArgs) -> Result<()> {
+    let path = match args.since {
+        Some(seconds) => format!("/v1/events?since={seconds:.3}"),
+        None => "/v1/events".to_owned(),
+    };
     let mut pending = Vec::new();
     client
-        .stream(Method::GET, "/v1/events", &(), |chunk| {
+        .stream(Method::GET, &path, &(), |chunk| {
             pending.extend_from_slice(chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();

@@ -773,6 +773,29 @@ fn forwards_to_the_upstream_and_passes_nxdomain_through() {
     assert_eq!(d.data("A"), vec![FORWARDED_ADDR.to_owned()], "{}", d.text);
     let d = w.dig_status(&a, &gw, &[UPSTREAM_NXDOMAIN, "A"], "NXDOMAIN");
     assert!(d.answers.is_empty(), "{}", d.text);
+    // The three relayed answers are in the upstream latency histogram
+    // (Prometheus metrics, issue 18).
+    let metrics = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "10", "--unix-socket"])
+        .arg(&w.socket)
+        .arg("http://weft/metrics")
+        .output()
+        .expect("curl");
+    let text = stdout(&metrics);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let relayed = value("weft_dns_upstream_latency_seconds_count");
+    assert!(relayed >= 3.0, "{relayed} upstream answers timed:\n{text}");
+    assert_eq!(
+        value("weft_dns_upstream_latency_seconds_bucket{le=\"+Inf\"}"),
+        relayed
+    );
+    assert!(value("weft_dns_upstream_latency_seconds_sum") > 0.0);
+    assert!(value("weft_dns_answers_total{kind=\"forwarded\"}") >= 3.0);
     // dnsmasq without upstreams refuses the rest: the asker gets SERVFAIL.
     w.dig_status(&a, &gw, &["unknown.example.org", "A"], "SERVFAIL");
     // The upstream stopped (port unreachable): SERVFAIL, in bounded time.

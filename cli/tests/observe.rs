@@ -68,8 +68,52 @@ fn fdb_and_metrics_show_the_network() {
     );
     assert_eq!(stdout(&dig).trim(), b_ip, "{}", common::show(&dig));
 
+    // A published port of each kind, and a client of each from HOST.
+    let c = w.sandbox("c");
+    w.weft_ok(&[
+        "network",
+        "connect",
+        "--name",
+        "gamma",
+        "-p",
+        "18080:80",
+        "-p",
+        "18053:53/udp",
+        "obs",
+        &c,
+    ]);
+    w.exec(
+        &w.host,
+        &["curl", "-s", "--max-time", "3", "http://127.0.0.1:18080/"],
+    );
+    w.exec(
+        &w.host,
+        &["bash", "-c", "echo hello > /dev/udp/127.0.0.1/18053"],
+    );
+
     // Metrics on the API socket.
-    let answer = w.http("GET", "/metrics", None);
+    let published = |text: &str, family: &str, protocol: &str| -> f64 {
+        let start = format!("{family}{{network=\"obs\",endpoint=\"gamma\",protocol=\"{protocol}\"");
+        text.lines()
+            .filter(|l| l.starts_with(&start))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut answer = w.http("GET", "/metrics", None);
+    while (published(&answer.body, "weft_published_connections_total", "tcp") < 1.0
+        || published(&answer.body, "weft_published_datagrams_total", "udp") < 1.0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        answer = w.http("GET", "/metrics", None);
+    }
+    assert!(
+        published(&answer.body, "weft_published_connections_total", "tcp") >= 1.0
+            && published(&answer.body, "weft_published_datagrams_total", "udp") >= 1.0,
+        "the published ports' client and datagram are counted:\n{}",
+        answer.body
+    );
     assert_eq!(answer.status, 200);
     let text = answer.body;
     let rx = sample(
@@ -90,14 +134,14 @@ fn fdb_and_metrics_show_the_network() {
             &text,
             "weft_network_fdb_entries{network=\"obs\",kind=\"static\"}"
         ),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         sample(
             &text,
             "weft_network_endpoints{network=\"obs\",driver=\"bridge\"}"
         ),
-        Some(2.0)
+        Some(3.0)
     );
     assert!(sample(&text, "weft_process_resident_memory_bytes").is_some_and(|b| b > 0.0));
     assert!(sample(&text, "weft_dns_queries_total").is_some_and(|n| n >= 1.0));
@@ -106,6 +150,55 @@ fn fdb_and_metrics_show_the_network() {
         "{text}"
     );
     assert!(sample(&text, "weft_datapath_cpu_seconds_total").is_some());
+
+    // Prometheus' own parser (Python's prometheus_client) reads all of it.
+    if require(
+        std::process::Command::new("python3")
+            .args(["-c", "import prometheus_client"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "needs python3-prometheus-client",
+    ) {
+        let script = w.dir.join("parse.py");
+        std::fs::write(
+            &script,
+            "import sys\n\
+             from prometheus_client.parser import text_string_to_metric_families\n\
+             for f in text_string_to_metric_families(sys.stdin.read()):\n\
+             \x20   for s in f.samples:\n\
+             \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+             \x20       print(f.type, s.name, labels, s.value)\n",
+        )
+        .expect("writing the parser script");
+        let mut parse = std::process::Command::new("python3")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        use std::io::Write as _;
+        parse
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("feeding the parser");
+        let parsed = parse.wait_with_output().expect("python3");
+        assert!(parsed.status.success(), "{}", common::show(&parsed));
+        let parsed = stdout(&parsed);
+        for line in [
+            "counter weft_port_rx_frames_total endpoint=alpha,network=obs ",
+            "gauge weft_network_endpoints driver=bridge,network=obs 3.0",
+            "counter weft_published_connections_total endpoint=gamma,host=",
+            "histogram weft_dns_upstream_latency_seconds_count  ",
+        ] {
+            assert!(
+                parsed.lines().any(|l| l.starts_with(line)),
+                "{line:?} not parsed from the metrics:\n{parsed}"
+            );
+        }
+    }
 
     // And on --metrics, for Prometheus: the same families, nothing else.
     let url = format!("http://{METRICS}/metrics");
@@ -253,6 +346,26 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
         "{}",
         common::show(&out)
     );
+    // The tunnel of a daemon without a cluster: refused, saying why
+    // (tests/overlay.rs captures a real one).
+    let out = w.exec(
+        &w.host,
+        &[
+            common::WEFT,
+            "--socket",
+            &socket,
+            "capture",
+            "--overlay",
+            "-w",
+            &file_arg,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("start it with --listen"),
+        "{}",
+        common::show(&out)
+    );
 }
 
 /// `weft events --json`: network and endpoint changes, in order, as they
@@ -356,6 +469,84 @@ fn events_and_stats_follow_the_network() {
             "endpoint disconnect ev beta",
             "network remove ev ",
         ]
+    );
+
+    // The daemon keeps them: `--since` replays them first, in order.
+    let replay = w.exec(
+        &w.host,
+        &[
+            "timeout",
+            "3",
+            common::WEFT,
+            "--socket",
+            &socket,
+            "events",
+            "--json",
+            "--since",
+            "1h",
+        ],
+    );
+    let replayed: Vec<String> = stdout(&replay)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["network"] == "ev")
+        .map(|v| {
+            format!(
+                "{} {} {} {}",
+                v["type"].as_str().unwrap_or(""),
+                v["action"].as_str().unwrap_or(""),
+                v["network"].as_str().unwrap_or(""),
+                v["endpoint"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(replayed, got, "{}", common::show(&replay));
+    // A bad time is refused, saying why.
+    let answer = w.http("GET", "/v1/events?since=yesterday", None);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("RFC 3339"), "{}", answer.body);
+    let bad = w.weft(&["events", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(
+        common::stderr(&bad).contains("duration ago"),
+        "{}",
+        common::show(&bad)
+    );
+}
+
+/// `--log-format json`: the daemon's log is one JSON object per line; a
+/// bad `--log-level` is refused with a hint.
+#[test]
+fn the_daemon_logs_json_when_asked() {
+    let Some(w) = World::with_daemon_args(&["--log-format", "json"]) else {
+        return;
+    };
+    w.weft_ok(&["network", "create", "--subnet", "10.240.4.0/24", "logs"]);
+    let log = w.daemon_log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("[daemon start"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "no log at all");
+    for line in &lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string() && v["fields"].is_object(),
+            "{line}"
+        );
+    }
+    let bad = std::process::Command::new(common::WEFT)
+        .args(["daemon", "--log-level", "info,=x=y"])
+        .env_remove("WEFT_LOG")
+        .output()
+        .expect("weft daemon");
+    assert!(!bad.status.success());
+    assert!(
+        common::stderr(&bad).contains("--log-level"),
+        "{}",
+        common::show(&bad)
     );
 }
 

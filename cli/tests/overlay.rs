@@ -1304,3 +1304,81 @@ fn a_restarted_host_gets_its_blocks_back_and_a_new_id_does_not() {
         show(&out)
     );
 }
+
+/// `weft capture --overlay` (issue 18): the datagrams between hosts as
+/// pcapng that tcpdump decodes as VXLAN of the network's VNI, with the
+/// sandboxes' pings inside, both directions.
+#[test]
+fn weft_capture_overlay_shows_the_vxlan_between_hosts() {
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    c.hosts[0].weft_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.232.40.0/24",
+        "--opt",
+        "vni=4340",
+        "ovcap",
+    ]);
+    c.wait_for("ovcap reaches host 2", CONVERGE, || {
+        c.hosts[1].listed_network("ovcap").is_some()
+    });
+    let a = c.sandbox("a");
+    let b = c.sandbox("b");
+    let a_ip = c.hosts[0].connect("ovcap", &a, "a");
+    let b_ip = c.hosts[1].connect("ovcap", &b, "b");
+    c.ping_ok(&a, &b_ip);
+
+    let file = c.dir.join("overlay.pcapng");
+    let file_arg = file.to_string_lossy().into_owned();
+    let socket = c.hosts[0].socket.to_string_lossy().into_owned();
+    let capture = Command::new("ip")
+        .args(["netns", "exec", &c.hosts[0].ns, "timeout", "-k", "2", "30"])
+        .args([
+            WEFT,
+            "--socket",
+            &socket,
+            "capture",
+            "--overlay",
+            "-w",
+            &file_arg,
+            "--duration",
+            "4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting weft capture --overlay");
+    // The section header arrives first: the session is on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ping = exec_in(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &b_ip]);
+    assert!(ping.status.success(), "{}", show(&ping));
+    let out = capture.wait_with_output().expect("weft capture");
+    assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
+    assert!(stderr(&out).contains(" 0 dropped"), "{}", stderr(&out));
+
+    let read = run(Command::new("tcpdump").args(["-n", "-r", &file_arg]));
+    let text = stdout(&read);
+    let vxlan = text
+        .lines()
+        .filter(|l| l.contains("VXLAN") && l.contains("vni 4340"))
+        .count();
+    let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+    let requests = count(&format!("{a_ip} > {b_ip}: ICMP echo request"));
+    let replies = count(&format!("{b_ip} > {a_ip}: ICMP echo reply"));
+    assert!(
+        vxlan >= 6 && requests >= 3 && replies >= 3,
+        "{vxlan} VXLAN datagrams, {requests} requests out, {replies} replies in:\n{text}\n{}",
+        show(&read)
+    );
+    // The underlay's addresses: out to host 2, in from it.
+    assert!(text.contains("192.0.2.1.4789 > 192.0.2.2.4789"), "{text}");
+    assert!(text.contains("> 192.0.2.1.4789"), "{text}");
+}

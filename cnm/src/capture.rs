@@ -9,7 +9,9 @@
 //! - One interface description block per port, written the first time
 //!   the port has a frame: its name is the endpoint's DNS name (or
 //!   `tunnel-N` for a tunnel port of an overlay network), so Wireshark
-//!   shows which sandbox a frame crossed. Timestamps are nanoseconds
+//!   shows which sandbox a frame crossed. A capture of the tunnel
+//!   (`--overlay`) has one interface, `underlay`, whose frames are the
+//!   datagrams between hosts (see `weft_datapath::capture`). Timestamps are nanoseconds
 //!   (`if_tsresol` 9), the data path's wall clock when it saw the frame.
 //! - Each frame is an enhanced packet block whose flags say its direction
 //!   as seen from the switch: inbound when the switch read it from the
@@ -189,12 +191,39 @@ impl PcapNg {
     }
 }
 
+/// How a session's records become pcapng interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interfaces {
+    /// One interface per port: endpoints by name, tunnel ports as
+    /// `tunnel-N`.
+    Ports(HashMap<PortId, String>),
+    /// One interface, `underlay`, for every datagram of the tunnel
+    /// (`weft capture --overlay`).
+    Underlay,
+}
+
+impl Interfaces {
+    /// The interface of a record of `port`: a key and its name.
+    fn of(&self, port: PortId) -> (PortId, String) {
+        match self {
+            Interfaces::Ports(names) => (
+                port,
+                names
+                    .get(&port)
+                    .cloned()
+                    .unwrap_or_else(|| format!("tunnel-{}", port.0)),
+            ),
+            Interfaces::Underlay => (PortId(0), "underlay".to_owned()),
+        }
+    }
+}
+
 /// Run a session until its end (see the module header), handing pcapng
 /// chunks to `send`; false from `send` means the reader is gone.
 /// Returns the frames captured and dropped.
 pub fn pump(
     handle: CaptureHandle,
-    names: &HashMap<PortId, String>,
+    interfaces: &Interfaces,
     request: &CaptureRequest,
     mut send: impl FnMut(Vec<u8>) -> bool,
 ) -> (u64, u64) {
@@ -219,12 +248,9 @@ pub fn pump(
             alive = send(Vec::new());
             continue;
         };
-        let name = names
-            .get(&record.port)
-            .cloned()
-            .unwrap_or_else(|| format!("tunnel-{}", record.port.0));
+        let (port, name) = interfaces.of(record.port);
         pcap.frame(
-            record.port,
+            port,
             &name,
             record.time,
             record.to_port,
@@ -237,12 +263,9 @@ pub fn pump(
             if request.count.is_some_and(|c| frames >= c) {
                 break;
             }
-            let name = names
-                .get(&more.port)
-                .cloned()
-                .unwrap_or_else(|| format!("tunnel-{}", more.port.0));
+            let (port, name) = interfaces.of(more.port);
             pcap.frame(
-                more.port,
+                port,
                 &name,
                 more.time,
                 more.to_port,

@@ -35,7 +35,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use weft_datapath::published::{HostListener, PublishError, PublishId, PublishTarget};
+use weft_datapath::published::{
+    HostListener, PublishError, PublishId, PublishTarget, PublishedFigures,
+};
 use weft_datapath::{Datapath, DatapathError};
 use weft_services::dns::{Zone, ZoneEntry};
 use weft_services::NatNetworkStats;
@@ -508,6 +510,25 @@ impl BridgeDriver {
             }
         }
         Ok(published)
+    }
+
+    /// What every published port carried, each with its endpoint's id.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Datapath`] when the data path is gone.
+    pub fn published_figures(&self) -> Result<Vec<(String, PublishedFigures)>, DriverError> {
+        let figures = self.datapath.published_figures()?;
+        let tables = self.tables();
+        let owner: HashMap<PublishId, &String> = tables
+            .published
+            .iter()
+            .flat_map(|(endpoint, ids)| ids.iter().map(move |id| (*id, endpoint)))
+            .collect();
+        Ok(figures
+            .into_iter()
+            .filter_map(|f| owner.get(&f.id).map(|endpoint| ((*endpoint).clone(), f)))
+            .collect())
     }
 
     /// Close every published port of an endpoint (it stays joined).

@@ -8,11 +8,17 @@
 //! connected or disconnected; and, with a cluster, a member that joined,
 //! became suspect, went down or left ([`member_changes`], from the
 //! membership the controller follows). Events go to a broadcast channel; every
-//! `GET /v1/events` subscribes and streams them as JSON lines. Nothing is
-//! kept: a subscriber sees what happens after it subscribed, and one that
-//! falls more than [`BACKLOG`] events behind is told how many it missed
-//! (an event of type `lagged`) rather than stalling the controller.
+//! `GET /v1/events` subscribes and streams them as JSON lines. The last
+//! [`HISTORY`] events are also kept in memory, so a subscriber may ask for
+//! the ones since a time first (`?since=`, `weft events --since 10m`);
+//! the history and the subscription are taken under one lock, so nothing
+//! falls between them and nothing comes twice. A subscriber that falls
+//! more than [`BACKLOG`] events behind is told how many it missed (an
+//! event of type `lagged`) rather than stalling the controller. Nothing
+//! is written to disk: a restarted daemon starts a new history.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +26,9 @@ use tokio::sync::broadcast;
 
 /// Events a slow subscriber may fall behind before it misses some.
 pub const BACKLOG: usize = 1024;
+
+/// Events kept for subscribers that ask for the past (`?since=`).
+pub const HISTORY: usize = 1000;
 
 /// One change. See the module header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,29 +74,56 @@ impl Event {
     }
 }
 
-/// The controller's event channel.
+/// The controller's event channel and its recent history.
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: broadcast::Sender<Event>,
+    /// The last [`HISTORY`] events, oldest first, each with when it was
+    /// emitted.
+    history: Arc<Mutex<VecDeque<(SystemTime, Event)>>>,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Events {
             tx: broadcast::channel(BACKLOG).0,
+            history: Arc::default(),
         }
     }
 }
 
 impl Events {
-    /// Tell every subscriber (none listening is fine).
+    /// Keep the event and tell every subscriber (none listening is fine).
     pub fn emit(&self, event: Event) {
+        let mut history = self.history();
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back((SystemTime::now(), event.clone()));
+        // Sent under the lock: see `subscribe_since`.
         let _ = self.tx.send(event);
     }
 
     /// A new subscriber.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// The kept events emitted at or after `since`, oldest first, and a
+    /// subscriber for every event after them.
+    pub fn subscribe_since(&self, since: SystemTime) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let history = self.history();
+        let past = history
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, event)| event.clone())
+            .collect();
+        (past, self.tx.subscribe())
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, VecDeque<(SystemTime, Event)>> {
+        // A push and a pop leave the queue whole even if a holder panicked.
+        self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -161,6 +197,28 @@ mod tests {
             ]
         );
         assert!(member_changes(&now, &now).is_empty());
+    }
+
+    #[test]
+    fn the_history_since_a_time_comes_first_and_is_bounded() {
+        let events = Events::default();
+        events.emit(Event::new("network", "create", "old"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let since = SystemTime::now();
+        events.emit(Event::new("network", "create", "new"));
+        let (past, mut rx) = events.subscribe_since(since);
+        let names: Vec<&str> = past.iter().map(|e| e.network.as_str()).collect();
+        assert_eq!(names, ["new"]);
+        events.emit(Event::new("network", "remove", "new"));
+        assert_eq!(rx.try_recv().map(|e| e.action), Ok("remove".to_owned()));
+        let (all, _) = events.subscribe_since(SystemTime::UNIX_EPOCH);
+        assert_eq!(all.len(), 3);
+        for i in 0..HISTORY + 10 {
+            events.emit(Event::new("network", "create", &format!("n{i}")));
+        }
+        let (all, _) = events.subscribe_since(SystemTime::UNIX_EPOCH);
+        assert_eq!(all.len(), HISTORY);
+        assert_eq!(all[0].network, "n10", "the oldest went first");
     }
 
     #[tokio::test]

@@ -11,14 +11,27 @@
 //! a [`Snapshot`] from the controller; [`render`] is a pure function of
 //! it, so the format is tested without a daemon.
 //!
+//! The text is written by `prometheus-client`, the Prometheus project's
+//! own Rust library (escaping, `_total` suffixes, histogram buckets, the
+//! 0.0.4 encoder), through a `Collector` that reads the snapshot: the
+//! figures already live in the data path, so there are no live metric
+//! objects to keep in step.
+//!
 //! Names follow Prometheus' conventions: `weft_` prefix, base units in
 //! the name (`_bytes`, `_seconds`), `_total` for counters, what varies in
 //! labels (`network`, `endpoint`, `reason`, `host`, `state`). "rx" is what
 //! the switch read from a port (the sandbox sent it), "tx" what it wrote
 //! to the port (the sandbox received it).
 
-use std::fmt::Write as _;
-
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use weft_datapath::published::PublishCounters;
+use weft_services::dns::{LatencyHistogram, UPSTREAM_LATENCY_BOUNDS_SECONDS};
 use weft_vswitch::counters::PortCountersSnapshot;
 
 use crate::controller::Controller;
@@ -43,6 +56,21 @@ pub struct NetworkFigures {
     pub nat_refused: Vec<(String, String, u64)>,
 }
 
+/// One published port's figures.
+#[derive(Debug, Clone)]
+pub struct PublishedFigure {
+    /// Its endpoint's network.
+    pub network: String,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The host address it listens on.
+    pub host: String,
+    /// What it carried.
+    pub counters: PublishCounters,
+}
+
 /// Everything one scrape shows.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -60,6 +88,10 @@ pub struct Snapshot {
     pub dns_queries: Option<u64>,
     /// Queries it tried again at the next upstream.
     pub dns_upstream_retries: Option<u64>,
+    /// How long its upstreams took to answer.
+    pub dns_upstream_latency: Option<LatencyHistogram>,
+    /// Published ports and what they carried.
+    pub published: Vec<PublishedFigure>,
     /// Resident memory of the daemon, bytes.
     pub resident_bytes: Option<u64>,
     /// CPU time of the data-path thread, seconds.
@@ -69,10 +101,22 @@ pub struct Snapshot {
 /// Gather a scrape's figures from the controller.
 pub async fn collect(controller: &Controller) -> Snapshot {
     let mut snapshot = Snapshot::default();
+    let published = controller.published_figures().await.unwrap_or_default();
     for network in controller.networks().await {
         let Ok(details) = controller.inspect(&network.name).await else {
             continue;
         };
+        for e in &details.endpoints {
+            for (_, p) in published.iter().filter(|(id, _)| *id == e.endpoint.id) {
+                snapshot.published.push(PublishedFigure {
+                    network: network.name.clone(),
+                    endpoint: e.endpoint.name.clone(),
+                    protocol: p.proto.as_str(),
+                    host: p.host.map(|a| a.to_string()).unwrap_or_default(),
+                    counters: p.counters,
+                });
+            }
+        }
         let mut figures = NetworkFigures {
             name: network.name.clone(),
             driver: network.driver.to_string(),
@@ -132,6 +176,7 @@ pub async fn collect(controller: &Controller) -> Snapshot {
         ];
         snapshot.dns_queries = Some(c.queries);
         snapshot.dns_upstream_retries = Some(c.upstream_retries);
+        snapshot.dns_upstream_latency = Some(c.upstream_latency);
     }
     snapshot.resident_bytes = resident_bytes();
     snapshot.datapath_cpu_seconds = thread_cpu_seconds("weft-datapath");
@@ -174,268 +219,342 @@ fn thread_cpu_seconds(name: &str) -> Option<f64> {
     None
 }
 
-/// A label value, escaped as the exposition format wants.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A sample's labels, in order.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// One sample's value.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Count(u64),
+    Seconds(f64),
 }
 
-/// One metric family: its HELP and TYPE lines, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
-}
+/// The snapshot as a prometheus-client collector: each family is written
+/// from the figures the scrape gathered (so every value is a constant of
+/// this scrape, not a live metric object).
+#[derive(Debug)]
+struct Exposition(Snapshot);
 
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        Family { out }
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
-            .collect();
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
-        } else {
-            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+/// Write one family: its descriptor, then one sample per label set. A
+/// counter's `name` is given without `_total`, which the encoder adds.
+fn family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels<'a>, Value)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = metric.encode_family(&labels)?;
+        match (kind, value) {
+            (MetricType::Counter, Value::Count(n)) => ConstCounter::new(n).encode(sample)?,
+            (MetricType::Counter, Value::Seconds(s)) => ConstCounter::new(s).encode(sample)?,
+            (_, Value::Count(n)) => ConstGauge::new(n).encode(sample)?,
+            (_, Value::Seconds(s)) => ConstGauge::new(s).encode(sample)?,
         }
     }
+    Ok(())
 }
 
-/// The exposition text of a snapshot.
-pub fn render(s: &Snapshot) -> String {
-    let mut out = String::new();
-    let mut f = Family::new(
-        &mut out,
-        "weft_build_info",
-        "gauge",
-        "The daemon's version.",
-    );
-    f.sample(
-        "weft_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1,
-    );
-    let mut f = Family::new(
-        &mut out,
-        "weft_network_endpoints",
-        "gauge",
-        "Endpoints attached to a network on this host.",
-    );
-    for n in &s.networks {
-        f.sample(
+/// `(labels, count)` as a sample.
+fn count<'a, N: TryInto<u64>>(labels: Labels<'a>, n: N) -> (Labels<'a>, Value) {
+    (labels, Value::Count(n.try_into().unwrap_or(u64::MAX)))
+}
+
+type Pick = fn(&PortCountersSnapshot) -> u64;
+
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0;
+        family(
+            &mut e,
+            "weft_build_info",
+            "The daemon's version.",
+            Gauge,
+            [count(vec![("version", env!("CARGO_PKG_VERSION"))], 1u64)],
+        )?;
+        family(
+            &mut e,
             "weft_network_endpoints",
-            &[("network", &n.name), ("driver", &n.driver)],
-            n.endpoints.len(),
-        );
-    }
-    let mut f = Family::new(&mut out, "weft_network_fdb_entries", "gauge", "Entries of a network's forwarding table, by kind (static: endpoints' own MACs; learned; remote: overlay endpoints on other hosts).");
-    for n in &s.networks {
-        for (kind, count) in &n.fdb {
-            f.sample(
-                "weft_network_fdb_entries",
-                &[("network", &n.name), ("kind", kind)],
-                count,
-            );
+            "Endpoints attached to a network on this host.",
+            Gauge,
+            s.networks.iter().map(|n| {
+                count(
+                    vec![("network", &n.name), ("driver", &n.driver)],
+                    n.endpoints.len(),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "weft_network_fdb_entries",
+            "Entries of a network's forwarding table, by kind (static: endpoints' own MACs; learned; remote: overlay endpoints on other hosts).",
+            Gauge,
+            s.networks.iter().flat_map(|n| {
+                n.fdb
+                    .iter()
+                    .map(|(kind, c)| count(vec![("network", &n.name), ("kind", kind)], *c))
+            }),
+        )?;
+        let ports: [(&str, &str, Pick); 4] = [
+            (
+                "weft_port_rx_frames",
+                "Frames the switch read from an endpoint's port (the sandbox sent them).",
+                |c| c.rx_frames,
+            ),
+            (
+                "weft_port_rx_bytes",
+                "Bytes the switch read from an endpoint's port.",
+                |c| c.rx_bytes,
+            ),
+            (
+                "weft_port_tx_frames",
+                "Frames the switch wrote to an endpoint's port (the sandbox received them).",
+                |c| c.tx_frames,
+            ),
+            (
+                "weft_port_tx_bytes",
+                "Bytes the switch wrote to an endpoint's port.",
+                |c| c.tx_bytes,
+            ),
+        ];
+        for (name, help, pick) in ports {
+            family(
+                &mut e,
+                name,
+                help,
+                Counter,
+                s.networks.iter().flat_map(|n| {
+                    n.endpoints.iter().filter_map(move |(endpoint, c)| {
+                        let c = c.as_ref()?;
+                        Some(count(
+                            vec![("network", &n.name), ("endpoint", endpoint)],
+                            pick(c),
+                        ))
+                    })
+                }),
+            )?;
         }
-    }
-    type Pick = fn(&PortCountersSnapshot) -> u64;
-    let port_families: [(&str, &str, Pick); 4] = [
-        (
-            "weft_port_rx_frames_total",
-            "Frames the switch read from an endpoint's port (the sandbox sent them).",
-            |c| c.rx_frames,
-        ),
-        (
-            "weft_port_rx_bytes_total",
-            "Bytes the switch read from an endpoint's port.",
-            |c| c.rx_bytes,
-        ),
-        (
-            "weft_port_tx_frames_total",
-            "Frames the switch wrote to an endpoint's port (the sandbox received them).",
-            |c| c.tx_frames,
-        ),
-        (
-            "weft_port_tx_bytes_total",
-            "Bytes the switch wrote to an endpoint's port.",
-            |c| c.tx_bytes,
-        ),
-    ];
-    for (name, help, pick) in port_families {
-        let mut f = Family::new(&mut out, name, "counter", help);
-        for n in &s.networks {
-            for (endpoint, counters) in &n.endpoints {
-                if let Some(c) = counters {
-                    f.sample(
-                        name,
-                        &[("network", &n.name), ("endpoint", endpoint)],
-                        pick(c),
-                    );
-                }
-            }
+        family(
+            &mut e,
+            "weft_port_drops",
+            "Frames dropped at an endpoint's port, by reason.",
+            Counter,
+            s.networks.iter().flat_map(|n| {
+                n.endpoints.iter().flat_map(move |(endpoint, c)| {
+                    c.iter()
+                        .flat_map(|c| c.drops.iter())
+                        .map(move |(reason, n2)| {
+                            count(
+                                vec![
+                                    ("network", &n.name),
+                                    ("endpoint", endpoint),
+                                    ("reason", reason),
+                                ],
+                                *n2,
+                            )
+                        })
+                })
+            }),
+        )?;
+        let tunnels: [(&str, &str, Pick); 4] = [
+            (
+                "weft_tunnel_rx_frames",
+                "Frames received from another host of an overlay network.",
+                |c| c.rx_frames,
+            ),
+            (
+                "weft_tunnel_rx_bytes",
+                "Bytes received from another host of an overlay network.",
+                |c| c.rx_bytes,
+            ),
+            (
+                "weft_tunnel_tx_frames",
+                "Frames sent to another host of an overlay network.",
+                |c| c.tx_frames,
+            ),
+            (
+                "weft_tunnel_tx_bytes",
+                "Bytes sent to another host of an overlay network.",
+                |c| c.tx_bytes,
+            ),
+        ];
+        for (name, help, pick) in tunnels {
+            family(
+                &mut e,
+                name,
+                help,
+                Counter,
+                s.networks.iter().flat_map(|n| {
+                    n.tunnel.iter().map(move |(host, c)| {
+                        count(vec![("network", &n.name), ("host", host)], pick(c))
+                    })
+                }),
+            )?;
         }
-    }
-    let mut f = Family::new(
-        &mut out,
-        "weft_port_drops_total",
-        "counter",
-        "Frames dropped at an endpoint's port, by reason.",
-    );
-    for n in &s.networks {
-        for (endpoint, counters) in &n.endpoints {
-            for (reason, count) in counters.iter().flat_map(|c| c.drops.iter()) {
-                f.sample(
-                    "weft_port_drops_total",
-                    &[
-                        ("network", &n.name),
-                        ("endpoint", endpoint),
-                        ("reason", reason),
-                    ],
-                    count,
-                );
-            }
+        family(
+            &mut e,
+            "weft_nat_flows",
+            "NAT flows open now, by protocol (udp: UDP and ICMP echo).",
+            Gauge,
+            s.networks.iter().flat_map(|n| {
+                n.nat_flows
+                    .iter()
+                    .map(|(proto, c)| count(vec![("network", &n.name), ("protocol", proto)], *c))
+            }),
+        )?;
+        family(
+            &mut e,
+            "weft_nat_refused",
+            "New NAT flows refused, by protocol and reason (table_full, network_share, sandbox_share).",
+            Counter,
+            s.networks.iter().flat_map(|n| {
+                n.nat_refused.iter().map(|(proto, reason, c)| {
+                    count(
+                        vec![("network", &n.name), ("protocol", proto), ("reason", reason)],
+                        *c,
+                    )
+                })
+            }),
+        )?;
+        type PickPublished = fn(&PublishCounters) -> u64;
+        let published: [(&str, &str, &str, PickPublished); 3] = [
+            (
+                "weft_published_connections",
+                "tcp",
+                "TCP connections a published port accepted and relayed into its sandbox.",
+                |c| c.connections,
+            ),
+            (
+                "weft_published_refused",
+                "tcp",
+                "TCP connections a published port accepted and closed at once (the relay was full).",
+                |c| c.refused,
+            ),
+            (
+                "weft_published_datagrams",
+                "udp",
+                "UDP datagrams a published port carried into its sandbox.",
+                |c| c.datagrams,
+            ),
+        ];
+        for (name, protocol, help, pick) in published {
+            family(
+                &mut e,
+                name,
+                help,
+                Counter,
+                s.published
+                    .iter()
+                    .filter(|p| p.protocol == protocol)
+                    .map(|p| {
+                        count(
+                            vec![
+                                ("network", &p.network),
+                                ("endpoint", &p.endpoint),
+                                ("protocol", p.protocol),
+                                ("host", &p.host),
+                            ],
+                            pick(&p.counters),
+                        )
+                    }),
+            )?;
         }
-    }
-    let tunnel_families: [(&str, &str, Pick); 4] = [
-        (
-            "weft_tunnel_rx_frames_total",
-            "Frames received from another host of an overlay network.",
-            |c| c.rx_frames,
-        ),
-        (
-            "weft_tunnel_rx_bytes_total",
-            "Bytes received from another host of an overlay network.",
-            |c| c.rx_bytes,
-        ),
-        (
-            "weft_tunnel_tx_frames_total",
-            "Frames sent to another host of an overlay network.",
-            |c| c.tx_frames,
-        ),
-        (
-            "weft_tunnel_tx_bytes_total",
-            "Bytes sent to another host of an overlay network.",
-            |c| c.tx_bytes,
-        ),
-    ];
-    for (name, help, pick) in tunnel_families {
-        let mut f = Family::new(&mut out, name, "counter", help);
-        for n in &s.networks {
-            for (host, c) in &n.tunnel {
-                f.sample(name, &[("network", &n.name), ("host", host)], pick(c));
-            }
+        if let Some(queries) = s.dns_queries {
+            family(
+                &mut e,
+                "weft_dns_queries",
+                "Queries the embedded DNS server was asked (UDP and TCP, every network).",
+                Counter,
+                [count(vec![], queries)],
+            )?;
         }
-    }
-    let mut f = Family::new(
-        &mut out,
-        "weft_nat_flows",
-        "gauge",
-        "NAT flows open now, by protocol (udp: UDP and ICMP echo).",
-    );
-    for n in &s.networks {
-        for (proto, count) in &n.nat_flows {
-            f.sample(
-                "weft_nat_flows",
-                &[("network", &n.name), ("protocol", proto)],
-                count,
-            );
+        family(
+            &mut e,
+            "weft_dns_answers",
+            "The embedded DNS server's answers by kind (local: from the networks' names; forwarded: an upstream's answer relayed; dropped: no answer).",
+            Counter,
+            s.dns.iter().map(|(kind, c)| count(vec![("kind", kind)], *c)),
+        )?;
+        if let Some(retries) = s.dns_upstream_retries {
+            family(
+                &mut e,
+                "weft_dns_upstream_retries",
+                "Queries tried again at the next upstream resolver.",
+                Counter,
+                [count(vec![], retries)],
+            )?;
         }
-    }
-    let mut f = Family::new(
-        &mut out,
-        "weft_nat_refused_total",
-        "counter",
-        "New NAT flows refused, by protocol and reason (table_full, network_share, sandbox_share).",
-    );
-    for n in &s.networks {
-        for (proto, reason, count) in &n.nat_refused {
-            f.sample(
-                "weft_nat_refused_total",
-                &[
-                    ("network", &n.name),
-                    ("protocol", proto),
-                    ("reason", reason),
-                ],
-                count,
-            );
+        if let Some(latency) = &s.dns_upstream_latency {
+            let mut metric = e.encode_descriptor(
+                "weft_dns_upstream_latency_seconds",
+                "How long upstream resolvers took to answer a forwarded query, from its first try.",
+                None,
+                MetricType::Histogram,
+            )?;
+            let bounds = UPSTREAM_LATENCY_BOUNDS_SECONDS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(latency.buckets.iter().copied()).collect();
+            metric.encode_histogram::<NoLabelSet>(
+                latency.sum_micros as f64 / 1e6,
+                latency.count,
+                &buckets,
+                None,
+            )?;
         }
+        family(
+            &mut e,
+            "weft_cluster_members",
+            "Other members of the cluster, by state.",
+            Gauge,
+            s.members
+                .iter()
+                .map(|(state, c)| count(vec![("state", state)], *c)),
+        )?;
+        family(
+            &mut e,
+            "weft_gossip_dropped",
+            "Gossip datagrams dropped, by reason (rejected: wrong key or format; malformed).",
+            Counter,
+            [
+                count(vec![("reason", "rejected")], s.gossip_rejected),
+                count(vec![("reason", "malformed")], s.gossip_malformed),
+            ],
+        )?;
+        if let Some(bytes) = s.resident_bytes {
+            family(
+                &mut e,
+                "weft_process_resident_memory_bytes",
+                "The daemon's resident memory.",
+                Gauge,
+                [count(vec![], bytes)],
+            )?;
+        }
+        if let Some(seconds) = s.datapath_cpu_seconds {
+            family(
+                &mut e,
+                "weft_datapath_cpu_seconds",
+                "CPU time of the data-path thread.",
+                Counter,
+                [(vec![], Value::Seconds(seconds))],
+            )?;
+        }
+        Ok(())
     }
-    if let Some(queries) = s.dns_queries {
-        let mut f = Family::new(
-            &mut out,
-            "weft_dns_queries_total",
-            "counter",
-            "Queries the embedded DNS server was asked (UDP and TCP, every network).",
-        );
-        f.sample("weft_dns_queries_total", &[], queries);
-    }
-    let mut f = Family::new(
-        &mut out,
-        "weft_dns_answers_total",
-        "counter",
-        "The embedded DNS server's answers by kind (local: from the networks' names; forwarded: an upstream's answer relayed; dropped: no answer).",
-    );
-    for (kind, count) in &s.dns {
-        f.sample("weft_dns_answers_total", &[("kind", kind)], count);
-    }
-    if let Some(retries) = s.dns_upstream_retries {
-        let mut f = Family::new(
-            &mut out,
-            "weft_dns_upstream_retries_total",
-            "counter",
-            "Queries tried again at the next upstream resolver.",
-        );
-        f.sample("weft_dns_upstream_retries_total", &[], retries);
-    }
-    let mut f = Family::new(
-        &mut out,
-        "weft_cluster_members",
-        "gauge",
-        "Other members of the cluster, by state.",
-    );
-    for (state, count) in &s.members {
-        f.sample("weft_cluster_members", &[("state", state)], count);
-    }
-    let mut f = Family::new(
-        &mut out,
-        "weft_gossip_dropped_total",
-        "counter",
-        "Gossip datagrams dropped, by reason (rejected: wrong key or format; malformed).",
-    );
-    f.sample(
-        "weft_gossip_dropped_total",
-        &[("reason", "rejected")],
-        s.gossip_rejected,
-    );
-    f.sample(
-        "weft_gossip_dropped_total",
-        &[("reason", "malformed")],
-        s.gossip_malformed,
-    );
-    if let Some(bytes) = s.resident_bytes {
-        let mut f = Family::new(
-            &mut out,
-            "weft_process_resident_memory_bytes",
-            "gauge",
-            "The daemon's resident memory.",
-        );
-        f.sample("weft_process_resident_memory_bytes", &[], bytes);
-    }
-    if let Some(seconds) = s.datapath_cpu_seconds {
-        let mut f = Family::new(
-            &mut out,
-            "weft_datapath_cpu_seconds_total",
-            "counter",
-            "CPU time of the data-path thread.",
-        );
-        f.sample("weft_datapath_cpu_seconds_total", &[], seconds);
-    }
+}
+
+/// The exposition text (Prometheus text format 0.0.4) of a snapshot.
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition(snapshot)));
+    let mut out = String::new();
+    // Writing to a String cannot fail; the encoder only returns fmt's
+    // error type.
+    let _ = prometheus_text::encode(&mut out, &registry);
     out
 }
 
@@ -468,9 +587,26 @@ mod tests {
             }],
             members: vec![("alive".into(), 2)],
             resident_bytes: Some(4096),
+            published: vec![PublishedFigure {
+                network: "n\"1".into(),
+                endpoint: "web".into(),
+                protocol: "tcp",
+                host: "0.0.0.0:8080".into(),
+                counters: PublishCounters {
+                    connections: 5,
+                    refused: 1,
+                    datagrams: 0,
+                },
+            }],
+            dns_upstream_latency: Some({
+                let mut h = LatencyHistogram::default();
+                h.observe(std::time::Duration::from_millis(3));
+                h.observe(std::time::Duration::from_secs(9));
+                h
+            }),
             ..Snapshot::default()
         };
-        let text = render(&snapshot);
+        let text = render(snapshot);
         for line in [
             "# TYPE weft_port_rx_frames_total counter",
             "weft_port_rx_frames_total{network=\"n\\\"1\",endpoint=\"web\"} 10",
@@ -482,6 +618,14 @@ mod tests {
             "weft_nat_flows{network=\"n\\\"1\",protocol=\"tcp\"} 4",
             "weft_nat_refused_total{network=\"n\\\"1\",protocol=\"udp\",reason=\"sandbox_share\"} 9",
             "weft_process_resident_memory_bytes 4096",
+            "weft_published_connections_total{network=\"n\\\"1\",endpoint=\"web\",protocol=\"tcp\",host=\"0.0.0.0:8080\"} 5",
+            "# TYPE weft_dns_upstream_latency_seconds histogram",
+            "weft_dns_upstream_latency_seconds_bucket{le=\"0.0025\"} 0",
+            "weft_dns_upstream_latency_seconds_bucket{le=\"0.005\"} 1",
+            "weft_dns_upstream_latency_seconds_bucket{le=\"5\"} 1",
+            "weft_dns_upstream_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "weft_dns_upstream_latency_seconds_count 2",
+            "weft_dns_upstream_latency_seconds_sum 9.003",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -495,7 +639,12 @@ mod tests {
                 declared.insert(rest.split_whitespace().next().unwrap().to_owned());
             } else if !l.starts_with('#') {
                 let name = l.split(['{', ' ']).next().unwrap();
-                assert!(declared.contains(name), "{name} has no TYPE line");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .filter(|f| declared.contains(*f))
+                    .unwrap_or(name);
+                assert!(declared.contains(family), "{name} has no TYPE line");
             }
         }
     }

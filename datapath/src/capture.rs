@@ -18,7 +18,18 @@
 //! decrements); a frame that does not fit is dropped and counted
 //! ([`CaptureStats::dropped`]), which the reader reports when the capture
 //! ends. Dropping the [`CaptureHandle`] stops the session.
+//!
+//! A capture of the tunnel ([`Filter::Tunnel`], `weft capture --overlay`)
+//! takes the datagrams between hosts instead of frames of ports: each one
+//! received as it arrived, and each one sent as the transport wraps it
+//! (VXLAN's header, then the inner frame), both under an IPv4 or IPv6 and
+//! UDP header of the underlay's addresses and ports that the capture
+//! writes ([`underlay_frame`]), so tshark and tcpdump decode the VXLAN
+//! inside. A 64 KiB TCP segment the transport cuts into datagrams shows as
+//! one large datagram, as tcpdump shows segments on a host whose NIC does
+//! the cutting (TSO). The UDP checksum is left zero (no checksum).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -37,6 +48,8 @@ pub enum Filter {
     Network(NetworkId),
     /// These ports.
     Ports(FxHashSet<PortId>),
+    /// The datagrams of the tunnel to and from other hosts.
+    Tunnel,
 }
 
 /// One captured frame.
@@ -156,44 +169,163 @@ impl Captures {
     /// Offer a frame seen on `port` (of `network`) to every session.
     pub fn offer(&mut self, port: PortId, network: Option<NetworkId>, to_port: bool, frame: &[u8]) {
         let mut gone = Vec::new();
-        let mut time = None;
+        let time = &mut None;
         for (id, sink) in &self.sessions {
             let wanted = match &sink.filter {
                 Filter::Network(n) => network == Some(*n),
                 Filter::Ports(ports) => ports.contains(&port),
+                Filter::Tunnel => false,
             };
-            if !wanted {
-                continue;
-            }
-            let len = frame.len().min(sink.snap_len);
-            let queued = sink.stats.queued_bytes.load(Ordering::Relaxed);
-            if queued + len > sink.ring_bytes {
-                sink.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let record = CaptureRecord {
-                time: *time.get_or_insert_with(SystemTime::now),
-                port,
-                to_port,
-                original_len: frame.len(),
-                bytes: frame[..len].to_vec(),
-            };
-            match sink.tx.try_send(record) {
-                Ok(()) => {
-                    sink.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
-                    sink.stats.captured.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(TrySendError::Full(_)) => {
-                    sink.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                // The reader went away without stopping the session.
-                Err(TrySendError::Disconnected(_)) => gone.push(*id),
+            if wanted && !sink.deliver(time, port, to_port, frame) {
+                gone.push(*id);
             }
         }
         for id in gone {
             self.remove(id);
         }
     }
+
+    /// A session of the tunnel is on: [`Captures::offer_datagram`] wants
+    /// its datagrams.
+    pub fn wants_tunnel(&self) -> bool {
+        self.sessions
+            .iter()
+            .any(|(_, s)| s.filter == Filter::Tunnel)
+    }
+
+    /// Offer a datagram of the tunnel port `port`, `from` → `to`, whose
+    /// payload is `parts` one after the other; `sent` when this host sent
+    /// it.
+    pub fn offer_datagram(
+        &mut self,
+        port: PortId,
+        sent: bool,
+        (from, to): (SocketAddr, SocketAddr),
+        parts: &[&[u8]],
+    ) {
+        if !self.wants_tunnel() {
+            return;
+        }
+        let frame = underlay_frame(from, to, parts);
+        let mut time = None;
+        let mut gone = Vec::new();
+        for (id, sink) in &self.sessions {
+            if sink.filter == Filter::Tunnel && !sink.deliver(&mut time, port, sent, &frame) {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.remove(id);
+        }
+    }
+}
+
+impl CaptureSink {
+    /// Copy `frame` to the reader, or count it dropped when the ring is
+    /// full. False when the reader went away.
+    fn deliver(
+        &self,
+        time: &mut Option<SystemTime>,
+        port: PortId,
+        to_port: bool,
+        frame: &[u8],
+    ) -> bool {
+        let len = frame.len().min(self.snap_len);
+        let queued = self.stats.queued_bytes.load(Ordering::Relaxed);
+        if queued + len > self.ring_bytes {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let record = CaptureRecord {
+            time: *time.get_or_insert_with(SystemTime::now),
+            port,
+            to_port,
+            original_len: frame.len(),
+            bytes: frame[..len].to_vec(),
+        };
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                self.stats.captured.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            // The reader went away without stopping the session.
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// A MAC for the underlay's ends in captures: locally administered, the
+/// last byte 1 for the sender and 2 for the receiver.
+const UNDERLAY_MAC: [u8; 5] = [0x02, 0x77, 0x65, 0x66, 0x74];
+
+/// An Ethernet frame holding a UDP datagram `from` → `to` whose payload is
+/// `parts`: what the underlay carried (see the module header). Lengths
+/// that do not fit their fields (a 64 KiB segment over IPv4) are capped.
+pub fn underlay_frame(from: SocketAddr, to: SocketAddr, parts: &[&[u8]]) -> Vec<u8> {
+    let payload: usize = parts.iter().map(|p| p.len()).sum();
+    let udp_len = u16::try_from(8 + payload).unwrap_or(u16::MAX);
+    let mut frame = Vec::with_capacity(14 + 40 + 8 + payload);
+    frame.extend_from_slice(&UNDERLAY_MAC);
+    frame.push(2);
+    frame.extend_from_slice(&UNDERLAY_MAC);
+    frame.push(1);
+    match (from.ip(), to.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            let total = u16::try_from(20 + 8 + payload).unwrap_or(u16::MAX);
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip[6] = 0x40; // don't fragment
+            ip[8] = 64;
+            ip[9] = 17; // UDP
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
+            let checksum = internet_checksum(&ip);
+            ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+            frame.extend_from_slice(&ip);
+        }
+        (src, dst) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V6(v6) => v6,
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            };
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = [0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+            ip[6] = 17;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&v6(src).octets());
+            ip[24..40].copy_from_slice(&v6(dst).octets());
+            frame.extend_from_slice(&ip);
+        }
+    }
+    frame.extend_from_slice(&from.port().to_be_bytes());
+    frame.extend_from_slice(&to.port().to_be_bytes());
+    frame.extend_from_slice(&udp_len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
+    frame
+}
+
+/// RFC 1071's checksum of an IPv4 header.
+fn internet_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -236,5 +368,50 @@ mod tests {
         captures.offer(PortId(7), Some(NetworkId(1)), false, &frame);
         captures.remove(1);
         assert!(captures.is_empty());
+    }
+
+    #[test]
+    fn tunnel_sessions_take_datagrams_under_an_underlay_header() {
+        let mut captures = Captures::default();
+        let (ports, rx_ports, _) = session(Filter::Network(NetworkId(1)), 1500, 1 << 20);
+        captures.add(1, ports);
+        assert!(!captures.wants_tunnel());
+        let (tunnel, rx, stats) = session(Filter::Tunnel, 1500, 1 << 20);
+        captures.add(2, tunnel);
+        assert!(captures.wants_tunnel());
+        let from: SocketAddr = "192.0.2.1:4789".parse().unwrap();
+        let to: SocketAddr = "192.0.2.2:4789".parse().unwrap();
+        let vxlan = [0x08, 0, 0, 0, 0, 0x10, 0x92, 0];
+        let inner = [0xaa; 60];
+        captures.offer_datagram(PortId(0x8000_0001), true, (from, to), &[&vxlan, &inner]);
+        // Frames of ports are not the tunnel's, and the other way round.
+        captures.offer(PortId(3), Some(NetworkId(1)), false, &inner);
+        assert_eq!((rx.try_iter().count(), rx_ports.try_iter().count()), (1, 1));
+        captures.offer_datagram(PortId(0x8000_0001), false, (to, from), &[&vxlan, &inner]);
+        let record = rx.try_recv().expect("the datagram");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(stats.captured.load(Ordering::Relaxed), 2);
+        let frame = &record.bytes;
+        assert_eq!(frame.len(), 14 + 20 + 8 + 8 + 60);
+        assert_eq!(&frame[12..14], &[0x08, 0x00]);
+        assert_eq!(internet_checksum(&frame[14..34]), 0, "a valid IPv4 header");
+        assert_eq!(
+            &frame[26..30],
+            &[192, 0, 2, 2],
+            "from the receiver's view: to → from"
+        );
+        assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), 4789);
+        assert_eq!(u16::from_be_bytes([frame[38], frame[39]]), 76, "UDP length");
+        assert_eq!(&frame[42..50], &vxlan);
+        // Over IPv6 too.
+        let v6 = underlay_frame(
+            "[2001:db8::1]:4789".parse().unwrap(),
+            "[2001:db8::2]:4789".parse().unwrap(),
+            &[&vxlan],
+        );
+        assert_eq!(
+            (v6.len(), &v6[12..14]),
+            (14 + 40 + 8 + 8, &[0x86, 0xdd][..])
+        );
     }
 }

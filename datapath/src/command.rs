@@ -55,6 +55,11 @@ pub enum Command {
         /// Where they go.
         reply: std::sync::mpsc::Sender<weft_services::dns::DnsCounters>,
     },
+    /// Read every published port's counters.
+    PublishedFigures {
+        /// Where they go.
+        reply: std::sync::mpsc::Sender<Vec<crate::published::PublishedFigures>>,
+    },
     /// Read a network's forwarding table.
     Fdb {
         /// The network.

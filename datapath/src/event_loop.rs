@@ -261,6 +261,9 @@ impl Loop {
                 Command::DnsCounters { reply } => {
                     let _ = reply.send(plane.services.dns().counters());
                 }
+                Command::PublishedFigures { reply } => {
+                    let _ = reply.send(self.published.figures());
+                }
                 Command::Fdb { network, reply } => {
                     let entries = plane.switch.fdb(network, std::time::Instant::now());
                     let with_hosts = entries

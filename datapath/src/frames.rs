@@ -249,6 +249,13 @@ impl Plane {
             self.batch
                 .push(egress, std::os::fd::AsRawFd::as_raw_fd(&io.tap), len);
         } else {
+            if self.captures.wants_tunnel() {
+                if let Some((addresses, encapsulation)) = self.tunnel.capture_view(egress) {
+                    let frame = &self.batch.current(len)[VNET_HDR_LEN..];
+                    self.captures
+                        .offer_datagram(egress, true, addresses, &[&encapsulation, frame]);
+                }
+            }
             self.tunnel.send(egress, self.batch.current(len));
         }
     }
@@ -295,7 +302,22 @@ impl Plane {
                 }
             };
             let datagrams = rx[..received.len.min(rx.len())].chunks(received.segment.max(1));
+            let local = if self.captures.wants_tunnel() {
+                self.tunnel.local_addr()
+            } else {
+                None
+            };
             for datagram in datagrams {
+                if let Some(local) = local {
+                    // Every datagram that arrived, those about to be
+                    // dropped too: as tcpdump on the underlay would show.
+                    self.captures.offer_datagram(
+                        PortId(crate::tunnel::TUNNEL_PORT_BASE),
+                        false,
+                        (received.from, local),
+                        &[datagram],
+                    );
+                }
                 let Some((port, inner)) =
                     self.tunnel.open(&mut self.switch, received.from, datagram)
                 else {

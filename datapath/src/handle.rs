@@ -370,6 +370,21 @@ impl Datapath {
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
     }
 
+    /// Every published port's figures: what each carried.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn published_figures(
+        &self,
+    ) -> Result<Vec<crate::published::PublishedFigures>, DatapathError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::PublishedFigures { reply })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
+
     /// A network's forwarding table (MAC → port), as the switch has it now;
     /// with each entry of a tunnel port, the remote host's tunnel address.
     ///

@@ -226,12 +226,39 @@ pub fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
+/// What one published port carried, since it was published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishCounters {
+    /// TCP connections accepted and relayed into the sandbox.
+    pub connections: u64,
+    /// TCP connections accepted and closed at once: the relay was full
+    /// (its shares, its memory) or the network had gone.
+    pub refused: u64,
+    /// UDP datagrams that entered the sandbox.
+    pub datagrams: u64,
+}
+
+/// One published port's figures: its socket's address and protocol, the
+/// switch port it leads to, and its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedFigures {
+    /// The published port.
+    pub id: PublishId,
+    /// Its transport.
+    pub proto: L4Proto,
+    /// Its host socket's address.
+    pub host: Option<SocketAddr>,
+    /// What it carried.
+    pub counters: PublishCounters,
+}
+
 /// A published port's host socket and where it leads.
 #[derive(Debug)]
 struct Published {
     listener: HostListener,
     target: PublishTarget,
     token: Token,
+    counters: PublishCounters,
 }
 
 /// The published ports' sockets in the event loop.
@@ -278,6 +305,7 @@ impl PublishedPorts {
                 listener,
                 target,
                 token,
+                counters: PublishCounters::default(),
             },
         );
         Some(token)
@@ -321,20 +349,45 @@ impl PublishedPorts {
     /// datagrams, bounded per wake-up. True when drained, false when the
     /// bound stopped it.
     pub fn ready(&mut self, id: PublishId, cx: Context<'_>) -> bool {
-        let Some(published) = self.ports.get(&id) else {
+        let Some(published) = self.ports.get_mut(&id) else {
             return true;
         };
         let target = published.target;
+        let counters = &mut published.counters;
         match &published.listener {
-            HostListener::Tcp(listener) => accept_tcp(listener, target, cx),
-            HostListener::Udp(socket) => receive_udp(socket, id, target, cx.plane),
+            HostListener::Tcp(listener) => accept_tcp(listener, target, counters, cx),
+            HostListener::Udp(socket) => receive_udp(socket, id, target, counters, cx.plane),
         }
+    }
+
+    /// Every published port's figures.
+    pub fn figures(&self) -> Vec<PublishedFigures> {
+        self.ports
+            .iter()
+            .map(|(id, p)| {
+                let proto = match p.listener {
+                    HostListener::Tcp(_) => L4Proto::Tcp,
+                    HostListener::Udp(_) => L4Proto::Udp,
+                };
+                PublishedFigures {
+                    id: *id,
+                    proto,
+                    host: p.listener.local_addr().ok(),
+                    counters: p.counters,
+                }
+            })
+            .collect()
     }
 }
 
 /// Accept connections on a published TCP port and relay each into the
 /// sandbox from the client's own address.
-fn accept_tcp(listener: &std::net::TcpListener, target: PublishTarget, cx: Context<'_>) -> bool {
+fn accept_tcp(
+    listener: &std::net::TcpListener,
+    target: PublishTarget,
+    counters: &mut PublishCounters,
+    cx: Context<'_>,
+) -> bool {
     let mut accepted = Vec::new();
     let mut drained = false;
     for _ in 0..ACCEPT_BOUND {
@@ -361,6 +414,7 @@ fn accept_tcp(listener: &std::net::TcpListener, target: PublishTarget, cx: Conte
     for (stream, client) in accepted {
         let now = Instant::now();
         let Some(gateway) = plane.switch.gateway_config(target.network) else {
+            counters.refused += 1;
             continue;
         };
         let flow = plane.services.accept_published_tcp(
@@ -372,12 +426,15 @@ fn accept_tcp(listener: &std::net::TcpListener, target: PublishTarget, cx: Conte
         );
         let Some(flow) = flow else {
             tracing::debug!(%client, "published port: connection refused (relay full)");
+            counters.refused += 1;
             continue;
         };
         if stream.set_nonblocking(true).is_err() {
             plane.services.tcp().host_failed(now, flow);
+            counters.refused += 1;
             continue;
         }
+        counters.connections += 1;
         let stream = mio::net::TcpStream::from_std(stream);
         tcp.add(plane.services.tcp(), registry, tokens, flow, stream, true);
     }
@@ -390,6 +447,7 @@ fn receive_udp(
     socket: &std::net::UdpSocket,
     id: PublishId,
     target: PublishTarget,
+    counters: &mut PublishCounters,
     plane: &mut Plane,
 ) -> bool {
     let mut buf = vec![0u8; DATAGRAM_MAX];
@@ -408,8 +466,9 @@ fn receive_udp(
                     ),
                     None => Err(DropReason::UnknownPort),
                 };
-                if let Err(reason) = result {
-                    plane.taps.count_drop(target.port, reason);
+                match result {
+                    Ok(()) => counters.datagrams += 1,
+                    Err(reason) => plane.taps.count_drop(target.port, reason),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,

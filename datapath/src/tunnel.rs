@@ -144,6 +144,21 @@ impl Tunnel {
         self.counters.tx.fetch_add(sent, Ordering::Relaxed);
     }
 
+    /// For a capture of the tunnel: the underlay addresses of a datagram
+    /// to the host behind `port` (from, to) and what the transport puts
+    /// before the inner frame.
+    pub fn capture_view(&self, port: PortId) -> Option<((SocketAddr, SocketAddr), Vec<u8>)> {
+        let peer = self.vteps.peer(port)?;
+        let (transport, _) = self.transport.as_ref()?;
+        let local = transport.local_addr()?;
+        Some(((local, peer.addr), transport.encapsulation(peer)))
+    }
+
+    /// The transport's own address (where datagrams arrive).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.transport.as_ref()?.0.local_addr()
+    }
+
     /// Send what the transport gathered.
     pub fn flush(&mut self) {
         if let Some((transport, _)) = self.transport.as_mut() {

@@ -88,4 +88,12 @@ pub trait Transport: Send + std::fmt::Debug {
     /// The VNI and inner frame of one received datagram; None when it is
     /// not one of ours (it is dropped and counted by the caller).
     fn open<'d>(&self, datagram: &'d [u8]) -> Option<(Vni, &'d [u8])>;
+
+    /// What a datagram to `peer` carries before the inner frame (VXLAN's
+    /// 8-byte header), for captures of the tunnel (`weft capture
+    /// --overlay`).
+    fn encapsulation(&self, peer: &TunnelPeer) -> Vec<u8>;
+
+    /// The address datagrams leave from and arrive at.
+    fn local_addr(&self) -> Option<std::net::SocketAddr>;
 }

@@ -11,6 +11,11 @@
 //! | `GET /v1/peers` | | `PeersReport` (400 without `--listen`) |
 //! | `GET /v1/version` | | `{"version": ..., "pid": ...}` |
 //! | `GET /v1/info` | | `Info`: version, uptime, state directory, counts, cluster |
+//! | `GET /v1/networks/{name}/fdb` | | the forwarding table: MAC, kind, endpoint or host, age |
+//! | `POST /v1/networks/{name}/capture` | `CaptureRequest` | a pcapng stream of the network's (or one endpoint's) frames |
+//! | `POST /v1/capture/overlay` | `CaptureRequest` | a pcapng stream of the tunnel's datagrams (400 without `--listen`) |
+//! | `GET /v1/events[?since=TIME]` | | JSON lines as things change; first the kept ones since TIME (RFC 3339 or Unix seconds) |
+//! | `GET /metrics` | | Prometheus text (0.0.4) |
 //!
 //! A `ConnectRequest` may carry `ports`, the published ports: each the
 //! `-p` text (`"127.0.0.1:8080:80/tcp"`) or an object (`{"host_ip":
@@ -33,7 +38,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -116,6 +121,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route("/v1/networks/{name}/fdb", get(fdb))
         .route("/v1/networks/{name}/capture", post(capture))
+        .route("/v1/capture/overlay", post(capture_overlay))
         .route("/v1/networks/{name}/connect", post(connect))
         .route("/v1/networks/{name}/disconnect", post(disconnect))
         .fallback(not_found)
@@ -132,7 +138,7 @@ async fn version() -> impl IntoResponse {
 }
 
 async fn metrics(State(c): Shared) -> impl IntoResponse {
-    let text = crate::metrics::render(&crate::metrics::collect(&c).await);
+    let text = crate::metrics::render(crate::metrics::collect(&c).await);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -202,9 +208,39 @@ async fn capture(
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let (handle, names) = c.capture(&name, &request).await?;
+    Ok(capture_stream(
+        handle,
+        crate::capture::Interfaces::Ports(names),
+        request,
+        name,
+    ))
+}
+
+/// A capture of the tunnel: the datagrams between hosts, as pcapng.
+async fn capture_overlay(
+    State(c): Shared,
+    body: Result<Json<crate::capture::CaptureRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let handle = c.capture_overlay(&request).await?;
+    Ok(capture_stream(
+        handle,
+        crate::capture::Interfaces::Underlay,
+        request,
+        "(tunnel)".into(),
+    ))
+}
+
+/// Stream a capture session's pcapng until it ends or the client goes.
+fn capture_stream(
+    handle: weft_datapath::capture::CaptureHandle,
+    interfaces: crate::capture::Interfaces,
+    request: crate::capture::CaptureRequest,
+    name: String,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     tokio::task::spawn_blocking(move || {
-        let (frames, dropped) = crate::capture::pump(handle, &names, &request, |chunk| {
+        let (frames, dropped) = crate::capture::pump(handle, &interfaces, &request, |chunk| {
             tx.blocking_send(chunk).is_ok()
         });
         tracing::info!(network = name, frames, dropped, "capture ended");
@@ -214,11 +250,11 @@ async fn capture(
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
     });
-    Ok((
+    (
         [(axum::http::header::CONTENT_TYPE, "application/x-pcapng")],
         axum::body::Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn fdb(State(c): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
@@ -227,19 +263,50 @@ async fn fdb(State(c): Shared, Path(name): Path<String>) -> Result<impl IntoResp
 
 /// Events as they happen, one JSON object per line, until the client goes
 /// away (see `crate::events`).
-async fn events(State(c): Shared) -> Response {
-    let rx = c.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = crate::events::next(&mut rx).await?;
-        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+async fn events(State(c): Shared, Query(query): Query<EventsQuery>) -> Result<Response, ApiError> {
+    let (past, rx) = match &query.since {
+        Some(since) => {
+            let since = parse_since(since).ok_or_else(|| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: format!(
+                    "since={since:?}: give a time as RFC 3339 (2026-12-03T15:00:00Z) or Unix seconds"
+                ),
+            })?;
+            c.events.subscribe_since(since)
+        }
+        None => (Vec::new(), c.events.subscribe()),
+    };
+    let line = |event: &crate::events::Event| {
+        let mut line = serde_json::to_vec(event).unwrap_or_default();
         line.push(b'\n');
-        Some((Ok::<_, std::convert::Infallible>(line), rx))
+        Ok::<_, std::convert::Infallible>(line)
+    };
+    let past = futures_util::stream::iter(past.iter().map(line).collect::<Vec<_>>());
+    let live = futures_util::stream::unfold(rx, move |mut rx| async move {
+        let event = crate::events::next(&mut rx).await?;
+        Some((line(&event), rx))
     });
-    (
+    Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        axum::body::Body::from_stream(stream),
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(past, live)),
     )
-        .into_response()
+        .into_response())
+}
+
+/// `GET /v1/events`' query.
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    /// First send the kept events since this time.
+    since: Option<String>,
+}
+
+/// A time as RFC 3339 or (fractional) Unix seconds.
+fn parse_since(text: &str) -> Option<std::time::SystemTime> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        let since = std::time::Duration::try_from_secs_f64(seconds).ok()?;
+        return std::time::SystemTime::UNIX_EPOCH.checked_add(since);
+    }
+    humantime::parse_rfc3339_weak(text).ok()
 }
 
 async fn info(State(c): Shared) -> impl IntoResponse {

@@ -451,6 +451,44 @@ impl Controller {
             })
     }
 
+    /// Start a capture of the tunnel: the datagrams to and from the other
+    /// hosts of every overlay network (`weft capture --overlay`).
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::InvalidCapture`] for a bad request (an endpoint
+    /// named) or a daemon without a cluster, or the data path being gone.
+    pub async fn capture_overlay(
+        &self,
+        request: &crate::capture::CaptureRequest,
+    ) -> Result<weft_datapath::capture::CaptureHandle, ControllerError> {
+        if let Some(problem) = request.problem() {
+            return Err(ControllerError::InvalidCapture(problem));
+        }
+        if request.endpoint.is_some() {
+            return Err(ControllerError::InvalidCapture(
+                "a capture of the tunnel takes no endpoint: capture the endpoint's network instead"
+                    .into(),
+            ));
+        }
+        if self.cluster.is_none() {
+            return Err(ControllerError::InvalidCapture(
+                "this daemon carries no overlay: start it with --listen IP:PORT to join a cluster"
+                    .into(),
+            ));
+        }
+        let snap_len = request.snap_len.unwrap_or(crate::capture::MAX_SNAP_LEN);
+        let ring = request.ring_mib.unwrap_or(crate::capture::DEFAULT_RING_MIB);
+        let datapath = Arc::clone(&self.datapath);
+        datapath
+            .start_capture(
+                weft_datapath::capture::Filter::Tunnel,
+                snap_len as usize,
+                ring as usize * 1024 * 1024,
+            )
+            .map_err(|e| ControllerError::Datapath(std::io::Error::other(e.to_string())))
+    }
+
     /// The embedded DNS server's counters (for metrics).
     ///
     /// # Errors
@@ -462,6 +500,25 @@ impl Controller {
             .await
             .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?
             .map_err(|e| ControllerError::Datapath(std::io::Error::other(e.to_string())))
+    }
+
+    /// What every published port carried, each with its endpoint's id (for
+    /// metrics).
+    ///
+    /// # Errors
+    ///
+    /// The data path not answering.
+    pub async fn published_figures(
+        &self,
+    ) -> Result<Vec<(String, weft_datapath::published::PublishedFigures)>, ControllerError> {
+        let bridge = Arc::clone(&self.inner.lock().await.bridge);
+        tokio::task::spawn_blocking(move || bridge.published_figures())
+            .await
+            .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?
+            .map_err(|source| ControllerError::Driver {
+                driver: DriverKind::Bridge,
+                source,
+            })
     }
 
     /// A network, its endpoints on this host, and the driver that attaches

@@ -178,6 +178,14 @@ impl Transport for VxlanUdp {
         self.socket.as_raw_fd()
     }
 
+    fn encapsulation(&self, peer: &TunnelPeer) -> Vec<u8> {
+        vxlan::VxlanHeader { vni: peer.vni }.emit().to_vec()
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
     fn peer_port(&self) -> u16 {
         self.port
     }

@@ -63,6 +63,8 @@ pub(crate) struct Pending {
     try_deadline: Instant,
     /// When the asker gets SERVFAIL whatever happens.
     deadline: Instant,
+    /// When the first try was sent: the answer's latency counts from here.
+    pub(crate) started: Instant,
 }
 
 /// What to do after an input.
@@ -198,6 +200,7 @@ impl Forwarder {
             first,
             try_deadline: (now + self.try_timeout).min(deadline),
             deadline,
+            started: now,
         };
         self.in_flight.insert(id, pending);
         Ok((to, query))

@@ -195,6 +195,44 @@ pub struct DnsCounters {
     pub dropped_outputs: u64,
     /// Zone names left out by [`DnsServer::set_zone`] as invalid.
     pub invalid_names: u64,
+    /// How long relayed upstream answers took, from the first try.
+    pub upstream_latency: LatencyHistogram,
+}
+
+/// Upper bounds, in seconds, of [`LatencyHistogram`]'s buckets: from a
+/// resolver on the same link (a millisecond) to one that needed every try.
+pub const UPSTREAM_LATENCY_BOUNDS_SECONDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A histogram of durations with the fixed buckets of
+/// [`UPSTREAM_LATENCY_BOUNDS_SECONDS`] (plus one above the last bound),
+/// kept as plain counts so the counters stay `Copy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last is above every
+    /// bound.
+    pub buckets: [u64; UPSTREAM_LATENCY_BOUNDS_SECONDS.len() + 1],
+    /// Observations.
+    pub count: u64,
+    /// Their sum, in microseconds.
+    pub sum_micros: u64,
+}
+
+impl LatencyHistogram {
+    /// Count one duration.
+    pub fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = UPSTREAM_LATENCY_BOUNDS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(UPSTREAM_LATENCY_BOUNDS_SECONDS.len());
+        self.buckets[bucket] += 1;
+        self.count += 1;
+        self.sum_micros = self
+            .sum_micros
+            .saturating_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
 }
 
 /// The embedded DNS server of every network on this host. See the module
@@ -369,7 +407,7 @@ impl DnsServer {
             return;
         };
         match self.forwarder.handle_response(now, from, message) {
-            Ok(outcome) => self.apply(outcome),
+            Ok(outcome) => self.apply(now, outcome),
             Err(reason) => {
                 self.counters.dropped_responses += 1;
                 tracing::debug!(%from, ?reason, "DNS upstream response dropped");
@@ -382,7 +420,7 @@ impl DnsServer {
         let mut outcomes = std::mem::take(&mut self.outcomes);
         self.forwarder.handle_timeout(now, &mut outcomes);
         for outcome in outcomes.drain(..) {
-            self.apply(outcome);
+            self.apply(now, outcome);
         }
         self.outcomes = outcomes;
     }
@@ -475,13 +513,16 @@ impl DnsServer {
         }
     }
 
-    fn apply(&mut self, outcome: Outcome) {
+    fn apply(&mut self, now: Instant, outcome: Outcome) {
         match outcome {
             Outcome::Transmit(to, query) => {
                 self.counters.upstream_retries += 1;
                 self.push_transmit(to, query);
             }
             Outcome::Answer(pending, upstream) => {
+                self.counters
+                    .upstream_latency
+                    .observe(now.saturating_duration_since(pending.started));
                 self.relay(pending.asker, &pending.request, *upstream)
             }
             Outcome::Fail(pending) => self.servfail(pending.asker, &pending.request),

@@ -322,8 +322,9 @@ fn forwards_with_a_new_id_and_restores_the_askers() {
     assert_eq!(s.in_flight(), 1);
     assert_eq!(s.poll_timeout(), Some(now + Duration::from_millis(1500)));
 
+    // The answer comes 30 ms later: that is the upstream's latency.
     s.handle_upstream(
-        now,
+        now + Duration::from_millis(30),
         upstream(1),
         &upstream_answer(&q, ResponseCode::NoError, [192, 0, 2, 80]),
     );
@@ -337,6 +338,14 @@ fn forwards_with_a_new_id_and_restores_the_askers() {
     assert_eq!(s.poll_timeout(), None);
     let c = s.counters();
     assert_eq!((c.forwarded, c.forwarded_answers, c.servfail), (1, 1, 0));
+    let latency = c.upstream_latency;
+    assert_eq!((latency.count, latency.sum_micros), (1, 30_000));
+    let bucket = latency.buckets.iter().position(|n| *n == 1);
+    assert_eq!(
+        bucket.map(|i| crate::dns::UPSTREAM_LATENCY_BOUNDS_SECONDS[i]),
+        Some(0.05),
+        "30 ms is counted under the 50 ms bound"
+    );
 }
 
 #[test]
