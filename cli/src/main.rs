@@ -16,6 +16,8 @@
 //! - `clap_complete` and `clap_mangen` make the completion scripts and man
 //!   pages from the same clap definition (`weft completion`, `weft man`),
 //!   so they cannot drift from the command line.
+//! - `layout-rs` lays out and draws `weft graph --format svg` without
+//!   Graphviz (why this one: `graph.rs`).
 
 // A driver crate: it reads clocks and the OS's randomness (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -23,6 +25,7 @@
 mod client;
 mod daemon;
 mod fd_limit;
+mod graph;
 mod helper;
 mod info;
 mod listing;
@@ -78,6 +81,9 @@ enum Command {
     Events(observe::EventsArgs),
     /// Show live per-endpoint rates (like docker stats).
     Stats(observe::StatsArgs),
+    /// Draw this host, its networks and endpoints and the cluster's members
+    /// (the topology page's picture) as Graphviz DOT or SVG.
+    Graph(graph::GraphArgs),
     /// List the sandboxes `weft run` started that still run.
     Ps(ps::PsArgs),
     /// Show the client's and the daemon's versions.
@@ -155,6 +161,10 @@ fn main() -> ExitCode {
         Command::Stats(args) => {
             let client = Client::new(&socket);
             report(block_on(async { observe::stats(&client, args).await }))
+        }
+        Command::Graph(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { graph::run(&client, args).await }))
         }
         Command::Ps(args) => {
             let client = Client::new(&socket);
