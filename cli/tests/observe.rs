@@ -151,9 +151,16 @@ fn fdb_and_metrics_show_the_network() {
     );
     assert!(sample(&text, "weft_datapath_cpu_seconds_total").is_some());
 
-    // Prometheus' own parser (Python's prometheus_client) reads all of it.
+    // Prometheus' own parser (Python's prometheus_client) reads all of it;
+    // Debian's python3-prometheus-client is for Debian's python3, which
+    // another python3 earlier in PATH (pyenv's) may hide.
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     if require(
-        std::process::Command::new("python3")
+        std::process::Command::new(python)
             .args(["-c", "import prometheus_client"])
             .status()
             .is_ok_and(|s| s.success()),
@@ -170,7 +177,7 @@ fn fdb_and_metrics_show_the_network() {
              \x20       print(f.type, s.name, labels, s.value)\n",
         )
         .expect("writing the parser script");
-        let mut parse = std::process::Command::new("python3")
+        let mut parse = std::process::Command::new(python)
             .arg(&script)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
