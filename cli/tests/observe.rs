@@ -621,3 +621,128 @@ fn the_topology_page_and_its_read_only_api() {
     assert_eq!(stdout(&out), "404", "the page's listener changes nothing");
     assert_eq!(w.endpoints("topo").len(), 1);
 }
+
+/// iperf3 from `client` to `ip` (server in `server_ns`) for `secs` at
+/// `rate` (iperf3's `-b`, "0" for as fast as it goes); the receiver's
+/// Mbit/s.
+fn iperf_mbits(w: &World, server_ns: &str, client: &str, ip: &str, secs: &str, rate: &str) -> f64 {
+    let mut server = w.spawn_in(server_ns, "60", &["iperf3", "-s", "-1"]);
+    let mut result = None;
+    // The server takes a moment to listen: bounded retries of the client.
+    for _ in 0..25 {
+        let out = w.exec(client, &["iperf3", "-c", ip, "-t", secs, "-b", rate, "-J"]);
+        let json: Value = serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null);
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            result = Some(bps / 1e6);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    common::kill_group(&mut server);
+    result.unwrap_or_else(|| panic!("iperf3 from {client} to {ip} never ran"))
+}
+
+/// Frames and drops (the statistics blocks' `isb_ifdrop`) of a pcapng.
+fn pcapng_frames_and_drops(path: &std::path::Path) -> (u64, u64) {
+    use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let file = std::fs::File::open(path).expect("the capture file");
+    let mut reader = PcapNgReader::new(std::io::BufReader::new(file)).expect("pcapng");
+    let (mut frames, mut dropped) = (0, 0);
+    while let Some(block) = reader.next_block() {
+        match block.expect("a whole block") {
+            Block::EnhancedPacket(_) => frames += 1,
+            Block::InterfaceStatistics(isb) => {
+                for option in &isb.options {
+                    if let InterfaceStatisticsOption::IsbIfDrop(n) = option {
+                        dropped = *n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (frames, dropped)
+}
+
+/// A capture under load: below what the reader takes, nothing is lost;
+/// with a reader that stops reading, the switch goes on at full speed and
+/// the capture counts what it dropped.
+#[test]
+fn a_capture_under_load_counts_its_drops_and_never_slows_the_switch() {
+    if !require(has_tool("iperf3", "--version"), "needs iperf3") {
+        return;
+    }
+    let Some(mut w) = World::new() else {
+        return;
+    };
+    let (a, b) = (w.sandbox("a"), w.sandbox("b"));
+    w.weft_ok(&["network", "create", "--subnet", "10.240.5.0/24", "load"]);
+    w.weft_ok(&["network", "connect", "--name", "alpha", "load", &a]);
+    w.weft_ok(&["network", "connect", "--name", "beta", "load", &b]);
+    let b_ip = World::address(&w.endpoint("load", &b), false);
+    w.ping_ok(&a, &["-c", "1", "-W", "2", &b_ip]);
+    let socket = w.socket.to_string_lossy().into_owned();
+
+    // 20 Mbit/s into a 16 MiB ring drained to a file: nothing dropped.
+    let file = w.dir.join("steady.pcapng");
+    let file_arg = file.to_string_lossy().into_owned();
+    let capture = w.spawn_in(
+        &w.host,
+        "30",
+        &[
+            common::WEFT,
+            "--socket",
+            &socket,
+            "capture",
+            "load",
+            "-w",
+            &file_arg,
+            "--duration",
+            "6",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let steady = iperf_mbits(&w, &b, &a, &b_ip, "2", "20M");
+    let out = capture.wait_with_output().expect("weft capture");
+    assert!(out.status.success(), "{}", common::show(&out));
+    let (frames, dropped) = pcapng_frames_and_drops(&file);
+    eprintln!("steady: {steady:.1} Mbit/s, {frames} frames captured, {dropped} dropped");
+    assert_eq!(dropped, 0, "{}", common::show(&out));
+    assert!(frames > 200, "{frames} frames of 2 s of iperf3");
+
+    // Full speed into a 1 MiB ring whose reader stops for 4 s: drops,
+    // counted, and the flow keeps its speed.
+    let baseline = iperf_mbits(&w, &b, &a, &b_ip, "2", "0");
+    let file = w.dir.join("stalled.pcapng");
+    let pipeline = format!(
+        "{} --socket {socket} capture load --ring-mib 1 --duration 6 -w - | (sleep 4; cat > {})",
+        common::WEFT,
+        file.display()
+    );
+    let capture = w.spawn_in(&w.host, "30", &["bash", "-c", &pipeline]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let loaded = iperf_mbits(&w, &b, &a, &b_ip, "3", "0");
+    let out = capture.wait_with_output().expect("the capture pipeline");
+    assert!(out.status.success(), "{}", common::show(&out));
+    let (frames, dropped) = pcapng_frames_and_drops(&file);
+    eprintln!(
+        "stalled reader: {loaded:.0} Mbit/s (without a capture {baseline:.0}), {frames} frames captured, {dropped} dropped"
+    );
+    assert!(
+        dropped > 0,
+        "a stalled reader must cost frames: {frames} captured"
+    );
+    assert!(frames > 0);
+    // The switch never waits for the reader: the flow is not held to what
+    // the capture could take (a 1 MiB ring over 3 s would be ~3 Mbit/s).
+    assert!(
+        loaded > 100.0,
+        "{loaded:.0} Mbit/s with a stalled capture, {baseline:.0} without"
+    );
+}

@@ -848,6 +848,27 @@ fn a_killed_host_is_declared_dead_within_five_seconds() {
         gone_by <= DEAD_WITHIN + Duration::from_millis(500),
         "h3's records should leave within {DEAD_WITHIN:?}, took up to {gone_by:?}"
     );
+
+    // h1's events (issue 18) tell the story: h3 joined, then went dead
+    // (replayed from the daemon's history with --since).
+    let socket = c.hosts[0].socket.to_string_lossy().into_owned();
+    let replay = exec_in(
+        &c.hosts[0].ns,
+        &[
+            "timeout", "3", WEFT, "--socket", &socket, "events", "--json", "--since", "1h",
+        ],
+    );
+    let h3: Vec<String> = stdout(&replay)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "peer" && e["peer"].as_str().is_some_and(|p| p.contains("h3")))
+        .map(|e| e["action"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        h3.first().is_some_and(|a| a == "join") && h3.last().is_some_and(|a| a == "dead"),
+        "h3's peer events on h1: {h3:?}\n{}",
+        show(&replay)
+    );
 }
 
 /// A daemon killed and started again with its state directory rejoins:
