@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-
 use common::{has_tool, require, stdout, World};
 use serde_json::Value;
 
@@ -257,31 +255,7 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
     let file = w.dir.join("cap.pcapng");
     let file_arg = file.to_string_lossy().into_owned();
     let socket = w.socket.to_string_lossy().into_owned();
-    let capture = std::process::Command::new("ip")
-        .args(["netns", "exec", &w.host, "timeout", "-k", "2", "30"])
-        .args([
-            common::WEFT,
-            "--socket",
-            &socket,
-            "capture",
-            "cap",
-            "-w",
-            &file_arg,
-            "--duration",
-            "4",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("starting weft capture");
-    // The section header arrives first: the session is on.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let capture = common::start_capture(&w.host, &w.socket, &file, &["cap", "--duration", "4"]);
     w.ping_ok(&a, &["-c", "3", "-i", "0.2", "-W", "2", &b_ip]);
     let out = capture.wait_with_output().expect("weft capture");
     let err = common::stderr(&out);
@@ -375,6 +349,18 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
     );
 }
 
+/// An event as `TYPE ACTION NETWORK ENDPOINT`.
+fn event_summary(v: &Value) -> String {
+    let text = |key: &str| v[key].as_str().unwrap_or("").to_owned();
+    format!(
+        "{} {} {} {}",
+        text("type"),
+        text("action"),
+        text("network"),
+        text("endpoint")
+    )
+}
+
 /// `weft events --json`: network and endpoint changes, in order, as they
 /// happen; `weft stats --no-stream`: a row per endpoint with its rates.
 #[test]
@@ -456,13 +442,7 @@ fn events_and_stats_follow_the_network() {
     while got.len() < 6 && std::time::Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
             let v: Value = serde_json::from_str(&line).expect("a JSON line");
-            got.push(format!(
-                "{} {} {} {}",
-                v["type"].as_str().unwrap_or(""),
-                v["action"].as_str().unwrap_or(""),
-                v["network"].as_str().unwrap_or(""),
-                v["endpoint"].as_str().unwrap_or("")
-            ));
+            got.push(event_summary(&v));
         }
     }
     common::kill_group(&mut events);
@@ -497,15 +477,7 @@ fn events_and_stats_follow_the_network() {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["network"] == "ev")
-        .map(|v| {
-            format!(
-                "{} {} {} {}",
-                v["type"].as_str().unwrap_or(""),
-                v["action"].as_str().unwrap_or(""),
-                v["network"].as_str().unwrap_or(""),
-                v["endpoint"].as_str().unwrap_or("")
-            )
-        })
+        .map(|v| event_summary(&v))
         .collect();
     assert_eq!(replayed, got, "{}", common::show(&replay));
     // A bad time is refused, saying why.
@@ -686,28 +658,7 @@ fn a_capture_under_load_counts_its_drops_and_never_slows_the_switch() {
 
     // 20 Mbit/s into a 16 MiB ring drained to a file: nothing dropped.
     let file = w.dir.join("steady.pcapng");
-    let file_arg = file.to_string_lossy().into_owned();
-    let capture = w.spawn_in(
-        &w.host,
-        "30",
-        &[
-            common::WEFT,
-            "--socket",
-            &socket,
-            "capture",
-            "load",
-            "-w",
-            &file_arg,
-            "--duration",
-            "6",
-        ],
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let capture = common::start_capture(&w.host, &w.socket, &file, &["load", "--duration", "6"]);
     let steady = iperf_mbits(&w, &b, &a, &b_ip, "2", "20M");
     let out = capture.wait_with_output().expect("weft capture");
     assert!(out.status.success(), "{}", common::show(&out));

@@ -410,6 +410,24 @@ impl Cluster {
         panic!("convergence loop ran out:\n{}", self.logs());
     }
 
+    /// Create overlay network `name` on host 1 with `subnet` and `opts`
+    /// (`--opt` values), and wait until every other host lists it.
+    fn create_overlay(&self, name: &str, subnet: &str, opts: &[&str]) {
+        let mut args = vec![
+            "network", "create", "--driver", "overlay", "--subnet", subnet,
+        ];
+        for opt in opts {
+            args.extend(["--opt", opt]);
+        }
+        args.push(name);
+        self.hosts[0].weft_ok(&args);
+        for host in &self.hosts[1..] {
+            self.wait_for(&format!("{name} reaches {}", host.name), CONVERGE, || {
+                host.listed_network(name).is_some()
+            });
+        }
+    }
+
     /// Poll `check` every 100 ms until true, at most `within`; the time it
     /// took, or a panic saying `what` with every log.
     fn wait_for(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
@@ -880,18 +898,7 @@ fn a_restarted_host_rejoins_with_its_endpoints() {
         return;
     };
     c.wait_converged();
-    c.hosts[0].weft_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.232.6.0/24",
-        "ov",
-    ]);
-    c.wait_for("the network reaches h2", CONVERGE, || {
-        c.hosts[1].listed_network("ov").is_some()
-    });
+    c.create_overlay("ov", "10.232.6.0/24", &[]);
     let s1 = c.sandbox("s1");
     let s2 = c.sandbox("s2");
     let a1 = c.hosts[0].connect("ov", &s1, "one");
@@ -1131,18 +1138,7 @@ fn a_host_down_ten_seconds_keeps_its_blocks_and_addresses() {
     c.wait_converged();
     // 10.232.23.0/27: block 0 holds .2-.15 (14 addresses: not .0, not the
     // gateway .1), block 1 holds .16-.30 (15: not the broadcast .31).
-    c.hosts[0].weft_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.232.23.0/27",
-        "ov",
-    ]);
-    c.wait_for("the network reaches h2", CONVERGE, || {
-        c.hosts[1].listed_network("ov").is_some()
-    });
+    c.create_overlay("ov", "10.232.23.0/27", &[]);
     let s1 = c.sandbox("s1");
     let a1 = c.hosts[0].connect("ov", &s1, "one");
     let last_octet = |addr: &str| -> u8 {
@@ -1236,18 +1232,7 @@ fn a_restarted_host_gets_its_blocks_back_and_a_new_id_does_not() {
         return;
     };
     c.wait_converged();
-    c.hosts[0].weft_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.232.24.0/27",
-        "ov",
-    ]);
-    c.wait_for("the network reaches h2", CONVERGE, || {
-        c.hosts[1].listed_network("ov").is_some()
-    });
+    c.create_overlay("ov", "10.232.24.0/27", &[]);
     let s1 = c.sandbox("s1");
     let a1 = c.hosts[0].connect("ov", &s1, "one");
     let block_of = |addr: &str| -> u8 {
@@ -1334,20 +1319,7 @@ fn weft_capture_overlay_shows_the_vxlan_between_hosts() {
     let Some(mut c) = Cluster::new(2, |_| None) else {
         return;
     };
-    c.hosts[0].weft_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.232.40.0/24",
-        "--opt",
-        "vni=4340",
-        "ovcap",
-    ]);
-    c.wait_for("ovcap reaches host 2", CONVERGE, || {
-        c.hosts[1].listed_network("ovcap").is_some()
-    });
+    c.create_overlay("ovcap", "10.232.40.0/24", &["vni=4340"]);
     let a = c.sandbox("a");
     let b = c.sandbox("b");
     let a_ip = c.hosts[0].connect("ovcap", &a, "a");
@@ -1356,29 +1328,12 @@ fn weft_capture_overlay_shows_the_vxlan_between_hosts() {
 
     let file = c.dir.join("overlay.pcapng");
     let file_arg = file.to_string_lossy().into_owned();
-    let socket = c.hosts[0].socket.to_string_lossy().into_owned();
-    let capture = Command::new("ip")
-        .args(["netns", "exec", &c.hosts[0].ns, "timeout", "-k", "2", "30"])
-        .args([
-            WEFT,
-            "--socket",
-            &socket,
-            "capture",
-            "--overlay",
-            "-w",
-            &file_arg,
-            "--duration",
-            "4",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting weft capture --overlay");
-    // The section header arrives first: the session is on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let capture = common::start_capture(
+        &c.hosts[0].ns,
+        &c.hosts[0].socket,
+        &file,
+        &["--overlay", "--duration", "4"],
+    );
     let ping = exec_in(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &b_ip]);
     assert!(ping.status.success(), "{}", show(&ping));
     let out = capture.wait_with_output().expect("weft capture");

@@ -124,6 +124,34 @@ pub fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
+/// Start `weft capture ARGS -w FILE` in namespace `ns` against the
+/// daemon at `socket` (at most 30 s), and wait (bounded) until FILE holds
+/// the section header, which the daemon sends once the session is on.
+/// Its stderr is piped (the summary line).
+#[allow(dead_code)]
+pub fn start_capture(ns: &str, socket: &Path, file: &Path, args: &[&str]) -> Child {
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "timeout", "-k", "2", "30", WEFT, "--socket",
+        ])
+        .arg(socket)
+        .arg("capture")
+        .args(args)
+        .arg("-w")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting weft capture");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 /// Run a command inside a namespace, under `timeout`.
 pub fn exec_in(ns: &str, cmd: &[&str]) -> Output {
     run(Command::new("ip")
