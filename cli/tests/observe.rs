@@ -281,6 +281,58 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
         "{requests} requests, {replies} replies:\n{text}"
     );
 
+    // tshark reads the same file: each echo request in at alpha's port
+    // (inbound: the sandbox sent it) and out at beta's (outbound).
+    if require(has_tool("tshark", "--version"), "needs tshark") {
+        let fields = [
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.packet_flags_direction",
+            "-e",
+            "icmp.type",
+        ];
+        let read = w.exec(
+            &w.host,
+            &[&["tshark", "-n", "-r", &file_arg][..], &fields[..]].concat(),
+        );
+        let text = stdout(&read);
+        let rows = |row: &str| text.lines().filter(|l| l.trim() == row).count();
+        assert!(
+            rows("alpha\t1\t8") >= 3 && rows("beta\t2\t8") >= 3,
+            "requests in at alpha, out at beta:\n{text}\n{}",
+            common::show(&read)
+        );
+        assert!(
+            rows("beta\t1\t0") >= 3 && rows("alpha\t2\t0") >= 3,
+            "replies in at beta, out at alpha:\n{text}"
+        );
+
+        // Live, to tshark on a pipe: it decodes the frames as they come.
+        let mut pinger = w.spawn_in(&a, "20", &["ping", "-i", "0.2", &b_ip]);
+        let live = format!(
+            "{} --socket {socket} capture cap --endpoint beta -c 4 -w - | tshark -n -r - -T fields -e ip.src -e ip.dst -e icmp.type",
+            common::WEFT
+        );
+        let out = w.exec(&w.host, &["timeout", "30", "bash", "-c", &live]);
+        common::kill_group(&mut pinger);
+        let text = stdout(&out);
+        assert_eq!(
+            text.lines().count(),
+            4,
+            "four frames through the pipe:\n{}",
+            common::show(&out)
+        );
+        assert!(
+            text.lines().any(|l| l == format!("{a_ip}\t{b_ip}\t8"))
+                && text.lines().any(|l| l == format!("{b_ip}\t{a_ip}\t0")),
+            "{}",
+            common::show(&out)
+        );
+    }
+
     // One endpoint, two frames: the capture ends by itself.
     let mut pinger = w.spawn_in(&a, "20", &["ping", "-i", "0.2", &b_ip]);
     let out = w.exec(

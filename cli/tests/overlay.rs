@@ -1354,6 +1354,33 @@ fn weft_capture_overlay_shows_the_vxlan_between_hosts() {
         "{vxlan} VXLAN datagrams, {requests} requests out, {replies} replies in:\n{text}\n{}",
         show(&read)
     );
+    // tshark decodes the same: the VNI, the underlay and inner addresses.
+    if require(has_tool("tshark", "--version"), "needs tshark") {
+        let read = run(Command::new("tshark").args([
+            "-n",
+            "-r",
+            &file_arg,
+            "-T",
+            "fields",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "icmp.type",
+        ]));
+        let text = stdout(&read);
+        let out = format!("4340\t192.0.2.1,{a_ip}\t192.0.2.2,{b_ip}\t8");
+        let back = format!("4340\t192.0.2.2,{b_ip}\t192.0.2.1,{a_ip}\t0");
+        assert!(
+            text.lines().filter(|l| *l == out).count() >= 3
+                && text.lines().filter(|l| *l == back).count() >= 3,
+            "tshark's fields:\n{text}\n{}",
+            show(&read)
+        );
+    }
     // The underlay's addresses: out to host 2, in from it.
     assert!(text.contains("192.0.2.1.4789 > 192.0.2.2.4789"), "{text}");
     assert!(text.contains("> 192.0.2.1.4789"), "{text}");

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{has_tool, require, show, stdout, CMD_TIMEOUT, WEFT};
+use common::{has_tool, require, show, stderr, stdout, CMD_TIMEOUT, WEFT};
 
 const TUN: &str = "/dev/net/tun";
 
@@ -298,6 +298,31 @@ fn two_rootless_sandboxes_ping_each_other_by_name() {
     assert_eq!(
         w.weft(&["run", "--", "sh", "-c", "exit 3"]).status.code(),
         Some(3)
+    );
+
+    // The user captures their own network (issue 18): two frames of a
+    // sandbox's name lookup, into a file of theirs.
+    let file = w.dir.join("rootless.pcapng");
+    let mut capture = w.as_user();
+    capture
+        .arg(w.dir.join("weft"))
+        .args(["capture", "bridge", "-c", "2", "--duration", "20", "-w"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let capture = capture.spawn().expect("start weft capture");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.weft(&["run", "--", "sh", "-c", "getent hosts srv; getent hosts srv"]);
+    let out = capture.wait_with_output().expect("weft capture");
+    assert!(
+        out.status.success() && stderr(&out).contains("2 frames captured, 0 dropped"),
+        "{}\n{}",
+        show(&out),
+        w.daemon_log()
     );
 }
 
