@@ -299,7 +299,26 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
             &[&["tshark", "-n", "-r", &file_arg][..], &fields[..]].concat(),
         );
         let text = stdout(&read);
-        let rows = |row: &str| text.lines().filter(|l| l.trim() == row).count();
+        // The direction is 1 (inbound) or 2 (outbound), printed in hex by
+        // some tshark versions.
+        let rows = |row: &str| {
+            text.lines()
+                .filter(|l| {
+                    let mut f = l.trim().split('\t');
+                    let (name, dir, icmp) = (f.next(), f.next(), f.next());
+                    let dir = dir.and_then(|d| match d.strip_prefix("0x") {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => d.parse().ok(),
+                    });
+                    format!(
+                        "{}\t{}\t{}",
+                        name.unwrap_or(""),
+                        dir.unwrap_or(0),
+                        icmp.unwrap_or("")
+                    ) == row
+                })
+                .count()
+        };
         assert!(
             rows("alpha\t1\t8") >= 3 && rows("beta\t2\t8") >= 3,
             "requests in at alpha, out at beta:\n{text}\n{}",

@@ -316,7 +316,13 @@ fn two_rootless_sandboxes_ping_each_other_by_name() {
     while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    w.weft(&["run", "--", "sh", "-c", "getent hosts srv; getent hosts srv"]);
+    w.weft(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "getent hosts srv; getent hosts srv",
+    ]);
     let out = capture.wait_with_output().expect("weft capture");
     assert!(
         out.status.success() && stderr(&out).contains("2 frames captured, 0 dropped"),
