@@ -92,6 +92,25 @@ pub struct NetworkView {
     /// Overlay: the other hosts its tunnel has a port for.
     #[serde(default)]
     pub tunnel: Vec<TunnelView>,
+    /// Overlay: its endpoints on the other hosts.
+    #[serde(default)]
+    pub remote_endpoints: Vec<RemoteEndpointView>,
+}
+
+/// An endpoint of an overlay network on another host.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteEndpointView {
+    /// DNS name, when it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// MAC.
+    pub mac: String,
+    /// Addresses.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Its host's underlay address, once known.
+    #[serde(default)]
+    pub host: Option<IpAddr>,
 }
 
 /// One subnet of a network.
@@ -171,6 +190,8 @@ pub enum NodeKind {
     Network,
     /// An endpoint on this host.
     Endpoint,
+    /// An endpoint of an overlay network on another host.
+    RemoteEndpoint,
 }
 
 /// One node: its id, kind and label (one string a line).
@@ -195,6 +216,8 @@ pub enum EdgeKind {
     Member,
     /// The overlay network carries frames to that host.
     Tunnel,
+    /// The (remote) endpoint runs on that host.
+    RunsOn,
 }
 
 /// One edge (undirected; `from` is the side nearer this host).
@@ -281,21 +304,47 @@ impl Topology {
             remotes.sort();
             remotes.dedup();
             for remote in remotes {
-                let peer = match by_underlay.get(&remote) {
-                    Some(id) => id.clone(),
-                    None => {
-                        let id = NodeId(format!("static:{remote}"));
-                        if !topology.nodes.iter().any(|n| n.id == id) {
-                            let label = vec![remote.to_string(), "static peer".to_owned()];
-                            topology.node(id.clone(), NodeKind::Peer("static".to_owned()), label);
-                        }
-                        id
-                    }
-                };
+                let peer = topology.peer_at(&by_underlay, remote);
                 topology.edge(&net, &peer, EdgeKind::Tunnel);
+            }
+
+            // The network's endpoints on other hosts: on the network, and
+            // on their host.
+            let mut others: Vec<&RemoteEndpointView> = network.remote_endpoints.iter().collect();
+            others.sort_by(|a, b| (&a.host, &a.name, &a.mac).cmp(&(&b.host, &b.name, &b.mac)));
+            for endpoint in others {
+                let id = NodeId(format!("rep:{}/{}", network.name, endpoint.mac));
+                let mut label = vec![
+                    endpoint
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| "(no name)".to_owned()),
+                    endpoint.mac.clone(),
+                ];
+                label.extend(endpoint.addresses.iter().cloned());
+                topology.node(id.clone(), NodeKind::RemoteEndpoint, label);
+                topology.edge(&net, &id, EdgeKind::Attaches);
+                if let Some(host) = endpoint.host {
+                    let peer = topology.peer_at(&by_underlay, host);
+                    topology.edge(&peer, &id, EdgeKind::RunsOn);
+                }
             }
         }
         topology
+    }
+
+    /// The node of the host at underlay address `at`: the member with
+    /// that address, or a static peer (made the first time).
+    fn peer_at(&mut self, by_underlay: &BTreeMap<IpAddr, NodeId>, at: IpAddr) -> NodeId {
+        if let Some(id) = by_underlay.get(&at) {
+            return id.clone();
+        }
+        let id = NodeId(format!("static:{at}"));
+        if !self.nodes.iter().any(|n| n.id == id) {
+            let label = vec![at.to_string(), "static peer".to_owned()];
+            self.node(id.clone(), NodeKind::Peer("static".to_owned()), label);
+        }
+        id
     }
 
     fn node(&mut self, id: NodeId, kind: NodeKind, label: Vec<String>) {
@@ -323,7 +372,7 @@ impl Topology {
         let (local, remote): (Vec<&Node>, Vec<&Node>) = self
             .nodes
             .iter()
-            .partition(|n| !matches!(n.kind, NodeKind::Peer(_)));
+            .partition(|n| !matches!(n.kind, NodeKind::Peer(_) | NodeKind::RemoteEndpoint));
         out.push_str("  subgraph cluster_host {\n");
         out.push_str("    style=\"rounded\"; color=\"#5b7db1\"; label=\"\";\n");
         for node in local {
@@ -337,6 +386,7 @@ impl Topology {
             let style = match edge.kind {
                 EdgeKind::Tunnel => " [style=dashed, label=\"vxlan\", color=\"#5b7db1\"]",
                 EdgeKind::Member => " [style=dotted]",
+                EdgeKind::RunsOn => " [color=\"#5b7db1\"]",
                 EdgeKind::HostsNetwork | EdgeKind::Attaches => "",
             };
             let _ = writeln!(
@@ -387,6 +437,7 @@ impl Topology {
             let (style, text, colour) = match edge.kind {
                 EdgeKind::Tunnel => (LineStyleKind::Dashed, "vxlan", "#5b7db1"),
                 EdgeKind::Member => (LineStyleKind::Dotted, "", "#999999"),
+                EdgeKind::RunsOn => (LineStyleKind::Normal, "", "#5b7db1"),
                 EdgeKind::HostsNetwork | EdgeKind::Attaches => {
                     (LineStyleKind::Normal, "", "#999999")
                 }
@@ -415,6 +466,7 @@ fn colours(kind: &NodeKind) -> (&'static str, &'static str) {
         NodeKind::ThisHost => ("#eef3fb", "#5b7db1"),
         NodeKind::Network => ("#f4faee", "#6a9f3c"),
         NodeKind::Endpoint => ("#ffffff", "#888888"),
+        NodeKind::RemoteEndpoint => ("#f7f9fc", "#5b7db1"),
         NodeKind::Peer(state) => match state.as_str() {
             "alive" => ("#e8f6e8", "#3c8c3c"),
             "suspect" => ("#fff6dd", "#b8860b"),
@@ -522,7 +574,11 @@ mod tests {
                 "subnets": [{"subnet": "10.250.0.0/24", "gateway": "10.250.0.1"}],
                 "internal": false, "mtu": 1450,
                 "endpoints": [],
-                "tunnel": [{"host": "192.0.2.2", "rx_frames": 1}, {"host": "192.0.2.9"}]
+                "tunnel": [{"host": "192.0.2.2", "rx_frames": 1}, {"host": "192.0.2.9"}],
+                "remote_endpoints": [
+                    {"name": "web", "mac": "02:42:0a:fa:00:05", "addresses": ["10.250.0.5"],
+                     "host": "192.0.2.2"}
+                ]
             },
             {
                 "name": "app", "id": "y", "driver": "bridge", "scope": "local",
@@ -579,7 +635,12 @@ mod tests {
                 "ep:app/e2",
                 "net:ov",
                 "static:192.0.2.9",
+                "rep:ov/02:42:0a:fa:00:05",
             ]
+        );
+        assert_eq!(
+            find(&t, "rep:ov/02:42:0a:fa:00:05").label,
+            ["web", "02:42:0a:fa:00:05", "10.250.0.5"]
         );
         assert_eq!(find(&t, "host").label, ["h1 (this host)", "192.0.2.1:7946"]);
         assert_eq!(find(&t, "host").kind, NodeKind::ThisHost);
@@ -622,6 +683,9 @@ mod tests {
                 // The member whose underlay is the tunnel's host.
                 edge("net:ov", "peer:bb", EdgeKind::Tunnel),
                 edge("net:ov", "static:192.0.2.9", EdgeKind::Tunnel),
+                // h2's endpoint: on the network, and on h2.
+                edge("net:ov", "rep:ov/02:42:0a:fa:00:05", EdgeKind::Attaches),
+                edge("peer:bb", "rep:ov/02:42:0a:fa:00:05", EdgeKind::RunsOn),
             ]
         );
     }

@@ -32,6 +32,9 @@ use common::{
 };
 use serde_json::Value;
 
+/// Every host's topology page (`--web`), on its namespace's loopback.
+const WEB: &str = "127.0.0.1:8099";
+
 /// Gossip port of every host.
 const GOSSIP_PORT: u16 = 7946;
 
@@ -344,7 +347,9 @@ impl Cluster {
         .arg(&host.state_dir)
         // A closed port on the host namespace's own loopback.
         .args(["--dns-upstream", "127.0.0.1:9", "--no-default-network"])
-        .args(["--listen", &listen]);
+        .args(["--listen", &listen])
+        // The topology page, on the host namespace's own loopback.
+        .args(["--web", WEB]);
         if let Some(name) = &host.node_name {
             cmd.args(["--node-name", name]);
         }
@@ -1384,4 +1389,69 @@ fn weft_capture_overlay_shows_the_vxlan_between_hosts() {
     // The underlay's addresses: out to host 2, in from it.
     assert!(text.contains("192.0.2.1.4789 > 192.0.2.2.4789"), "{text}");
     assert!(text.contains("> 192.0.2.1.4789"), "{text}");
+}
+
+/// The whole cluster from one host (issue 18): `network inspect` lists the
+/// other hosts' endpoints of an overlay network, `weft graph` draws them
+/// on their host, and the topology page, rendered in headless Chromium,
+/// shows their names, MACs and addresses in their host's box.
+#[test]
+fn one_host_shows_the_endpoints_of_the_others() {
+    let browser = common::chromium_binary();
+    if !require(has_tool(&browser, "--version"), "needs Chromium") {
+        return;
+    }
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    c.create_overlay("ovview", "10.232.41.0/24", &[]);
+    let a = c.sandbox("a");
+    let b = c.sandbox("b");
+    c.hosts[0].connect("ovview", &a, "alpha");
+    let b_ip = c.hosts[1].connect("ovview", &b, "bravo");
+    let b_mac = c.hosts[1].inspect("ovview")["endpoints"][0]["mac"]
+        .as_str()
+        .expect("bravo's MAC")
+        .to_owned();
+
+    c.wait_for("bravo is listed on h1", CONVERGE, || {
+        c.hosts[0].inspect("ovview")["remote_endpoints"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|e| e["name"] == "bravo"))
+    });
+    let remote = c.hosts[0].inspect("ovview")["remote_endpoints"][0].clone();
+    assert_eq!(remote["mac"], b_mac.as_str(), "{remote:#}");
+    assert_eq!(remote["addresses"][0], b_ip.as_str(), "{remote:#}");
+    assert_eq!(remote["host"], host_ip(2).as_str(), "{remote:#}");
+
+    let dot = c.hosts[0].weft_ok(&["graph"]);
+    let node = format!("\"rep:ovview/{b_mac}\"");
+    assert!(
+        dot.contains(&format!("{node} [label=\"bravo\\n{b_mac}\\n{b_ip}\"")),
+        "{dot}"
+    );
+    assert!(dot.contains(&format!("\"net:ovview\" -- {node};")), "{dot}");
+    assert!(
+        dot.lines()
+            .any(|l| l.contains(&format!("-- {node} [")) && l.contains("\"peer:")),
+        "bravo drawn on h2:\n{dot}"
+    );
+
+    let url = format!("http://{WEB}/");
+    let facts = ["alpha", "bravo", b_mac.as_str(), b_ip.as_str(), "h2"];
+    let mut last = String::new();
+    for (attempt, budget) in [5_000, 10_000, 20_000].iter().enumerate() {
+        let args = [
+            format!("--virtual-time-budget={budget}"),
+            "--dump-dom".to_owned(),
+            url.clone(),
+        ];
+        let (dom, stderr, ok) =
+            common::headless_chromium(&c.hosts[0].ns, &c.dir, &format!("dom-{attempt}"), &args);
+        if ok && facts.iter().all(|f| dom.contains(f)) {
+            return;
+        }
+        last = format!("ok={ok}\n--- DOM ---\n{dom}\n--- stderr ---\n{stderr}");
+    }
+    panic!("h1's page lacks one of {facts:?}:\n{last}\n{}", c.logs());
 }

@@ -26,72 +26,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{has_tool, kill_group, require, show, spawn_background, World};
+use common::{has_tool, require, show, World};
 use serde_json::Value;
 
 /// The page's listener, on HOST's loopback.
 const WEB: &str = "127.0.0.1:8099";
-
-/// Seconds one Chromium run may take (its first start on a cold cache is
-/// the slow part: a few seconds on two cores).
-const CHROMIUM_TIMEOUT: &str = "90";
 
 /// Virtual-time budgets, in ms, of successive `--dump-dom` attempts: the
 /// page fetches three API paths and draws; a budget lets that finish
 /// before the DOM is dumped.
 const DOM_BUDGETS_MS: [u32; 3] = [5_000, 10_000, 20_000];
 
-fn chromium_binary() -> String {
-    std::env::var("WEFT_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
-
-/// One headless Chromium run inside HOST, with `args` after the common
-/// flags; returns (stdout, stderr, success). `run` names the profile and
-/// log files inside the world's directory.
 fn chromium(w: &World, run: &str, args: &[String]) -> (String, String, bool) {
-    let dir = w.dir.join(format!("chromium-{run}"));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let profile = dir.join("profile");
-    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &w.host,
-        "timeout",
-        "-k",
-        "5",
-        CHROMIUM_TIMEOUT,
-    ])
-    .arg(chromium_binary())
-    .args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(args)
-    .env("HOME", &dir)
-    .env("XDG_CONFIG_HOME", dir.join("config"))
-    .env("XDG_CACHE_HOME", dir.join("cache"));
-    let mut child = spawn_background(&mut cmd, Some(&out), &err);
-    let status = child.wait();
-    // Whatever Chromium left behind (zygote, renderer) goes with its group.
-    kill_group(&mut child);
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let ok = matches!(status, Ok(s) if s.success());
-    (read(&out), read(&err), ok)
+    common::headless_chromium(&w.host, &w.dir, run, args)
 }
 
 /// What the page must show of an endpoint: its name, MAC, and addresses
@@ -111,7 +61,7 @@ fn endpoint_facts(endpoint: &Value) -> Vec<String> {
 
 #[test]
 fn topology_page_renders_in_chromium_and_weft_graph_draws_it() {
-    let browser = chromium_binary();
+    let browser = common::chromium_binary();
     if !require(
         has_tool(&browser, "--version"),
         "needs Chromium (apt-get install chromium, or WEFT_CHROMIUM=PATH)",

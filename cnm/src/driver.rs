@@ -63,6 +63,22 @@ pub struct TunnelPeerCounters {
     pub counters: PortCountersSnapshot,
 }
 
+/// An endpoint of an overlay network on another host, from the cluster
+/// directory (`network inspect`'s `remote_endpoints`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteEndpointDetails {
+    /// Its DNS name, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Its host's underlay (VXLAN) address, once the host's record arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+}
+
 /// One entry of a network's forwarding table (`GET /v1/networks/NAME/fdb`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FdbRow {
@@ -195,6 +211,11 @@ pub trait NetworkDriver: Send + Sync {
     /// Counters of the network's tunnel ports, one per remote host it
     /// carries frames to or from (overlay only).
     fn tunnel_counters(&self, _network: &Network) -> Vec<TunnelPeerCounters> {
+        Vec::new()
+    }
+
+    /// The network's endpoints on other hosts (overlay only).
+    fn remote_endpoints(&self, _network: &Network) -> Vec<RemoteEndpointDetails> {
         Vec::new()
     }
 

@@ -35,7 +35,9 @@ use weft_overlay::{ClusterNetworkId, OverlayTable, RemoteEndpoint};
 use weft_services::dns::ZoneEntry;
 use weft_vswitch::counters::PortCountersSnapshot;
 
-use crate::driver::{zone_entry, BridgeDriver, DriverError, NetworkDriver, TunnelPeerCounters};
+use crate::driver::{
+    zone_entry, BridgeDriver, DriverError, NetworkDriver, RemoteEndpointDetails, TunnelPeerCounters,
+};
 use crate::model::{DriverKind, Endpoint, Network};
 
 /// The option naming the static peers.
@@ -194,6 +196,24 @@ impl NetworkDriver for OverlayDriver {
             .into_iter()
             .map(|(host, counters)| TunnelPeerCounters { host, counters })
             .collect()
+    }
+
+    fn remote_endpoints(&self, network: &Network) -> Vec<RemoteEndpointDetails> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let mut endpoints: Vec<RemoteEndpointDetails> = cluster
+            .remote_endpoints(&ClusterNetworkId(network.id.clone()))
+            .into_iter()
+            .map(|e| RemoteEndpointDetails {
+                name: e.name,
+                mac: e.mac,
+                addresses: e.ips,
+                host: e.vtep.map(|v| v.ip()),
+            })
+            .collect();
+        endpoints.sort_by(|a, b| (&a.host, &a.name, &a.mac).cmp(&(&b.host, &b.name, &b.mac)));
+        endpoints
     }
 
     /// Local endpoints, and every other host's from the directory.

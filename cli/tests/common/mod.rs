@@ -864,3 +864,57 @@ pub fn write_script(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
+
+/// Seconds a headless Chromium run may take (its start on two cores is
+/// the slow part).
+#[allow(dead_code)]
+pub const CHROMIUM_TIMEOUT: &str = "90";
+
+/// The browser for page tests: $WEFT_CHROMIUM, else Debian's.
+#[allow(dead_code)]
+pub fn chromium_binary() -> String {
+    std::env::var("WEFT_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
+
+/// One headless Chromium run inside namespace `ns`, with `args` after the
+/// common flags (no background networking, a fresh profile under
+/// `dir/chromium-RUN`); returns (stdout, stderr, success).
+#[allow(dead_code)]
+pub fn headless_chromium(
+    ns: &str,
+    dir: &Path,
+    run: &str,
+    args: &[String],
+) -> (String, String, bool) {
+    let dir = dir.join(format!("chromium-{run}"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let profile = dir.join("profile");
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "timeout", "-k", "5", CHROMIUM_TIMEOUT])
+        .arg(chromium_binary())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .env("HOME", &dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_CACHE_HOME", dir.join("cache"));
+    let mut child = spawn_background(&mut cmd, Some(&out), &err);
+    let status = child.wait();
+    // Whatever Chromium left behind (zygote, renderer) goes with its group.
+    kill_group(&mut child);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let ok = matches!(status, Ok(s) if s.success());
+    (read(&out), read(&err), ok)
+}

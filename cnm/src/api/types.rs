@@ -124,6 +124,9 @@ pub struct NetworkDetails {
     /// and from, with their tunnel ports' counters.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tunnel: Vec<TunnelPeerCounters>,
+    /// Overlay: its endpoints on the other hosts (cluster directory).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote_endpoints: Vec<crate::driver::RemoteEndpointDetails>,
     /// The Docker networks (Docker's ids) that are this network, made or
     /// joined through the Docker plugin.
     #[serde(skip_serializing_if = "Vec::is_empty")]

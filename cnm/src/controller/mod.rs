@@ -383,6 +383,7 @@ impl Controller {
             })
             .collect();
         let tunnel = driver.tunnel_counters(&network);
+        let remote_endpoints = driver.remote_endpoints(&network);
         let docker_networks = inner.state.docker.networks_of(name);
         let nat = driver.nat_stats(&network).map(Into::into);
         let outbound_icmp_echo = (network.driver.has_interfaces() && !network.internal)
@@ -391,6 +392,7 @@ impl Controller {
             network,
             endpoints,
             tunnel,
+            remote_endpoints,
             docker_networks,
             nat,
             outbound_icmp_echo,
