@@ -14,11 +14,13 @@
 //!
 //! Nodes: this host; every cluster member (name, gossip address, state);
 //! every network (name, driver, subnets, VNI); every endpoint (DNS name,
-//! interface, MAC, addresses). Edges: this host to each of its networks
-//! and to each member; a network to each of its endpoints; an overlay
-//! network to each other host its tunnel has a port for (matched to a
-//! member by underlay address, or drawn as a static peer when no member
-//! has it): that edge is the network crossing hosts. Order is stable
+//! interface, MAC, addresses); every endpoint of an overlay network on
+//! another host (`remote_endpoints` of the network's details: name, MAC,
+//! addresses). Edges: this host to each of its networks and to each
+//! member; a network to each of its endpoints; an overlay network to each
+//! other host its tunnel has a port for (matched to a member by underlay
+//! address, or drawn as a static peer when no member has it): that edge
+//! is the network crossing hosts; another host's endpoint to that host. Order is stable
 //! (networks, endpoints and members sorted by name), so two runs over the
 //! same state give the same file.
 //!
@@ -44,8 +46,7 @@
 //! # Limits
 //!
 //! The picture is one moment: counters are left out (the page shows
-//! them live). Other hosts' endpoints are not listed (this daemon's API
-//! has them only as forwarding entries, `weft fdb`). Large graphs lay out
+//! them live). Large graphs lay out
 //! in `layout-rs`'s time, which grows faster than linearly with edges:
 //! fine for hundreds of endpoints, not for tens of thousands.
 
