@@ -103,6 +103,13 @@ pub enum Command {
         /// Its names.
         zone: Zone,
     },
+    /// Replace the leases a network's DHCP clients get.
+    SetDhcpScope {
+        /// The network.
+        network: NetworkId,
+        /// Its leases and options.
+        scope: weft_services::dhcp::DhcpScope,
+    },
     /// Replace the upstream resolvers.
     SetUpstreams(Vec<SocketAddr>),
     /// Poll a bound host socket of a published port.

@@ -283,6 +283,9 @@ impl Loop {
                         .set_bandwidth(id, &limit, std::time::Instant::now());
                 }
                 Command::SetZone { network, zone } => plane.services.set_zone(network, zone),
+                Command::SetDhcpScope { network, scope } => {
+                    plane.services.set_dhcp_scope(network, scope);
+                }
                 Command::SetUpstreams(upstreams) => plane.services.dns().set_upstreams(upstreams),
                 Command::Publish {
                     id,

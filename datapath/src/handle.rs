@@ -215,6 +215,19 @@ impl Datapath {
         self.send(Command::SetZone { network, zone })
     }
 
+    /// Replace the leases and options a network's DHCP clients get.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_dhcp_scope(
+        &self,
+        network: NetworkId,
+        scope: weft_services::dhcp::DhcpScope,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::SetDhcpScope { network, scope })
+    }
+
     /// Set the upstream resolvers for names that are not local.
     ///
     /// # Errors
