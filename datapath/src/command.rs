@@ -55,6 +55,11 @@ pub enum Command {
         /// Where they go.
         reply: std::sync::mpsc::Sender<weft_services::dns::DnsCounters>,
     },
+    /// Read the DHCP server's counters.
+    DhcpCounters {
+        /// Where they go.
+        reply: std::sync::mpsc::Sender<weft_services::dhcp::DhcpCounters>,
+    },
     /// Read every published port's counters.
     PublishedFigures {
         /// Where they go.

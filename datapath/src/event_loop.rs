@@ -261,6 +261,9 @@ impl Loop {
                 Command::DnsCounters { reply } => {
                     let _ = reply.send(plane.services.dns().counters());
                 }
+                Command::DhcpCounters { reply } => {
+                    let _ = reply.send(plane.services.dhcp().counters());
+                }
                 Command::PublishedFigures { reply } => {
                     let _ = reply.send(self.published.figures());
                 }

@@ -383,6 +383,19 @@ impl Datapath {
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
     }
 
+    /// The DHCP server's counters (every network's).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn dhcp_counters(&self) -> Result<weft_services::dhcp::DhcpCounters, DatapathError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::DhcpCounters { reply })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
+
     /// Every published port's figures: what each carried.
     ///
     /// # Errors
