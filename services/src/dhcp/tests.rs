@@ -397,3 +397,70 @@ fn options_the_codec_would_choke_on_are_dropped_before_it() {
     assert_eq!(s.handle_message(NET, MAC, Some(GATEWAY), &cut), None);
     assert_eq!(s.counters().malformed, 1);
 }
+
+/// Through the dispatcher: a client's broadcast DISCOVER frame becomes an
+/// OFFER frame from the gateway, UDP 67 to 68, back to the ingress port.
+#[test]
+fn dispatcher_answers_a_broadcast_discover_frame() {
+    use crate::dns::DnsConfig;
+    use crate::{Egress, GatewayServices};
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use weft_vswitch::wire::packet::GatewayFrame;
+    use weft_vswitch::{GatewayConfig, PortId};
+
+    #[allow(clippy::disallowed_methods)] // a test: any start time does
+    let now = std::time::Instant::now();
+    let mut services = GatewayServices::new(DnsConfig::default(), now, [7; 32]);
+    let gateway_mac = MacAddr([0x02, 0x42, 10, 89, 0, 1]);
+    services.add_network(NET, gateway_mac);
+    services.set_dhcp_scope(
+        NET,
+        DhcpScope {
+            domain: "lab".into(),
+            mtu: None,
+            leases: vec![DhcpLease {
+                mac: MAC,
+                address: ADDRESS,
+                prefix_len: 24,
+                gateway: GATEWAY,
+                hostname: "vm1".into(),
+            }],
+        },
+    );
+    let gateway = GatewayConfig {
+        mac: gateway_mac,
+        ipv4: vec![GATEWAY],
+        ipv6: Vec::new(),
+        outbound: true,
+        host_loopback: false,
+    };
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(MAC.0, [0xff; 6])
+        .ipv4([0; 4], [255; 4], 64)
+        .udp(CLIENT_PORT, SERVER_PORT)
+        .write(&mut frame, &request(MessageType::Discover, MAC, |_| {}))
+        .unwrap();
+    let parsed = GatewayFrame::parse(&frame).unwrap();
+    services
+        .handle_frame(now, NET, &gateway, PortId(5), &parsed)
+        .unwrap();
+    let (egress, reply, gso) = services.poll_frame().unwrap();
+    assert_eq!((egress, gso), (Egress::Port(PortId(5)), 0));
+    let packet = SlicedPacket::from_ethernet(&reply).unwrap();
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &packet.link else {
+        panic!("not Ethernet");
+    };
+    assert_eq!(eth.source(), gateway_mac.0);
+    assert_eq!(eth.destination(), MAC.0);
+    let Some(TransportSlice::Udp(udp)) = &packet.transport else {
+        panic!("not UDP");
+    };
+    assert_eq!(
+        (udp.source_port(), udp.destination_port()),
+        (SERVER_PORT, CLIENT_PORT)
+    );
+    let m = Message::decode(&mut Decoder::new(udp.payload())).unwrap();
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(m.yiaddr(), ADDRESS);
+    assert!(services.poll_frame().is_none());
+}
