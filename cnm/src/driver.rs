@@ -39,6 +39,7 @@ use weft_datapath::published::{
     HostListener, PublishError, PublishId, PublishTarget, PublishedFigures,
 };
 use weft_datapath::{Datapath, DatapathError};
+use weft_services::dhcp::{DhcpLease, DhcpScope};
 use weft_services::dns::{Zone, ZoneEntry};
 use weft_services::NatNetworkStats;
 use weft_vswitch::counters::PortCountersSnapshot;
@@ -463,6 +464,26 @@ impl BridgeDriver {
         Ok(())
     }
 
+    /// Give the network's DHCP server the leases of these (local)
+    /// endpoints: each IPv4 address with its subnet's gateway, at the
+    /// endpoint's MAC.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Datapath`] when the data path is gone.
+    pub fn set_dhcp_leases(
+        &self,
+        network: &Network,
+        endpoints: &[&Endpoint],
+    ) -> Result<(), DriverError> {
+        let Some(id) = self.switch_network(&network.name) else {
+            return Ok(());
+        };
+        self.datapath
+            .set_dhcp_scope(id, dhcp_scope(network, endpoints))?;
+        Ok(())
+    }
+
     /// Publish `ports` of an endpoint that has joined (Docker's
     /// `ProgramExternalConnectivity`): bound now, relayed to the
     /// endpoint's port, closed by [`BridgeDriver::unpublish_ports`] or
@@ -817,6 +838,7 @@ impl NetworkDriver for BridgeDriver {
         network: &Network,
         endpoints: &[&Endpoint],
     ) -> Result<(), DriverError> {
+        self.set_dhcp_leases(network, endpoints)?;
         self.set_zone_entries(network, endpoints.iter().map(|e| zone_entry(e)).collect())
     }
 
@@ -835,6 +857,45 @@ impl NetworkDriver for BridgeDriver {
     fn nat_stats(&self, network: &Network) -> Option<NatNetworkStats> {
         let id = self.switch_network(&network.name)?;
         self.datapath.nat_stats(id).ok()
+    }
+}
+
+/// What a network's DHCP server hands out: for every endpoint, each IPv4
+/// address that lies in one of the network's IPv4 subnets, with that
+/// subnet's prefix and gateway; the network's name as the domain and its
+/// MTU.
+pub fn dhcp_scope(network: &Network, endpoints: &[&Endpoint]) -> DhcpScope {
+    let mut leases = Vec::new();
+    for endpoint in endpoints {
+        let mac = interface_mac(endpoint);
+        for address in &endpoint.addresses {
+            let IpAddr::V4(v4) = address.addr() else {
+                continue;
+            };
+            let gateway = network
+                .subnets
+                .iter()
+                .find_map(|s| match (s.subnet, s.gateway) {
+                    (ipnet::IpNet::V4(net), IpAddr::V4(gw)) if net.contains(&v4) => {
+                        Some((net.prefix_len(), gw))
+                    }
+                    _ => None,
+                });
+            if let Some((prefix_len, gateway)) = gateway {
+                leases.push(DhcpLease {
+                    mac,
+                    address: v4,
+                    prefix_len,
+                    gateway,
+                    hostname: endpoint.name.clone(),
+                });
+            }
+        }
+    }
+    DhcpScope {
+        domain: network.name.clone(),
+        mtu: u16::try_from(network.mtu).ok().filter(|m| *m > 0),
+        leases,
     }
 }
 

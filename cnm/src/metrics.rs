@@ -90,6 +90,8 @@ pub struct Snapshot {
     pub dns_upstream_retries: Option<u64>,
     /// How long its upstreams took to answer.
     pub dns_upstream_latency: Option<LatencyHistogram>,
+    /// DHCP messages the gateways' server took, by outcome.
+    pub dhcp: Vec<(String, u64)>,
     /// Published ports and what they carried.
     pub published: Vec<PublishedFigure>,
     /// Resident memory of the daemon, bytes.
@@ -177,6 +179,17 @@ pub async fn collect(controller: &Controller) -> Snapshot {
         snapshot.dns_queries = Some(c.queries);
         snapshot.dns_upstream_retries = Some(c.upstream_retries);
         snapshot.dns_upstream_latency = Some(c.upstream_latency);
+    }
+    if let Ok(c) = controller.dhcp_counters().await {
+        snapshot.dhcp = vec![
+            ("offer".into(), c.offers),
+            ("ack".into(), c.acks),
+            ("nak".into(), c.naks),
+            ("ignored".into(), c.ignored),
+            ("oversized".into(), c.oversized),
+            ("malformed".into(), c.malformed),
+            ("spoofed".into(), c.spoofed),
+        ];
     }
     snapshot.resident_bytes = resident_bytes();
     snapshot.datapath_cpu_seconds = thread_cpu_seconds("weft-datapath");
@@ -478,6 +491,13 @@ impl Collector for Exposition {
             Counter,
             s.dns.iter().map(|(kind, c)| count(vec![("kind", kind)], *c)),
         )?;
+        family(
+            &mut e,
+            "weft_dhcp_messages",
+            "DHCP messages the gateways' server took, by outcome (offer, ack, nak: answered; ignored: not for it; oversized, malformed, spoofed: dropped).",
+            Counter,
+            s.dhcp.iter().map(|(outcome, c)| count(vec![("outcome", outcome)], *c)),
+        )?;
         if let Some(retries) = s.dns_upstream_retries {
             family(
                 &mut e,
@@ -586,6 +606,7 @@ mod tests {
                 nat_refused: vec![("udp".into(), "sandbox_share".into(), 9)],
             }],
             members: vec![("alive".into(), 2)],
+            dhcp: vec![("offer".into(), 3), ("malformed".into(), 1)],
             resident_bytes: Some(4096),
             published: vec![PublishedFigure {
                 network: "n\"1".into(),
@@ -618,6 +639,8 @@ mod tests {
             "weft_nat_flows{network=\"n\\\"1\",protocol=\"tcp\"} 4",
             "weft_nat_refused_total{network=\"n\\\"1\",protocol=\"udp\",reason=\"sandbox_share\"} 9",
             "weft_process_resident_memory_bytes 4096",
+            "weft_dhcp_messages_total{outcome=\"offer\"} 3",
+            "weft_dhcp_messages_total{outcome=\"malformed\"} 1",
             "weft_published_connections_total{network=\"n\\\"1\",endpoint=\"web\",protocol=\"tcp\",host=\"0.0.0.0:8080\"} 5",
             "# TYPE weft_dns_upstream_latency_seconds histogram",
             "weft_dns_upstream_latency_seconds_bucket{le=\"0.0025\"} 0",

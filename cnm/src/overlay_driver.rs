@@ -222,6 +222,8 @@ impl NetworkDriver for OverlayDriver {
         network: &Network,
         endpoints: &[&Endpoint],
     ) -> Result<(), DriverError> {
+        // DHCP answers local ports only: the local endpoints' leases.
+        self.bridge.set_dhcp_leases(network, endpoints)?;
         let mut entries: Vec<ZoneEntry> = endpoints.iter().map(|e| zone_entry(e)).collect();
         if let Some(cluster) = &self.cluster {
             let id = ClusterNetworkId(network.id.clone());

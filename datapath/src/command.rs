@@ -55,6 +55,11 @@ pub enum Command {
         /// Where they go.
         reply: std::sync::mpsc::Sender<weft_services::dns::DnsCounters>,
     },
+    /// Read the DHCP server's counters.
+    DhcpCounters {
+        /// Where they go.
+        reply: std::sync::mpsc::Sender<weft_services::dhcp::DhcpCounters>,
+    },
     /// Read every published port's counters.
     PublishedFigures {
         /// Where they go.
@@ -102,6 +107,13 @@ pub enum Command {
         network: NetworkId,
         /// Its names.
         zone: Zone,
+    },
+    /// Replace the leases a network's DHCP clients get.
+    SetDhcpScope {
+        /// The network.
+        network: NetworkId,
+        /// Its leases and options.
+        scope: weft_services::dhcp::DhcpScope,
     },
     /// Replace the upstream resolvers.
     SetUpstreams(Vec<SocketAddr>),

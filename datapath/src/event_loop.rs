@@ -261,6 +261,9 @@ impl Loop {
                 Command::DnsCounters { reply } => {
                     let _ = reply.send(plane.services.dns().counters());
                 }
+                Command::DhcpCounters { reply } => {
+                    let _ = reply.send(plane.services.dhcp().counters());
+                }
                 Command::PublishedFigures { reply } => {
                     let _ = reply.send(self.published.figures());
                 }
@@ -283,6 +286,9 @@ impl Loop {
                         .set_bandwidth(id, &limit, std::time::Instant::now());
                 }
                 Command::SetZone { network, zone } => plane.services.set_zone(network, zone),
+                Command::SetDhcpScope { network, scope } => {
+                    plane.services.set_dhcp_scope(network, scope);
+                }
                 Command::SetUpstreams(upstreams) => plane.services.dns().set_upstreams(upstreams),
                 Command::Publish {
                     id,

@@ -215,6 +215,19 @@ impl Datapath {
         self.send(Command::SetZone { network, zone })
     }
 
+    /// Replace the leases and options a network's DHCP clients get.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_dhcp_scope(
+        &self,
+        network: NetworkId,
+        scope: weft_services::dhcp::DhcpScope,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::SetDhcpScope { network, scope })
+    }
+
     /// Set the upstream resolvers for names that are not local.
     ///
     /// # Errors
@@ -365,6 +378,19 @@ impl Datapath {
     pub fn dns_counters(&self) -> Result<weft_services::dns::DnsCounters, DatapathError> {
         let (reply, answer) = mpsc::channel();
         self.send(Command::DnsCounters { reply })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
+
+    /// The DHCP server's counters (every network's).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn dhcp_counters(&self) -> Result<weft_services::dhcp::DhcpCounters, DatapathError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::DhcpCounters { reply })?;
         answer
             .recv_timeout(COMMAND_REPLY_TIMEOUT)
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))

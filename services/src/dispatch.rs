@@ -8,6 +8,9 @@
 //! neighbour solicitations in place. A frame for the gateway it does not
 //! answer comes here ([`GatewayServices::handle_frame`]):
 //!
+//! - UDP to port 67, to a gateway address or broadcast: a DHCP client's
+//!   message for the [`DhcpServer`], whose reply goes back to the ingress
+//!   port;
 //! - UDP to a gateway address, port 53: a query for the [`DnsServer`], with
 //!   the asker (network, port, MAC, address) kept beside it;
 //! - TCP to a gateway address, port 53: the network's [`DnsTcp`] stack
@@ -43,7 +46,7 @@
 //! seen before it (RFC 5452).
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, TransportSlice};
@@ -51,6 +54,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
 
+use crate::dhcp::{DhcpScope, DhcpServer};
 use crate::dns::tcp::DnsTcp;
 use crate::dns::{Asker, DnsConfig, DnsServer, DnsTransport, Zone};
 use crate::flow_shares::RefusalCounters;
@@ -139,6 +143,7 @@ pub enum Egress {
 /// See the module header.
 pub struct GatewayServices {
     dns: DnsServer,
+    dhcp: DhcpServer,
     nat: Nat,
     tcp: TcpNat,
     stacks: FxHashMap<NetworkId, DnsTcp>,
@@ -188,6 +193,7 @@ impl GatewayServices {
         let capacity = limits.max_flows.min(limits.socket_budget / 2).max(1);
         GatewayServices {
             dns: DnsServer::new(config),
+            dhcp: DhcpServer::new(),
             nat: Nat::new(NatConfig {
                 max_flows: capacity,
                 udp_idle: limits.udp_idle,
@@ -217,6 +223,16 @@ impl GatewayServices {
     /// The DNS server (zones, upstreams, counters).
     pub fn dns(&mut self) -> &mut DnsServer {
         &mut self.dns
+    }
+
+    /// The DHCP server (leases, counters).
+    pub fn dhcp(&mut self) -> &mut DhcpServer {
+        &mut self.dhcp
+    }
+
+    /// Set the leases and options a network's DHCP clients get.
+    pub fn set_dhcp_scope(&mut self, network: NetworkId, scope: DhcpScope) {
+        self.dhcp.set_scope(network, scope);
     }
 
     /// The outbound NAT.
@@ -318,6 +334,7 @@ impl GatewayServices {
         self.nat.remove_network(network);
         self.tcp.remove_network(network);
         self.dns.remove_zone(network);
+        self.dhcp.remove_scope(network);
         self.stacks.remove(&network);
     }
 
@@ -363,6 +380,25 @@ impl GatewayServices {
             }
         }
         match &packet.transport {
+            Some(TransportSlice::Udp(udp))
+                if udp.destination_port() == crate::dhcp::SERVER_PORT
+                    && (ours || dst == IpAddr::V4(Ipv4Addr::BROADCAST)) =>
+            {
+                let server = gateway.ipv4.first().copied();
+                if let Some(reply) =
+                    self.dhcp
+                        .handle_message(network, frame.source(), server, udp.payload())
+                {
+                    let mut out = Vec::with_capacity(reply.message.len() + 42);
+                    PacketBuilder::ethernet2(gateway.mac.0, reply.mac.0)
+                        .ipv4(reply.source.octets(), reply.destination.octets(), TTL)
+                        .udp(crate::dhcp::SERVER_PORT, crate::dhcp::CLIENT_PORT)
+                        .write(&mut out, &reply.message)
+                        .map_err(|_| DropReason::Malformed)?;
+                    self.push(Egress::Port(ingress), out);
+                }
+                Ok(())
+            }
             Some(TransportSlice::Udp(udp)) if ours && udp.destination_port() == 53 => {
                 let asker = Asker {
                     network,

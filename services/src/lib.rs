@@ -14,6 +14,7 @@
 //! - [`tcp_nat`]: the TCP relay, outbound connections and published TCP
 //!   ports, terminated by a userspace TCP stack and carried on through host
 //!   sockets;
+//! - [`dhcp`]: DHCPv4 on UDP port 67, the lease IPAM gave each endpoint;
 //! - [`nat`]: UDP and ICMP echo to the outside and published UDP ports,
 //!   with IPv4 fragments reassembled first ([`reassembly`]).
 //!
@@ -34,11 +35,14 @@
 //!   sans-IO, so it fits the core; chosen over passt-style sequence
 //!   mirroring because a real stack gives windows, retransmission and
 //!   half-close for free, and it takes 64 KiB segments whole.
+//! - `dhcproto` is the DHCPv4 codec (see [`dhcp`] for why and its catches),
+//!   with `ipnet` for its classless routes.
 //! - `rustc-hash` (FxHash) for tables keyed by our own ids and flows.
 //! - `rand` 0.10 (`StdRng`, ChaCha12) without its thread-local RNG: every
 //!   random choice comes from a 256-bit seed the driver draws from the OS,
 //!   so DNS query ids are not guessable and tests replay exactly.
 
+pub mod dhcp;
 pub mod dispatch;
 pub mod dns;
 pub mod flow_shares;

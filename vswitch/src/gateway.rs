@@ -13,6 +13,8 @@
 //! Served today:
 //! - ARP (RFC 826) for each gateway IPv4 address;
 //! - ICMPv4 echo (RFC 792) to each gateway IPv4 address;
+//! - DHCP client broadcasts (UDP to port 67) are taken too, for the L4
+//!   services' DHCP server (the fast path itself does not answer them);
 //! - IPv6 neighbour solicitation (RFC 4861 §7.2.4) for each gateway IPv6
 //!   address, answered with a solicited, overriding advertisement carrying
 //!   the target link-layer option, and ICMPv6 echo (RFC 4443 §4.1).
@@ -41,6 +43,31 @@ use crate::wire::packet::GatewayFrame;
 
 /// Bytes a reply may need beyond the request's own length.
 pub const REPLY_HEADROOM: usize = 64;
+
+/// The DHCP server's UDP port (RFC 2131 §4.1).
+const DHCP_SERVER_PORT: u16 = 67;
+
+/// Whether an IPv4 packet (first fragment or whole) is UDP to the DHCP
+/// server port: a client's broadcast DISCOVER or REQUEST, which the
+/// gateway's DHCP server answers instead of the switch flooding it.
+fn is_dhcp_to_server(packet: &[u8]) -> bool {
+    const UDP: u8 = 17;
+    let Some(&version_ihl) = packet.first() else {
+        return false;
+    };
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 || packet.get(9) != Some(&UDP) {
+        return false;
+    }
+    // Not a later fragment: those carry no UDP header.
+    let fragment = packet
+        .get(6..8)
+        .map_or(1, |b| u16::from_be_bytes([b[0], b[1]]) & 0x1fff);
+    fragment == 0
+        && packet
+            .get(header_len + 2..header_len + 4)
+            .is_some_and(|p| u16::from_be_bytes([p[0], p[1]]) == DHCP_SERVER_PORT)
+}
 
 /// Hop limit of the neighbour discovery messages the gateway sends
 /// (RFC 4861 §7.1.2 requires 255).
@@ -124,6 +151,7 @@ impl Gateway {
             ETHERTYPE_IPV6 if !self.config.ipv6.is_empty() => {
                 neighbor_solicitation_target(frame).is_some_and(|t| self.config.ipv6.contains(&t))
             }
+            ETHERTYPE_IPV4 if !self.config.ipv4.is_empty() => is_dhcp_to_server(eth.payload()),
             _ => false,
         }
     }
@@ -309,6 +337,40 @@ mod tests {
             .to_bytes(),
         );
         frame
+    }
+
+    fn udp_broadcast(dst_port: u16, fragment_offset: u16) -> Vec<u8> {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(PEER_MAC.0, [0xff; 6])
+            .ipv4([0, 0, 0, 0], [255, 255, 255, 255], 64)
+            .udp(68, dst_port)
+            .write(&mut frame, &[0; 8])
+            .unwrap();
+        frame[HEADER_LEN + 6..HEADER_LEN + 8].copy_from_slice(&fragment_offset.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn takes_dhcp_client_broadcasts_only() {
+        let gw = gateway();
+        assert!(gw.wants_multicast(&udp_broadcast(67, 0)));
+        assert!(!gw.wants_multicast(&udp_broadcast(68, 0)));
+        assert!(!gw.wants_multicast(&udp_broadcast(67, 3)));
+        let truncated = udp_broadcast(67, 0);
+        for len in 0..HEADER_LEN + 20 + 4 {
+            assert!(!gw.wants_multicast(&truncated[..len]), "{len}");
+        }
+        // The fast path leaves it to the L4 services.
+        let mut out = [0u8; 512];
+        assert_eq!(
+            gw.handle_frame(&udp_broadcast(67, 0), &mut out),
+            Err(DropReason::NoRoute)
+        );
+        let v6_only = Gateway::new(GatewayConfig {
+            ipv4: Vec::new(),
+            ..gw.config().clone()
+        });
+        assert!(!v6_only.wants_multicast(&udp_broadcast(67, 0)));
     }
 
     #[test]

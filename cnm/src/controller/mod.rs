@@ -504,6 +504,21 @@ impl Controller {
             .map_err(|e| ControllerError::Datapath(std::io::Error::other(e.to_string())))
     }
 
+    /// The gateways' DHCP server's counters (for metrics).
+    ///
+    /// # Errors
+    ///
+    /// The data path not answering.
+    pub async fn dhcp_counters(
+        &self,
+    ) -> Result<weft_services::dhcp::DhcpCounters, ControllerError> {
+        let datapath = Arc::clone(&self.datapath);
+        tokio::task::spawn_blocking(move || datapath.dhcp_counters())
+            .await
+            .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?
+            .map_err(|e| ControllerError::Datapath(std::io::Error::other(e.to_string())))
+    }
+
     /// What every published port carried, each with its endpoint's id (for
     /// metrics).
     ///

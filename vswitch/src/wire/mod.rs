@@ -1,11 +1,13 @@
 //! Wire formats: every header parse of the data path. One file per header
 //! ([`ethernet`], [`vnet`]), the IP layout the hot path shares ([`ip`]),
-//! and the gateway's parsed view of a frame ([`packet`]).
+//! the gateway's parsed view of a frame ([`packet`]), and the length-prefixed
+//! framing of VM stream sockets ([`stream`]).
 
 pub mod checksum;
 pub mod ethernet;
 pub mod ip;
 pub mod packet;
+pub mod stream;
 pub mod vnet;
 
 use std::net::IpAddr;
