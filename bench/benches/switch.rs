@@ -37,6 +37,7 @@ fn switch_decision(c: &mut Criterion) {
             ipv6: vec![],
             outbound: true,
             host_loopback: false,
+            dhcp: true,
         },
     )
     .expect("fresh switch");

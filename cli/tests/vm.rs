@@ -173,3 +173,84 @@ fn sandbox_takes_its_lease_with_udhcpc() {
     assert!(!out.status.success(), "{}", common::show(&out));
     assert!(!stranger.exists());
 }
+
+/// `--opt dhcp=false`: the gateway leaves DHCP alone and the client's
+/// broadcast is flooded like any other, so a DHCP server inside another
+/// sandbox sees it (here a socat listening on port 67); the gateway offers
+/// nothing.
+#[test]
+fn dhcp_false_floods_the_broadcast_to_the_sandboxes() {
+    if !require(has_tool("socat", "-V"), "needs socat") {
+        return;
+    }
+    let Some(mut w) = vm_world() else {
+        return;
+    };
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.236.2.0/24",
+        "--opt",
+        "dhcp=false",
+        "nodhcp",
+    ]);
+    let bad = w.weft(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.236.3.0/24",
+        "--opt",
+        "dhcp=maybe",
+        "baddhcp",
+    ]);
+    assert!(
+        !bad.status.success() && common::stderr(&bad).contains("dhcp"),
+        "{}",
+        common::show(&bad)
+    );
+    let (a, b) = (w.sandbox("a"), w.sandbox("b"));
+    w.weft_ok(&["network", "connect", "--name", "alpha", "nodhcp", &a]);
+    w.weft_ok(&["network", "connect", "--name", "server", "nodhcp", &b]);
+    let heard = w.dir.join("heard.bin");
+    let heard_arg = format!("OPEN:{},creat", heard.display());
+    let mut listener = w.spawn_in(
+        &b,
+        "20",
+        &["socat", "-u", "UDP4-RECV:67,reuseaddr", &heard_arg],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    w.exec_ok(&a, &["ip", "addr", "flush", "dev", "eth0"]);
+    let record = w.dir.join("nolease.txt");
+    let script = udhcpc_script(&w, &record);
+    let out = w.exec(
+        &a,
+        &[
+            "/bin/busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().expect("utf-8 path"),
+        ],
+    );
+    common::kill_group(&mut listener);
+    assert!(
+        !out.status.success(),
+        "the gateway offered: {}",
+        common::show(&out)
+    );
+    assert!(!record.exists());
+    let heard = std::fs::metadata(&heard).map_or(0, |m| m.len());
+    assert!(
+        heard >= 240,
+        "the other sandbox heard {heard} bytes of DHCP"
+    );
+}

@@ -617,6 +617,10 @@ pub fn gateway_mac(network: &Network) -> MacAddr {
 /// The network option that turns port security off (on by default).
 pub const PORT_SECURITY_OPTION: &str = "port_security";
 
+/// The network option that turns the gateway's DHCP server off
+/// (`dhcp=false`: DHCP broadcasts are flooded like any other).
+pub const DHCP_OPTION: &str = "dhcp";
+
 /// What an endpoint's port may send as (see `weft_vswitch::port_security`):
 /// its MAC and addresses; enforced unless the network says
 /// `port_security=false`.
@@ -690,6 +694,10 @@ impl NetworkDriver for BridgeDriver {
                 .options
                 .get("host_loopback")
                 .is_some_and(|v| v == "true"),
+            dhcp: network
+                .options
+                .get(DHCP_OPTION)
+                .is_none_or(|v| v != "false"),
         };
         for subnet in &network.subnets {
             match subnet.gateway {

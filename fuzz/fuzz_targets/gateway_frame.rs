@@ -14,6 +14,7 @@ fuzz_target!(|frame: &[u8]| {
         ipv6: vec!["fd00::1".parse().unwrap()],
         outbound: true,
         host_loopback: false,
+        dhcp: true,
     });
     let _ = gw.wants_multicast(frame);
     let mut out = vec![0u8; frame.len() + REPLY_HEADROOM];

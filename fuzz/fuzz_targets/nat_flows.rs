@@ -39,6 +39,7 @@ fuzz_target!(|steps: Vec<Step>| {
         ipv6: vec!["fd00::1".parse().unwrap()],
         outbound: true,
         host_loopback: true,
+        dhcp: true,
     };
     let t0 = Instant::now();
     let mut now = t0;

@@ -34,6 +34,7 @@ fuzz_target!(|input: Input| {
                 ipv6: vec!["fd00::1".parse().unwrap()],
                 outbound: true,
                 host_loopback: false,
+                dhcp: true,
             },
         )
         .unwrap();

@@ -92,6 +92,10 @@ pub struct GatewayConfig {
     /// are not gateway services go to the host's loopback (`--opt
     /// host_loopback=true`, like slirp4netns's 10.0.2.2).
     pub host_loopback: bool,
+    /// Whether the gateway's DHCP server takes the network's DHCP client
+    /// broadcasts (default); false (`--opt dhcp=false`) floods them as a
+    /// plain bridge does, for a DHCP server run inside a sandbox.
+    pub dhcp: bool,
 }
 
 /// The gateway services of one network. See the module header.
@@ -151,7 +155,9 @@ impl Gateway {
             ETHERTYPE_IPV6 if !self.config.ipv6.is_empty() => {
                 neighbor_solicitation_target(frame).is_some_and(|t| self.config.ipv6.contains(&t))
             }
-            ETHERTYPE_IPV4 if !self.config.ipv4.is_empty() => is_dhcp_to_server(eth.payload()),
+            ETHERTYPE_IPV4 if self.config.dhcp && !self.config.ipv4.is_empty() => {
+                is_dhcp_to_server(eth.payload())
+            }
             _ => false,
         }
     }
@@ -319,6 +325,7 @@ mod tests {
             ipv6: vec!["fd00:231::1".parse().unwrap()],
             outbound: true,
             host_loopback: false,
+            dhcp: true,
         })
     }
 
@@ -371,6 +378,12 @@ mod tests {
             ..gw.config().clone()
         });
         assert!(!v6_only.wants_multicast(&udp_broadcast(67, 0)));
+        // `--opt dhcp=false`: flooded like any broadcast.
+        let no_dhcp = Gateway::new(GatewayConfig {
+            dhcp: false,
+            ..gw.config().clone()
+        });
+        assert!(!no_dhcp.wants_multicast(&udp_broadcast(67, 0)));
     }
 
     #[test]

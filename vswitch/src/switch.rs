@@ -543,6 +543,7 @@ mod tests {
                 ipv6: vec![],
                 outbound: true,
                 host_loopback: false,
+                dhcp: true,
             },
         )
         .unwrap();
@@ -714,6 +715,7 @@ mod tests {
             ipv6: vec![],
             outbound: true,
             host_loopback: false,
+            dhcp: true,
         };
         sw.add_network(NET_A, gw(1)).unwrap();
         sw.add_network(NET_B, gw(1)).unwrap();

@@ -23,6 +23,9 @@ pub(super) const BRIDGE_OPTIONS: &[(&str, &[&str])] = &[
     // Each endpoint sends only from its own MAC and addresses (default);
     // false for guests that bridge further (a VM with its own bridge).
     (crate::driver::PORT_SECURITY_OPTION, &["true", "false"]),
+    // The gateway answers DHCP for the network's endpoints (default);
+    // false leaves DHCP broadcasts to a server inside a sandbox.
+    (crate::driver::DHCP_OPTION, &["true", "false"]),
 ];
 
 /// Refuse options the driver does not know and values it does not take;
@@ -81,7 +84,14 @@ pub(super) fn validate_overlay_options(
                     Vni::MAX
                 ),
             },
-            crate::driver::PORT_SECURITY_OPTION if value == "true" || value == "false" => continue,
+            crate::driver::PORT_SECURITY_OPTION | crate::driver::DHCP_OPTION
+                if value == "true" || value == "false" =>
+            {
+                continue
+            }
+            crate::driver::DHCP_OPTION => {
+                format!("{value:?} is not a value of dhcp: use true or false")
+            }
             crate::driver::PORT_SECURITY_OPTION => {
                 format!("{value:?} is not a value of port_security: use true or false")
             }
@@ -90,7 +100,7 @@ pub(super) fn validate_overlay_options(
                 Ok(_) => "give at least one address: peers=IP[,IP...]".to_owned(),
                 Err(bad) => format!("{bad:?} is not an IP address: use peers=IP[,IP...]"),
             },
-            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...], port_security=true|false"
+            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...], port_security=true|false, dhcp=true|false"
                 .to_owned(),
         };
         return Err(ControllerError::InvalidOption {

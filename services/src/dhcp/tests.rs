@@ -433,6 +433,7 @@ fn dispatcher_answers_a_broadcast_discover_frame() {
         ipv6: Vec::new(),
         outbound: true,
         host_loopback: false,
+        dhcp: true,
     };
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(MAC.0, [0xff; 6])

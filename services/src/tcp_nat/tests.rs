@@ -21,6 +21,7 @@ fn gateway() -> GatewayConfig {
         ipv6: Vec::new(),
         outbound: true,
         host_loopback: false,
+        dhcp: true,
     }
 }
 
