@@ -59,6 +59,39 @@ exit 0
     path
 }
 
+/// busybox's udhcpc on `ns`'s eth0: `tries` DISCOVERs a second apart,
+/// `script` run with the lease; exits non-zero without one.
+fn udhcpc(w: &World, ns: &str, tries: &str, script: &str) -> std::process::Output {
+    w.exec(
+        ns,
+        &[
+            "/bin/busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            tries,
+            "-T",
+            "1",
+            "-s",
+            script,
+        ],
+    )
+}
+
+/// [`udhcpc`], which must get a lease.
+fn udhcpc_ok(w: &World, ns: &str, tries: &str, script: &str) {
+    let out = udhcpc(w, ns, tries, script);
+    assert!(
+        out.status.success(),
+        "udhcpc in {ns}: {}",
+        common::show(&out)
+    );
+}
+
 fn parse_record(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -97,24 +130,7 @@ fn sandbox_takes_its_lease_with_udhcpc() {
     let record = w.dir.join("lease.txt");
     let script = udhcpc_script(&w, &record);
     let script = script.to_str().expect("utf-8 path");
-    w.exec_ok(
-        &a,
-        &[
-            "/bin/busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "5",
-            "-T",
-            "1",
-            "-s",
-            script,
-        ],
-    );
+    udhcpc_ok(&w, &a, "5", script);
     let lease = parse_record(&std::fs::read_to_string(&record).expect("udhcpc ran the script"));
     assert_eq!(lease["ip"], endpoint, "{lease:?}");
     assert_eq!(lease["mask"], "24", "{lease:?}");
@@ -152,24 +168,7 @@ fn sandbox_takes_its_lease_with_udhcpc() {
     );
     let stranger = w.dir.join("stranger.txt");
     let script = udhcpc_script(&w, &stranger);
-    let out = w.exec(
-        &b,
-        &[
-            "/bin/busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "2",
-            "-T",
-            "1",
-            "-s",
-            script.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = udhcpc(&w, &b, "2", script.to_str().expect("utf-8 path"));
     assert!(!out.status.success(), "{}", common::show(&out));
     assert!(!stranger.exists());
 }
@@ -223,24 +222,7 @@ fn dhcp_false_floods_the_broadcast_to_the_sandboxes() {
     w.exec_ok(&a, &["ip", "addr", "flush", "dev", "eth0"]);
     let record = w.dir.join("nolease.txt");
     let script = udhcpc_script(&w, &record);
-    let out = w.exec(
-        &a,
-        &[
-            "/bin/busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-s",
-            script.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = udhcpc(&w, &a, "3", script.to_str().expect("utf-8 path"));
     common::kill_group(&mut listener);
     assert!(
         !out.status.success(),
