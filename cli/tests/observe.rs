@@ -141,6 +141,15 @@ fn fdb_and_metrics_show_the_network() {
         ),
         Some(3.0)
     );
+    // The first ping's ARP request was a broadcast: flooded.
+    assert!(
+        sample(
+            &text,
+            "weft_network_floods_total{network=\"obs\",kind=\"multicast\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     assert!(sample(&text, "weft_process_resident_memory_bytes").is_some_and(|b| b > 0.0));
     assert!(sample(&text, "weft_dns_queries_total").is_some_and(|n| n >= 1.0));
     assert!(

@@ -334,6 +334,22 @@ impl BridgeDriver {
         Ok((!ifname.is_empty()).then_some(ifname))
     }
 
+    /// What a network flooded since it was made (None: not switched
+    /// here).
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError`] when the data path does not answer.
+    pub fn floods(
+        &self,
+        network: &Network,
+    ) -> Result<Option<weft_vswitch::FloodCounts>, DriverError> {
+        match self.switch_network(&network.name) {
+            Some(id) => Ok(self.datapath.floods(id)?),
+            None => Ok(None),
+        }
+    }
+
     /// A network's forwarding table, with local ports named by their
     /// endpoints (of `endpoints`) and tunnel ports by their hosts.
     ///

@@ -54,6 +54,8 @@ pub struct NetworkFigures {
     pub nat_flows: Vec<(String, usize)>,
     /// New NAT flows refused, by protocol and reason.
     pub nat_refused: Vec<(String, String, u64)>,
+    /// Frames it flooded: multicast and broadcast, unknown unicast.
+    pub floods: Option<weft_vswitch::FloodCounts>,
 }
 
 /// One published port's figures.
@@ -149,6 +151,7 @@ pub async fn collect(controller: &Controller) -> Snapshot {
             .map(|t| (t.host.to_string(), t.counters.clone()))
             .collect();
         if network.driver.has_interfaces() {
+            figures.floods = controller.floods(&network.name).await.ok().flatten();
             if let Ok(rows) = controller.fdb(&network.name).await {
                 for kind in ["static", "learned", "remote"] {
                     let count = rows.iter().filter(|r| r.kind == kind).count();
@@ -309,6 +312,23 @@ impl Collector for Exposition {
                 n.fdb
                     .iter()
                     .map(|(kind, c)| count(vec![("network", &n.name), ("kind", kind)], *c))
+            }),
+        )?;
+        family(
+            &mut e,
+            "weft_network_floods",
+            "Frames a network flooded to its ports, by kind (multicast: multicast and broadcast; unknown_unicast: to a MAC no port had).",
+            Counter,
+            s.networks.iter().flat_map(|n| {
+                n.floods.iter().flat_map(|f| {
+                    [
+                        count(vec![("network", &n.name), ("kind", "multicast")], f.multicast),
+                        count(
+                            vec![("network", &n.name), ("kind", "unknown_unicast")],
+                            f.unknown_unicast,
+                        ),
+                    ]
+                })
             }),
         )?;
         let ports: [(&str, &str, Pick); 4] = [
@@ -604,6 +624,10 @@ mod tests {
                 tunnel: vec![],
                 nat_flows: vec![("tcp".into(), 4)],
                 nat_refused: vec![("udp".into(), "sandbox_share".into(), 9)],
+                floods: Some(weft_vswitch::FloodCounts {
+                    multicast: 7,
+                    unknown_unicast: 2,
+                }),
             }],
             members: vec![("alive".into(), 2)],
             dhcp: vec![("offer".into(), 3), ("malformed".into(), 1)],
@@ -639,6 +663,8 @@ mod tests {
             "weft_nat_flows{network=\"n\\\"1\",protocol=\"tcp\"} 4",
             "weft_nat_refused_total{network=\"n\\\"1\",protocol=\"udp\",reason=\"sandbox_share\"} 9",
             "weft_process_resident_memory_bytes 4096",
+            "weft_network_floods_total{network=\"n\\\"1\",kind=\"multicast\"} 7",
+            "weft_network_floods_total{network=\"n\\\"1\",kind=\"unknown_unicast\"} 2",
             "weft_dhcp_messages_total{outcome=\"offer\"} 3",
             "weft_dhcp_messages_total{outcome=\"malformed\"} 1",
             "weft_published_connections_total{network=\"n\\\"1\",endpoint=\"web\",protocol=\"tcp\",host=\"0.0.0.0:8080\"} 5",

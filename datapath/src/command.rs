@@ -65,6 +65,13 @@ pub enum Command {
         /// Where they go.
         reply: std::sync::mpsc::Sender<Vec<crate::published::PublishedFigures>>,
     },
+    /// Read what a network flooded.
+    Floods {
+        /// The network.
+        network: NetworkId,
+        /// Where the counts go (None: no such network).
+        reply: std::sync::mpsc::Sender<Option<weft_vswitch::FloodCounts>>,
+    },
     /// Read a network's forwarding table.
     Fdb {
         /// The network.

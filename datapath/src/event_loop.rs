@@ -267,6 +267,9 @@ impl Loop {
                 Command::PublishedFigures { reply } => {
                     let _ = reply.send(self.published.figures());
                 }
+                Command::Floods { network, reply } => {
+                    let _ = reply.send(plane.switch.flood_counts(network));
+                }
                 Command::Fdb { network, reply } => {
                     let entries = plane.switch.fdb(network, std::time::Instant::now());
                     let with_hosts = entries

@@ -411,6 +411,22 @@ impl Datapath {
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
     }
 
+    /// What a network flooded since it was made (None: no such network).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone or does not answer.
+    pub fn floods(
+        &self,
+        network: NetworkId,
+    ) -> Result<Option<weft_vswitch::FloodCounts>, DatapathError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::Floods { network, reply })?;
+        answer
+            .recv_timeout(COMMAND_REPLY_TIMEOUT)
+            .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
+    }
+
     /// A network's forwarding table (MAC → port), as the switch has it now;
     /// with each entry of a tunnel port, the remote host's tunnel address.
     ///

@@ -123,6 +123,17 @@ struct Network {
     /// MAC table has no entry, so remote MACs need no flood-and-learn.
     remote_macs: FxHashMap<MacAddr, PortId>,
     gateway: Gateway,
+    floods: FloodCounts,
+}
+
+/// Frames a network flooded since it was made (for metrics): to a
+/// multicast or broadcast address, or to a unicast MAC it did not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FloodCounts {
+    /// Multicast and broadcast frames (the gateway's own excepted).
+    pub multicast: u64,
+    /// Unicast frames to a MAC no port had (or whose entry aged out).
+    pub unknown_unicast: u64,
 }
 
 impl Default for Switch {
@@ -190,6 +201,7 @@ impl Switch {
                 macs,
                 remote_macs: FxHashMap::default(),
                 gateway: Gateway::new(gateway),
+                floods: FloodCounts::default(),
             },
         );
         Ok(())
@@ -355,6 +367,7 @@ impl Switch {
             if !from_tunnel && network.gateway.wants_multicast(frame) {
                 return Decision::ToGateway;
             }
+            network.floods.multicast += 1;
             return Decision::Flood;
         }
         let egress = network
@@ -367,8 +380,17 @@ impl Switch {
                 Decision::Drop(DropReason::Hairpin)
             }
             Some(port) => Decision::Forward(port),
-            None => Decision::Flood,
+            None => {
+                network.floods.unknown_unicast += 1;
+                Decision::Flood
+            }
         }
+    }
+
+    /// What `network` flooded since it was made; None for an unknown
+    /// network.
+    pub fn flood_counts(&self, network: NetworkId) -> Option<FloodCounts> {
+        self.networks.get(&network).map(|n| n.floods)
     }
 
     /// The ports a frame from `ingress` floods to: every port of its
@@ -649,6 +671,24 @@ mod tests {
             sw.flood_ports(PortId(1)),
             &[PortId(1), PortId(2), PortId(100), PortId(101)]
         );
+    }
+
+    #[test]
+    fn floods_are_counted_by_kind() {
+        let mut sw = overlay_switch();
+        let now = Instant::now();
+        sw.handle_frame(now, PortId(1), &frame(MacAddr([0xff; 6]), mac(1)));
+        sw.handle_frame(now, PortId(2), &frame(mac(7), mac(2)));
+        sw.handle_frame(now, PortId(2), &frame(mac(1), mac(2)));
+        assert_eq!(
+            sw.flood_counts(NET_A),
+            Some(FloodCounts {
+                multicast: 1,
+                unknown_unicast: 1,
+            }),
+            "the known unicast to port 1 was not flooded"
+        );
+        assert_eq!(sw.flood_counts(NetworkId(99)), None);
     }
 
     #[test]

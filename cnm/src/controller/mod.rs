@@ -573,6 +573,24 @@ impl Controller {
         rows.map_err(|source| ControllerError::Driver { driver, source })
     }
 
+    /// What a network flooded since it was made (for metrics).
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NetworkNotFound`], or the data path not
+    /// answering.
+    pub async fn floods(
+        &self,
+        name: &str,
+    ) -> Result<Option<weft_vswitch::FloodCounts>, ControllerError> {
+        let (bridge, network, _) = self.network_with_endpoints(name).await?;
+        let driver = network.driver;
+        let counts = tokio::task::spawn_blocking(move || bridge.floods(&network))
+            .await
+            .map_err(|join| ControllerError::Datapath(std::io::Error::other(join.to_string())))?;
+        counts.map_err(|source| ControllerError::Driver { driver, source })
+    }
+
     /// `weft info`: this daemon at a glance.
     pub async fn info(&self) -> Info {
         let inner = self.inner.lock().await;
