@@ -365,22 +365,16 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
 
     // One endpoint, two frames: the capture ends by itself.
     let mut pinger = w.spawn_in(&a, "20", &["ping", "-i", "0.2", &b_ip]);
-    let out = w.exec(
-        &w.host,
-        &[
-            common::WEFT,
-            "--socket",
-            &socket,
-            "capture",
-            "cap",
-            "--endpoint",
-            "beta",
-            "-c",
-            "2",
-            "-w",
-            &file_arg,
-        ],
-    );
+    let out = w.weft(&[
+        "capture",
+        "cap",
+        "--endpoint",
+        "beta",
+        "-c",
+        "2",
+        "-w",
+        &file_arg,
+    ]);
     common::kill_group(&mut pinger);
     assert!(out.status.success(), "{}", common::show(&out));
     assert!(
@@ -389,20 +383,7 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
         common::show(&out)
     );
 
-    let out = w.exec(
-        &w.host,
-        &[
-            common::WEFT,
-            "--socket",
-            &socket,
-            "capture",
-            "cap",
-            "--endpoint",
-            "nosuch",
-            "-w",
-            &file_arg,
-        ],
-    );
+    let out = w.weft(&["capture", "cap", "--endpoint", "nosuch", "-w", &file_arg]);
     assert!(!out.status.success());
     assert!(
         common::stderr(&out).contains("no endpoint named \"nosuch\""),
@@ -411,18 +392,7 @@ fn capture_writes_pcapng_that_tcpdump_reads() {
     );
     // The tunnel of a daemon without a cluster: refused, saying why
     // (tests/overlay.rs captures a real one).
-    let out = w.exec(
-        &w.host,
-        &[
-            common::WEFT,
-            "--socket",
-            &socket,
-            "capture",
-            "--overlay",
-            "-w",
-            &file_arg,
-        ],
-    );
+    let out = w.weft(&["capture", "--overlay", "-w", &file_arg]);
     assert!(!out.status.success());
     assert!(
         common::stderr(&out).contains("start it with --listen"),

@@ -47,6 +47,16 @@ const CONVERGE: Duration = Duration::from_secs(15);
 /// The failure-detection target of the issue.
 const DEAD_WITHIN: Duration = Duration::from_secs(5);
 
+/// The block of a /27 overlay subnet (16 addresses each: 0 or 1) that
+/// holds IPv4 address `addr`.
+fn block_of(addr: &str) -> u8 {
+    addr.rsplit('.')
+        .next()
+        .and_then(|o| o.parse::<u8>().ok())
+        .unwrap_or(0)
+        / 16
+}
+
 /// A unique namespace name `wto-<pid>-<counter>-<role>`.
 fn unique_name(role: &str) -> String {
     unique_name_with("wto", role)
@@ -1146,13 +1156,6 @@ fn a_host_down_ten_seconds_keeps_its_blocks_and_addresses() {
     c.create_overlay("ov", "10.232.23.0/27", &[]);
     let s1 = c.sandbox("s1");
     let a1 = c.hosts[0].connect("ov", &s1, "one");
-    let last_octet = |addr: &str| -> u8 {
-        addr.rsplit('.')
-            .next()
-            .and_then(|o| o.parse().ok())
-            .unwrap_or(0)
-    };
-    let block_of = |addr: &str| last_octet(addr) / 16;
     let h1_block = block_of(&a1);
     let h2_block_size = if h1_block == 0 { 15 } else { 14 };
     // h2 fills the other block.
@@ -1240,13 +1243,6 @@ fn a_restarted_host_gets_its_blocks_back_and_a_new_id_does_not() {
     c.create_overlay("ov", "10.232.24.0/27", &[]);
     let s1 = c.sandbox("s1");
     let a1 = c.hosts[0].connect("ov", &s1, "one");
-    let block_of = |addr: &str| -> u8 {
-        addr.rsplit('.')
-            .next()
-            .and_then(|o| o.parse::<u8>().ok())
-            .unwrap_or(0)
-            / 16
-    };
     let h1_block = block_of(&a1);
     let mut addrs = vec![a1.clone()];
     let mut h2_sandboxes = Vec::new();
