@@ -40,7 +40,7 @@ use pcap_file::pcapng::blocks::interface_statistics::{
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::DataLink;
 use serde::{Deserialize, Serialize};
-use weft_datapath::capture::CaptureHandle;
+use weft_datapath::capture::{CaptureHandle, CaptureRecord};
 use weft_vswitch::PortId;
 
 /// Largest snap length: a 64 KiB GSO segment and its headers.
@@ -204,17 +204,30 @@ pub enum Interfaces {
 
 impl Interfaces {
     /// The interface of a record of `port`: a key and its name.
-    fn of(&self, port: PortId) -> (PortId, String) {
+    fn of(&self, port: PortId) -> (PortId, Cow<'_, str>) {
         match self {
             Interfaces::Ports(names) => (
                 port,
-                names
-                    .get(&port)
-                    .cloned()
-                    .unwrap_or_else(|| format!("tunnel-{}", port.0)),
+                names.get(&port).map_or_else(
+                    || Cow::Owned(format!("tunnel-{}", port.0)),
+                    |name| Cow::Borrowed(name.as_str()),
+                ),
             ),
-            Interfaces::Underlay => (PortId(0), "underlay".to_owned()),
+            Interfaces::Underlay => (PortId(0), Cow::Borrowed("underlay")),
         }
+    }
+
+    /// Encode `record` into `pcap` on its interface.
+    fn write(&self, pcap: &mut PcapNg, record: &CaptureRecord) {
+        let (port, name) = self.of(record.port);
+        pcap.frame(
+            port,
+            &name,
+            record.time,
+            record.to_port,
+            record.original_len,
+            &record.bytes,
+        );
     }
 }
 
@@ -248,30 +261,14 @@ pub fn pump(
             alive = send(Vec::new());
             continue;
         };
-        let (port, name) = interfaces.of(record.port);
-        pcap.frame(
-            port,
-            &name,
-            record.time,
-            record.to_port,
-            record.original_len,
-            &record.bytes,
-        );
+        interfaces.write(&mut pcap, &record);
         frames += 1;
         // Batch what is already waiting into one chunk.
         while let Some(more) = handle.next(Duration::ZERO) {
             if request.count.is_some_and(|c| frames >= c) {
                 break;
             }
-            let (port, name) = interfaces.of(more.port);
-            pcap.frame(
-                port,
-                &name,
-                more.time,
-                more.to_port,
-                more.original_len,
-                &more.bytes,
-            );
+            interfaces.write(&mut pcap, &more);
             frames += 1;
         }
         alive = send(pcap.take());

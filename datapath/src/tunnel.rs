@@ -89,6 +89,9 @@ pub struct Tunnel {
     members: FxHashSet<IpAddr>,
     counters: Arc<TunnelCounters>,
     ports: TunnelPorts,
+    /// The transport's own address, read once when it is enabled (for
+    /// captures of the tunnel).
+    local: Option<SocketAddr>,
 }
 
 impl Tunnel {
@@ -100,6 +103,7 @@ impl Tunnel {
             members: FxHashSet::default(),
             counters,
             ports,
+            local: None,
         }
     }
 
@@ -121,6 +125,7 @@ impl Tunnel {
             tokens.remove(token);
             return;
         }
+        self.local = transport.local_addr();
         self.transport = Some((transport, token));
     }
 
@@ -150,13 +155,12 @@ impl Tunnel {
     pub fn capture_view(&self, port: PortId) -> Option<((SocketAddr, SocketAddr), Vec<u8>)> {
         let peer = self.vteps.peer(port)?;
         let (transport, _) = self.transport.as_ref()?;
-        let local = transport.local_addr()?;
-        Some(((local, peer.addr), transport.encapsulation(peer)))
+        Some(((self.local?, peer.addr), transport.encapsulation(peer)))
     }
 
     /// The transport's own address (where datagrams arrive).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.transport.as_ref()?.0.local_addr()
+        self.local
     }
 
     /// Send what the transport gathered.
