@@ -38,6 +38,7 @@ mod paths;
 mod peers;
 mod ps;
 mod run;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,9 @@ enum Command {
     Network(network::NetworkCommand),
     /// Run a command in a new sandbox attached to weft networks.
     Run(run::RunArgs),
+    /// Put a virtual machine on a network: make its socket and print the
+    /// QEMU arguments (-netdev stream) that connect it.
+    Vm(vm::VmArgs),
     /// Show the cluster's members (alive, suspect, dead) and tunnel counters.
     Peers(peers::PeersArgs),
     /// Capture a network's (or one endpoint's) frames as pcapng.
@@ -169,6 +173,10 @@ fn main() -> ExitCode {
         Command::Ps(args) => {
             let client = Client::new(&socket);
             report(block_on(async { ps::run(&client, args).await }))
+        }
+        Command::Vm(args) => {
+            let client = Client::new(&socket);
+            report(block_on(async { vm::run(&client, args).await }))
         }
         Command::Version(args) => {
             let client = Client::new(&socket);

@@ -195,6 +195,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
         NetworkCommand::Connect(args) => {
             let request = ConnectRequest {
                 sandbox: netns_arg(&args.netns)?,
+                kind: weft_cnm::model::EndpointKind::Tap,
                 name: args.name,
                 ips: args.ip,
                 aliases: args.alias,

@@ -153,6 +153,7 @@ async fn run_inner(client: &Client, args: RunArgs) -> Result<i32> {
     for (i, network) in networks.iter().enumerate() {
         let request = ConnectRequest {
             sandbox: sandbox.clone(),
+            kind: weft_cnm::model::EndpointKind::Tap,
             name: args.name.clone(),
             ips: if i == 0 { args.ip.clone() } else { Vec::new() },
             aliases: Vec::new(),

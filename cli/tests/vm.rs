@@ -1,6 +1,7 @@
-//! End-to-end tests of what virtual machines use on a weft network: the
-//! gateway's DHCP server, checked first with a real DHCP client (busybox
-//! `udhcpc`) in a sandbox whose address was flushed.
+//! End-to-end tests of virtual machines on a weft network: the gateway's
+//! DHCP server with a real DHCP client (busybox `udhcpc`) in a sandbox
+//! whose address was flushed, then real QEMU guests (TCG, a Debian
+//! kernel, a busybox initramfs) on stream endpoints made by `weft vm`.
 //!
 //! Every test runs in a [`World`]: the daemon inside the test's own HOST
 //! namespace with `--dns-upstream` at an address inside that world that
@@ -15,6 +16,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{has_tool, require, write_script, World};
 
@@ -234,5 +241,399 @@ fn dhcp_false_floods_the_broadcast_to_the_sandboxes() {
     assert!(
         heard >= 240,
         "the other sandbox heard {heard} bytes of DHCP"
+    );
+}
+
+/// Where `.ci/run` unpacks Debian's kernel package for the QEMU guests
+/// (`boot/vmlinuz-*`, `lib/modules/*/kernel/...`); `WEFT_GUEST_KERNEL`
+/// overrides it.
+const GUEST_KERNEL_DIR: &str = "/var/cache/weft-tests/kernel";
+
+/// The virtio modules a guest loads, in dependency order.
+const GUEST_MODULES: [&str; 8] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+/// How long a guest may take to boot and say what it saw: a TCG boot is
+/// ~7 s alone, several times that on two busy cores.
+const GUEST_DEADLINE: Duration = Duration::from_secs(150);
+
+/// A kernel and a busybox initramfs whose `/init` runs `script` after
+/// loading the virtio modules, or None (skip) when QEMU, cpio or the
+/// unpacked kernel is missing.
+struct GuestKit {
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+impl GuestKit {
+    fn build(dir: &Path, name: &str, script: &str) -> Option<GuestKit> {
+        let kernel_dir = std::env::var("WEFT_GUEST_KERNEL").unwrap_or(GUEST_KERNEL_DIR.into());
+        let kernel = std::fs::read_dir(Path::new(&kernel_dir).join("boot"))
+            .ok()
+            .and_then(|entries| {
+                entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
+            });
+        if !require(
+            has_tool("qemu-system-x86_64", "--version") && has_tool("cpio", "--version"),
+            "needs qemu-system-x86 and cpio",
+        ) || !require(
+            kernel.is_some(),
+            &format!("needs a guest kernel unpacked in {kernel_dir} (see .ci/run)"),
+        ) {
+            return None;
+        }
+        let root = dir.join(format!("{name}-root"));
+        common::busybox_rootfs(&root);
+        let modules = root.join("lib/modules");
+        std::fs::create_dir_all(&modules).expect("guest modules dir");
+        for module in GUEST_MODULES {
+            let file = format!("{module}.ko");
+            let found = common::run(Command::new("find").args([
+                &format!("{kernel_dir}/lib/modules"),
+                "-name",
+                &file,
+            ]));
+            if let Some(path) = common::stdout(&found).lines().next() {
+                std::fs::copy(path, modules.join(&file)).expect("copying a module");
+            }
+        }
+        write_script(&root.join("init"), script);
+        let initrd = dir.join(format!("{name}-initrd.cpio"));
+        let packed = common::run(Command::new("sh").args([
+            "-c",
+            &format!(
+                "cd {} && find . | cpio -o -H newc --quiet > {}",
+                root.display(),
+                initrd.display()
+            ),
+        ]));
+        assert!(packed.status.success(), "cpio: {}", common::show(&packed));
+        Some(GuestKit {
+            kernel: kernel.expect("checked above"),
+            initrd,
+        })
+    }
+}
+
+/// A running QEMU guest whose serial console is collected line by line.
+struct Guest {
+    child: std::process::Child,
+    console: Arc<Mutex<String>>,
+}
+
+impl Guest {
+    /// Boot `kit` with its NIC on the stream socket `socket` and `mac`.
+    fn boot(kit: &GuestKit, socket: &str, mac: &str) -> Guest {
+        let netdev = format!("stream,id=n0,server=off,addr.type=unix,addr.path={socket}");
+        let device = format!("virtio-net-pci,netdev=n0,mac={mac},romfile=");
+        let mut child = Command::new("timeout")
+            .args([
+                "-k",
+                "2",
+                "300",
+                "qemu-system-x86_64",
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+            ])
+            .args(["-nographic", "-no-reboot", "-kernel"])
+            .arg(&kit.kernel)
+            .arg("-initrd")
+            .arg(&kit.initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-netdev", &netdev, "-device", &device])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("starting qemu-system-x86_64");
+        let console = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let console = Arc::clone(&console);
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                    console.lock().expect("console").push_str(&text);
+                }
+            });
+        }
+        Guest { child, console }
+    }
+
+    /// Wait (bounded) for a console line starting with `marker`; its rest.
+    fn wait_for(&mut self, marker: &str) -> String {
+        let deadline = Instant::now() + GUEST_DEADLINE;
+        loop {
+            if let Some(rest) = self.line(marker) {
+                return rest;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "no {marker:?} from the guest (exited: {exited:?}); its console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn line(&self, marker: &str) -> Option<String> {
+        // Anywhere in the line: the firmware's escape sequences may
+        // precede the first line the guest prints.
+        self.console().lines().find_map(|l| {
+            l.find(marker)
+                .map(|at| l[at + marker.len()..].trim().to_owned())
+        })
+    }
+
+    fn console(&self) -> String {
+        self.console.lock().expect("console").clone()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        common::kill_group(&mut self.child);
+    }
+}
+
+/// The guest's `/init`: load the virtio modules, take a DHCP lease and
+/// print it, then resolve `peer` with the lease's DNS server and ping it
+/// (retrying while the peer boots), then wait to be pinged.
+fn guest_init(peer: &str) -> String {
+    let modules = GUEST_MODULES.join(" ");
+    format!(
+        r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in {modules}; do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko; done
+cat > /lease.sh <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    ip route replace default via "$router" dev "$interface"
+    echo "ip=$ip mask=$mask router=$router dns=$dns hostname=$hostname domain=$domain mtu=$mtu" > /lease
+    echo "$dns" > /dns
+    ;;
+esac
+SCRIPT
+chmod +x /lease.sh
+ip link set lo up
+ip link set eth0 up
+if udhcpc -i eth0 -f -q -n -t 30 -T 1 -s /lease.sh >/dev/null 2>&1; then
+  echo "WEFT-LEASE $(cat /lease)"
+else
+  echo "WEFT-NO-LEASE"
+fi
+i=0
+while [ $i -lt 60 ]; do
+  addr=$(nslookup {peer} $(cat /dns) 2>/dev/null | sed -n 's/^Address: *\([0-9.]*\)$/\1/p' | tail -1)
+  if [ -n "$addr" ] && ping -c 1 -W 1 "$addr" >/dev/null 2>&1; then
+    echo "WEFT-REACHED {peer} $addr"
+    break
+  fi
+  i=$((i+1))
+  sleep 1
+done
+[ $i -lt 60 ] || echo "WEFT-UNREACHABLE {peer} $addr"
+echo "WEFT-READY"
+sleep 600
+"#
+    )
+}
+
+/// A QEMU guest (TCG, a Debian kernel, busybox) on a stream endpoint made
+/// by `weft vm`: the endpoint outlives a daemon restart (its socket is
+/// bound again), the guest takes its lease by DHCP (address, router, DNS,
+/// its name, the network's MTU), resolves a sandbox by name and pings it,
+/// and the sandbox pings the guest and resolves its name. `network
+/// inspect` shows the endpoint as a `stream`, and its counters move.
+#[test]
+fn a_qemu_guest_on_a_stream_endpoint_takes_a_lease_and_reaches_a_sandbox() {
+    let Some(mut w) = vm_world() else {
+        return;
+    };
+    let Some(kit) = GuestKit::build(&w.dir.clone(), "guest", &guest_init("web.vmnet")) else {
+        return;
+    };
+    w.weft_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.236.4.0/24",
+        "--mtu",
+        "1400",
+        "vmnet",
+    ]);
+    let web = w.sandbox("web");
+    w.weft_ok(&["network", "connect", "--name", "web", "vmnet", &web]);
+    let socket = w.dir.join("vm1.sock");
+    let socket = socket.to_str().expect("utf-8 path").to_owned();
+    let printed = w.weft_ok(&["vm", "vmnet", &socket]);
+    assert!(printed.contains("name vm1"), "{printed}");
+    assert!(
+        printed.contains(&format!("addr.path={socket}"))
+            && printed.contains("-device virtio-net-pci"),
+        "{printed}"
+    );
+    // The same socket twice, and a driver without ports: refused.
+    let again = w.weft_err(&["vm", "vmnet", &socket]);
+    assert!(again.contains("already connected"), "{again}");
+    w.weft_ok(&["network", "create", "--driver", "null", "nothing"]);
+    let null_net = w.weft_err(&["vm", "nothing", &format!("{}/other.sock", w.dir.display())]);
+    assert!(null_net.contains("bridge or overlay"), "{null_net}");
+
+    // A restart: the endpoint and its address stay, the socket is bound
+    // again.
+    let before = w.inspect("vmnet");
+    w.kill_daemon();
+    w.start_daemon();
+    let after = w.inspect("vmnet");
+    let vm_endpoint = |details: &serde_json::Value| {
+        details["endpoints"]
+            .as_array()
+            .and_then(|list| list.iter().find(|e| e["name"] == "vm1"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no vm1 endpoint: {details}"))
+    };
+    let endpoint = vm_endpoint(&after);
+    assert_eq!(endpoint["kind"], "stream", "{endpoint}");
+    assert_eq!(endpoint["addresses"], vm_endpoint(&before)["addresses"]);
+    let address = World::address(&endpoint, false);
+    let mac = endpoint["mac"].as_str().expect("a MAC").to_owned();
+
+    let mut guest = Guest::boot(&kit, &socket, &mac);
+    let lease = guest.wait_for("WEFT-LEASE");
+    for part in [
+        format!("ip={address} "),
+        "mask=24 ".into(),
+        "router=10.236.4.1 ".into(),
+        "dns=10.236.4.1 ".into(),
+        "hostname=vm1 ".into(),
+        "domain=vmnet ".into(),
+        "mtu=1400".into(),
+    ] {
+        assert!(lease.contains(&part), "{part:?} not in the lease: {lease}");
+    }
+    let web_address = World::address(&w.endpoint("vmnet", &web), false);
+    let reached = guest.wait_for("WEFT-REACHED");
+    assert_eq!(
+        reached,
+        format!("web.vmnet {web_address}"),
+        "{}",
+        guest.console()
+    );
+    guest.wait_for("WEFT-READY");
+    w.ping_ok(&web, &["-c", "2", "-W", "3", &address]);
+    let answer = w.exec_ok(
+        &web,
+        &["/bin/busybox", "nslookup", "vm1.vmnet", "10.236.4.1"],
+    );
+    assert!(answer.contains(&address), "{answer}");
+    let counters = vm_endpoint(&w.inspect("vmnet"))["counters"].clone();
+    assert!(
+        counters["rx_frames"].as_u64().unwrap_or(0) >= 4
+            && counters["tx_frames"].as_u64().unwrap_or(0) >= 4,
+        "{counters}"
+    );
+
+    w.weft_ok(&["network", "disconnect", "vmnet", &socket]);
+    assert!(
+        !Path::new(&socket).exists(),
+        "the socket goes with the endpoint"
+    );
+}
+
+/// Two guests on one network reach each other by name through weft; a
+/// guest whose QEMU is restarted connects to the same endpoint again and
+/// is reached again.
+#[test]
+fn two_qemu_guests_reach_each_other_and_a_restarted_one_reconnects() {
+    let Some(w) = vm_world() else {
+        return;
+    };
+    let dir = w.dir.clone();
+    let (Some(kit1), Some(kit2)) = (
+        GuestKit::build(&dir, "one", &guest_init("two.pair")),
+        GuestKit::build(&dir, "two", &guest_init("one.pair")),
+    ) else {
+        return;
+    };
+    w.weft_ok(&["network", "create", "--subnet", "10.236.5.0/24", "pair"]);
+    let mut guests = Vec::new();
+    for (name, kit) in [("one", &kit1), ("two", &kit2)] {
+        let socket = format!("{}/{name}.sock", dir.display());
+        w.weft_ok(&["vm", "--name", name, "pair", &socket]);
+        let endpoint = w
+            .endpoints("pair")
+            .into_iter()
+            .find(|e| e["name"] == name)
+            .expect("the VM's endpoint");
+        let mac = endpoint["mac"].as_str().expect("a MAC").to_owned();
+        guests.push((Guest::boot(kit, &socket, &mac), socket, mac));
+    }
+    let one_address = World::address(
+        &w.endpoints("pair")
+            .into_iter()
+            .find(|e| e["name"] == "one")
+            .expect("one"),
+        false,
+    );
+    let two_address = World::address(
+        &w.endpoints("pair")
+            .into_iter()
+            .find(|e| e["name"] == "two")
+            .expect("two"),
+        false,
+    );
+    assert_eq!(
+        guests[0].0.wait_for("WEFT-REACHED"),
+        format!("two.pair {two_address}")
+    );
+    assert_eq!(
+        guests[1].0.wait_for("WEFT-REACHED"),
+        format!("one.pair {one_address}")
+    );
+
+    // QEMU of "two" stops and starts again on the same endpoint.
+    let (old, socket, mac) = guests.pop().expect("two guests");
+    drop(old);
+    let mut again = Guest::boot(&kit2, &socket, &mac);
+    assert_eq!(
+        again.wait_for("WEFT-REACHED"),
+        format!("one.pair {one_address}")
     );
 }

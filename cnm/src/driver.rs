@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `null` | nothing | the helper brings up `lo` in the sandbox |
 //! | `host` | nothing | nothing: the sandbox is the host's namespace |
-//! | `bridge` | a network (broadcast domain) in the switch | the helper makes a TAP in the sandbox, its fd becomes a switch port |
+//! | `bridge` | a network (broadcast domain) in the switch | the helper makes a TAP in the sandbox, its fd becomes a switch port; a VM's endpoint (`kind: stream`) is a Unix socket bound here instead, its connection the port |
 //! | `overlay` | a bridge network whose other hosts are tunnel ports (see [`crate::overlay_driver`]) | as `bridge` |
 //!
 //! `join` and `leave` block (they run the attach helper): the controller
@@ -38,6 +38,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use weft_datapath::published::{
     HostListener, PublishError, PublishId, PublishTarget, PublishedFigures,
 };
+use weft_datapath::stream_port::StreamPort;
+use weft_datapath::taps::PortDevice;
 use weft_datapath::{Datapath, DatapathError};
 use weft_services::dhcp::{DhcpLease, DhcpScope};
 use weft_services::dns::{Zone, ZoneEntry};
@@ -51,7 +53,7 @@ use weft_vswitch::{
 use crate::attach::{
     run_helper, AttachAction, AttachError, AttachRequest, DockerTapConfig, TapConfig,
 };
-use crate::model::{DriverKind, Endpoint, Network, PortMapping};
+use crate::model::{DriverKind, Endpoint, EndpointKind, Network, PortMapping};
 
 /// One remote host's tunnel port of an overlay network, with its counters:
 /// rx is what came from that host, tx what went to it.
@@ -112,6 +114,15 @@ pub enum DriverError {
     Tap {
         /// The sandbox.
         sandbox: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A VM's stream socket could not be bound.
+    #[error("binding the VM socket {path}")]
+    StreamSocket {
+        /// The socket's path.
+        path: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -448,6 +459,57 @@ impl BridgeDriver {
         Ok((handle, names))
     }
 
+    /// Make (or, `restoring`, re-open) the endpoint's TAP in its sandbox
+    /// with the attach helper; its name there and the device.
+    fn make_tap(
+        &self,
+        network: &Network,
+        endpoint: &Endpoint,
+        mac: MacAddr,
+        restoring: bool,
+    ) -> Result<(String, Tap), DriverError> {
+        let gateways = network.subnets.iter().map(|s| s.gateway).collect();
+        let request = match &endpoint.docker {
+            // Docker's endpoint: made here for Docker to move into the
+            // container, found there by its MAC after a restart.
+            Some(docker) => AttachRequest {
+                sandbox: if restoring {
+                    endpoint.sandbox.clone()
+                } else {
+                    PathBuf::from(OWN_NETNS)
+                },
+                action: AttachAction::DockerTap(DockerTapConfig {
+                    src_name: docker.src_name.clone(),
+                    mac,
+                    mtu: network.mtu,
+                    reopen: restoring,
+                }),
+            },
+            None => AttachRequest {
+                sandbox: endpoint.sandbox.clone(),
+                action: AttachAction::Tap(TapConfig {
+                    ifname: restoring.then(|| endpoint.ifname.clone()),
+                    mac,
+                    mtu: network.mtu,
+                    addresses: endpoint.addresses.clone(),
+                    gateways,
+                    new_name: if restoring {
+                        None
+                    } else {
+                        endpoint.requested_ifname.clone()
+                    },
+                }),
+            },
+        };
+        let (ifname, fd) = run_helper(&self.helper_exe, &request)?;
+        let fd = fd.ok_or_else(|| DriverError::NoFd(endpoint.sandbox.clone()))?;
+        let tap = Tap::from_fd(fd).map_err(|source| DriverError::Tap {
+            sandbox: endpoint.sandbox.clone(),
+            source,
+        })?;
+        Ok((ifname, tap))
+    }
+
     /// The data path this driver feeds.
     pub fn datapath(&self) -> &Arc<Datapath> {
         &self.datapath
@@ -763,46 +825,16 @@ impl NetworkDriver for BridgeDriver {
         // Before the helper: a port that cannot be bound leaves nothing.
         let listeners = bind_published_ports(endpoint, restoring)?;
         let mac = interface_mac(endpoint);
-        let gateways = network.subnets.iter().map(|s| s.gateway).collect();
-        let request = match &endpoint.docker {
-            // Docker's endpoint: made here for Docker to move into the
-            // container, found there by its MAC after a restart.
-            Some(docker) => AttachRequest {
-                sandbox: if restoring {
-                    endpoint.sandbox.clone()
-                } else {
-                    PathBuf::from(OWN_NETNS)
-                },
-                action: AttachAction::DockerTap(DockerTapConfig {
-                    src_name: docker.src_name.clone(),
-                    mac,
-                    mtu: network.mtu,
-                    reopen: restoring,
-                }),
-            },
-            None => AttachRequest {
-                sandbox: endpoint.sandbox.clone(),
-                action: AttachAction::Tap(TapConfig {
-                    ifname: restoring.then(|| endpoint.ifname.clone()),
-                    mac,
-                    mtu: network.mtu,
-                    addresses: endpoint.addresses.clone(),
-                    gateways,
-                    new_name: if restoring {
-                        None
-                    } else {
-                        endpoint.requested_ifname.clone()
-                    },
-                }),
-            },
+        let (ifname, device) = if endpoint.kind == EndpointKind::Stream {
+            (
+                String::new(),
+                PortDevice::Stream(Box::new(bind_stream_port(&endpoint.sandbox)?)),
+            )
+        } else {
+            let (ifname, tap) = self.make_tap(network, endpoint, mac, restoring)?;
+            (ifname, PortDevice::Tap(tap))
         };
-        let (ifname, fd) = run_helper(&self.helper_exe, &request)?;
-        let fd = fd.ok_or_else(|| DriverError::NoFd(endpoint.sandbox.clone()))?;
-        let tap = Tap::from_fd(fd).map_err(|source| DriverError::Tap {
-            sandbox: endpoint.sandbox.clone(),
-            source,
-        })?;
-        let port = self.datapath.add_port(network_id, tap)?;
+        let port = self.datapath.add_port(network_id, device)?;
         self.datapath
             .set_port_identity(port.0, port_identity(network, endpoint, mac))?;
         if let Some(limit) = endpoint.bandwidth {
@@ -813,9 +845,9 @@ impl NetworkDriver for BridgeDriver {
             Err(e) => {
                 // Undo: nothing of this join stays (the data path is most
                 // likely gone, so this is best effort).
-                if let Ok(Some(tap)) = self.datapath.remove_port(port.0) {
+                if let Ok(Some(device)) = self.datapath.remove_port(port.0) {
                     if !restoring {
-                        let _ = tap.set_persistent(false);
+                        release_device(device);
                     }
                 }
                 return Err(e.into());
@@ -847,12 +879,8 @@ impl NetworkDriver for BridgeDriver {
         let Some((port, _)) = port else {
             return Ok(());
         };
-        if let Some(tap) = self.datapath.remove_port(port)? {
-            // Not persistent any more: the interface disappears from the
-            // sandbox when this last fd closes.
-            if let Err(e) = tap.set_persistent(false) {
-                tracing::warn!(ifname = tap.name(), error = %e, "could not clear TAP persistence");
-            }
+        if let Some(device) = self.datapath.remove_port(port)? {
+            release_device(device);
         }
         Ok(())
     }
@@ -929,6 +957,41 @@ pub fn zone_entry(endpoint: &Endpoint) -> ZoneEntry {
         name: endpoint.name.clone(),
         aliases: endpoint.aliases.clone(),
         addresses: endpoint.addresses.iter().map(|a| a.addr()).collect(),
+    }
+}
+
+/// Bind a VM's stream socket at `path` and make it a port. A socket file
+/// already there is stale (the controller refused live ones, and after a
+/// restart it is this endpoint's own from the last run): it is replaced.
+fn bind_stream_port(path: &Path) -> Result<StreamPort, DriverError> {
+    let error = |source| DriverError::StreamSocket {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
+    {
+        std::fs::remove_file(path).map_err(error)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(error)?;
+    StreamPort::new(listener, path.to_owned()).map_err(error)
+}
+
+/// What is left of a port's device once it is off the switch: a TAP stops
+/// being persistent (the interface disappears from the sandbox when this
+/// last fd closes); a stream socket's file is removed.
+fn release_device(device: PortDevice) {
+    match device {
+        PortDevice::Tap(tap) => {
+            if let Err(e) = tap.set_persistent(false) {
+                tracing::warn!(ifname = tap.name(), error = %e, "could not clear TAP persistence");
+            }
+        }
+        PortDevice::Stream(stream) => {
+            if let Err(e) = std::fs::remove_file(stream.path()) {
+                tracing::warn!(path = %stream.path().display(), error = %e, "could not remove the VM's socket");
+            }
+        }
     }
 }
 

@@ -121,6 +121,11 @@ pub struct Endpoint {
     /// Interface name inside the sandbox (`eth0`, ...); `lo` for the `null`
     /// driver, empty for `host`.
     pub ifname: String,
+    /// What the endpoint's switch port is: a TAP in a sandbox, or a VM's
+    /// stream socket (then `sandbox` is the socket's path and `ifname` is
+    /// empty: the interface is the guest's).
+    #[serde(default)]
+    pub kind: EndpointKind,
     /// The interface's MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
@@ -151,6 +156,28 @@ pub struct Endpoint {
     /// the plugin, not to this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerAttachment>,
+}
+
+/// What an endpoint's switch port is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    /// A TAP inside the sandbox's network namespace.
+    #[default]
+    Tap,
+    /// A Unix stream socket a VM connects to (QEMU `-netdev stream`,
+    /// 4-byte length-prefixed frames): `weft vm`.
+    Stream,
+}
+
+impl EndpointKind {
+    /// The name `inspect` shows.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Tap => "tap",
+            EndpointKind::Stream => "stream",
+        }
+    }
 }
 
 /// The Docker side of an endpoint made through the Docker plugin.
@@ -651,6 +678,7 @@ mod tests {
             name: "s".into(),
             aliases: Vec::new(),
             ifname: String::new(),
+            kind: EndpointKind::Tap,
             mac: None,
             addresses: vec![
                 "10.1.0.2/24".parse().unwrap(),

@@ -463,6 +463,7 @@ mod tests {
             name: name.into(),
             aliases: Vec::new(),
             ifname: "eth0".into(),
+            kind: crate::model::EndpointKind::Tap,
             mac: None,
             addresses: vec![address.parse().unwrap()],
             resolv_conf: None,

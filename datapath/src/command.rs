@@ -6,10 +6,10 @@ use std::sync::{mpsc, Arc};
 use weft_overlay::{OverlayTable, Transport};
 use weft_services::dns::Zone;
 use weft_services::NatNetworkStats;
-use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, NetworkId, PortCounters, PortId};
 
 use crate::published::{HostListener, PublishId, PublishTarget};
+use crate::taps::PortDevice;
 
 /// A request from the control plane to the data-path thread, queued on a
 /// channel and applied by the event loop when its waker fires.
@@ -27,14 +27,14 @@ pub enum Command {
         /// The network.
         id: NetworkId,
     },
-    /// Attach a TAP.
+    /// Attach a port: a TAP or a VM's stream socket.
     AddPort {
         /// The port id the control plane chose.
         id: PortId,
         /// Its network.
         network: NetworkId,
         /// The device.
-        tap: Tap,
+        device: PortDevice,
         /// Its counters.
         counters: Arc<PortCounters>,
     },
@@ -94,7 +94,6 @@ pub enum Command {
         /// Its limit (none limited: cleared).
         limit: weft_vswitch::BandwidthLimit,
     },
-    /// Detach a port and hand its TAP back.
     /// Answer with what the NAT holds and refused for a network.
     NatStats {
         /// The network.
@@ -102,11 +101,13 @@ pub enum Command {
         /// Where the answer goes.
         done: mpsc::Sender<NatNetworkStats>,
     },
+    /// Detach a port and hand its device back.
     RemovePort {
         /// The port.
         id: PortId,
-        /// Where the TAP goes (None: unknown port, or the device vanished).
-        done: mpsc::Sender<Option<Tap>>,
+        /// Where the device goes (None: unknown port, or the device
+        /// vanished).
+        done: mpsc::Sender<Option<PortDevice>>,
     },
     /// Replace the names a network's sandboxes resolve.
     SetZone {

@@ -147,8 +147,17 @@ impl Loop {
         }
         let drained = match self.tokens.get(token) {
             None => true,
-            Some(Source::Tap(port)) => {
-                self.plane.taps.mark_ready(port);
+            Some(Source::Port(port)) => {
+                if writable {
+                    self.plane.taps.writable(port);
+                }
+                if readable {
+                    self.plane.taps.mark_ready(port);
+                }
+                true
+            }
+            Some(Source::StreamListener(port)) => {
+                self.plane.taps.accept(self.poll.registry(), port);
                 true
             }
             Some(Source::Tunnel) => self.plane.read_tunnel(Instant::now()),
@@ -204,9 +213,9 @@ impl Loop {
         self.upstreams.send_all(&mut self.plane.services);
     }
 
-    /// Detach a TAP port: its published ports close, the switch forgets
-    /// it; its TAP is handed back.
-    fn detach(&mut self, id: weft_vswitch::PortId) -> Option<weft_vswitch::sys::tap::Tap> {
+    /// Detach a port: its published ports close, the switch forgets it;
+    /// its device is handed back.
+    fn detach(&mut self, id: weft_vswitch::PortId) -> Option<crate::taps::PortDevice> {
         let registry = self.poll.registry();
         self.published
             .unpublish_port(registry, &mut self.tokens, id);
@@ -237,14 +246,14 @@ impl Loop {
                 Command::AddPort {
                     id,
                     network,
-                    tap,
+                    device,
                     counters,
                 } => {
                     if let Err(e) = plane.switch.add_port(id, network) {
                         tracing::error!(error = %e, port = id.0, "data path: add port");
                     } else if !plane
                         .taps
-                        .attach(registry, &mut self.tokens, id, tap, counters)
+                        .attach(registry, &mut self.tokens, id, device, counters)
                     {
                         plane.switch.remove_port(id);
                     }
@@ -253,8 +262,8 @@ impl Loop {
                     let _ = done.send(plane.services.nat_stats(network));
                 }
                 Command::RemovePort { id, done } => {
-                    let tap = self.detach(id);
-                    let _ = done.send(tap);
+                    let device = self.detach(id);
+                    let _ = done.send(device);
                 }
                 Command::StartCapture { id, sink } => plane.captures.add(id, sink),
                 Command::StopCapture { id } => plane.captures.remove(id),

@@ -118,11 +118,11 @@ impl Plane {
                 turn = Turn::Drained;
                 break;
             }
-            let Some(io) = self.taps.get(port) else {
+            let Some(io) = self.taps.get_mut(port) else {
                 turn = Turn::Drained;
                 break;
             };
-            let len = match io.tap.recv(self.batch.buffer()) {
+            let len = match io.device.recv(self.batch.buffer()) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     turn = Turn::Drained;
@@ -246,8 +246,11 @@ impl Plane {
             // of the batch.
             self.taps.send(egress, self.batch.current(len), now);
         } else if let Some(io) = self.taps.get(egress) {
-            self.batch
-                .push(egress, std::os::fd::AsRawFd::as_raw_fd(&io.tap), len);
+            match io.device.batch_fd() {
+                Some(fd) => self.batch.push(egress, fd, len),
+                // A stream port: cut and queued by its codec now.
+                None => self.taps.send(egress, self.batch.current(len), now),
+            }
         } else {
             if self.captures.wants_tunnel() {
                 if let Some((addresses, encapsulation)) = self.tunnel.capture_view(egress) {

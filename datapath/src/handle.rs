@@ -18,12 +18,12 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::taps::PortDevice;
 use mio::{Poll, Waker};
 use weft_overlay::{OverlayTable, Transport};
 use weft_services::dns::{DnsConfig, Zone};
 use weft_services::{GatewayServices, NatLimits, NatNetworkStats};
 use weft_vswitch::counters::PortCountersSnapshot;
-use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::{GatewayConfig, NetworkId, PortCounters, PortId, Switch};
 
 use crate::command::Command;
@@ -156,7 +156,8 @@ impl Datapath {
         self.send(Command::RemoveNetwork { id })
     }
 
-    /// Attach a TAP to a network; returns its port id and counters.
+    /// Attach a port (a TAP or a stream socket) to a network; returns its
+    /// port id and counters.
     ///
     /// # Errors
     ///
@@ -164,14 +165,14 @@ impl Datapath {
     pub fn add_port(
         &self,
         network: NetworkId,
-        tap: Tap,
+        device: PortDevice,
     ) -> Result<(PortId, Arc<PortCounters>), DatapathError> {
         let id = PortId(self.next_port.fetch_add(1, Ordering::Relaxed));
         let counters = Arc::new(PortCounters::default());
         self.send(Command::AddPort {
             id,
             network,
-            tap,
+            device,
             counters: Arc::clone(&counters),
         })?;
         Ok((id, counters))
@@ -328,13 +329,13 @@ impl Datapath {
             .map_err(|_| DatapathError::Timeout(COMMAND_REPLY_TIMEOUT))
     }
 
-    /// Detach a port and hand its TAP back (None if the port was unknown or
+    /// Detach a port and hand its device back (None if the port was unknown or
     /// its device had vanished). Blocks until the data path answers.
     ///
     /// # Errors
     ///
     /// [`DatapathError`] when the thread is gone or does not answer.
-    pub fn remove_port(&self, id: PortId) -> Result<Option<Tap>, DatapathError> {
+    pub fn remove_port(&self, id: PortId) -> Result<Option<PortDevice>, DatapathError> {
         let (done, answer) = mpsc::channel();
         self.send(Command::RemovePort { id, done })?;
         answer

@@ -10,6 +10,7 @@
 //! | fd | module | core it drives |
 //! |---|---|---|
 //! | sandboxes' TAPs | [`taps`], read and written by [`frames`], limited by [`shaper`] | `weft_vswitch::Switch`, `weft_vswitch::rate` |
+//! | VMs' stream sockets (listener, connection) | [`stream_port`], behind [`taps`] | `weft_vswitch::wire::stream`, `weft_vswitch::gso` |
 //! | the overlay's transport | [`tunnel`] (and [`frames`] for receive) | `weft_overlay::VtepTable`, `weft_overlay::Transport` |
 //! | NAT flow sockets (UDP, ping) | [`nat`] | `weft_services::nat` |
 //! | TCP relay host sockets | [`tcp`] | `weft_services::tcp_nat` |
@@ -59,6 +60,7 @@ pub mod memory;
 pub mod nat;
 pub mod published;
 pub mod shaper;
+pub mod stream_port;
 pub mod taps;
 pub mod tcp;
 pub mod tokens;

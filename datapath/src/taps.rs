@@ -1,5 +1,10 @@
-//! The sandboxes' TAP ports: registration, the queue of ports with frames
+//! The switch's local ports: registration, the queue of ports with frames
 //! waiting, and the single writes of the gateway's own frames.
+//!
+//! A port's device is a sandbox's TAP or a VM's stream socket
+//! ([`PortDevice`], [`crate::stream_port`]); both are read and written
+//! here the same way, a TAP with one syscall per frame, a stream through
+//! its codec.
 //!
 //! # Theory of operation
 //!
@@ -36,6 +41,7 @@ use weft_vswitch::wire::vnet::VNET_HDR_LEN;
 use weft_vswitch::{BandwidthLimit, DropReason, PortCounters, PortId};
 
 use crate::shaper::{Offer, Shaper};
+use crate::stream_port::{Sent, StreamPort};
 use crate::tokens::{Source, Tokens};
 
 /// Frames read from one port per turn before the next port gets its turn:
@@ -43,11 +49,44 @@ use crate::tokens::{Source, Tokens};
 /// enough for fairness, long enough that the wake-up cost is spread.
 pub const IO_LOOP_BOUND: usize = 64;
 
-/// One attached TAP.
+/// What a local port's frames come through.
+#[derive(Debug)]
+pub enum PortDevice {
+    /// A sandbox's TAP.
+    Tap(Tap),
+    /// A VM's stream socket (QEMU `-netdev stream`).
+    Stream(Box<StreamPort>),
+}
+
+impl PortDevice {
+    /// Read one frame after its virtio header into `buffer`.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` when drained; for a TAP, the error of a device that
+    /// vanished.
+    pub fn recv(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            PortDevice::Tap(tap) => tap.recv(buffer),
+            PortDevice::Stream(stream) => stream.recv(buffer),
+        }
+    }
+
+    /// The TAP's fd, for the write batch (a stream is written through its
+    /// codec instead).
+    pub fn batch_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            PortDevice::Tap(tap) => Some(tap.as_raw_fd()),
+            PortDevice::Stream(_) => None,
+        }
+    }
+}
+
+/// One attached port.
 #[derive(Debug)]
 pub struct PortIo {
     /// The device.
-    pub tap: Tap,
+    pub device: PortDevice,
     /// Its counters, shared with the control plane.
     pub counters: Arc<PortCounters>,
     token: Token,
@@ -64,27 +103,41 @@ pub struct Taps {
 }
 
 impl Taps {
-    /// Register `tap` as port `id`. False when epoll would not take it.
+    /// Register `device` as port `id`. False when epoll would not take it.
     pub fn attach(
         &mut self,
         registry: &Registry,
         tokens: &mut Tokens,
         id: PortId,
-        tap: Tap,
+        mut device: PortDevice,
         counters: Arc<PortCounters>,
     ) -> bool {
-        let token = tokens.insert(Source::Tap(id));
-        let raw = tap.as_raw_fd();
-        if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE) {
+        let token = tokens.insert(Source::Port(id));
+        let registered = match &mut device {
+            PortDevice::Tap(tap) => {
+                let raw = tap.as_raw_fd();
+                tracing::debug!(port = id.0, ifname = tap.name(), "port attached");
+                registry.register(&mut SourceFd(&raw), token, Interest::READABLE)
+            }
+            PortDevice::Stream(stream) => {
+                let listener = tokens.insert(Source::StreamListener(id));
+                tracing::debug!(port = id.0, path = %stream.path().display(), "stream port attached");
+                let registered = stream.register(registry, listener);
+                if registered.is_err() {
+                    tokens.remove(listener);
+                }
+                registered
+            }
+        };
+        if let Err(e) = registered {
             tracing::error!(error = %e, port = id.0, "data path: epoll register");
             tokens.remove(token);
             return false;
         }
-        tracing::debug!(port = id.0, ifname = tap.name(), "port attached");
         self.ports.insert(
             id,
             PortIo {
-                tap,
+                device,
                 counters,
                 token,
             },
@@ -95,20 +148,62 @@ impl Taps {
         true
     }
 
-    /// Deregister port `id` and hand its TAP back.
-    pub fn detach(&mut self, registry: &Registry, tokens: &mut Tokens, id: PortId) -> Option<Tap> {
+    /// Deregister port `id` and hand its device back.
+    pub fn detach(
+        &mut self,
+        registry: &Registry,
+        tokens: &mut Tokens,
+        id: PortId,
+    ) -> Option<PortDevice> {
         self.ready.retain(|p| *p != id);
         self.shapers.remove(&id);
-        let io = self.ports.remove(&id)?;
-        let raw = io.tap.as_raw_fd();
-        let _ = registry.deregister(&mut SourceFd(&raw));
+        let mut io = self.ports.remove(&id)?;
+        match &mut io.device {
+            PortDevice::Tap(tap) => {
+                let raw = tap.as_raw_fd();
+                let _ = registry.deregister(&mut SourceFd(&raw));
+            }
+            PortDevice::Stream(stream) => {
+                if let Some(listener) = stream.deregister(registry) {
+                    tokens.remove(listener);
+                }
+            }
+        }
         tokens.remove(io.token);
-        Some(io.tap)
+        Some(io.device)
+    }
+
+    /// A stream port's listener is readable: take the VM's connection.
+    pub fn accept(&mut self, registry: &Registry, id: PortId) {
+        let Some(io) = self.ports.get_mut(&id) else {
+            return;
+        };
+        if let PortDevice::Stream(stream) = &mut io.device {
+            if stream.accept(registry, io.token) {
+                self.mark_ready(id);
+            }
+        }
+    }
+
+    /// A port's fd is writable: a stream writes what it queued.
+    pub fn writable(&mut self, id: PortId) {
+        if let Some(PortIo {
+            device: PortDevice::Stream(stream),
+            ..
+        }) = self.ports.get_mut(&id)
+        {
+            stream.flush();
+        }
     }
 
     /// The port `id`, if attached.
     pub fn get(&self, id: PortId) -> Option<&PortIo> {
         self.ports.get(&id)
+    }
+
+    /// The port `id`, if attached, to read from.
+    pub fn get_mut(&mut self, id: PortId) -> Option<&mut PortIo> {
+        self.ports.get_mut(&id)
     }
 
     /// Queue a port whose fd became readable.
@@ -190,7 +285,7 @@ impl Taps {
             if shaper.unpark(now) && !self.ready.contains(id) {
                 self.ready.push_back(*id);
             }
-            let Some(io) = self.ports.get(id) else {
+            let Some(io) = self.ports.get_mut(id) else {
                 continue;
             };
             while let Some(frame) = shaper.release(VNET_HDR_LEN, now) {
@@ -211,7 +306,7 @@ impl Taps {
         frame: &[u8],
         now: Instant,
     ) {
-        let Some(io) = self.ports.get(&egress) else {
+        let Some(io) = self.ports.get_mut(&egress) else {
             return;
         };
         if let Some(shaper) = self.shapers.get_mut(&egress) {
@@ -235,13 +330,20 @@ impl Taps {
     }
 }
 
-/// One `writev` of a frame and its virtio header to a port, counted.
-fn write_parts(port: PortId, io: &PortIo, header: &[u8; VNET_HDR_LEN], frame: &[u8]) {
-    match io.tap.send_parts(header, frame) {
-        Ok(_) => io.counters.count_tx(frame.len()),
-        Err(e) => {
+/// One `writev` of a frame and its virtio header to a TAP, or the frame
+/// queued on a stream; counted.
+fn write_parts(port: PortId, io: &mut PortIo, header: &[u8; VNET_HDR_LEN], frame: &[u8]) {
+    let sent = match &mut io.device {
+        PortDevice::Tap(tap) => tap.send_parts(header, frame).map(drop).map_err(|e| {
             tracing::trace!(port = port.0, error = %e, "TAP write failed");
-            io.counters.count_drop(DropReason::EgressFailed);
-        }
+        }),
+        PortDevice::Stream(stream) => match stream.send_parts(header, frame) {
+            Sent::Queued(_) => Ok(()),
+            Sent::Dropped => Err(()),
+        },
+    };
+    match sent {
+        Ok(()) => io.counters.count_tx(frame.len()),
+        Err(()) => io.counters.count_drop(DropReason::EgressFailed),
     }
 }

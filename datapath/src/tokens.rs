@@ -28,8 +28,11 @@ pub const WAKER: Token = Token(usize::MAX);
 /// What a registered fd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// A sandbox's TAP, by its switch port.
-    Tap(PortId),
+    /// A local port's device, by its switch port: a sandbox's TAP, or the
+    /// connection of a VM's stream socket.
+    Port(PortId),
+    /// The listening socket of a VM's stream port.
+    StreamListener(PortId),
     /// The overlay's transport.
     Tunnel,
     /// The socket for upstream DNS resolvers of one address family.
@@ -83,11 +86,11 @@ mod tests {
     #[test]
     fn tokens_name_their_source_until_freed_and_slots_are_reused() {
         let mut tokens = Tokens::default();
-        let tap = tokens.insert(Source::Tap(PortId(3)));
+        let tap = tokens.insert(Source::Port(PortId(3)));
         let nat = tokens.insert(Source::Nat(FlowId(9)));
         assert_ne!(tap, nat);
         assert_ne!(tap, WAKER);
-        assert_eq!(tokens.get(tap), Some(Source::Tap(PortId(3))));
+        assert_eq!(tokens.get(tap), Some(Source::Port(PortId(3))));
         assert_eq!(tokens.get(nat), Some(Source::Nat(FlowId(9))));
         tokens.remove(tap);
         assert_eq!(tokens.get(tap), None);

@@ -511,6 +511,7 @@ pub async fn add(
         .unwrap_or_else(|| invocation.container_id.chars().take(12).collect());
     let request = ConnectRequest {
         sandbox: daemon_view_of_netns(&invocation.netns),
+        kind: weft_cnm::model::EndpointKind::Tap,
         name: Some(name),
         ips,
         aliases: conf.aliases(),

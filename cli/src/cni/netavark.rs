@@ -352,6 +352,7 @@ pub async fn setup(daemon: &Daemon, netns: &str, stdin: &[u8]) -> Result<Value, 
     };
     let request = ConnectRequest {
         sandbox: super::commands::daemon_view_of_netns(netns),
+        kind: weft_cnm::model::EndpointKind::Tap,
         name: Some(name),
         ips: exec.network_options.static_ips.clone().unwrap_or_default(),
         aliases: exec.network_options.aliases.clone().unwrap_or_default(),

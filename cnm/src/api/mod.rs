@@ -409,6 +409,8 @@ pub fn status_of(error: &ControllerError) -> u16 {
         | ControllerError::InvalidBandwidth(_)
         | ControllerError::InvalidCapture(_)
         | ControllerError::BandwidthNotAllowed { .. }
+        | ControllerError::StreamNotAllowed { .. }
+        | ControllerError::InvalidSocketPath { .. }
         | ControllerError::PortsNotAllowed { .. }
         | ControllerError::InvalidPort(_) => 400,
         ControllerError::InvalidName { .. }

@@ -61,8 +61,14 @@ pub struct SubnetRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectRequest {
-    /// Namespace path, or a name under `/var/run/netns`.
+    /// Namespace path, or a name under `/var/run/netns`; for a `stream`
+    /// endpoint, the absolute path of the socket to listen on.
     pub sandbox: String,
+    /// The endpoint's port: `tap` (default, a TAP in the sandbox) or
+    /// `stream` (a Unix socket a VM's QEMU connects to with `-netdev
+    /// stream`; bridge and overlay networks).
+    #[serde(default)]
+    pub kind: crate::model::EndpointKind,
     /// DNS name (default: the namespace's name).
     #[serde(default)]
     pub name: Option<String>,

@@ -10,13 +10,14 @@ use std::time::Duration;
 use weft_overlay::{ClusterNetworkId, EndpointRecord};
 
 use crate::api::types::{ConnectRequest, DisconnectRequest};
-use crate::model::{DriverKind, Endpoint, Network, PortMappingError};
+use crate::model::{DriverKind, Endpoint, EndpointKind, Network, PortMappingError};
 use crate::resolv_conf;
 use crate::store::PendingAttach;
 
 use super::error::ControllerError;
 use super::validation::{
     default_endpoint_name, random_id, validate_ifname, validate_mac, validate_name,
+    validate_socket_path,
 };
 use super::{join_blocking, Controller, Inner};
 
@@ -40,15 +41,29 @@ impl Controller {
         network_name: &str,
         request: ConnectRequest,
     ) -> Result<Endpoint, ControllerError> {
+        let stream = request.kind == EndpointKind::Stream;
         let sandbox = if request.docker.is_some() {
             // Docker's sandbox key: the namespace is made after the join,
             // and Docker moves the TAP there itself.
             PathBuf::from(&request.sandbox)
+        } else if stream {
+            // Checked on disk under the lock, below.
+            PathBuf::from(&request.sandbox)
         } else {
             self.resolve_sandbox(&request.sandbox)?
         };
+        if let (true, Some(ifname)) = (stream, &request.ifname) {
+            return Err(ControllerError::InvalidInterface {
+                field: "ifname",
+                value: ifname.clone(),
+                reason:
+                    "a VM's stream endpoint has no interface of weft's: the guest names its own",
+            });
+        }
         let name = match request.name {
             Some(name) => name,
+            // A VM's socket `vm1.sock` names it `vm1`.
+            None if stream => default_endpoint_name(&sandbox.with_extension("")),
             None => default_endpoint_name(&sandbox),
         };
         validate_name("endpoint name", &name)?;
@@ -84,6 +99,27 @@ impl Controller {
             return Err(ControllerError::BandwidthNotAllowed {
                 driver: network.driver,
             });
+        }
+        if stream {
+            if !network.driver.has_interfaces() {
+                return Err(ControllerError::StreamNotAllowed {
+                    driver: network.driver,
+                });
+            }
+            // weft's own endpoints first: probing a socket weft listens on
+            // would replace its VM's connection.
+            if let Some(e) = inner
+                .state
+                .endpoints
+                .iter()
+                .find(|e| e.kind == EndpointKind::Stream && e.sandbox == sandbox)
+            {
+                return Err(ControllerError::AlreadyConnected {
+                    network: e.network.clone(),
+                    sandbox,
+                });
+            }
+            validate_socket_path(&sandbox)?;
         }
         if inner
             .state
@@ -122,6 +158,7 @@ impl Controller {
             name,
             aliases: request.aliases,
             ifname: String::new(),
+            kind: request.kind,
             mac: None,
             addresses,
             resolv_conf: None,
@@ -175,7 +212,9 @@ impl Controller {
                 return Err(e);
             }
         };
-        endpoint.resolv_conf = self.install_resolv_conf(&network, &endpoint);
+        if !stream {
+            endpoint.resolv_conf = self.install_resolv_conf(&network, &endpoint);
+        }
         inner.state.endpoints.push(endpoint.clone());
         let saved = inner.save();
         if let Err(e) = saved {
@@ -362,7 +401,9 @@ impl Controller {
 /// made (a Docker endpoint's in the daemon's own namespace, for Docker to
 /// move) and its MAC; None for drivers that make no interface.
 fn pending_attach(network: &Network, endpoint: &Endpoint) -> Option<PendingAttach> {
-    if !network.driver.has_interfaces() {
+    // A stream endpoint makes nothing in a namespace: its socket is
+    // bound again (or its stale file removed) by the next start.
+    if !network.driver.has_interfaces() || endpoint.kind == EndpointKind::Stream {
         return None;
     }
     let netns = if endpoint.docker.is_some() {

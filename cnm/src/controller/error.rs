@@ -113,6 +113,20 @@ pub enum ControllerError {
         /// The path looked at.
         path: PathBuf,
     },
+    /// A stream endpoint on a network whose driver has no ports.
+    #[error("the {driver} driver has no switch ports: connect VMs to a bridge or overlay network")]
+    StreamNotAllowed {
+        /// The network's driver.
+        driver: DriverKind,
+    },
+    /// A stream endpoint's socket path that cannot be listened on.
+    #[error("socket path {path}: {reason}")]
+    InvalidSocketPath {
+        /// The path as given.
+        path: PathBuf,
+        /// What to change.
+        reason: &'static str,
+    },
     /// Already on that network.
     #[error("{sandbox} is already connected to network {network:?}")]
     AlreadyConnected {

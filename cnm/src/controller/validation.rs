@@ -187,6 +187,48 @@ pub(super) fn validate_ifname(ifname: &str) -> Result<(), ControllerError> {
     })
 }
 
+/// Longest path a Unix socket address holds (`sun_path` less the NUL).
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// A path a stream endpoint can listen on: absolute, short enough for a
+/// socket address, in a directory that exists, and not a file, nor a
+/// socket another program listens on. A socket file nobody listens on (a
+/// VM's endpoint from before a crash) is stale: the driver replaces it.
+pub(super) fn validate_socket_path(path: &Path) -> Result<(), ControllerError> {
+    let invalid = |reason| ControllerError::InvalidSocketPath {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(invalid("give an absolute path"));
+    }
+    if path.as_os_str().len() > MAX_SOCKET_PATH_LEN {
+        return Err(invalid(
+            "a Unix socket's path has at most 107 bytes: choose a shorter one",
+        ));
+    }
+    if !path.parent().is_some_and(Path::is_dir) {
+        return Err(invalid("its directory does not exist: create it first"));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            // Probing a socket weft itself listens on would replace the
+            // VM's connection: the caller checks its own endpoints first.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                Err(invalid(
+                    "another program listens on it: stop it or choose another path",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Ok(_) => Err(invalid(
+            "a file that is not a socket is there: choose another path",
+        )),
+    }
+}
+
 /// A MAC an endpoint can have: unicast and not all zeros.
 pub(super) fn validate_mac(mac: MacAddr) -> Result<(), ControllerError> {
     let reason = if mac.is_multicast() {

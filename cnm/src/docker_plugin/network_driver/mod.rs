@@ -689,6 +689,7 @@ impl Plugin {
                     &network.name,
                     ConnectRequest {
                         sandbox: request.sandbox_key.clone(),
+                        kind: crate::model::EndpointKind::Tap,
                         name: Some(format!("docker-{}", short_id(&endpoint.id))),
                         ips: endpoint.addresses.iter().map(IpNet::addr).collect(),
                         docker: Some(DockerAttachment {
