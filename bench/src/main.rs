@@ -24,6 +24,10 @@
 //!   the NAT with TCP, then UDP flows; the daemon's peak RSS and fds and
 //!   the other sandboxes' success rates (see `flood`); its section of
 //!   `--out` is replaced (or appended).
+//! - `weft-bench vm [--runs 3] [--mib 32]`: a QEMU guest's TCP and ping to
+//!   a sandbox through weft's stream port against `-netdev user` (see
+//!   `vm`; needs qemu-system-x86, cpio, socat and the guest kernel
+//!   `.ci/run` unpacks).
 //!
 //! Needs the release weft binary (`cargo build --release -p weft`, or
 //! `WEFT_BIN`), and iproute2, iperf3, iputils-ping, util-linux (taskset),
@@ -45,6 +49,7 @@ mod process;
 mod report;
 mod scale;
 mod topology;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,6 +137,8 @@ enum Command {
     Cni(CniArgs),
     /// One sandbox floods the NAT (TCP, then UDP): peak RSS, fds, the others' success.
     Flood(FloodArgs),
+    /// A QEMU guest to a sandbox: weft's stream port vs -netdev user.
+    Vm(VmArgs),
 }
 
 /// `flood` subcommand's arguments.
@@ -165,6 +172,20 @@ struct CniArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
     seconds: u32,
     /// Markdown file whose CNI section is replaced (appended if absent).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+}
+
+/// `vm` subcommand's arguments.
+#[derive(Debug, clap::Args)]
+struct VmArgs {
+    /// Guest boots per backend.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
+    /// MiB the guest sends per boot.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    mib: u32,
+    /// Markdown file whose VM section is replaced (appended if absent).
     #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
 }
@@ -267,6 +288,12 @@ fn run(cli: Cli) -> Result<()> {
             iterations: args.iterations,
             runs: args.runs,
             seconds: args.seconds,
+            out: args.out,
+            command,
+        }),
+        Command::Vm(args) => vm::run(&vm::VmOptions {
+            runs: args.runs,
+            mib: args.mib,
             out: args.out,
             command,
         }),
