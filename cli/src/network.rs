@@ -85,7 +85,7 @@ pub struct LsArgs {
 /// `weft network create`.
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
-    /// Driver: bridge, overlay, host or null.
+    /// Driver: bridge, overlay, macvlan, host or null.
     #[arg(long, short = 'd', default_value = "bridge")]
     pub driver: String,
     /// Subnet in CIDR form (repeatable: one IPv4 and/or IPv6 subnet each).
@@ -110,6 +110,10 @@ pub struct CreateArgs {
     /// by `ls --filter label=...`.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// An address never handed out, NAME=IP (repeatable): another host of
+    /// a macvlan network's LAN, say.
+    #[arg(long, value_name = "NAME=IP")]
+    pub aux_address: Vec<String>,
     /// The network's name.
     pub name: String,
 }
@@ -388,6 +392,16 @@ fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
             None => (l.clone(), String::new()),
         })
         .collect();
+    let mut aux_addresses = std::collections::BTreeMap::new();
+    for spec in &args.aux_address {
+        let (name, ip) = spec
+            .split_once('=')
+            .with_context(|| format!("--aux-address {spec:?}: write NAME=IP"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .with_context(|| format!("--aux-address {spec:?}: {ip:?} is not an IP address"))?;
+        aux_addresses.insert(name.to_owned(), ip);
+    }
     Ok(CreateNetworkRequest {
         name: args.name,
         driver: Some(args.driver),
@@ -396,6 +410,7 @@ fn create_request(args: CreateArgs) -> Result<CreateNetworkRequest> {
         mtu: args.mtu,
         options,
         labels,
+        aux_addresses,
     })
 }
 
@@ -518,6 +533,7 @@ mod tests {
             mtu: None,
             opt: vec!["a=b".into()],
             label: vec!["k=v".into(), "bare".into()],
+            aux_address: vec!["router=10.1.0.9".into()],
             name: "n".into(),
         };
         let request = create_request(args).unwrap();
@@ -532,6 +548,10 @@ mod tests {
         assert_eq!(request.options.get("a").map(String::as_str), Some("b"));
         assert_eq!(request.labels.get("k").map(String::as_str), Some("v"));
         assert_eq!(request.labels.get("bare").map(String::as_str), Some(""));
+        assert_eq!(
+            request.aux_addresses.get("router"),
+            Some(&"10.1.0.9".parse().unwrap())
+        );
         let bad = CreateArgs {
             driver: "bridge".into(),
             subnet: vec!["10.1.0.0/24".parse().unwrap()],
@@ -541,6 +561,7 @@ mod tests {
             mtu: None,
             opt: vec![],
             label: vec![],
+            aux_address: vec![],
             name: "n".into(),
         };
         assert!(create_request(bad).is_err());

@@ -127,6 +127,14 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    /// A macvlan network's parent cannot be used.
+    #[error("--opt parent={parent}: {reason}")]
+    Parent {
+        /// The option's value.
+        parent: String,
+        /// What is wrong, for the user.
+        reason: String,
+    },
     /// The helper answered without a TAP fd.
     #[error("the attach helper for {0} sent no TAP fd")]
     NoFd(PathBuf),
@@ -763,22 +771,27 @@ impl NetworkDriver for BridgeDriver {
     }
 
     fn create_network(&self, network: &Network) -> Result<(), DriverError> {
+        // A macvlan network's gateway is the LAN's router: weft's keeps
+        // only its DNS address there, with no NAT and no DHCP (see
+        // `crate::macvlan_driver`).
+        let macvlan = network.driver == DriverKind::Macvlan;
         let mut gateway = GatewayConfig {
             mac: gateway_mac(network),
             ipv4: Vec::new(),
             ipv6: Vec::new(),
-            outbound: !network.internal,
+            outbound: !network.internal && !macvlan,
             host_loopback: network
                 .options
                 .get("host_loopback")
                 .is_some_and(|v| v == "true"),
-            dhcp: network
-                .options
-                .get(DHCP_OPTION)
-                .is_none_or(|v| v != "false"),
+            dhcp: !macvlan
+                && network
+                    .options
+                    .get(DHCP_OPTION)
+                    .is_none_or(|v| v != "false"),
         };
-        for subnet in &network.subnets {
-            match subnet.gateway {
+        for address in network.dns_addresses() {
+            match address {
                 IpAddr::V4(v4) => gateway.ipv4.push(v4),
                 IpAddr::V6(v6) => gateway.ipv6.push(v6),
             }
@@ -992,6 +1005,8 @@ fn release_device(device: PortDevice) {
                 tracing::warn!(path = %stream.path().display(), error = %e, "could not remove the VM's socket");
             }
         }
+        // Its socket closes here (and with it the promiscuous mode).
+        PortDevice::Packet(_) => {}
     }
 }
 

@@ -52,6 +52,7 @@ pub mod driver;
 pub mod error_chain;
 pub mod events;
 pub mod host_routes;
+pub mod macvlan_driver;
 pub mod metrics;
 pub mod model;
 pub mod netns;

@@ -49,6 +49,9 @@ pub enum DriverKind {
     /// A cluster-wide L2 network: switched by weft on every host, carried
     /// between hosts in VXLAN.
     Overlay,
+    /// Sandboxes as hosts of a real LAN: switched by weft, with the parent
+    /// interface's LAN as one more port (see `crate::macvlan_driver`).
+    Macvlan,
 }
 
 /// Local (this host) or cluster (every host of the gossip cluster).
@@ -102,6 +105,28 @@ pub struct Network {
     /// The VXLAN network identifier of an overlay network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<weft_vswitch::Vni>,
+    /// Addresses never handed out (`--aux-address NAME=IP`): other hosts
+    /// of the LAN a macvlan network shares, or anything else the user
+    /// keeps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, IpAddr>,
+}
+
+impl Network {
+    /// Where the network's sandboxes ask DNS: the gateway's addresses,
+    /// or for a macvlan network (whose gateway is the LAN's router) the
+    /// address weft's DNS answers on, `--opt dns_address`.
+    pub fn dns_addresses(&self) -> Vec<IpAddr> {
+        if self.driver == DriverKind::Macvlan {
+            return self
+                .options
+                .get(crate::macvlan_driver::DNS_ADDRESS_OPTION)
+                .and_then(|a| a.parse().ok())
+                .into_iter()
+                .collect();
+        }
+        self.subnets.iter().map(|s| s.gateway).collect()
+    }
 }
 
 /// An endpoint: one network's interface inside one sandbox.
@@ -194,7 +219,7 @@ pub struct DockerAttachment {
 
 /// A driver name that is not one of weft's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown driver {0:?}: use bridge, overlay, host or null")]
+#[error("unknown driver {0:?}: use bridge, overlay, macvlan, host or null")]
 pub struct UnknownDriver(pub String);
 
 impl DriverKind {
@@ -205,19 +230,25 @@ impl DriverKind {
             DriverKind::Host => "host",
             DriverKind::Bridge => "bridge",
             DriverKind::Overlay => "overlay",
+            DriverKind::Macvlan => "macvlan",
         }
     }
 
     /// Whether the driver gives endpoints addresses and interfaces.
     pub const fn has_interfaces(self) -> bool {
-        matches!(self, DriverKind::Bridge | DriverKind::Overlay)
+        matches!(
+            self,
+            DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan
+        )
     }
 
     /// The scope of the driver's networks.
     pub const fn scope(self) -> Scope {
         match self {
             DriverKind::Overlay => Scope::Cluster,
-            DriverKind::Null | DriverKind::Host | DriverKind::Bridge => Scope::Local,
+            DriverKind::Null | DriverKind::Host | DriverKind::Bridge | DriverKind::Macvlan => {
+                Scope::Local
+            }
         }
     }
 }
@@ -237,6 +268,7 @@ impl FromStr for DriverKind {
             "host" => Ok(DriverKind::Host),
             "bridge" => Ok(DriverKind::Bridge),
             "overlay" => Ok(DriverKind::Overlay),
+            "macvlan" => Ok(DriverKind::Macvlan),
             other => Err(UnknownDriver(other.to_owned())),
         }
     }

@@ -450,6 +450,7 @@ mod tests {
             mtu: 1500,
             options: Default::default(),
             created: String::new(),
+            aux_addresses: Default::default(),
             vni: None,
             labels: Default::default(),
         }

@@ -27,7 +27,8 @@ pub enum Command {
         /// The network.
         id: NetworkId,
     },
-    /// Attach a port: a TAP or a VM's stream socket.
+    /// Attach a port: a TAP, a VM's stream socket, or (with `uplink`) a
+    /// macvlan network's parent.
     AddPort {
         /// The port id the control plane chose.
         id: PortId,
@@ -35,6 +36,8 @@ pub enum Command {
         network: NetworkId,
         /// The device.
         device: PortDevice,
+        /// Some: the network's uplink, in this mode.
+        uplink: Option<weft_vswitch::UplinkMode>,
         /// Its counters.
         counters: Arc<PortCounters>,
     },

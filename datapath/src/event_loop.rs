@@ -247,9 +247,14 @@ impl Loop {
                     id,
                     network,
                     device,
+                    uplink,
                     counters,
                 } => {
-                    if let Err(e) = plane.switch.add_port(id, network) {
+                    let added = match uplink {
+                        Some(mode) => plane.switch.add_uplink_port(id, network, mode),
+                        None => plane.switch.add_port(id, network),
+                    };
+                    if let Err(e) = added {
                         tracing::error!(error = %e, port = id.0, "data path: add port");
                     } else if !plane
                         .taps

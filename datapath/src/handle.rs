@@ -167,12 +167,37 @@ impl Datapath {
         network: NetworkId,
         device: PortDevice,
     ) -> Result<(PortId, Arc<PortCounters>), DatapathError> {
+        self.add_port_as(network, device, None)
+    }
+
+    /// Attach a macvlan network's parent LAN as its uplink (see
+    /// `weft_vswitch::switch`); returns its port id and counters.
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn add_uplink(
+        &self,
+        network: NetworkId,
+        device: PortDevice,
+        mode: weft_vswitch::UplinkMode,
+    ) -> Result<(PortId, Arc<PortCounters>), DatapathError> {
+        self.add_port_as(network, device, Some(mode))
+    }
+
+    fn add_port_as(
+        &self,
+        network: NetworkId,
+        device: PortDevice,
+        uplink: Option<weft_vswitch::UplinkMode>,
+    ) -> Result<(PortId, Arc<PortCounters>), DatapathError> {
         let id = PortId(self.next_port.fetch_add(1, Ordering::Relaxed));
         let counters = Arc::new(PortCounters::default());
         self.send(Command::AddPort {
             id,
             network,
             device,
+            uplink,
             counters: Arc::clone(&counters),
         })?;
         Ok((id, counters))

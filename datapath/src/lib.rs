@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | sandboxes' TAPs | [`taps`], read and written by [`frames`], limited by [`shaper`] | `weft_vswitch::Switch`, `weft_vswitch::rate` |
 //! | VMs' stream sockets (listener, connection) | [`stream_port`], behind [`taps`] | `weft_vswitch::wire::stream`, `weft_vswitch::gso` |
+//! | a macvlan network's parent (packet socket) | [`packet_port`], behind [`taps`] | `weft_vswitch::wire::vlan`, the switch's uplink |
 //! | the overlay's transport | [`tunnel`] (and [`frames`] for receive) | `weft_overlay::VtepTable`, `weft_overlay::Transport` |
 //! | NAT flow sockets (UDP, ping) | [`nat`] | `weft_services::nat` |
 //! | TCP relay host sockets | [`tcp`] | `weft_services::tcp_nat` |
@@ -58,6 +59,7 @@ pub mod frames;
 pub mod handle;
 pub mod memory;
 pub mod nat;
+pub mod packet_port;
 pub mod published;
 pub mod shaper;
 pub mod stream_port;

@@ -40,6 +40,7 @@ use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::wire::vnet::VNET_HDR_LEN;
 use weft_vswitch::{BandwidthLimit, DropReason, PortCounters, PortId};
 
+use crate::packet_port::PacketPort;
 use crate::shaper::{Offer, Shaper};
 use crate::stream_port::{Sent, StreamPort};
 use crate::tokens::{Source, Tokens};
@@ -56,6 +57,8 @@ pub enum PortDevice {
     Tap(Tap),
     /// A VM's stream socket (QEMU `-netdev stream`).
     Stream(Box<StreamPort>),
+    /// A macvlan network's parent LAN (a packet socket).
+    Packet(Box<PacketPort>),
 }
 
 impl PortDevice {
@@ -63,12 +66,14 @@ impl PortDevice {
     ///
     /// # Errors
     ///
-    /// `WouldBlock` when drained; for a TAP, the error of a device that
-    /// vanished.
+    /// `WouldBlock` when drained; `Interrupted` to read again (a packet
+    /// port skipped another VLAN's frame); for a TAP or a packet port, the
+    /// error of a device that vanished.
     pub fn recv(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         match self {
             PortDevice::Tap(tap) => tap.recv(buffer),
             PortDevice::Stream(stream) => stream.recv(buffer),
+            PortDevice::Packet(packet) => packet.recv(buffer),
         }
     }
 
@@ -78,6 +83,7 @@ impl PortDevice {
         match self {
             PortDevice::Tap(tap) => Some(tap.as_raw_fd()),
             PortDevice::Stream(_) => None,
+            PortDevice::Packet(packet) => packet.batch_fd(),
         }
     }
 }
@@ -117,6 +123,15 @@ impl Taps {
             PortDevice::Tap(tap) => {
                 let raw = tap.as_raw_fd();
                 tracing::debug!(port = id.0, ifname = tap.name(), "port attached");
+                registry.register(&mut SourceFd(&raw), token, Interest::READABLE)
+            }
+            PortDevice::Packet(packet) => {
+                let raw = packet.poll_fd();
+                tracing::debug!(
+                    port = id.0,
+                    parent = packet.parent(),
+                    "uplink port attached"
+                );
                 registry.register(&mut SourceFd(&raw), token, Interest::READABLE)
             }
             PortDevice::Stream(stream) => {
@@ -167,6 +182,9 @@ impl Taps {
                 if let Some(listener) = stream.deregister(registry) {
                     tokens.remove(listener);
                 }
+            }
+            PortDevice::Packet(packet) => {
+                let _ = registry.deregister(&mut SourceFd(&packet.poll_fd()));
             }
         }
         tokens.remove(io.token);
@@ -341,6 +359,9 @@ fn write_parts(port: PortId, io: &mut PortIo, header: &[u8; VNET_HDR_LEN], frame
             Sent::Queued(_) => Ok(()),
             Sent::Dropped => Err(()),
         },
+        PortDevice::Packet(packet) => packet.send_parts(header, frame).map(drop).map_err(|e| {
+            tracing::trace!(port = port.0, error = %e, "parent write failed");
+        }),
     };
     match sent {
         Ok(()) => io.counters.count_tx(frame.len()),

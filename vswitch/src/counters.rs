@@ -33,6 +33,11 @@ pub enum DropReason {
     Spoofed,
     /// From a new MAC past the port's limit of learned MACs.
     MacLimit,
+    /// From a macvlan parent's LAN to a MAC that is none of the network's
+    /// endpoints: another LAN host's, or the parent host's own.
+    NotOurs,
+    /// Between two endpoints of a `private` macvlan network.
+    Isolated,
 }
 
 /// Counters of one port. See the module header for the threading rule.
@@ -62,7 +67,7 @@ pub struct PortCountersSnapshot {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 13;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -76,6 +81,8 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::Spoofed,
         DropReason::MacLimit,
+        DropReason::NotOurs,
+        DropReason::Isolated,
     ];
 
     /// Index into a counter array.
@@ -97,6 +104,8 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::Spoofed => "spoofed",
             DropReason::MacLimit => "mac_limit",
+            DropReason::NotOurs => "not_ours",
+            DropReason::Isolated => "isolated",
         }
     }
 }

@@ -69,5 +69,5 @@ pub use ids::{NetworkId, PortId, Vni, VniOutOfRange};
 pub use mac_table::MacTable;
 pub use port_security::PortIdentity;
 pub use rate::{BandwidthLimit, TokenBucket};
-pub use switch::{Decision, FdbEntry, FdbKind, FloodCounts, Switch};
+pub use switch::{Decision, FdbEntry, FdbKind, FloodCounts, Switch, UplinkMode};
 pub use wire::ethernet::MacAddr;

@@ -24,6 +24,16 @@
 //! Networks never see each other's frames: every lookup and flood is scoped
 //! to the ingress port's network.
 //!
+//! A macvlan network has one more port, its uplink: the parent
+//! interface's LAN ([`Switch::add_uplink_port`]). It follows the kernel's
+//! macvlan: from the LAN, only frames to the network's endpoints (and
+//! broadcast and multicast, flooded to the endpoints alone) come in, the
+//! rest (the parent host's own traffic, other LAN hosts') is not ours and
+//! is dropped; from an endpoint, unicast to a MAC the network does not
+//! hold goes out to the LAN, never flooded to the other endpoints. In
+//! [`UplinkMode::Private`], endpoints never reach each other: all they send
+//! goes to the LAN only. The gateway never answers the LAN.
+//!
 //! The core never allocates per frame: decisions are small `Copy` values,
 //! flooding borrows the network's port list, gateway replies are written
 //! into the caller's buffer.
@@ -58,6 +68,16 @@ pub enum Decision {
     ToGateway,
     /// Drop it, and count why.
     Drop(DropReason),
+}
+
+/// How the endpoints of a network with an uplink (macvlan) relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkMode {
+    /// Endpoints reach each other through the switch and the LAN through
+    /// the uplink (macvlan `bridge`).
+    Bridge,
+    /// Endpoints reach the LAN only, never each other (macvlan `private`).
+    Private,
 }
 
 /// One entry of a network's forwarding table ([`Switch::fdb`]).
@@ -118,6 +138,8 @@ struct Network {
     /// goes on to another).
     local_ports: Vec<PortId>,
     macs: MacTable,
+    /// A macvlan network's parent LAN, and how its endpoints relate.
+    uplink: Option<(PortId, UplinkMode)>,
     /// Remote endpoints of an overlay network from the cluster directory:
     /// MAC → the tunnel port of the host that owns it. Consulted when the
     /// MAC table has no entry, so remote MACs need no flood-and-learn.
@@ -199,6 +221,7 @@ impl Switch {
                 ports: Vec::new(),
                 local_ports: Vec::new(),
                 macs,
+                uplink: None,
                 remote_macs: FxHashMap::default(),
                 gateway: Gateway::new(gateway),
                 floods: FloodCounts::default(),
@@ -240,6 +263,32 @@ impl Switch {
         network: NetworkId,
     ) -> Result<(), TopologyError> {
         self.attach_port(port, network, true)
+    }
+
+    /// Attach a macvlan network's uplink (the parent's LAN); a network has
+    /// at most one (a second replaces the first's role). See the module
+    /// header for how frames cross it.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::UnknownNetwork`] or [`TopologyError::PortExists`].
+    pub fn add_uplink_port(
+        &mut self,
+        port: PortId,
+        network: NetworkId,
+        mode: UplinkMode,
+    ) -> Result<(), TopologyError> {
+        if self.ports.contains_key(&port) {
+            return Err(TopologyError::PortExists(port));
+        }
+        let net = self
+            .networks
+            .get_mut(&network)
+            .ok_or(TopologyError::UnknownNetwork(network))?;
+        net.ports.push(port);
+        net.uplink = Some((port, mode));
+        self.ports.insert(port, network);
+        Ok(())
     }
 
     fn attach_port(
@@ -299,6 +348,9 @@ impl Switch {
         self.tunnel_ports.remove(&port);
         self.identities.remove(&port);
         if let Some(net) = self.networks.get_mut(&network) {
+            if net.uplink.is_some_and(|(uplink, _)| uplink == port) {
+                net.uplink = None;
+            }
             net.ports.retain(|p| *p != port);
             net.local_ports.retain(|p| *p != port);
             net.macs.forget_port(port);
@@ -333,7 +385,9 @@ impl Switch {
             }
         }
         let from_tunnel = self.tunnel_ports.contains(&ingress);
-        let learned = if from_tunnel {
+        let uplink = network.uplink;
+        let from_uplink = uplink.is_some_and(|(port, _)| port == ingress);
+        let learned = if from_tunnel || from_uplink {
             network.macs.learn_unlimited(src, ingress, now)
         } else {
             network.macs.learn(src, ingress, now)
@@ -355,32 +409,49 @@ impl Switch {
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_INTERVAL);
         }
+        let from_outside = from_tunnel || from_uplink;
         if dst == network.gateway.mac() {
             // Every host's gateway has the same MAC: frames for it are
-            // answered where they start, never carried across.
-            if from_tunnel {
+            // answered where they start, never carried across; and a
+            // macvlan network's gateway serves its endpoints, not the LAN.
+            if from_outside {
                 return Decision::Drop(DropReason::NoRoute);
             }
             return Decision::ToGateway;
         }
         if dst.is_multicast() {
-            if !from_tunnel && network.gateway.wants_multicast(frame) {
+            if !from_outside && network.gateway.wants_multicast(frame) {
                 return Decision::ToGateway;
             }
             network.floods.multicast += 1;
-            return Decision::Flood;
+            return match uplink {
+                // A private endpoint's broadcasts reach the LAN alone.
+                Some((port, UplinkMode::Private)) if !from_uplink => Decision::Forward(port),
+                _ => Decision::Flood,
+            };
         }
         let egress = network
             .macs
             .lookup(dst, now)
             .or_else(|| network.remote_macs.get(&dst).copied());
-        match egress {
-            Some(port) if port == ingress => Decision::Drop(DropReason::Hairpin),
-            Some(port) if from_tunnel && self.tunnel_ports.contains(&port) => {
+        match (egress, uplink) {
+            (Some(port), _) if port == ingress => Decision::Drop(DropReason::Hairpin),
+            (Some(port), _) if from_tunnel && self.tunnel_ports.contains(&port) => {
                 Decision::Drop(DropReason::Hairpin)
             }
-            Some(port) => Decision::Forward(port),
-            None => {
+            // Learned behind the uplink: a LAN host, reached through it.
+            (Some(port), Some((up, _))) if port == up => Decision::Forward(port),
+            (Some(_), Some((_, UplinkMode::Private))) if !from_uplink => {
+                Decision::Drop(DropReason::Isolated)
+            }
+            (Some(port), _) => Decision::Forward(port),
+            // Not one of ours: the LAN's other traffic, seen because the
+            // parent listens promiscuously.
+            (None, Some(_)) if from_uplink => Decision::Drop(DropReason::NotOurs),
+            // An endpoint's frame to a MAC the network does not hold: out
+            // to the LAN, never flooded to the other endpoints.
+            (None, Some((up, _))) => Decision::Forward(up),
+            (None, None) => {
                 network.floods.unknown_unicast += 1;
                 Decision::Flood
             }
@@ -401,12 +472,21 @@ impl Switch {
             .get(&ingress)
             .and_then(|n| self.networks.get(n))
             .map_or(&[], |n| {
-                if from_tunnel {
+                let from_uplink = n.uplink.is_some_and(|(port, _)| port == ingress);
+                if from_tunnel || from_uplink {
                     &n.local_ports
                 } else {
                     &n.ports
                 }
             })
+    }
+
+    /// Whether `port` is a macvlan network's uplink.
+    pub fn is_uplink(&self, port: PortId) -> bool {
+        self.ports
+            .get(&port)
+            .and_then(|n| self.networks.get(n))
+            .is_some_and(|n| n.uplink.is_some_and(|(up, _)| up == port))
     }
 
     /// Let the ingress port's gateway answer a `ToGateway` frame; the reply
@@ -577,6 +657,114 @@ mod tests {
         let arp = [(Ipv4Addr::new(10, 0, 0, 9), mac(9))].into_iter().collect();
         sw.set_remote_endpoints(NET_A, macs, arp);
         sw
+    }
+
+    /// NET_A as a macvlan network in `mode`: endpoints on ports 1 and 2
+    /// (MACs pinned), the parent's LAN on port 50.
+    fn macvlan_switch(mode: UplinkMode) -> Switch {
+        let mut sw = Switch::new();
+        sw.add_network(
+            NET_A,
+            GatewayConfig {
+                mac: GW,
+                ipv4: vec![Ipv4Addr::new(10, 0, 0, 250)],
+                ipv6: vec![],
+                outbound: false,
+                host_loopback: false,
+                dhcp: false,
+            },
+        )
+        .unwrap();
+        sw.add_port(PortId(1), NET_A).unwrap();
+        sw.add_port(PortId(2), NET_A).unwrap();
+        sw.add_uplink_port(PortId(50), NET_A, mode).unwrap();
+        let now = Instant::now();
+        for (port, n) in [(PortId(1), 1), (PortId(2), 2)] {
+            let identity = PortIdentity {
+                mac: mac(n),
+                ipv4: vec![],
+                ipv6: vec![],
+                enforce: false,
+            };
+            sw.set_port_identity(port, identity, now);
+        }
+        sw
+    }
+
+    #[test]
+    fn a_macvlan_lan_reaches_only_its_endpoints_and_they_reach_it() {
+        let mut sw = macvlan_switch(UplinkMode::Bridge);
+        let now = Instant::now();
+        let router = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+        let host = MacAddr([0x02, 0, 0, 0, 0, 0x0a]);
+        assert!(sw.is_uplink(PortId(50)) && !sw.is_uplink(PortId(1)));
+        // The LAN's frames to an endpoint come in; to anyone else (the
+        // parent host's own, another LAN host's) they are not ours.
+        assert_eq!(
+            sw.handle_frame(now, PortId(50), &frame(mac(1), router)),
+            Decision::Forward(PortId(1))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(50), &frame(host, router)),
+            Decision::Drop(DropReason::NotOurs)
+        );
+        // The LAN's broadcasts flood to the endpoints alone.
+        assert_eq!(
+            sw.handle_frame(now, PortId(50), &frame(MacAddr::BROADCAST, router)),
+            Decision::Flood
+        );
+        assert_eq!(sw.flood_ports(PortId(50)), &[PortId(1), PortId(2)]);
+        // An endpoint reaches the router (learned) and an unknown MAC
+        // through the uplink, never by flooding; the other endpoint
+        // directly (bridge mode).
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(router, mac(1))),
+            Decision::Forward(PortId(50))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(host, mac(1))),
+            Decision::Forward(PortId(50))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))),
+            Decision::Forward(PortId(2))
+        );
+        // Its broadcasts reach the LAN and the other endpoint.
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(MacAddr::BROADCAST, mac(1))),
+            Decision::Flood
+        );
+        assert!(sw.flood_ports(PortId(1)).contains(&PortId(50)));
+        // The LAN never reaches the gateway.
+        assert_eq!(
+            sw.handle_frame(now, PortId(50), &frame(GW, router)),
+            Decision::Drop(DropReason::NoRoute)
+        );
+        sw.remove_port(PortId(50));
+        assert!(!sw.is_uplink(PortId(50)));
+    }
+
+    #[test]
+    fn private_macvlan_endpoints_reach_the_lan_but_never_each_other() {
+        let mut sw = macvlan_switch(UplinkMode::Private);
+        let now = Instant::now();
+        let router = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(mac(2), mac(1))),
+            Decision::Drop(DropReason::Isolated)
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(MacAddr::BROADCAST, mac(1))),
+            Decision::Forward(PortId(50))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(1), &frame(router, mac(1))),
+            Decision::Forward(PortId(50))
+        );
+        assert_eq!(
+            sw.handle_frame(now, PortId(50), &frame(mac(2), router)),
+            Decision::Forward(PortId(2))
+        );
     }
 
     fn ipv4_frame(dst: MacAddr, src: MacAddr, src_ip: [u8; 4]) -> Vec<u8> {

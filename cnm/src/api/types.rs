@@ -41,6 +41,10 @@ pub struct CreateNetworkRequest {
     /// them no meaning.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Addresses never handed out (`--aux-address NAME=IP`, Docker's
+    /// `AuxiliaryAddresses`): hosts of a macvlan network's LAN, say.
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, IpAddr>,
 }
 
 /// One `--subnet` with its `--gateway` and `--ip-range`.

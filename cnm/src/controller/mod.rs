@@ -176,6 +176,7 @@ struct Inner {
     host: Arc<HostDriver>,
     bridge: Arc<BridgeDriver>,
     overlay: Arc<OverlayDriver>,
+    macvlan: Arc<crate::macvlan_driver::MacvlanDriver>,
 }
 
 impl Controller {
@@ -245,6 +246,9 @@ impl Controller {
                 null: Arc::new(NullDriver::new(config.helper_exe)),
                 host: Arc::new(HostDriver),
                 overlay: Arc::new(OverlayDriver::new(Arc::clone(&bridge), cluster.clone())),
+                macvlan: Arc::new(crate::macvlan_driver::MacvlanDriver::new(Arc::clone(
+                    &bridge,
+                ))),
                 bridge,
             }),
             netns_dir: config.netns_dir,
@@ -653,7 +657,7 @@ impl Controller {
             return None;
         }
         let path = resolv_conf::netns_resolv_conf(&self.netns_dir, &endpoint.sandbox)?;
-        let mut gateways: Vec<IpAddr> = network.subnets.iter().map(|s| s.gateway).collect();
+        let mut gateways: Vec<IpAddr> = network.dns_addresses();
         gateways.sort_by_key(|g| g.is_ipv6());
         match resolv_conf::install(&path, &gateways) {
             Ok(true) => Some(path),

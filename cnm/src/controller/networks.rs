@@ -2,12 +2,15 @@
 //! state file; overlay networks are published in the cluster directory
 //! first.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use weft_overlay::{ClusterNetworkId, Vni};
 
 use crate::api::types::CreateNetworkRequest;
 use crate::driver::NetworkDriver;
+use crate::macvlan_driver::DNS_ADDRESS_OPTION;
 use crate::model::{
     DriverKind, Network, Scope, DEFAULT_MTU, DEFAULT_OVERLAY_MTU, MAX_MTU, MIN_MTU,
 };
@@ -65,6 +68,20 @@ impl Controller {
             return Err(ControllerError::SubnetsNotAllowed { driver });
         }
         validate_options(driver, &request.options)?;
+        if !request.aux_addresses.is_empty() {
+            if !driver.has_interfaces() {
+                return Err(ControllerError::SubnetsNotAllowed { driver });
+            }
+            if driver == DriverKind::Overlay {
+                return Err(ControllerError::InvalidOption {
+                    key: "--aux-address".into(),
+                    reason: "an overlay network's addresses are the cluster's: --aux-address is for bridge and macvlan networks".into(),
+                });
+            }
+            for name in request.aux_addresses.keys() {
+                validate_name("--aux-address name", name)?;
+            }
+        }
         if driver == DriverKind::Overlay {
             return self.create_overlay_network(request, mtu).await;
         }
@@ -84,6 +101,17 @@ impl Controller {
         } else {
             Vec::new()
         };
+        let mut options = request.options;
+        if let Err(e) = reserve_extras(
+            &mut inner,
+            &name,
+            driver,
+            &request.aux_addresses,
+            &mut options,
+        ) {
+            inner.state.ipam.remove_network(&name);
+            return Err(e);
+        }
         let network = Network {
             name: name.clone(),
             id: random_id(),
@@ -92,10 +120,11 @@ impl Controller {
             subnets,
             internal: request.internal,
             mtu,
-            options: request.options,
+            options,
             labels: request.labels,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             vni: None,
+            aux_addresses: request.aux_addresses,
         };
         if let Err(source) = inner.driver(driver).create_network(&network) {
             inner.state.ipam.remove_network(&name);
@@ -175,6 +204,7 @@ impl Controller {
             labels: request.labels,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             vni: Some(vni),
+            aux_addresses: BTreeMap::new(),
         };
         let id = ClusterNetworkId(network.id.clone());
         if let Some(record) = network_record(&network) {
@@ -257,4 +287,37 @@ impl Controller {
             .emit(crate::events::Event::new("network", "remove", name));
         Ok(())
     }
+}
+
+/// Reserve in a new network's IPAM what is never handed out: the
+/// `--aux-address`es, and a macvlan network's DNS address (given with
+/// `--opt dns_address`, else taken from the subnet and recorded in
+/// `options`).
+fn reserve_extras(
+    inner: &mut Inner,
+    name: &str,
+    driver: DriverKind,
+    aux_addresses: &BTreeMap<String, IpAddr>,
+    options: &mut BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    for address in aux_addresses.values() {
+        inner.state.ipam.reserve(name, *address)?;
+    }
+    if driver != DriverKind::Macvlan {
+        return Ok(());
+    }
+    match options.get(DNS_ADDRESS_OPTION) {
+        Some(given) => {
+            let address: IpAddr = given.parse().map_err(|_| ControllerError::InvalidOption {
+                key: DNS_ADDRESS_OPTION.into(),
+                reason: format!("{given:?} is not an IP address"),
+            })?;
+            inner.state.ipam.reserve(name, address)?;
+        }
+        None => {
+            let address = inner.state.ipam.allocate(name, true)?;
+            options.insert(DNS_ADDRESS_OPTION.into(), address.to_string());
+        }
+    }
+    Ok(())
 }

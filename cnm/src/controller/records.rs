@@ -73,5 +73,6 @@ pub(super) fn network_from_record(id: &ClusterNetworkId, record: &NetworkRecord)
         labels: BTreeMap::new(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         vni: Some(record.vni),
+        aux_addresses: BTreeMap::new(),
     }
 }

@@ -26,6 +26,7 @@ impl Inner {
             DriverKind::Host => self.host.clone(),
             DriverKind::Bridge => self.bridge.clone(),
             DriverKind::Overlay => self.overlay.clone(),
+            DriverKind::Macvlan => self.macvlan.clone(),
         }
     }
 

@@ -100,6 +100,7 @@ fn overlay_networks_travel_as_records_and_come_back_the_same() {
         options: [("vni".to_owned(), "7".to_owned())].into(),
         labels: Default::default(),
         created: String::new(),
+        aux_addresses: Default::default(),
         vni: Some(Vni::new(7).unwrap()),
     };
     let record = network_record(&network).expect("an overlay network has a record");

@@ -37,6 +37,7 @@ pub(super) fn validate_options(
     let known: &[(&str, &[&str])] = match driver {
         DriverKind::Bridge => BRIDGE_OPTIONS,
         DriverKind::Overlay => return validate_overlay_options(options),
+        DriverKind::Macvlan => return validate_macvlan_options(options),
         DriverKind::Null | DriverKind::Host => &[],
     };
     for (key, value) in options {
@@ -67,6 +68,48 @@ pub(super) fn validate_options(
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// `--opt parent=IFACE[.VID]` (required), `macvlan_mode=bridge|private`,
+/// `dns_address=IP`, nothing else.
+pub(super) fn validate_macvlan_options(
+    options: &BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    use crate::macvlan_driver::{
+        parse_mode, parse_parent, DNS_ADDRESS_OPTION, MODE_OPTION, PARENT_OPTION,
+    };
+    let invalid = |key: &str, reason: String| ControllerError::InvalidOption {
+        key: key.to_owned(),
+        reason,
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            PARENT_OPTION => {
+                parse_parent(value).map_err(|reason| invalid(key, reason))?;
+            }
+            MODE_OPTION => {
+                parse_mode(Some(value)).map_err(|reason| invalid(key, reason))?;
+            }
+            DNS_ADDRESS_OPTION => {
+                value
+                    .parse::<std::net::IpAddr>()
+                    .map_err(|_| invalid(key, format!("{value:?} is not an IP address")))?;
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    "unknown option of the macvlan driver: known options are parent=IFACE[.VID], macvlan_mode=bridge|private, dns_address=IP".into(),
+                ))
+            }
+        }
+    }
+    if !options.contains_key(PARENT_OPTION) {
+        return Err(invalid(
+            PARENT_OPTION,
+            "a macvlan network needs its parent interface: --opt parent=eth0 (or eth0.VID for a VLAN)".into(),
+        ));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod ethernet;
 pub mod ip;
 pub mod packet;
 pub mod stream;
+pub mod vlan;
 pub mod vnet;
 
 use std::net::IpAddr;

@@ -13,13 +13,20 @@
 
 use super::ip::IpLayout;
 
-mod field {
+/// Where each field of the header is.
+pub mod field {
     use std::ops::Range;
+    /// `flags` (`NEEDS_CSUM`, ...).
     pub const FLAGS: usize = 0;
+    /// `gso_type`.
     pub const GSO_TYPE: usize = 1;
+    /// `hdr_len`: bytes of headers before the GSO payload.
     pub const HDR_LEN: Range<usize> = 2..4;
+    /// `gso_size`: payload bytes per segment.
     pub const GSO_SIZE: Range<usize> = 4..6;
+    /// `csum_start`: where the partial checksum's coverage starts.
     pub const CSUM_START: Range<usize> = 6..8;
+    /// `csum_offset`: where, from `csum_start`, the checksum goes.
     pub const CSUM_OFFSET: Range<usize> = 8..10;
 }
 

@@ -287,6 +287,7 @@ impl Plugin {
                         mtu: options.mtu,
                         options: options.driver_options.clone(),
                         labels: Default::default(),
+                        aux_addresses: Default::default(),
                     })
                     .await;
                 if let Err(e) = made {

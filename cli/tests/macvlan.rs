@@ -1,0 +1,250 @@
+//! End-to-end tests of the macvlan driver: sandboxes as hosts of a LAN the
+//! test makes itself.
+//!
+//! The LAN is a kernel bridge in namespace LAN, with a ROUTER namespace
+//! (10.237.N.1) and a LANHOST namespace (10.237.N.10) on it, and the
+//! weft host's parent `lan0`, a veth from HOST into the bridge, where the
+//! host's own stack has 10.237.N.5. Nothing of it is in the machine's own
+//! namespace; every namespace goes with the world.
+//!
+//! Needs root, `ip` and `ping`; skipped otherwise, failed under `CI=true`.
+//!
+//! Subnets: 10.237.N.0/24, a distinct N per test.
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{run, show, World, CMD_TIMEOUT};
+
+/// The LAN of one test.
+struct Lan {
+    router: String,
+    lanhost: String,
+    prefix: String,
+}
+
+/// Run `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = run(Command::new("timeout")
+        .arg(CMD_TIMEOUT)
+        .arg("ip")
+        .args(args));
+    assert!(out.status.success(), "ip {args:?}: {}", show(&out));
+}
+
+/// Build the LAN of 10.237.`n`.0/24 around `w`'s HOST (see the module
+/// header).
+fn lan(w: &mut World, n: u8) -> Lan {
+    let prefix = format!("10.237.{n}");
+    let lan = w.sandbox("lan");
+    let router = w.sandbox("router");
+    let lanhost = w.sandbox("lanhost");
+    let host = w.host.clone();
+    ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &lan, "link", "set", "br0", "up"]);
+    for (ns, port, address) in [
+        (router.as_str(), "r0", format!("{prefix}.1/24")),
+        (lanhost.as_str(), "h0", format!("{prefix}.10/24")),
+        (host.as_str(), "w0", format!("{prefix}.5/24")),
+    ] {
+        let inside = if ns == host { "lan0" } else { "eth0" };
+        ip(&[
+            "-n", &lan, "link", "add", port, "type", "veth", "peer", "name", inside, "netns", ns,
+        ]);
+        ip(&["-n", &lan, "link", "set", port, "master", "br0", "up"]);
+        ip(&["-n", ns, "addr", "add", &address, "dev", inside]);
+        ip(&["-n", ns, "link", "set", inside, "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let lan = Lan {
+        router,
+        lanhost,
+        prefix,
+    };
+    assert!(
+        w.ping_eventually(
+            &lan.lanhost,
+            &format!("{}.1", lan.prefix),
+            Duration::from_secs(10)
+        ),
+        "the test's LAN does not work"
+    );
+    lan
+}
+
+/// The endpoint's address without its prefix length.
+fn address_of(w: &World, network: &str, ns: &str) -> String {
+    World::address(&w.endpoint(network, ns), false)
+}
+
+/// A sandbox on a macvlan network is a host of the LAN: it gets an
+/// address of the `--ip-range` (never the aux address), reaches the
+/// router and another LAN host, which reach it and hold its own MAC in
+/// their neighbour tables; a second sandbox is reached through weft
+/// (bridge mode); names resolve at weft's DNS address; the parent host
+/// itself does not reach its sandboxes (as with the kernel's macvlan) but
+/// keeps its own traffic on the parent.
+#[test]
+fn sandboxes_are_hosts_of_the_lan() {
+    let Some(mut w) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
+        return;
+    };
+    let lan = lan(&mut w, 1);
+    let p = &lan.prefix;
+    let aux = format!("router2={p}.193");
+    w.weft_ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        &format!("{p}.0/24"),
+        "--gateway",
+        &format!("{p}.1"),
+        "--ip-range",
+        &format!("{p}.192/27"),
+        "--aux-address",
+        &aux,
+        "-o",
+        "parent=lan0",
+        "lan",
+    ]);
+    let details = w.inspect("lan");
+    assert_eq!(details["driver"], "macvlan", "{details}");
+    assert_eq!(details["aux_addresses"]["router2"], format!("{p}.193"));
+    let dns = details["options"]["dns_address"]
+        .as_str()
+        .expect("a DNS address")
+        .to_owned();
+    let (a, b) = (w.sandbox("a"), w.sandbox("b"));
+    w.weft_ok(&["network", "connect", "--name", "alpha", "lan", &a]);
+    w.weft_ok(&["network", "connect", "--name", "beta", "lan", &b]);
+    let (a_ip, b_ip) = (address_of(&w, "lan", &a), address_of(&w, "lan", &b));
+    for address in [&a_ip, &b_ip] {
+        let last: u8 = address.rsplit('.').next().unwrap().parse().unwrap();
+        assert!((192..224).contains(&last), "{address} outside the ip-range");
+        assert_ne!(
+            address,
+            &format!("{p}.193"),
+            "the aux address was handed out"
+        );
+        assert_ne!(address, &dns);
+    }
+    let route = w.exec_ok(&a, &["ip", "route", "show", "default"]);
+    assert!(route.contains(&format!("via {p}.1")), "{route}");
+
+    w.ping_ok(&a, &["-c", "2", "-W", "3", &format!("{p}.1")]);
+    w.ping_ok(&a, &["-c", "2", "-W", "3", &format!("{p}.10")]);
+    w.ping_ok(&lan.lanhost, &["-c", "2", "-W", "3", &a_ip]);
+    w.ping_ok(&lan.router, &["-c", "1", "-W", "3", &b_ip]);
+    let a_mac = w.endpoint("lan", &a)["mac"].as_str().unwrap().to_owned();
+    let neighbours = w.exec_ok(&lan.lanhost, &["ip", "neigh", "show", &a_ip]);
+    assert!(
+        neighbours.to_lowercase().contains(&a_mac.to_lowercase()),
+        "LANHOST's neighbour entry for {a_ip} is not {a_mac}: {neighbours}"
+    );
+    // Bridge mode: sandbox to sandbox through weft.
+    w.ping_ok(&a, &["-c", "2", "-W", "3", &b_ip]);
+    // weft's DNS on its own address of the LAN.
+    let resolv = w.exec_ok(&a, &["cat", &format!("/etc/netns/{a}/resolv.conf")]);
+    assert!(resolv.contains(&format!("nameserver {dns}")), "{resolv}");
+    let answer = w.exec_ok(&a, &["/bin/busybox", "nslookup", "beta.lan", &dns]);
+    assert!(answer.contains(&b_ip), "{answer}");
+    // The parent host: its own traffic on the LAN works, its sandboxes
+    // are not reached from it (the kernel's macvlan does the same).
+    w.ping_ok(&w.host, &["-c", "1", "-W", "3", &format!("{p}.1")]);
+    assert!(
+        !w.ping(&w.host, &["-c", "1", "-W", "1", &a_ip]),
+        "the parent host reached its macvlan sandbox"
+    );
+    // Inspect shows the uplink's traffic was counted per endpoint.
+    let counters = &w.endpoint("lan", &a)["counters"];
+    assert!(
+        counters["rx_frames"].as_u64().unwrap_or(0) > 0,
+        "{counters}"
+    );
+}
+
+/// `macvlan_mode=private`: sandboxes reach the LAN but never each other.
+#[test]
+fn private_mode_isolates_the_sandboxes() {
+    let Some(mut w) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
+        return;
+    };
+    let lan = lan(&mut w, 2);
+    let p = &lan.prefix;
+    w.weft_ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        &format!("{p}.0/24"),
+        "--gateway",
+        &format!("{p}.1"),
+        "--ip-range",
+        &format!("{p}.64/26"),
+        "-o",
+        "parent=lan0",
+        "-o",
+        "macvlan_mode=private",
+        "priv",
+    ]);
+    let (a, b) = (w.sandbox("a"), w.sandbox("b"));
+    w.weft_ok(&["network", "connect", "priv", &a]);
+    w.weft_ok(&["network", "connect", "priv", &b]);
+    let b_ip = address_of(&w, "priv", &b);
+    w.ping_ok(&a, &["-c", "1", "-W", "3", &format!("{p}.10")]);
+    w.ping_ok(&b, &["-c", "1", "-W", "3", &format!("{p}.1")]);
+    assert!(
+        !w.ping(&a, &["-c", "2", "-W", "1", &b_ip]),
+        "private sandboxes reached each other"
+    );
+    // Even knowing b's MAC (its ARP never reaches a: broadcasts go to the
+    // LAN alone), a's unicast frames to b are dropped by weft.
+    let b_mac = w.endpoint("priv", &b)["mac"].as_str().unwrap().to_owned();
+    w.exec_ok(
+        &a,
+        &[
+            "ip", "neigh", "replace", &b_ip, "lladdr", &b_mac, "dev", "eth0",
+        ],
+    );
+    assert!(!w.ping(&a, &["-c", "2", "-W", "1", &b_ip]));
+    let drops = &w.endpoint("priv", &a)["counters"]["drops"];
+    assert!(drops["isolated"].as_u64().unwrap_or(0) > 0, "{drops}");
+}
+
+/// Bad parents are refused with what to fix: one that does not exist,
+/// none at all, an out-of-range VLAN, an unknown mode.
+#[test]
+fn bad_parents_are_refused_with_a_message() {
+    let Some(w) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
+        return;
+    };
+    let create = |opts: &[&str]| {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "10.237.9.0/24",
+        ];
+        args.extend_from_slice(opts);
+        args.push("bad");
+        w.weft_err(&args)
+    };
+    let missing = create(&["-o", "parent=nosuch0"]);
+    assert!(missing.contains("nosuch0"), "{missing}");
+    let none = create(&[]);
+    assert!(none.contains("parent"), "{none}");
+    let vlan = create(&["-o", "parent=lo.5000"]);
+    assert!(vlan.contains("out of range"), "{vlan}");
+    let mode = create(&["-o", "parent=lo", "-o", "macvlan_mode=passthru"]);
+    assert!(mode.contains("bridge or private"), "{mode}");
+    assert!(!w.network_names().contains(&"bad".to_owned()));
+}

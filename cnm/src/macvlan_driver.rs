@@ -1,0 +1,263 @@
+//! The `macvlan` driver: sandboxes as hosts of a real LAN.
+//!
+//! Docker's macvlan makes a kernel macvlan device per container on the
+//! parent interface. weft keeps its own design: each sandbox has a TAP
+//! switched in userspace, and the parent's LAN is one more port of the
+//! network's switch, its uplink (`weft_vswitch::switch`, a raw packet
+//! socket in promiscuous mode: `weft_vswitch::sys::packet`). A sandbox
+//! then has its own MAC on the LAN, its address from the network's subnet
+//! (the LAN's), and the LAN's router as its default gateway; the LAN's
+//! hosts reach it directly.
+//!
+//! # What is built on the bridge driver
+//!
+//! A macvlan network is a bridge network (`crate::driver::BridgeDriver`)
+//! whose gateway is not weft's: the subnet's `--gateway` is the LAN's
+//! router, left alone. weft's gateway keeps one address on the LAN for
+//! its DNS server only ([`DNS_ADDRESS_OPTION`]: given, or taken from the
+//! subnet's IPAM at create time, so it is never handed to a sandbox); the
+//! sandboxes' resolv.conf names it, and their names resolve as on any weft
+//! network. It answers ARP for that address from the sandboxes, never
+//! from the LAN, has no NAT (`outbound` off: traffic leaves through the
+//! LAN's router) and no DHCP server (the LAN has its own).
+//!
+//! # Options
+//!
+//! - `parent=IFACE` or `parent=IFACE.VID`: the interface (in the daemon's
+//!   network namespace) whose LAN the network joins; with `.VID`, weft
+//!   tags and untags 802.1Q itself (`weft_vswitch::wire::vlan`), so no
+//!   kernel VLAN device is needed. An interface that does not exist is
+//!   refused at create time, with its name.
+//! - `macvlan_mode=bridge` (default): sandboxes reach each other through
+//!   weft and the LAN through the parent; `private`: the LAN only.
+//! - `dns_address=IP`: where weft's DNS answers (default: an address of
+//!   the subnet, reserved like the gateway).
+//!
+//! The parent host itself does not reach its macvlan sandboxes, as with
+//! the kernel's macvlan: weft reads only frames that arrive from the LAN
+//! and writes to the wire, never to the host's own stack.
+//!
+//! Rootless: a packet socket on a host interface needs `CAP_NET_RAW` in
+//! the host's network namespace, which a rootless daemon does not have;
+//! it is refused with that message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use weft_datapath::packet_port::PacketPort;
+use weft_datapath::taps::PortDevice;
+use weft_vswitch::counters::PortCountersSnapshot;
+use weft_vswitch::sys::packet::PacketSocket;
+use weft_vswitch::wire::vlan::MAX_VID;
+use weft_vswitch::{PortId, UplinkMode};
+
+use crate::driver::{BridgeDriver, DriverError, NetworkDriver};
+use crate::model::{DriverKind, Endpoint, Network};
+
+/// `--opt parent=IFACE[.VID]`.
+pub const PARENT_OPTION: &str = "parent";
+/// `--opt macvlan_mode=bridge|private`.
+pub const MODE_OPTION: &str = "macvlan_mode";
+/// `--opt dns_address=IP`: where weft's DNS answers the sandboxes.
+pub const DNS_ADDRESS_OPTION: &str = "dns_address";
+
+/// A parent option, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    /// The interface.
+    pub interface: String,
+    /// The VLAN weft tags, if any.
+    pub vlan: Option<u16>,
+}
+
+/// Parse `IFACE` or `IFACE.VID`.
+///
+/// # Errors
+///
+/// What is wrong with it, for the user.
+pub fn parse_parent(value: &str) -> Result<Parent, String> {
+    let (interface, vlan) = match value.rsplit_once('.') {
+        Some((interface, vid)) if !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) => {
+            let vid: u16 = vid
+                .parse()
+                .ok()
+                .filter(|v| (1..=MAX_VID).contains(v))
+                .ok_or_else(|| format!("VLAN {vid} is out of range: use 1 to {MAX_VID}"))?;
+            (interface, Some(vid))
+        }
+        _ => (value, None),
+    };
+    if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+        return Err(format!("{interface:?} is not an interface name"));
+    }
+    Ok(Parent {
+        interface: interface.to_owned(),
+        vlan,
+    })
+}
+
+/// The mode of `--opt macvlan_mode`.
+///
+/// # Errors
+///
+/// The value, when it is not a mode weft has.
+pub fn parse_mode(value: Option<&str>) -> Result<UplinkMode, String> {
+    match value {
+        None | Some("bridge") => Ok(UplinkMode::Bridge),
+        Some("private") => Ok(UplinkMode::Private),
+        Some(other) => Err(format!(
+            "{other:?} is not a macvlan mode of weft's: use bridge or private"
+        )),
+    }
+}
+
+/// See the module header.
+#[derive(Debug)]
+pub struct MacvlanDriver {
+    bridge: Arc<BridgeDriver>,
+    /// Each network's uplink port.
+    uplinks: Mutex<HashMap<String, PortId>>,
+}
+
+impl MacvlanDriver {
+    /// A driver whose networks live in `bridge`'s switch.
+    pub fn new(bridge: Arc<BridgeDriver>) -> Self {
+        MacvlanDriver {
+            bridge,
+            uplinks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl NetworkDriver for MacvlanDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Macvlan
+    }
+
+    fn create_network(&self, network: &Network) -> Result<(), DriverError> {
+        let value = network
+            .options
+            .get(PARENT_OPTION)
+            .ok_or_else(|| DriverError::Parent {
+                parent: String::new(),
+                reason: "a macvlan network needs --opt parent=IFACE".into(),
+            })?;
+        let parent = parse_parent(value).map_err(|reason| DriverError::Parent {
+            parent: value.clone(),
+            reason,
+        })?;
+        let mode =
+            parse_mode(network.options.get(MODE_OPTION).map(String::as_str)).map_err(|reason| {
+                DriverError::Parent {
+                    parent: value.clone(),
+                    reason,
+                }
+            })?;
+        let socket = PacketSocket::open(&parent.interface).map_err(|e| DriverError::Parent {
+            parent: value.clone(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => e.to_string(),
+                std::io::ErrorKind::PermissionDenied => "a packet socket on the host's interface needs CAP_NET_RAW in its namespace: run the daemon as root (a rootless daemon cannot join the host's LAN)".into(),
+                _ => format!("opening a packet socket on it: {e}"),
+            },
+        })?;
+        socket
+            .set_promiscuous(true)
+            .map_err(|e| DriverError::Parent {
+                parent: value.clone(),
+                reason: format!("promiscuous mode: {e}"),
+            })?;
+        self.bridge.create_network(network)?;
+        let network_id = self
+            .bridge
+            .switch_network(&network.name)
+            .ok_or_else(|| DriverError::UnknownNetwork(network.name.clone()))?;
+        let device = PortDevice::Packet(Box::new(PacketPort::new(socket, parent.vlan)));
+        let (port, _) = match self.bridge.datapath().add_uplink(network_id, device, mode) {
+            Ok(added) => added,
+            Err(e) => {
+                let _ = self.bridge.delete_network(network);
+                return Err(e.into());
+            }
+        };
+        self.uplinks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(network.name.clone(), port);
+        tracing::info!(network = network.name, parent = parent.interface, vlan = ?parent.vlan, mode = ?mode, "macvlan network on its parent");
+        Ok(())
+    }
+
+    fn delete_network(&self, network: &Network) -> Result<(), DriverError> {
+        // The switch's network goes with all its ports, the uplink
+        // included (its socket closes: promiscuous mode ends with it).
+        self.uplinks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&network.name);
+        self.bridge.delete_network(network)
+    }
+
+    fn create_endpoint(
+        &self,
+        network: &Network,
+        endpoint: &mut Endpoint,
+    ) -> Result<(), DriverError> {
+        self.bridge.create_endpoint(network, endpoint)
+    }
+
+    fn delete_endpoint(&self, network: &Network, endpoint: &Endpoint) -> Result<(), DriverError> {
+        self.bridge.delete_endpoint(network, endpoint)
+    }
+
+    fn join(&self, network: &Network, endpoint: &mut Endpoint) -> Result<(), DriverError> {
+        self.bridge.join(network, endpoint)
+    }
+
+    fn leave(&self, network: &Network, endpoint: &Endpoint) -> Result<(), DriverError> {
+        self.bridge.leave(network, endpoint)
+    }
+
+    fn counters(&self, endpoint: &Endpoint) -> Option<PortCountersSnapshot> {
+        self.bridge.counters(endpoint)
+    }
+
+    fn endpoints_changed(
+        &self,
+        network: &Network,
+        endpoints: &[&Endpoint],
+    ) -> Result<(), DriverError> {
+        self.bridge.endpoints_changed(network, endpoints)
+    }
+
+    fn set_dns_upstreams(&self, upstreams: &[std::net::SocketAddr]) -> Result<(), DriverError> {
+        self.bridge.set_dns_upstreams(upstreams)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_split_into_interface_and_vlan() {
+        assert_eq!(
+            parse_parent("eth0").unwrap(),
+            Parent {
+                interface: "eth0".into(),
+                vlan: None
+            }
+        );
+        assert_eq!(parse_parent("eth0.50").unwrap().vlan, Some(50));
+        assert_eq!(parse_parent("eth0.50").unwrap().interface, "eth0");
+        assert!(parse_parent("eth0.0").unwrap_err().contains("out of range"));
+        assert!(parse_parent("eth0.4095").is_err());
+        assert!(parse_parent("").is_err());
+        assert!(parse_parent("a/b").is_err());
+        // A dot without digits is part of the name.
+        assert_eq!(parse_parent("br.lan").unwrap().vlan, None);
+        assert_eq!(parse_mode(None), Ok(UplinkMode::Bridge));
+        assert_eq!(parse_mode(Some("private")), Ok(UplinkMode::Private));
+        assert!(parse_mode(Some("passthru")).is_err());
+    }
+}

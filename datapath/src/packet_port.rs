@@ -1,0 +1,99 @@
+//! A switch port that is a host interface's LAN: the parent of a macvlan
+//! network, through a raw packet socket (`weft_vswitch::sys::packet`).
+//!
+//! # Theory of operation
+//!
+//! The socket gives frames after a `virtio_net_hdr`, as a TAP does, so the
+//! frame plane reads and writes this port like any other. What this
+//! module adds is the VLAN: a network on `parent=eth0.50` takes from the
+//! LAN only frames of VLAN 50 (tagged in band, or with the tag the kernel
+//! stripped beside them) and sends its frames tagged
+//! (`weft_vswitch::wire::vlan`); a network on the plain parent takes only
+//! untagged frames. A frame of another VLAN is consumed and skipped: the
+//! read reports `Interrupted`, which the frame plane's turn takes as "read
+//! again" within its bound, so a busy LAN cannot hold the loop.
+//!
+//! Writes of an untagged network go through the frame plane's write batch
+//! like a TAP's ([`PacketPort::batch_fd`]); a tagged frame is built in the
+//! port's scratch buffer first.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use weft_vswitch::sys::packet::PacketSocket;
+use weft_vswitch::sys::write_batch::FRAME_BUFFER_LEN;
+use weft_vswitch::wire::vlan::{self, Tagging};
+use weft_vswitch::wire::vnet::VNET_HDR_LEN;
+
+/// See the module header.
+#[derive(Debug)]
+pub struct PacketPort {
+    socket: PacketSocket,
+    vlan: Option<u16>,
+    /// Where a tagged frame is built.
+    scratch: Box<[u8]>,
+}
+
+impl PacketPort {
+    /// A port on `socket` for VLAN `vlan` (None: untagged).
+    pub fn new(socket: PacketSocket, vlan: Option<u16>) -> Self {
+        PacketPort {
+            socket,
+            vlan,
+            scratch: vec![0; FRAME_BUFFER_LEN + vlan::TAG_LEN].into_boxed_slice(),
+        }
+    }
+
+    /// The parent interface's name.
+    pub fn parent(&self) -> &str {
+        self.socket.name()
+    }
+
+    /// The fd the write batch may write to: untagged networks only.
+    pub fn batch_fd(&self) -> Option<RawFd> {
+        self.vlan.is_none().then(|| self.socket.as_raw_fd())
+    }
+
+    /// The fd to poll.
+    pub fn poll_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Read one frame of this network's VLAN after its virtio header.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` when drained; `Interrupted` when the frame read was
+    /// another VLAN's (read again); the socket's error when the parent
+    /// went away.
+    pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let received = self.socket.recv(buf)?;
+        if received.len < VNET_HDR_LEN {
+            return Ok(received.len);
+        }
+        let frame = &buf[VNET_HDR_LEN..received.len];
+        match vlan::classify(frame, received.vlan, self.vlan) {
+            Tagging::Ours => Ok(received.len),
+            Tagging::OursTagged => {
+                vlan::pop_tag(buf, received.len).or(Err(io::ErrorKind::Interrupted.into()))
+            }
+            Tagging::NotOurs => Err(io::ErrorKind::Interrupted.into()),
+        }
+    }
+
+    /// Write a frame (tagged for a VLAN network).
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, or `InvalidInput` for a frame that cannot be
+    /// tagged.
+    pub fn send_parts(&mut self, header: &[u8; VNET_HDR_LEN], frame: &[u8]) -> io::Result<usize> {
+        let Some(vid) = self.vlan else {
+            return self.socket.send_parts(header, frame);
+        };
+        let len = vlan::push_tag(header, frame, vid, &mut self.scratch)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (header, tagged) = self.scratch[..len].split_at(VNET_HDR_LEN);
+        self.socket.send_parts(header, tagged)
+    }
+}
