@@ -22,6 +22,8 @@ use common::{run, show, World, CMD_TIMEOUT};
 
 /// The LAN of one test.
 struct Lan {
+    /// The namespace of the LAN's bridge `br0`.
+    bridge: String,
     router: String,
     lanhost: String,
     prefix: String,
@@ -61,6 +63,7 @@ fn lan(w: &mut World, n: u8) -> Lan {
         ip(&["-n", ns, "link", "set", "lo", "up"]);
     }
     let lan = Lan {
+        bridge: lan,
         router,
         lanhost,
         prefix,
@@ -76,13 +79,30 @@ fn lan(w: &mut World, n: u8) -> Lan {
     lan
 }
 
+/// Wait (bounded) for a child to exit by itself, else stop it; what it
+/// printed.
+fn finish(child: &mut std::process::Child, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    common::kill_group(child);
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+    }
+    text
+}
+
 /// The endpoint's address without its prefix length.
 fn address_of(w: &World, network: &str, ns: &str) -> String {
     World::address(&w.endpoint(network, ns), false)
 }
 
 /// A sandbox on a macvlan network is a host of the LAN: it gets an
-/// address of the `--ip-range` (never the aux address), reaches the
+/// address of the `--ip-range` (never the aux address, nor one another
+/// LAN host answers ARP probes for; a static one of those is refused),
+/// reaches the
 /// router and another LAN host, which reach it and hold its own MAC in
 /// their neighbour tables; a second sandbox is reached through weft
 /// (bridge mode); names resolve at weft's DNS address; the parent host
@@ -120,11 +140,25 @@ fn sandboxes_are_hosts_of_the_lan() {
         .as_str()
         .expect("a DNS address")
         .to_owned();
+    // LANHOST already uses three addresses of the range: weft's probes
+    // (RFC 5227) find them, and no sandbox gets one.
+    let taken: Vec<String> = [192, 194, 195].iter().map(|n| format!("{p}.{n}")).collect();
+    let static_taken = format!("{p}.220");
+    for address in taken.iter().chain([&static_taken]) {
+        w.exec_ok(
+            &lan.lanhost,
+            &["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"],
+        );
+    }
     let (a, b) = (w.sandbox("a"), w.sandbox("b"));
     w.weft_ok(&["network", "connect", "--name", "alpha", "lan", &a]);
     w.weft_ok(&["network", "connect", "--name", "beta", "lan", &b]);
     let (a_ip, b_ip) = (address_of(&w, "lan", &a), address_of(&w, "lan", &b));
+    let c = w.sandbox("c");
+    let refused = w.weft_err(&["network", "connect", "--ip", &static_taken, "lan", &c]);
+    assert!(refused.contains("in use on the LAN"), "{refused}");
     for address in [&a_ip, &b_ip] {
+        assert!(!taken.contains(address), "{address} is LANHOST's");
         let last: u8 = address.rsplit('.').next().unwrap().parse().unwrap();
         assert!((192..224).contains(&last), "{address} outside the ip-range");
         assert_ne!(
@@ -247,4 +281,83 @@ fn bad_parents_are_refused_with_a_message() {
     let mode = create(&["-o", "parent=lo", "-o", "macvlan_mode=passthru"]);
     assert!(mode.contains("bridge or private"), "{mode}");
     assert!(!w.network_names().contains(&"bad".to_owned()));
+}
+
+/// `parent=lan0.50`: weft tags its frames with VLAN 50 itself (no kernel
+/// VLAN device: this machine's kernel has none). Two weft hosts on one LAN,
+/// each with a VLAN-50 network: their sandboxes reach each other across
+/// the LAN, the frames on the wire carry the tag (tcpdump on the LAN's
+/// bridge), and the untagged router does not reach them.
+#[test]
+fn vlan_50_is_tagged_on_the_wire_and_spans_two_weft_hosts() {
+    if !common::require(common::has_tool("tcpdump", "--version"), "needs tcpdump") {
+        return;
+    }
+    let Some(mut w1) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
+        return;
+    };
+    let Some(w2) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
+        return;
+    };
+    let lan = lan(&mut w1, 3);
+    let p = lan.prefix.clone();
+    // The second host's parent, into the same bridge.
+    let lan_ns = lan.bridge.clone();
+    ip(&[
+        "-n", &lan_ns, "link", "add", "w1", "type", "veth", "peer", "name", "lan0", "netns",
+        &w2.host,
+    ]);
+    ip(&["-n", &lan_ns, "link", "set", "w1", "master", "br0", "up"]);
+    ip(&["-n", &w2.host, "link", "set", "lan0", "up"]);
+    for (w, range) in [(&w1, "64/27"), (&w2, "96/27")] {
+        w.weft_ok(&[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            &format!("{p}.0/24"),
+            "--ip-range",
+            &format!("{p}.{range}"),
+            "-o",
+            "parent=lan0.50",
+            "v50",
+        ]);
+    }
+    let mut w2 = w2;
+    let a = w1.sandbox("a");
+    let b = w2.sandbox("b");
+    w1.weft_ok(&["network", "connect", "v50", &a]);
+    w2.weft_ok(&["network", "connect", "v50", &b]);
+    let b_ip = address_of(&w2, "v50", &b);
+    let a_ip = address_of(&w1, "v50", &a);
+
+    let mut capture = w1.spawn_in(
+        &lan_ns,
+        "20",
+        &[
+            "tcpdump",
+            "-i",
+            "br0",
+            "-e",
+            "-nn",
+            "-l",
+            "-c",
+            "2",
+            "vlan 50 and icmp",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w1.ping_eventually(&a, &b_ip, Duration::from_secs(10)),
+        "VLAN 50 sandboxes on two hosts do not reach each other"
+    );
+    w2.ping_ok(&b, &["-c", "1", "-W", "3", &a_ip]);
+    let seen = finish(&mut capture, Duration::from_secs(15));
+    assert!(
+        seen.contains("vlan 50") && seen.contains(&a_ip),
+        "no VLAN-50 tagged ICMP on the wire: {seen}"
+    );
+    // The untagged LAN does not reach VLAN 50.
+    assert!(!w1.ping(&lan.router, &["-c", "1", "-W", "1", &a_ip]));
 }

@@ -37,19 +37,30 @@
 //! the kernel's macvlan: weft reads only frames that arrive from the LAN
 //! and writes to the wire, never to the host's own stack.
 //!
+//! Addresses: before a sandbox takes an address, weft probes the LAN for
+//! it (RFC 5227 ARP probes, [`lan_holder`]); an address another LAN host
+//! holds is never handed out (it stays reserved, and the next is taken),
+//! and a static `--ip` that one holds is refused.
+//!
 //! Rootless: a packet socket on a host interface needs `CAP_NET_RAW` in
 //! the host's network namespace, which a rootless daemon does not have;
 //! it is refused with that message.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use weft_datapath::packet_port::PacketPort;
 use weft_datapath::taps::PortDevice;
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::packet::PacketSocket;
+use weft_vswitch::wire::arp_probe::{claimant, probe_frame};
 use weft_vswitch::wire::vlan::MAX_VID;
-use weft_vswitch::{PortId, UplinkMode};
+use weft_vswitch::wire::vnet::{EMPTY, VNET_HDR_LEN};
+use weft_vswitch::{MacAddr, PortId, UplinkMode};
 
 use crate::driver::{BridgeDriver, DriverError, NetworkDriver};
 use crate::model::{DriverKind, Endpoint, Network};
@@ -109,6 +120,80 @@ pub fn parse_mode(value: Option<&str>) -> Result<UplinkMode, String> {
             "{other:?} is not a macvlan mode of weft's: use bridge or private"
         )),
     }
+}
+
+/// How long a conflict probe waits for the LAN's answer. RFC 5227 waits
+/// seconds for slow links; a LAN answers ARP in milliseconds, and a
+/// connect should not take seconds.
+pub const PROBE_WAIT: Duration = Duration::from_millis(400);
+
+/// Who holds `address` on `network`'s LAN, if anyone: two ARP probes
+/// (RFC 5227, `weft_vswitch::wire::arp_probe`) from `prober` (the MAC the
+/// endpoint will have) on the parent, and [`PROBE_WAIT`] for a claim.
+/// Blocks: call it off the async runtime.
+///
+/// # Errors
+///
+/// [`DriverError::Parent`] when the parent cannot be used.
+pub fn lan_holder(
+    network: &Network,
+    address: Ipv4Addr,
+    prober: MacAddr,
+) -> Result<Option<MacAddr>, DriverError> {
+    let value = network
+        .options
+        .get(PARENT_OPTION)
+        .cloned()
+        .unwrap_or_default();
+    let error = |reason: String| DriverError::Parent {
+        parent: value.clone(),
+        reason,
+    };
+    let parent = parse_parent(&value).map_err(&error)?;
+    let socket = PacketSocket::open(&parent.interface)
+        .map_err(|e| error(format!("probing the LAN: {e}")))?;
+    let mut port = PacketPort::new(socket, parent.vlan);
+    let probe = probe_frame(prober, address);
+    let started = Instant::now();
+    let deadline = started + PROBE_WAIT;
+    let mut buf = vec![0u8; weft_vswitch::sys::write_batch::FRAME_BUFFER_LEN];
+    let mut probes_sent = 0;
+    // Bounded by the deadline: every pass waits on poll until it.
+    while Instant::now() < deadline {
+        if probes_sent < 2 && Instant::now() >= started + PROBE_WAIT / 2 * probes_sent {
+            port.send_parts(&EMPTY, &probe)
+                .map_err(|e| error(format!("sending an ARP probe: {e}")))?;
+            probes_sent += 1;
+        }
+        let next = if probes_sent < 2 {
+            started + PROBE_WAIT / 2
+        } else {
+            deadline
+        };
+        let wait = next.saturating_duration_since(Instant::now());
+        let millis = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let fd = std::os::fd::AsFd::as_fd(&port);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::Error::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(error(format!("waiting for ARP answers: {e}"))),
+        }
+        // Drain what came, bounded.
+        for _ in 0..256 {
+            match port.recv(&mut buf) {
+                Ok(len) if len > VNET_HDR_LEN => {
+                    if let Some(holder) = claimant(&buf[VNET_HDR_LEN..len], address, prober) {
+                        return Ok(Some(holder));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// See the module header.

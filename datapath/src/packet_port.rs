@@ -25,6 +25,12 @@ use weft_vswitch::sys::write_batch::FRAME_BUFFER_LEN;
 use weft_vswitch::wire::vlan::{self, Tagging};
 use weft_vswitch::wire::vnet::VNET_HDR_LEN;
 
+impl std::os::fd::AsFd for PacketPort {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 /// See the module header.
 #[derive(Debug)]
 pub struct PacketPort {

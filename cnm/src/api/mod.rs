@@ -397,7 +397,8 @@ pub fn status_of(error: &ControllerError) -> u16 {
         ControllerError::NetworkExists { .. }
         | ControllerError::NetworkInUse { .. }
         | ControllerError::DockerNetwork { .. }
-        | ControllerError::AlreadyConnected { .. } => 409,
+        | ControllerError::AlreadyConnected { .. }
+        | ControllerError::AddressOnLan { .. } => 409,
         ControllerError::Subnet(AddSubnetError::Overlaps { .. }) => 409,
         ControllerError::Address(AllocError::InUse { .. }) => 409,
         ControllerError::Publish(PublishError::InUse { .. }) => 409,

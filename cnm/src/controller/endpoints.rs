@@ -3,9 +3,12 @@
 //! driver's join and leave, names, resolv.conf, published ports.
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weft_vswitch::MacAddr;
 
 use weft_overlay::{ClusterNetworkId, EndpointRecord};
 
@@ -20,6 +23,9 @@ use super::validation::{
     validate_socket_path,
 };
 use super::{join_blocking, Controller, Inner};
+
+/// Addresses a macvlan connect probes on the LAN before it gives up.
+const LAN_PROBE_ATTEMPTS: usize = 8;
 
 /// How long a connect waits for a cluster address block.
 const CLUSTER_ALLOCATION_WAIT: Duration = Duration::from_secs(10);
@@ -141,7 +147,7 @@ impl Controller {
             (addresses.collect(), Vec::new())
         } else {
             let (ips, cluster_ips) = self
-                .cluster_addresses(&mut inner, &network, request.ips)
+                .cluster_addresses(&mut inner, &network, request.ips.clone())
                 .await?;
             match inner.assign_addresses(&network, &ips) {
                 Ok(addresses) => (addresses, cluster_ips),
@@ -150,6 +156,12 @@ impl Controller {
                     return Err(e);
                 }
             }
+        };
+        let addresses = if network.driver == DriverKind::Macvlan {
+            self.probe_lan(&mut inner, &network, addresses, &request.ips, request.mac)
+                .await?
+        } else {
+            addresses
         };
         let mut endpoint = Endpoint {
             id: random_id(),
@@ -311,6 +323,83 @@ impl Controller {
         event.sandbox = Some(sandbox.display().to_string());
         self.events.emit(event);
         Ok(())
+    }
+
+    /// A macvlan endpoint's addresses, checked on the network's LAN (see
+    /// `crate::macvlan_driver::lan_holder`): a dynamic IPv4 address that
+    /// another LAN host holds stays reserved, never handed out, and the
+    /// next one is probed, up to [`LAN_PROBE_ATTEMPTS`]; a static one is
+    /// refused. On an error every address of `addresses` is released.
+    async fn probe_lan(
+        &self,
+        inner: &mut Inner,
+        network: &Network,
+        addresses: Vec<IpNet>,
+        statics: &[IpAddr],
+        mac: Option<MacAddr>,
+    ) -> Result<Vec<IpNet>, ControllerError> {
+        let mut checked = Vec::with_capacity(addresses.len());
+        let mut pending = addresses.into_iter();
+        let release_all = |inner: &mut Inner, rest: &[IpNet]| {
+            for a in rest {
+                let _ = inner.state.ipam.release(&network.name, a.addr());
+            }
+        };
+        while let Some(mut address) = pending.next() {
+            let mut attempts = 0;
+            loop {
+                let IpAddr::V4(v4) = address.addr() else {
+                    break;
+                };
+                let prober = mac.unwrap_or_else(|| crate::driver::endpoint_mac(&[address.addr()]));
+                let probed = {
+                    let network = network.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::macvlan_driver::lan_holder(&network, v4, prober)
+                    })
+                    .await
+                };
+                let holder = match probed {
+                    Ok(Ok(holder)) => holder,
+                    Ok(Err(source)) => {
+                        release_all(inner, &checked);
+                        release_all(inner, &[address]);
+                        release_all(inner, &pending.collect::<Vec<_>>());
+                        return Err(ControllerError::Driver {
+                            driver: network.driver,
+                            source,
+                        });
+                    }
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                };
+                let Some(holder) = holder else {
+                    break;
+                };
+                if statics.contains(&address.addr()) || attempts >= LAN_PROBE_ATTEMPTS {
+                    release_all(inner, &checked);
+                    release_all(inner, &[address]);
+                    release_all(inner, &pending.collect::<Vec<_>>());
+                    return Err(ControllerError::AddressOnLan {
+                        address: address.addr(),
+                        holder,
+                    });
+                }
+                // Kept reserved: another LAN host has it.
+                tracing::warn!(network = network.name, address = %address.addr(), holder = %holder, "address in use on the LAN: never handed out, taking the next");
+                attempts += 1;
+                let next = match inner.state.ipam.allocate(&network.name, true) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        release_all(inner, &checked);
+                        release_all(inner, &pending.collect::<Vec<_>>());
+                        return Err(e.into());
+                    }
+                };
+                address = network.address_with_prefix(next);
+            }
+            checked.push(address);
+        }
+        Ok(checked)
     }
 
     /// The addresses of a new endpoint: the static ones (`--ip`), and for

@@ -127,6 +127,15 @@ pub enum ControllerError {
         /// What to change.
         reason: &'static str,
     },
+    /// A static address another host of a macvlan network's LAN holds
+    /// (or dynamic ones, past the attempts).
+    #[error("{address} is in use on the LAN (by {holder}): choose another address, or add it with --aux-address")]
+    AddressOnLan {
+        /// The address.
+        address: std::net::IpAddr,
+        /// The MAC that answered for it.
+        holder: weft_vswitch::MacAddr,
+    },
     /// Already on that network.
     #[error("{sandbox} is already connected to network {network:?}")]
     AlreadyConnected {

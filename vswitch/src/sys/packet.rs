@@ -33,7 +33,7 @@
 //! runs on.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A frame read from the parent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +266,12 @@ fn auxdata_vlan(msg: &libc::msghdr) -> Option<u16> {
         }
     }
     None
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl AsRawFd for PacketSocket {

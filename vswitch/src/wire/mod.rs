@@ -3,6 +3,7 @@
 //! the gateway's parsed view of a frame ([`packet`]), and the length-prefixed
 //! framing of VM stream sockets ([`stream`]).
 
+pub mod arp_probe;
 pub mod checksum;
 pub mod ethernet;
 pub mod ip;
