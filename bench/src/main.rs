@@ -24,6 +24,9 @@
 //!   the NAT with TCP, then UDP flows; the daemon's peak RSS and fds and
 //!   the other sandboxes' success rates (see `flood`); its section of
 //!   `--out` is replaced (or appended).
+//! - `weft-bench macvlan [--runs 3] [--seconds 5]`: a LAN host to a
+//!   sandbox on weft's macvlan network against the kernel's macvlan on the
+//!   same parent (see `macvlan`).
 //! - `weft-bench vm [--runs 3] [--mib 32]`: a QEMU guest's TCP and ping to
 //!   a sandbox through weft's stream port against `-netdev user` (see
 //!   `vm`; needs qemu-system-x86, cpio, socat and the guest kernel
@@ -42,6 +45,7 @@ mod docker;
 mod e2e;
 mod flood;
 mod lab;
+mod macvlan;
 mod measure;
 mod nat;
 mod overlay;
@@ -139,6 +143,8 @@ enum Command {
     Flood(FloodArgs),
     /// A QEMU guest to a sandbox: weft's stream port vs -netdev user.
     Vm(VmArgs),
+    /// A LAN host to a macvlan sandbox: weft's userspace macvlan vs the kernel's.
+    Macvlan(RunsArgs),
 }
 
 /// `flood` subcommand's arguments.
@@ -172,6 +178,20 @@ struct CniArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
     seconds: u32,
     /// Markdown file whose CNI section is replaced (appended if absent).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+}
+
+/// Runs, seconds and the report file (the `macvlan` subcommand's).
+#[derive(Debug, clap::Args)]
+struct RunsArgs {
+    /// Runs per side.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    seconds: u32,
+    /// Markdown file whose section is replaced (appended if absent).
     #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
 }
@@ -286,6 +306,12 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Cni(args) => cni::run(&cni::CniOptions {
             iterations: args.iterations,
+            runs: args.runs,
+            seconds: args.seconds,
+            out: args.out,
+            command,
+        }),
+        Command::Macvlan(args) => macvlan::run(&macvlan::MacvlanOptions {
             runs: args.runs,
             seconds: args.seconds,
             out: args.out,

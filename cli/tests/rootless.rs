@@ -675,3 +675,32 @@ fn a_rootless_daemon_explains_a_namespace_it_may_not_enter() {
         "the refusal says why and what to do:\n{text}"
     );
 }
+
+/// A rootless daemon cannot put sandboxes on the host's LAN (its network
+/// namespace has none of the host's interfaces, and it has no
+/// `CAP_NET_RAW` on them): a macvlan network is refused with why and
+/// what to do.
+#[test]
+fn a_rootless_daemon_refuses_a_macvlan_network_with_the_reason() {
+    let Some(mut w) = RootlessWorld::new() else {
+        return;
+    };
+    w.start_daemon();
+    let out = w.weft(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.237.8.0/24",
+        "-o",
+        "parent=eth0",
+        "lan",
+    ]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = common::stderr(&out);
+    assert!(
+        text.contains("eth0") && text.contains("rootless") && text.contains("root"),
+        "the refusal says why and what to do:\n{text}"
+    );
+}

@@ -148,11 +148,14 @@ fn shift_offsets(header: &[u8; VNET_HDR_LEN], grow: bool) -> Result<[u8; VNET_HD
     let gso_type = header[field::GSO_TYPE];
     let shift = |range: std::ops::Range<usize>, out: &mut [u8; VNET_HDR_LEN]| {
         let value = u16::from_le_bytes([header[range.start], header[range.start + 1]]);
-        let moved = if grow {
+        // An offset into the MACs (or the tag) points at no header that
+        // moves with the tag: refused both ways, so a tag that could be
+        // pushed can always be popped.
+        let moved = if usize::from(value) < TAG_AT {
+            None
+        } else if grow {
             value.checked_add(TAG_LEN as u16)
         } else {
-            // An offset inside the tag or the MACs cannot survive its
-            // removal.
             value
                 .checked_sub(TAG_LEN as u16)
                 .filter(|v| usize::from(*v) >= TAG_AT)
