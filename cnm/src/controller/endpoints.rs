@@ -347,10 +347,7 @@ impl Controller {
         };
         while let Some(mut address) = pending.next() {
             let mut attempts = 0;
-            loop {
-                let IpAddr::V4(v4) = address.addr() else {
-                    break;
-                };
+            while let IpAddr::V4(v4) = address.addr() {
                 let prober = mac.unwrap_or_else(|| crate::driver::endpoint_mac(&[address.addr()]));
                 let probed = {
                     let network = network.clone();
