@@ -361,3 +361,80 @@ fn vlan_50_is_tagged_on_the_wire_and_spans_two_weft_hosts() {
     // The untagged LAN does not reach VLAN 50.
     assert!(!w1.ping(&lan.router, &["-c", "1", "-W", "1", &a_ip]));
 }
+
+/// ipvlan (L2): every sandbox shows the parent's MAC on the LAN (what a
+/// Wi-Fi parent needs). Sandboxes reach the router and a LAN host and are
+/// reached back; the LAN host's neighbour table holds the *parent's* MAC
+/// for a sandbox's address; sandboxes reach each other; the parent host's
+/// own traffic on the same MAC still works; names resolve at weft's DNS
+/// address. Routed modes (l3) are refused with a message.
+#[test]
+fn ipvlan_sandboxes_share_the_parents_mac() {
+    let Some(mut w) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
+        return;
+    };
+    let lan = lan(&mut w, 4);
+    let p = &lan.prefix;
+    let l3 = w.weft_err(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        &format!("{p}.0/24"),
+        "-o",
+        "parent=lan0",
+        "-o",
+        "ipvlan_mode=l3",
+        "routed",
+    ]);
+    assert!(l3.contains("l2"), "{l3}");
+    w.weft_ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        &format!("{p}.0/24"),
+        "--gateway",
+        &format!("{p}.1"),
+        "--ip-range",
+        &format!("{p}.128/26"),
+        "-o",
+        "parent=lan0",
+        "wifi",
+    ]);
+    let dns = w.inspect("wifi")["options"]["dns_address"]
+        .as_str()
+        .expect("a DNS address")
+        .to_owned();
+    let (a, b) = (w.sandbox("a"), w.sandbox("b"));
+    w.weft_ok(&["network", "connect", "--name", "alpha", "wifi", &a]);
+    w.weft_ok(&["network", "connect", "--name", "beta", "wifi", &b]);
+    let (a_ip, b_ip) = (address_of(&w, "wifi", &a), address_of(&w, "wifi", &b));
+    w.ping_ok(&a, &["-c", "2", "-W", "3", &format!("{p}.1")]);
+    w.ping_ok(&b, &["-c", "2", "-W", "3", &format!("{p}.10")]);
+    w.ping_ok(&lan.lanhost, &["-c", "2", "-W", "3", &a_ip]);
+    let link = w.exec_ok(&w.host, &["cat", "/sys/class/net/lan0/address"]);
+    let parent_mac = link.trim().to_lowercase();
+    let neighbours = w
+        .exec_ok(&lan.lanhost, &["ip", "neigh", "show", &a_ip])
+        .to_lowercase();
+    assert!(
+        neighbours.contains(&parent_mac),
+        "LANHOST's neighbour entry for {a_ip} is not the parent's MAC {parent_mac}: {neighbours}"
+    );
+    let a_mac = w.endpoint("wifi", &a)["mac"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        !neighbours.contains(&a_mac),
+        "the sandbox's own MAC reached the LAN"
+    );
+    w.ping_ok(&a, &["-c", "1", "-W", "3", &b_ip]);
+    let answer = w.exec_ok(&a, &["/bin/busybox", "nslookup", "beta.wifi", &dns]);
+    assert!(answer.contains(&b_ip), "{answer}");
+    // The parent host shares the MAC and keeps its own traffic.
+    w.ping_ok(&w.host, &["-c", "1", "-W", "3", &format!("{p}.10")]);
+}

@@ -774,7 +774,7 @@ impl NetworkDriver for BridgeDriver {
         // A macvlan network's gateway is the LAN's router: weft's keeps
         // only its DNS address there, with no NAT and no DHCP (see
         // `crate::macvlan_driver`).
-        let macvlan = network.driver == DriverKind::Macvlan;
+        let macvlan = network.driver.has_uplink();
         let mut gateway = GatewayConfig {
             mac: gateway_mac(network),
             ipv4: Vec::new(),

@@ -69,6 +69,8 @@ use crate::model::{DriverKind, Endpoint, Network};
 pub const PARENT_OPTION: &str = "parent";
 /// `--opt macvlan_mode=bridge|private`.
 pub const MODE_OPTION: &str = "macvlan_mode";
+/// `--opt ipvlan_mode=l2` (the one mode weft's ipvlan has).
+pub const IPVLAN_MODE_OPTION: &str = "ipvlan_mode";
 /// `--opt dns_address=IP`: where weft's DNS answers the sandboxes.
 pub const DNS_ADDRESS_OPTION: &str = "dns_address";
 
@@ -153,6 +155,13 @@ pub fn lan_holder(
     let socket = PacketSocket::open(&parent.interface)
         .map_err(|e| error(format!("probing the LAN: {e}")))?;
     let mut port = PacketPort::new(socket, parent.vlan);
+    // An ipvlan sandbox will show the parent's MAC: probe as it.
+    let prober = if network.driver == DriverKind::Ipvlan {
+        port.hardware_address()
+            .map_err(|e| error(format!("probing the LAN: {e}")))?
+    } else {
+        prober
+    };
     let probe = probe_frame(prober, address);
     let started = Instant::now();
     let deadline = started + PROBE_WAIT;
@@ -196,19 +205,38 @@ pub fn lan_holder(
     Ok(None)
 }
 
+/// The mode of `--opt ipvlan_mode`.
+///
+/// # Errors
+///
+/// Any mode but `l2`, with why.
+pub fn parse_ipvlan_mode(value: &str) -> Result<(), String> {
+    match value {
+        "l2" => Ok(()),
+        "l3" | "l3s" => Err(format!(
+            "ipvlan {value} (routed) is not weft's: use l2, or a bridge network, which weft routes"
+        )),
+        other => Err(format!("{other:?} is not an ipvlan mode: use l2")),
+    }
+}
+
 /// See the module header.
 #[derive(Debug)]
 pub struct MacvlanDriver {
     bridge: Arc<BridgeDriver>,
+    /// `Macvlan` or `Ipvlan`.
+    kind: DriverKind,
     /// Each network's uplink port.
     uplinks: Mutex<HashMap<String, PortId>>,
 }
 
 impl MacvlanDriver {
-    /// A driver whose networks live in `bridge`'s switch.
-    pub fn new(bridge: Arc<BridgeDriver>) -> Self {
+    /// A driver of `kind` (macvlan or ipvlan) whose networks live in
+    /// `bridge`'s switch.
+    pub fn new(bridge: Arc<BridgeDriver>, kind: DriverKind) -> Self {
         MacvlanDriver {
             bridge,
+            kind,
             uplinks: Mutex::new(HashMap::new()),
         }
     }
@@ -216,7 +244,7 @@ impl MacvlanDriver {
 
 impl NetworkDriver for MacvlanDriver {
     fn kind(&self) -> DriverKind {
-        DriverKind::Macvlan
+        self.kind
     }
 
     fn create_network(&self, network: &Network) -> Result<(), DriverError> {
@@ -231,13 +259,18 @@ impl NetworkDriver for MacvlanDriver {
             parent: value.clone(),
             reason,
         })?;
-        let mode =
+        let ipvlan = self.kind == DriverKind::Ipvlan;
+        // ipvlan's sandboxes reach each other as in macvlan's bridge mode.
+        let mode = if ipvlan {
+            UplinkMode::Bridge
+        } else {
             parse_mode(network.options.get(MODE_OPTION).map(String::as_str)).map_err(|reason| {
                 DriverError::Parent {
                     parent: value.clone(),
                     reason,
                 }
-            })?;
+            })?
+        };
         let socket = PacketSocket::open(&parent.interface).map_err(|e| DriverError::Parent {
             parent: value.clone(),
             reason: match e.kind() {
@@ -246,18 +279,28 @@ impl NetworkDriver for MacvlanDriver {
                 _ => format!("opening a packet socket on it: {e}"),
             },
         })?;
-        socket
-            .set_promiscuous(true)
-            .map_err(|e| DriverError::Parent {
+        // ipvlan's frames all come to the parent's own MAC (or are
+        // broadcast): no promiscuous mode.
+        let mut port = PacketPort::new(socket, parent.vlan);
+        if ipvlan {
+            let mac = port.hardware_address().map_err(|e| DriverError::Parent {
                 parent: value.clone(),
-                reason: format!("promiscuous mode: {e}"),
+                reason: e.to_string(),
             })?;
+            port = port.with_ipvlan(mac);
+        } else {
+            port.set_promiscuous(true)
+                .map_err(|e| DriverError::Parent {
+                    parent: value.clone(),
+                    reason: format!("promiscuous mode: {e}"),
+                })?;
+        }
         self.bridge.create_network(network)?;
         let network_id = self
             .bridge
             .switch_network(&network.name)
             .ok_or_else(|| DriverError::UnknownNetwork(network.name.clone()))?;
-        let device = PortDevice::Packet(Box::new(PacketPort::new(socket, parent.vlan)));
+        let device = PortDevice::Packet(Box::new(port));
         let (port, _) = match self.bridge.datapath().add_uplink(network_id, device, mode) {
             Ok(added) => added,
             Err(e) => {
@@ -269,7 +312,7 @@ impl NetworkDriver for MacvlanDriver {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(network.name.clone(), port);
-        tracing::info!(network = network.name, parent = parent.interface, vlan = ?parent.vlan, mode = ?mode, "macvlan network on its parent");
+        tracing::info!(network = network.name, parent = parent.interface, vlan = ?parent.vlan, mode = ?mode, "network on its parent's LAN");
         Ok(())
     }
 
@@ -312,6 +355,29 @@ impl NetworkDriver for MacvlanDriver {
         network: &Network,
         endpoints: &[&Endpoint],
     ) -> Result<(), DriverError> {
+        if self.kind == DriverKind::Ipvlan {
+            let port = self
+                .uplinks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&network.name)
+                .copied();
+            if let Some(port) = port {
+                let sandboxes = endpoints
+                    .iter()
+                    .flat_map(|e| {
+                        let mac = crate::driver::interface_mac(e);
+                        e.addresses.iter().filter_map(move |a| match a.addr() {
+                            std::net::IpAddr::V4(v4) => Some((v4, mac)),
+                            std::net::IpAddr::V6(_) => None,
+                        })
+                    })
+                    .collect();
+                self.bridge
+                    .datapath()
+                    .set_uplink_sandboxes(port, sandboxes)?;
+            }
+        }
         self.bridge.endpoints_changed(network, endpoints)
     }
 

@@ -52,6 +52,9 @@ pub enum DriverKind {
     /// Sandboxes as hosts of a real LAN: switched by weft, with the parent
     /// interface's LAN as one more port (see `crate::macvlan_driver`).
     Macvlan,
+    /// As `Macvlan`, but every sandbox shows the parent's MAC on the LAN
+    /// (ipvlan L2 mode: a parent that takes one MAC, such as Wi-Fi).
+    Ipvlan,
 }
 
 /// Local (this host) or cluster (every host of the gossip cluster).
@@ -117,7 +120,7 @@ impl Network {
     /// or for a macvlan network (whose gateway is the LAN's router) the
     /// address weft's DNS answers on, `--opt dns_address`.
     pub fn dns_addresses(&self) -> Vec<IpAddr> {
-        if self.driver == DriverKind::Macvlan {
+        if self.driver.has_uplink() {
             return self
                 .options
                 .get(crate::macvlan_driver::DNS_ADDRESS_OPTION)
@@ -219,7 +222,7 @@ pub struct DockerAttachment {
 
 /// A driver name that is not one of weft's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown driver {0:?}: use bridge, overlay, macvlan, host or null")]
+#[error("unknown driver {0:?}: use bridge, overlay, macvlan, ipvlan, host or null")]
 pub struct UnknownDriver(pub String);
 
 impl DriverKind {
@@ -231,6 +234,7 @@ impl DriverKind {
             DriverKind::Bridge => "bridge",
             DriverKind::Overlay => "overlay",
             DriverKind::Macvlan => "macvlan",
+            DriverKind::Ipvlan => "ipvlan",
         }
     }
 
@@ -238,17 +242,25 @@ impl DriverKind {
     pub const fn has_interfaces(self) -> bool {
         matches!(
             self,
-            DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan
+            DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan | DriverKind::Ipvlan
         )
+    }
+
+    /// Whether the driver's networks join a parent interface's LAN
+    /// (macvlan, ipvlan): the LAN's router is their gateway.
+    pub const fn has_uplink(self) -> bool {
+        matches!(self, DriverKind::Macvlan | DriverKind::Ipvlan)
     }
 
     /// The scope of the driver's networks.
     pub const fn scope(self) -> Scope {
         match self {
             DriverKind::Overlay => Scope::Cluster,
-            DriverKind::Null | DriverKind::Host | DriverKind::Bridge | DriverKind::Macvlan => {
-                Scope::Local
-            }
+            DriverKind::Null
+            | DriverKind::Host
+            | DriverKind::Bridge
+            | DriverKind::Macvlan
+            | DriverKind::Ipvlan => Scope::Local,
         }
     }
 }
@@ -269,6 +281,7 @@ impl FromStr for DriverKind {
             "bridge" => Ok(DriverKind::Bridge),
             "overlay" => Ok(DriverKind::Overlay),
             "macvlan" => Ok(DriverKind::Macvlan),
+            "ipvlan" => Ok(DriverKind::Ipvlan),
             other => Err(UnknownDriver(other.to_owned())),
         }
     }

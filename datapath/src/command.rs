@@ -126,6 +126,13 @@ pub enum Command {
         /// Its leases and options.
         scope: weft_services::dhcp::DhcpScope,
     },
+    /// Tell an ipvlan network's uplink its sandboxes: address → own MAC.
+    SetUplinkSandboxes {
+        /// The uplink port.
+        port: PortId,
+        /// The sandboxes.
+        sandboxes: rustc_hash::FxHashMap<std::net::Ipv4Addr, weft_vswitch::MacAddr>,
+    },
     /// Replace the upstream resolvers.
     SetUpstreams(Vec<SocketAddr>),
     /// Poll a bound host socket of a published port.

@@ -306,6 +306,9 @@ impl Loop {
                 Command::SetDhcpScope { network, scope } => {
                     plane.services.set_dhcp_scope(network, scope);
                 }
+                Command::SetUplinkSandboxes { port, sandboxes } => {
+                    plane.taps.set_uplink_sandboxes(port, sandboxes);
+                }
                 Command::SetUpstreams(upstreams) => plane.services.dns().set_upstreams(upstreams),
                 Command::Publish {
                     id,

@@ -185,6 +185,19 @@ impl Datapath {
         self.add_port_as(network, device, Some(mode))
     }
 
+    /// Tell an ipvlan network's uplink its sandboxes (address → own MAC).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn set_uplink_sandboxes(
+        &self,
+        port: PortId,
+        sandboxes: rustc_hash::FxHashMap<std::net::Ipv4Addr, weft_vswitch::MacAddr>,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::SetUplinkSandboxes { port, sandboxes })
+    }
+
     fn add_port_as(
         &self,
         network: NetworkId,

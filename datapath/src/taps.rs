@@ -203,6 +203,21 @@ impl Taps {
         }
     }
 
+    /// An ipvlan uplink's sandboxes (address → own MAC).
+    pub fn set_uplink_sandboxes(
+        &mut self,
+        id: PortId,
+        sandboxes: FxHashMap<std::net::Ipv4Addr, weft_vswitch::MacAddr>,
+    ) {
+        if let Some(PortIo {
+            device: PortDevice::Packet(packet),
+            ..
+        }) = self.ports.get_mut(&id)
+        {
+            packet.set_sandboxes(sandboxes);
+        }
+    }
+
     /// A port's fd is writable: a stream writes what it queued.
     pub fn writable(&mut self, id: PortId) {
         if let Some(PortIo {

@@ -1,16 +1,20 @@
-//! 802.1Q tagging by weft and the LAN frames a macvlan network reads:
-//! arbitrary frames and virtio headers, tagged and untagged; and ARP
-//! probe answers. Invariants: nothing panics; a tag pushed onto any frame
-//! pops back to the same frame and header; classification of a frame
-//! whose tag was pushed finds that tag; `claimant` never names the
-//! prober itself.
+//! 802.1Q tagging by weft and the LAN frames a macvlan or ipvlan network
+//! reads and writes: arbitrary frames and virtio headers, tagged and
+//! untagged; ipvlan's MAC translation; ARP probe answers. Invariants:
+//! nothing panics; a tag pushed onto any frame pops back to the same frame
+//! and header; classification of a frame whose tag was pushed finds that
+//! tag; a frame translated to the LAN carries the parent's MAC and one
+//! taken from it carries a sandbox's or is left unchanged; `claimant`
+//! never names the prober itself.
 #![no_main]
 
 use std::net::Ipv4Addr;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use rustc_hash::FxHashMap;
 use weft_vswitch::wire::arp_probe::{claimant, probe_frame};
+use weft_vswitch::wire::ipvlan::{self, FromLan};
 use weft_vswitch::wire::ethernet::MacAddr;
 use weft_vswitch::wire::vlan::{self, Tagging};
 use weft_vswitch::wire::vnet::VNET_HDR_LEN;
@@ -53,4 +57,20 @@ fuzz_target!(|input: Input| {
         assert_ne!(holder, prober);
     }
     assert_eq!(claimant(&probe_frame(prober, address), address, prober), None);
+    // ipvlan: out with the parent's MAC, in with the sandbox's.
+    let parent = MacAddr([0x02, 0xaa, 0, 0, 0, 1]);
+    let sandboxes: FxHashMap<Ipv4Addr, MacAddr> = [(address, prober)].into_iter().collect();
+    let mut out = input.frame.clone();
+    ipvlan::to_lan(&mut out, parent);
+    if out.len() >= 14 {
+        assert_eq!(out[6..12], parent.0);
+    }
+    let mut back = input.frame.clone();
+    let verdict = ipvlan::from_lan(&mut back, parent, &sandboxes);
+    assert_eq!(back.len(), input.frame.len());
+    if verdict == FromLan::NotOurs || input.frame.get(..6) != Some(&parent.0[..]) {
+        assert_eq!(back, input.frame);
+    } else {
+        assert_eq!(back[..6], prober.0);
+    }
 });

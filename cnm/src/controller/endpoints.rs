@@ -157,7 +157,7 @@ impl Controller {
                 }
             }
         };
-        let addresses = if network.driver == DriverKind::Macvlan {
+        let addresses = if network.driver.has_uplink() {
             self.probe_lan(&mut inner, &network, addresses, &request.ips, request.mac)
                 .await?
         } else {

@@ -177,6 +177,7 @@ struct Inner {
     bridge: Arc<BridgeDriver>,
     overlay: Arc<OverlayDriver>,
     macvlan: Arc<crate::macvlan_driver::MacvlanDriver>,
+    ipvlan: Arc<crate::macvlan_driver::MacvlanDriver>,
 }
 
 impl Controller {
@@ -246,9 +247,14 @@ impl Controller {
                 null: Arc::new(NullDriver::new(config.helper_exe)),
                 host: Arc::new(HostDriver),
                 overlay: Arc::new(OverlayDriver::new(Arc::clone(&bridge), cluster.clone())),
-                macvlan: Arc::new(crate::macvlan_driver::MacvlanDriver::new(Arc::clone(
-                    &bridge,
-                ))),
+                macvlan: Arc::new(crate::macvlan_driver::MacvlanDriver::new(
+                    Arc::clone(&bridge),
+                    DriverKind::Macvlan,
+                )),
+                ipvlan: Arc::new(crate::macvlan_driver::MacvlanDriver::new(
+                    Arc::clone(&bridge),
+                    DriverKind::Ipvlan,
+                )),
                 bridge,
             }),
             netns_dir: config.netns_dir,

@@ -303,7 +303,7 @@ fn reserve_extras(
     for address in aux_addresses.values() {
         inner.state.ipam.reserve(name, *address)?;
     }
-    if driver != DriverKind::Macvlan {
+    if !driver.has_uplink() {
         return Ok(());
     }
     match options.get(DNS_ADDRESS_OPTION) {

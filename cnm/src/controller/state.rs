@@ -27,6 +27,7 @@ impl Inner {
             DriverKind::Bridge => self.bridge.clone(),
             DriverKind::Overlay => self.overlay.clone(),
             DriverKind::Macvlan => self.macvlan.clone(),
+            DriverKind::Ipvlan => self.ipvlan.clone(),
         }
     }
 

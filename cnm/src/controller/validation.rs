@@ -37,7 +37,8 @@ pub(super) fn validate_options(
     let known: &[(&str, &[&str])] = match driver {
         DriverKind::Bridge => BRIDGE_OPTIONS,
         DriverKind::Overlay => return validate_overlay_options(options),
-        DriverKind::Macvlan => return validate_macvlan_options(options),
+        DriverKind::Macvlan => return validate_macvlan_options(options, false),
+        DriverKind::Ipvlan => return validate_macvlan_options(options, true),
         DriverKind::Null | DriverKind::Host => &[],
     };
     for (key, value) in options {
@@ -72,25 +73,32 @@ pub(super) fn validate_options(
     Ok(())
 }
 
-/// `--opt parent=IFACE[.VID]` (required), `macvlan_mode=bridge|private`,
-/// `dns_address=IP`, nothing else.
+/// `--opt parent=IFACE[.VID]` (required), `dns_address=IP`, and
+/// `macvlan_mode=bridge|private` (macvlan) or `ipvlan_mode=l2` (ipvlan);
+/// nothing else.
 pub(super) fn validate_macvlan_options(
     options: &BTreeMap<String, String>,
+    ipvlan: bool,
 ) -> Result<(), ControllerError> {
     use crate::macvlan_driver::{
-        parse_mode, parse_parent, DNS_ADDRESS_OPTION, MODE_OPTION, PARENT_OPTION,
+        parse_ipvlan_mode, parse_mode, parse_parent, DNS_ADDRESS_OPTION, IPVLAN_MODE_OPTION,
+        MODE_OPTION, PARENT_OPTION,
     };
     let invalid = |key: &str, reason: String| ControllerError::InvalidOption {
         key: key.to_owned(),
         reason,
     };
+    let driver = if ipvlan { "ipvlan" } else { "macvlan" };
     for (key, value) in options {
         match key.as_str() {
             PARENT_OPTION => {
                 parse_parent(value).map_err(|reason| invalid(key, reason))?;
             }
-            MODE_OPTION => {
+            MODE_OPTION if !ipvlan => {
                 parse_mode(Some(value)).map_err(|reason| invalid(key, reason))?;
+            }
+            IPVLAN_MODE_OPTION if ipvlan => {
+                parse_ipvlan_mode(value).map_err(|reason| invalid(key, reason))?;
             }
             DNS_ADDRESS_OPTION => {
                 value
@@ -98,17 +106,22 @@ pub(super) fn validate_macvlan_options(
                     .map_err(|_| invalid(key, format!("{value:?} is not an IP address")))?;
             }
             _ => {
+                let mode = if ipvlan {
+                    "ipvlan_mode=l2"
+                } else {
+                    "macvlan_mode=bridge|private"
+                };
                 return Err(invalid(
                     key,
-                    "unknown option of the macvlan driver: known options are parent=IFACE[.VID], macvlan_mode=bridge|private, dns_address=IP".into(),
-                ))
+                    format!("unknown option of the {driver} driver: known options are parent=IFACE[.VID], {mode}, dns_address=IP"),
+                ));
             }
         }
     }
     if !options.contains_key(PARENT_OPTION) {
         return Err(invalid(
             PARENT_OPTION,
-            "a macvlan network needs its parent interface: --opt parent=eth0 (or eth0.VID for a VLAN)".into(),
+            format!("a {driver} network needs its parent interface: --opt parent=eth0 (or eth0.VID for a VLAN)"),
         ));
     }
     Ok(())

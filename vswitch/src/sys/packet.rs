@@ -137,6 +137,38 @@ impl PacketSocket {
         &self.name
     }
 
+    /// The interface's MAC (what the bound socket's own address says).
+    ///
+    /// # Errors
+    ///
+    /// The `getsockname` error, or `InvalidData` for an interface without
+    /// a 6-byte hardware address.
+    pub fn hardware_address(&self) -> io::Result<crate::wire::ethernet::MacAddr> {
+        // SAFETY: an all-zero sockaddr_ll is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `addr` has room for `len` bytes, which the call updates.
+        let done = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                std::ptr::addr_of_mut!(addr).cast(),
+                &mut len,
+            )
+        };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if addr.sll_halen != 6 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} has no Ethernet address", self.name),
+            ));
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&addr.sll_addr[..6]);
+        Ok(crate::wire::ethernet::MacAddr(mac))
+    }
+
     /// Receive every frame on the LAN (a membership of this socket, gone
     /// with it), or stop.
     ///

@@ -7,6 +7,7 @@ pub mod arp_probe;
 pub mod checksum;
 pub mod ethernet;
 pub mod ip;
+pub mod ipvlan;
 pub mod packet;
 pub mod stream;
 pub mod vlan;
