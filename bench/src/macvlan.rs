@@ -6,8 +6,10 @@
 //! `lan0`) hang off it by veths. weft's sandbox `wb-mv-weft` is on a weft
 //! macvlan network on `lan0` (10.238.0.21); the kernel's sandbox
 //! `wb-mv-kernel` has a kernel macvlan device on the same `lan0`, bridge
-//! mode (10.238.0.22). Runs alternate between the two: TCP (iperf3, LAN
-//! host → sandbox), 64-byte UDP packets per second and ping.
+//! mode (10.238.0.22); and `wb-mv-ipvlan` is on a weft ipvlan network on
+//! the same parent (10.238.0.23; this machine's kernel has no ipvlan to
+//! compare with). Runs alternate between the three: TCP (iperf3, LAN host
+//! → sandbox), 64-byte UDP packets per second and ping.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ const LANHOST: &str = "wb-mv-lanhost";
 const HOST: &str = "wb-mv-host";
 const WEFT_SANDBOX: &str = "wb-mv-weft";
 const KERNEL_SANDBOX: &str = "wb-mv-kernel";
+const IPVLAN_SANDBOX: &str = "wb-mv-ipvlan";
 const HEADING: &str = "## macvlan: weft's userspace macvlan vs the kernel's";
 const IPERF_PORT: u16 = 5211;
 
@@ -117,7 +120,14 @@ pub fn run(options: &MacvlanOptions) -> Result<()> {
     let weft = topology::weft_binary()?;
     let date_utc = report::utc_now();
     let mut lab = Lab::open()?;
-    for ns in [LAN, LANHOST, HOST, WEFT_SANDBOX, KERNEL_SANDBOX] {
+    for ns in [
+        LAN,
+        LANHOST,
+        HOST,
+        WEFT_SANDBOX,
+        KERNEL_SANDBOX,
+        IPVLAN_SANDBOX,
+    ] {
         lab.add_netns(ns)?;
     }
     let dir = lab.work_dir().join("weft-macvlan");
@@ -127,12 +137,13 @@ pub fn run(options: &MacvlanOptions) -> Result<()> {
     let sides = [
         ("weft macvlan (userspace)", WEFT_SANDBOX, "10.238.0.21"),
         ("kernel macvlan", KERNEL_SANDBOX, "10.238.0.22"),
+        ("weft ipvlan L2 (userspace)", IPVLAN_SANDBOX, "10.238.0.23"),
     ];
     let mut results: Vec<Side> = sides.iter().map(|_| Side::default()).collect();
     for run in 0..options.runs {
         for (i, (label, ns, address)) in sides.iter().enumerate() {
             process::check_interrupted()?;
-            let pids: Vec<u32> = if i == 0 { vec![daemon.pid] } else { Vec::new() };
+            let pids: Vec<u32> = if i == 1 { Vec::new() } else { vec![daemon.pid] };
             let tcp = measure::tcp_flow(
                 &mut lab,
                 &TcpFlow {
@@ -186,13 +197,15 @@ pub fn run(options: &MacvlanOptions) -> Result<()> {
             cell(summary(&side.ping_us))
         )?;
     }
-    writeln!(
-        section,
-        "\nweft ÷ kernel: TCP {}, UDP 64 B {}, ping {}.",
-        report::ratio(summary(&results[0].gbps), summary(&results[1].gbps)),
-        report::ratio(summary(&results[0].kpps), summary(&results[1].kpps)),
-        report::ratio(summary(&results[0].ping_us), summary(&results[1].ping_us)),
-    )?;
+    for (i, what) in [(0, "weft macvlan"), (2, "weft ipvlan")] {
+        writeln!(
+            section,
+            "\n{what} ÷ kernel macvlan: TCP {}, UDP 64 B {}, ping {}.",
+            report::ratio(summary(&results[i].gbps), summary(&results[1].gbps)),
+            report::ratio(summary(&results[i].kpps), summary(&results[1].kpps)),
+            report::ratio(summary(&results[i].ping_us), summary(&results[1].ping_us)),
+        )?;
+    }
     print!("{section}");
     report::write_section(&options.out, HEADING, &section)
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use weft_cnm::api::types::{
     ConnectRequest, CreateNetworkRequest, DisconnectRequest, SubnetRequest,
 };
-use weft_cnm::model::{Endpoint, Network, PortMapping};
+use weft_cnm::model::{Endpoint, EndpointKind, Network, PortMapping};
 
 use crate::client::{Client, Refusal};
 use crate::listing::{Facts, Filters, Format};
@@ -118,10 +118,11 @@ pub struct CreateArgs {
     pub name: String,
 }
 
-/// `weft network connect`.
+/// What an endpoint gets, for `network connect` and `weft vm`.
 #[derive(Debug, clap::Args)]
-pub struct ConnectArgs {
-    /// DNS name of the endpoint [default: the namespace's name].
+pub struct EndpointArgs {
+    /// DNS name of the endpoint [default: the namespace's name, or the
+    /// VM socket's file name without its extension].
     #[arg(long)]
     pub name: Option<String>,
     /// Static address (one IPv4 and/or one IPv6).
@@ -135,6 +136,29 @@ pub struct ConnectArgs {
     /// port` does: `80/tcp -> 0.0.0.0:8080`.
     #[arg(long = "publish", short = 'p', value_name = "SPEC")]
     pub publish: Vec<PortMapping>,
+}
+
+impl EndpointArgs {
+    /// A connect request of these, to `sandbox`, of `kind`.
+    pub fn request(self, sandbox: String, kind: EndpointKind) -> ConnectRequest {
+        ConnectRequest {
+            sandbox,
+            kind,
+            name: self.name,
+            ips: self.ip,
+            aliases: self.alias,
+            ports: self.publish,
+            ..ConnectRequest::default()
+        }
+    }
+}
+
+/// `weft network connect`.
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// The endpoint's name, addresses and published ports.
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
     /// The network.
     pub network: String,
     /// Namespace path, or a name under /var/run/netns.
@@ -197,15 +221,9 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             }
         }
         NetworkCommand::Connect(args) => {
-            let request = ConnectRequest {
-                sandbox: netns_arg(&args.netns)?,
-                kind: weft_cnm::model::EndpointKind::Tap,
-                name: args.name,
-                ips: args.ip,
-                aliases: args.alias,
-                ports: args.publish,
-                ..ConnectRequest::default()
-            };
+            let request = args
+                .endpoint
+                .request(netns_arg(&args.netns)?, EndpointKind::Tap);
             let endpoint: Endpoint = client
                 .call(
                     Method::POST,
@@ -507,8 +525,8 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["x", "-p", "8080:80", "--publish", "53:53/udp", "n", "s"])
             .unwrap();
-        assert_eq!(cli.connect.publish.len(), 2);
-        assert_eq!(cli.connect.publish[1].to_string(), "53:53/udp");
+        assert_eq!(cli.connect.endpoint.publish.len(), 2);
+        assert_eq!(cli.connect.endpoint.publish[1].to_string(), "53:53/udp");
         let bad = Cli::try_parse_from(["x", "-p", "80x:80", "n", "s"])
             .err()
             .unwrap()

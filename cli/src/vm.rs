@@ -5,39 +5,27 @@
 //! endpoint's MAC. The guest takes its address, gateway and DNS by DHCP
 //! from the network's gateway.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use hyper::Method;
-use weft_cnm::api::types::ConnectRequest;
-use weft_cnm::model::{Endpoint, EndpointKind, PortMapping};
+use weft_cnm::model::{Endpoint, EndpointKind};
 use weft_vswitch::MacAddr;
 
 use crate::client::Client;
-use crate::network::{endpoint_line, netns_arg, network_path, port_lines};
+use crate::network::{endpoint_line, netns_arg, network_path, port_lines, EndpointArgs};
 
 /// `weft vm NETWORK SOCKET`.
 #[derive(Debug, Args)]
 pub struct VmArgs {
-    /// DNS name of the VM [default: the socket's file name without its
-    /// extension].
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Static address (one IPv4 and/or one IPv6), handed to the guest by
-    /// DHCP.
-    #[arg(long)]
-    pub ip: Vec<IpAddr>,
+    /// The VM's name, addresses (handed to the guest by DHCP) and published
+    /// ports.
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
     /// The guest's MAC [default: 02:42 + its IPv4 address].
     #[arg(long)]
     pub mac: Option<MacAddr>,
-    /// Extra DNS name (repeatable).
-    #[arg(long)]
-    pub alias: Vec<String>,
-    /// Publish a port of the guest: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp].
-    #[arg(long = "publish", short = 'p', value_name = "SPEC")]
-    pub publish: Vec<PortMapping>,
     /// The network (bridge or overlay).
     pub network: String,
     /// Where the daemon listens for the VM (its directory must exist);
@@ -51,16 +39,8 @@ pub async fn run(client: &Client, args: VmArgs) -> Result<()> {
     if !path.starts_with('/') {
         bail!("give the socket's path (with a '/'), such as ./vm1.sock");
     }
-    let request = ConnectRequest {
-        sandbox: path,
-        kind: EndpointKind::Stream,
-        name: args.name,
-        ips: args.ip,
-        mac: args.mac,
-        aliases: args.alias,
-        ports: args.publish,
-        ..ConnectRequest::default()
-    };
+    let mut request = args.endpoint.request(path, EndpointKind::Stream);
+    request.mac = args.mac;
     let endpoint: Endpoint = client
         .call(
             Method::POST,

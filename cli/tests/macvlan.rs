@@ -94,6 +94,20 @@ fn finish(child: &mut std::process::Child, within: Duration) -> String {
     text
 }
 
+/// `weft network create -d DRIVER --subnet P.0/24 [--gateway P.1]
+/// EXTRA... NAME` on `w`, which must succeed.
+fn create_lan_network(w: &World, driver: &str, p: &str, gateway: bool, extra: &[&str], name: &str) {
+    let subnet = format!("{p}.0/24");
+    let router = format!("{p}.1");
+    let mut args = vec!["network", "create", "-d", driver, "--subnet", &subnet];
+    if gateway {
+        args.extend(["--gateway", &router]);
+    }
+    args.extend_from_slice(extra);
+    args.push(name);
+    w.weft_ok(&args);
+}
+
 /// The endpoint's address without its prefix length.
 fn address_of(w: &World, network: &str, ns: &str) -> String {
     World::address(&w.endpoint(network, ns), false)
@@ -116,23 +130,16 @@ fn sandboxes_are_hosts_of_the_lan() {
     let lan = lan(&mut w, 1);
     let p = &lan.prefix;
     let aux = format!("router2={p}.193");
-    w.weft_ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        &format!("{p}.0/24"),
-        "--gateway",
-        &format!("{p}.1"),
+    let range = format!("{p}.192/27");
+    let extra = [
         "--ip-range",
-        &format!("{p}.192/27"),
+        &range,
         "--aux-address",
         &aux,
         "-o",
         "parent=lan0",
-        "lan",
-    ]);
+    ];
+    create_lan_network(&w, "macvlan", p, true, &extra, "lan");
     let details = w.inspect("lan");
     assert_eq!(details["driver"], "macvlan", "{details}");
     assert_eq!(details["aux_addresses"]["router2"], format!("{p}.193"));
@@ -211,23 +218,16 @@ fn private_mode_isolates_the_sandboxes() {
     };
     let lan = lan(&mut w, 2);
     let p = &lan.prefix;
-    w.weft_ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        &format!("{p}.0/24"),
-        "--gateway",
-        &format!("{p}.1"),
+    let range = format!("{p}.64/26");
+    let extra = [
         "--ip-range",
-        &format!("{p}.64/26"),
+        &range,
         "-o",
         "parent=lan0",
         "-o",
         "macvlan_mode=private",
-        "priv",
-    ]);
+    ];
+    create_lan_network(&w, "macvlan", p, true, &extra, "priv");
     let (a, b) = (w.sandbox("a"), w.sandbox("b"));
     w.weft_ok(&["network", "connect", "priv", &a]);
     w.weft_ok(&["network", "connect", "priv", &b]);
@@ -310,19 +310,9 @@ fn vlan_50_is_tagged_on_the_wire_and_spans_two_weft_hosts() {
     ip(&["-n", &lan_ns, "link", "set", "w1", "master", "br0", "up"]);
     ip(&["-n", &w2.host, "link", "set", "lan0", "up"]);
     for (w, range) in [(&w1, "64/27"), (&w2, "96/27")] {
-        w.weft_ok(&[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            &format!("{p}.0/24"),
-            "--ip-range",
-            &format!("{p}.{range}"),
-            "-o",
-            "parent=lan0.50",
-            "v50",
-        ]);
+        let range = format!("{p}.{range}");
+        let extra = ["--ip-range", &range, "-o", "parent=lan0.50"];
+        create_lan_network(w, "macvlan", &p, false, &extra, "v50");
     }
     let mut w2 = w2;
     let a = w1.sandbox("a");
@@ -389,21 +379,9 @@ fn ipvlan_sandboxes_share_the_parents_mac() {
         "routed",
     ]);
     assert!(l3.contains("l2"), "{l3}");
-    w.weft_ok(&[
-        "network",
-        "create",
-        "-d",
-        "ipvlan",
-        "--subnet",
-        &format!("{p}.0/24"),
-        "--gateway",
-        &format!("{p}.1"),
-        "--ip-range",
-        &format!("{p}.128/26"),
-        "-o",
-        "parent=lan0",
-        "wifi",
-    ]);
+    let range = format!("{p}.128/26");
+    let extra = ["--ip-range", &range, "-o", "parent=lan0"];
+    create_lan_network(&w, "ipvlan", p, true, &extra, "wifi");
     let dns = w.inspect("wifi")["options"]["dns_address"]
         .as_str()
         .expect("a DNS address")

@@ -80,6 +80,17 @@ pub enum UplinkMode {
     Private,
 }
 
+/// What a port is to its network.
+#[derive(Debug, Clone, Copy)]
+enum PortRole {
+    /// A sandbox's or VM's.
+    Local,
+    /// A tunnel to another host (overlay).
+    Tunnel,
+    /// The parent's LAN (macvlan, ipvlan).
+    Uplink(UplinkMode),
+}
+
 /// One entry of a network's forwarding table ([`Switch::fdb`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -249,7 +260,7 @@ impl Switch {
     ///
     /// [`TopologyError::UnknownNetwork`] or [`TopologyError::PortExists`].
     pub fn add_port(&mut self, port: PortId, network: NetworkId) -> Result<(), TopologyError> {
-        self.attach_port(port, network, false)
+        self.attach_port(port, network, PortRole::Local)
     }
 
     /// Attach a tunnel port (one remote host of an overlay network).
@@ -262,7 +273,7 @@ impl Switch {
         port: PortId,
         network: NetworkId,
     ) -> Result<(), TopologyError> {
-        self.attach_port(port, network, true)
+        self.attach_port(port, network, PortRole::Tunnel)
     }
 
     /// Attach a macvlan network's uplink (the parent's LAN); a network has
@@ -278,24 +289,14 @@ impl Switch {
         network: NetworkId,
         mode: UplinkMode,
     ) -> Result<(), TopologyError> {
-        if self.ports.contains_key(&port) {
-            return Err(TopologyError::PortExists(port));
-        }
-        let net = self
-            .networks
-            .get_mut(&network)
-            .ok_or(TopologyError::UnknownNetwork(network))?;
-        net.ports.push(port);
-        net.uplink = Some((port, mode));
-        self.ports.insert(port, network);
-        Ok(())
+        self.attach_port(port, network, PortRole::Uplink(mode))
     }
 
     fn attach_port(
         &mut self,
         port: PortId,
         network: NetworkId,
-        tunnel: bool,
+        role: PortRole,
     ) -> Result<(), TopologyError> {
         if self.ports.contains_key(&port) {
             return Err(TopologyError::PortExists(port));
@@ -305,10 +306,12 @@ impl Switch {
             .get_mut(&network)
             .ok_or(TopologyError::UnknownNetwork(network))?;
         net.ports.push(port);
-        if tunnel {
-            self.tunnel_ports.insert(port);
-        } else {
-            net.local_ports.push(port);
+        match role {
+            PortRole::Local => net.local_ports.push(port),
+            PortRole::Tunnel => {
+                self.tunnel_ports.insert(port);
+            }
+            PortRole::Uplink(mode) => net.uplink = Some((port, mode)),
         }
         self.ports.insert(port, network);
         Ok(())
