@@ -208,6 +208,15 @@ fn sandboxes_are_hosts_of_the_lan() {
         counters["rx_frames"].as_u64().unwrap_or(0) > 0,
         "{counters}"
     );
+    // The parent goes down and up again (a cable): the network comes back
+    // with it, without a reconnect.
+    ip(&["-n", &w.host, "link", "set", "lan0", "down"]);
+    assert!(!w.ping(&a, &["-c", "1", "-W", "1", &format!("{p}.10")]));
+    ip(&["-n", &w.host, "link", "set", "lan0", "up"]);
+    assert!(
+        w.ping_eventually(&a, &format!("{p}.10"), Duration::from_secs(10)),
+        "the network did not come back with its parent"
+    );
 }
 
 /// `macvlan_mode=private`: sandboxes reach the LAN but never each other.

@@ -132,7 +132,17 @@ impl PacketPort {
     /// another VLAN's (read again); the socket's error when the parent
     /// went away.
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let received = self.socket.recv(buf)?;
+        let received = match self.socket.recv(buf) {
+            Ok(received) => received,
+            // The parent went down (a cable, `ip link set down`): the
+            // socket says so once; the port waits for it to come back
+            // instead of being removed.
+            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {
+                tracing::warn!(parent = self.socket.name(), "the parent is down");
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Err(e) => return Err(e),
+        };
         if received.len < VNET_HDR_LEN {
             return Ok(received.len);
         }

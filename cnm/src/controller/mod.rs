@@ -297,12 +297,20 @@ impl Controller {
                 }
             }
             let driver = inner.driver(network.driver);
-            driver
-                .create_network(&network)
-                .map_err(|source| ControllerError::Driver {
-                    driver: network.driver,
-                    source,
-                })?;
+            match driver.create_network(&network) {
+                Ok(()) => {}
+                // A parent interface that is gone (a NIC unplugged) costs
+                // its network, not the daemon: the others come back.
+                Err(e) if network.driver.has_uplink() => {
+                    tracing::error!(network = network.name, error = %error_chain(&e), "network not restored: its parent cannot be used; its endpoints stay recorded but detached");
+                }
+                Err(source) => {
+                    return Err(ControllerError::Driver {
+                        driver: network.driver,
+                        source,
+                    })
+                }
+            }
         }
         let endpoints = std::mem::take(&mut inner.state.endpoints);
         for mut endpoint in endpoints {
