@@ -366,7 +366,9 @@ fn vlan_50_is_tagged_on_the_wire_and_spans_two_weft_hosts() {
 /// reached back; the LAN host's neighbour table holds the *parent's* MAC
 /// for a sandbox's address; sandboxes reach each other; the parent host's
 /// own traffic on the same MAC still works; names resolve at weft's DNS
-/// address. Routed modes (l3) are refused with a message.
+/// address; IPv6 too (neighbour discovery translated: the LAN host's IPv6
+/// neighbour entry is the parent's MAC). Routed modes (l3) are refused
+/// with a message.
 #[test]
 fn ipvlan_sandboxes_share_the_parents_mac() {
     let Some(mut w) = World::with_daemon_args(&["--dns-upstream", "192.0.2.53"]) else {
@@ -388,8 +390,23 @@ fn ipvlan_sandboxes_share_the_parents_mac() {
         "routed",
     ]);
     assert!(l3.contains("l2"), "{l3}");
+    // IPv6 on the same LAN: the router and the LAN host get addresses of
+    // fd00:237:4::/64 too.
+    for (ns, host) in [(&lan.router, "1"), (&lan.lanhost, "10")] {
+        let address = format!("fd00:237:4::{host}/64");
+        ip(&["-n", ns, "addr", "add", &address, "dev", "eth0", "nodad"]);
+    }
     let range = format!("{p}.128/26");
-    let extra = ["--ip-range", &range, "-o", "parent=lan0"];
+    let extra = [
+        "--ip-range",
+        &range,
+        "--subnet",
+        "fd00:237:4::/64",
+        "--gateway",
+        "fd00:237:4::1",
+        "-o",
+        "parent=lan0",
+    ];
     create_lan_network(&w, "ipvlan", p, true, &extra, "wifi");
     let dns = w.inspect("wifi")["options"]["dns_address"]
         .as_str()
@@ -422,6 +439,18 @@ fn ipvlan_sandboxes_share_the_parents_mac() {
     w.ping_ok(&a, &["-c", "1", "-W", "3", &b_ip]);
     let answer = w.exec_ok(&a, &["/bin/busybox", "nslookup", "beta.wifi", &dns]);
     assert!(answer.contains(&b_ip), "{answer}");
+    // IPv6: neighbour discovery is translated too.
+    let a_ip6 = World::address(&w.endpoint("wifi", &a), true);
+    w.ping_ok(&a, &["-6", "-c", "2", "-W", "3", "fd00:237:4::10"]);
+    w.ping_ok(&lan.lanhost, &["-6", "-c", "2", "-W", "3", &a_ip6]);
+    w.ping_ok(&b, &["-6", "-c", "1", "-W", "3", "fd00:237:4::1"]);
+    let neighbours6 = w
+        .exec_ok(&lan.lanhost, &["ip", "-6", "neigh", "show", &a_ip6])
+        .to_lowercase();
+    assert!(
+        neighbours6.contains(&parent_mac) && !neighbours6.contains(&a_mac),
+        "LANHOST's IPv6 neighbour entry for {a_ip6} is not the parent's MAC {parent_mac}: {neighbours6}"
+    );
     // The parent host shares the MAC and keeps its own traffic.
     w.ping_ok(&w.host, &["-c", "1", "-W", "3", &format!("{p}.10")]);
 }

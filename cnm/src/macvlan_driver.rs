@@ -367,10 +367,7 @@ impl NetworkDriver for MacvlanDriver {
                     .iter()
                     .flat_map(|e| {
                         let mac = crate::driver::interface_mac(e);
-                        e.addresses.iter().filter_map(move |a| match a.addr() {
-                            std::net::IpAddr::V4(v4) => Some((v4, mac)),
-                            std::net::IpAddr::V6(_) => None,
-                        })
+                        e.addresses.iter().map(move |a| (a.addr(), mac))
                     })
                     .collect();
                 self.bridge

@@ -131,7 +131,7 @@ pub enum Command {
         /// The uplink port.
         port: PortId,
         /// The sandboxes.
-        sandboxes: rustc_hash::FxHashMap<std::net::Ipv4Addr, weft_vswitch::MacAddr>,
+        sandboxes: rustc_hash::FxHashMap<std::net::IpAddr, weft_vswitch::MacAddr>,
     },
     /// Replace the upstream resolvers.
     SetUpstreams(Vec<SocketAddr>),

@@ -193,7 +193,7 @@ impl Datapath {
     pub fn set_uplink_sandboxes(
         &self,
         port: PortId,
-        sandboxes: rustc_hash::FxHashMap<std::net::Ipv4Addr, weft_vswitch::MacAddr>,
+        sandboxes: rustc_hash::FxHashMap<std::net::IpAddr, weft_vswitch::MacAddr>,
     ) -> Result<(), DatapathError> {
         self.send(Command::SetUplinkSandboxes { port, sandboxes })
     }

@@ -26,7 +26,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use weft_vswitch::sys::packet::PacketSocket;
 use weft_vswitch::sys::write_batch::FRAME_BUFFER_LEN;
 
@@ -57,7 +57,7 @@ pub struct PacketPort {
 #[derive(Debug)]
 struct Ipvlan {
     parent: MacAddr,
-    sandboxes: FxHashMap<Ipv4Addr, MacAddr>,
+    sandboxes: FxHashMap<IpAddr, MacAddr>,
     rewritten: Box<[u8]>,
 }
 
@@ -84,7 +84,7 @@ impl PacketPort {
     }
 
     /// An ipvlan network's sandboxes: address → own MAC.
-    pub fn set_sandboxes(&mut self, sandboxes: FxHashMap<Ipv4Addr, MacAddr>) {
+    pub fn set_sandboxes(&mut self, sandboxes: FxHashMap<IpAddr, MacAddr>) {
         if let Some(ipvlan) = &mut self.ipvlan {
             ipvlan.sandboxes = sandboxes;
         }

@@ -207,7 +207,7 @@ impl Taps {
     pub fn set_uplink_sandboxes(
         &mut self,
         id: PortId,
-        sandboxes: FxHashMap<std::net::Ipv4Addr, weft_vswitch::MacAddr>,
+        sandboxes: FxHashMap<std::net::IpAddr, weft_vswitch::MacAddr>,
     ) {
         if let Some(PortIo {
             device: PortDevice::Packet(packet),

@@ -59,7 +59,8 @@ fuzz_target!(|input: Input| {
     assert_eq!(claimant(&probe_frame(prober, address), address, prober), None);
     // ipvlan: out with the parent's MAC, in with the sandbox's.
     let parent = MacAddr([0x02, 0xaa, 0, 0, 0, 1]);
-    let sandboxes: FxHashMap<Ipv4Addr, MacAddr> = [(address, prober)].into_iter().collect();
+    let sandboxes: FxHashMap<std::net::IpAddr, MacAddr> =
+        [(std::net::IpAddr::V4(address), prober)].into_iter().collect();
     let mut out = input.frame.clone();
     ipvlan::to_lan(&mut out, parent);
     if out.len() >= 14 {
