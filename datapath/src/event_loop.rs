@@ -151,7 +151,9 @@ impl Loop {
                 if writable {
                     self.plane.taps.writable(port);
                 }
-                if readable {
+                // Anything but a bare "writable" (readable, an error, a
+                // hang-up) gets the port a read turn, which sees it.
+                if readable || !writable {
                     self.plane.taps.mark_ready(port);
                 }
                 true
