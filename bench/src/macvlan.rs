@@ -7,8 +7,8 @@
 //! macvlan network on `lan0` (10.238.0.21); the kernel's sandbox
 //! `wb-mv-kernel` has a kernel macvlan device on the same `lan0`, bridge
 //! mode (10.238.0.22); and `wb-mv-ipvlan` is on a weft ipvlan network on
-//! the same parent (10.238.0.23; this machine's kernel has no ipvlan to
-//! compare with). Runs alternate between the three: TCP (iperf3, LAN host
+//! the same parent (10.238.1.23, a second subnet of the LAN, which the LAN
+//! host also has; this machine's kernel has no ipvlan to compare with). Runs alternate between the three: TCP (iperf3, LAN host
 //! → sandbox), 64-byte UDP packets per second and ping.
 
 use std::fmt::Write as _;
@@ -67,6 +67,9 @@ fn build(lab: &mut Lab, daemon: &WeftDaemon) -> Result<()> {
         lab.ip(ns, &["link", "set", inside, "up"])?;
     }
     lab.ip(LANHOST, &["addr", "add", "10.238.0.10/24", "dev", "eth0"])?;
+    // The ipvlan network's subnet (a second one on the same LAN: one
+    // subnet belongs to one weft network).
+    lab.ip(LANHOST, &["addr", "add", "10.238.1.10/24", "dev", "eth0"])?;
     // The kernel's macvlan on the same parent.
     lab.ip(
         HOST,
@@ -108,7 +111,36 @@ fn build(lab: &mut Lab, daemon: &WeftDaemon) -> Result<()> {
             WEFT_SANDBOX,
         ],
     )?;
-    for target in ["10.238.0.21", "10.238.0.22"] {
+    // weft's ipvlan on the same parent (no kernel ipvlan here to compare),
+    // on a second subnet of the LAN.
+    daemon.cli_ok(
+        lab,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "--subnet",
+            "10.238.1.0/24",
+            "--gateway",
+            "10.238.1.1",
+            "-o",
+            "parent=lan0",
+            "iv",
+        ],
+    )?;
+    daemon.cli_ok(
+        lab,
+        &[
+            "network",
+            "connect",
+            "--ip",
+            "10.238.1.23",
+            "iv",
+            IPVLAN_SANDBOX,
+        ],
+    )?;
+    for target in ["10.238.0.21", "10.238.0.22", "10.238.1.23"] {
         topology::wait_reachable(lab, LANHOST, target.parse()?)?;
     }
     Ok(())
@@ -137,7 +169,7 @@ pub fn run(options: &MacvlanOptions) -> Result<()> {
     let sides = [
         ("weft macvlan (userspace)", WEFT_SANDBOX, "10.238.0.21"),
         ("kernel macvlan", KERNEL_SANDBOX, "10.238.0.22"),
-        ("weft ipvlan L2 (userspace)", IPVLAN_SANDBOX, "10.238.0.23"),
+        ("weft ipvlan L2 (userspace)", IPVLAN_SANDBOX, "10.238.1.23"),
     ];
     let mut results: Vec<Side> = sides.iter().map(|_| Side::default()).collect();
     for run in 0..options.runs {
