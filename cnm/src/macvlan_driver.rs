@@ -166,13 +166,34 @@ pub fn lan_holder(
     let started = Instant::now();
     let deadline = started + PROBE_WAIT;
     let mut buf = vec![0u8; weft_vswitch::sys::write_batch::FRAME_BUFFER_LEN];
+    let mut claim = |port: &mut PacketPort| -> Option<MacAddr> {
+        // Drain what came, bounded.
+        for _ in 0..256 {
+            match port.recv(&mut buf) {
+                Ok(len) if len > VNET_HDR_LEN => {
+                    if let Some(holder) = claimant(&buf[VNET_HDR_LEN..len], address, prober) {
+                        return Some(holder);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        None
+    };
     let mut probes_sent = 0;
-    // Bounded by the deadline: every pass waits on poll until it.
-    while Instant::now() < deadline {
-        if probes_sent < 2 && Instant::now() >= started + PROBE_WAIT / 2 * probes_sent {
+    // Bounded by the deadline: every pass waits on poll until the next
+    // probe is due or the deadline.
+    loop {
+        let now = Instant::now();
+        if probes_sent < 2 && now >= started + PROBE_WAIT / 2 * probes_sent {
             port.send_parts(&EMPTY, &probe)
                 .map_err(|e| error(format!("sending an ARP probe: {e}")))?;
             probes_sent += 1;
+        }
+        if now >= deadline {
+            break;
         }
         let next = if probes_sent < 2 {
             started + PROBE_WAIT / 2
@@ -188,21 +209,13 @@ pub fn lan_holder(
             Ok(_) => {}
             Err(e) => return Err(error(format!("waiting for ARP answers: {e}"))),
         }
-        // Drain what came, bounded.
-        for _ in 0..256 {
-            match port.recv(&mut buf) {
-                Ok(len) if len > VNET_HDR_LEN => {
-                    if let Some(holder) = claimant(&buf[VNET_HDR_LEN..len], address, prober) {
-                        return Ok(Some(holder));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
+        if let Some(holder) = claim(&mut port) {
+            return Ok(Some(holder));
         }
     }
-    Ok(None)
+    // What came while this thread was not running (a loaded machine) is
+    // read too before the address is called free.
+    Ok(claim(&mut port))
 }
 
 /// The mode of `--opt ipvlan_mode`.
