@@ -352,6 +352,15 @@ fn vlan_50_is_tagged_on_the_wire_and_spans_two_weft_hosts() {
         "VLAN 50 sandboxes on two hosts do not reach each other"
     );
     w2.ping_ok(&b, &["-c", "1", "-W", "3", &a_ip]);
+    // tcpdump may have started late on a loaded machine: ping on (bounded)
+    // until it has its two frames.
+    for _ in 0..20 {
+        if capture.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        w1.ping_ok(&a, &["-c", "1", "-W", "3", &b_ip]);
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let seen = finish(&mut capture, Duration::from_secs(15));
     assert!(
         seen.contains("vlan 50") && seen.contains(&a_ip),
