@@ -26,6 +26,10 @@ pub struct VmArgs {
     /// The guest's MAC [default: 02:42 + its IPv4 address].
     #[arg(long)]
     pub mac: Option<MacAddr>,
+    /// A datagram socket (QEMU `-netdev dgram`, a frame per datagram)
+    /// instead of a stream socket (`-netdev stream`).
+    #[arg(long)]
+    pub dgram: bool,
     /// The network (bridge or overlay).
     pub network: String,
     /// Where the daemon listens for the VM (its directory must exist);
@@ -39,7 +43,12 @@ pub async fn run(client: &Client, args: VmArgs) -> Result<()> {
     if !path.starts_with('/') {
         bail!("give the socket's path (with a '/'), such as ./vm1.sock");
     }
-    let mut request = args.endpoint.request(path, EndpointKind::Stream);
+    let kind = if args.dgram {
+        EndpointKind::Dgram
+    } else {
+        EndpointKind::Stream
+    };
+    let mut request = args.endpoint.request(path, kind);
     request.mac = args.mac;
     let endpoint: Endpoint = client
         .call(
@@ -52,19 +61,31 @@ pub async fn run(client: &Client, args: VmArgs) -> Result<()> {
     for line in port_lines(&endpoint) {
         println!("{line}");
     }
-    println!("{}", qemu_arguments(&endpoint.sandbox, endpoint.mac));
+    println!(
+        "{}",
+        qemu_arguments(&endpoint.sandbox, endpoint.kind, endpoint.mac)
+    );
     Ok(())
 }
 
 /// The QEMU arguments of a guest NIC on the socket at `path`. The MAC
 /// must be the endpoint's: port security lets only it through, and the
-/// gateway's DHCP server knows the guest by it.
-pub fn qemu_arguments(path: &Path, mac: Option<MacAddr>) -> String {
+/// gateway's DHCP server knows the guest by it. A datagram guest binds a
+/// socket of its own beside weft's (`PATH.guest`).
+pub fn qemu_arguments(path: &Path, kind: EndpointKind, mac: Option<MacAddr>) -> String {
     let mac = mac.map(|m| format!(",mac={m}")).unwrap_or_default();
-    format!(
-        "-netdev stream,id=weft0,server=off,addr.type=unix,addr.path={} -device virtio-net-pci,netdev=weft0{mac}",
-        path.display()
-    )
+    let netdev = match kind {
+        EndpointKind::Dgram => format!(
+            "dgram,id=weft0,local.type=unix,local.path={}.guest,remote.type=unix,remote.path={}",
+            path.display(),
+            path.display()
+        ),
+        _ => format!(
+            "stream,id=weft0,server=off,addr.type=unix,addr.path={}",
+            path.display()
+        ),
+    };
+    format!("-netdev {netdev} -device virtio-net-pci,netdev=weft0{mac}")
 }
 
 #[cfg(test)]
@@ -75,8 +96,16 @@ mod tests {
     fn qemu_arguments_name_the_socket_and_the_mac() {
         let mac: MacAddr = "02:42:0a:00:00:05".parse().unwrap();
         assert_eq!(
-            qemu_arguments(Path::new("/run/user/1000/vm1.sock"), Some(mac)),
+            qemu_arguments(
+                Path::new("/run/user/1000/vm1.sock"),
+                EndpointKind::Stream,
+                Some(mac)
+            ),
             "-netdev stream,id=weft0,server=off,addr.type=unix,addr.path=/run/user/1000/vm1.sock -device virtio-net-pci,netdev=weft0,mac=02:42:0a:00:00:05"
+        );
+        assert_eq!(
+            qemu_arguments(Path::new("/run/vm2.sock"), EndpointKind::Dgram, None),
+            "-netdev dgram,id=weft0,local.type=unix,local.path=/run/vm2.sock.guest,remote.type=unix,remote.path=/run/vm2.sock -device virtio-net-pci,netdev=weft0"
         );
     }
 }

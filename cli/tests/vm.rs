@@ -336,6 +336,11 @@ impl Guest {
     /// Boot `kit` with its NIC on the stream socket `socket` and `mac`.
     fn boot(kit: &GuestKit, socket: &str, mac: &str) -> Guest {
         let netdev = format!("stream,id=n0,server=off,addr.type=unix,addr.path={socket}");
+        Guest::boot_on(kit, &netdev, mac)
+    }
+
+    /// Boot `kit` with its NIC on the QEMU netdev `netdev` (id `n0`).
+    fn boot_on(kit: &GuestKit, netdev: &str, mac: &str) -> Guest {
         let device = format!("virtio-net-pci,netdev=n0,mac={mac},romfile=");
         let mut child = Command::new("timeout")
             .args([
@@ -353,7 +358,7 @@ impl Guest {
             .arg("-initrd")
             .arg(&kit.initrd)
             .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .args(["-netdev", &netdev, "-device", &device])
+            .args(["-netdev", netdev, "-device", &device])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -635,5 +640,50 @@ fn two_qemu_guests_reach_each_other_and_a_restarted_one_reconnects() {
     assert_eq!(
         again.wait_for("WEFT-REACHED"),
         format!("one.pair {one_address}")
+    );
+}
+
+/// `weft vm --dgram`: the guest's NIC on a datagram socket (QEMU
+/// `-netdev dgram`, a frame per datagram); it takes its lease and reaches a
+/// sandbox by name, which pings it back; inspect shows the kind.
+#[test]
+fn a_qemu_guest_on_a_datagram_endpoint_reaches_a_sandbox() {
+    let Some(mut w) = vm_world() else {
+        return;
+    };
+    let Some(kit) = GuestKit::build(&w.dir.clone(), "dgram", &guest_init("web.dgnet")) else {
+        return;
+    };
+    w.weft_ok(&["network", "create", "--subnet", "10.236.6.0/24", "dgnet"]);
+    let web = w.sandbox("web");
+    w.weft_ok(&["network", "connect", "--name", "web", "dgnet", &web]);
+    let socket = format!("{}/dg.sock", w.dir.display());
+    let printed = w.weft_ok(&["vm", "--dgram", "dgnet", &socket]);
+    assert!(printed.contains("-netdev dgram,"), "{printed}");
+    let endpoint = w
+        .endpoints("dgnet")
+        .into_iter()
+        .find(|e| e["name"] == "dg")
+        .expect("the VM's endpoint");
+    assert_eq!(endpoint["kind"], "dgram", "{endpoint}");
+    let mac = endpoint["mac"].as_str().expect("a MAC").to_owned();
+    let address = World::address(&endpoint, false);
+    let netdev = format!(
+        "dgram,id=n0,local.type=unix,local.path={socket}.guest,remote.type=unix,remote.path={socket}"
+    );
+    let mut guest = Guest::boot_on(&kit, &netdev, &mac);
+    let lease = guest.wait_for("WEFT-LEASE");
+    assert!(lease.contains(&format!("ip={address} ")), "{lease}");
+    let web_address = World::address(&w.endpoint("dgnet", &web), false);
+    assert_eq!(
+        guest.wait_for("WEFT-REACHED"),
+        format!("web.dgnet {web_address}")
+    );
+    guest.wait_for("WEFT-READY");
+    w.ping_ok(&web, &["-c", "2", "-W", "3", &address]);
+    w.weft_ok(&["network", "disconnect", "dgnet", &socket]);
+    assert!(
+        !Path::new(&socket).exists(),
+        "the socket goes with the endpoint"
     );
 }

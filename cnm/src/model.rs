@@ -196,6 +196,9 @@ pub enum EndpointKind {
     /// A Unix stream socket a VM connects to (QEMU `-netdev stream`,
     /// 4-byte length-prefixed frames): `weft vm`.
     Stream,
+    /// A Unix datagram socket a VM sends to, a frame per datagram (QEMU
+    /// `-netdev dgram`): `weft vm --dgram`.
+    Dgram,
 }
 
 impl EndpointKind {
@@ -204,7 +207,14 @@ impl EndpointKind {
         match self {
             EndpointKind::Tap => "tap",
             EndpointKind::Stream => "stream",
+            EndpointKind::Dgram => "dgram",
         }
+    }
+
+    /// Whether the endpoint's port is a VM's socket (at the path in its
+    /// `sandbox`) rather than a TAP.
+    pub const fn is_vm_socket(self) -> bool {
+        matches!(self, EndpointKind::Stream | EndpointKind::Dgram)
     }
 }
 

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | sandboxes' TAPs | [`taps`], read and written by [`frames`], limited by [`shaper`] | `weft_vswitch::Switch`, `weft_vswitch::rate` |
 //! | VMs' stream sockets (listener, connection) | [`stream_port`], behind [`taps`] | `weft_vswitch::wire::stream`, `weft_vswitch::gso` |
+//! | VMs' datagram sockets | [`dgram_port`], behind [`taps`] | `weft_vswitch::gso` |
 //! | a macvlan network's parent (packet socket) | [`packet_port`], behind [`taps`] | `weft_vswitch::wire::vlan`, the switch's uplink |
 //! | the overlay's transport | [`tunnel`] (and [`frames`] for receive) | `weft_overlay::VtepTable`, `weft_overlay::Transport` |
 //! | NAT flow sockets (UDP, ping) | [`nat`] | `weft_services::nat` |
@@ -54,6 +55,7 @@
 
 pub mod capture;
 pub mod command;
+pub mod dgram_port;
 pub mod event_loop;
 pub mod frames;
 pub mod handle;

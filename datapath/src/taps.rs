@@ -40,6 +40,7 @@ use weft_vswitch::sys::tap::Tap;
 use weft_vswitch::wire::vnet::VNET_HDR_LEN;
 use weft_vswitch::{BandwidthLimit, DropReason, PortCounters, PortId};
 
+use crate::dgram_port::DgramPort;
 use crate::packet_port::PacketPort;
 use crate::shaper::{Offer, Shaper};
 use crate::stream_port::{Sent, StreamPort};
@@ -59,6 +60,8 @@ pub enum PortDevice {
     Stream(Box<StreamPort>),
     /// A macvlan network's parent LAN (a packet socket).
     Packet(Box<PacketPort>),
+    /// A VM's datagram socket (QEMU `-netdev dgram`).
+    Dgram(Box<DgramPort>),
 }
 
 impl PortDevice {
@@ -74,6 +77,7 @@ impl PortDevice {
             PortDevice::Tap(tap) => tap.recv(buffer),
             PortDevice::Stream(stream) => stream.recv(buffer),
             PortDevice::Packet(packet) => packet.recv(buffer),
+            PortDevice::Dgram(dgram) => dgram.recv(buffer),
         }
     }
 
@@ -84,6 +88,7 @@ impl PortDevice {
             PortDevice::Tap(tap) => Some(tap.as_raw_fd()),
             PortDevice::Stream(_) => None,
             PortDevice::Packet(packet) => packet.batch_fd(),
+            PortDevice::Dgram(_) => None,
         }
     }
 }
@@ -133,6 +138,10 @@ impl Taps {
                     "uplink port attached"
                 );
                 registry.register(&mut SourceFd(&raw), token, Interest::READABLE)
+            }
+            PortDevice::Dgram(dgram) => {
+                tracing::debug!(port = id.0, path = %dgram.path().display(), "datagram port attached");
+                dgram.register(registry, token)
             }
             PortDevice::Stream(stream) => {
                 let listener = tokens.insert(Source::StreamListener(id));
@@ -186,6 +195,7 @@ impl Taps {
             PortDevice::Packet(packet) => {
                 let _ = registry.deregister(&mut SourceFd(&packet.poll_fd()));
             }
+            PortDevice::Dgram(dgram) => dgram.deregister(registry),
         }
         tokens.remove(io.token);
         Some(io.device)
@@ -377,6 +387,7 @@ fn write_parts(port: PortId, io: &mut PortIo, header: &[u8; VNET_HDR_LEN], frame
         PortDevice::Packet(packet) => packet.send_parts(header, frame).map(drop).map_err(|e| {
             tracing::trace!(port = port.0, error = %e, "parent write failed");
         }),
+        PortDevice::Dgram(dgram) => dgram.send_parts(header, frame).then_some(()).ok_or(()),
     };
     match sent {
         Ok(()) => io.counters.count_tx(frame.len()),

@@ -13,7 +13,7 @@ use weft_vswitch::MacAddr;
 use weft_overlay::{ClusterNetworkId, EndpointRecord};
 
 use crate::api::types::{ConnectRequest, DisconnectRequest};
-use crate::model::{DriverKind, Endpoint, EndpointKind, Network, PortMappingError};
+use crate::model::{DriverKind, Endpoint, Network, PortMappingError};
 use crate::resolv_conf;
 use crate::store::PendingAttach;
 
@@ -47,7 +47,7 @@ impl Controller {
         network_name: &str,
         request: ConnectRequest,
     ) -> Result<Endpoint, ControllerError> {
-        let stream = request.kind == EndpointKind::Stream;
+        let stream = request.kind.is_vm_socket();
         let sandbox = if request.docker.is_some() {
             // Docker's sandbox key: the namespace is made after the join,
             // and Docker moves the TAP there itself.
@@ -118,7 +118,7 @@ impl Controller {
                 .state
                 .endpoints
                 .iter()
-                .find(|e| e.kind == EndpointKind::Stream && e.sandbox == sandbox)
+                .find(|e| e.kind.is_vm_socket() && e.sandbox == sandbox)
             {
                 return Err(ControllerError::AlreadyConnected {
                     network: e.network.clone(),
@@ -489,7 +489,7 @@ impl Controller {
 fn pending_attach(network: &Network, endpoint: &Endpoint) -> Option<PendingAttach> {
     // A stream endpoint makes nothing in a namespace: its socket is
     // bound again (or its stale file removed) by the next start.
-    if !network.driver.has_interfaces() || endpoint.kind == EndpointKind::Stream {
+    if !network.driver.has_interfaces() || endpoint.kind.is_vm_socket() {
         return None;
     }
     let netns = if endpoint.docker.is_some() {

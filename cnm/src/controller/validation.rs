@@ -271,7 +271,10 @@ pub(super) fn validate_socket_path(path: &Path) -> Result<(), ControllerError> {
         Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
             // Probing a socket weft itself listens on would replace the
             // VM's connection: the caller checks its own endpoints first.
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            let datagram_live = std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|probe| probe.connect(path))
+                .is_ok();
+            if std::os::unix::net::UnixStream::connect(path).is_ok() || datagram_live {
                 Err(invalid(
                     "another program listens on it: stop it or choose another path",
                 ))

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use weft_datapath::dgram_port::DgramPort;
 use weft_datapath::published::{HostListener, PublishError};
 use weft_datapath::stream_port::StreamPort;
 use weft_datapath::taps::PortDevice;
@@ -18,22 +19,39 @@ use super::error::DriverError;
 /// already there is stale (the controller refused live ones, and after a
 /// restart it is this endpoint's own from the last run): it is replaced.
 pub(super) fn bind_stream_port(path: &Path) -> Result<StreamPort, DriverError> {
-    let error = |source| DriverError::StreamSocket {
-        path: path.to_owned(),
-        source,
-    };
+    remove_stale_socket(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(socket_error(path))?;
+    StreamPort::new(listener, path.to_owned()).map_err(socket_error(path))
+}
+
+/// Bind a VM's datagram socket at `path` and make it a port; a stale
+/// socket file is replaced as for a stream socket.
+pub(super) fn bind_dgram_port(path: &Path) -> Result<DgramPort, DriverError> {
+    remove_stale_socket(path)?;
+    let socket = std::os::unix::net::UnixDatagram::bind(path).map_err(socket_error(path))?;
+    DgramPort::new(socket, path.to_owned()).map_err(socket_error(path))
+}
+
+/// Remove a socket file left at `path` (never another kind of file).
+fn remove_stale_socket(path: &Path) -> Result<(), DriverError> {
     if std::fs::symlink_metadata(path)
         .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
     {
-        std::fs::remove_file(path).map_err(error)?;
+        std::fs::remove_file(path).map_err(socket_error(path))?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(error)?;
-    StreamPort::new(listener, path.to_owned()).map_err(error)
+    Ok(())
+}
+
+fn socket_error(path: &Path) -> impl Fn(std::io::Error) -> DriverError + '_ {
+    move |source| DriverError::StreamSocket {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What is left of a port's device once it is off the switch: a TAP stops
 /// being persistent (the interface disappears from the sandbox when this
-/// last fd closes); a stream socket's file is removed.
+/// last fd closes); a VM socket's file is removed.
 pub(super) fn release_device(device: PortDevice) {
     match device {
         PortDevice::Tap(tap) => {
@@ -41,13 +59,16 @@ pub(super) fn release_device(device: PortDevice) {
                 tracing::warn!(ifname = tap.name(), error = %e, "could not clear TAP persistence");
             }
         }
-        PortDevice::Stream(stream) => {
-            if let Err(e) = std::fs::remove_file(stream.path()) {
-                tracing::warn!(path = %stream.path().display(), error = %e, "could not remove the VM's socket");
-            }
-        }
+        PortDevice::Stream(stream) => remove_vm_socket(stream.path()),
+        PortDevice::Dgram(dgram) => remove_vm_socket(dgram.path()),
         // Its socket closes here (and with it the promiscuous mode).
         PortDevice::Packet(_) => {}
+    }
+}
+
+fn remove_vm_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove the VM's socket");
     }
 }
 

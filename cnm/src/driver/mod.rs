@@ -55,7 +55,7 @@ mod host_sockets;
 
 pub use error::DriverError;
 
-use host_sockets::{bind_published_ports, bind_stream_port, release_device};
+use host_sockets::{bind_dgram_port, bind_published_ports, bind_stream_port, release_device};
 
 /// One remote host's tunnel port of an overlay network, with its counters:
 /// rx is what came from that host, tx what went to it.
@@ -789,6 +789,11 @@ impl NetworkDriver for BridgeDriver {
             (
                 String::new(),
                 PortDevice::Stream(Box::new(bind_stream_port(&endpoint.sandbox)?)),
+            )
+        } else if endpoint.kind == EndpointKind::Dgram {
+            (
+                String::new(),
+                PortDevice::Dgram(Box::new(bind_dgram_port(&endpoint.sandbox)?)),
             )
         } else {
             let (ifname, tap) = self.make_tap(network, endpoint, mac, restoring)?;
