@@ -198,6 +198,17 @@ fn sandboxes_are_hosts_of_the_lan() {
     // The parent host: its own traffic on the LAN works, its sandboxes
     // are not reached from it (the kernel's macvlan does the same).
     w.ping_ok(&w.host, &["-c", "1", "-W", "3", &format!("{p}.1")]);
+    // Inspect shows the parent's port: what it took from and put on the
+    // LAN, and the LAN's other traffic (the host's ping) as not ours.
+    let uplink = w.inspect("lan")["uplink"].clone();
+    assert_eq!(uplink["parent"], "lan0", "{uplink}");
+    let counters = &uplink["counters"];
+    assert!(
+        counters["rx_frames"].as_u64().unwrap_or(0) > 0
+            && counters["tx_frames"].as_u64().unwrap_or(0) > 0
+            && counters["drops"]["not_ours"].as_u64().unwrap_or(0) > 0,
+        "{uplink}"
+    );
     assert!(
         !w.ping(&w.host, &["-c", "1", "-W", "1", &a_ip]),
         "the parent host reached its macvlan sandbox"

@@ -60,7 +60,7 @@ use weft_vswitch::sys::packet::PacketSocket;
 use weft_vswitch::wire::arp_probe::{claimant, probe_frame};
 use weft_vswitch::wire::vlan::MAX_VID;
 use weft_vswitch::wire::vnet::{EMPTY, VNET_HDR_LEN};
-use weft_vswitch::{MacAddr, PortId, UplinkMode};
+use weft_vswitch::{MacAddr, PortCounters, PortId, UplinkMode};
 
 use crate::driver::{BridgeDriver, DriverError, NetworkDriver};
 use crate::model::{DriverKind, Endpoint, Network};
@@ -233,14 +233,22 @@ pub fn parse_ipvlan_mode(value: &str) -> Result<(), String> {
     }
 }
 
+/// A network's uplink port.
+#[derive(Debug)]
+struct Uplink {
+    port: PortId,
+    counters: Arc<PortCounters>,
+    parent: String,
+}
+
 /// See the module header.
 #[derive(Debug)]
 pub struct MacvlanDriver {
     bridge: Arc<BridgeDriver>,
     /// `Macvlan` or `Ipvlan`.
     kind: DriverKind,
-    /// Each network's uplink port.
-    uplinks: Mutex<HashMap<String, PortId>>,
+    /// Each network's uplink port, its counters and its parent.
+    uplinks: Mutex<HashMap<String, Uplink>>,
 }
 
 impl MacvlanDriver {
@@ -314,7 +322,7 @@ impl NetworkDriver for MacvlanDriver {
             .switch_network(&network.name)
             .ok_or_else(|| DriverError::UnknownNetwork(network.name.clone()))?;
         let device = PortDevice::Packet(Box::new(port));
-        let (port, _) = match self.bridge.datapath().add_uplink(network_id, device, mode) {
+        let (port, counters) = match self.bridge.datapath().add_uplink(network_id, device, mode) {
             Ok(added) => added,
             Err(e) => {
                 let _ = self.bridge.delete_network(network);
@@ -324,7 +332,14 @@ impl NetworkDriver for MacvlanDriver {
         self.uplinks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(network.name.clone(), port);
+            .insert(
+                network.name.clone(),
+                Uplink {
+                    port,
+                    counters,
+                    parent: value.clone(),
+                },
+            );
         tracing::info!(network = network.name, parent = parent.interface, vlan = ?parent.vlan, mode = ?mode, "network on its parent's LAN");
         Ok(())
     }
@@ -363,6 +378,15 @@ impl NetworkDriver for MacvlanDriver {
         self.bridge.counters(endpoint)
     }
 
+    fn uplink(&self, network: &Network) -> Option<crate::driver::UplinkDetails> {
+        let uplinks = self.uplinks.lock().unwrap_or_else(PoisonError::into_inner);
+        let uplink = uplinks.get(&network.name)?;
+        Some(crate::driver::UplinkDetails {
+            parent: uplink.parent.clone(),
+            counters: uplink.counters.snapshot(),
+        })
+    }
+
     fn endpoints_changed(
         &self,
         network: &Network,
@@ -374,7 +398,7 @@ impl NetworkDriver for MacvlanDriver {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&network.name)
-                .copied();
+                .map(|uplink| uplink.port);
             if let Some(port) = port {
                 let sandboxes = endpoints
                     .iter()

@@ -137,6 +137,9 @@ pub struct NetworkDetails {
     /// Overlay: its endpoints on the other hosts (cluster directory).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote_endpoints: Vec<crate::driver::RemoteEndpointDetails>,
+    /// macvlan, ipvlan: the parent's LAN and its port's counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<crate::driver::UplinkDetails>,
     /// The Docker networks (Docker's ids) that are this network, made or
     /// joined through the Docker plugin.
     #[serde(skip_serializing_if = "Vec::is_empty")]

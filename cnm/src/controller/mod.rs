@@ -402,15 +402,20 @@ impl Controller {
             .collect();
         let tunnel = driver.tunnel_counters(&network);
         let remote_endpoints = driver.remote_endpoints(&network);
+        let uplink = driver.uplink(&network);
         let docker_networks = inner.state.docker.networks_of(name);
         let nat = driver.nat_stats(&network).map(Into::into);
-        let outbound_icmp_echo = (network.driver.has_interfaces() && !network.internal)
-            .then(|| weft_datapath::nat::icmp_echo_support().describe());
+        // A network with a way out through weft's NAT (not one whose
+        // gateway is a LAN's router).
+        let outbound_icmp_echo =
+            (network.driver.has_interfaces() && !network.internal && !network.driver.has_uplink())
+                .then(|| weft_datapath::nat::icmp_echo_support().describe());
         Ok(NetworkDetails {
             network,
             endpoints,
             tunnel,
             remote_endpoints,
+            uplink,
             docker_networks,
             nat,
             outbound_icmp_echo,

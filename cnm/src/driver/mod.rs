@@ -57,6 +57,17 @@ pub use error::DriverError;
 
 use host_sockets::{bind_dgram_port, bind_published_ports, bind_stream_port, release_device};
 
+/// A macvlan or ipvlan network's parent, as `inspect` shows it: what its
+/// port took from the LAN (rx), put on it (tx), and dropped (`not_ours`:
+/// the LAN's other traffic).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UplinkDetails {
+    /// The parent interface (with `.VID` for a VLAN).
+    pub parent: String,
+    /// Its port's counters.
+    pub counters: PortCountersSnapshot,
+}
+
 /// One remote host's tunnel port of an overlay network, with its counters:
 /// rx is what came from that host, tx what went to it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -184,6 +195,11 @@ pub trait NetworkDriver: Send + Sync {
     /// The network's endpoints on other hosts (overlay only).
     fn remote_endpoints(&self, _network: &Network) -> Vec<RemoteEndpointDetails> {
         Vec::new()
+    }
+
+    /// The network's parent LAN and its port's counters (macvlan, ipvlan).
+    fn uplink(&self, _network: &Network) -> Option<UplinkDetails> {
+        None
     }
 
     /// What the NAT holds and refused for the network (networks with a
