@@ -434,7 +434,8 @@ impl Drop for Guest {
 
 /// The guest's `/init`: load the virtio modules, take a DHCP lease and
 /// print it, then resolve `peer` with the lease's DNS server and ping it
-/// (retrying while the peer boots), then wait to be pinged.
+/// (retrying while the peer boots), then answer `weft-vm-hello` on TCP
+/// port 8080 and wait to be pinged.
 fn guest_init(peer: &str) -> String {
     let modules = GUEST_MODULES.join(" ");
     format!(
@@ -474,6 +475,7 @@ while [ $i -lt 60 ]; do
   sleep 1
 done
 [ $i -lt 60 ] || echo "WEFT-UNREACHABLE {peer} $addr"
+(while true; do echo weft-vm-hello | nc -l -p 8080 >/dev/null 2>&1; done) &
 echo "WEFT-READY"
 sleep 600
 "#
@@ -481,11 +483,13 @@ sleep 600
 }
 
 /// A QEMU guest (TCG, a Debian kernel, busybox) on a stream endpoint made
-/// by `weft vm`: the endpoint outlives a daemon restart (its socket is
-/// bound again), the guest takes its lease by DHCP (address, router, DNS,
-/// its name, the network's MTU), resolves a sandbox by name and pings it,
-/// and the sandbox pings the guest and resolves its name. `network
-/// inspect` shows the endpoint as a `stream`, and its counters move.
+/// by `weft vm -p 0:8080`: the endpoint outlives a daemon restart (its
+/// socket is bound again), the guest takes its lease by DHCP (address,
+/// router, DNS, its name, the network's MTU), resolves a sandbox by name
+/// and pings it, the sandbox pings the guest and resolves its name, and a
+/// client outside reaches the guest's server through the published port.
+/// `network inspect` shows the endpoint as a `stream`, and its counters
+/// move.
 #[test]
 fn a_qemu_guest_on_a_stream_endpoint_takes_a_lease_and_reaches_a_sandbox() {
     let Some(mut w) = vm_world() else {
@@ -507,8 +511,14 @@ fn a_qemu_guest_on_a_stream_endpoint_takes_a_lease_and_reaches_a_sandbox() {
     w.weft_ok(&["network", "connect", "--name", "web", "vmnet", &web]);
     let socket = w.dir.join("vm1.sock");
     let socket = socket.to_str().expect("utf-8 path").to_owned();
-    let printed = w.weft_ok(&["vm", "vmnet", &socket]);
+    let printed = w.weft_ok(&["vm", "-p", "0:8080", "vmnet", &socket]);
     assert!(printed.contains("name vm1"), "{printed}");
+    let host_port = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("8080/tcp -> 0.0.0.0:"))
+        .unwrap_or_else(|| panic!("no published port in: {printed}"))
+        .trim()
+        .to_owned();
     assert!(
         printed.contains(&format!("addr.path={socket}"))
             && printed.contains("-device virtio-net-pci"),
@@ -568,6 +578,23 @@ fn a_qemu_guest_on_a_stream_endpoint_takes_a_lease_and_reaches_a_sandbox() {
         &["/bin/busybox", "nslookup", "vm1.vmnet", "10.236.4.1"],
     );
     assert!(answer.contains(&address), "{answer}");
+    // -p on weft vm: a client outside reaches the guest's server through
+    // the published port (kept across the daemon's restart above).
+    let client = w.client_namespace();
+    let target = format!("TCP:{}:{host_port},connect-timeout=5", common::HOST_ADDR);
+    let mut served = String::new();
+    for _ in 0..20 {
+        let out = w.exec(&client, &["socat", "-u", &target, "-"]);
+        served = common::stdout(&out);
+        if served.contains("weft-vm-hello") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        served.contains("weft-vm-hello"),
+        "the guest's server via -p: {served:?}"
+    );
     let counters = vm_endpoint(&w.inspect("vmnet"))["counters"].clone();
     assert!(
         counters["rx_frames"].as_u64().unwrap_or(0) >= 4
