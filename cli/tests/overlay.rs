@@ -1451,3 +1451,47 @@ fn one_host_shows_the_endpoints_of_the_others() {
     }
     panic!("h1's page lacks one of {facts:?}:\n{last}\n{}", c.logs());
 }
+
+/// (v) VMs are ports of overlay networks too: a QEMU guest on host 1's
+/// stream endpoint (`weft vm`) takes its lease from host 1's gateway
+/// (the overlay's MTU included), resolves a sandbox on host 2 by name and
+/// pings it across the tunnel, and that sandbox pings the guest back.
+#[test]
+fn a_vm_on_an_overlay_network_reaches_a_sandbox_on_another_host() {
+    let Some(mut c) = Cluster::new(2, |_| None) else {
+        return;
+    };
+    let Some(kit) = common::guest::GuestKit::build(
+        &c.dir.clone(),
+        "ovguest",
+        &common::guest::guest_init("b.ovm"),
+    ) else {
+        return;
+    };
+    c.create_overlay("ovm", "10.232.9.0/24", &[]);
+    let b = c.sandbox("b");
+    let b_addr = c.hosts[1].connect("ovm", &b, "b");
+    let socket = format!("{}/ovm-vm.sock", c.dir.display());
+    c.hosts[0].weft_ok(&["vm", "--name", "vm", "ovm", &socket]);
+    let details = c.hosts[0].inspect("ovm");
+    let vm = details["endpoints"]
+        .as_array()
+        .and_then(|eps| eps.iter().find(|e| e["name"] == "vm"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no vm endpoint: {details:#}"));
+    let mac = vm["mac"].as_str().expect("a MAC").to_owned();
+    let vm_addr = vm["addresses"][0]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("an address")
+        .to_owned();
+    let mut guest = common::guest::Guest::boot(&kit, &socket, &mac);
+    let lease = guest.wait_for("WEFT-LEASE");
+    assert!(
+        lease.contains(&format!("ip={vm_addr} ")) && lease.contains("mtu=1450"),
+        "{lease}"
+    );
+    assert_eq!(guest.wait_for("WEFT-REACHED"), format!("b.ovm {b_addr}"));
+    guest.wait_for("WEFT-READY");
+    c.ping_ok(&b, &vm_addr);
+}

@@ -18,6 +18,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod guest;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
