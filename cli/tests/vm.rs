@@ -337,6 +337,12 @@ fn a_qemu_guest_on_a_stream_endpoint_takes_a_lease_and_reaches_a_sandbox() {
         &["/bin/busybox", "nslookup", "vm1.vmnet", "10.236.4.1"],
     );
     assert!(answer.contains(&address), "{answer}");
+    // The host name the guest asked for in its DHCP request names it too.
+    let asked = w.exec_ok(
+        &web,
+        &["/bin/busybox", "nslookup", "guest.vmnet", "10.236.4.1"],
+    );
+    assert!(asked.contains(&address), "{asked}");
     // -p on weft vm: a client outside reaches the guest's server through
     // the published port (kept across the daemon's restart above).
     let client = w.client_namespace();

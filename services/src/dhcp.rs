@@ -166,6 +166,12 @@ pub struct DhcpCounters {
 pub struct DhcpServer {
     scopes: FxHashMap<NetworkId, Scope>,
     counters: DhcpCounters,
+    /// Host names clients asked for (option 12 in an acknowledged
+    /// REQUEST), by network and leased address: extra DNS names for them
+    /// (see [`DhcpServer::claimed_names`]).
+    claims: FxHashMap<NetworkId, std::collections::BTreeMap<Ipv4Addr, String>>,
+    /// Networks whose claims changed since [`DhcpServer::take_changed`].
+    changed: Vec<NetworkId>,
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +189,14 @@ impl DhcpServer {
 
     /// Replace what the server knows of `network`.
     pub fn set_scope(&mut self, network: NetworkId, scope: DhcpScope) {
+        // A name a client asked for goes with its lease.
+        if let Some(names) = self.claims.get_mut(&network) {
+            let before = names.len();
+            names.retain(|address, _| scope.leases.iter().any(|l| l.address == *address));
+            if names.len() != before {
+                self.changed.push(network);
+            }
+        }
         let leases = scope.leases.into_iter().map(|l| (l.mac, l)).collect();
         self.scopes.insert(
             network,
@@ -197,6 +211,21 @@ impl DhcpServer {
     /// Forget a network.
     pub fn remove_scope(&mut self, network: NetworkId) {
         self.scopes.remove(&network);
+        self.claims.remove(&network);
+    }
+
+    /// The host names the clients of `network` asked for: leased address →
+    /// name (a valid host name, lower case, one label).
+    pub fn claimed_names(
+        &self,
+        network: NetworkId,
+    ) -> Option<&std::collections::BTreeMap<Ipv4Addr, String>> {
+        self.claims.get(&network)
+    }
+
+    /// The networks whose claimed names changed since the last call.
+    pub fn take_changed(&mut self) -> Vec<NetworkId> {
+        std::mem::take(&mut self.changed)
     }
 
     /// The counters.
@@ -259,7 +288,18 @@ impl DhcpServer {
                     Some(lease) if wanted == lease.address => {
                         self.counters.acks += 1;
                         tracing::debug!(mac = %source, address = %lease.address, "DHCP ack");
-                        Some(answer(&request, scope?, lease, MessageType::Ack))
+                        let reply = answer(&request, scope?, lease, MessageType::Ack);
+                        if let Some(name) = requested_hostname(payload) {
+                            if name != lease.hostname.to_ascii_lowercase() {
+                                let names = self.claims.entry(network).or_default();
+                                if names.get(&lease.address) != Some(&name) {
+                                    tracing::info!(address = %lease.address, name, "DHCP client names itself");
+                                    names.insert(lease.address, name);
+                                    self.changed.push(network);
+                                }
+                            }
+                        }
+                        Some(reply)
                     }
                     _ => {
                         self.counters.naks += 1;
@@ -370,6 +410,33 @@ fn sanitize(payload: &[u8]) -> Option<Vec<u8>> {
     out.push(255);
     Some(out)
 }
+
+/// The host name a client sends (option 12), when it is one DNS label
+/// (RFC 1123 letters, digits, hyphens), lower-cased; a name with dots is
+/// not taken (it would name something outside the network).
+fn requested_hostname(payload: &[u8]) -> Option<String> {
+    let mut rest = payload.get(MAGIC_OFFSET + 4..)?;
+    // Bounded: every pass consumes at least one byte.
+    loop {
+        match rest {
+            [] | [255, ..] => return None,
+            [0, tail @ ..] => rest = tail,
+            [code, len, tail @ ..] => {
+                let value = tail.get(..usize::from(*len))?;
+                if *code == HOSTNAME_OPTION {
+                    let name = std::str::from_utf8(value).ok()?.trim_end_matches('\0');
+                    let name = name.to_ascii_lowercase();
+                    return (is_hostname(&name) && !name.contains('.')).then_some(name);
+                }
+                rest = &tail[usize::from(*len)..];
+            }
+            [_] => return None,
+        }
+    }
+}
+
+/// Option 12, Host Name.
+const HOSTNAME_OPTION: u8 = 12;
 
 /// Decode a client's request; None unless it is a well-formed BOOTREQUEST
 /// from an Ethernet client, not relayed.

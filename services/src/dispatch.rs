@@ -144,6 +144,9 @@ pub enum Egress {
 pub struct GatewayServices {
     dns: DnsServer,
     dhcp: DhcpServer,
+    /// Each network's zone as the controller last gave it (see
+    /// `apply_zone`).
+    zones: FxHashMap<NetworkId, Zone>,
     nat: Nat,
     tcp: TcpNat,
     stacks: FxHashMap<NetworkId, DnsTcp>,
@@ -194,6 +197,7 @@ impl GatewayServices {
         GatewayServices {
             dns: DnsServer::new(config),
             dhcp: DhcpServer::new(),
+            zones: FxHashMap::default(),
             nat: Nat::new(NatConfig {
                 max_flows: capacity,
                 udp_idle: limits.udp_idle,
@@ -320,6 +324,37 @@ impl GatewayServices {
 
     /// Set the names a network's sandboxes can resolve.
     pub fn set_zone(&mut self, network: NetworkId, zone: Zone) {
+        self.zones.insert(network, zone);
+        self.apply_zone(network);
+    }
+
+    /// Serve `network`'s zone as the controller gave it, plus the host
+    /// names its DHCP clients asked for: each as an alias of the endpoint
+    /// that holds the leased address, unless the zone already has the name
+    /// (an endpoint's name or alias always wins over a client's wish).
+    fn apply_zone(&mut self, network: NetworkId) {
+        let Some(zone) = self.zones.get(&network) else {
+            return;
+        };
+        let mut zone = zone.clone();
+        if let Some(claims) = self.dhcp.claimed_names(network) {
+            for (address, name) in claims {
+                let taken = zone.entries.iter().any(|e| {
+                    e.name.eq_ignore_ascii_case(name)
+                        || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+                });
+                if taken {
+                    continue;
+                }
+                if let Some(entry) = zone
+                    .entries
+                    .iter_mut()
+                    .find(|e| e.addresses.contains(&IpAddr::V4(*address)))
+                {
+                    entry.aliases.push(name.clone());
+                }
+            }
+        }
         self.dns.set_zone(network, zone);
     }
 
@@ -335,6 +370,7 @@ impl GatewayServices {
         self.tcp.remove_network(network);
         self.dns.remove_zone(network);
         self.dhcp.remove_scope(network);
+        self.zones.remove(&network);
         self.stacks.remove(&network);
     }
 
@@ -385,10 +421,13 @@ impl GatewayServices {
                     && (ours || dst == IpAddr::V4(Ipv4Addr::BROADCAST)) =>
             {
                 let server = gateway.ipv4.first().copied();
-                if let Some(reply) =
+                let reply =
                     self.dhcp
-                        .handle_message(network, frame.source(), server, udp.payload())
-                {
+                        .handle_message(network, frame.source(), server, udp.payload());
+                for changed in self.dhcp.take_changed() {
+                    self.apply_zone(changed);
+                }
+                if let Some(reply) = reply {
                     let mut out = Vec::with_capacity(reply.message.len() + 42);
                     PacketBuilder::ethernet2(gateway.mac.0, reply.mac.0)
                         .ipv4(reply.source.octets(), reply.destination.octets(), TTL)

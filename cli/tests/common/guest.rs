@@ -200,8 +200,8 @@ impl Drop for Guest {
     }
 }
 
-/// The guest's `/init`: load the virtio modules, take a DHCP lease and
-/// print it, then resolve `peer` with the lease's DNS server and ping it
+/// The guest's `/init`: load the virtio modules, take a DHCP lease (asking
+/// for the host name `guest`) and print it, then resolve `peer` with the lease's DNS server and ping it
 /// (retrying while the peer boots), then answer `weft-vm-hello` on TCP
 /// port 8080 and wait to be pinged.
 pub fn guest_init(peer: &str) -> String {
@@ -227,7 +227,7 @@ SCRIPT
 chmod +x /lease.sh
 ip link set lo up
 ip link set eth0 up
-if udhcpc -i eth0 -f -q -n -t 30 -T 1 -s /lease.sh >/dev/null 2>&1; then
+if udhcpc -i eth0 -f -q -n -t 30 -T 1 -x hostname:guest -s /lease.sh >/dev/null 2>&1; then
   echo "WEFT-LEASE $(cat /lease)"
 else
   echo "WEFT-NO-LEASE"

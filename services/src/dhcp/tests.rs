@@ -465,3 +465,39 @@ fn dispatcher_answers_a_broadcast_discover_frame() {
     assert_eq!(m.yiaddr(), ADDRESS);
     assert!(services.poll_frame().is_none());
 }
+
+#[test]
+fn a_host_name_the_client_asks_for_is_claimed_with_its_lease() {
+    let mut s = server();
+    let ask = |s: &mut DhcpServer, name: &str| {
+        let name = name.to_owned();
+        s.handle_message(
+            NET,
+            MAC,
+            Some(GATEWAY),
+            &request(MessageType::Request, MAC, |m| {
+                m.opts_mut().insert(DhcpOption::RequestedIpAddress(ADDRESS));
+                m.opts_mut().insert(DhcpOption::Hostname(name));
+            }),
+        )
+    };
+    assert!(ask(&mut s, "Guest-1").is_some());
+    assert_eq!(s.take_changed(), vec![NET]);
+    assert_eq!(
+        s.claimed_names(NET).and_then(|n| n.get(&ADDRESS)),
+        Some(&"guest-1".to_owned())
+    );
+    // The same again changes nothing; its own name, dots, bad bytes:
+    // nothing claimed.
+    assert!(ask(&mut s, "guest-1").is_some());
+    assert!(s.take_changed().is_empty());
+    for bad in ["vm1", "a.example.com", "bad_name", ""] {
+        let mut fresh = server();
+        assert!(ask(&mut fresh, bad).is_some(), "{bad}: still acked");
+        assert!(fresh.claimed_names(NET).is_none(), "{bad}");
+    }
+    // The lease goes: so does the claim.
+    s.set_scope(NET, DhcpScope::default());
+    assert_eq!(s.take_changed(), vec![NET]);
+    assert!(s.claimed_names(NET).is_none_or(|n| n.is_empty()));
+}
