@@ -108,9 +108,6 @@ impl DgramPort {
         let Ok(vnet) = VnetHeader::new_checked(&header[..]) else {
             return false;
         };
-        if !vnet.is_gso() && !vnet.needs_csum() {
-            return self.socket.send_to_addr(frame, peer).is_ok();
-        }
         let socket = &self.socket;
         let mut sent = true;
         let cut = gso::segment(&vnet, frame, &mut self.scratch, |piece| {

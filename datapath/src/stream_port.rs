@@ -232,15 +232,10 @@ impl StreamPort {
         };
         let mut queued = true;
         let encoder = &mut self.encoder;
-        let plain = !vnet.is_gso() && !vnet.needs_csum();
-        if plain {
-            queued = encoder.push(frame);
-        } else {
-            let cut = gso::segment(&vnet, frame, &mut self.scratch, |piece| {
-                queued &= encoder.push(piece);
-            });
-            queued &= cut.is_ok();
-        }
+        let cut = gso::segment(&vnet, frame, &mut self.scratch, |piece| {
+            queued &= encoder.push(piece);
+        });
+        queued &= cut.is_ok();
         self.flush();
         if queued {
             Sent::Queued(frame.len())

@@ -114,8 +114,9 @@ impl<F: FnMut(&[u8])> SegmentSink for Scratch<'_, F> {
 
 /// Cut a GSO frame (Ethernet frame `frame`, its header `vnet`) into
 /// MTU-sized frames, each built in `scratch` and passed to `emit`. A frame
-/// without GSO is passed through once, its checksum completed if needed.
-/// Returns the number of frames emitted.
+/// without GSO is passed through once, its checksum completed (in
+/// `scratch`) if needed; one that needs nothing is passed as it is,
+/// without a copy. Returns the number of frames emitted.
 ///
 /// # Errors
 ///
@@ -124,8 +125,12 @@ pub fn segment<B: AsRef<[u8]>>(
     vnet: &VnetHeader<B>,
     frame: &[u8],
     scratch: &mut [u8],
-    emit: impl FnMut(&[u8]),
+    mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, GsoError> {
+    if vnet.gso_type() & !GSO_ECN == GSO_NONE && !vnet.needs_csum() {
+        emit(frame);
+        return Ok(1);
+    }
     let mut sink = Scratch {
         buffer: scratch,
         len: 0,
