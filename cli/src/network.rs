@@ -224,17 +224,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             let request = args
                 .endpoint
                 .request(netns_arg(&args.netns)?, EndpointKind::Tap);
-            let endpoint: Endpoint = client
-                .call(
-                    Method::POST,
-                    &network_path(&args.network, "/connect"),
-                    Some(&request),
-                )
-                .await?;
-            println!("{}", endpoint_line(&endpoint));
-            for line in port_lines(&endpoint) {
-                println!("{line}");
-            }
+            connect(client, &args.network, &request).await?;
         }
         NetworkCommand::Disconnect { network, netns } => {
             let request = DisconnectRequest {
@@ -251,6 +241,27 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
         NetworkCommand::Fdb(args) => crate::observe::fdb(client, args).await?,
     }
     Ok(())
+}
+
+/// Connect an endpoint to `network` and print what it got (its line, then
+/// its published ports as `docker port` shows them).
+///
+/// # Errors
+///
+/// The daemon's refusal, or a failed call.
+pub async fn connect(client: &Client, network: &str, request: &ConnectRequest) -> Result<Endpoint> {
+    let endpoint: Endpoint = client
+        .call(
+            Method::POST,
+            &network_path(network, "/connect"),
+            Some(request),
+        )
+        .await?;
+    println!("{}", endpoint_line(&endpoint));
+    for line in port_lines(&endpoint) {
+        println!("{line}");
+    }
+    Ok(endpoint)
 }
 
 /// `network exists` of a network that does not: exit 1 without a word.

@@ -9,12 +9,11 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use hyper::Method;
-use weft_cnm::model::{Endpoint, EndpointKind};
+use weft_cnm::model::EndpointKind;
 use weft_vswitch::MacAddr;
 
 use crate::client::Client;
-use crate::network::{endpoint_line, netns_arg, network_path, port_lines, EndpointArgs};
+use crate::network::{connect, netns_arg, EndpointArgs};
 
 /// `weft vm NETWORK SOCKET`.
 #[derive(Debug, Args)]
@@ -50,17 +49,7 @@ pub async fn run(client: &Client, args: VmArgs) -> Result<()> {
     };
     let mut request = args.endpoint.request(path, kind);
     request.mac = args.mac;
-    let endpoint: Endpoint = client
-        .call(
-            Method::POST,
-            &network_path(&args.network, "/connect"),
-            Some(&request),
-        )
-        .await?;
-    println!("{}", endpoint_line(&endpoint));
-    for line in port_lines(&endpoint) {
-        println!("{line}");
-    }
+    let endpoint = connect(client, &args.network, &request).await?;
     println!(
         "{}",
         qemu_arguments(&endpoint.sandbox, endpoint.kind, endpoint.mac)
