@@ -171,21 +171,16 @@ struct CniArgs {
     /// ADDs (then DELs) per plugin.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=2000))]
     iterations: u32,
-    /// iperf3 runs per plugin.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
-    runs: u32,
-    /// Seconds per iperf3 run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
-    seconds: u32,
-    /// Markdown file whose CNI section is replaced (appended if absent).
-    #[arg(long, default_value = DEFAULT_OUT)]
-    out: PathBuf,
+    /// iperf3 runs per plugin, their length, the report.
+    #[command(flatten)]
+    iperf: RunsArgs,
 }
 
-/// Runs, seconds and the report file (the `macvlan` subcommand's).
+/// iperf3 runs, their length and the report file (the `cni` and
+/// `macvlan` subcommands').
 #[derive(Debug, clap::Args)]
 struct RunsArgs {
-    /// Runs per side.
+    /// iperf3 runs per side (plugin, macvlan).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
     /// Seconds per iperf3 run.
@@ -306,9 +301,9 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Cni(args) => cni::run(&cni::CniOptions {
             iterations: args.iterations,
-            runs: args.runs,
-            seconds: args.seconds,
-            out: args.out,
+            runs: args.iperf.runs,
+            seconds: args.iperf.seconds,
+            out: args.iperf.out,
             command,
         }),
         Command::Macvlan(args) => macvlan::run(&macvlan::MacvlanOptions {
