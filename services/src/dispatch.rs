@@ -237,6 +237,15 @@ impl GatewayServices {
     /// Set the leases and options a network's DHCP clients get.
     pub fn set_dhcp_scope(&mut self, network: NetworkId, scope: DhcpScope) {
         self.dhcp.set_scope(network, scope);
+        // A lease that went takes the name its client asked for with it.
+        self.apply_changed_zones();
+    }
+
+    /// Serve again the zones whose DHCP-claimed names changed.
+    fn apply_changed_zones(&mut self) {
+        for changed in self.dhcp.take_changed() {
+            self.apply_zone(changed);
+        }
     }
 
     /// The outbound NAT.
@@ -424,9 +433,7 @@ impl GatewayServices {
                 let reply =
                     self.dhcp
                         .handle_message(network, frame.source(), server, udp.payload());
-                for changed in self.dhcp.take_changed() {
-                    self.apply_zone(changed);
-                }
+                self.apply_changed_zones();
                 if let Some(reply) = reply {
                     let mut out = Vec::with_capacity(reply.message.len() + 42);
                     PacketBuilder::ethernet2(gateway.mac.0, reply.mac.0)
