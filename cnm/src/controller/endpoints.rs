@@ -340,63 +340,73 @@ impl Controller {
     ) -> Result<Vec<IpNet>, ControllerError> {
         let mut checked = Vec::with_capacity(addresses.len());
         let mut pending = addresses.into_iter();
-        let release_all = |inner: &mut Inner, rest: &[IpNet]| {
-            for a in rest {
-                let _ = inner.state.ipam.release(&network.name, a.addr());
-            }
-        };
-        while let Some(mut address) = pending.next() {
-            let mut attempts = 0;
-            while let IpAddr::V4(v4) = address.addr() {
-                let prober = mac.unwrap_or_else(|| crate::driver::endpoint_mac(&[address.addr()]));
-                let probed = {
-                    let network = network.clone();
-                    tokio::task::spawn_blocking(move || {
-                        crate::macvlan_driver::lan_holder(&network, v4, prober)
-                    })
-                    .await
-                };
-                let holder = match probed {
-                    Ok(Ok(holder)) => holder,
-                    Ok(Err(source)) => {
-                        release_all(inner, &checked);
-                        release_all(inner, &[address]);
-                        release_all(inner, &pending.collect::<Vec<_>>());
-                        return Err(ControllerError::Driver {
-                            driver: network.driver,
-                            source,
-                        });
+        while let Some(address) = pending.next() {
+            let is_static = statics.contains(&address.addr());
+            match self
+                .free_on_lan(inner, network, address, is_static, mac)
+                .await
+            {
+                Ok(free) => checked.push(free),
+                Err(e) => {
+                    for other in checked.iter().chain(pending.as_slice()) {
+                        let _ = inner.state.ipam.release(&network.name, other.addr());
                     }
-                    Err(join) => std::panic::resume_unwind(join.into_panic()),
-                };
-                let Some(holder) = holder else {
-                    break;
-                };
-                if statics.contains(&address.addr()) || attempts >= LAN_PROBE_ATTEMPTS {
-                    release_all(inner, &checked);
-                    release_all(inner, &[address]);
-                    release_all(inner, &pending.collect::<Vec<_>>());
-                    return Err(ControllerError::AddressOnLan {
-                        address: address.addr(),
-                        holder,
-                    });
+                    return Err(e);
                 }
-                // Kept reserved: another LAN host has it.
-                tracing::warn!(network = network.name, address = %address.addr(), holder = %holder, "address in use on the LAN: never handed out, taking the next");
-                attempts += 1;
-                let next = match inner.state.ipam.allocate(&network.name, true) {
-                    Ok(next) => next,
-                    Err(e) => {
-                        release_all(inner, &checked);
-                        release_all(inner, &pending.collect::<Vec<_>>());
-                        return Err(e.into());
-                    }
-                };
-                address = network.address_with_prefix(next);
             }
-            checked.push(address);
         }
         Ok(checked)
+    }
+
+    /// `address`, or the next one IPAM gives, that no LAN host answers for
+    /// (see [`Controller::probe_lan`]). On an error, the address in hand is
+    /// released, unless a LAN host holds it (then it stays reserved).
+    async fn free_on_lan(
+        &self,
+        inner: &mut Inner,
+        network: &Network,
+        mut address: IpNet,
+        is_static: bool,
+        mac: Option<MacAddr>,
+    ) -> Result<IpNet, ControllerError> {
+        // Bounded: past LAN_PROBE_ATTEMPTS held addresses, an error.
+        let mut attempt = 0;
+        loop {
+            let IpAddr::V4(v4) = address.addr() else {
+                return Ok(address);
+            };
+            let prober = mac.unwrap_or_else(|| crate::driver::endpoint_mac(&[address.addr()]));
+            let probed = {
+                let network = network.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::macvlan_driver::lan_holder(&network, v4, prober)
+                })
+                .await
+            };
+            let holder = match probed {
+                Ok(Ok(None)) => return Ok(address),
+                Ok(Ok(Some(holder))) => holder,
+                Ok(Err(source)) => {
+                    let _ = inner.state.ipam.release(&network.name, v4.into());
+                    return Err(ControllerError::Driver {
+                        driver: network.driver,
+                        source,
+                    });
+                }
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            };
+            if is_static || attempt >= LAN_PROBE_ATTEMPTS {
+                let _ = inner.state.ipam.release(&network.name, v4.into());
+                return Err(ControllerError::AddressOnLan {
+                    address: address.addr(),
+                    holder,
+                });
+            }
+            // Kept reserved: another LAN host has it.
+            tracing::warn!(network = network.name, address = %address.addr(), holder = %holder, "address in use on the LAN: never handed out, taking the next");
+            address = network.address_with_prefix(inner.state.ipam.allocate(&network.name, true)?);
+            attempt += 1;
+        }
     }
 
     /// The addresses of a new endpoint: the static ones (`--ip`), and for
