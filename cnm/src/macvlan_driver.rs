@@ -142,16 +142,7 @@ pub fn lan_holder(
     address: Ipv4Addr,
     prober: MacAddr,
 ) -> Result<Option<MacAddr>, DriverError> {
-    let value = network
-        .options
-        .get(PARENT_OPTION)
-        .cloned()
-        .unwrap_or_default();
-    let error = |reason: String| DriverError::Parent {
-        parent: value.clone(),
-        reason,
-    };
-    let parent = parse_parent(&value).map_err(&error)?;
+    let (parent, error) = network_parent(network)?;
     let socket = PacketSocket::open(&parent.interface)
         .map_err(|e| error(format!("probing the LAN: {e}")))?;
     let mut port = PacketPort::new(socket, parent.vlan);
@@ -218,6 +209,30 @@ pub fn lan_holder(
     Ok(claim(&mut port))
 }
 
+/// A network's parent, and how to refuse it: an error that names the
+/// `--opt parent` value with a reason.
+///
+/// # Errors
+///
+/// [`DriverError::Parent`] when the option is missing or does not parse.
+fn network_parent(
+    network: &Network,
+) -> Result<(Parent, impl Fn(String) -> DriverError + '_), DriverError> {
+    let value = network.options.get(PARENT_OPTION);
+    let refuse = move |reason: String| DriverError::Parent {
+        parent: value.cloned().unwrap_or_default(),
+        reason,
+    };
+    let Some(text) = value else {
+        return Err(refuse(format!(
+            "a {} network needs --opt parent=IFACE",
+            network.driver
+        )));
+    };
+    let parent = parse_parent(text).map_err(&refuse)?;
+    Ok((parent, refuse))
+}
+
 /// The mode of `--opt ipvlan_mode`.
 ///
 /// # Errors
@@ -238,7 +253,6 @@ pub fn parse_ipvlan_mode(value: &str) -> Result<(), String> {
 struct Uplink {
     port: PortId,
     counters: Arc<PortCounters>,
-    parent: String,
 }
 
 /// See the module header.
@@ -247,7 +261,7 @@ pub struct MacvlanDriver {
     bridge: Arc<BridgeDriver>,
     /// `Macvlan` or `Ipvlan`.
     kind: DriverKind,
-    /// Each network's uplink port, its counters and its parent.
+    /// Each network's uplink port and its counters.
     uplinks: Mutex<HashMap<String, Uplink>>,
 }
 
@@ -269,52 +283,30 @@ impl NetworkDriver for MacvlanDriver {
     }
 
     fn create_network(&self, network: &Network) -> Result<(), DriverError> {
-        let value = network
-            .options
-            .get(PARENT_OPTION)
-            .ok_or_else(|| DriverError::Parent {
-                parent: String::new(),
-                reason: "a macvlan network needs --opt parent=IFACE".into(),
-            })?;
-        let parent = parse_parent(value).map_err(|reason| DriverError::Parent {
-            parent: value.clone(),
-            reason,
-        })?;
+        let (parent, refuse) = network_parent(network)?;
         let ipvlan = self.kind == DriverKind::Ipvlan;
         // ipvlan's sandboxes reach each other as in macvlan's bridge mode.
         let mode = if ipvlan {
             UplinkMode::Bridge
         } else {
-            parse_mode(network.options.get(MODE_OPTION).map(String::as_str)).map_err(|reason| {
-                DriverError::Parent {
-                    parent: value.clone(),
-                    reason,
-                }
-            })?
+            parse_mode(network.options.get(MODE_OPTION).map(String::as_str)).map_err(&refuse)?
         };
-        let socket = PacketSocket::open(&parent.interface).map_err(|e| DriverError::Parent {
-            parent: value.clone(),
-            reason: match e.kind() {
+        let socket = PacketSocket::open(&parent.interface).map_err(|e| {
+            refuse(match e.kind() {
                 std::io::ErrorKind::NotFound => e.to_string(),
                 std::io::ErrorKind::PermissionDenied => "a packet socket on the host's interface needs CAP_NET_RAW in its namespace: run the daemon as root (a rootless daemon cannot join the host's LAN)".into(),
                 _ => format!("opening a packet socket on it: {e}"),
-            },
+            })
         })?;
         // ipvlan's frames all come to the parent's own MAC (or are
         // broadcast): no promiscuous mode.
         let mut port = PacketPort::new(socket, parent.vlan);
         if ipvlan {
-            let mac = port.hardware_address().map_err(|e| DriverError::Parent {
-                parent: value.clone(),
-                reason: e.to_string(),
-            })?;
+            let mac = port.hardware_address().map_err(|e| refuse(e.to_string()))?;
             port = port.with_ipvlan(mac);
         } else {
             port.set_promiscuous(true)
-                .map_err(|e| DriverError::Parent {
-                    parent: value.clone(),
-                    reason: format!("promiscuous mode: {e}"),
-                })?;
+                .map_err(|e| refuse(format!("promiscuous mode: {e}")))?;
         }
         self.bridge.create_network(network)?;
         let network_id = self
@@ -332,14 +324,7 @@ impl NetworkDriver for MacvlanDriver {
         self.uplinks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                network.name.clone(),
-                Uplink {
-                    port,
-                    counters,
-                    parent: value.clone(),
-                },
-            );
+            .insert(network.name.clone(), Uplink { port, counters });
         tracing::info!(network = network.name, parent = parent.interface, vlan = ?parent.vlan, mode = ?mode, "network on its parent's LAN");
         Ok(())
     }
@@ -382,7 +367,7 @@ impl NetworkDriver for MacvlanDriver {
         let uplinks = self.uplinks.lock().unwrap_or_else(PoisonError::into_inner);
         let uplink = uplinks.get(&network.name)?;
         Some(crate::driver::UplinkDetails {
-            parent: uplink.parent.clone(),
+            parent: network.options.get(PARENT_OPTION).cloned()?,
             counters: uplink.counters.snapshot(),
         })
     }
