@@ -484,7 +484,7 @@ fn section(
     let get = |label: &str| results.get(label);
     let summary =
         |label: &str, f: fn(&Figures) -> &Vec<f64>| get(label).and_then(|r| Summary::of(f(r)));
-    let cell = |s: Option<Summary>| s.map_or_else(|| "—".to_owned(), |s| s.cell());
+    let cell = report::cell;
     let (w, b) = ("weft network", "Docker bridge");
     let mut text = format!(
         "{SECTION_HEADING}\n\n{date_utc} UTC, `{}`, {} run(s) × {} s per network, alternating; \

@@ -219,7 +219,7 @@ pub fn run(options: &MacvlanOptions) -> Result<()> {
     writeln!(section, "| side | TCP Gbit/s | UDP 64 B kpps | ping µs |")?;
     writeln!(section, "|---|---|---|---|")?;
     let summary = |values: &[f64]| Summary::of(values);
-    let cell = |s: Option<Summary>| s.map_or("–".into(), |s| s.cell());
+    let cell = report::cell;
     for ((label, _, _), side) in sides.iter().zip(&results) {
         writeln!(
             section,

@@ -237,7 +237,8 @@ pub struct E2eHeader {
     pub wall_seconds: f64,
 }
 
-fn cell(summary: Option<Summary>) -> String {
+/// A table cell of a summary (`median (min–max)`), `—` when there is none.
+pub fn cell(summary: Option<Summary>) -> String {
     summary.map_or_else(|| "—".to_owned(), |s| s.cell())
 }
 

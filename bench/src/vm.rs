@@ -354,7 +354,7 @@ pub fn run(options: &VmOptions) -> Result<()> {
         })
         .collect();
     for ((label, _, _), (tcp, ping)) in backends.iter().zip(&summaries) {
-        let cell = |s: &Option<Summary>| s.as_ref().map_or("–".into(), Summary::cell);
+        let cell = |s: &Option<Summary>| report::cell(*s);
         writeln!(section, "| {label} | {} | {} |", cell(tcp), cell(ping))?;
     }
     writeln!(

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::measure::TcpSample;
-use crate::report::{self, ratio, Summary};
+use crate::report::{self, cell, ratio, Summary};
 
 use super::cases::{
     Case, Datapath, Results, FAR_ADDRESS, FAR_NS, HOST_NS, MTUS, OUT_PORT, SECTION_HEADING,
@@ -65,10 +65,6 @@ fn stalls(results: &Results, case: Case, mtu: u32, datapath: Datapath) -> String
         }
         _ => "—".to_owned(),
     }
-}
-
-fn cell(summary: Option<Summary>) -> String {
-    summary.map_or_else(|| "—".to_owned(), |s| s.cell())
 }
 
 /// One target of the issue: weft's median over a reference's median.

@@ -57,7 +57,7 @@ use crate::e2e::{kernel_release, tool_versions};
 use crate::lab::Lab;
 use crate::measure::{self, PingSample, Pinning, TcpFlow, TcpSample, UdpSample};
 use crate::process;
-use crate::report::{self, ratio, Summary};
+use crate::report::{self, cell, ratio, Summary};
 use crate::topology::{self, WeftDaemon};
 
 /// The underlay ("the wire between the hosts").
@@ -736,10 +736,6 @@ struct Header {
     sandbox_mtus: [String; 2],
     /// VmRSS of each weft daemon at the end.
     daemon_rss_kib: Vec<Option<u64>>,
-}
-
-fn cell(summary: Option<Summary>) -> String {
-    summary.map_or_else(|| "—".to_owned(), |s| s.cell())
 }
 
 /// `median (min–max)` of a per-run percentage.
