@@ -218,24 +218,26 @@ pub fn run(options: &MacvlanOptions) -> Result<()> {
     )?;
     writeln!(section, "| side | TCP Gbit/s | UDP 64 B kpps | ping µs |")?;
     writeln!(section, "|---|---|---|---|")?;
-    let summary = |values: &[f64]| Summary::of(values);
     let cell = report::cell;
     for ((label, _, _), side) in sides.iter().zip(&results) {
         writeln!(
             section,
             "| {label} | {} | {} | {} |",
-            cell(summary(&side.gbps)),
-            cell(summary(&side.kpps)),
-            cell(summary(&side.ping_us))
+            cell(Summary::of(&side.gbps)),
+            cell(Summary::of(&side.kpps)),
+            cell(Summary::of(&side.ping_us))
         )?;
     }
     for (i, what) in [(0, "weft macvlan"), (2, "weft ipvlan")] {
         writeln!(
             section,
             "\n{what} ÷ kernel macvlan: TCP {}, UDP 64 B {}, ping {}.",
-            report::ratio(summary(&results[i].gbps), summary(&results[1].gbps)),
-            report::ratio(summary(&results[i].kpps), summary(&results[1].kpps)),
-            report::ratio(summary(&results[i].ping_us), summary(&results[1].ping_us)),
+            report::ratio(Summary::of(&results[i].gbps), Summary::of(&results[1].gbps)),
+            report::ratio(Summary::of(&results[i].kpps), Summary::of(&results[1].kpps)),
+            report::ratio(
+                Summary::of(&results[i].ping_us),
+                Summary::of(&results[1].ping_us)
+            ),
         )?;
     }
     print!("{section}");
