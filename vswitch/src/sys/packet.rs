@@ -202,11 +202,13 @@ impl PacketSocket {
     }
 
     /// Read one frame after its virtio header into `buf`. Frames the host
-    /// sent itself are skipped (`WouldBlock` if nothing else waits).
+    /// sent itself are skipped.
     ///
     /// # Errors
     ///
-    /// `WouldBlock` when nothing is queued; `ENETDOWN`/`ENXIO` when the
+    /// `WouldBlock` when nothing is queued; `Interrupted` after 64 skipped
+    /// frames of the host's (read again: more may wait, and an
+    /// edge-triggered poll would not say so); `ENETDOWN`/`ENXIO` when the
     /// parent went away.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         // Bounded: each pass consumes a frame; outgoing ones are rare
@@ -248,7 +250,7 @@ impl PacketSocket {
                 vlan: auxdata_vlan(&msg),
             });
         }
-        Err(io::ErrorKind::WouldBlock.into())
+        Err(io::ErrorKind::Interrupted.into())
     }
 
     /// Write one frame given as its virtio header and its bytes.
