@@ -63,6 +63,7 @@ pub mod envelope;
 pub mod identity;
 pub mod message;
 pub mod node;
+pub mod quic;
 pub mod transport;
 pub mod vtep;
 pub mod vxlan;

@@ -22,8 +22,11 @@
 //!   data path checks the sender against the cluster's members itself.
 //!
 //! Two transports implement it: VXLAN over UDP ([`crate::driver::udp`],
-//! the default, interoperable with Linux's `vxlan` devices) and, through the
-//! same seam, QUIC datagrams for encrypted networks. Counting is the
+//! the default, interoperable with Linux's `vxlan` devices) and QUIC
+//! datagrams for encrypted networks ([`crate::driver::quic`]), which also
+//! has timers of its own ([`Transport::poll_timeout`]). A host runs both
+//! side by side; each tunnel port's [`TunnelPeer::encrypted`] says which
+//! one its frames take. Counting is the
 //! transport's part for what it alone knows (datagrams put on the wire, a
 //! failed send on the peer's counters); the data path counts the rest.
 
@@ -31,6 +34,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use weft_vswitch::{PortCounters, Vni};
 
@@ -44,6 +48,8 @@ pub struct TunnelPeer {
     pub addr: SocketAddr,
     /// The tunnel port's counters, shared with the control plane.
     pub counters: Arc<PortCounters>,
+    /// The network is encrypted: its frames go by QUIC, never in clear.
+    pub encrypted: bool,
 }
 
 /// What one [`Transport::recv`] put into the buffer.
@@ -96,4 +102,13 @@ pub trait Transport: Send + std::fmt::Debug {
 
     /// The address datagrams leave from and arrive at.
     fn local_addr(&self) -> Option<std::net::SocketAddr>;
+
+    /// When [`Transport::handle_timeout`] is due (a transport with timers
+    /// of its own: QUIC's loss detection, keep-alives); None: never.
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+
+    /// Run the timers that are due, then the caller flushes.
+    fn handle_timeout(&mut self, _now: Instant) {}
 }

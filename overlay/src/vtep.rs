@@ -43,6 +43,9 @@ pub struct OverlayTable {
     /// Every host that has the network (and static peers): broadcast,
     /// multicast and unknown unicast go to each.
     pub flood: Vec<SocketAddr>,
+    /// The network is encrypted (`-o encrypted=true`): its frames go by
+    /// QUIC only, and clear-text VXLAN for its VNI is dropped.
+    pub encrypted: bool,
 }
 
 /// One endpoint on another host.
@@ -89,6 +92,8 @@ pub struct VtepTable {
     peers: FxHashMap<PortId, TunnelPeer>,
     ports: FxHashMap<(NetworkId, IpAddr), PortId>,
     networks: FxHashMap<Vni, NetworkId>,
+    /// The overlay networks that are encrypted.
+    encrypted: FxHashSet<NetworkId>,
     next_port: u32,
 }
 
@@ -99,6 +104,7 @@ impl VtepTable {
             peers: FxHashMap::default(),
             ports: FxHashMap::default(),
             networks: FxHashMap::default(),
+            encrypted: FxHashSet::default(),
             next_port: first_port,
         }
     }
@@ -106,6 +112,11 @@ impl VtepTable {
     /// The overlay network of `vni`.
     pub fn network(&self, vni: Vni) -> Option<NetworkId> {
         self.networks.get(&vni).copied()
+    }
+
+    /// Whether `network` is encrypted.
+    pub fn encrypted(&self, network: NetworkId) -> bool {
+        self.encrypted.contains(&network)
     }
 
     /// The remote host behind a tunnel port.
@@ -145,6 +156,7 @@ impl VtepTable {
                 vni,
                 addr,
                 counters: Arc::clone(&counters),
+                encrypted: self.encrypted.contains(&network),
             },
         );
         let new = NewVtep {
@@ -169,6 +181,16 @@ impl VtepTable {
     pub fn set_overlay(&mut self, network: NetworkId, table: &OverlayTable) -> OverlayUpdate {
         self.networks.retain(|_, n| *n != network);
         self.networks.insert(table.vni, network);
+        if table.encrypted {
+            self.encrypted.insert(network);
+        } else {
+            self.encrypted.remove(&network);
+        }
+        for ((n, _), port) in &self.ports {
+            if let Some(peer) = self.peers.get_mut(port).filter(|_| *n == network) {
+                peer.encrypted = table.encrypted;
+            }
+        }
         let wanted: FxHashSet<IpAddr> = table
             .flood
             .iter()
@@ -212,6 +234,7 @@ impl VtepTable {
     /// switch drops with the network). Returns the ports and their hosts.
     pub fn remove_network(&mut self, network: NetworkId) -> Vec<(PortId, IpAddr)> {
         self.networks.retain(|_, n| *n != network);
+        self.encrypted.remove(&network);
         let hosts: Vec<IpAddr> = self
             .ports
             .keys()
@@ -255,6 +278,7 @@ mod tests {
             vni: vni(42),
             endpoints: vec![endpoint(2, 2, host(2)), endpoint(3, 3, host(2))],
             flood: vec![host(2), host(3)],
+            encrypted: false,
         };
         let update = vteps.set_overlay(NET, &table);
         assert!(update.removed.is_empty());
@@ -282,6 +306,7 @@ mod tests {
             vni: vni(42),
             endpoints: vec![endpoint(2, 2, host(2))],
             flood: vec![host(2)],
+            encrypted: false,
         };
         vteps.set_overlay(NET, &table);
         let again = vteps.set_overlay(NET, &table);
@@ -296,6 +321,7 @@ mod tests {
             vni: vni(42),
             endpoints: vec![endpoint(2, 2, host(2)), endpoint(3, 3, host(3))],
             flood: vec![host(2), host(3)],
+            encrypted: false,
         };
         let first = vteps.set_overlay(NET, &both);
         let port3 = first
@@ -308,6 +334,7 @@ mod tests {
             vni: vni(42),
             endpoints: vec![endpoint(2, 2, host(2))],
             flood: vec![host(2)],
+            encrypted: false,
         };
         let update = vteps.set_overlay(NET, &one);
         assert_eq!(update.removed, vec![(port3, host(3).ip())]);
@@ -323,6 +350,7 @@ mod tests {
             vni: vni(42),
             endpoints: Vec::new(),
             flood: vec![host(2)],
+            encrypted: false,
         };
         vteps.set_overlay(NET, &table);
         table.vni = vni(43);
@@ -353,6 +381,7 @@ mod tests {
                 vni: vni(1),
                 endpoints: Vec::new(),
                 flood: vec![host(2), host(3)],
+                encrypted: false,
             },
         );
         vteps.set_overlay(
@@ -361,6 +390,7 @@ mod tests {
                 vni: vni(2),
                 endpoints: Vec::new(),
                 flood: vec![host(2)],
+                encrypted: true,
             },
         );
         let removed = vteps.remove_network(NET);

@@ -5,7 +5,8 @@
 //!   cluster [`crate::Node`] (membership, directory, allocation);
 //! - [`node_id`]: this host's node id, kept in the state directory;
 //! - [`udp`]: VXLAN over UDP, the default [`crate::Transport`] of the
-//!   data path's tunnel port.
+//!   data path's tunnel port;
+//! - [`quic`]: QUIC datagrams, the transport of encrypted networks.
 //!
 //! Only these modules read clocks, own sockets and touch files.
 
@@ -14,4 +15,5 @@
 
 pub mod gossip;
 pub mod node_id;
+pub mod quic;
 pub mod udp;

@@ -351,6 +351,7 @@ mod tests {
             vni: Vni::new(4242).unwrap(),
             addr: to,
             counters: Arc::default(),
+            encrypted: false,
         };
         // Three equal frames gather into one GSO send.
         let mut sent = 0;
