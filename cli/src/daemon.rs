@@ -26,7 +26,7 @@ use crate::ownership;
 use tokio::signal::unix::{signal, SignalKind};
 use weft_cnm::controller::{ControllerConfig, NETNS_DIR};
 use weft_cnm::{api, docker_plugin, Controller};
-use weft_overlay::driver::gossip::ClusterConfig;
+use weft_overlay::driver::gossip::{ClusterConfig, QuicSettings};
 
 /// The kernel's hostname (of the daemon's UTS namespace).
 const HOSTNAME: &str = "/proc/sys/kernel/hostname";
@@ -71,6 +71,25 @@ pub struct DaemonArgs {
     /// UDP port of VXLAN, the same on every host.
     #[arg(long, value_name = "PORT", default_value_t = VXLAN_PORT)]
     pub vxlan_port: u16,
+    /// How overlay networks made on this host carry their frames unless
+    /// `-o encrypted=true|false` says: `vxlan` (clear VXLAN over UDP, as
+    /// Linux's vxlan devices) or `quic` (encrypted and authenticated with
+    /// the cluster key; needs --cluster-key). With a cluster key the QUIC
+    /// transport runs either way, for networks made with -o encrypted=true.
+    #[arg(
+        long,
+        value_name = "TRANSPORT",
+        default_value = "vxlan",
+        requires = "listen"
+    )]
+    pub transport: TransportKind,
+    /// UDP port of the QUIC transport, the same on every host.
+    #[arg(long, value_name = "PORT", default_value_t = weft_overlay::driver::gossip::DEFAULT_QUIC_PORT)]
+    pub quic_port: u16,
+    /// Congestion control of the QUIC tunnels: `none` (the inner flows do
+    /// their own; the default) or `cubic` (quinn's, for comparison).
+    #[arg(long, value_name = "ALGORITHM", default_value = "none")]
+    pub quic_congestion: QuicCongestion,
     /// Flows the NAT holds at once, per table (UDP and ICMP echo; TCP);
     /// when full, new flows are refused and counted.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_NAT_MAX_FLOWS,
@@ -115,6 +134,24 @@ pub struct DaemonArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+/// `--transport`: the default carrier of overlay networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// VXLAN over UDP, in clear.
+    Vxlan,
+    /// QUIC datagrams, encrypted.
+    Quic,
+}
+
+/// `--quic-congestion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuicCongestion {
+    /// None of the tunnel's own.
+    None,
+    /// quinn's CUBIC.
+    Cubic,
 }
 
 /// The daemon's log format (`--log-format`).
@@ -214,13 +251,18 @@ async fn serve(
             .map(|a| weft_cnm::resolv_conf::parse_upstream(a))
             .collect::<Result<Vec<_>, _>>()?
     };
+    let quic = QuicSettings {
+        port: args.quic_port,
+        encrypt_by_default: args.transport == TransportKind::Quic,
+        cubic: args.quic_congestion == QuicCongestion::Cubic,
+    };
     let cluster = cluster_config(
         &state_dir,
         &args.listen,
         &args.join,
         args.node_name,
         args.cluster_key.as_deref(),
-        args.vxlan_port,
+        (args.vxlan_port, quic),
     )?;
     let controller = Controller::start(ControllerConfig {
         state_dir: state_dir.clone(),
@@ -324,7 +366,7 @@ fn cluster_config(
     join: &[SocketAddr],
     node_name: Option<String>,
     cluster_key: Option<&Path>,
-    vxlan_port: u16,
+    (vxlan_port, quic): (u16, QuicSettings),
 ) -> Result<Option<ClusterConfig>> {
     let Some(listen) = *listen else {
         return Ok(None);
@@ -365,6 +407,15 @@ fn cluster_config(
         }
         None => None,
     };
+    if quic.encrypt_by_default && secret.is_none() {
+        bail!("--transport quic: encrypted overlays authenticate with the cluster key; give --cluster-key FILE");
+    }
+    if quic.port == vxlan_port {
+        bail!(
+            "--quic-port {}: VXLAN uses that port (--vxlan-port); give another",
+            quic.port
+        );
+    }
     Ok(Some(ClusterConfig {
         listen,
         join: join.to_vec(),
@@ -373,6 +424,7 @@ fn cluster_config(
         explicit_name,
         secret,
         vxlan_port,
+        quic,
     }))
 }
 

@@ -1,7 +1,8 @@
 //! `weft peers`: the cluster's members as this host sees them (name, the
 //! first 8 hex digits of the node id that tells hosts of one name apart,
 //! gossip address, SWIM state), and the tunnel's counters, among them VXLAN
-//! dropped because its sender is neither a member nor a static peer.
+//! dropped because its sender is neither a member nor a static peer, and
+//! the QUIC connections of encrypted networks with their counters.
 
 use anyhow::Result;
 use hyper::Method;
@@ -53,18 +54,66 @@ fn table(report: &Value) -> String {
     let mut out = crate::network::render_table(&header, &rows);
     let count = |section: &str, key: &str| report[section][key].as_u64().unwrap_or(0);
     out.push_str(&format!(
-        "\nvxlan: rx {} tx {} dropped: not a member {}, invalid {}\n",
+        "\ntunnel: rx {} tx {} dropped: not a member {}, invalid {}, unencrypted {}\n",
         count("tunnel", "rx"),
         count("tunnel", "tx"),
         count("tunnel", "dropped_not_member"),
         count("tunnel", "dropped_invalid"),
+        count("tunnel", "dropped_unencrypted"),
     ));
+    if let Some(quic) = report.get("quic") {
+        out.push_str(&quic_table(quic));
+    }
     out.push_str(&format!(
         "gossip dropped: rejected {}, malformed {}, swim errors {}\n",
         count("gossip", "rejected"),
         count("gossip", "malformed"),
         count("gossip", "swim_errors"),
     ));
+    out
+}
+
+/// The QUIC connections (encrypted networks), one row each.
+fn quic_table(quic: &Value) -> String {
+    let number = |v: &Value| v.as_u64().map_or_else(String::new, |n| n.to_string());
+    let rows: Vec<[String; 8]> = quic["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|peer| {
+            let rtt = peer["rtt_us"].as_u64().unwrap_or(0);
+            [
+                peer["remote"].as_str().unwrap_or("").to_owned(),
+                peer["state"].as_str().unwrap_or("").to_owned(),
+                number(&peer["tx_datagrams"]),
+                number(&peer["rx_datagrams"]),
+                number(&peer["lost_packets"]),
+                format!("{}.{:03} ms", rtt / 1000, rtt % 1000),
+                number(&peer["path_mtu"]),
+                peer["opened_by"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    let count = |key: &str| quic["counters"][key].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "\nquic (encrypted networks): {} established, {} failed handshakes\n",
+        count("established"),
+        count("handshake_failures"),
+    );
+    if !rows.is_empty() {
+        let header = [
+            "REMOTE",
+            "STATE",
+            "TX",
+            "RX",
+            "LOST",
+            "RTT",
+            "PATH MTU",
+            "OPENED BY",
+        ]
+        .map(str::to_owned);
+        out.push_str(&crate::network::render_table(&header, &rows));
+    }
     out
 }
 
@@ -97,5 +146,44 @@ mod tests {
         );
         assert!(text.contains("not a member 7"), "{text}");
         assert!(text.contains("rejected 1"), "{text}");
+        assert!(
+            !text.contains("quic"),
+            "no QUIC section without a key: {text}"
+        );
+    }
+
+    #[test]
+    fn quic_connections_are_listed() {
+        let report = serde_json::json!({
+            "name": "h1", "id": "0123456789abcdef0123456789abcdef", "address": "192.0.2.1:7946",
+            "members": [], "tunnel": {}, "gossip": {},
+            "quic": {"counters": {"established": 2, "handshake_failures": 1, "unreachable": 0},
+                     "peers": [{"remote": "192.0.2.2:7947", "state": "established", "opened_by": "client",
+                                "tx_datagrams": 10, "rx_datagrams": 9, "lost_packets": 1,
+                                "rtt_us": 1250, "path_mtu": 1472}]},
+        });
+        let text = table(&report);
+        assert!(
+            text.contains("2 established, 1 failed handshakes"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("192.0.2.2:7947"))
+            .expect(&text);
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            [
+                "192.0.2.2:7947",
+                "established",
+                "10",
+                "9",
+                "1",
+                "1.250",
+                "ms",
+                "1472",
+                "client"
+            ]
+        );
     }
 }

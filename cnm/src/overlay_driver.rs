@@ -31,6 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use weft_overlay::driver::gossip::Cluster;
+use weft_overlay::driver::quic::SharedQuicStatus;
 use weft_overlay::{ClusterNetworkId, OverlayTable, RemoteEndpoint};
 use weft_services::dns::ZoneEntry;
 use weft_vswitch::counters::PortCountersSnapshot;
@@ -50,13 +51,23 @@ pub const VNI_OPTION: &str = "vni";
 pub struct OverlayDriver {
     bridge: Arc<BridgeDriver>,
     cluster: Option<Arc<Cluster>>,
+    /// The QUIC transport's counters, when it runs.
+    quic: Option<SharedQuicStatus>,
 }
 
 impl OverlayDriver {
     /// An overlay driver over the bridge driver's data path; without a
     /// cluster (no `--listen`) every operation is refused.
-    pub fn new(bridge: Arc<BridgeDriver>, cluster: Option<Arc<Cluster>>) -> Self {
-        OverlayDriver { bridge, cluster }
+    pub fn new(
+        bridge: Arc<BridgeDriver>,
+        cluster: Option<Arc<Cluster>>,
+        quic: Option<SharedQuicStatus>,
+    ) -> Self {
+        OverlayDriver {
+            bridge,
+            cluster,
+            quic,
+        }
     }
 
     fn cluster(&self) -> Result<&Arc<Cluster>, DriverError> {
@@ -112,10 +123,23 @@ impl OverlayDriver {
                 vni,
                 endpoints,
                 flood: flood.into_iter().collect(),
+                encrypted: is_encrypted(network),
             },
         )?;
         Ok(())
     }
+}
+
+/// The option that makes an overlay network's frames go by QUIC.
+pub const ENCRYPTED_OPTION: &str = "encrypted";
+
+/// Whether `network` is encrypted (`-o encrypted=true`; the controller
+/// writes the option at creation, so every host reads the same).
+pub fn is_encrypted(network: &Network) -> bool {
+    network
+        .options
+        .get(ENCRYPTED_OPTION)
+        .is_some_and(|v| v == "true")
 }
 
 /// The static peers of a network (`--opt peers=IP[,IP...]`); the controller
@@ -190,11 +214,32 @@ impl NetworkDriver for OverlayDriver {
         let Some(switch_id) = self.bridge.switch_network(&network.name) else {
             return Vec::new();
         };
+        // An encrypted network's hosts are QUIC connections: theirs too.
+        let quic = self
+            .quic
+            .as_ref()
+            .filter(|_| is_encrypted(network))
+            .map(|status| {
+                status
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .peers
+                    .clone()
+            })
+            .unwrap_or_default();
         self.bridge
             .datapath()
             .tunnel_port_counters(switch_id)
             .into_iter()
-            .map(|(host, counters)| TunnelPeerCounters { host, counters })
+            .map(|(host, counters)| TunnelPeerCounters {
+                host,
+                counters,
+                quic: quic
+                    .iter()
+                    .filter(|c| c.remote.ip() == host)
+                    .max_by_key(|c| c.state == weft_overlay::quic::LinkState::Established)
+                    .cloned(),
+            })
             .collect()
     }
 

@@ -150,7 +150,7 @@ pub enum Command {
         id: PublishId,
     },
     /// Carry overlay networks over this transport.
-    EnableTunnel(Box<dyn Transport>),
+    EnableTunnel(crate::tunnel::Carrier, Box<dyn Transport>),
     /// Make a network an overlay network, or update its view of the other
     /// hosts.
     SetOverlay {

@@ -124,6 +124,7 @@ impl Loop {
                 self.plane.switch.handle_timeout(now);
                 self.plane.services.handle_timeout(now);
                 self.plane.taps.handle_timeout(now);
+                self.plane.tunnel.handle_timeout(now);
             }
             self.flush_gateway(now);
             let held = self.plane.services.tcp().buffer_bytes()
@@ -137,7 +138,13 @@ impl Loop {
         let switch = self.plane.switch.poll_timeout();
         let services = self.plane.services.poll_timeout(now);
         let shapers = self.plane.taps.poll_timeout(now);
-        switch.into_iter().chain(services).chain(shapers).min()
+        let tunnel = self.plane.tunnel.poll_timeout();
+        switch
+            .into_iter()
+            .chain(services)
+            .chain(shapers)
+            .chain(tunnel)
+            .min()
     }
 
     /// Handle one readiness event; false on shutdown.
@@ -162,7 +169,7 @@ impl Loop {
                 self.plane.taps.accept(self.poll.registry(), port);
                 true
             }
-            Some(Source::Tunnel) => self.plane.read_tunnel(Instant::now()),
+            Some(Source::Tunnel(carrier)) => self.plane.read_tunnel(carrier, Instant::now()),
             Some(Source::Upstream { v4 }) => {
                 self.upstreams.read(&mut self.plane.services, v4);
                 true
@@ -328,8 +335,10 @@ impl Loop {
                 Command::Unpublish { id } => {
                     self.published.unpublish(registry, &mut self.tokens, id)
                 }
-                Command::EnableTunnel(transport) => {
-                    plane.tunnel.enable(registry, &mut self.tokens, transport);
+                Command::EnableTunnel(carrier, transport) => {
+                    plane
+                        .tunnel
+                        .enable(registry, &mut self.tokens, carrier, transport);
                 }
                 Command::SetOverlay { network, table } => {
                     plane.tunnel.set_overlay(&mut plane.switch, network, &table);

@@ -47,7 +47,7 @@ use weft_vswitch::{Decision, DropReason, PortId, Switch};
 
 use crate::capture::Captures;
 use crate::taps::{Taps, IO_LOOP_BOUND};
-use crate::tunnel::Tunnel;
+use crate::tunnel::{Carrier, Tunnel};
 
 /// What a turn of reading one port ended with.
 #[derive(Debug)]
@@ -281,7 +281,7 @@ impl Plane {
 
     /// Datagrams from the tunnel: open, check, merge, switch. True when the
     /// transport is drained, false when the bound stopped the reading.
-    pub fn read_tunnel(&mut self, now: Instant) -> bool {
+    pub fn read_tunnel(&mut self, carrier: Carrier, now: Instant) -> bool {
         // Consecutive segments of one TCP flow become one GSO frame (see
         // `gro`), across receives too: `run` is the frame being merged in
         // the batch's current buffer, and the port it came by. It is
@@ -290,7 +290,7 @@ impl Plane {
         let mut drained = false;
         let mut rx = std::mem::take(&mut self.tunnel_rx);
         for _ in 0..IO_LOOP_BOUND {
-            let received = match self.tunnel.recv(&mut rx) {
+            let received = match self.tunnel.recv(carrier, &mut rx) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -306,7 +306,7 @@ impl Plane {
             };
             let datagrams = rx[..received.len.min(rx.len())].chunks(received.segment.max(1));
             let local = if self.captures.wants_tunnel() {
-                self.tunnel.local_addr()
+                self.tunnel.local_addr(carrier)
             } else {
                 None
             };
@@ -322,7 +322,8 @@ impl Plane {
                     );
                 }
                 let Some((port, inner)) =
-                    self.tunnel.open(&mut self.switch, received.from, datagram)
+                    self.tunnel
+                        .open(&mut self.switch, carrier, received.from, datagram)
                 else {
                     continue;
                 };

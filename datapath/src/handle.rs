@@ -31,7 +31,7 @@ use crate::event_loop::Loop;
 use crate::frames::Plane;
 use crate::published::{HostListener, PublishId, PublishTarget};
 use crate::tokens::WAKER;
-use crate::tunnel::{Tunnel, TunnelCounters, TunnelPorts};
+use crate::tunnel::{Carrier, Tunnel, TunnelCounters, TunnelPorts};
 
 /// How long the control plane waits for the data path to hand back a port.
 const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -308,14 +308,19 @@ impl Datapath {
         self.send(Command::Unpublish { id })
     }
 
-    /// Carry overlay networks over `transport` (for VXLAN over UDP:
-    /// `weft_overlay::driver::udp::VxlanUdp`).
+    /// Carry the overlay networks of `carrier` over `transport` (VXLAN
+    /// over UDP: `weft_overlay::driver::udp::VxlanUdp`; QUIC:
+    /// `weft_overlay::driver::quic::QuicUdp`).
     ///
     /// # Errors
     ///
     /// [`DatapathError`] when the thread is gone.
-    pub fn enable_tunnel(&self, transport: Box<dyn Transport>) -> Result<(), DatapathError> {
-        self.send(Command::EnableTunnel(transport))
+    pub fn enable_tunnel(
+        &self,
+        carrier: Carrier,
+        transport: Box<dyn Transport>,
+    ) -> Result<(), DatapathError> {
+        self.send(Command::EnableTunnel(carrier, transport))
     }
 
     /// Make `network` an overlay network, or update its view of the other

@@ -73,4 +73,4 @@ pub mod upstreams;
 
 pub use handle::{Datapath, DatapathError};
 pub use published::{HostListener, L4Proto, PublishError, PublishId, PublishTarget};
-pub use tunnel::TunnelCounters;
+pub use tunnel::{Carrier, TunnelCounters};

@@ -34,7 +34,7 @@ pub enum Source {
     /// The listening socket of a VM's stream port.
     StreamListener(PortId),
     /// The overlay's transport.
-    Tunnel,
+    Tunnel(crate::tunnel::Carrier),
     /// The socket for upstream DNS resolvers of one address family.
     Upstream {
         /// IPv4 (else IPv6).
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(tokens.get(tap), None);
         tokens.remove(tap);
         assert_eq!(tokens.len(), 1);
-        let reused = tokens.insert(Source::Tunnel);
+        let reused = tokens.insert(Source::Tunnel(crate::tunnel::Carrier::Vxlan));
         assert_eq!(reused, tap, "a freed slot serves the next fd");
         assert_eq!(tokens.get(WAKER), None);
     }

@@ -10,11 +10,14 @@
 //! [`Tunnel::remove_network`]) and keeps the per-port counters the control
 //! plane shows in `network inspect` ([`TunnelPorts`]).
 //!
-//! Frames leave through the [`Transport`] (VXLAN over UDP, or another
-//! transport behind the same trait); datagrams that arrive are opened here
-//! ([`Tunnel::open`]): from a member or static peer only, of a VNI this
-//! host has, and small enough for a frame buffer. Everything else is
-//! dropped and counted ([`TunnelCounters`]). The receive loop itself, which
+//! Frames leave through one of two [`Transport`]s, the [`Carrier`]s: VXLAN
+//! over UDP for plain networks, QUIC for encrypted ones (each tunnel port's
+//! [`TunnelPeer::encrypted`] says which; an encrypted network's frame
+//! without a QUIC transport is dropped, never sent in clear). Datagrams
+//! that arrive are opened here ([`Tunnel::open`]): from a member or static
+//! peer only, of a VNI this host has, small enough for a frame buffer,
+//! and, for an encrypted network, by QUIC. Everything else is dropped and
+//! counted ([`TunnelCounters`]). The receive loop itself, which
 //! merges segments back into 64 KiB frames, is part of the frame plane
 //! ([`crate::frames`]).
 
@@ -22,6 +25,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -30,7 +34,7 @@ use weft_overlay::{OverlayTable, Transport, TunnelPeer, VtepTable};
 use weft_vswitch::counters::PortCountersSnapshot;
 use weft_vswitch::sys::write_batch::FRAME_BUFFER_LEN;
 use weft_vswitch::wire::vnet::VNET_HDR_LEN;
-use weft_vswitch::{NetworkId, PortCounters, PortId, Switch};
+use weft_vswitch::{DropReason, NetworkId, PortCounters, PortId, Switch};
 
 use crate::tokens::{Source, Tokens};
 
@@ -52,6 +56,44 @@ pub struct TunnelCounters {
     pub dropped_not_member: AtomicU64,
     /// Datagrams that are not valid encapsulation, or of an unknown VNI.
     pub dropped_invalid: AtomicU64,
+    /// Clear-text VXLAN for an encrypted network, and frames of encrypted
+    /// networks that had no QUIC transport to leave by.
+    pub dropped_unencrypted: AtomicU64,
+}
+
+/// The two ways frames travel between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Carrier {
+    /// VXLAN over UDP: plain networks.
+    Vxlan,
+    /// QUIC datagrams: encrypted networks.
+    Quic,
+}
+
+impl Carrier {
+    fn index(self) -> usize {
+        match self {
+            Carrier::Vxlan => 0,
+            Carrier::Quic => 1,
+        }
+    }
+
+    /// The carrier of a network's frames.
+    pub fn of(encrypted: bool) -> Carrier {
+        if encrypted {
+            Carrier::Quic
+        } else {
+            Carrier::Vxlan
+        }
+    }
+}
+
+/// An enabled transport, its poll token, and its address (read once).
+#[derive(Debug)]
+struct Enabled {
+    transport: Box<dyn Transport>,
+    token: Token,
+    local: Option<SocketAddr>,
 }
 
 /// The counters of every tunnel port (one remote host of one overlay
@@ -83,50 +125,60 @@ impl TunnelPorts {
 /// See the module header.
 #[derive(Debug)]
 pub struct Tunnel {
-    transport: Option<(Box<dyn Transport>, Token)>,
+    /// By [`Carrier::index`].
+    transports: [Option<Enabled>; 2],
     vteps: VtepTable,
     /// Underlay addresses datagrams are accepted from.
     members: FxHashSet<IpAddr>,
     counters: Arc<TunnelCounters>,
     ports: TunnelPorts,
-    /// The transport's own address, read once when it is enabled (for
-    /// captures of the tunnel).
-    local: Option<SocketAddr>,
 }
 
 impl Tunnel {
     /// No transport yet, no overlay network.
     pub fn new(counters: Arc<TunnelCounters>, ports: TunnelPorts) -> Self {
         Tunnel {
-            transport: None,
+            transports: [None, None],
             vteps: VtepTable::new(TUNNEL_PORT_BASE),
             members: FxHashSet::default(),
             counters,
             ports,
-            local: None,
         }
     }
 
-    /// Carry overlay networks over `transport` from now on.
+    /// Carry the overlay networks of `carrier` over `transport` from now on.
     pub fn enable(
         &mut self,
         registry: &Registry,
         tokens: &mut Tokens,
+        carrier: Carrier,
         transport: Box<dyn Transport>,
     ) {
-        if let Some((old, token)) = self.transport.take() {
-            let _ = registry.deregister(&mut SourceFd(&old.raw_fd()));
-            tokens.remove(token);
+        if let Some(old) = self.transports[carrier.index()].take() {
+            let _ = registry.deregister(&mut SourceFd(&old.transport.raw_fd()));
+            tokens.remove(old.token);
         }
-        let token = tokens.insert(Source::Tunnel);
+        let token = tokens.insert(Source::Tunnel(carrier));
         let raw = transport.raw_fd();
         if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE) {
             tracing::error!(error = %e, "data path: register the tunnel");
             tokens.remove(token);
             return;
         }
-        self.local = transport.local_addr();
-        self.transport = Some((transport, token));
+        let local = transport.local_addr();
+        self.transports[carrier.index()] = Some(Enabled {
+            transport,
+            token,
+            local,
+        });
+    }
+
+    fn enabled(&self, carrier: Carrier) -> Option<&Enabled> {
+        self.transports[carrier.index()].as_ref()
+    }
+
+    fn enabled_mut(&mut self, carrier: Carrier) -> Option<&mut Enabled> {
+        self.transports[carrier.index()].as_mut()
     }
 
     /// The underlay addresses datagrams are accepted from.
@@ -141,11 +193,22 @@ impl Tunnel {
 
     /// Send a frame (with its virtio header) to the host behind `port`.
     pub fn send(&mut self, port: PortId, frame_with_header: &[u8]) {
-        let (Some(peer), Some((transport, _))) = (self.vteps.peer(port), self.transport.as_mut())
-        else {
+        let Some(peer) = self.vteps.peer(port) else {
             return;
         };
-        let sent = transport.send_frame(peer, frame_with_header);
+        let carrier = Carrier::of(peer.encrypted);
+        let Some(enabled) = self.transports[carrier.index()].as_mut() else {
+            if carrier == Carrier::Quic {
+                // Never in clear: without QUIC, an encrypted network's
+                // frames do not leave.
+                self.counters
+                    .dropped_unencrypted
+                    .fetch_add(1, Ordering::Relaxed);
+                peer.counters.count_drop(DropReason::EgressFailed);
+            }
+            return;
+        };
+        let sent = enabled.transport.send_frame(peer, frame_with_header);
         self.counters.tx.fetch_add(sent, Ordering::Relaxed);
     }
 
@@ -154,31 +217,53 @@ impl Tunnel {
     /// before the inner frame.
     pub fn capture_view(&self, port: PortId) -> Option<((SocketAddr, SocketAddr), Vec<u8>)> {
         let peer = self.vteps.peer(port)?;
-        let (transport, _) = self.transport.as_ref()?;
-        Some(((self.local?, peer.addr), transport.encapsulation(peer)))
+        let enabled = self.enabled(Carrier::of(peer.encrypted))?;
+        let to = SocketAddr::new(peer.addr.ip(), enabled.transport.peer_port());
+        Some(((enabled.local?, to), enabled.transport.encapsulation(peer)))
     }
 
-    /// The transport's own address (where datagrams arrive).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local
+    /// The address of `carrier`'s transport (where its datagrams arrive).
+    pub fn local_addr(&self, carrier: Carrier) -> Option<SocketAddr> {
+        self.enabled(carrier)?.local
     }
 
-    /// Send what the transport gathered.
+    /// Send what the transports gathered.
     pub fn flush(&mut self) {
-        if let Some((transport, _)) = self.transport.as_mut() {
-            let sent = transport.flush();
+        for enabled in self.transports.iter_mut().flatten() {
+            let sent = enabled.transport.flush();
             self.counters.tx.fetch_add(sent, Ordering::Relaxed);
         }
     }
 
-    /// Receive a burst into `buf`: its length, sender and datagram size.
-    /// `WouldBlock` when there is nothing more; `NotFound` when there is
-    /// no transport.
-    pub fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<weft_overlay::Received> {
-        let Some((transport, _)) = self.transport.as_mut() else {
+    /// When a transport's timers are due next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.transports
+            .iter_mut()
+            .flatten()
+            .filter_map(|enabled| enabled.transport.poll_timeout())
+            .min()
+    }
+
+    /// Run the transports' timers that are due, and send what they made.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for enabled in self.transports.iter_mut().flatten() {
+            enabled.transport.handle_timeout(now);
+        }
+        self.flush();
+    }
+
+    /// Receive a burst from `carrier` into `buf`: its length, sender and
+    /// datagram size. `WouldBlock` when there is nothing more; `NotFound`
+    /// when there is no such transport.
+    pub fn recv(
+        &mut self,
+        carrier: Carrier,
+        buf: &mut [u8],
+    ) -> std::io::Result<weft_overlay::Received> {
+        let Some(enabled) = self.enabled_mut(carrier) else {
             return Err(std::io::ErrorKind::NotFound.into());
         };
-        transport.recv(buf)
+        enabled.transport.recv(buf)
     }
 
     /// One datagram from `from`: check its sender, open it; its inner frame
@@ -186,6 +271,7 @@ impl Tunnel {
     pub fn open<'d>(
         &mut self,
         switch: &mut Switch,
+        carrier: Carrier,
         from: SocketAddr,
         datagram: &'d [u8],
     ) -> Option<(PortId, &'d [u8])> {
@@ -196,7 +282,7 @@ impl Tunnel {
             tracing::trace!(%from, "tunnel datagram from a non-member, dropped");
             return None;
         }
-        let (transport, _) = self.transport.as_ref()?;
+        let transport = &self.enabled(carrier)?.transport;
         let opened = transport.open(datagram).and_then(|(vni, inner)| {
             let network = self.vteps.network(vni)?;
             (inner.len() + VNET_HDR_LEN <= FRAME_BUFFER_LEN).then_some((vni, network, inner))
@@ -207,9 +293,22 @@ impl Tunnel {
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        if carrier == Carrier::Vxlan && self.vteps.encrypted(network) {
+            self.counters
+                .dropped_unencrypted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%from, vni = vni.get(), "clear-text VXLAN for an encrypted network, dropped");
+            return None;
+        }
         // Peers are known by address; they send from any port and are
-        // sent to at the transport's port.
-        let peer = SocketAddr::new(from.ip(), transport.peer_port());
+        // sent to at the VXLAN transport's port (QUIC only needs the
+        // address, and finds its own port).
+        let port = self
+            .enabled(Carrier::Vxlan)
+            .unwrap_or(self.enabled(carrier)?)
+            .transport
+            .peer_port();
+        let peer = SocketAddr::new(from.ip(), port);
         let (port, new) = self.vteps.port_for(network, vni, peer)?;
         if let Some(new) = new {
             if !add_to_switch(switch, &mut self.vteps, &self.ports, new) {

@@ -18,6 +18,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod cluster;
 pub mod guest;
 
 use std::fs::File;

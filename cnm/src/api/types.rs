@@ -235,6 +235,10 @@ pub struct PeersReport {
     pub tunnel: TunnelCountersSnapshot,
     /// Gossip datagrams dropped.
     pub gossip: GossipCounters,
+    /// The QUIC transport (encrypted networks): its connections, one per
+    /// host, with their counters; absent without a cluster key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic: Option<weft_overlay::driver::quic::QuicStatus>,
 }
 
 /// The tunnel counters at one moment.
@@ -249,6 +253,9 @@ pub struct TunnelCountersSnapshot {
     pub dropped_not_member: u64,
     /// Datagrams that were not VXLAN, or of an unknown VNI, dropped.
     pub dropped_invalid: u64,
+    /// Clear-text VXLAN for an encrypted network, and frames of encrypted
+    /// networks with no QUIC transport to leave by, dropped.
+    pub dropped_unencrypted: u64,
 }
 
 impl From<&TunnelCounters> for TunnelCountersSnapshot {
@@ -259,6 +266,7 @@ impl From<&TunnelCounters> for TunnelCountersSnapshot {
             tx: c.tx.load(Relaxed),
             dropped_not_member: c.dropped_not_member.load(Relaxed),
             dropped_invalid: c.dropped_invalid.load(Relaxed),
+            dropped_unencrypted: c.dropped_unencrypted.load(Relaxed),
         }
     }
 }

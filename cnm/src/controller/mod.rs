@@ -65,6 +65,7 @@ mod records;
 mod state;
 #[cfg(test)]
 mod tests;
+mod tunnels;
 mod validation;
 
 pub use error::ControllerError;
@@ -74,7 +75,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use weft_datapath::Datapath;
+use weft_datapath::{Carrier, Datapath};
+use weft_overlay::driver::quic::SharedQuicStatus;
 use weft_services::NatLimits;
 
 use weft_overlay::ClusterNetworkId;
@@ -167,6 +169,8 @@ pub struct Controller {
     state_dir: PathBuf,
     /// Where unknown names go (`weft info`).
     dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The QUIC transport's counters, when it runs (a cluster key).
+    quic: Option<SharedQuicStatus>,
 }
 
 struct Inner {
@@ -195,6 +199,7 @@ impl Controller {
         let state = store.load()?;
         let datapath =
             Arc::new(Datapath::spawn_with_limits(&config.nat).map_err(ControllerError::Datapath)?);
+        let mut quic_status = None;
         let cluster = match config.cluster {
             Some(cluster_config) => {
                 let tunnel_addr = std::net::SocketAddr::new(
@@ -213,12 +218,16 @@ impl Controller {
                             source,
                         }
                     })?;
-                datapath.enable_tunnel(Box::new(transport)).map_err(|e| {
-                    ControllerError::Driver {
+                datapath
+                    .enable_tunnel(Carrier::Vxlan, Box::new(transport))
+                    .map_err(|e| ControllerError::Driver {
                         driver: DriverKind::Overlay,
                         source: e.into(),
-                    }
-                })?;
+                    })?;
+                if let Some(secret) = &cluster_config.secret {
+                    let quic = tunnels::enable_quic(&datapath, &cluster_config, secret)?;
+                    quic_status = Some(quic);
+                }
                 Some(Cluster::start(cluster_config).await?)
             }
             None => None,
@@ -246,7 +255,11 @@ impl Controller {
                 store,
                 null: Arc::new(NullDriver::new(config.helper_exe)),
                 host: Arc::new(HostDriver),
-                overlay: Arc::new(OverlayDriver::new(Arc::clone(&bridge), cluster.clone())),
+                overlay: Arc::new(OverlayDriver::new(
+                    Arc::clone(&bridge),
+                    cluster.clone(),
+                    quic_status.clone(),
+                )),
                 macvlan: Arc::new(crate::macvlan_driver::MacvlanDriver::new(
                     Arc::clone(&bridge),
                     DriverKind::Macvlan,
@@ -263,6 +276,7 @@ impl Controller {
             started: std::time::Instant::now(),
             state_dir: config.state_dir.clone(),
             dns_upstreams: config.dns_upstreams.clone(),
+            quic: quic_status,
         };
         {
             let inner = controller.inner.lock().await;
@@ -666,6 +680,12 @@ impl Controller {
             members: cluster.members(),
             tunnel: self.datapath.tunnel_counters().into(),
             gossip: cluster.counters(),
+            quic: self.quic.as_ref().map(|status| {
+                status
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            }),
         })
     }
 

@@ -12,9 +12,10 @@ use crate::api::types::CreateNetworkRequest;
 use crate::driver::NetworkDriver;
 use crate::macvlan_driver::DNS_ADDRESS_OPTION;
 use crate::model::{
-    DriverKind, Network, Scope, DEFAULT_MTU, DEFAULT_OVERLAY_MTU, MAX_MTU, MIN_MTU,
+    DriverKind, Network, Scope, DEFAULT_ENCRYPTED_OVERLAY_MTU, DEFAULT_MTU, DEFAULT_OVERLAY_MTU,
+    MAX_MTU, MIN_MTU,
 };
-use crate::overlay_driver::VNI_OPTION;
+use crate::overlay_driver::{ENCRYPTED_OPTION, VNI_OPTION};
 
 use super::error::ControllerError;
 use super::records::{network_record, random_vni, RANDOM_VNI_MIN};
@@ -38,10 +39,21 @@ impl Controller {
             Some(name) => name.parse::<DriverKind>()?,
             None => DriverKind::Bridge,
         };
-        let mtu = request.mtu.unwrap_or(if driver == DriverKind::Overlay {
-            DEFAULT_OVERLAY_MTU
-        } else {
-            DEFAULT_MTU
+        // An overlay network is encrypted as -o encrypted says, else as
+        // the daemon's --transport.
+        let encrypted = driver == DriverKind::Overlay
+            && request.options.get(ENCRYPTED_OPTION).map_or_else(
+                || {
+                    self.cluster
+                        .as_ref()
+                        .is_some_and(|c| c.quic().encrypt_by_default)
+                },
+                |v| v == "true",
+            );
+        let mtu = request.mtu.unwrap_or(match driver {
+            DriverKind::Overlay if encrypted => DEFAULT_ENCRYPTED_OVERLAY_MTU,
+            DriverKind::Overlay => DEFAULT_OVERLAY_MTU,
+            _ => DEFAULT_MTU,
         });
         let has_v6 = request.subnets.iter().any(|s| s.subnet.addr().is_ipv6());
         let min = if has_v6 { 1280 } else { MIN_MTU };
@@ -83,7 +95,7 @@ impl Controller {
             }
         }
         if driver == DriverKind::Overlay {
-            return self.create_overlay_network(request, mtu).await;
+            return self.create_overlay_network(request, mtu, encrypted).await;
         }
         let mut inner = self.inner.lock().await;
         if inner.network(&request.name).is_some() {
@@ -152,13 +164,25 @@ impl Controller {
     /// the directory so that every host makes it too.
     pub(super) async fn create_overlay_network(
         &self,
-        request: CreateNetworkRequest,
+        mut request: CreateNetworkRequest,
         mtu: u32,
+        encrypted: bool,
     ) -> Result<Network, ControllerError> {
         let cluster = self
             .cluster
             .clone()
             .ok_or(ControllerError::OverlayNeedsCluster)?;
+        if encrypted && self.quic.is_none() {
+            return Err(ControllerError::InvalidOption {
+                key: ENCRYPTED_OPTION.into(),
+                reason: "encrypted overlay networks ride QUIC, which authenticates hosts with the cluster key: start the daemons with --cluster-key FILE".into(),
+            });
+        }
+        // Written out, so that every host reads the same whatever its own
+        // --transport.
+        request
+            .options
+            .insert(ENCRYPTED_OPTION.into(), encrypted.to_string());
         if request.subnets.len() > 1 || request.subnets.iter().any(|s| s.ip_range.is_some()) {
             return Err(ControllerError::OverlaySubnets);
         }
@@ -228,7 +252,7 @@ impl Controller {
             undo(&mut inner);
             return Err(e);
         }
-        tracing::info!(network = name, vni = vni.get(), subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "overlay network created");
+        tracing::info!(network = name, vni = vni.get(), encrypted, subnets = ?network.subnets.iter().map(|s| s.subnet).collect::<Vec<_>>(), "overlay network created");
         Ok(network)
     }
 

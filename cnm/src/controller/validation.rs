@@ -140,7 +140,9 @@ pub(super) fn validate_overlay_options(
                     Vni::MAX
                 ),
             },
-            crate::driver::PORT_SECURITY_OPTION | crate::driver::DHCP_OPTION
+            crate::driver::PORT_SECURITY_OPTION
+            | crate::driver::DHCP_OPTION
+            | overlay_driver::ENCRYPTED_OPTION
                 if value == "true" || value == "false" =>
             {
                 continue
@@ -151,12 +153,15 @@ pub(super) fn validate_overlay_options(
             crate::driver::PORT_SECURITY_OPTION => {
                 format!("{value:?} is not a value of port_security: use true or false")
             }
+            overlay_driver::ENCRYPTED_OPTION => {
+                format!("{value:?} is not a value of encrypted: use true or false")
+            }
             PEERS_OPTION => match overlay_driver::parse_peers(value) {
                 Ok(peers) if !peers.is_empty() => continue,
                 Ok(_) => "give at least one address: peers=IP[,IP...]".to_owned(),
                 Err(bad) => format!("{bad:?} is not an IP address: use peers=IP[,IP...]"),
             },
-            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...], port_security=true|false, dhcp=true|false"
+            _ => "unknown option of the overlay driver: known options are vni=N, peers=IP[,IP...], encrypted=true|false, port_security=true|false, dhcp=true|false"
                 .to_owned(),
         };
         return Err(ControllerError::InvalidOption {

@@ -77,6 +77,10 @@ pub struct TunnelPeerCounters {
     /// Its tunnel port's counters.
     #[serde(flatten)]
     pub counters: PortCountersSnapshot,
+    /// On an encrypted network: the QUIC connection to that host (state,
+    /// datagrams, bytes, losses, RTT, path MTU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic: Option<weft_overlay::quic::QuicPeerStats>,
 }
 
 /// An endpoint of an overlay network on another host, from the cluster

@@ -95,7 +95,28 @@ pub struct ClusterConfig {
     pub secret: Option<Vec<u8>>,
     /// The VXLAN UDP port (`--vxlan-port`), the same on every host.
     pub vxlan_port: u16,
+    /// The encrypted transport (QUIC) and what it is for.
+    pub quic: QuicSettings,
 }
+
+/// The QUIC transport's settings (`weft daemon --transport quic
+/// --quic-port PORT`). The transport runs whenever the cluster has a key
+/// (it authenticates with it); these say its port and whether overlay
+/// networks made on this host are encrypted when `-o encrypted` is not
+/// given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicSettings {
+    /// Its UDP port, the same on every host.
+    pub port: u16,
+    /// `--transport quic`: networks made here are encrypted by default.
+    pub encrypt_by_default: bool,
+    /// `--quic-congestion cubic`: quinn's CUBIC in the tunnels instead of
+    /// none (for measuring the difference).
+    pub cubic: bool,
+}
+
+/// The QUIC transport's default port.
+pub const DEFAULT_QUIC_PORT: u16 = 7947;
 
 /// Why the cluster runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +203,7 @@ pub struct Cluster {
     name: String,
     listen: SocketAddr,
     vxlan_port: u16,
+    quic: QuicSettings,
 }
 
 struct ClusterState {
@@ -242,6 +264,7 @@ impl Cluster {
             name: config.node_name,
             listen: config.listen,
             vxlan_port: config.vxlan_port,
+            quic: config.quic,
         });
         tracing::info!(name = cluster.name, id = %cluster.id, listen = %config.listen, join = ?config.join, vxlan = %underlay, authenticated = config.secret.is_some(), "overlay gossip started");
         tokio::spawn(drive(Arc::clone(&cluster), socket));
@@ -285,6 +308,11 @@ impl Cluster {
     /// The VXLAN port (every host's).
     pub fn vxlan_port(&self) -> u16 {
         self.vxlan_port
+    }
+
+    /// The QUIC transport's settings.
+    pub fn quic(&self) -> QuicSettings {
+        self.quic
     }
 
     fn lock(&self) -> MutexGuard<'_, ClusterState> {

@@ -147,7 +147,8 @@ impl QuicUdp {
             rx: vec![0; 65_536],
             tx: Vec::with_capacity(65_536),
             gso: true,
-            default_max: usize::from(udp_payload).saturating_sub(crate::quic::QUIC_DATAGRAM_OVERHEAD),
+            default_max: usize::from(udp_payload)
+                .saturating_sub(crate::quic::QUIC_DATAGRAM_OVERHEAD),
             status: Arc::default(),
             status_due: Instant::now(),
         })
@@ -415,9 +416,17 @@ fn receive(socket: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<(usize, S
 fn set_dont_fragment(socket: &std::net::UdpSocket, ipv6: bool) {
     let fd = socket.as_raw_fd();
     let (level, name, value) = if ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_PROBE)
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
     };
     // SAFETY: `fd` is the open socket `socket` owns; `value` is a c_int
     // that outlives the call, and its size is passed with it.
@@ -509,7 +518,9 @@ mod tests {
         }
         let opened = exchange(&mut tx, &mut rx, 3);
         assert_eq!(opened.len(), 3);
-        assert!(opened.iter().all(|f| f.len() == 1400 && &f[20..26] == b"MARKER"));
+        assert!(opened
+            .iter()
+            .all(|f| f.len() == 1400 && &f[20..26] == b"MARKER"));
         assert_eq!(peer.counters.snapshot().tx_frames, 3);
         rx.refresh_status(Instant::now());
         let status = rx.status().lock().unwrap().clone();

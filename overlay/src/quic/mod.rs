@@ -521,9 +521,7 @@ impl QuicTunnel {
                     link.pending.clear();
                 }
                 Event::DatagramReceived => {}
-                Event::HandshakeDataReady
-                | Event::Stream(_)
-                | Event::DatagramsUnblocked => {}
+                Event::HandshakeDataReady | Event::Stream(_) | Event::DatagramsUnblocked => {}
             }
         }
         let remote = link.connection.remote_address();

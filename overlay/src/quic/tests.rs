@@ -83,14 +83,21 @@ impl World {
 fn frames_cross_once_the_handshake_ends_and_wait_for_it_before() {
     let mut world = World::new(vec![(A, tunnel(b"secret")), (B, tunnel(b"secret"))]);
     let now = world.now;
-    let frame = Bytes::from_static(b"\x08\0\0\0\0\x10\x92\0 a frame with a marker: PLAINTEXT-MARKER");
-    assert_eq!(world.host(A).send(now, addr(B), frame.clone()), Sent::Waiting);
+    let frame =
+        Bytes::from_static(b"\x08\0\0\0\0\x10\x92\0 a frame with a marker: PLAINTEXT-MARKER");
+    assert_eq!(
+        world.host(A).send(now, addr(B), frame.clone()),
+        Sent::Waiting
+    );
     world.run(50);
     let got = world.received(B);
     assert_eq!(got, vec![(addr(A), frame.clone())]);
     // Both ways, over the one connection.
     let now = world.now;
-    assert_eq!(world.host(B).send(now, addr(A), frame.clone()), Sent::Queued);
+    assert_eq!(
+        world.host(B).send(now, addr(A), frame.clone()),
+        Sent::Queued
+    );
     world.run(50);
     assert_eq!(world.received(A), vec![(addr(B), frame)]);
     assert!(
@@ -147,20 +154,27 @@ fn a_full_datagram_fits_and_a_larger_one_is_refused() {
 fn a_client_that_moves_keeps_its_connection() {
     let mut world = World::new(vec![(A, tunnel(b"k")), (B, tunnel(b"k"))]);
     let now = world.now;
-    world.host(B).send(now, addr(A), Bytes::from_static(b"before"));
+    world
+        .host(B)
+        .send(now, addr(A), Bytes::from_static(b"before"));
     world.run(50);
     assert_eq!(world.received(A).len(), 1);
     // B's address changes: its packets now come from elsewhere.
     let moved = addr("198.51.100.7:4790");
     world.hosts[1].0 = moved;
     let now = world.now;
-    world.host("198.51.100.7:4790").send(now, addr(A), Bytes::from_static(b"after"));
+    world
+        .host("198.51.100.7:4790")
+        .send(now, addr(A), Bytes::from_static(b"after"));
     world.run(100);
     let got = world.received(A);
     assert_eq!(got, vec![(moved, Bytes::from_static(b"after"))]);
     // A answers at the new address, over the same connection.
     let now = world.now;
-    assert_eq!(world.host(A).send(now, moved, Bytes::from_static(b"back")), Sent::Queued);
+    assert_eq!(
+        world.host(A).send(now, moved, Bytes::from_static(b"back")),
+        Sent::Queued
+    );
     world.run(50);
     assert_eq!(world.received("198.51.100.7:4790").len(), 1);
     assert_eq!(world.host(A).peers().len(), 1);
@@ -180,8 +194,14 @@ fn a_silent_peer_is_closed_after_the_idle_timeout() {
         world.now += Duration::from_millis(100);
     }
     let peers = world.host(A).peers();
-    assert!(peers.iter().all(|p| p.state == LinkState::Closed), "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p.state == LinkState::Closed),
+        "{peers:?}"
+    );
     // The next frame opens a new connection.
     let now = world.now;
-    assert_eq!(world.host(A).send(now, addr(B), Bytes::from_static(b"y")), Sent::Waiting);
+    assert_eq!(
+        world.host(A).send(now, addr(B), Bytes::from_static(b"y")),
+        Sent::Waiting
+    );
 }
