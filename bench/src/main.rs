@@ -124,6 +124,13 @@ enum Command {
         /// Markdown file whose overlay section is replaced (appended if absent).
         #[arg(long, default_value = DEFAULT_OUT)]
         out: PathBuf,
+        /// The weft daemons' `--quic-congestion` for the encrypted network.
+        #[arg(long, default_value = "none", value_parser = ["none", "cubic"])]
+        quic_congestion: String,
+        /// Leave wireguard-go out (not installed: `apt-get install
+        /// wireguard-go wireguard-tools`).
+        #[arg(long)]
+        no_wireguard: bool,
     },
     /// Container to container: a weft network (Docker plugin) vs Docker's bridge.
     Docker {
@@ -280,11 +287,19 @@ fn run(cli: Cli) -> Result<()> {
             out,
             command,
         }),
-        Command::Overlay { runs, seconds, out } => overlay::run(&overlay::OverlayOptions {
+        Command::Overlay {
+            runs,
+            seconds,
+            out,
+            quic_congestion,
+            no_wireguard,
+        } => overlay::run(&overlay::OverlayOptions {
             runs,
             seconds,
             out,
             command,
+            quic_congestion,
+            no_wireguard,
         }),
         Command::Docker { runs, seconds, out } => docker::run(&docker::DockerOptions {
             runs,

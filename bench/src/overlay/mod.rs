@@ -62,9 +62,10 @@ use crate::topology::{self, WeftDaemon};
 
 /// The underlay ("the wire between the hosts").
 const UNDERLAY_NS: &str = "wb-ov-under";
-/// weft's hosts and sandboxes.
+/// weft's hosts and sandboxes (plain network, encrypted network).
 const WEFT_HOSTS: [&str; 2] = ["wb-ov-wh1", "wb-ov-wh2"];
 const WEFT_SANDBOXES: [&str; 2] = ["wb-ov-ws1", "wb-ov-ws2"];
+const WEFT_QUIC_SANDBOXES: [&str; 2] = ["wb-ov-wq1", "wb-ov-wq2"];
 /// Their underlay addresses.
 const WEFT_UNDERLAY: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
 /// The kernel's hosts and sandboxes.
@@ -75,9 +76,11 @@ const KERNEL_UNDERLAY: [&str; 2] = ["192.0.2.11", "192.0.2.12"];
 const KERNEL_SANDBOX_IPS: [&str; 2] = ["10.241.0.1", "10.241.0.2"];
 /// weft's gossip port.
 const GOSSIP_PORT: u16 = 7946;
-/// weft's overlay network.
+/// weft's overlay networks: plain and encrypted.
 const WEFT_NETWORK: &str = "ov";
 const WEFT_SUBNET: &str = "10.240.0.0/24";
+const WEFT_QUIC_NETWORK: &str = "sec";
+const WEFT_QUIC_SUBNET: &str = "10.240.1.0/24";
 /// The kernel's VNI (as the anchor).
 const KERNEL_VNI: &str = "4242";
 /// The MTU of the kernel sandboxes: weft's overlay default, and what the
@@ -93,6 +96,11 @@ pub const SECTION_HEADING: &str = "## Overlay across two hosts: weft vs kernel v
 /// The issue's target and floor for TCP, weft / kernel vxlan.
 const TCP_TARGET: f64 = 0.8;
 const TCP_FLOOR: f64 = 0.3;
+/// Issue 15's: weft QUIC / weft VXLAN (target, floor), and weft QUIC /
+/// wireguard-go (target).
+const QUIC_TARGET: f64 = 0.7;
+const QUIC_FLOOR: f64 = 0.3;
+const QUIC_OVER_WIREGUARD_TARGET: f64 = 6.0;
 
 /// `weft-bench overlay` options.
 #[derive(Debug)]
@@ -105,32 +113,51 @@ pub struct OverlayOptions {
     pub out: PathBuf,
     /// The command line, for the report.
     pub command: String,
+    /// The daemons' `--quic-congestion` (`none` or `cubic`).
+    pub quic_congestion: String,
+    /// Leave wireguard-go out (where it is not installed).
+    pub no_wireguard: bool,
 }
 
-/// The two datapaths.
+/// The datapaths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Datapath {
-    /// weft's daemons.
+    /// weft's daemons, a plain network (VXLAN over UDP).
     Weft,
+    /// The same daemons, an encrypted network (QUIC).
+    WeftQuic,
     /// Linux vxlan + bridge.
     Kernel,
+    /// wireguard-go between two hosts.
+    WireguardGo,
 }
 
 impl Datapath {
     /// In run order.
-    pub const ALL: [Datapath; 2] = [Datapath::Weft, Datapath::Kernel];
+    pub const ALL: [Datapath; 4] = [
+        Datapath::Weft,
+        Datapath::WeftQuic,
+        Datapath::Kernel,
+        Datapath::WireguardGo,
+    ];
 
     fn short(self) -> &'static str {
         match self {
             Datapath::Weft => "weft",
+            Datapath::WeftQuic => "weft-quic",
             Datapath::Kernel => "kernel",
+            Datapath::WireguardGo => "wireguard-go",
         }
     }
 
     fn label(self) -> &'static str {
         match self {
             Datapath::Weft => "weft overlay (2 daemons, VXLAN in userspace, TAP per sandbox)",
+            Datapath::WeftQuic => {
+                "weft encrypted overlay (the same daemons, QUIC datagrams, AES-128-GCM)"
+            }
             Datapath::Kernel => "kernel vxlan + bridge + veth",
+            Datapath::WireguardGo => "wireguard-go (Debian's), host to host, L3",
         }
     }
 }
@@ -232,10 +259,14 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
     eprintln!("weft-bench: building the overlay lab");
     build_underlay(&mut lab)?;
     let built = Instant::now();
-    let weft_side = build_weft(&mut lab, &weft).context("building weft's overlay")?;
+    let [weft_side, quic_side] =
+        build_weft(&mut lab, &weft, &options.quic_congestion).context("building weft's overlay")?;
     let weft_ready = built.elapsed();
-    let kernel_side = build_kernel(&mut lab).context("building the kernel vxlan overlay")?;
-    let sides = [weft_side, kernel_side];
+    let kernel_side = sides::build_kernel(&mut lab).context("building the kernel vxlan overlay")?;
+    let mut sides = vec![weft_side, quic_side, kernel_side];
+    if !options.no_wireguard {
+        sides.push(sides::build_wireguard(&mut lab).context("building wireguard-go")?);
+    }
 
     let mut results: BTreeMap<Datapath, Figures> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
@@ -335,7 +366,9 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
         placement: pin.describe(),
         wall_seconds: started.elapsed().as_secs_f64(),
         weft_ready_seconds: weft_ready.as_secs_f64(),
-        sandbox_mtus: [sides[0].sandbox_mtu.clone(), sides[1].sandbox_mtu.clone()],
+        sandbox_mtus: [sides[0].sandbox_mtu.clone(), sides[2].sandbox_mtu.clone()],
+        quic_mtu: sides[1].sandbox_mtu.clone(),
+        quic_congestion: options.quic_congestion.clone(),
         daemon_rss_kib,
     };
     let markdown = markdown(&header, &results, &failures);
@@ -482,15 +515,30 @@ fn sandbox_interface(lab: &mut Lab, netns: &str) -> Result<(String, String)> {
     Ok((address.to_owned(), mtu))
 }
 
-/// Two weft hosts joined by gossip, an overlay network, one sandbox each.
-fn build_weft(lab: &mut Lab, weft: &Path) -> Result<Side> {
+/// Two weft hosts joined by gossip (with a cluster key, so the QUIC
+/// transport runs too), a plain and an encrypted overlay network, one
+/// sandbox on each per host.
+fn build_weft(lab: &mut Lab, weft: &Path, congestion: &str) -> Result<[Side; 2]> {
     let mut daemons = Vec::new();
     let seed = format!("{}:{GOSSIP_PORT}", WEFT_UNDERLAY[0]);
+    let key = lab.work_dir().join("cluster.key");
+    std::fs::write(&key, "weft-bench overlay cluster secret\n")
+        .context("writing the cluster key")?;
+    let key = key.display().to_string();
     for (index, host) in WEFT_HOSTS.iter().enumerate() {
         add_host(lab, host, &format!("pw{}", index + 1), WEFT_UNDERLAY[index])?;
         let listen = format!("{}:{GOSSIP_PORT}", WEFT_UNDERLAY[index]);
         let name = format!("h{}", index + 1);
-        let mut extra = vec!["--listen", &listen, "--node-name", &name];
+        let mut extra = vec![
+            "--listen",
+            &listen,
+            "--node-name",
+            &name,
+            "--cluster-key",
+            &key,
+            "--quic-congestion",
+            congestion,
+        ];
         if index > 0 {
             extra.extend(["--join", &seed]);
         }
@@ -507,129 +555,77 @@ fn build_weft(lab: &mut Lab, weft: &Path) -> Result<Side> {
         "weft-bench: gossip converged in {:.1} s",
         took.as_secs_f64()
     );
-    weft_ok(
-        lab,
-        &daemons[0],
-        &[
-            "network",
-            "create",
-            "--driver",
-            "overlay",
-            "--subnet",
-            WEFT_SUBNET,
+    let networks = [
+        (
             WEFT_NETWORK,
-        ],
-    )?;
-    let took = wait_until(
-        lab,
-        "the overlay network appears on host 2",
-        CONVERGE_TIMEOUT,
-        |lab| lists_network(lab, &daemons[1], WEFT_NETWORK),
-    )?;
-    eprintln!(
-        "weft-bench: network `{WEFT_NETWORK}` on host 2 after {:.1} s",
-        took.as_secs_f64()
-    );
-    for (daemon, sandbox) in daemons.iter().zip(WEFT_SANDBOXES) {
-        lab.add_netns(sandbox)?;
-        weft_ok(lab, daemon, &["network", "connect", WEFT_NETWORK, sandbox])?;
-    }
-    let (_, client_mtu) = sandbox_interface(lab, WEFT_SANDBOXES[0])?;
-    let (server_ip, _) = sandbox_interface(lab, WEFT_SANDBOXES[1])?;
-    // The first frames wait for the directory to carry the remote
-    // endpoint; bounded.
-    wait_until(
-        lab,
-        "the weft sandboxes reach each other across the overlay",
-        CONVERGE_TIMEOUT,
-        |lab| {
-            Ok(lab
-                .run_in(
-                    WEFT_SANDBOXES[0],
-                    &["ping", "-n", "-q", "-c", "1", "-W", "1", &server_ip],
-                    Duration::from_secs(5),
-                )?
-                .status
-                .success())
-        },
-    )?;
-    Ok(Side {
-        datapath: Datapath::Weft,
-        client_ns: WEFT_SANDBOXES[0],
-        server_ns: WEFT_SANDBOXES[1],
-        server_ip,
-        daemon_pids: daemons.iter().map(|d| d.pid).collect(),
-        sandbox_mtu: client_mtu,
-    })
-}
-
-/// Two hosts with a kernel vxlan device and a bridge each, one sandbox
-/// behind each bridge.
-fn build_kernel(lab: &mut Lab) -> Result<Side> {
-    for index in 0..2 {
-        let (host, sandbox) = (KERNEL_HOSTS[index], KERNEL_SANDBOXES[index]);
-        let (local, remote) = (KERNEL_UNDERLAY[index], KERNEL_UNDERLAY[1 - index]);
-        add_host(lab, host, &format!("pk{}", index + 1), local)?;
-        lab.add_netns(sandbox)?;
-        lab.ip(
-            host,
+            WEFT_SUBNET,
+            "encrypted=false",
+            WEFT_SANDBOXES,
+            Datapath::Weft,
+        ),
+        (
+            WEFT_QUIC_NETWORK,
+            WEFT_QUIC_SUBNET,
+            "encrypted=true",
+            WEFT_QUIC_SANDBOXES,
+            Datapath::WeftQuic,
+        ),
+    ];
+    let mut sides = Vec::new();
+    for (network, subnet, encrypted, sandboxes, datapath) in networks {
+        weft_ok(
+            lab,
+            &daemons[0],
             &[
-                "link", "add", "vx0", "type", "vxlan", "id", KERNEL_VNI, "dstport", "4789",
-                "local", local, "remote", remote, "dev", "v0",
+                "network", "create", "--driver", "overlay", "--subnet", subnet, "--opt", encrypted,
+                network,
             ],
         )?;
-        lab.ip(host, &["link", "add", "br0", "type", "bridge"])?;
-        lab.ip(
-            host,
-            &[
-                "link",
-                "add",
-                "vs0",
-                "mtu",
-                OVERLAY_MTU,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "mtu",
-                OVERLAY_MTU,
-                "netns",
-                sandbox,
-            ],
+        let took = wait_until(
+            lab,
+            "the overlay network appears on host 2",
+            CONVERGE_TIMEOUT,
+            |lab| lists_network(lab, &daemons[1], network),
         )?;
-        lab.ip(host, &["link", "set", "vx0", "master", "br0"])?;
-        lab.ip(host, &["link", "set", "vs0", "master", "br0"])?;
-        for device in ["vx0", "vs0", "br0"] {
-            lab.ip(host, &["link", "set", device, "up"])?;
+        eprintln!(
+            "weft-bench: network `{network}` on host 2 after {:.1} s",
+            took.as_secs_f64()
+        );
+        for (daemon, sandbox) in daemons.iter().zip(sandboxes) {
+            lab.add_netns(sandbox)?;
+            weft_ok(lab, daemon, &["network", "connect", network, sandbox])?;
         }
-        lab.ip(
-            sandbox,
-            &[
-                "addr",
-                "add",
-                &format!("{}/24", KERNEL_SANDBOX_IPS[index]),
-                "dev",
-                "eth0",
-            ],
+        let (_, client_mtu) = sandbox_interface(lab, sandboxes[0])?;
+        let (server_ip, _) = sandbox_interface(lab, sandboxes[1])?;
+        // The first frames wait for the directory to carry the remote
+        // endpoint (and, encrypted, for the QUIC handshake); bounded.
+        wait_until(
+            lab,
+            "the weft sandboxes reach each other across the overlay",
+            CONVERGE_TIMEOUT,
+            |lab| {
+                Ok(lab
+                    .run_in(
+                        sandboxes[0],
+                        &["ping", "-n", "-q", "-c", "1", "-W", "1", &server_ip],
+                        Duration::from_secs(5),
+                    )?
+                    .status
+                    .success())
+            },
         )?;
-        lab.ip(sandbox, &["link", "set", "eth0", "up"])?;
+        sides.push(Side {
+            datapath,
+            client_ns: sandboxes[0],
+            server_ns: sandboxes[1],
+            server_ip,
+            daemon_pids: daemons.iter().map(|d| d.pid).collect(),
+            sandbox_mtu: client_mtu,
+        });
     }
-    let server_ip = KERNEL_SANDBOX_IPS[1];
-    topology::wait_reachable(
-        lab,
-        KERNEL_SANDBOXES[0],
-        server_ip.parse().context("kernel sandbox address")?,
-    )?;
-    let (_, client_mtu) = sandbox_interface(lab, KERNEL_SANDBOXES[0])?;
-    Ok(Side {
-        datapath: Datapath::Kernel,
-        client_ns: KERNEL_SANDBOXES[0],
-        server_ns: KERNEL_SANDBOXES[1],
-        server_ip: server_ip.to_owned(),
-        daemon_pids: Vec::new(),
-        sandbox_mtu: client_mtu,
-    })
+    let quic = sides.pop().context("the encrypted side")?;
+    let plain = sides.pop().context("the plain side")?;
+    Ok([plain, quic])
 }
 
 /// Per-thread CPU ticks of every daemon of `side`.
@@ -734,6 +730,10 @@ struct Header {
     weft_ready_seconds: f64,
     /// eth0's MTU in the client sandbox: weft, kernel.
     sandbox_mtus: [String; 2],
+    /// eth0's MTU in the encrypted network's client sandbox.
+    quic_mtu: String,
+    /// The daemons' `--quic-congestion`.
+    quic_congestion: String,
     /// VmRSS of each weft daemon at the end.
     daemon_rss_kib: Vec<Option<u64>>,
 }
@@ -782,6 +782,19 @@ fn markdown(header: &Header, results: &BTreeMap<Datapath, Figures>, failures: &[
     );
     let _ = writeln!(
         out,
+        "- weft encrypted: the same daemons with `--cluster-key FILE --quic-congestion {}`, \
+         `weft network create --driver overlay --subnet {WEFT_QUIC_SUBNET} --opt encrypted=true \
+         {WEFT_QUIC_NETWORK}`, a sandbox on it per host; sandbox eth0 MTU {}",
+        header.quic_congestion, header.quic_mtu
+    );
+    let _ = writeln!(
+        out,
+        "- wireguard-go (as `shared/anchors/wireguard-go.sh`): two more hosts on the same \
+         underlay, `wireguard-go -f` in each, one peer each, L3 host to host, MTU {}",
+        sides::WIREGUARD_MTU
+    );
+    let _ = writeln!(
+        out,
         "- kernel (as `shared/anchors/vxlan.sh`): `vxlan id {KERNEL_VNI} dstport 4789 local \
          SELF remote PEER dev v0` (learning on) and a veth to the sandbox in a bridge on \
          each host; sandbox eth0 MTU {}",
@@ -815,8 +828,11 @@ fn markdown(header: &Header, results: &BTreeMap<Datapath, Figures>, failures: &[
     for datapath in Datapath::ALL {
         let r = results.get(&datapath).unwrap_or(&empty);
         let cpu = match datapath {
-            Datapath::Weft => format!("{} (2 daemons)", cell(r.cpu_per_gb())),
+            Datapath::Weft | Datapath::WeftQuic => {
+                format!("{} (2 daemons)", cell(r.cpu_per_gb()))
+            }
             Datapath::Kernel => "n/a (kernel)".to_owned(),
+            Datapath::WireguardGo => "not measured".to_owned(),
         };
         let _ = writeln!(
             out,
@@ -833,11 +849,17 @@ fn markdown(header: &Header, results: &BTreeMap<Datapath, Figures>, failures: &[
     let _ = writeln!(out, "\n### weft's daemons during the TCP runs\n");
     let _ = writeln!(
         out,
-        "| daemon | CPU-s per run | share of one core | busiest thread | its share of one core |"
+        "| network | daemon | CPU-s per run | share of one core | busiest thread | its share of one core |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
-    for (index, runs) in weft.daemons.iter().enumerate() {
-        let role = if index == 0 {
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let quic = results.get(&Datapath::WeftQuic).unwrap_or(&empty);
+    let daemons = weft
+        .daemons
+        .iter()
+        .map(|runs| ("plain (VXLAN)", runs))
+        .chain(quic.daemons.iter().map(|runs| ("encrypted (QUIC)", runs)));
+    for (index, (network, runs)) in daemons.enumerate() {
+        let role = if index % 2 == 0 {
             "h1 (sender's host: encapsulates)"
         } else {
             "h2 (receiver's host: decapsulates)"
@@ -853,7 +875,7 @@ fn markdown(header: &Header, results: &BTreeMap<Datapath, Figures>, failures: &[
         names.dedup();
         let _ = writeln!(
             out,
-            "| {role} | {} | {} | `{}` | {} |",
+            "| {network} | {role} | {} | {} | `{}` | {} |",
             cell(Summary::of(&seconds)),
             percent_cell(&share),
             names.join("`, `"),
@@ -926,6 +948,57 @@ fn markdown(header: &Header, results: &BTreeMap<Datapath, Figures>, failures: &[
         ratio(weft.ping_p50(), kernel.ping_p50())
     );
 
+    let wireguard = results.get(&Datapath::WireguardGo).unwrap_or(&empty);
+    let _ = writeln!(
+        out,
+        "\n### Encrypted overlay targets (issue 15; ratio of the medians, same run)\n"
+    );
+    let _ = writeln!(out, "| figure | ratio | target | floor | verdict |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let over = |a: Option<Summary>, b: Option<Summary>| match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
+        _ => None,
+    };
+    let quic_plain = over(quic.tcp_gbps(), weft.tcp_gbps());
+    let verdict = match quic_plain {
+        Some(r) if r >= QUIC_TARGET => "**target met**",
+        Some(r) if r >= QUIC_FLOOR => "**floor met, target not**",
+        Some(_) => "**below the floor**",
+        None => "—",
+    };
+    let shown = |r: Option<f64>| r.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×"));
+    let _ = writeln!(
+        out,
+        "| TCP Gbit/s, weft QUIC / weft VXLAN | {} | ≥ {QUIC_TARGET:.1}× | ≥ {QUIC_FLOOR:.1}× | {verdict} |",
+        shown(quic_plain)
+    );
+    let quic_wireguard = over(quic.tcp_gbps(), wireguard.tcp_gbps());
+    let verdict = match quic_wireguard {
+        Some(r) if r >= QUIC_OVER_WIREGUARD_TARGET => "**target met**",
+        Some(_) => "**target not met**",
+        None => "—",
+    };
+    let _ = writeln!(
+        out,
+        "| TCP Gbit/s, weft QUIC / wireguard-go | {} | ≥ {QUIC_OVER_WIREGUARD_TARGET:.0}× | – | {verdict} |",
+        shown(quic_wireguard)
+    );
+    let _ = writeln!(
+        out,
+        "| UDP 64 B kpps, weft QUIC / weft VXLAN | {} | – | – | (for information) |",
+        ratio(quic.udp_kpps(), weft.udp_kpps())
+    );
+    let _ = writeln!(
+        out,
+        "| UDP 64 B kpps, weft QUIC / wireguard-go | {} | – | – | (for information) |",
+        ratio(quic.udp_kpps(), wireguard.udp_kpps())
+    );
+    let _ = writeln!(
+        out,
+        "| ping p50, weft QUIC / weft VXLAN | {} | – | – | (lower is better) |",
+        ratio(quic.ping_p50(), weft.ping_p50())
+    );
+
     if !failures.is_empty() {
         let _ = writeln!(out, "\n### Failed measurements (left out of the medians)\n");
         for failure in failures {
@@ -935,5 +1008,6 @@ fn markdown(header: &Header, results: &BTreeMap<Datapath, Figures>, failures: &[
     out
 }
 
+mod sides;
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,8 @@ fn every_namespace_is_the_harness_s_own() {
         .iter()
         .chain(&WEFT_HOSTS)
         .chain(&WEFT_SANDBOXES)
+        .chain(&WEFT_QUIC_SANDBOXES)
+        .chain(&sides::WIREGUARD_HOSTS)
         .chain(&KERNEL_HOSTS)
         .chain(&KERNEL_SANDBOXES)
     {
@@ -49,6 +51,16 @@ fn report_has_the_ratio_and_the_verdict() {
         ..Figures::default()
     };
     results.insert(Datapath::Kernel, kernel);
+    let quic = Figures {
+        tcp: vec![tcp(3.5)],
+        ..Figures::default()
+    };
+    results.insert(Datapath::WeftQuic, quic);
+    let wireguard = Figures {
+        tcp: vec![tcp(0.5)],
+        ..Figures::default()
+    };
+    results.insert(Datapath::WireguardGo, wireguard);
     let header = Header {
         date_utc: "2026-01-01 00:00:00".into(),
         kernel: "6.1".into(),
@@ -61,14 +73,28 @@ fn report_has_the_ratio_and_the_verdict() {
         wall_seconds: 1.0,
         weft_ready_seconds: 2.0,
         sandbox_mtus: ["1450".into(), "1450".into()],
+        quic_mtu: "1412".into(),
+        quic_congestion: "none".into(),
         daemon_rss_kib: vec![Some(10240), None],
     };
     let text = markdown(&header, &results, &["boom".into()]);
     assert!(text.starts_with(SECTION_HEADING));
     assert!(text.contains("| 0.50× | ≥ 0.8× | ≥ 0.3× | **floor met, target not** |"));
     assert!(text.contains("| 5.00 (4.00–6.00) |"));
-    assert!(text.contains("`weft-datapath` | 88.0 % |"));
+    assert!(text.contains("`weft-datapath` | 88.0 % |"), "{text}");
     assert!(text.contains("h1 10.0 MiB"));
     assert!(text.contains("| 1785714 | 1400 | 10.0 % |"), "{text}");
     assert!(text.contains("- boom"));
+    assert!(
+        text.contains(
+            "| TCP Gbit/s, weft QUIC / weft VXLAN | 0.70× | ≥ 0.7× | ≥ 0.3× | **target met** |"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "| TCP Gbit/s, weft QUIC / wireguard-go | 7.00× | ≥ 6× | – | **target met** |"
+        ),
+        "{text}"
+    );
 }
