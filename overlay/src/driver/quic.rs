@@ -12,9 +12,11 @@
 //! its own segment size, or smaller when the path's largest datagram
 //! shrank below it (PMTUD found a smaller MTU), so TCP in the sandboxes
 //! goes on at a smaller size instead of losing every full segment. Each
-//! piece is built behind its VXLAN header in a shared arena
-//! ([`bytes::BytesMut`], one allocation for many datagrams) and handed to
-//! the core. The core's packets leave at [`Transport::flush`] with UDP GSO
+//! piece is built behind its VXLAN header in a buffer of its own (a small
+//! allocation the allocator recycles from the datagrams quinn already
+//! sent: a shared arena was tried, and every arena still referenced by a
+//! queued datagram cost a fresh 256 KiB mapping and its page faults) and
+//! handed to the core. The core's packets leave at [`Transport::flush`] with UDP GSO
 //! when quinn gathers several (it does, for runs of full datagrams).
 //!
 //! Receiving. The socket has UDP GRO on; each datagram of a run goes to
@@ -33,7 +35,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::Bytes;
 use nix::sys::socket::{
     recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
     SockaddrStorage,
@@ -56,9 +58,6 @@ const FLUSH_BOUND: usize = 4096;
 /// How often the shared counters are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Arena chunk: room for many datagrams before a new allocation.
-const ARENA: usize = 256 << 10;
-
 /// Bytes of kernel buffer for the socket.
 const SOCKET_BUFFER: usize = 8 << 20;
 
@@ -79,8 +78,6 @@ pub struct QuicUdp {
     socket: std::net::UdpSocket,
     port: u16,
     tunnel: QuicTunnel,
-    /// Where datagrams to send are built.
-    arena: BytesMut,
     /// A raw receive (a GRO run of datagrams).
     rx: Vec<u8>,
     /// A transmit of the core.
@@ -143,7 +140,6 @@ impl QuicUdp {
             socket,
             port: local.port(),
             tunnel,
-            arena: BytesMut::with_capacity(ARENA),
             rx: vec![0; 65_536],
             tx: Vec::with_capacity(65_536),
             gso: true,
@@ -231,7 +227,7 @@ impl Transport for QuicUdp {
         };
         let now = Instant::now();
         let mut sink = Sink {
-            arena: &mut self.arena,
+            building: Vec::new(),
             tunnel: &mut self.tunnel,
             peer,
             to,
@@ -242,6 +238,12 @@ impl Transport for QuicUdp {
         sink.finish();
         if result.is_err() {
             peer.counters.count_drop(DropReason::Malformed);
+        }
+        // Without a window the queue is sent whole at each flush; a
+        // nearly full one goes now, before the next frame would push the
+        // oldest datagrams out.
+        if self.tunnel.send_buffer_low(to) {
+            return self.flush();
         }
         0
     }
@@ -311,15 +313,16 @@ impl Transport for QuicUdp {
     }
 }
 
-/// Segments built behind their VXLAN header in the arena, each handed to
+/// Segments built behind their VXLAN header, each handed to
 /// the core once the next is asked for (or at the end).
 struct Sink<'t> {
-    arena: &'t mut BytesMut,
+    /// The datagram being filled.
+    building: Vec<u8>,
     tunnel: &'t mut QuicTunnel,
     peer: &'t TunnelPeer,
     to: SocketAddr,
     now: Instant,
-    /// The length of the datagram being filled at the arena's start.
+    /// The length of the datagram being filled, while one is.
     open: Option<usize>,
 }
 
@@ -328,7 +331,7 @@ impl Sink<'_> {
         let Some(len) = self.open.take() else {
             return;
         };
-        let datagram = self.arena.split_to(len).freeze();
+        let datagram = Bytes::from(std::mem::take(&mut self.building));
         let inner = len - vxlan::HEADER_LEN;
         match self.tunnel.send(self.now, self.to, datagram) {
             Sent::Queued | Sent::Waiting => self.peer.counters.count_tx(inner),
@@ -345,14 +348,12 @@ impl gso::SegmentSink for Sink<'_> {
     fn space(&mut self, len: usize) -> Option<&mut [u8]> {
         self.finish();
         let total = vxlan::HEADER_LEN + len;
-        if self.arena.capacity() < total {
-            *self.arena = BytesMut::with_capacity(ARENA.max(total));
-        }
-        self.arena.clear();
-        self.arena.put_slice(&vxlan::encap_header(self.peer.vni));
-        self.arena.resize(total, 0);
+        let mut building = Vec::with_capacity(total);
+        building.extend_from_slice(&vxlan::encap_header(self.peer.vni));
+        building.resize(total, 0);
+        self.building = building;
         self.open = Some(total);
-        self.arena.get_mut(vxlan::HEADER_LEN..total)
+        self.building.get_mut(vxlan::HEADER_LEN..total)
     }
 }
 

@@ -45,8 +45,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{
-    ClientConfig, Connection, ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event,
-    MtuDiscoveryConfig, SendDatagramError, ServerConfig, TransportConfig, VarInt,
+    AckFrequencyConfig, ClientConfig, Connection, ConnectionHandle, DatagramEvent, Endpoint,
+    EndpointConfig, Event, MtuDiscoveryConfig, SendDatagramError, ServerConfig, TransportConfig,
+    VarInt,
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -63,12 +64,23 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// A connection that heard nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Outgoing datagrams quinn may queue per connection (bytes): about a
-/// hundred full datagrams; older ones are dropped first beyond it.
-const DATAGRAM_SEND_BUFFER: usize = 256 << 10;
+/// Outgoing datagrams quinn may queue per connection (bytes); older ones
+/// are dropped first beyond it. Without a window of its own the queue is
+/// emptied at every flush, so it only holds what the data path gathers
+/// between two: the driver flushes early when less than a 64 KiB frame's
+/// worth is left ([`QuicTunnel::send_buffer_low`]).
+const DATAGRAM_SEND_BUFFER: usize = 2 << 20;
+
+/// Room below which the driver flushes before queuing more.
+const SEND_BUFFER_LOW: usize = 128 << 10;
 
 /// Incoming datagrams quinn may hold before the driver reads them (bytes).
 const DATAGRAM_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Packets the peer may receive before it must acknowledge (the ACK
+/// frequency extension), and how long it may wait.
+const ACK_EVERY: u32 = 32;
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// The name the client asks for; the key, not the name, is checked.
 const SERVER_NAME: &str = "weft";
@@ -288,6 +300,19 @@ impl QuicTunnel {
                 Sent::Dropped
             }
         }
+    }
+
+    /// Whether the queue toward `to` is nearly full: the driver sends what
+    /// is queued before it queues more (else the oldest would be dropped).
+    pub fn send_buffer_low(&mut self, to: SocketAddr) -> bool {
+        let Some(link) = self
+            .routes
+            .get(&to)
+            .and_then(|handle| self.links.get_mut(handle))
+        else {
+            return false;
+        };
+        link.established && link.connection.datagrams().send_buffer_space() < SEND_BUFFER_LOW
     }
 
     /// The largest datagram (VXLAN header and frame) that fits the path to
@@ -584,6 +609,15 @@ fn transport_config(config: QuicConfig) -> TransportConfig {
     transport.mtu_discovery_config(Some(mtud));
     if !config.cubic {
         transport.congestion_controller_factory(Arc::new(congestion::Transparent));
+        // Without a window to open, acknowledgements only serve loss
+        // counting, RTT and PMTUD: ask the peer (the ACK frequency
+        // extension) for one every ACK_EVERY packets or ACK_DELAY instead
+        // of every other packet, which halves neither side's work for
+        // nothing.
+        let mut acks = AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(VarInt::from_u32(ACK_EVERY))
+            .max_ack_delay(Some(ACK_DELAY));
+        transport.ack_frequency_config(Some(acks));
     }
     transport
 }
