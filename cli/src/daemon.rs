@@ -52,7 +52,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "ADDR")]
     pub dns_upstream: Vec<String>,
     /// Gossip address of this host (UDP); enables overlay networks. Its IP
-    /// is also where other hosts send VXLAN.
+    /// is also where other hosts send VXLAN (and QUIC). With 0.0.0.0:PORT
+    /// (and --join) the host takes the address its route to the cluster
+    /// leaves from, and follows it when it changes (a laptop on another
+    /// network): the cluster is told, tunnels move, sandboxes stay.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
     /// A cluster member to join through (repeatable; any member will do).
@@ -371,8 +374,8 @@ fn cluster_config(
     let Some(listen) = *listen else {
         return Ok(None);
     };
-    if listen.ip().is_unspecified() {
-        bail!("--listen {listen}: give this host's own address, the one other hosts reach it at (it is also its VXLAN address)");
+    if listen.ip().is_unspecified() && join.is_empty() {
+        bail!("--listen {listen}: on every address, this host finds its own from its route to the cluster: give --join (or give this host's own address, the one other hosts reach it at)");
     }
     let explicit_name = node_name.is_some();
     let node_name = match node_name {

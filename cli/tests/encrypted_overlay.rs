@@ -363,3 +363,79 @@ fn encryption_without_a_cluster_key_is_refused() {
     let log = c.hosts[0].log_text();
     assert!(log.contains("give --cluster-key FILE"), "{log}");
 }
+
+/// Issue 15, roaming: host 2 listens on every address (`--listen
+/// 0.0.0.0:7946 --join h1`) and finds its own; mid-ping its underlay
+/// address changes (192.0.2.2 → 192.0.2.102, as a laptop on another
+/// network). It tells the cluster, the tunnels follow (QUIC on the
+/// encrypted network, VXLAN on the plain one), and the sandboxes, never
+/// reattached, talk again within seconds; h1 shows h2 at its new address.
+#[test]
+fn a_host_whose_address_changes_keeps_its_sandboxes_talking() {
+    let Some(mut c) = Cluster::new(1, |_| Some("roaming secret")) else {
+        return;
+    };
+    let key = c.add_host(2, Some("roaming secret"), Some("h2".into()));
+    c.hosts[1].listen = Some("0.0.0.0:7946".into());
+    c.start_daemon(1, key.as_deref());
+    c.wait_converged();
+    let h2_seen = |c: &Cluster| {
+        c.hosts[0].peers()["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "h2").cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        h2_seen(&c)["address"],
+        "192.0.2.2:7946",
+        "h2 found its own address"
+    );
+    c.create_overlay("roam", "10.232.45.0/24", &["encrypted=true"]);
+    c.create_overlay("roamplain", "10.232.46.0/24", &[]);
+    let (s1, s2) = (c.sandbox("s1"), c.sandbox("s2"));
+    let a1 = c.hosts[0].connect("roam", &s1, "one");
+    let a2 = c.hosts[1].connect("roam", &s2, "two");
+    let (p1, p2) = (c.sandbox("p1"), c.sandbox("p2"));
+    c.hosts[0].connect("roamplain", &p1, "pone");
+    let b2 = c.hosts[1].connect("roamplain", &p2, "ptwo");
+    c.ping_ok(&s1, &a2);
+    c.ping_ok(&s2, &a1);
+    c.ping_ok(&p1, &b2);
+
+    // The address changes under the daemon.
+    let ns = c.hosts[1].ns.clone();
+    // (Deleted first: deleting a primary address takes its secondaries.)
+    c.sh(&["ip", "-n", &ns, "addr", "del", "192.0.2.2/24", "dev", "v0"]);
+    c.sh(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "192.0.2.102/24",
+        "dev",
+        "v0",
+    ]);
+    let moved = Instant::now();
+    let back = c.wait_for("s1 reaches s2 again", Duration::from_secs(20), || {
+        exec_in(&s1, &["ping", "-c", "1", "-W", "1", &a2])
+            .status
+            .success()
+    });
+    eprintln!(
+        "encrypted network: s1 reaches s2 {:?} after the move",
+        moved.elapsed()
+    );
+    assert!(back < Duration::from_secs(15), "{back:?}");
+    c.ping_ok(&s2, &a1);
+    c.ping_ok(&p1, &b2);
+    c.wait_for("h1 shows h2 at its new address", CONVERGE, || {
+        h2_seen(&c)["address"] == "192.0.2.102:7946"
+    });
+    c.wait_for("the QUIC connection to the new address", CONVERGE, || {
+        quic_peer(&c.hosts[0], 102).is_some()
+    });
+    // 4 MiB both ways after the move.
+    c.bulk_transfer(&s1, &s2, &a2, BULK, "after-move");
+    c.bulk_transfer(&s2, &s1, &a1, BULK, "after-move-back");
+}

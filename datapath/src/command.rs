@@ -149,6 +149,8 @@ pub enum Command {
         /// Its id.
         id: PublishId,
     },
+    /// This host's underlay address changed.
+    UnderlayMoved,
     /// Carry overlay networks over this transport.
     EnableTunnel(crate::tunnel::Carrier, Box<dyn Transport>),
     /// Make a network an overlay network, or update its view of the other

@@ -344,6 +344,7 @@ impl Loop {
                     plane.tunnel.set_overlay(&mut plane.switch, network, &table);
                 }
                 Command::SetTunnelPeers(peers) => plane.tunnel.set_members(peers),
+                Command::UnderlayMoved => plane.tunnel.underlay_moved(Instant::now()),
                 Command::Shutdown => return false,
             }
         }

@@ -347,6 +347,16 @@ impl Datapath {
         self.send(Command::SetTunnelPeers(peers))
     }
 
+    /// This host's underlay address changed (see
+    /// `weft_overlay::Transport::underlay_moved`).
+    ///
+    /// # Errors
+    ///
+    /// [`DatapathError`] when the thread is gone.
+    pub fn underlay_moved(&self) -> Result<(), DatapathError> {
+        self.send(Command::UnderlayMoved)
+    }
+
     /// The tunnel's counters.
     pub fn tunnel_counters(&self) -> &TunnelCounters {
         &self.tunnel_counters

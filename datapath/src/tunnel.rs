@@ -252,6 +252,15 @@ impl Tunnel {
         self.flush();
     }
 
+    /// This host's underlay address changed: each transport drops what was
+    /// tied to the old one.
+    pub fn underlay_moved(&mut self, now: Instant) {
+        for enabled in self.transports.iter_mut().flatten() {
+            enabled.transport.underlay_moved(now);
+        }
+        self.flush();
+    }
+
     /// Receive a burst from `carrier` into `buf`: its length, sender and
     /// datagram size. `WouldBlock` when there is nothing more; `NotFound`
     /// when there is no such transport.

@@ -111,4 +111,8 @@ pub trait Transport: Send + std::fmt::Debug {
 
     /// Run the timers that are due, then the caller flushes.
     fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// This host's underlay address changed: state tied to the old one
+    /// (QUIC connections other hosts opened to it) is dropped.
+    fn underlay_moved(&mut self, _now: Instant) {}
 }

@@ -69,6 +69,8 @@ pub struct Host {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     pub daemon: Option<Child>,
+    /// Its `--listen` when not 192.0.2.N:7946 (0.0.0.0:7946: roaming).
+    pub listen: Option<String>,
     pub starts: usize,
     pub dir: PathBuf,
 }
@@ -216,6 +218,7 @@ impl Cluster {
                 state_dir: host_dir.join("state"),
                 log: host_dir.join("daemon-1.log"),
                 daemon: None,
+                listen: None,
                 starts: 0,
                 dir: host_dir,
             });
@@ -332,9 +335,12 @@ impl Cluster {
 
     /// Start (again) the daemon of host index `i`; do not wait for it.
     pub fn spawn_daemon(&mut self, i: usize, key_file: Option<&std::path::Path>) {
-        let listen = format!("{}:{GOSSIP_PORT}", host_ip(i + 1));
         let seed = format!("{}:{GOSSIP_PORT}", host_ip(1));
         let host = &mut self.hosts[i];
+        let listen = host
+            .listen
+            .clone()
+            .unwrap_or_else(|| format!("{}:{GOSSIP_PORT}", host_ip(i + 1)));
         host.starts += 1;
         host.log = host.dir.join(format!("daemon-{}.log", host.starts));
         let mut cmd = Command::new("ip");

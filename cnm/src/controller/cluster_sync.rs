@@ -27,8 +27,18 @@ impl Controller {
         };
         let mut changes = cluster.subscribe();
         let mut members = std::collections::BTreeMap::new();
+        let mut address = cluster.underlay_ip();
         loop {
             self.sync_cluster().await;
+            // This host moved (`--listen 0.0.0.0:PORT`): the tunnels it
+            // accepted point at its old address.
+            let now_at = cluster.underlay_ip();
+            if now_at != address {
+                address = now_at;
+                if let Err(e) = self.datapath.underlay_moved() {
+                    tracing::warn!(error = %e, "telling the data path this host moved");
+                }
+            }
             // Membership as events (`weft events`).
             let now: std::collections::BTreeMap<String, (String, String)> = cluster
                 .members()

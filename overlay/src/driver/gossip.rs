@@ -130,6 +130,18 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// `--listen 0.0.0.0:PORT` without `--join`.
+    #[error("--listen on every address needs --join: this host's own address is the one its route to the cluster leaves from")]
+    RoamingNeedsJoin,
+    /// No route toward the first `--join` member.
+    #[error("finding this host's address: no route to {to} (--join)")]
+    NoRoute {
+        /// The member.
+        to: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The operating system's random number generator failed.
     #[error("reading the OS's randomness for the gossip node's seed: {0}")]
     Random(getrandom::Error),
@@ -201,7 +213,8 @@ pub struct Cluster {
     refusal: watch::Sender<Option<String>>,
     id: NodeId,
     name: String,
-    listen: SocketAddr,
+    /// `--listen 0.0.0.0:PORT`: the address is found, and followed.
+    roaming: bool,
     vxlan_port: u16,
     quic: QuicSettings,
 }
@@ -220,6 +233,21 @@ impl Cluster {
     ///
     /// [`ClusterError::Bind`] when `--listen` cannot be bound.
     pub async fn start(config: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        // `--listen 0.0.0.0:PORT`: this host's address is the one its
+        // route to the cluster leaves from, followed as it changes.
+        let roaming = config.listen.ip().is_unspecified();
+        let advertised = if roaming {
+            let toward = config
+                .join
+                .first()
+                .copied()
+                .ok_or(ClusterError::RoamingNeedsJoin)?;
+            let ip = route_source(toward)
+                .map_err(|source| ClusterError::NoRoute { to: toward, source })?;
+            SocketAddr::new(ip, config.listen.port())
+        } else {
+            config.listen
+        };
         let socket = bind_udp_patiently(config.listen)
             .and_then(|socket| {
                 socket.set_nonblocking(true)?;
@@ -237,11 +265,11 @@ impl Cluster {
             id: config.node_id,
             name: config.node_name.clone(),
             explicit_name: config.explicit_name,
-            gossip: config.listen,
+            gossip: advertised,
             boot,
             renewal: 0,
         };
-        let underlay = SocketAddr::new(config.listen.ip(), config.vxlan_port);
+        let underlay = SocketAddr::new(advertised.ip(), config.vxlan_port);
         let key = config.secret.as_deref().map(ClusterKey::from_secret);
         // The seed also seeds AEAD nonces: from the OS's randomness.
         let seed = getrandom::u64().map_err(ClusterError::Random)?;
@@ -262,11 +290,11 @@ impl Cluster {
             refusal,
             id: config.node_id,
             name: config.node_name,
-            listen: config.listen,
+            roaming,
             vxlan_port: config.vxlan_port,
             quic: config.quic,
         });
-        tracing::info!(name = cluster.name, id = %cluster.id, listen = %config.listen, join = ?config.join, vxlan = %underlay, authenticated = config.secret.is_some(), "overlay gossip started");
+        tracing::info!(name = cluster.name, id = %cluster.id, listen = %advertised, join = ?config.join, vxlan = %underlay, authenticated = config.secret.is_some(), "overlay gossip started");
         tokio::spawn(drive(Arc::clone(&cluster), socket));
         Ok(cluster)
     }
@@ -300,9 +328,50 @@ impl Cluster {
         }
     }
 
-    /// The gossip address.
+    /// The gossip address: `--listen`'s, or, listening on every address,
+    /// the one this host is reached at now.
     pub fn listen(&self) -> SocketAddr {
-        self.listen
+        self.lock().node.identity().gossip
+    }
+
+    /// This host's underlay address (where tunnels reach it) now.
+    pub fn underlay_ip(&self) -> IpAddr {
+        self.listen().ip()
+    }
+
+    /// With `--listen 0.0.0.0:PORT`: whether the route to the cluster
+    /// leaves from another address than before; if so, the node moves
+    /// there (see [`Node::move_to`]).
+    fn follow_address(&self, now: Instant) {
+        if !self.roaming {
+            return;
+        }
+        let (current, toward) = {
+            let state = self.lock();
+            let current = state.node.identity().gossip;
+            let toward = state
+                .node
+                .members()
+                .into_iter()
+                .find(|m| m.state == MemberState::Alive)
+                .map(|m| m.addr)
+                .or_else(|| state.node.seeds().first().copied());
+            (current, toward)
+        };
+        let Some(toward) = toward else {
+            return;
+        };
+        let Ok(ip) = route_source(toward) else {
+            return;
+        };
+        if ip == current.ip() {
+            return;
+        }
+        let gossip = SocketAddr::new(ip, current.port());
+        let underlay = SocketAddr::new(ip, self.vxlan_port);
+        tracing::info!(from = %current.ip(), to = %ip, "this host's address changed: telling the cluster");
+        self.lock().node.move_to(gossip, underlay, now);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// The VXLAN port (every host's).
@@ -624,8 +693,22 @@ async fn drive(cluster: Arc<Cluster>, socket: UdpSocket) {
         let now = Instant::now();
         if now >= deadline {
             cluster.lock().node.handle_timeout(now);
+            cluster.follow_address(now);
         }
     }
+}
+
+/// The source address of this host's route to `to` (a UDP socket
+/// connected there sends nothing, it only asks the routing table).
+fn route_source(to: SocketAddr) -> std::io::Result<IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(to)?;
+    Ok(probe.local_addr()?.ip())
 }
 
 /// How long a bind waits for a port still held by a daemon that is exiting.

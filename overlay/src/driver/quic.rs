@@ -305,6 +305,10 @@ impl Transport for QuicUdp {
         tunnel.map(|at| at.min(self.status_due))
     }
 
+    fn underlay_moved(&mut self, now: Instant) {
+        self.tunnel.close_accepted(now);
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         self.tunnel.handle_timeout(now);
         if now >= self.status_due {

@@ -442,6 +442,41 @@ impl Node {
         &self.identity
     }
 
+    /// The `--join` members this node was told to ask in.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.seeds
+    }
+
+    /// This host's address changed (a laptop on another network): gossip
+    /// now reaches it at `gossip` and tunnels at `underlay`. The host
+    /// record is rewritten and pushed, and the SWIM identity renewed with
+    /// the new address (foca declares the old one down itself); members
+    /// keep this host's records, keyed on its node id, and take the new
+    /// identity as the same member's (see `member_up`).
+    pub fn move_to(&mut self, gossip: SocketAddr, underlay: SocketAddr, now: Instant) {
+        self.config.underlay = underlay;
+        self.write_and_push(RecordKey::Host, Some(Record::Host(HostRecord { underlay })));
+        let mut moved = self.identity.clone();
+        moved.gossip = gossip;
+        moved.renewal = moved.renewal.wrapping_add(1);
+        self.runtime.now = Some(now);
+        if self
+            .foca
+            .change_identity(moved.clone(), &mut self.runtime)
+            .is_err()
+        {
+            self.counters.swim_errors += 1;
+        }
+        self.identity = moved;
+        self.after_foca(now);
+        // Announce to every member too: the first to hear it need not wait
+        // for the gossip to go round.
+        for addr in self.live_peer_addresses() {
+            self.announce_to(addr, now);
+        }
+        self.report_directory_changes();
+    }
+
     /// Asks the member at `addr` (`--join`) to let this node in; any member
     /// will do, and several may be asked.
     pub fn join(&mut self, addr: SocketAddr, now: Instant) {

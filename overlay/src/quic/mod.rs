@@ -436,6 +436,28 @@ impl QuicTunnel {
         }
     }
 
+    /// Close the connections other hosts opened to this one: after this
+    /// host's address changed they point at the old one (QUIC lets only
+    /// the side that opened a connection move it). The next frame to each
+    /// host opens a connection from here, which follows this host from now
+    /// on. Connections this host opened move by themselves.
+    pub fn close_accepted(&mut self, now: Instant) {
+        let accepted: Vec<ConnectionHandle> = self
+            .links
+            .iter()
+            .filter(|(_, link)| link.connection.side().is_server())
+            .map(|(handle, _)| *handle)
+            .collect();
+        for handle in accepted {
+            self.routes.retain(|_, h| *h != handle);
+            if let Some(link) = self.links.get_mut(&handle) {
+                link.connection
+                    .close(now, VarInt::from_u32(0), Bytes::from_static(b"moved"));
+            }
+            self.drive(handle);
+        }
+    }
+
     /// Every connection's counters.
     pub fn peers(&mut self) -> Vec<QuicPeerStats> {
         let mut peers: Vec<QuicPeerStats> = self
