@@ -21,10 +21,14 @@
 //! - [`allocation`]: address blocks leased across hosts without duplicates;
 //! - [`message`]: the directory's datagrams;
 //! - [`node`]: membership (SWIM), replication and allocation glued into one
-//!   [`Node`] with `handle_*` / `poll_*`.
+//!   [`Node`] with `handle_*` / `poll_*`;
+//! - [`quic`]: the encrypted transport's core: one QUIC connection per
+//!   pair of hosts, frames in QUIC datagrams, authenticated by the cluster
+//!   key.
 //!
-//! The drivers: [`driver::gossip`] (the tokio task around [`Node`]) and
-//! [`driver::udp`] (VXLAN over UDP with GSO sends and GRO receives).
+//! The drivers: [`driver::gossip`] (the tokio task around [`Node`]),
+//! [`driver::udp`] (VXLAN over UDP with GSO sends and GRO receives) and
+//! [`driver::quic`] (QUIC over UDP).
 //!
 //! # Dependencies and why
 //!
@@ -55,6 +59,17 @@
 //!   for the controller); `nix` gives the tunnel's sockets UDP GSO and GRO
 //!   (`sendmsg`/`recvmsg` with control messages).
 //! - `rustc-hash` (FxHash) for the VTEP table, keyed by our own ids.
+//! - `quinn-proto` (QUIC, RFC 9000, with RFC 9221 datagrams): the sans-IO
+//!   half of quinn, time and datagrams passed in, so it runs inside the
+//!   data path's own event loop (no second runtime, no channel per frame)
+//!   and in memory in tests; maintained, PMTUD, path migration, GSO
+//!   transmits and a pluggable congestion controller. `quiche` was the
+//!   other candidate: C build (BoringSSL) and no raw-public-key TLS.
+//! - `rustls` (with `ring`): quinn's TLS 1.3; its RFC 7250 raw public keys
+//!   let every host present the key derived from the cluster secret
+//!   without certificates; `ring` for AES-GCM with AES-NI/VAES and
+//!   Ed25519, no C toolchain beyond what it vendors.
+//! - `bytes`: quinn's datagram type.
 
 pub mod allocation;
 pub mod directory;
