@@ -345,20 +345,7 @@ fn encryption_without_a_cluster_key_is_refused() {
     c.daemon_args = vec!["--transport".into(), "quic".into()];
     c.kill(0);
     c.spawn_daemon(0, None);
-    let started = Instant::now();
-    let status = loop {
-        let child = c.hosts[0].daemon.as_mut().expect("the daemon");
-        if let Ok(Some(status)) = child.try_wait() {
-            c.hosts[0].daemon = None;
-            break status;
-        }
-        assert!(
-            started.elapsed() < CONVERGE,
-            "the daemon did not exit:\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = c.wait_exit(0, "the daemon with --transport quic and no key");
     assert!(!status.success());
     let log = c.hosts[0].log_text();
     assert!(log.contains("give --cluster-key FILE"), "{log}");

@@ -569,24 +569,7 @@ fn an_explicit_node_name_in_use_is_refused() {
     };
     c.add_host(2, None, Some("h1".to_owned()));
     c.spawn_daemon(1, None);
-    let started = Instant::now();
-    let status = loop {
-        let child = c.hosts[1].daemon.as_mut().expect("the second daemon");
-        if let Ok(Some(status)) = child.try_wait() {
-            c.hosts[1].daemon = None;
-            break status;
-        }
-        assert!(
-            started.elapsed() < CONVERGE,
-            "the daemon with a name in use did not exit:\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    eprintln!(
-        "refused daemon exited ({status}) after {:?}",
-        started.elapsed()
-    );
+    let status = c.wait_exit(1, "the daemon with a name in use");
     assert!(!status.success(), "{status}");
     let refused_log = c.hosts[1].log_text();
     let line = format!(

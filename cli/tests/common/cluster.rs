@@ -373,6 +373,26 @@ impl Cluster {
         host.daemon = Some(spawn_background(&mut cmd, None, &log));
     }
 
+    /// Wait (at most [`CONVERGE`]) for host index `i`'s daemon to exit of
+    /// itself (`what` it is, for the failure); its status.
+    pub fn wait_exit(&mut self, i: usize, what: &str) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            let child = self.hosts[i].daemon.as_mut().expect("a running daemon");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.hosts[i].daemon = None;
+                eprintln!("{what} exited ({status}) after {:?}", started.elapsed());
+                return status;
+            }
+            assert!(
+                started.elapsed() < CONVERGE,
+                "{what} did not exit:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Send `signal` to host index `i`'s daemon (its whole process group).
     pub fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
         let child = self.hosts[i].daemon.as_ref().expect("a running daemon");

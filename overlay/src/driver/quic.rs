@@ -36,10 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrStorage,
-};
+use nix::sys::socket::{sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrStorage};
 use serde::Serialize;
 use weft_vswitch::gso;
 use weft_vswitch::wire::vnet::{self, VnetHeader, VNET_HDR_LEN};
@@ -278,9 +275,10 @@ impl Transport for QuicUdp {
                     segment: len,
                 });
             }
-            let (len, from, segment) = receive(&self.socket, &mut self.rx)?;
-            for datagram in self.rx[..len].chunks(segment.max(1)) {
-                self.tunnel.handle(now, from, None, datagram);
+            let received = super::udp::receive_gro(&self.socket, &mut self.rx)?;
+            let datagrams = self.rx[..received.len].chunks(received.segment.max(1));
+            for datagram in datagrams {
+                self.tunnel.handle(now, received.from, None, datagram);
             }
             now = Instant::now();
         }
@@ -381,40 +379,6 @@ fn fitting_gso_size<B: AsRef<[u8]>>(
     let fits = max_inner.checked_sub(headers)?;
     let size = usize::from(vnet.gso_size());
     (fits < size && fits > 0).then(|| u16::try_from(fits).unwrap_or(u16::MAX))
-}
-
-/// One receive: its length, sender and datagram size (GRO).
-fn receive(socket: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(i32);
-    let message = recvmsg::<SockaddrStorage>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .map_err(io::Error::from)?;
-    let mut segment = 0;
-    if let Ok(cmsgs) = message.cmsgs() {
-        for cmsg in cmsgs {
-            if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
-                segment = usize::try_from(size).unwrap_or(0);
-            }
-        }
-    }
-    let from = message
-        .address
-        .and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                .or_else(|| {
-                    a.as_sockaddr_in6()
-                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-                })
-        })
-        .ok_or_else(|| io::Error::other("quic datagram without a sender address"))?;
-    let len = message.bytes;
-    Ok((len, from, if segment == 0 { len } else { segment }))
 }
 
 /// Set "don't fragment" (path MTU discovery by probing, as QUIC does it).

@@ -252,40 +252,7 @@ impl Transport for VxlanUdp {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
-        let mut iov = [io::IoSliceMut::new(buf)];
-        let mut space = nix::cmsg_space!(i32);
-        let message = recvmsg::<SockaddrStorage>(
-            self.socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .map_err(io::Error::from)?;
-        let mut segment = 0;
-        if let Ok(cmsgs) = message.cmsgs() {
-            for cmsg in cmsgs {
-                if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
-                    segment = usize::try_from(size).unwrap_or(0);
-                }
-            }
-        }
-        let from = message
-            .address
-            .and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                    .or_else(|| {
-                        a.as_sockaddr_in6()
-                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-                    })
-            })
-            .ok_or_else(|| io::Error::other("tunnel datagram without a sender address"))?;
-        let len = message.bytes;
-        Ok(Received {
-            len,
-            from,
-            segment: if segment == 0 { len } else { segment },
-        })
+        receive_gro(&self.socket, buf)
     }
 
     fn open<'d>(&self, datagram: &'d [u8]) -> Option<(Vni, &'d [u8])> {
@@ -309,6 +276,51 @@ impl gso::SegmentSink for Sink<'_> {
         self.sent += sent;
         space
     }
+}
+
+/// One receive from a socket with UDP GRO on: its length, sender and
+/// datagram size (a run of equal-sized datagrams from one sender arrives
+/// in one receive; the last may be shorter).
+///
+/// # Errors
+///
+/// The socket's (`WouldBlock` when there is nothing), or a datagram
+/// without an IP sender.
+pub(crate) fn receive_gro(socket: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(i32);
+    let message = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let mut segment = 0;
+    if let Ok(cmsgs) = message.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
+                segment = usize::try_from(size).unwrap_or(0);
+            }
+        }
+    }
+    let from = message
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| io::Error::other("tunnel datagram without a sender address"))?;
+    let len = message.bytes;
+    Ok(Received {
+        len,
+        from,
+        segment: if segment == 0 { len } else { segment },
+    })
 }
 
 /// Give a socket a large receive (or send) buffer: the forced size where
