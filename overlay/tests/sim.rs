@@ -53,6 +53,8 @@ struct Sim {
     group: Vec<u8>,
     events: Vec<Vec<Event>>,
     delivered: u64,
+    /// Nodes that moved (`Node::move_to`): their gossip address now.
+    moved: HashMap<usize, SocketAddr>,
 }
 
 fn gossip_addr(index: usize) -> SocketAddr {
@@ -119,6 +121,7 @@ impl Sim {
             group: vec![0; count],
             events: (0..count).map(|_| Vec::new()).collect(),
             delivered: 0,
+            moved: HashMap::new(),
         }
     }
 
@@ -182,7 +185,12 @@ impl Sim {
             }
             self.delivered += 1;
             let now = self.now;
-            self.nodes[to].handle_datagram(gossip_addr(from), &datagram.bytes, now);
+            let from_addr = self
+                .moved
+                .get(&from)
+                .copied()
+                .unwrap_or_else(|| gossip_addr(from));
+            self.nodes[to].handle_datagram(from_addr, &datagram.bytes, now);
             self.collect(to);
         }
         for index in 0..self.nodes.len() {
@@ -1080,5 +1088,73 @@ fn octets(ip: IpAddr) -> u8 {
     match ip {
         IpAddr::V4(v4) => v4.octets()[3],
         IpAddr::V6(_) => 0,
+    }
+}
+
+/// A host whose address changes (`--listen 0.0.0.0`, a laptop on another
+/// network) moves: the others see it alive at its new gossip address with
+/// its new underlay in the host record, and its endpoint never leaves
+/// their directories. Its old address is then unreachable.
+#[test]
+fn a_host_that_moves_keeps_its_records_and_is_found_at_its_new_address() {
+    let mut sim = Sim::new(3, seed(0x5eed_0707), None);
+    let (network, record) = overlay_network();
+    let now = sim.now;
+    sim.nodes[0].publish_network(network.clone(), record);
+    sim.nodes[0].handle_timeout(now);
+    sim.collect(0);
+    sim.join_all();
+    sim.run_until(Duration::from_secs(30), |sim| {
+        sim.membership_converged() && sim.directories_converged(0)
+    })
+    .expect("converges");
+    sim.nodes[2]
+        .publish_endpoint(endpoint_of(2, &network))
+        .unwrap();
+    sim.collect(2);
+    sim.run_until(Duration::from_secs(10), |sim| {
+        (0..2).all(|i| sim.nodes[i].directory().endpoints().count() == 1)
+    })
+    .expect("the endpoint reaches the others");
+
+    let new_gossip = SocketAddr::from(([10, 98, 0, 2], 7946));
+    let new_underlay = SocketAddr::new(new_gossip.ip(), 4789);
+    sim.by_addr.remove(&gossip_addr(2));
+    sim.by_addr.insert(new_gossip, 2);
+    sim.moved.insert(2, new_gossip);
+    let now = sim.now;
+    sim.nodes[2].move_to(new_gossip, new_underlay, now);
+    sim.collect(2);
+    let mut endpoint_always_there = true;
+    let took = sim.run_until(Duration::from_secs(20), |sim| {
+        endpoint_always_there &= (0..2).all(|i| sim.nodes[i].directory().endpoints().count() == 1);
+        (0..2).all(|i| {
+            let alive_at_new = sim.nodes[i].members().iter().any(|m| {
+                m.name == name(2) && m.addr == new_gossip && m.state == MemberState::Alive
+            });
+            let host_moved = sim.nodes[i]
+                .directory()
+                .hosts()
+                .into_iter()
+                .any(|(owner, addr)| name_of(owner) == name(2) && addr == new_underlay);
+            alive_at_new && host_moved
+        })
+    });
+    let took = took.expect("the others find the moved host");
+    println!("a moved host is found at its new address after {took:?}");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    // A while later nothing was lost, nobody holds the old address alive.
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        endpoint_always_there,
+        "the moved host's endpoint left a directory"
+    );
+    for i in 0..2 {
+        assert_eq!(sim.nodes[i].directory().endpoints().count(), 1);
+        let stale = sim.nodes[i]
+            .members()
+            .into_iter()
+            .any(|m| m.addr == gossip_addr(2) && m.state == MemberState::Alive);
+        assert!(!stale, "node {i} still has the old address alive");
     }
 }
