@@ -426,3 +426,53 @@ fn a_host_whose_address_changes_keeps_its_sandboxes_talking() {
     c.bulk_transfer(&s1, &s2, &a2, BULK, "after-move");
     c.bulk_transfer(&s2, &s1, &a1, BULK, "after-move-back");
 }
+
+/// Issue 15, path MTU: the underlay's MTU drops from 1500 to 1300 under an
+/// encrypted network (sandboxes at 1412): QUIC finds the smaller path
+/// (quinn's black-hole detection and PMTUD), the transport cuts TCP to
+/// what fits now, and 4 MiB still cross both ways, without the sandboxes
+/// being told anything.
+#[test]
+fn tcp_goes_on_when_the_underlay_mtu_shrinks() {
+    if !needs_socat() {
+        return;
+    }
+    let Some(mut c) = Cluster::new(2, |_| Some("mtu secret")) else {
+        return;
+    };
+    c.wait_converged();
+    c.create_overlay("shrink", "10.232.47.0/24", &["encrypted=true"]);
+    let (s1, s2) = (c.sandbox("s1"), c.sandbox("s2"));
+    let a1 = c.hosts[0].connect("shrink", &s1, "one");
+    let a2 = c.hosts[1].connect("shrink", &s2, "two");
+    c.ping_ok(&s1, &a2);
+    c.bulk_transfer(&s1, &s2, &a2, BULK, "before");
+    let underlay = c.underlay.clone();
+    for n in 1..=2 {
+        let ns = c.hosts[n - 1].ns.clone();
+        c.sh(&["ip", "-n", &ns, "link", "set", "v0", "mtu", "1300"]);
+        c.sh(&[
+            "ip",
+            "-n",
+            &underlay,
+            "link",
+            "set",
+            &format!("p{n}"),
+            "mtu",
+            "1300",
+        ]);
+    }
+    let shrunk = Instant::now();
+    c.bulk_transfer(&s1, &s2, &a2, BULK, "after-shrink");
+    c.bulk_transfer(&s2, &s1, &a1, BULK, "after-shrink-back");
+    eprintln!(
+        "4 MiB both ways {:?} after the underlay shrank",
+        shrunk.elapsed()
+    );
+    let peer = quic_peer(&c.hosts[0], 2).expect("the connection");
+    let mtu = peer["path_mtu"].as_u64().unwrap_or(0);
+    assert!(
+        (1200..=1272).contains(&mtu),
+        "the path's MTU as QUIC sees it now: {peer:#}"
+    );
+}

@@ -211,11 +211,22 @@ impl Transport for QuicUdp {
         };
         let to = SocketAddr::new(peer.addr.ip(), self.port);
         let max = self.tunnel.max_datagram(to).unwrap_or(self.default_max);
-        // A GSO frame is cut to fit the path as it is now.
+        let max_inner = max.saturating_sub(vxlan::HEADER_LEN);
+        // A GSO frame is cut to fit the path as it is now; so is a single
+        // TCP segment larger than the path (PMTUD found it shrank below the
+        // sandbox's MTU), as if it were a GSO frame of one segment.
         let mut fitted = [0u8; VNET_HDR_LEN];
         fitted.copy_from_slice(header);
-        if parsed.is_gso() {
-            if let Some(size) = fitting_gso_size(&parsed, frame, max - vxlan::HEADER_LEN) {
+        if !parsed.is_gso() && frame.len() > max_inner {
+            if let Some(as_gso) = tcp_as_gso(frame) {
+                fitted = as_gso;
+            }
+        }
+        let Ok(vnet) = VnetHeader::new_checked(fitted) else {
+            return 0;
+        };
+        if vnet.is_gso() {
+            if let Some(size) = fitting_gso_size(&vnet, frame, max_inner) {
                 fitted[vnet::field::GSO_SIZE].copy_from_slice(&size.to_ne_bytes());
             }
         }
@@ -381,6 +392,32 @@ fn fitting_gso_size<B: AsRef<[u8]>>(
     (fits < size && fits > 0).then(|| u16::try_from(fits).unwrap_or(u16::MAX))
 }
 
+/// The header of a TCP GSO frame of one segment describing `frame`, a
+/// plain IPv4 or IPv6 TCP segment (the segmenter then cuts it like any
+/// GSO frame, each piece's checksum computed in full); None for anything
+/// else.
+fn tcp_as_gso(frame: &[u8]) -> Option<[u8; VNET_HDR_LEN]> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (l4, gso_type) = match ethertype {
+        0x0800 if *frame.get(23)? == 6 => {
+            (14 + usize::from(frame.get(14)? & 0x0f) * 4, vnet::GSO_TCPV4)
+        }
+        0x86dd if *frame.get(20)? == 6 => (14 + 40, vnet::GSO_TCPV6),
+        _ => return None,
+    };
+    let headers = l4 + usize::from(*frame.get(l4 + 12)? >> 4) * 4;
+    let payload = frame.len().checked_sub(headers).filter(|p| *p > 0)?;
+    let mut header = [0u8; VNET_HDR_LEN];
+    header[vnet::field::FLAGS] = vnet::FLAG_NEEDS_CSUM;
+    header[vnet::field::GSO_TYPE] = gso_type;
+    let field = |value: usize| u16::try_from(value).ok().map(u16::to_ne_bytes);
+    header[vnet::field::HDR_LEN].copy_from_slice(&field(headers)?);
+    header[vnet::field::GSO_SIZE].copy_from_slice(&field(payload)?);
+    header[vnet::field::CSUM_START].copy_from_slice(&field(l4)?);
+    header[vnet::field::CSUM_OFFSET].copy_from_slice(&field(16)?);
+    Some(header)
+}
+
 /// Set "don't fragment" (path MTU discovery by probing, as QUIC does it).
 fn set_dont_fragment(socket: &std::net::UdpSocket, ipv6: bool) {
     let fd = socket.as_raw_fd();
@@ -517,5 +554,35 @@ mod tests {
         let max = 1472 - crate::quic::QUIC_DATAGRAM_OVERHEAD - vxlan::HEADER_LEN;
         assert_eq!(fitting_gso_size(&parsed, &frame, max), Some(1426 - 66));
         assert_eq!(fitting_gso_size(&parsed, &frame, 9000), None);
+
+        // The same bytes as one plain TCP segment (no GSO) larger than the
+        // path: described as a GSO frame of one segment, then cut.
+        let single = &frame[..14 + 20 + 32 + 1400];
+        let mut single = single.to_vec();
+        let ip_len = u16::try_from(single.len() - 14).unwrap();
+        single[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        let as_gso = tcp_as_gso(&single).expect("a TCP segment");
+        let parsed = VnetHeader::new_checked(&as_gso[..]).unwrap();
+        assert!(parsed.is_gso());
+        assert_eq!((parsed.gso_size(), parsed.csum_start()), (1400, 34));
+        assert_eq!(fitting_gso_size(&parsed, &single, 1200), Some(1200 - 66));
+        struct Count(usize, Vec<u8>);
+        impl gso::SegmentSink for Count {
+            fn space(&mut self, len: usize) -> Option<&mut [u8]> {
+                self.0 += 1;
+                self.1 = vec![0; len];
+                Some(&mut self.1)
+            }
+        }
+        let mut fitted = as_gso;
+        fitted[vnet::field::GSO_SIZE].copy_from_slice(&1134u16.to_ne_bytes());
+        let mut count = Count(0, Vec::new());
+        let header = VnetHeader::new_checked(&fitted[..]).unwrap();
+        gso::segment_into(&header, &single, &mut count).unwrap();
+        assert_eq!(count.0, 2, "1400 bytes in pieces of 1134");
+        assert!(tcp_as_gso(&single[..60]).is_none(), "no payload");
+        let mut udp = single.clone();
+        udp[23] = 17;
+        assert!(tcp_as_gso(&udp).is_none(), "not TCP");
     }
 }
