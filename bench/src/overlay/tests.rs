@@ -1,3 +1,4 @@
+use super::section::{markdown, Header};
 use super::*;
 
 fn tcp(gbps: f64) -> TcpSample {
