@@ -354,7 +354,7 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
         .collect();
     lab.cleanup();
 
-    let header = Header {
+    let header = section::Header {
         date_utc,
         kernel: kernel_release(),
         cpus,
@@ -370,7 +370,7 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
         quic_congestion: options.quic_congestion.clone(),
         daemon_rss_kib,
     };
-    let markdown = markdown(&header, &results, &failures);
+    let markdown = section::markdown(&header, &results, &failures);
     println!("{markdown}");
     report::write_section(&options.out, SECTION_HEADING, &markdown)?;
     eprintln!(
@@ -714,7 +714,6 @@ fn udp_counters(side: &Side) -> Result<Vec<BTreeMap<String, u64>>> {
 }
 
 mod section;
-use section::{markdown, Header};
 mod sides;
 #[cfg(test)]
 mod tests;
