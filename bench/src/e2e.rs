@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use crate::lab::Lab;
 use crate::measure::{self, Pinning};
 use crate::process;
-use crate::report::{self, E2eHeader, TopologyResults};
+use crate::report::{self, RunHeader, TopologyResults};
 use crate::topology::{self, Kind, Testbed};
 
 /// `weft-bench e2e` options.
@@ -102,7 +102,7 @@ pub fn run(options: &E2eOptions) -> Result<()> {
     }
     lab.cleanup();
 
-    let header = E2eHeader {
+    let header = RunHeader {
         date_utc,
         kernel: kernel_release(),
         cpus,

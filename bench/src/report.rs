@@ -214,27 +214,51 @@ impl TopologyResults {
     }
 }
 
-/// What the e2e report header says.
+/// What every run's report says first: when, where, how long, how, with
+/// what (the e2e, nat and overlay sections share it).
 #[derive(Debug)]
-pub struct E2eHeader {
+pub struct RunHeader {
     /// When the run started (UTC).
     pub date_utc: String,
     /// `uname -r`.
     pub kernel: String,
     /// `nproc`.
     pub cpus: usize,
-    /// Runs per topology.
+    /// Runs per datapath.
     pub runs: u32,
     /// Seconds per iperf3 run.
     pub seconds: u32,
     /// The command line as given.
     pub command: String,
-    /// Versions of weft, iperf3, vde_switch.
+    /// Versions of weft and the tools compared.
     pub versions: Vec<String>,
     /// CPU placement.
     pub placement: String,
     /// Wall time of the whole run, seconds.
     pub wall_seconds: f64,
+}
+
+impl RunHeader {
+    /// Its lines of a report: date, kernel and CPUs, runs, command,
+    /// versions, placement.
+    pub fn write_lines(&self, out: &mut String) {
+        let _ = writeln!(out, "- date (UTC): {}", self.date_utc);
+        let _ = writeln!(
+            out,
+            "- kernel (`uname -r`): {}; CPUs (`nproc`): {}",
+            self.kernel, self.cpus
+        );
+        let _ = writeln!(
+            out,
+            "- runs: {}; seconds per iperf3 run: {}; wall time: {:.0} s",
+            self.runs, self.seconds, self.wall_seconds
+        );
+        let _ = writeln!(out, "- command: `{}`", self.command);
+        for version in &self.versions {
+            let _ = writeln!(out, "- {version}");
+        }
+        let _ = writeln!(out, "- placement: {}", self.placement);
+    }
 }
 
 /// A table cell of a summary (`median (min–max)`), `—` when there is none.
@@ -244,28 +268,13 @@ pub fn cell(summary: Option<Summary>) -> String {
 
 /// The e2e section: header, the figures table, the ratios table, failures.
 pub fn e2e_markdown(
-    header: &E2eHeader,
+    header: &RunHeader,
     results: &[(Kind, TopologyResults)],
     failures: &[String],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## End to end: weft vs kernel bridge vs vde_switch\n");
-    let _ = writeln!(out, "- date (UTC): {}", header.date_utc);
-    let _ = writeln!(
-        out,
-        "- kernel (`uname -r`): {}; CPUs (`nproc`): {}",
-        header.kernel, header.cpus
-    );
-    let _ = writeln!(
-        out,
-        "- runs: {}; seconds per iperf3 run: {}; wall time: {:.0} s",
-        header.runs, header.seconds, header.wall_seconds
-    );
-    let _ = writeln!(out, "- command: `{}`", header.command);
-    for version in &header.versions {
-        let _ = writeln!(out, "- {version}");
-    }
-    let _ = writeln!(out, "- placement: {}", header.placement);
+    header.write_lines(&mut out);
     let _ = writeln!(
         out,
         "- method: two sandbox namespaces per topology (A client, B server), MTU 1500; \
@@ -428,7 +437,7 @@ mod tests {
             stalled_intervals: 0,
             retransmits: None,
         });
-        let header = E2eHeader {
+        let header = RunHeader {
             date_utc: "2026-01-01 00:00:00".into(),
             kernel: "6.1".into(),
             cpus: 2,

@@ -59,7 +59,7 @@ use crate::e2e::{kernel_release, tool_versions};
 use crate::lab::Lab;
 use crate::measure::{self, Pinning, TcpFlow, TcpSample};
 use crate::process;
-use crate::report;
+use crate::report::{self, RunHeader};
 use crate::topology::{self, WeftDaemon};
 use cases::Results;
 pub use cases::{Case, Datapath, MTUS, SECTION_HEADING};
@@ -170,15 +170,17 @@ pub fn run(options: &NatOptions) -> Result<()> {
     lab.cleanup();
 
     let header = Header {
-        date_utc,
-        kernel: kernel_release(),
-        cpus,
-        runs: options.runs,
-        seconds: options.seconds,
-        command: options.command.clone(),
-        versions,
-        placement: pin.describe(),
-        wall_seconds: started.elapsed().as_secs_f64(),
+        run: RunHeader {
+            date_utc,
+            kernel: kernel_release(),
+            cpus,
+            runs: options.runs,
+            seconds: options.seconds,
+            command: options.command.clone(),
+            versions,
+            placement: pin.describe(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+        },
         daemon_rss_kib,
     };
     let markdown = markdown(&header, &cases, &results, &failures);

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::measure::TcpSample;
-use crate::report::{self, cell, ratio, Summary};
+use crate::report::{self, cell, ratio, RunHeader, Summary};
 
 use super::cases::{
     Case, Datapath, Results, FAR_ADDRESS, FAR_NS, HOST_NS, MTUS, OUT_PORT, SECTION_HEADING,
@@ -15,15 +15,8 @@ use super::cases::{
 /// What the report header says.
 #[derive(Debug)]
 pub(super) struct Header {
-    pub(super) date_utc: String,
-    pub(super) kernel: String,
-    pub(super) cpus: usize,
-    pub(super) runs: u32,
-    pub(super) seconds: u32,
-    pub(super) command: String,
-    pub(super) versions: Vec<String>,
-    pub(super) placement: String,
-    pub(super) wall_seconds: f64,
+    /// When, where, how long, how.
+    pub(super) run: RunHeader,
     pub(super) daemon_rss_kib: Option<u64>,
 }
 
@@ -162,22 +155,7 @@ pub(super) fn markdown(
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{SECTION_HEADING}\n");
-    let _ = writeln!(out, "- date (UTC): {}", header.date_utc);
-    let _ = writeln!(
-        out,
-        "- kernel (`uname -r`): {}; CPUs (`nproc`): {}",
-        header.kernel, header.cpus
-    );
-    let _ = writeln!(
-        out,
-        "- runs: {}; seconds per iperf3 run: {}; wall time: {:.0} s",
-        header.runs, header.seconds, header.wall_seconds
-    );
-    let _ = writeln!(out, "- command: `{}`", header.command);
-    for version in &header.versions {
-        let _ = writeln!(out, "- {version}");
-    }
-    let _ = writeln!(out, "- placement: {}", header.placement);
+    header.run.write_lines(&mut out);
     let _ = writeln!(
         out,
         "- lab: `{HOST_NS}` plays the host (weft daemon, every pasta and slirp4netns \

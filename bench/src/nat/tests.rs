@@ -59,15 +59,17 @@ fn targets_and_mtu_choice() {
     assert_eq!(better_mtu(&results, &cases), Some((65520, 2, 2)));
 
     let header = Header {
-        date_utc: "2026-01-01 00:00:00".into(),
-        kernel: "6.1".into(),
-        cpus: 2,
-        runs: 3,
-        seconds: 5,
-        command: "weft-bench nat".into(),
-        versions: vec![],
-        placement: "x".into(),
-        wall_seconds: 1.0,
+        run: RunHeader {
+            date_utc: "2026-01-01 00:00:00".into(),
+            kernel: "6.1".into(),
+            cpus: 2,
+            runs: 3,
+            seconds: 5,
+            command: "weft-bench nat".into(),
+            versions: vec![],
+            placement: "x".into(),
+            wall_seconds: 1.0,
+        },
         daemon_rss_kib: Some(10240),
     };
     let text = markdown(&header, &cases, &results, &["boom".into()]);

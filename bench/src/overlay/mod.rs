@@ -56,7 +56,7 @@ use crate::e2e::{kernel_release, tool_versions};
 use crate::lab::Lab;
 use crate::measure::{self, PingSample, Pinning, TcpFlow, TcpSample, UdpSample};
 use crate::process;
-use crate::report::{self, Summary};
+use crate::report::{self, RunHeader, Summary};
 use crate::topology::{self, WeftDaemon};
 
 /// The underlay ("the wire between the hosts").
@@ -355,15 +355,17 @@ pub fn run(options: &OverlayOptions) -> Result<()> {
     lab.cleanup();
 
     let header = section::Header {
-        date_utc,
-        kernel: kernel_release(),
-        cpus,
-        runs: options.runs,
-        seconds: options.seconds,
-        command: options.command.clone(),
-        versions,
-        placement: pin.describe(),
-        wall_seconds: started.elapsed().as_secs_f64(),
+        run: RunHeader {
+            date_utc,
+            kernel: kernel_release(),
+            cpus,
+            runs: options.runs,
+            seconds: options.seconds,
+            command: options.command.clone(),
+            versions,
+            placement: pin.describe(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+        },
         weft_ready_seconds: weft_ready.as_secs_f64(),
         sandbox_mtus: [sides[0].sandbox_mtu.clone(), sides[2].sandbox_mtu.clone()],
         quic_mtu: sides[1].sandbox_mtu.clone(),

@@ -9,20 +9,13 @@ use super::{
     WEFT_NETWORK, WEFT_QUIC_NETWORK, WEFT_QUIC_SUBNET, WEFT_SUBNET, WEFT_UNDERLAY,
 };
 use crate::measure;
-use crate::report::{cell, ratio, Summary};
+use crate::report::{cell, ratio, RunHeader, Summary};
 
 /// What the report header says.
 #[derive(Debug)]
 pub(super) struct Header {
-    pub(super) date_utc: String,
-    pub(super) kernel: String,
-    pub(super) cpus: usize,
-    pub(super) runs: u32,
-    pub(super) seconds: u32,
-    pub(super) command: String,
-    pub(super) versions: Vec<String>,
-    pub(super) placement: String,
-    pub(super) wall_seconds: f64,
+    /// When, where, how long, how.
+    pub(super) run: RunHeader,
     /// From the first daemon's start to the sandboxes pinging.
     pub(super) weft_ready_seconds: f64,
     /// eth0's MTU in the client sandbox: weft, kernel.
@@ -50,22 +43,7 @@ pub(super) fn markdown(
     let kernel = results.get(&Datapath::Kernel).unwrap_or(&empty);
     let mut out = String::new();
     let _ = writeln!(out, "{SECTION_HEADING}\n");
-    let _ = writeln!(out, "- date (UTC): {}", header.date_utc);
-    let _ = writeln!(
-        out,
-        "- kernel (`uname -r`): {}; CPUs (`nproc`): {}",
-        header.kernel, header.cpus
-    );
-    let _ = writeln!(
-        out,
-        "- runs: {}; seconds per iperf3 run: {}; wall time: {:.0} s",
-        header.runs, header.seconds, header.wall_seconds
-    );
-    let _ = writeln!(out, "- command: `{}`", header.command);
-    for version in &header.versions {
-        let _ = writeln!(out, "- {version}");
-    }
-    let _ = writeln!(out, "- placement: {}", header.placement);
+    header.run.write_lines(&mut out);
     let _ = writeln!(
         out,
         "- lab: `{UNDERLAY_NS}` holds a Linux bridge (the wire); four host namespaces \

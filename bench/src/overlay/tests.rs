@@ -63,15 +63,17 @@ fn report_has_the_ratio_and_the_verdict() {
     };
     results.insert(Datapath::WireguardGo, wireguard);
     let header = Header {
-        date_utc: "2026-01-01 00:00:00".into(),
-        kernel: "6.1".into(),
-        cpus: 2,
-        runs: 3,
-        seconds: 5,
-        command: "weft-bench overlay".into(),
-        versions: vec![],
-        placement: "x".into(),
-        wall_seconds: 1.0,
+        run: RunHeader {
+            date_utc: "2026-01-01 00:00:00".into(),
+            kernel: "6.1".into(),
+            cpus: 2,
+            runs: 3,
+            seconds: 5,
+            command: "weft-bench overlay".into(),
+            versions: vec![],
+            placement: "x".into(),
+            wall_seconds: 1.0,
+        },
         weft_ready_seconds: 2.0,
         sandbox_mtus: ["1450".into(), "1450".into()],
         quic_mtu: "1412".into(),
