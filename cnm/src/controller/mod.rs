@@ -75,7 +75,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use weft_datapath::{Carrier, Datapath};
+use weft_datapath::Datapath;
 use weft_overlay::driver::quic::SharedQuicStatus;
 use weft_services::NatLimits;
 
@@ -202,32 +202,7 @@ impl Controller {
         let mut quic_status = None;
         let cluster = match config.cluster {
             Some(cluster_config) => {
-                let tunnel_addr = std::net::SocketAddr::new(
-                    cluster_config.listen.ip(),
-                    cluster_config.vxlan_port,
-                );
-                let socket = weft_overlay::driver::gossip::bind_udp_patiently(tunnel_addr)
-                    .map_err(|source| ControllerError::TunnelBind {
-                        addr: tunnel_addr,
-                        source,
-                    })?;
-                let transport =
-                    weft_overlay::driver::udp::VxlanUdp::new(socket).map_err(|source| {
-                        ControllerError::TunnelBind {
-                            addr: tunnel_addr,
-                            source,
-                        }
-                    })?;
-                datapath
-                    .enable_tunnel(Carrier::Vxlan, Box::new(transport))
-                    .map_err(|e| ControllerError::Driver {
-                        driver: DriverKind::Overlay,
-                        source: e.into(),
-                    })?;
-                if let Some(secret) = &cluster_config.secret {
-                    let quic = tunnels::enable_quic(&datapath, &cluster_config, secret)?;
-                    quic_status = Some(quic);
-                }
+                quic_status = tunnels::enable(&datapath, &cluster_config)?;
                 Some(Cluster::start(cluster_config).await?)
             }
             None => None,

@@ -1,12 +1,15 @@
-//! The overlay's encrypted transport, started beside VXLAN when the
-//! cluster has a key: its socket, its identity, the underlay's MTU.
+//! The overlay's transports: VXLAN over UDP always, and QUIC beside it
+//! when the cluster has a key (its socket, its identity, the underlay's
+//! MTU).
 
 use std::net::{IpAddr, SocketAddr};
 
 use weft_datapath::{Carrier, Datapath};
 use weft_overlay::driver::gossip::{bind_udp_patiently, ClusterConfig};
 use weft_overlay::driver::quic::{QuicUdp, SharedQuicStatus};
+use weft_overlay::driver::udp::VxlanUdp;
 use weft_overlay::quic::QuicIdentity;
+use weft_overlay::Transport;
 
 use super::ControllerError;
 use crate::model::DriverKind;
@@ -14,9 +17,42 @@ use crate::model::DriverKind;
 /// The MTU assumed when the underlay's interface cannot be found.
 const FALLBACK_UNDERLAY_MTU: u16 = 1500;
 
+/// Give the data path its transports: VXLAN at the gossip address's IP and
+/// `--vxlan-port`; with a cluster key, QUIC too. The QUIC transport's
+/// counters for the control plane, when it runs.
+pub(super) fn enable(
+    datapath: &Datapath,
+    config: &ClusterConfig,
+) -> Result<Option<SharedQuicStatus>, ControllerError> {
+    let addr = SocketAddr::new(config.listen.ip(), config.vxlan_port);
+    let bind_error = |source| ControllerError::TunnelBind { addr, source };
+    let socket = bind_udp_patiently(addr).map_err(bind_error)?;
+    let transport = VxlanUdp::new(socket).map_err(bind_error)?;
+    give(datapath, Carrier::Vxlan, Box::new(transport))?;
+    config
+        .secret
+        .as_deref()
+        .map(|secret| enable_quic(datapath, config, secret))
+        .transpose()
+}
+
+/// Carry `carrier`'s networks over `transport` from now on.
+fn give(
+    datapath: &Datapath,
+    carrier: Carrier,
+    transport: Box<dyn Transport>,
+) -> Result<(), ControllerError> {
+    datapath
+        .enable_tunnel(carrier, transport)
+        .map_err(|e| ControllerError::Driver {
+            driver: DriverKind::Overlay,
+            source: e.into(),
+        })
+}
+
 /// Bind the QUIC socket at the gossip address's IP and `--quic-port`, and
 /// give the data path the transport; its counters for the control plane.
-pub(super) fn enable_quic(
+fn enable_quic(
     datapath: &Datapath,
     config: &ClusterConfig,
     secret: &[u8],
@@ -29,12 +65,7 @@ pub(super) fn enable_quic(
     let mtu = underlay_mtu(config.listen.ip());
     let transport = QuicUdp::new(socket, &identity, mtu, config.quic.cubic).map_err(bind_error)?;
     let status = transport.status();
-    datapath
-        .enable_tunnel(Carrier::Quic, Box::new(transport))
-        .map_err(|e| ControllerError::Driver {
-            driver: DriverKind::Overlay,
-            source: e.into(),
-        })?;
+    give(datapath, Carrier::Quic, Box::new(transport))?;
     tracing::info!(%addr, underlay_mtu = mtu, congestion = if config.quic.cubic { "cubic" } else { "none" }, "QUIC transport for encrypted overlay networks");
     Ok(status)
 }
