@@ -286,44 +286,26 @@ impl QuicTunnel {
             link.pending.push_back(datagram);
             return Sent::Waiting;
         }
-        match link.connection.datagrams().send(datagram, true) {
-            Ok(()) => {
-                link.tx_datagrams += 1;
-                Sent::Queued
-            }
-            Err(SendDatagramError::TooLarge) => {
-                link.dropped += 1;
-                Sent::TooLarge
-            }
-            Err(_) => {
-                link.dropped += 1;
-                Sent::Dropped
-            }
-        }
+        link.queue(datagram)
     }
 
     /// Whether the queue toward `to` is nearly full: the driver sends what
     /// is queued before it queues more (else the oldest would be dropped).
     pub fn send_buffer_low(&mut self, to: SocketAddr) -> bool {
-        let Some(link) = self
-            .routes
-            .get(&to)
-            .and_then(|handle| self.links.get_mut(handle))
-        else {
-            return false;
-        };
-        link.established && link.connection.datagrams().send_buffer_space() < SEND_BUFFER_LOW
+        self.established(to)
+            .is_some_and(|link| link.connection.datagrams().send_buffer_space() < SEND_BUFFER_LOW)
     }
 
     /// The largest datagram (VXLAN header and frame) that fits the path to
     /// `to` now; None before a connection is established.
     pub fn max_datagram(&mut self, to: SocketAddr) -> Option<usize> {
+        self.established(to)?.connection.datagrams().max_size()
+    }
+
+    /// The established connection frames to `to` take.
+    fn established(&mut self, to: SocketAddr) -> Option<&mut Link> {
         let handle = self.routes.get(&to)?;
-        let link = self.links.get_mut(handle)?;
-        if !link.established {
-            return None;
-        }
-        link.connection.datagrams().max_size()
+        self.links.get_mut(handle).filter(|link| link.established)
     }
 
     /// One UDP datagram from the underlay.
@@ -549,11 +531,7 @@ impl QuicTunnel {
                         *route = handle;
                     }
                     while let Some(datagram) = link.pending.pop_front() {
-                        if link.connection.datagrams().send(datagram, true).is_ok() {
-                            link.tx_datagrams += 1;
-                        } else {
-                            link.dropped += 1;
-                        }
+                        link.queue(datagram);
                     }
                 }
                 Event::ConnectionLost { reason } => {
@@ -590,6 +568,25 @@ impl QuicTunnel {
 }
 
 impl Link {
+    /// Queue a datagram on the established connection (the oldest queued
+    /// go first when the queue is full), counted.
+    fn queue(&mut self, datagram: Bytes) -> Sent {
+        match self.connection.datagrams().send(datagram, true) {
+            Ok(()) => {
+                self.tx_datagrams += 1;
+                Sent::Queued
+            }
+            Err(SendDatagramError::TooLarge) => {
+                self.dropped += 1;
+                Sent::TooLarge
+            }
+            Err(_) => {
+                self.dropped += 1;
+                Sent::Dropped
+            }
+        }
+    }
+
     fn new(connection: Connection) -> Link {
         Link {
             connection,
